@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up on a
+# fresh machine: a virtual environment in .venv, torch (the CPU build 2.13.0 where no torch
+# is present), and this package in editable mode with its test extras.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m napari_stnls demo --out out/demo.png
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_ops.py --out out/bench.json
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

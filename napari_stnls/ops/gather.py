@@ -1,0 +1,188 @@
+"""Read the K neighbour patches at an index tensor, and write (weighted) patches back.
+
+Naming follows PyTorch: *gather* reads at indices, *scatter* writes. (The SNAP paper's
+code uses the two words the other way round.) Patches are read exactly as search
+compares them: mirrored at the borders, bilinear at sub-pixel positions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validate as V
+from ._dispatch import register, resolve
+from ._patches import channels_last, from_channels_last, patch_taps, read, write
+
+__all__ = ["gather", "scatter"]
+
+
+def _gather_reference(video, inds, ps, pt, dilation):
+    B, T, C, H, W = video.shape
+    _, nh, Q, K, _ = inds.shape
+    flat = channels_last(video, nh)
+    taps = patch_taps(inds.reshape(B, nh, Q * K, 3), (T, H, W), ps, pt, dilation)
+    p = read(flat, taps).to(video.dtype)  # (B, nh, Q*K, pt, ps, ps, Ch)
+    return p.reshape(B, nh, Q, K, pt, ps, ps, -1).permute(0, 1, 2, 3, 4, 7, 5, 6)
+
+
+def _scatter_reference(patches, inds, weights, out, counts, ps, pt, dilation):
+    B, T, C, H, W = out.shape
+    _, nh, Q, K, _ = inds.shape
+    taps = patch_taps(inds.reshape(B, nh, Q * K, 3), (T, H, W), ps, pt, dilation)
+    vals = patches.permute(0, 1, 2, 3, 4, 6, 7, 5).reshape(B, nh, Q * K, pt, ps, ps, -1)
+    if weights is None:
+        w = torch.ones(B, nh, Q * K, 1, 1, 1, 1, dtype=out.dtype, device=out.device)
+    else:
+        w = weights.reshape(B, nh, Q * K, 1, 1, 1, 1)
+    acc = torch.zeros(B, T * H * W, nh, C // nh, dtype=out.dtype, device=out.device)
+    write(acc, taps, vals * w)
+    cnt = torch.zeros(B, T * H * W, nh, 1, dtype=out.dtype, device=out.device)
+    write(cnt, taps, w)
+    out.add_(from_channels_last(acc, out.shape))
+    counts.add_(from_channels_last(cnt, (B, T, nh, H, W)))
+    return out, counts
+
+
+register("gather", "reference", _gather_reference)
+register("scatter", "reference", _scatter_reference)
+
+
+def _check_patch_args(ps, pt, dilation):
+    return V.pos_int(ps, "ps"), V.pos_int(pt, "pt"), V.pos_int(dilation, "dilation")
+
+
+def gather(
+    video: torch.Tensor,
+    inds: torch.Tensor,
+    *,
+    ps: int,
+    pt: int = 1,
+    dilation: int = 1,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Read the patches at ``inds``, the way :func:`search` compared them.
+
+    Parameters
+    ----------
+    video : Tensor, shape (B, T, C, H, W)
+    inds : Tensor, shape (B, nheads, Q, K, 3)
+        (t, y, x) centres, e.g. search's ``inds``. Integer tensors read whole pixels;
+        float tensors read bilinearly in y and x (t must be integer-valued). Every
+        centre must lie inside the video.
+    ps, pt, dilation : int
+        Patch side, frames per patch and pixel spacing, as in search.
+
+    Returns
+    -------
+    Tensor, shape (B, nheads, Q, K, pt, C/nheads, ps, ps)
+        Head h reads channels h*C/nheads .. (h+1)*C/nheads-1. Differentiable w.r.t.
+        ``video`` and float ``inds``.
+
+    Examples
+    --------
+    >>> v = torch.rand(1, 2, 3, 8, 8)
+    >>> inds = torch.tensor([[[[[1, 4, 4], [0, 2.5, 3]]]]])  # (1, 1, 1, 2, 3)
+    >>> gather(v, inds, ps=3).shape
+    torch.Size([1, 1, 1, 2, 1, 3, 3, 3])
+    """
+    V.video(video, "video")
+    ps, pt, dilation = _check_patch_args(ps, pt, dilation)
+    V.inds(inds, video.shape)
+    if inds.device != video.device:
+        raise ValueError(f"inds: expected device {video.device} like video, got {inds.device}")
+    if inds.is_floating_point() and inds.dtype not in (torch.float32, torch.float64):
+        inds = inds.float()
+    return resolve("gather", backend, video.device)(video, inds, ps, pt, dilation)
+
+
+def scatter(
+    patches: torch.Tensor,
+    inds: torch.Tensor,
+    *,
+    shape=None,
+    out=None,
+    weights: torch.Tensor | None = None,
+    ps: int,
+    pt: int = 1,
+    dilation: int = 1,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add (weighted) patches back at ``inds``: the adjoint of :func:`gather`.
+
+    Parameters
+    ----------
+    patches : Tensor, shape (B, nheads, Q, K, pt, C/nheads, ps, ps)
+    inds : Tensor, shape (B, nheads, Q, K, 3)
+        Positions as for :func:`gather`.
+    shape : sequence of int, optional
+        (B, T, C, H, W) of the video to make (exactly one of ``shape`` and ``out``).
+    out : (Tensor, Tensor), optional
+        ``(video, counts)`` to add into, in place.
+    weights : Tensor, shape (B, nheads, Q, K), optional
+        Weight of each patch (default 1).
+    ps, pt, dilation : int
+        As for :func:`gather`.
+
+    Returns
+    -------
+    video : Tensor, shape (B, T, C, H, W)
+        Sum of weight * patch, each value added with gather's bilinear weights into the
+        (mirrored) pixels gather reads it from.
+    counts : Tensor, shape (B, T, 1, H, W) for one head, (B, T, nheads, H, W) otherwise
+        Sum of the weights at each pixel, so ``video / counts`` is the weighted mean.
+
+    Examples
+    --------
+    >>> v = torch.rand(1, 2, 3, 8, 8)
+    >>> inds = torch.tensor([[[[[1, 4, 4], [0, 2.5, 3]]]]])
+    >>> agg, counts = scatter(gather(v, inds, ps=3), inds, shape=v.shape, ps=3)
+    >>> torch.allclose(agg[0, 1, :, 3:6, 3:6], v[0, 1, :, 3:6, 3:6])
+    True
+    """
+    V.tensor(patches, "patches")
+    if not patches.is_floating_point():
+        raise TypeError(f"patches: expected a floating-point tensor, got {patches.dtype}")
+    ps, pt, dilation = _check_patch_args(ps, pt, dilation)
+    if (shape is None) == (out is None):
+        raise ValueError("shape/out: give exactly one of shape (B, T, C, H, W) and out")
+    if out is not None:
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError("out: expected a (video, counts) pair of tensors")
+        video, counts = out
+        V.video(video, "out[0] (video)")
+        shape = tuple(video.shape)
+    else:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 5 or min(shape) <= 0:
+            raise ValueError(f"shape: expected a non-empty (B, T, C, H, W), got {shape}")
+    B, T, C, H, W = shape
+    V.inds(inds, shape)
+    nh = inds.shape[1]
+    Q, K = inds.shape[2:4]
+    expected = (B, nh, Q, K, pt, C // nh, ps, ps)
+    if tuple(patches.shape) != expected:
+        raise ValueError(
+            f"patches: expected shape (B, nheads, Q, K, pt, C/nheads, ps, ps) = {expected}, "
+            f"got {tuple(patches.shape)}"
+        )
+    for t, name in ((inds, "inds"), (weights, "weights")):
+        if t is not None and t.device != patches.device:
+            raise ValueError(f"{name}: expected device {patches.device} like patches, got {t.device}")
+    if weights is not None:
+        V.tensor(weights, "weights")
+        if tuple(weights.shape) != (B, nh, Q, K):
+            raise ValueError(
+                f"weights: expected shape (B, nheads, Q, K) = {(B, nh, Q, K)}, got {tuple(weights.shape)}"
+            )
+    cshape = (B, T, 1 if nh == 1 else nh, H, W)
+    if out is None:
+        video = torch.zeros(shape, dtype=patches.dtype, device=patches.device)
+        counts = torch.zeros(cshape, dtype=patches.dtype, device=patches.device)
+    else:
+        V.tensor(counts, "out[1] (counts)")
+        if tuple(counts.shape) != cshape:
+            raise ValueError(f"out[1] (counts): expected shape {cshape}, got {tuple(counts.shape)}")
+    if inds.is_floating_point() and inds.dtype not in (torch.float32, torch.float64):
+        inds = inds.float()
+    impl = resolve("scatter", backend, patches.device)
+    return impl(patches, inds, weights, video, counts, ps, pt, dilation)

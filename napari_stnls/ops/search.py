@@ -1,0 +1,446 @@
+"""Space-time K-nearest-neighbour patch search, guided by optical flow.
+
+Reference backend: pure PyTorch, batched over queries so memory is bounded. See
+docs/api.md for the full definition (window, flow chaining, borders, ties).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import _validate as V
+from ._dispatch import register, resolve
+from ._patches import channels_last, patch_taps, read, write
+from ._region import as_region, query_coords
+
+__all__ = ["search", "search_memory_per_query"]
+
+_BUDGET = 256 * 2**20  # bytes of working set per batch when batch_size is None
+
+
+@dataclass(frozen=True)
+class _Params:
+    shape: tuple[int, int, int, int, int]
+    ps: int
+    ws: int
+    wt: int
+    k: int
+    dist: str
+    stride1: float
+    dilation: int
+    pt: int
+    nheads: int
+    exclude_self: bool
+    itype: str
+
+    @property
+    def thw(self) -> tuple[int, int, int]:
+        return (self.shape[1], self.shape[3], self.shape[4])
+
+    @property
+    def nt(self) -> int:
+        return min(self.shape[1], 2 * self.wt + 1)
+
+    @property
+    def patch_size(self) -> int:
+        return self.pt * (self.shape[2] // self.nheads) * self.ps * self.ps
+
+
+def search_memory_per_query(shape, ps: int, ws: int, pt: int = 1, itype: str = "float") -> int:
+    """Bytes of working set per query in the candidate stage of the reference search.
+
+    Per candidate pixel: an int64 index and a value per bilinear tap, plus the
+    combined patch, differences and squares (float32). Used to pick ``batch_size``.
+    """
+    C = shape[2]
+    taps = 4 if itype == "float" else 1
+    per_pixel = taps * 8 + 4 * C * (taps + 3)
+    return ws * ws * pt * ps * ps * per_pixel
+
+
+def _auto_batch(budget_per_query: int, Q: int) -> int:
+    return max(1, min(Q, _BUDGET // max(1, budget_per_query)))
+
+
+def _sample_flow(flow: torch.Tensor, frame: torch.Tensor, p: torch.Tensor, H: int, W: int):
+    """Bilinear read of ``flow`` (B, T*H*W, 2) at frame (Qb,), position p (B, Qb, 2) = (y, x).
+
+    The position is clamped into the frame; returns the displacement as (dy, dx).
+    """
+    py = p[..., 0].clamp(0, H - 1)
+    px = p[..., 1].clamp(0, W - 1)
+    y0, x0 = torch.floor(py), torch.floor(px)
+    fy, fx = (py - y0).unsqueeze(-1), (px - x0).unsqueeze(-1)
+    y0, x0 = y0.long(), x0.long()
+    y1, x1 = (y0 + 1).clamp(max=H - 1), (x0 + 1).clamp(max=W - 1)
+    B = flow.shape[0]
+    b = torch.arange(B, device=flow.device).view(B, 1)
+    base = frame.view(1, -1) * H
+
+    def at(yy, xx):
+        return flow[b, (base + yy) * W + xx]
+
+    v = (1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x1)) + fy * (
+        (1 - fx) * at(y1, x0) + fx * at(y1, x1)
+    )
+    return v.flip(-1)  # (dx, dy) -> (dy, dx)
+
+
+def _window(t: torch.Tensor, P: _Params) -> torch.Tensor:
+    """Candidate frames (Qb, nt) for queries in frames t (Qb,)."""
+    T, nt = P.shape[1], P.nt
+    s0 = (t - P.wt).clamp(0, T - nt)
+    return s0.unsqueeze(-1) + torch.arange(nt, device=t.device)
+
+
+def _centres(coords: torch.Tensor, flows, P: _Params, dtype: torch.dtype):
+    """Search-grid centres (B, Qb, nt, 2) = (y, x) and frames (Qb, nt) of queries ``coords`` (Qb, 3)."""
+    B = P.shape[0]
+    T, H, W = P.thw
+    nt = P.nt
+    t = coords[:, 0]
+    frames = _window(t, P)
+    p0 = coords[:, 1:].to(dtype).unsqueeze(0).expand(B, -1, -1)
+    if flows is None:
+        p = p0.unsqueeze(2).expand(-1, -1, nt, -1)
+    else:
+        fflow, bflow = flows
+        fwd, bwd = [p0], [p0]
+        for d in range(1, nt):
+            fwd.append(fwd[-1] + _sample_flow(fflow, (t + d - 1).clamp(max=T - 1), fwd[-1], H, W))
+            bwd.append(bwd[-1] + _sample_flow(bflow, (t - d + 1).clamp(min=0), bwd[-1], H, W))
+        chain = torch.stack(bwd[:0:-1] + fwd, dim=2)  # (B, Qb, 2nt-1, 2), delta = -(nt-1)..nt-1
+        delta = frames - t.unsqueeze(-1) + (nt - 1)  # (Qb, nt)
+        idx = delta.view(1, -1, nt, 1).expand(B, -1, -1, 2)
+        p = torch.gather(chain, 2, idx)
+    lim = torch.tensor([H - 1, W - 1], dtype=dtype, device=coords.device)
+    c = torch.minimum(p.clamp(min=0), lim)
+    if P.itype == "int":
+        c = torch.round(c)
+    r = P.stride1 * (P.ws // 2)
+    c = torch.minimum(c.clamp(min=r), lim - r)
+    return c, frames
+
+
+def _offsets(P: _Params, dtype, device) -> torch.Tensor:
+    return P.stride1 * (torch.arange(P.ws, device=device, dtype=dtype) - P.ws // 2)
+
+
+def _distance(qp: torch.Tensor, kp: torch.Tensor, dist: str) -> torch.Tensor:
+    if dist == "l2":
+        return ((qp - kp) ** 2).sum(-1)
+    return (qp * kp).sum(-1)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _query_patches(flat: torch.Tensor, coords: torch.Tensor, P: _Params) -> torch.Tensor:
+    """(B, nheads, Qb, P) patches at integer query positions, in the accumulation dtype."""
+    taps = patch_taps(coords.view(1, 1, -1, 3), P.thw, P.ps, P.pt, P.dilation)
+    qp = read(flat, taps, _acc_dtype(flat.dtype))
+    return qp.reshape(*qp.shape[:3], -1)
+
+
+def _select(q_flat, k_flat, coords, flows, P: _Params) -> torch.Tensor:
+    """Top-k candidate ids (B, nheads, Qb, k) = (slot*ws + i)*ws + j, best first."""
+    B, nh, ws, Qb = P.shape[0], P.nheads, P.ws, coords.shape[0]
+    acc = _acc_dtype(q_flat.dtype)
+    pdtype = torch.int64 if P.itype == "int" else acc
+    centres, frames = _centres(coords, flows, P, acc)
+    qp = _query_patches(q_flat, coords, P).unsqueeze(3)  # (B, nh, Qb, 1, P)
+    off = _offsets(P, acc, coords.device)
+    if P.itype == "int":
+        centres, off = centres.long(), off.long()
+    best_d = best_id = None
+    descending = P.dist == "prod"
+    worst = -math.inf if descending else math.inf
+    for f in range(P.nt):
+        ys = centres[:, :, f, 0, None] + off  # (B, Qb, ws)
+        xs = centres[:, :, f, 1, None] + off
+        tt = frames[:, f].view(1, Qb, 1, 1).expand(B, Qb, ws, ws)
+        pos = torch.stack(
+            [tt.to(pdtype), ys[..., :, None].expand(-1, -1, ws, ws), xs[..., None, :].expand(-1, -1, ws, ws)],
+            dim=-1,
+        )  # (B, Qb, ws, ws, 3)
+        kp = read(k_flat, patch_taps(pos.view(B, 1, -1, 3), P.thw, P.ps, P.pt, P.dilation), acc)
+        d = _distance(qp, kp.reshape(B, nh, Qb, ws * ws, -1), P.dist)
+        if P.exclude_self:
+            same = (
+                (tt == coords[:, 0].view(1, Qb, 1, 1))
+                & ((pos[..., 1] - coords[:, 1].view(1, Qb, 1, 1)).abs() < 1e-4)
+                & ((pos[..., 2] - coords[:, 2].view(1, Qb, 1, 1)).abs() < 1e-4)
+            )
+            d = d.masked_fill(same.view(B, 1, Qb, ws * ws), worst)
+        ids = (f * ws * ws + torch.arange(ws * ws, device=d.device)).expand_as(d)
+        if best_d is not None:
+            d, ids = torch.cat([best_d, d], -1), torch.cat([best_id, ids], -1)
+        d, order = torch.sort(d, dim=-1, descending=descending, stable=True)
+        best_d, best_id = d[..., : P.k], torch.gather(ids, -1, order[..., : P.k])
+    return best_id
+
+
+def _positions(centres, frames, ids, P: _Params) -> torch.Tensor:
+    """Positions (B, nheads, Q, k, 3) of candidate ids, differentiable w.r.t. centres."""
+    ws2 = P.ws * P.ws
+    slot, ij = ids // ws2, ids % ws2
+    off = _offsets(P, centres.dtype, centres.device)
+    if P.itype == "int":
+        centres, off = centres.long(), off.long()
+    B, nh, Q, k = ids.shape
+    c = torch.gather(
+        centres.unsqueeze(1).expand(-1, nh, -1, -1, -1),
+        3,
+        slot.unsqueeze(-1).expand(-1, -1, -1, -1, 2),
+    )  # (B, nh, Q, k, 2)
+    t = torch.gather(frames.view(1, 1, Q, -1).expand(B, nh, -1, -1), 3, slot)
+    y = c[..., 0] + off[ij // P.ws]
+    x = c[..., 1] + off[ij % P.ws]
+    return torch.stack([t.to(y.dtype), y, x], dim=-1)
+
+
+class _SearchDists(torch.autograd.Function):
+    """Distances between query patches and the patches at given positions, in batches.
+
+    Backward (also batched) adds the patch gradients into one buffer per video, so
+    its memory does not grow with the number of batches; gradients to the positions
+    come from the bilinear weights.
+    """
+
+    @staticmethod
+    def forward(ctx, q_flat, k_flat, coords, kpos, P: _Params, batch: int):
+        ctx.save_for_backward(q_flat, k_flat, coords, kpos)
+        ctx.P, ctx.batch = P, batch
+        out = []
+        for s in range(0, coords.shape[0], batch):
+            out.append(_batch_dists(q_flat, k_flat, coords[s : s + batch], kpos[:, :, s : s + batch], P))
+        return torch.cat(out, dim=2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        q_flat, k_flat, coords, kpos = ctx.saved_tensors
+        P, batch = ctx.P, ctx.batch
+        need_q, need_k, _, need_pos = ctx.needs_input_grad[:4]
+        gq = torch.zeros_like(q_flat) if need_q else None
+        gk = torch.zeros_like(k_flat) if need_k else None
+        gpos = torch.zeros_like(kpos) if need_pos else None
+        acc = _acc_dtype(q_flat.dtype)
+        B, nh = P.shape[0], P.nheads
+        for s in range(0, coords.shape[0], batch):
+            c = coords[s : s + batch]
+            Qb = c.shape[0]
+            g = grad[:, :, s : s + batch].to(acc).unsqueeze(-1)  # (B, nh, Qb, k, 1)
+            qtaps = patch_taps(c.view(1, 1, -1, 3), P.thw, P.ps, P.pt, P.dilation)
+            qp = read(q_flat, qtaps, acc).reshape(B, nh, Qb, 1, -1)
+            with torch.enable_grad():
+                kp_pos = kpos[:, :, s : s + batch].detach().requires_grad_(need_pos)
+                ktaps = patch_taps(kp_pos.reshape(B, nh, -1, 3), P.thw, P.ps, P.pt, P.dilation)
+                kraw = read(k_flat.detach(), ktaps, acc)
+                kp = kraw.reshape(B, nh, Qb, P.k, -1)
+                if P.dist == "l2":
+                    diff = qp - kp.detach()
+                    g_q, g_k = 2 * g * diff, -2 * g * diff
+                else:
+                    g_q, g_k = g * kp.detach(), g * qp
+                if need_pos:
+                    (gp,) = torch.autograd.grad(kp, kp_pos, g_k)
+                    gpos[:, :, s : s + batch] = gp
+            if need_q:
+                write(gq, qtaps, g_q.sum(3).reshape(B, nh, Qb, *kraw.shape[3:]))
+            if need_k:
+                ktaps = type(ktaps)(ktaps.index, [None if w is None else w.detach() for w in ktaps.weight])
+                write(gk, ktaps, g_k.reshape(kraw.shape))
+        return gq, gk, None, gpos, None, None
+
+
+def _batch_dists(q_flat, k_flat, coords, kpos, P: _Params) -> torch.Tensor:
+    B, nh, Qb, k, _ = kpos.shape
+    acc = _acc_dtype(q_flat.dtype)
+    qp = _query_patches(q_flat, coords, P).unsqueeze(3)
+    kp = read(k_flat, patch_taps(kpos.reshape(B, nh, -1, 3), P.thw, P.ps, P.pt, P.dilation), acc)
+    return _distance(qp, kp.reshape(B, nh, Qb, k, -1), P.dist)
+
+
+def _search_reference(queries, keys, flows, coords, P: _Params, batch_size):
+    B, T, C, H, W = P.shape
+    acc = _acc_dtype(queries.dtype)
+    Q = coords.shape[0]
+    q_flat = channels_last(queries, P.nheads)
+    k_flat = keys if keys is queries else None
+    k_flat = q_flat if k_flat is not None else channels_last(keys, P.nheads)
+    flat_flows = None
+    if flows is not None:
+        flat_flows = tuple(
+            f.to(acc).permute(0, 1, 3, 4, 2).reshape(B, T * H * W, 2) for f in flows
+        )
+    if batch_size is None:
+        sel_batch = _auto_batch(search_memory_per_query(P.shape, P.ps, P.ws, P.pt, P.itype), Q)
+        # The second stage reads k patches per query instead of ws*ws per frame.
+        dist_batch = _auto_batch(
+            search_memory_per_query(P.shape, P.ps, 1, P.pt, P.itype) * P.k, Q
+        )
+    else:
+        sel_batch = dist_batch = batch_size
+    with torch.no_grad():
+        ids = torch.cat(
+            [
+                _select(q_flat, k_flat, coords[s : s + sel_batch], flat_flows, P)
+                for s in range(0, Q, sel_batch)
+            ],
+            dim=2,
+        )
+    centres, frames = _centres(coords, flat_flows, P, acc)
+    kpos = _positions(centres, frames, ids, P)
+    dists = _SearchDists.apply(q_flat, k_flat, coords, kpos, P, dist_batch)
+    inds = kpos.to(torch.int32) if P.itype == "int" else kpos
+    return dists, inds
+
+
+register("search", "reference", _search_reference)
+
+
+def search(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    *,
+    ps: int = 7,
+    ws: int = 21,
+    wt: int = 2,
+    k: int = 10,
+    flows=None,
+    dist: str = "l2",
+    stride0: int = 1,
+    stride1: float = 1.0,
+    dilation: int = 1,
+    pt: int = 1,
+    nheads: int = 1,
+    region=None,
+    exclude_self: bool = False,
+    itype: str = "float",
+    batch_size: int | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K nearest patches of every query patch in a space-time window that follows the flow.
+
+    Parameters
+    ----------
+    queries, keys : Tensor, shape (B, T, C, H, W)
+        Floating-point videos of the same shape, dtype and device. Queries are read
+        from ``queries`` on the grid of ``region``; candidates from all of ``keys``.
+    ps : int
+        Patch side; a patch holds ``ps x ps`` pixels centred on its position, spaced
+        ``dilation`` apart, over ``pt`` frames, mirrored at the borders.
+    ws : int
+        Side of the (odd) search grid in each candidate frame.
+    wt : int
+        Temporal radius: candidate frames t-wt..t+wt, shifted at the video's ends to
+        always hold ``min(T, 2*wt+1)`` frames.
+    k : int
+        Number of neighbours returned per query.
+    flows : (Tensor, Tensor), optional
+        ``(fflow, bflow)``, each (B, T, 2, H, W), channel 0 = dx, 1 = dy; ``fflow[:, t]``
+        moves frame t to t+1 and ``bflow[:, t]`` frame t to t-1. Chained frame to frame.
+    dist : {"l2", "prod"}
+        Sum of squared differences (smallest first) or sum of products (largest first).
+    stride0 : int
+        Spacing of the query grid.
+    stride1 : float
+        Spacing of the search grid (may be fractional with ``itype="float"``).
+    dilation, pt, nheads
+        Patch dilation, frames per patch, and channel heads (each head searches on
+        its own ``C/nheads`` contiguous channels).
+    region : Region or 6-tuple, optional
+        Half-open (t0, t1, y0, y1, x0, x1) restricting the queries. None: whole video.
+    exclude_self : bool
+        Drop the candidate at the query's own position.
+    itype : {"float", "int"}
+        Sub-pixel (bilinear) positions, or window centres rounded to whole pixels.
+    batch_size : int, optional
+        The most queries processed at once; None picks it from a 256 MiB budget.
+    backend : str, optional
+        "reference" (this implementation), a compiled backend, or None (automatic).
+
+    Returns
+    -------
+    dists : Tensor, shape (B, nheads, Q, k)
+        Best first; ties are ordered by candidate position (t, then y, then x).
+    inds : Tensor, shape (B, nheads, Q, k, 3)
+        Absolute (t, y, x) positions in ``keys``: float32 (float64 for float64 videos)
+        with ``itype="float"``, int32 with ``itype="int"``.
+
+    Examples
+    --------
+    >>> video = torch.rand(1, 3, 1, 16, 16)
+    >>> dists, inds = search(video, video, ps=3, ws=5, wt=1, k=4)
+    >>> dists.shape, inds.shape
+    (torch.Size([1, 1, 768, 4]), torch.Size([1, 1, 768, 4, 3]))
+    >>> bool((dists[..., 0] == 0).all())  # every patch finds itself first
+    True
+    """
+    V.video(queries, "queries")
+    V.video(keys, "keys")
+    if tuple(keys.shape) != tuple(queries.shape):
+        raise ValueError(
+            f"keys: expected the same shape as queries {tuple(queries.shape)}, got {tuple(keys.shape)}"
+        )
+    V.same_tensor_kind(queries, keys, "queries", "keys")
+    B, T, C, H, W = queries.shape
+    ps = V.pos_int(ps, "ps")
+    ws = V.pos_int(ws, "ws")
+    if ws % 2 == 0:
+        raise ValueError(f"ws: expected an odd search-grid side, got {ws}")
+    wt = V.pos_int(wt, "wt", minimum=0)
+    k = V.pos_int(k, "k")
+    stride0 = V.pos_int(stride0, "stride0")
+    stride1 = V.pos_float(stride1, "stride1")
+    dilation = V.pos_int(dilation, "dilation")
+    pt = V.pos_int(pt, "pt")
+    nheads = V.heads(C, nheads)
+    dist = V.choice(dist, "dist", ("l2", "prod"))
+    itype = V.choice(itype, "itype", ("float", "int"))
+    if not isinstance(exclude_self, bool):
+        raise TypeError(f"exclude_self: expected a bool, got {exclude_self!r}")
+    if itype == "int" and stride1 != int(stride1):
+        raise ValueError(f"stride1: must be an integer with itype='int', got {stride1}")
+    if (ws - 1) * stride1 > min(H, W) - 1:
+        raise ValueError(
+            f"ws: the search grid spans (ws-1)*stride1 = {(ws - 1) * stride1:g} pixels, more than "
+            f"the frame allows ({min(H, W) - 1} for H={H}, W={W}); use a smaller ws or stride1"
+        )
+    nt = min(T, 2 * wt + 1)
+    ncand = nt * ws * ws - (1 if exclude_self else 0)
+    if k > ncand:
+        raise ValueError(
+            f"k: expected at most the {ncand} candidates of the window "
+            f"(min(T, 2*wt+1)={nt} frames x ws*ws={ws * ws}"
+            f"{' - 1 for exclude_self' if exclude_self else ''}), got {k}"
+        )
+    if batch_size is not None:
+        batch_size = V.pos_int(batch_size, "batch_size")
+    if flows is not None:
+        if not isinstance(flows, (tuple, list)) or len(flows) != 2:
+            raise TypeError("flows: expected None or a pair (fflow, bflow) of tensors")
+        for f, name in zip(flows, ("fflow", "bflow"), strict=False):
+            V.tensor(f, f"flows ({name})")
+            if tuple(f.shape) != (B, T, 2, H, W):
+                raise ValueError(
+                    f"flows ({name}): expected shape (B, T, 2, H, W) = {(B, T, 2, H, W)}, "
+                    f"got {tuple(f.shape)}"
+                )
+            if not f.is_floating_point():
+                raise TypeError(f"flows ({name}): expected a floating-point tensor, got {f.dtype}")
+            if f.device != queries.device:
+                raise ValueError(f"flows ({name}): expected device {queries.device}, got {f.device}")
+        flows = tuple(flows)
+    region = as_region(region, queries.shape)
+    coords = query_coords(queries.shape, region, stride0, device=queries.device)
+    P = _Params(
+        (B, T, C, H, W), ps, ws, wt, k, dist, stride1, dilation, pt, nheads, exclude_self, itype
+    )
+    impl = resolve("search", backend, queries.device)
+    return impl(queries, keys, flows, coords, P, batch_size)

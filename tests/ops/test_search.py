@@ -1,0 +1,344 @@
+"""search: values against the loop oracle, ties, gradients, batching, real images, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import oracle
+import pytest
+import torch
+from conftest import assert_knn_match
+
+from napari_stnls.ops import Region, grid_view, query_coords, search
+
+
+def _smooth_flow(gen, B, T, H, W, amp, dtype=torch.float64):
+    """A random smooth sub-pixel flow (B, T, 2, H, W): a random affine field plus a low-frequency wave."""
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=dtype), torch.arange(W, dtype=dtype), indexing="ij")
+    c = torch.rand(B, T, 2, 5, generator=gen, dtype=dtype) * 2 - 1
+    f = (
+        c[..., 0, None, None]
+        + c[..., 1, None, None] * yy / H
+        + c[..., 2, None, None] * xx / W
+        + c[..., 3, None, None] * torch.sin(2 * math.pi * (yy + xx) / (H + W) + 3 * c[..., 4, None, None])
+    )
+    return amp * f
+
+
+def _random_case(seed):
+    """A small random configuration spanning every option of search."""
+    r = np.random.default_rng(seed)
+    B = int(r.integers(1, 3))
+    T = int(r.integers(1, 5))
+    nheads = int(r.choice([1, 2]))
+    C = nheads * int(r.integers(1, 3))
+    H, W = int(r.integers(5, 10)), int(r.integers(5, 10))
+    itype = str(r.choice(["float", "int"]))
+    stride1 = float(r.choice([1.0, 2.0] if itype == "int" else [1.0, 0.5, 1.5, 0.75]))
+    ws = int(r.choice([1, 3, 5]))
+    while (ws - 1) * stride1 > min(H, W) - 1:
+        ws -= 2
+    wt = int(r.integers(0, 3))
+    pt = int(r.integers(1, 3))
+    ps = int(r.choice([1, 2, 3]))
+    dilation = int(r.integers(1, 3))
+    stride0 = int(r.integers(1, 4))
+    exclude_self = bool(r.integers(0, 2))
+    nt = min(T, 2 * wt + 1)
+    exclude_self = exclude_self and nt * ws * ws > 1
+    k = int(r.integers(1, min(6, nt * ws * ws - int(exclude_self)) + 1))
+    t0 = int(r.integers(0, T))
+    y0, x0 = int(r.integers(0, H - 2)), int(r.integers(0, W - 2))
+    region = (t0, int(r.integers(t0 + 1, T + 1)), y0, int(r.integers(y0 + 1, H + 1)), x0,
+              int(r.integers(x0 + 1, W + 1)))
+    if r.integers(0, 3) == 0:
+        region = None
+    return dict(
+        shape=(B, T, C, H, W), ps=ps, ws=ws, wt=wt, k=k, dist=str(r.choice(["l2", "prod"])),
+        stride0=stride0, stride1=stride1, dilation=dilation, pt=pt, nheads=nheads,
+        region=region, exclude_self=exclude_self, itype=itype, flow=bool(r.integers(0, 3)),
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_search_matches_oracle(seed):
+    case = _random_case(seed)
+    gen = torch.Generator().manual_seed(seed)
+    shape = case.pop("shape")
+    B, T, C, H, W = shape
+    q = torch.rand(shape, generator=gen, dtype=torch.float64)
+    k = torch.rand(shape, generator=gen, dtype=torch.float64)
+    flows = None
+    if case.pop("flow"):
+        flows = (_smooth_flow(gen, B, T, H, W, 1.7), _smooth_flow(gen, B, T, H, W, 1.7))
+    d, i = search(q, k, flows=flows, **case)
+    ref_flows = None if flows is None else tuple(f.numpy() for f in flows)
+    rd, ri = oracle.search(q.numpy(), k.numpy(), flows=ref_flows, **case)
+    assert i.dtype == (torch.int32 if case["itype"] == "int" else torch.float64)
+    assert_knn_match(d, i, rd, ri)
+
+
+@pytest.mark.parametrize("dist", ["l2", "prod"])
+def test_search_float32_matches_oracle(dist):
+    gen = torch.Generator().manual_seed(1)
+    q = torch.rand(1, 3, 3, 9, 9, generator=gen)
+    flows = tuple(_smooth_flow(gen, 1, 3, 9, 9, 1.2, torch.float32) for _ in range(2))
+    kw = dict(ps=3, ws=5, wt=1, k=5, dist=dist)
+    d, i = search(q, q, flows=flows, **kw)
+    assert d.dtype == torch.float32 and i.dtype == torch.float32
+    qn = q.double().numpy()
+    rd, ri = oracle.search(qn, qn, flows=[f.double().numpy() for f in flows], **kw)
+    assert_knn_match(d, i, rd, ri, rtol=1e-5, atol=1e-5)
+
+
+def test_ties_are_ordered_by_position():
+    """On a constant video every candidate ties: the order must be (t, y, x) ascending."""
+    v = torch.full((1, 3, 1, 7, 7), 0.5, dtype=torch.float64)
+    kw = dict(ps=3, ws=3, wt=1, k=12, stride1=2.0)
+    d, i = search(v, v, **kw)
+    rd, ri = oracle.search(v.numpy(), v.numpy(), **kw)
+    assert torch.equal(i, torch.from_numpy(ri))
+    flat = i[0, 0].long()
+    key = (flat[..., 0] * 100 + flat[..., 1]) * 100 + flat[..., 2]
+    assert bool((key[:, 1:] > key[:, :-1]).all())
+
+
+def test_self_is_found_first_and_exclude_self_drops_it():
+    gen = torch.Generator().manual_seed(3)
+    v = torch.rand(2, 3, 2, 8, 8, generator=gen)
+    d, i = search(v, v, ps=3, ws=5, wt=1, k=3)
+    coords = query_coords(v.shape).float()
+    assert torch.equal(d[..., 0], torch.zeros_like(d[..., 0]))
+    assert torch.equal(i[..., 0, :], coords.expand(2, 1, -1, -1))
+    d2, i2 = search(v, v, ps=3, ws=5, wt=1, k=3, exclude_self=True)
+    assert bool((d2 > 0).all())
+    assert not bool((i2 == coords[None, None, :, None]).all(-1).any())
+    assert torch.equal(d2[..., :2], d[..., 1:])
+
+
+@pytest.mark.parametrize("itype", ["float", "int"])
+def test_batching_gives_identical_results_and_gradients(itype):
+    gen = torch.Generator().manual_seed(4)
+    q = torch.rand(1, 3, 2, 10, 9, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.rand(1, 3, 2, 10, 9, generator=gen, dtype=torch.float64, requires_grad=True)
+    f = [_smooth_flow(gen, 1, 3, 10, 9, 1.3).requires_grad_() for _ in range(2)]
+    kw = dict(ps=3, ws=5, wt=1, k=4, itype=itype, region=(0, 3, 1, 9, 2, 8), stride0=2)
+    outs = []
+    for bs in (None, 1, 7, 1000):
+        d, i = search(q, k, flows=f, batch_size=bs, **kw)
+        loss = (d * torch.linspace(0, 1, d.shape[-1], dtype=d.dtype)).sum()
+        if itype == "float":
+            loss = loss + (i[..., 1:] ** 2).sum()
+        grads = torch.autograd.grad(loss, [q, k, *f], allow_unused=True)
+        outs.append((d, i, grads))
+    for d, i, grads in outs[1:]:
+        assert torch.equal(d, outs[0][0])
+        assert torch.equal(i, outs[0][1])
+        for g, g0 in zip(grads, outs[0][2], strict=False):
+            assert (g is None) == (g0 is None)
+            if g is not None:
+                torch.testing.assert_close(g, g0, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dist", ["l2", "prod"])
+@pytest.mark.parametrize("nheads", [1, 2])
+def test_gradcheck_videos_and_flows(dist, nheads):
+    gen = torch.Generator().manual_seed(5)
+    B, T, C, H, W = 1, 3, 2, 9, 9
+    q = torch.rand(B, T, C, H, W, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.rand(B, T, C, H, W, generator=gen, dtype=torch.float64, requires_grad=True)
+    # Small flows keep every window away from the frame border, where the clamp has a kink.
+    f = [(0.3 * _smooth_flow(gen, B, T, H, W, 1.0)).requires_grad_() for _ in range(2)]
+    kw = dict(ps=3, ws=3, wt=1, k=3, dist=dist, nheads=nheads, region=(0, 3, 3, 6, 3, 6), pt=2)
+
+    def fn(q, k, ff, bf):
+        d, i = search(q, k, flows=(ff, bf), **kw)
+        return d, i[..., 1:]
+
+    assert torch.autograd.gradcheck(fn, (q, k, *f), eps=1e-6, atol=1e-6)
+
+
+def test_gradient_flows_to_flow_through_dists():
+    """Moving the flow changes the matched patches: the flow gradient is non-zero and right."""
+    gen = torch.Generator().manual_seed(6)
+    img = torch.rand(1, 2, 1, 12, 12, generator=gen, dtype=torch.float64)
+    ff = torch.full((1, 2, 2, 12, 12), 0.35, dtype=torch.float64, requires_grad=True)
+    bf = torch.zeros(1, 2, 2, 12, 12, dtype=torch.float64)
+    d, _ = search(img, img, ps=3, ws=1, wt=1, k=2, flows=(ff, bf), region=(0, 1, 4, 8, 4, 8))
+    (g,) = torch.autograd.grad(d.sum(), ff)
+    assert g.abs().sum() > 0
+    assert g[:, 1:].abs().sum() == 0  # fflow of the last frame is never read
+
+
+def test_grid_view_and_query_order():
+    v = torch.rand(1, 4, 1, 9, 11)
+    region = Region(1, 3, 2, 9, 1, 10)
+    d, i = search(v, v, ps=1, ws=3, wt=0, k=1, region=region, stride0=3)
+    g = grid_view(i[0, 0, :, 0], v.shape, region, 3)
+    assert g.shape == (2, 3, 3, 3)
+    assert g[1, 2, 0].tolist() == [2.0, 8.0, 1.0]
+    coords = query_coords(v.shape, region, 3)
+    assert coords.dtype == torch.int64 and coords[0].tolist() == [1, 2, 1]
+
+
+def test_window_is_shifted_at_the_ends():
+    v = torch.rand(1, 6, 1, 5, 5, dtype=torch.float64)
+    _, i = search(v, v, ps=1, ws=5, wt=2, k=125, region=(0, 1, 0, 1, 0, 1))
+    assert sorted(set(i[0, 0, 0, :, 0].tolist())) == [0, 1, 2, 3, 4]
+    _, i = search(v, v, ps=1, ws=5, wt=2, k=125, region=(5, 6, 0, 1, 0, 1))
+    assert sorted(set(i[0, 0, 0, :, 0].tolist())) == [1, 2, 3, 4, 5]
+    _, i = search(v, v, ps=1, ws=5, wt=9, k=150, region=(2, 3, 0, 1, 0, 1))
+    assert sorted(set(i[0, 0, 0, :, 0].tolist())) == [0, 1, 2, 3, 4, 5]
+
+
+# --- real images --------------------------------------------------------------------------------
+
+
+def test_disparity_as_flow_finds_true_matches_on_stereo_pair():
+    """Middlebury motorcycle pair: left(x) ~ right(x - d). With the true disparity as flow, a
+    small window finds the true match; the same window without flow cannot reach it."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from skimage.color import rgb2gray
+    from skimage.transform import rescale
+
+    left, right, disp = skimage_data.stereo_motorcycle()
+    s = 0.25
+    left = rescale(rgb2gray(left), s, anti_aliasing=True)
+    right = rescale(rgb2gray(right), s, anti_aliasing=True)
+    disp = rescale(np.nan_to_num(disp, nan=0.0, posinf=0.0), s, order=0) * s
+    H, W = left.shape
+    video = torch.from_numpy(np.stack([left, right])[None, :, None]).float()
+    fflow = torch.zeros(1, 2, 2, H, W)
+    fflow[0, 0, 0] = -torch.from_numpy(disp).float()  # frame 0 -> 1 moves x by -d
+    flows = (fflow, torch.zeros_like(fflow))
+    m = 12  # away from the borders
+    region = (0, 1, m, H - m, m, W - m)
+    kw = dict(ps=7, ws=3, wt=1, k=1, region=region, exclude_self=True, itype="float")
+    # Compare against frame 1 only: the window holds frames 0 and 1; restrict to frame 1 by
+    # giving frame 0 a huge offset so it never wins.
+    q = video.clone()
+    keys = video.clone()
+    keys[:, 0] += 100.0
+    coords = query_coords(video.shape, region).numpy()
+    dtrue = disp[coords[:, 1], coords[:, 2]]
+    valid = (dtrue > 0) & (coords[:, 2] - dtrue > m)
+    assert valid.mean() > 0.5
+    for use_flow, lo, hi in ((True, 0.8, 1.01), (False, 0.0, 0.1)):
+        _, inds = search(q, keys, flows=flows if use_flow else None, **kw)
+        x_found = inds[0, 0, :, 0, 2].numpy()
+        ok = np.abs(x_found - (coords[:, 2] - dtrue)) <= 1.0
+        frac = ok[valid].mean()
+        assert lo <= frac < hi, (use_flow, frac)
+
+
+def test_flow_guided_search_recovers_a_known_subpixel_shift():
+    """A real scene panned by a known sub-pixel shift: the matches sit at exactly that shift."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from scipy.ndimage import shift as nd_shift
+
+    img = skimage_data.camera()[200:280, 200:280].astype(np.float64) / 255
+    dy, dx = 0.4, 1.3
+    frames = [nd_shift(img, (n * dy, n * dx), order=3, mode="reflect") for n in range(3)]
+    video = torch.from_numpy(np.stack(frames)[None, :, None])
+    T, H, W = 3, 80, 80
+    fflow = torch.zeros(1, T, 2, H, W, dtype=torch.float64)
+    fflow[:, :, 0], fflow[:, :, 1] = dx, dy
+    bflow = -fflow
+    region = (1, 2, 20, 60, 20, 60)
+    # ws=5 at stride 0.5 around the flow-predicted position: the true shift sits at offset 0.
+    # The query's own frame is made unmatchable so every match lies in frames 0 and 2.
+    keys = video.clone()
+    keys[:, 1] += 100.0
+    _, inds = search(video, keys, ps=7, ws=5, wt=1, k=50, stride1=0.5, flows=(fflow, bflow), region=region)
+    i = inds[0, 0].numpy()
+    c = query_coords(video.shape, region).numpy()
+    assert set(np.unique(i[..., 0])) == {0.0, 2.0}
+    for frame, n in ((0, -1), (2, 1)):
+        first = np.argmax(i[..., 0] == frame, axis=1)  # best match in that frame
+        best = i[np.arange(len(c)), first]
+        hit = (np.abs(best[:, 1] - c[:, 1] - n * dy) < 0.01) & (np.abs(best[:, 2] - c[:, 2] - n * dx) < 0.01)
+        assert hit.mean() > 0.85, (frame, hit.mean())  # bilinear reading blurs flat areas
+    # Without the flow the window centre sits at the query, and the exact shift is off the grid.
+    _, inds = search(video, keys, ps=7, ws=5, wt=1, k=50, stride1=0.5, region=region)
+    i = inds[0, 0].numpy()
+    first = np.argmax(i[..., 0] == 2, axis=1)
+    best = i[np.arange(len(c)), first]
+    hit = (np.abs(best[:, 1] - c[:, 1] - dy) < 0.01) & (np.abs(best[:, 2] - c[:, 2] - dx) < 0.01)
+    assert hit.mean() < 0.05
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+V5 = torch.zeros(1, 2, 2, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,exc,match",
+    [
+        ((V5[0], V5[0]), {}, ValueError, "queries: expected a video"),
+        ((V5, V5[:, :1]), {}, ValueError, "keys: expected the same shape"),
+        ((V5, V5.double()), {}, TypeError, "keys: expected dtype"),
+        ((V5.long(), V5.long()), {}, TypeError, "queries: expected a floating-point"),
+        (([0], V5), {}, TypeError, "queries: expected a torch.Tensor"),
+        ((V5, V5), dict(ps=0), ValueError, "ps: expected an int >= 1"),
+        ((V5, V5), dict(ps=2.5), TypeError, "ps"),
+        ((V5, V5), dict(ws=0), ValueError, "ws"),
+        ((V5, V5), dict(ws=4), ValueError, "ws: expected an odd"),
+        ((V5, V5), dict(ws=9), ValueError, "ws: the search grid"),
+        ((V5, V5), dict(ws=5, stride1=2.0), ValueError, "ws: the search grid"),
+        ((V5, V5), dict(ws=3, k=0), ValueError, "k: expected an int >= 1"),
+        ((V5, V5), dict(ws=3, k=19), ValueError, "k: expected at most the 18"),
+        ((V5, V5), dict(ws=3, k=18, exclude_self=True), ValueError, "k: expected at most the 17"),
+        ((V5, V5), dict(ws=3, k=2, stride0=0), ValueError, "stride0"),
+        ((V5, V5), dict(ws=3, k=2, stride1=0.0), ValueError, "stride1"),
+        ((V5, V5), dict(ws=3, k=2, stride1=1.5, itype="int"), ValueError, "stride1: must be an integer"),
+        ((V5, V5), dict(ws=3, k=2, wt=-1), ValueError, "wt"),
+        ((V5, V5), dict(ws=3, k=2, nheads=3), ValueError, "nheads: must divide"),
+        ((V5, V5), dict(ws=3, k=2, dist="l1"), ValueError, "dist: expected one of"),
+        ((V5, V5), dict(ws=3, k=2, itype="half"), ValueError, "itype"),
+        ((V5, V5), dict(ws=3, k=2, region=(0, 3, 0, 8, 0, 8)), ValueError, "region: t range"),
+        ((V5, V5), dict(ws=3, k=2, region=(0, 1, 4, 4, 0, 8)), ValueError, "region: y range"),
+        ((V5, V5), dict(ws=3, k=2, region=(0, 1, 0, 8)), ValueError, "region: expected 6"),
+        ((V5, V5), dict(ws=3, k=2, region=(0, 1, 0, 8, 0, 8.5)), TypeError, "region: expected integers"),
+        ((V5, V5), dict(ws=3, k=2, flows=torch.zeros(1, 2, 2, 8, 8)), TypeError, "flows: expected None or"),
+        ((V5, V5), dict(ws=3, k=2, flows=(torch.zeros(1, 2, 2, 8, 7),) * 2), ValueError, "flows \\(fflow\\)"),
+        ((V5, V5), dict(ws=3, k=2, flows=(torch.zeros(1, 2, 2, 8, 8).long(),) * 2), TypeError, "floating"),
+        ((V5, V5), dict(ws=3, k=2, batch_size=0), ValueError, "batch_size"),
+        ((V5, V5), dict(ws=3, k=2, exclude_self=1), TypeError, "exclude_self"),
+        ((V5, V5), dict(ws=3, k=2, backend="cuda"), ValueError, "backend"),
+        ((V5, V5), dict(ws=3, k=2, backend="gpu"), ValueError, "backend: expected None or one of"),
+    ],
+)
+def test_bad_input(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        search(*args, **kwargs)
+
+
+def test_empty_video_is_an_error():
+    e = torch.zeros(1, 0, 1, 8, 8)
+    with pytest.raises(ValueError, match="queries: video is empty"):
+        search(e, e)
+
+
+def test_inputs_are_not_modified():
+    gen = torch.Generator().manual_seed(7)
+    q = torch.rand(1, 2, 1, 8, 8, generator=gen)
+    f = (torch.rand(1, 2, 2, 8, 8, generator=gen), torch.rand(1, 2, 2, 8, 8, generator=gen))
+    copies = [q.clone(), f[0].clone(), f[1].clone()]
+    search(q, q, ps=3, ws=3, wt=1, k=2, flows=f)
+    for a, b in zip([q, *f], copies, strict=False):
+        assert torch.equal(a, b)
+
+
+def test_non_contiguous_and_half_inputs():
+    gen = torch.Generator().manual_seed(8)
+    base = torch.rand(1, 3, 8, 8, 2, generator=gen)
+    v = base.permute(0, 1, 4, 2, 3)  # non-contiguous (B, T, C, H, W)
+    d, i = search(v, v, ps=3, ws=3, wt=1, k=3)
+    d2, i2 = search(v.contiguous(), v.contiguous(), ps=3, ws=3, wt=1, k=3)
+    assert torch.equal(d, d2) and torch.equal(i, i2)
+    dh, ih = search(v.half(), v.half(), ps=3, ws=3, wt=1, k=3)
+    assert dh.dtype == torch.float32
+    assert torch.equal(ih[..., 0, :], i[..., 0, :])
