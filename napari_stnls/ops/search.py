@@ -13,7 +13,7 @@ import torch
 
 from . import _validate as V
 from ._dispatch import register, resolve
-from ._patches import channels_last, patch_taps, read, write
+from ._patches import channels_last, patch_taps, read, reflect, write
 from ._region import as_region, query_coords
 
 __all__ = ["search", "search_memory_per_query"]
@@ -49,15 +49,21 @@ class _Params:
         return self.pt * (self.shape[2] // self.nheads) * self.ps * self.ps
 
 
-def search_memory_per_query(shape, ps: int, ws: int, pt: int = 1, itype: str = "float") -> int:
+def search_memory_per_query(shape, ps: int, ws: int, pt: int = 1, itype: str = "float",
+                            stride1: float = 1.0) -> int:
     """Bytes of working set per query in the candidate stage of the reference search.
 
-    Per candidate pixel: an int64 index and a value per bilinear tap, plus the
-    combined patch, differences and squares (float32). Used to pick ``batch_size``.
+    Integer ``stride1`` reads one window per query and frame and views the candidate
+    patches in it: the patches, differences and squares (float32) dominate. Fractional
+    ``stride1`` reads every candidate pixel through up to four bilinear taps, each with
+    an int64 index and a value. Used to pick ``batch_size``.
     """
     C = shape[2]
-    taps = 4 if itype == "float" else 1
-    per_pixel = taps * 8 + 4 * C * (taps + 3)
+    if float(stride1).is_integer():
+        per_pixel = 4 * C * 3
+    else:
+        taps = 4 if itype == "float" else 1
+        per_pixel = taps * 8 + 4 * C * (taps + 3)
     return ws * ws * pt * ps * ps * per_pixel
 
 
@@ -146,6 +152,59 @@ def _query_patches(flat: torch.Tensor, coords: torch.Tensor, P: _Params) -> torc
     return qp.reshape(*qp.shape[:3], -1)
 
 
+def _window_patches(k_flat, centres, frames, P: _Params, acc) -> torch.Tensor:
+    """Candidate patches (B, nheads, Qb, ws*ws, patch) of one frame slot, for integer stride1.
+
+    All ws*ws candidates of a query share the fractional part of the window centre, so the
+    window of pixels they cover is read once (mirrored), interpolated once (along x, then y,
+    in the same order as :func:`read`) and the patches are strided views into it.
+    """
+    B, _, nh, Ch = k_flat.shape
+    T, H, W = P.thw
+    Qb = frames.shape[0]
+    s, d, ws, ps = int(P.stride1), P.dilation, P.ws, P.ps
+    lo = s * (ws // 2) + d * (ps // 2)
+    L = s * (ws - 1) + d * (ps - 1) + 1
+    dev = k_flat.device
+    if P.itype == "int":
+        base = centres.long() - lo  # (B, Qb, 2)
+        fy = fx = None
+        n = L
+    else:
+        start = centres - lo
+        fl = torch.floor(start)
+        f = start - fl
+        base = fl.long()
+        fy = f[..., 0] if bool((f[..., 0] != 0).any()) else None
+        fx = f[..., 1] if bool((f[..., 1] != 0).any()) else None
+        n = L + 1
+    ar = torch.arange(n, device=dev)
+    rows = reflect(base[..., 0, None] + ar, H)  # (B, Qb, n)
+    cols = reflect(base[..., 1, None] + ar, W)
+    tt = reflect(frames[:, None] + torch.arange(P.pt, device=dev), T)  # (Qb, pt)
+    idx = (tt.view(1, Qb, P.pt, 1, 1) * H + rows[:, :, None, :, None]) * W + cols[:, :, None, None, :]
+    idx = idx + (torch.arange(B, device=dev) * (T * H * W)).view(B, 1, 1, 1, 1)
+    win = k_flat.reshape(-1, nh * Ch).index_select(0, idx.reshape(-1)).to(acc)
+    win = win.view(B, Qb, P.pt, n, n, nh * Ch)
+    if P.itype == "float":
+        if fx is None:
+            win = win[:, :, :, :, :L]
+        else:
+            w = fx.view(B, Qb, 1, 1, 1, 1)
+            win = (1 - w) * win[:, :, :, :, :L] + w * win[:, :, :, :, 1:]
+        if fy is None:
+            win = win[:, :, :, :L]
+        else:
+            w = fy.view(B, Qb, 1, 1, 1, 1)
+            win = (1 - w) * win[:, :, :, :L] + w * win[:, :, :, 1:]
+    span = d * (ps - 1) + 1
+    # (B, Qb, pt, ws, L, C, span) -> (B, Qb, pt, ws, ws, C, span, span), then every d-th pixel
+    pat = win.unfold(3, span, s).unfold(4, span, s)[..., ::d, ::d]
+    pat = pat.permute(0, 1, 3, 4, 2, 6, 7, 5)  # (B, Qb, ws, ws, pt, ps, ps, C)
+    pat = pat.reshape(B, Qb, ws * ws, P.pt, ps, ps, nh, Ch).permute(0, 6, 1, 2, 3, 4, 5, 7)
+    return pat.reshape(B, nh, Qb, ws * ws, -1)
+
+
 def _select(q_flat, k_flat, coords, flows, P: _Params) -> torch.Tensor:
     """Top-k candidate ids (B, nheads, Qb, k) = (slot*ws + i)*ws + j, best first."""
     B, nh, ws, Qb = P.shape[0], P.nheads, P.ws, coords.shape[0]
@@ -156,6 +215,7 @@ def _select(q_flat, k_flat, coords, flows, P: _Params) -> torch.Tensor:
     off = _offsets(P, acc, coords.device)
     if P.itype == "int":
         centres, off = centres.long(), off.long()
+    window = float(P.stride1).is_integer()
     best_d = best_id = None
     descending = P.dist == "prod"
     worst = -math.inf if descending else math.inf
@@ -167,8 +227,12 @@ def _select(q_flat, k_flat, coords, flows, P: _Params) -> torch.Tensor:
             [tt.to(pdtype), ys[..., :, None].expand(-1, -1, ws, ws), xs[..., None, :].expand(-1, -1, ws, ws)],
             dim=-1,
         )  # (B, Qb, ws, ws, 3)
-        kp = read(k_flat, patch_taps(pos.view(B, 1, -1, 3), P.thw, P.ps, P.pt, P.dilation), acc)
-        d = _distance(qp, kp.reshape(B, nh, Qb, ws * ws, -1), P.dist)
+        if window:
+            kp = _window_patches(k_flat, centres[:, :, f], frames[:, f], P, acc)
+        else:
+            taps = patch_taps(pos.view(B, 1, -1, 3), P.thw, P.ps, P.pt, P.dilation)
+            kp = read(k_flat, taps, acc).reshape(B, nh, Qb, ws * ws, -1)
+        d = _distance(qp, kp, P.dist)
         if P.exclude_self:
             same = (
                 (tt == coords[:, 0].view(1, Qb, 1, 1))
@@ -226,8 +290,8 @@ class _SearchDists(torch.autograd.Function):
         q_flat, k_flat, coords, kpos = ctx.saved_tensors
         P, batch = ctx.P, ctx.batch
         need_q, need_k, _, need_pos = ctx.needs_input_grad[:4]
-        gq = torch.zeros_like(q_flat) if need_q else None
-        gk = torch.zeros_like(k_flat) if need_k else None
+        gq = torch.zeros(q_flat.shape, dtype=q_flat.dtype, device=q_flat.device) if need_q else None
+        gk = torch.zeros(k_flat.shape, dtype=k_flat.dtype, device=k_flat.device) if need_k else None
         gpos = torch.zeros_like(kpos) if need_pos else None
         acc = _acc_dtype(q_flat.dtype)
         B, nh = P.shape[0], P.nheads
@@ -253,7 +317,10 @@ class _SearchDists(torch.autograd.Function):
             if need_q:
                 write(gq, qtaps, g_q.sum(3).reshape(B, nh, Qb, *kraw.shape[3:]))
             if need_k:
-                ktaps = type(ktaps)(ktaps.index, [None if w is None else w.detach() for w in ktaps.weight])
+                ktaps = ktaps._replace(
+                    wy=[None if w is None else w.detach() for w in ktaps.wy],
+                    wx=[None if w is None else w.detach() for w in ktaps.wx],
+                )
                 write(gk, ktaps, g_k.reshape(kraw.shape))
         return gq, gk, None, gpos, None, None
 
@@ -279,7 +346,9 @@ def _search_reference(queries, keys, flows, coords, P: _Params, batch_size):
             f.to(acc).permute(0, 1, 3, 4, 2).reshape(B, T * H * W, 2) for f in flows
         )
     if batch_size is None:
-        sel_batch = _auto_batch(search_memory_per_query(P.shape, P.ps, P.ws, P.pt, P.itype), Q)
+        sel_batch = _auto_batch(
+            search_memory_per_query(P.shape, P.ps, P.ws, P.pt, P.itype, P.stride1), Q
+        )
         # The second stage reads k patches per query instead of ws*ws per frame.
         dist_batch = _auto_batch(
             search_memory_per_query(P.shape, P.ps, 1, P.pt, P.itype) * P.k, Q

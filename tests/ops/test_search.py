@@ -62,7 +62,7 @@ def _random_case(seed):
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_search_matches_oracle(seed):
+def test_search_matches_oracle(seed, device):
     case = _random_case(seed)
     gen = torch.Generator().manual_seed(seed)
     shape = case.pop("shape")
@@ -72,11 +72,14 @@ def test_search_matches_oracle(seed):
     flows = None
     if case.pop("flow"):
         flows = (_smooth_flow(gen, B, T, H, W, 1.7), _smooth_flow(gen, B, T, H, W, 1.7))
-    d, i = search(q, k, flows=flows, **case)
+    dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
+    d, i = search(q.to(device), k.to(device), flows=dev_flows, **case)
     ref_flows = None if flows is None else tuple(f.numpy() for f in flows)
     rd, ri = oracle.search(q.numpy(), k.numpy(), flows=ref_flows, **case)
     assert i.dtype == (torch.int32 if case["itype"] == "int" else torch.float64)
     assert_knn_match(d, i, rd, ri)
+    step = d[..., 1:] - d[..., :-1]  # returned distances are exactly sorted, best first
+    assert bool((step >= 0).all() if case["dist"] == "l2" else (step <= 0).all())
 
 
 @pytest.mark.parametrize("dist", ["l2", "prod"])
@@ -118,16 +121,16 @@ def test_self_is_found_first_and_exclude_self_drops_it():
 
 
 @pytest.mark.parametrize("itype", ["float", "int"])
-def test_batching_gives_identical_results_and_gradients(itype):
+def test_batching_gives_identical_results_and_gradients(itype, device):
     gen = torch.Generator().manual_seed(4)
-    q = torch.rand(1, 3, 2, 10, 9, generator=gen, dtype=torch.float64, requires_grad=True)
-    k = torch.rand(1, 3, 2, 10, 9, generator=gen, dtype=torch.float64, requires_grad=True)
-    f = [_smooth_flow(gen, 1, 3, 10, 9, 1.3).requires_grad_() for _ in range(2)]
+    q = torch.rand(1, 3, 2, 10, 9, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    k = torch.rand(1, 3, 2, 10, 9, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    f = [_smooth_flow(gen, 1, 3, 10, 9, 1.3).to(device).requires_grad_() for _ in range(2)]
     kw = dict(ps=3, ws=5, wt=1, k=4, itype=itype, region=(0, 3, 1, 9, 2, 8), stride0=2)
     outs = []
     for bs in (None, 1, 7, 1000):
         d, i = search(q, k, flows=f, batch_size=bs, **kw)
-        loss = (d * torch.linspace(0, 1, d.shape[-1], dtype=d.dtype)).sum()
+        loss = (d * torch.linspace(0, 1, d.shape[-1], dtype=d.dtype, device=device)).sum()
         if itype == "float":
             loss = loss + (i[..., 1:] ** 2).sum()
         grads = torch.autograd.grad(loss, [q, k, *f], allow_unused=True)
