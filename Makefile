@@ -11,10 +11,12 @@ STAMP  := $(VENV)/.installed-stamp
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q "setuptools>=64" wheel
+	# builds the C++ kernels (and CUDA ones where torch has CUDA) against the installed torch
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

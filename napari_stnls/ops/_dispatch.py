@@ -18,7 +18,6 @@ BACKENDS = ("reference", "cpu", "cuda")
 ENV = "NAPARI_STNLS_BACKEND"
 
 _impls: dict[str, dict[str, Callable]] = {op: {} for op in OPS}
-_missing_reason = "the compiled extension is not part of this build yet (reference backend only)"
 
 
 def register(op: str, backend: str, fn: Callable) -> None:
@@ -45,7 +44,14 @@ def resolve(op: str, backend: str | None, device: torch.device) -> Callable:
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected None or one of {BACKENDS}, got {backend!r}")
     if backend not in _impls[op]:
-        raise ValueError(f"backend: {backend!r} is not available for {op}: {_missing_reason}")
+        from ._ext import LOAD_ERROR
+
+        why = (
+            f"the compiled kernels failed to load ({LOAD_ERROR})"
+            if LOAD_ERROR
+            else f"this build has no {backend} kernel for {op}"
+        )
+        raise ValueError(f"backend: {backend!r} is not available for {op}: {why}")
     if backend != "reference" and backend != device.type:
         raise ValueError(
             f"backend: {backend!r} cannot run {op} on tensors on {device}; move them or pick "

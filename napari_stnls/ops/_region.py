@@ -155,7 +155,8 @@ def grid_view(
     shape, region, stride0
         As for :func:`query_coords`.
     dim : int, optional
-        The Q axis. By default the first axis of size Q.
+        The Q axis. By default axis 2 for tensors of 4 or more dims (search's
+        ``(B, nheads, Q, ...)`` layout), else the first axis of size Q.
 
     Returns
     -------
@@ -164,12 +165,14 @@ def grid_view(
 
     Examples
     --------
-    >>> d = torch.zeros(1, 1, 2 * 3 * 4, 5)
+    >>> d = torch.zeros(1, 1, 2 * 3 * 4, 5)  # dists (B, nheads, Q, k)
     >>> grid_view(d, (1, 2, 1, 3, 4)).shape
     torch.Size([1, 1, 2, 3, 4, 5])
     """
     gs = grid_shape(shape, region, stride0)
     q = gs[0] * gs[1] * gs[2]
+    if dim is None and x.ndim >= 4:
+        dim = 2  # search's layout: dists (B, nheads, Q, k), inds (B, nheads, Q, k, 3)
     if dim is None:
         dims = [i for i, n in enumerate(x.shape) if n == q]
         if not dims:

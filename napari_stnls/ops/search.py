@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _ext
 from . import _validate as V
 from ._dispatch import register, resolve
 from ._patches import channels_last, patch_taps, read, reflect, write
@@ -333,18 +334,19 @@ def _batch_dists(q_flat, k_flat, coords, kpos, P: _Params) -> torch.Tensor:
     return _distance(qp, kp.reshape(B, nh, Qb, k, -1), P.dist)
 
 
-def _search_reference(queries, keys, flows, coords, P: _Params, batch_size):
+def _flat_flows(flows, P: _Params, acc):
+    if flows is None:
+        return None
     B, T, C, H, W = P.shape
+    return tuple(f.to(acc).permute(0, 1, 3, 4, 2).reshape(B, T * H * W, 2) for f in flows)
+
+
+def _search_reference(queries, keys, flows, coords, P: _Params, batch_size):
     acc = _acc_dtype(queries.dtype)
     Q = coords.shape[0]
     q_flat = channels_last(queries, P.nheads)
-    k_flat = keys if keys is queries else None
-    k_flat = q_flat if k_flat is not None else channels_last(keys, P.nheads)
-    flat_flows = None
-    if flows is not None:
-        flat_flows = tuple(
-            f.to(acc).permute(0, 1, 3, 4, 2).reshape(B, T * H * W, 2) for f in flows
-        )
+    k_flat = q_flat if keys is queries else channels_last(keys, P.nheads)
+    flat_flows = _flat_flows(flows, P, acc)
     if batch_size is None:
         sel_batch = _auto_batch(
             search_memory_per_query(P.shape, P.ps, P.ws, P.pt, P.itype, P.stride1), Q
@@ -370,7 +372,34 @@ def _search_reference(queries, keys, flows, coords, P: _Params, batch_size):
     return dists, inds
 
 
+def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
+    """Compiled kernels (csrc/): a streaming top-k over all candidates, then the distances at
+    the chosen positions, differentiable through their own backward kernel. Memory is
+    O(output) whatever ``batch_size``; flows are chained here, in PyTorch, so that their
+    gradient is autograd's."""
+    acc = _acc_dtype(queries.dtype)
+    q_cl = queries.permute(0, 1, 3, 4, 2).contiguous()
+    k_cl = q_cl if keys is queries else keys.permute(0, 1, 3, 4, 2).contiguous()
+    centres, frames = _centres(coords, _flat_flows(flows, P, acc), P, acc)
+    off = _offsets(P, acc, coords.device)
+    ids = _ext.ops.search_topk(
+        q_cl, k_cl, coords, centres.detach(), frames, off, P.ps, P.pt, P.dilation, P.nheads, P.k,
+        P.dist == "l2", P.exclude_self,
+    )
+    kpos = _positions(centres, frames, ids, P)
+    dists = _ext.ops.search_dists(q_cl, k_cl, coords, kpos, P.ps, P.pt, P.dilation, P.dist == "l2")
+    inds = kpos.to(torch.int32) if P.itype == "int" else kpos
+    return dists, inds
+
+
+def _compiled_supports(P: _Params) -> bool:
+    return P.ps <= 32 and P.pt <= 8
+
+
 register("search", "reference", _search_reference)
+for _dev in ("cpu", "cuda"):
+    if _ext.available(_dev):
+        register("search", _dev, _search_compiled)
 
 
 def search(
@@ -512,4 +541,11 @@ def search(
         (B, T, C, H, W), ps, ws, wt, k, dist, stride1, dilation, pt, nheads, exclude_self, itype
     )
     impl = resolve("search", backend, queries.device)
+    if impl is _search_compiled and not _compiled_supports(P):
+        if backend is not None:
+            raise ValueError(
+                f"backend: the compiled search takes ps <= 32 and pt <= 8 (got ps={ps}, pt={pt}); "
+                "use backend='reference'"
+            )
+        impl = _search_reference
     return impl(queries, keys, flows, coords, P, batch_size)

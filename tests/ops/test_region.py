@@ -38,6 +38,9 @@ def test_grid_view_round_trip():
     g = grid_view(x, shape, region, stride0=2)
     assert g.shape == (2, 1, 2, 3, 4, 5)
     assert torch.equal(g.reshape(x.shape), x)
+    # batch and head axes of the same size as Q are not mistaken for it
+    d = torch.zeros(4, 1, 4, 1)
+    assert grid_view(d, (4, 1, 1, 2, 2)).shape == (4, 1, 1, 2, 2, 1)
     with pytest.raises(ValueError, match="no axis of size Q"):
         grid_view(torch.zeros(5), shape, region, 2)
     with pytest.raises(ValueError, match="axis 0 has size"):

@@ -62,7 +62,8 @@ def _random_case(seed):
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_search_matches_oracle(seed, device):
+def test_search_matches_oracle(seed, impl):
+    backend, device = impl
     case = _random_case(seed)
     gen = torch.Generator().manual_seed(seed)
     shape = case.pop("shape")
@@ -73,9 +74,11 @@ def test_search_matches_oracle(seed, device):
     if case.pop("flow"):
         flows = (_smooth_flow(gen, B, T, H, W, 1.7), _smooth_flow(gen, B, T, H, W, 1.7))
     dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
-    d, i = search(q.to(device), k.to(device), flows=dev_flows, **case)
+    d, i = search(q.to(device), k.to(device), flows=dev_flows, backend=backend, **case)
     ref_flows = None if flows is None else tuple(f.numpy() for f in flows)
-    rd, ri = oracle.search(q.numpy(), k.numpy(), flows=ref_flows, **case)
+    nt = min(T, 2 * case["wt"] + 1)
+    more = dict(case, k=min(case["k"] + 1, nt * case["ws"] ** 2 - int(case["exclude_self"])))
+    rd, ri = oracle.search(q.numpy(), k.numpy(), flows=ref_flows, **more)
     assert i.dtype == (torch.int32 if case["itype"] == "int" else torch.float64)
     assert_knn_match(d, i, rd, ri)
     step = d[..., 1:] - d[..., :-1]  # returned distances are exactly sorted, best first
@@ -83,23 +86,26 @@ def test_search_matches_oracle(seed, device):
 
 
 @pytest.mark.parametrize("dist", ["l2", "prod"])
-def test_search_float32_matches_oracle(dist):
+def test_search_float32_matches_oracle(dist, impl):
+    backend, device = impl
     gen = torch.Generator().manual_seed(1)
     q = torch.rand(1, 3, 3, 9, 9, generator=gen)
     flows = tuple(_smooth_flow(gen, 1, 3, 9, 9, 1.2, torch.float32) for _ in range(2))
     kw = dict(ps=3, ws=5, wt=1, k=5, dist=dist)
-    d, i = search(q, q, flows=flows, **kw)
+    d, i = search(q.to(device), q.to(device), flows=tuple(f.to(device) for f in flows), backend=backend, **kw)
     assert d.dtype == torch.float32 and i.dtype == torch.float32
     qn = q.double().numpy()
     rd, ri = oracle.search(qn, qn, flows=[f.double().numpy() for f in flows], **kw)
     assert_knn_match(d, i, rd, ri, rtol=1e-5, atol=1e-5)
 
 
-def test_ties_are_ordered_by_position():
+def test_ties_are_ordered_by_position(impl):
     """On a constant video every candidate ties: the order must be (t, y, x) ascending."""
+    backend, device = impl
     v = torch.full((1, 3, 1, 7, 7), 0.5, dtype=torch.float64)
     kw = dict(ps=3, ws=3, wt=1, k=12, stride1=2.0)
-    d, i = search(v, v, **kw)
+    d, i = search(v.to(device), v.to(device), backend=backend, **kw)
+    i = i.cpu()
     rd, ri = oracle.search(v.numpy(), v.numpy(), **kw)
     assert torch.equal(i, torch.from_numpy(ri))
     flat = i[0, 0].long()
@@ -121,7 +127,8 @@ def test_self_is_found_first_and_exclude_self_drops_it():
 
 
 @pytest.mark.parametrize("itype", ["float", "int"])
-def test_batching_gives_identical_results_and_gradients(itype, device):
+def test_batching_gives_identical_results_and_gradients(itype, impl):
+    backend, device = impl
     gen = torch.Generator().manual_seed(4)
     q = torch.rand(1, 3, 2, 10, 9, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     k = torch.rand(1, 3, 2, 10, 9, generator=gen, dtype=torch.float64).to(device).requires_grad_()
@@ -129,7 +136,7 @@ def test_batching_gives_identical_results_and_gradients(itype, device):
     kw = dict(ps=3, ws=5, wt=1, k=4, itype=itype, region=(0, 3, 1, 9, 2, 8), stride0=2)
     outs = []
     for bs in (None, 1, 7, 1000):
-        d, i = search(q, k, flows=f, batch_size=bs, **kw)
+        d, i = search(q, k, flows=f, batch_size=bs, backend=backend, **kw)
         loss = (d * torch.linspace(0, 1, d.shape[-1], dtype=d.dtype, device=device)).sum()
         if itype == "float":
             loss = loss + (i[..., 1:] ** 2).sum()
@@ -146,14 +153,16 @@ def test_batching_gives_identical_results_and_gradients(itype, device):
 
 @pytest.mark.parametrize("dist", ["l2", "prod"])
 @pytest.mark.parametrize("nheads", [1, 2])
-def test_gradcheck_videos_and_flows(dist, nheads):
+def test_gradcheck_videos_and_flows(dist, nheads, impl):
+    backend, device = impl
     gen = torch.Generator().manual_seed(5)
     B, T, C, H, W = 1, 3, 2, 9, 9
-    q = torch.rand(B, T, C, H, W, generator=gen, dtype=torch.float64, requires_grad=True)
-    k = torch.rand(B, T, C, H, W, generator=gen, dtype=torch.float64, requires_grad=True)
+    q = torch.rand(B, T, C, H, W, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    k = torch.rand(B, T, C, H, W, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     # Small flows keep every window away from the frame border, where the clamp has a kink.
-    f = [(0.3 * _smooth_flow(gen, B, T, H, W, 1.0)).requires_grad_() for _ in range(2)]
-    kw = dict(ps=3, ws=3, wt=1, k=3, dist=dist, nheads=nheads, region=(0, 3, 3, 6, 3, 6), pt=2)
+    f = [(0.3 * _smooth_flow(gen, B, T, H, W, 1.0)).to(device).requires_grad_() for _ in range(2)]
+    kw = dict(ps=3, ws=3, wt=1, k=3, dist=dist, nheads=nheads, region=(0, 3, 3, 6, 3, 6), pt=2,
+              backend=backend)
 
     def fn(q, k, ff, bf):
         d, i = search(q, k, flows=(ff, bf), **kw)
@@ -198,7 +207,7 @@ def test_window_is_shifted_at_the_ends():
 # --- real images --------------------------------------------------------------------------------
 
 
-def test_disparity_as_flow_finds_true_matches_on_stereo_pair():
+def test_disparity_as_flow_finds_true_matches_on_stereo_pair(impl):
     """Middlebury motorcycle pair: left(x) ~ right(x - d). With the true disparity as flow, a
     small window finds the true match; the same window without flow cannot reach it."""
     skimage_data = pytest.importorskip("skimage.data")
@@ -217,7 +226,9 @@ def test_disparity_as_flow_finds_true_matches_on_stereo_pair():
     flows = (fflow, torch.zeros_like(fflow))
     m = 12  # away from the borders
     region = (0, 1, m, H - m, m, W - m)
-    kw = dict(ps=7, ws=3, wt=1, k=1, region=region, exclude_self=True, itype="float")
+    backend, device = impl
+    kw = dict(ps=7, ws=3, wt=1, k=1, region=region, exclude_self=True, itype="float", backend=backend)
+    video, flows = video.to(device), tuple(f.to(device) for f in flows)
     # Compare against frame 1 only: the window holds frames 0 and 1; restrict to frame 1 by
     # giving frame 0 a huge offset so it never wins.
     q = video.clone()
@@ -229,7 +240,7 @@ def test_disparity_as_flow_finds_true_matches_on_stereo_pair():
     assert valid.mean() > 0.5
     for use_flow, lo, hi in ((True, 0.8, 1.01), (False, 0.0, 0.1)):
         _, inds = search(q, keys, flows=flows if use_flow else None, **kw)
-        x_found = inds[0, 0, :, 0, 2].numpy()
+        x_found = inds[0, 0, :, 0, 2].cpu().numpy()
         ok = np.abs(x_found - (coords[:, 2] - dtrue)) <= 1.0
         frac = ok[valid].mean()
         assert lo <= frac < hi, (use_flow, frac)
@@ -311,6 +322,7 @@ V5 = torch.zeros(1, 2, 2, 8, 8)
         ((V5, V5), dict(ws=3, k=2, batch_size=0), ValueError, "batch_size"),
         ((V5, V5), dict(ws=3, k=2, exclude_self=1), TypeError, "exclude_self"),
         ((V5, V5), dict(ws=3, k=2, backend="cuda"), ValueError, "backend"),
+        ((V5, V5), dict(ws=3, k=2, ps=33, backend="cpu"), ValueError, "backend: the compiled search takes"),
         ((V5, V5), dict(ws=3, k=2, backend="gpu"), ValueError, "backend: expected None or one of"),
     ],
 )
@@ -335,13 +347,15 @@ def test_inputs_are_not_modified():
         assert torch.equal(a, b)
 
 
-def test_non_contiguous_and_half_inputs():
+def test_non_contiguous_and_half_inputs(impl):
+    backend, device = impl
     gen = torch.Generator().manual_seed(8)
-    base = torch.rand(1, 3, 8, 8, 2, generator=gen)
+    base = torch.rand(1, 3, 8, 8, 2, generator=gen).to(device)
     v = base.permute(0, 1, 4, 2, 3)  # non-contiguous (B, T, C, H, W)
-    d, i = search(v, v, ps=3, ws=3, wt=1, k=3)
-    d2, i2 = search(v.contiguous(), v.contiguous(), ps=3, ws=3, wt=1, k=3)
+    kw = dict(ps=3, ws=3, wt=1, k=3, backend=backend)
+    d, i = search(v, v, **kw)
+    d2, i2 = search(v.contiguous(), v.contiguous(), **kw)
     assert torch.equal(d, d2) and torch.equal(i, i2)
-    dh, ih = search(v.half(), v.half(), ps=3, ws=3, wt=1, k=3)
+    dh, ih = search(v.half(), v.half(), **kw)
     assert dh.dtype == torch.float32
     assert torch.equal(ih[..., 0, :], i[..., 0, :])

@@ -1,0 +1,314 @@
+// CPU kernels of the search (OpenMP through at::parallel_for over queries).
+//
+// search_topk streams every candidate of a query, computes its patch distance once and keeps
+// the k best in a small sorted list: nothing is materialised beyond the output.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../include/patch.h"
+
+namespace {
+
+using stnls::PatchLoc;
+
+void check_video(const at::Tensor& v, const char* name) {
+  TORCH_CHECK(v.dim() == 5, name, ": expected a channels-last video (B, T, H, W, C), got ",
+              v.dim(), " dims");
+  TORCH_CHECK(v.is_contiguous(), name, ": expected a contiguous tensor");
+  TORCH_CHECK(v.is_floating_point(), name, ": expected a floating-point tensor");
+}
+
+void check_patch_args(int64_t ps, int64_t pt, int64_t dilation) {
+  TORCH_CHECK(ps >= 1 && ps <= stnls::kMaxPs, "ps: compiled kernels take 1 <= ps <= ",
+              stnls::kMaxPs, ", got ", ps);
+  TORCH_CHECK(pt >= 1 && pt <= stnls::kMaxPt, "pt: compiled kernels take 1 <= pt <= ",
+              stnls::kMaxPt, ", got ", pt);
+  TORCH_CHECK(dilation >= 1, "dilation: expected >= 1, got ", dilation);
+}
+
+// The query patch of head h at integer (t, y, x), in (pt, ps, ps, Ch) order.
+template <typename scalar_t, typename acc_t>
+void load_query(const scalar_t* qv, PatchLoc<acc_t>& loc, int64_t C, int64_t c0, int64_t Ch,
+                int ps, int pt, acc_t* out) {
+  int64_t n = 0;
+  for (int dt = 0; dt < pt; ++dt)
+    for (int a = 0; a < ps; ++a)
+      for (int b = 0; b < ps; ++b)
+        for (int64_t c = 0; c < Ch; ++c) out[n++] = loc.value(qv, C, dt, a, b, c0 + c);
+}
+
+template <typename scalar_t, typename acc_t>
+acc_t patch_distance(const scalar_t* kv, const PatchLoc<acc_t>& loc, const acc_t* q, int64_t C,
+                     int64_t c0, int64_t Ch, int ps, int pt, bool l2) {
+  acc_t d = 0;
+  int64_t n = 0;
+  for (int dt = 0; dt < pt; ++dt)
+    for (int a = 0; a < ps; ++a)
+      for (int b = 0; b < ps; ++b)
+        for (int64_t c = 0; c < Ch; ++c, ++n) {
+          const acc_t v = loc.value(kv, C, dt, a, b, c0 + c);
+          if (l2) {
+            const acc_t e = q[n] - v;
+            d += e * e;
+          } else {
+            d += q[n] * v;
+          }
+        }
+  return d;
+}
+
+at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
+                           const at::Tensor& coords, const at::Tensor& centres,
+                           const at::Tensor& frames, const at::Tensor& offsets, int64_t ps,
+                           int64_t pt, int64_t dilation, int64_t nheads, int64_t k, bool l2,
+                           bool exclude_self) {
+  check_video(queries, "queries");
+  check_video(keys, "keys");
+  check_patch_args(ps, pt, dilation);
+  TORCH_CHECK(keys.sizes() == queries.sizes(), "keys: expected the shape of queries");
+  TORCH_CHECK(keys.scalar_type() == queries.scalar_type(), "keys: expected the dtype of queries");
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  const int64_t Q = coords.size(0), nt = frames.size(1), ws = offsets.size(0);
+  TORCH_CHECK(C % nheads == 0, "nheads: must divide C");
+  TORCH_CHECK(coords.scalar_type() == at::kLong && coords.dim() == 2 && coords.size(1) == 3,
+              "coords: expected (Q, 3) int64");
+  TORCH_CHECK(frames.scalar_type() == at::kLong && frames.size(0) == Q,
+              "frames: expected (Q, nt) int64");
+  TORCH_CHECK(centres.dim() == 4 && centres.size(0) == B && centres.size(1) == Q &&
+                  centres.size(2) == nt && centres.size(3) == 2,
+              "centres: expected (B, Q, nt, 2)");
+  TORCH_CHECK(k >= 1 && k <= nt * ws * ws, "k: expected 1 <= k <= nt*ws*ws");
+  auto ids = at::empty({B, nheads, Q, k}, coords.options());
+  if (ids.numel() == 0) return ids;
+  const int64_t Ch = C / nheads;
+  const auto crd = coords.contiguous();
+  const auto frm = frames.contiguous();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
+                                  "search_topk_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto cen = centres.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const auto off = offsets.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const scalar_t* qdata = queries.data_ptr<scalar_t>();
+    const scalar_t* kdata = keys.data_ptr<scalar_t>();
+    const int64_t* cdata = crd.data_ptr<int64_t>();
+    const int64_t* fdata = frm.data_ptr<int64_t>();
+    const acc_t* centre = cen.data_ptr<acc_t>();
+    const acc_t* offs = off.data_ptr<acc_t>();
+    int64_t* out = ids.data_ptr<int64_t>();
+    const int64_t video = T * H * W * C;
+    const int64_t psz = pt * ps * ps * Ch;
+
+    at::parallel_for(0, B * Q, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> qbuf(nheads * psz), bd(nheads * k);
+      std::vector<int64_t> bi(nheads * k);
+      std::vector<int> cnt(nheads);
+      PatchLoc<acc_t> loc;
+      for (int64_t bq = begin; bq < end; ++bq) {
+        const int64_t b = bq / Q, q = bq % Q;
+        const int64_t t = cdata[q * 3], qy = cdata[q * 3 + 1], qx = cdata[q * 3 + 2];
+        const scalar_t* qv = qdata + b * video;
+        const scalar_t* kv = kdata + b * video;
+        loc.set(t, acc_t(qy), acc_t(qx), T, H, W, ps, pt, dilation, false);
+        for (int64_t h = 0; h < nheads; ++h) {
+          load_query(qv, loc, C, h * Ch, Ch, ps, pt, qbuf.data() + h * psz);
+          cnt[h] = 0;
+        }
+        for (int64_t f = 0; f < nt; ++f) {
+          const int64_t s = fdata[q * nt + f];
+          const acc_t cy = centre[((b * Q + q) * nt + f) * 2];
+          const acc_t cx = centre[((b * Q + q) * nt + f) * 2 + 1];
+          for (int64_t i = 0; i < ws; ++i) {
+            const acc_t y = cy + offs[i];
+            for (int64_t j = 0; j < ws; ++j) {
+              const acc_t x = cx + offs[j];
+              if (exclude_self && s == t && std::abs(y - acc_t(qy)) < acc_t(1e-4) &&
+                  std::abs(x - acc_t(qx)) < acc_t(1e-4))
+                continue;
+              loc.set(s, y, x, T, H, W, ps, pt, dilation, false);
+              const int64_t id = (f * ws + i) * ws + j;
+              for (int64_t h = 0; h < nheads; ++h) {
+                const acc_t d = patch_distance(kv, loc, qbuf.data() + h * psz, C, h * Ch, Ch, ps,
+                                               pt, l2);
+                stnls::topk_insert(bd.data() + h * k, bi.data() + h * k, cnt[h], int(k), d, id,
+                                   l2);
+              }
+            }
+          }
+        }
+        for (int64_t h = 0; h < nheads; ++h)
+          for (int64_t r = 0; r < k; ++r)
+            out[((b * nheads + h) * Q + q) * k + r] = r < cnt[h] ? bi[h * k + r] : 0;
+      }
+    });
+  });
+  return ids;
+}
+
+// Position (t, y, x) of kpos[b, h, q, r] in acc_t.
+template <typename acc_t, typename pos_t>
+inline void load_pos(const pos_t* p, int64_t* t, acc_t* y, acc_t* x) {
+  *t = static_cast<int64_t>(std::llround(static_cast<double>(p[0])));
+  *y = static_cast<acc_t>(p[1]);
+  *x = static_cast<acc_t>(p[2]);
+}
+
+at::Tensor search_dists_cpu(const at::Tensor& queries, const at::Tensor& keys,
+                            const at::Tensor& coords, const at::Tensor& kpos, int64_t ps,
+                            int64_t pt, int64_t dilation, bool l2) {
+  check_video(queries, "queries");
+  check_video(keys, "keys");
+  check_patch_args(ps, pt, dilation);
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  TORCH_CHECK(kpos.dim() == 5 && kpos.size(0) == B && kpos.size(4) == 3,
+              "kpos: expected (B, nheads, Q, k, 3)");
+  const int64_t nh = kpos.size(1), Q = kpos.size(2), K = kpos.size(3), Ch = C / nh;
+  const auto acc_type = queries.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto dists = at::empty({B, nh, Q, K}, queries.options().dtype(acc_type));
+  if (dists.numel() == 0) return dists;
+  const auto crd = coords.contiguous();
+  const auto pos = kpos.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
+                                  "search_dists_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* qdata = queries.data_ptr<scalar_t>();
+    const scalar_t* kdata = keys.data_ptr<scalar_t>();
+    const int64_t* cdata = crd.data_ptr<int64_t>();
+    acc_t* out = dists.data_ptr<acc_t>();
+    const int64_t video = T * H * W * C, psz = pt * ps * ps * Ch;
+    AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_pos", [&] {
+      using pos_t = scalar_t;
+      const pos_t* pdata = pos.data_ptr<pos_t>();
+      at::parallel_for(0, B * nh * Q, 1, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> qbuf(psz);
+        PatchLoc<acc_t> loc;
+        for (int64_t n = begin; n < end; ++n) {
+          const int64_t b = n / (nh * Q), h = (n / Q) % nh, q = n % Q;
+          loc.set(cdata[q * 3], acc_t(cdata[q * 3 + 1]), acc_t(cdata[q * 3 + 2]), T, H, W, ps, pt,
+                  dilation, false);
+          load_query(qdata + b * video, loc, C, h * Ch, Ch, ps, pt, qbuf.data());
+          for (int64_t r = 0; r < K; ++r) {
+            int64_t t;
+            acc_t y, x;
+            load_pos(pdata + (n * K + r) * 3, &t, &y, &x);
+            loc.set(t, y, x, T, H, W, ps, pt, dilation, false);
+            out[n * K + r] =
+                patch_distance(kdata + b * video, loc, qbuf.data(), C, h * Ch, Ch, ps, pt, l2);
+          }
+        }
+      });
+    });
+  });
+  return dists;
+}
+
+// Parallel over (batch, head): each task writes only its own channels of its own batch item,
+// so the accumulation is race-free and its order fixed (bit-identical run to run).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& queries, const at::Tensor& keys,
+    const at::Tensor& coords, const at::Tensor& kpos, int64_t ps, int64_t pt, int64_t dilation,
+    bool l2, std::array<bool, 3> needs) {
+  check_video(queries, "queries");
+  check_video(keys, "keys");
+  check_patch_args(ps, pt, dilation);
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  const int64_t nh = kpos.size(1), Q = kpos.size(2), K = kpos.size(3), Ch = C / nh;
+  const auto acc_type = queries.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  // Gradients accumulate in the accumulation dtype, then are cast to the videos' dtype.
+  auto gq = at::zeros(queries.sizes(), queries.options().dtype(acc_type));
+  auto gk = at::zeros(keys.sizes(), keys.options().dtype(acc_type));
+  auto gpos = at::zeros(kpos.sizes(), kpos.options().dtype(
+                                          kpos.is_floating_point() ? kpos.scalar_type() : acc_type));
+  const auto crd = coords.contiguous();
+  const auto pos = kpos.contiguous();
+  const auto g = grad.to(acc_type).contiguous();
+  const bool sub = kpos.is_floating_point();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
+                                  "search_dists_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* qdata = queries.data_ptr<scalar_t>();
+    const scalar_t* kdata = keys.data_ptr<scalar_t>();
+    const int64_t* cdata = crd.data_ptr<int64_t>();
+    const acc_t* gd = g.data_ptr<acc_t>();
+    acc_t* gqd = gq.data_ptr<acc_t>();
+    acc_t* gkd = gk.data_ptr<acc_t>();
+    const int64_t video = T * H * W * C, psz = pt * ps * ps * Ch;
+    auto add = [](acc_t* p, acc_t v) { *p += v; };
+    AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_backward_pos", [&] {
+      using pos_t = scalar_t;
+      const pos_t* pdata = pos.data_ptr<pos_t>();
+      pos_t* gpd = sub ? gpos.data_ptr<pos_t>() : nullptr;
+      at::parallel_for(0, B * nh, 1, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> qbuf(psz), gqbuf(psz);
+        PatchLoc<acc_t> ql, kl;
+        for (int64_t bh = begin; bh < end; ++bh) {
+          const int64_t b = bh / nh, h = bh % nh, c0 = h * Ch;
+          const auto* qv = qdata + b * video;
+          const auto* kv = kdata + b * video;
+          for (int64_t q = 0; q < Q; ++q) {
+            ql.set(cdata[q * 3], acc_t(cdata[q * 3 + 1]), acc_t(cdata[q * 3 + 2]), T, H, W, ps,
+                   pt, dilation, false);
+            load_query(qv, ql, C, c0, Ch, ps, pt, qbuf.data());
+            std::fill(gqbuf.begin(), gqbuf.end(), acc_t(0));
+            for (int64_t r = 0; r < K; ++r) {
+              const int64_t n = (bh * Q + q) * K + r;
+              const acc_t gr = gd[n];
+              int64_t t;
+              acc_t y, x;
+              load_pos(pdata + n * 3, &t, &y, &x);
+              kl.set(t, y, x, T, H, W, ps, pt, dilation, sub && needs[2]);
+              acc_t gy = 0, gx = 0;
+              int64_t m = 0;
+              for (int dt = 0; dt < pt; ++dt)
+                for (int a = 0; a < ps; ++a)
+                  for (int bb = 0; bb < ps; ++bb)
+                    for (int64_t c = 0; c < Ch; ++c, ++m) {
+                      const acc_t v = kl.value(kv, C, dt, a, bb, c0 + c);
+                      // d dist / d query value and d dist / d key value
+                      const acc_t dq = l2 ? acc_t(2) * (qbuf[m] - v) : v;
+                      const acc_t dk = l2 ? -dq : qbuf[m];
+                      gqbuf[m] += gr * dq;
+                      if (needs[1]) kl.scatter(gkd + b * video, C, dt, a, bb, c0 + c, gr * dk, add);
+                      if (needs[2] && sub) {
+                        acc_t vy, vx;
+                        kl.grad_pos(kv, C, dt, a, bb, c0 + c, &vy, &vx);
+                        gy += gr * dk * vy;
+                        gx += gr * dk * vx;
+                      }
+                    }
+              if (needs[2] && sub) {
+                gpd[n * 3 + 1] = static_cast<pos_t>(gy);
+                gpd[n * 3 + 2] = static_cast<pos_t>(gx);
+              }
+            }
+            if (needs[0]) {
+              int64_t m2 = 0;
+              for (int dt = 0; dt < pt; ++dt)
+                for (int a = 0; a < ps; ++a)
+                  for (int bb = 0; bb < ps; ++bb)
+                    for (int64_t c = 0; c < Ch; ++c, ++m2)
+                      ql.scatter(gqd + b * video, C, dt, a, bb, c0 + c, gqbuf[m2], add);
+            }
+          }
+        }
+      });
+    });
+  });
+  return {gq.to(queries.scalar_type()), gk.to(keys.scalar_type()), gpos};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(napari_stnls, CPU, m) {
+  m.impl("search_topk", &search_topk_cpu);
+  m.impl("search_dists", &search_dists_cpu);
+  m.impl("search_dists_backward", &search_dists_backward_cpu);
+}

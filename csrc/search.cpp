@@ -1,0 +1,38 @@
+// Operator schemas of the search: one library namespace for the project, one kernel file per
+// device (cpu/, cuda/). Autograd and fake (shape-only) kernels are registered in Python
+// (napari_stnls/ops/_ext.py), so torch.compile sees through the ops.
+//
+// search_topk: the k best candidate ids of every query (no gradient: integer output).
+// search_dists: patch distances at given positions (differentiable in Python through
+//               search_dists_backward).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An empty module: importing napari_stnls._C loads this library and registers the ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(napari_stnls, m) {
+  // queries/keys: channels-last videos (B, T, H, W, C); coords (Q, 3) int64; centres
+  // (B, Q, nt, 2) float (search-grid centres, y then x); frames (Q, nt) int64; offsets (ws,)
+  // the grid offsets in the centres' dtype. Returns ids (B, nheads, Q, k) int64 =
+  // (slot * ws + i) * ws + j, best first, ties in ascending id order.
+  m.def(
+      "search_topk(Tensor queries, Tensor keys, Tensor coords, Tensor centres, Tensor frames, "
+      "Tensor offsets, int ps, int pt, int dilation, int nheads, int k, bool l2, "
+      "bool exclude_self) -> Tensor");
+  // kpos (B, nheads, Q, k, 3) float or integer (t, y, x). Returns dists (B, nheads, Q, k)
+  // in float32 (float64 for float64 videos).
+  m.def(
+      "search_dists(Tensor queries, Tensor keys, Tensor coords, Tensor kpos, int ps, int pt, "
+      "int dilation, bool l2) -> Tensor");
+  // Gradients of sum(grad * dists) w.r.t. queries, keys (channels-last) and kpos.
+  m.def(
+      "search_dists_backward(Tensor grad, Tensor queries, Tensor keys, Tensor coords, "
+      "Tensor kpos, int ps, int pt, int dilation, bool l2, bool[3] needs) -> "
+      "(Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,84 @@
+"""Loading the compiled kernels (napari_stnls._C) and wiring them into PyTorch.
+
+The C++ library registers the op schemas and the CPU/CUDA kernels (``csrc/``). Here we add
+what belongs in Python: fake (shape-only) kernels so ``torch.compile`` can trace the ops,
+and autograd for ``search_dists`` through its own backward op. Import never fails for lack
+of a build: :data:`LOAD_ERROR` records why, and one warning says the reference is used.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+LOAD_ERROR: str | None = None
+try:
+    from .. import _C  # noqa: F401  (loading the library registers the ops)
+except (ImportError, OSError) as e:  # missing build, or built against another torch
+    LOAD_ERROR = f"{type(e).__name__}: {e}"
+    warnings.warn(
+        "napari-stnls: the compiled kernels are not available "
+        f"({LOAD_ERROR}); every op uses the pure-PyTorch reference backend. Rebuild with "
+        "`pip install --no-build-isolation -e .` against the installed torch.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def available(device_type: str) -> bool:
+    """Whether the compiled search kernels exist for ``device_type`` ("cpu" or "cuda")."""
+    if LOAD_ERROR is not None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    return torch._C._dispatch_has_kernel_for_dispatch_key("napari_stnls::search_topk", key)
+
+
+if LOAD_ERROR is None:
+    ops = torch.ops.napari_stnls
+
+    @torch.library.register_fake("napari_stnls::search_topk")
+    def _(queries, keys, coords, centres, frames, offsets, ps, pt, dilation, nheads, k, l2,
+          exclude_self):
+        return coords.new_empty((queries.shape[0], nheads, coords.shape[0], k))
+
+    def _acc(dtype: torch.dtype) -> torch.dtype:
+        return torch.float64 if dtype == torch.float64 else torch.float32
+
+    @torch.library.register_fake("napari_stnls::search_dists")
+    def _(queries, keys, coords, kpos, ps, pt, dilation, l2):
+        return queries.new_empty(kpos.shape[:4], dtype=_acc(queries.dtype))
+
+    @torch.library.register_fake("napari_stnls::search_dists_backward")
+    def _(grad, queries, keys, coords, kpos, ps, pt, dilation, l2, needs):
+        gpos_dtype = kpos.dtype if kpos.is_floating_point() else _acc(queries.dtype)
+        return (
+            torch.empty_like(queries),
+            torch.empty_like(keys),
+            kpos.new_empty(kpos.shape, dtype=gpos_dtype),
+        )
+
+    def _setup_context(ctx, inputs, output):
+        queries, keys, coords, kpos, ps, pt, dilation, l2 = inputs
+        ctx.save_for_backward(queries, keys, coords, kpos)
+        ctx.args = (ps, pt, dilation, l2)
+
+    def _backward(ctx, grad):
+        queries, keys, coords, kpos = ctx.saved_tensors
+        needs = [bool(n) for n in ctx.needs_input_grad[:2]] + [
+            bool(ctx.needs_input_grad[3]) and kpos.is_floating_point()
+        ]
+        gq, gk, gpos = ops.search_dists_backward(grad.contiguous(), queries, keys, coords, kpos,
+                                                 *ctx.args, needs)
+        return (
+            gq if needs[0] else None,
+            gk if needs[1] else None,
+            None,
+            gpos.to(kpos.dtype) if needs[2] else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+    torch.library.register_autograd("napari_stnls::search_dists", _backward, setup_context=_setup_context)

@@ -1,0 +1,100 @@
+"""The compiled kernels as PyTorch custom operators: opcheck, torch.compile, and the fallback
+when the compiled module is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from napari_stnls.ops import _ext, backend_info, search
+from napari_stnls.ops.search import _centres, _flat_flows, _offsets, _Params
+
+needs_ext = pytest.mark.skipif(_ext.LOAD_ERROR is not None, reason=f"not built: {_ext.LOAD_ERROR}")
+
+
+def _inputs(device, dtype=torch.float64, B=1, T=3, C=2, H=8, W=9, nheads=2, itype="float"):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.rand(B, T, H, W, C, generator=gen, dtype=dtype).to(device)
+    k = torch.rand(B, T, H, W, C, generator=gen, dtype=dtype).to(device)
+    P = _Params((B, T, C, H, W), 3, 3, 1, 4, "l2", 1.0, 1, 2, nheads, False, itype)
+    coords = torch.tensor([[0, 2, 3], [1, 4, 4], [2, 7, 8]], device=device)
+    flows = tuple(0.7 * torch.randn(B, T, 2, H, W, generator=gen, dtype=dtype).to(device) for _ in range(2))
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    centres, frames = _centres(coords, _flat_flows(flows, P, acc), P, acc)
+    return q, k, coords, centres, frames, _offsets(P, acc, device), P
+
+
+@needs_ext
+def test_opcheck(impl):
+    backend, device = impl
+    if backend == "reference":
+        pytest.skip("opcheck concerns the compiled operators")
+    q, k, coords, centres, frames, off, P = _inputs(device)
+    args = (q, k, coords, centres, frames, off, P.ps, P.pt, P.dilation, P.nheads, P.k, True, False)
+    torch.library.opcheck(torch.ops.napari_stnls.search_topk.default, args)
+    ids = torch.ops.napari_stnls.search_topk(*args)
+    kpos = torch.stack([frames[:, :1].expand(-1, 4).float().double().expand(1, 2, 3, 4),
+                        1.3 + ids.double() % 5, 2.6 + ids.double() % 4], -1).contiguous()
+    qg, kg, pg = q.clone().requires_grad_(), k.clone().requires_grad_(), kpos.clone().requires_grad_()
+    torch.library.opcheck(torch.ops.napari_stnls.search_dists.default, (qg, kg, coords, pg, 3, 2, 1, True))
+    torch.library.opcheck(torch.ops.napari_stnls.search_dists.default, (qg, kg, coords, pg, 3, 2, 1, False))
+
+
+@needs_ext
+def test_torch_compile_fullgraph(impl):
+    backend, device = impl
+    if backend == "reference":
+        pytest.skip("the compiled backend is what must trace without graph breaks")
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(1)
+    v = torch.rand(1, 3, 2, 10, 10, generator=gen).to(device)
+    f = tuple((0.5 * torch.randn(1, 3, 2, 10, 10, generator=gen)).to(device) for _ in range(2))
+
+    def run(v, ff, bf):
+        d, i = search(v, v, ps=3, ws=3, wt=1, k=4, flows=(ff, bf), backend=backend)
+        return d.sum() + i.sum()
+
+    eager = run(v, *f)
+    compiled = torch.compile(run, fullgraph=True, backend="aot_eager")(v, *f)
+    torch.testing.assert_close(compiled, eager)
+
+
+def test_fallback_when_the_compiled_module_is_missing():
+    code = textwrap.dedent(
+        """
+        import importlib.abc, sys, warnings
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "napari_stnls._C":
+                    raise ImportError("simulated: no compiled module")
+        sys.meta_path.insert(0, Block())
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            import torch
+            from napari_stnls.ops import backend_info, search
+        msgs = [str(x.message) for x in w if "compiled kernels are not available" in str(x.message)]
+        assert len(msgs) == 1, msgs
+        assert all(v == {"cpu": "reference", "cuda": "reference"} for v in backend_info().values())
+        v = torch.rand(1, 2, 1, 6, 6)
+        search(v, v, ps=3, ws=3, wt=1, k=2)
+        try:
+            search(v, v, ps=3, ws=3, wt=1, k=2, backend="cpu")
+        except ValueError as e:
+            assert "compiled kernels failed to load" in str(e) and "simulated" in str(e), e
+        else:
+            raise AssertionError("backend='cpu' must fail without the build")
+        print("ok")
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+def test_backend_info_reports_the_build():
+    info = backend_info()
+    expected = "cpu" if _ext.available("cpu") else "reference"
+    assert info["search"]["cpu"] == expected
