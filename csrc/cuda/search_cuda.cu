@@ -1,0 +1,375 @@
+// CUDA kernels of the search. One thread per (batch, head, query): it streams every
+// candidate of its window and keeps the k best in a small sorted list (local memory), so
+// nothing but the output is materialised. Neighbouring threads handle neighbouring queries,
+// whose candidate windows overlap, so most reads hit the caches.
+//
+// Patch values are read with exactly the arithmetic of csrc/include/patch.h (mirroring,
+// x-then-y bilinear interpolation) so the top-k and the distances agree bit for bit.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAStream.h>
+#include <ATen/cuda/Atomic.cuh>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <type_traits>
+
+#include "../include/patch.h"
+
+namespace {
+
+using stnls::reflect;
+
+constexpr int kThreads = 128;
+
+template <typename acc_t>
+struct Pos {
+  int64_t t, y0, x0;
+  acc_t fy, fx;
+  bool sy, sx;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t floor_acc(acc_t v) {
+  const acc_t t = static_cast<acc_t>(static_cast<int64_t>(v));
+  return t > v ? t - acc_t(1) : t;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ Pos<acc_t> make_pos(int64_t t, acc_t y, acc_t x, bool need_both) {
+  Pos<acc_t> p;
+  const acc_t y0 = floor_acc(y), x0 = floor_acc(x);
+  p.t = t;
+  p.y0 = static_cast<int64_t>(y0);
+  p.x0 = static_cast<int64_t>(x0);
+  p.fy = y - y0;
+  p.fx = x - x0;
+  p.sy = need_both || p.fy != acc_t(0);
+  p.sx = need_both || p.fx != acc_t(0);
+  return p;
+}
+
+// Flat (frame*H + row)*W bases and columns of patch pixel (dt, a, b) for both corners.
+struct Px {
+  int64_t r0, r1, c0, c1;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ Px locate(const Pos<acc_t>& p, int dt, int a, int b, int64_t T, int64_t H,
+                                     int64_t W, int ps, int dil) {
+  const int r = ps / 2;
+  const int64_t f = reflect(p.t + dt, T) * H;
+  Px o;
+  o.r0 = (f + reflect(p.y0 + dil * (a - r), H)) * W;
+  o.r1 = (f + reflect(p.y0 + 1 + dil * (a - r), H)) * W;
+  o.c0 = reflect(p.x0 + dil * (b - r), W);
+  o.c1 = reflect(p.x0 + 1 + dil * (b - r), W);
+  return o;
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t value(const scalar_t* v, int64_t C, const Pos<acc_t>& p, const Px& o,
+                                       int64_t ch) {
+  const acc_t v00 = static_cast<acc_t>(v[(o.r0 + o.c0) * C + ch]);
+  acc_t r0 = v00;
+  if (p.sx) {
+    const acc_t v01 = static_cast<acc_t>(v[(o.r0 + o.c1) * C + ch]);
+    r0 = (acc_t(1) - p.fx) * v00 + p.fx * v01;
+  }
+  if (!p.sy) return r0;
+  const acc_t v10 = static_cast<acc_t>(v[(o.r1 + o.c0) * C + ch]);
+  acc_t r1 = v10;
+  if (p.sx) {
+    const acc_t v11 = static_cast<acc_t>(v[(o.r1 + o.c1) * C + ch]);
+    r1 = (acc_t(1) - p.fx) * v10 + p.fx * v11;
+  }
+  return (acc_t(1) - p.fy) * r0 + p.fy * r1;
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ acc_t patch_distance(const scalar_t* qv, const Pos<acc_t>& qp, const scalar_t* kv,
+                                const Pos<acc_t>& kp, int64_t T, int64_t H, int64_t W, int64_t C,
+                                int64_t c0, int64_t Ch, int ps, int pt, int dil, bool l2) {
+  acc_t d = 0;
+  for (int dt = 0; dt < pt; ++dt)
+    for (int a = 0; a < ps; ++a)
+      for (int b = 0; b < ps; ++b) {
+        const Px qo = locate(qp, dt, a, b, T, H, W, ps, dil);
+        const Px ko = locate(kp, dt, a, b, T, H, W, ps, dil);
+        for (int64_t c = 0; c < Ch; ++c) {
+          const acc_t q = value(qv, C, qp, qo, c0 + c);
+          const acc_t k = value(kv, C, kp, ko, c0 + c);
+          if (l2) {
+            const acc_t e = q - k;
+            d += e * e;
+          } else {
+            d += q * k;
+          }
+        }
+      }
+  return d;
+}
+
+template <typename scalar_t, typename acc_t, int KMAX>
+__global__ void topk_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
+                            const int64_t* __restrict__ coords, const acc_t* __restrict__ centres,
+                            const int64_t* __restrict__ frames, const acc_t* __restrict__ offs,
+                            int64_t B, int64_t T, int64_t H, int64_t W, int64_t C, int64_t Q,
+                            int64_t nt, int64_t ws, int ps, int pt, int dil, int64_t nh, int K,
+                            bool l2, bool exclude_self, int64_t* __restrict__ out) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= B * nh * Q) return;
+  const int64_t q = n % Q, h = (n / Q) % nh, b = n / (Q * nh);
+  const int64_t Ch = C / nh, video = T * H * W * C;
+  const int64_t t = coords[q * 3], qy = coords[q * 3 + 1], qx = coords[q * 3 + 2];
+  const Pos<acc_t> qp = make_pos<acc_t>(t, acc_t(qy), acc_t(qx), false);
+  const scalar_t* qv = qdata + b * video;
+  const scalar_t* kv = kdata + b * video;
+  acc_t bd[KMAX];
+  int64_t bi[KMAX];
+  int cnt = 0;
+  for (int64_t f = 0; f < nt; ++f) {
+    const int64_t s = frames[q * nt + f];
+    const acc_t cy = centres[((b * Q + q) * nt + f) * 2];
+    const acc_t cx = centres[((b * Q + q) * nt + f) * 2 + 1];
+    for (int64_t i = 0; i < ws; ++i) {
+      const acc_t y = cy + offs[i];
+      for (int64_t j = 0; j < ws; ++j) {
+        const acc_t x = cx + offs[j];
+        if (exclude_self && s == t && fabs(static_cast<double>(y - acc_t(qy))) < 1e-4 &&
+            fabs(static_cast<double>(x - acc_t(qx))) < 1e-4)
+          continue;
+        const Pos<acc_t> kp = make_pos<acc_t>(s, y, x, false);
+        const acc_t d = patch_distance(qv, qp, kv, kp, T, H, W, C, h * Ch, Ch, ps, pt, dil, l2);
+        stnls::topk_insert(bd, bi, cnt, K, d, (f * ws + i) * ws + j, l2);
+      }
+    }
+  }
+  for (int r = 0; r < K; ++r) out[n * K + r] = r < cnt ? bi[r] : 0;
+}
+
+void check_video(const at::Tensor& v, const char* name) {
+  TORCH_CHECK(v.is_cuda(), name, ": expected a CUDA tensor");
+  TORCH_CHECK(v.dim() == 5 && v.is_contiguous(), name,
+              ": expected a contiguous channels-last video (B, T, H, W, C)");
+}
+
+void check_patch_args(int64_t ps, int64_t pt, int64_t dilation) {
+  TORCH_CHECK(ps >= 1 && ps <= stnls::kMaxPs, "ps: compiled kernels take 1 <= ps <= ",
+              stnls::kMaxPs, ", got ", ps);
+  TORCH_CHECK(pt >= 1 && pt <= stnls::kMaxPt, "pt: compiled kernels take 1 <= pt <= ",
+              stnls::kMaxPt, ", got ", pt);
+  TORCH_CHECK(dilation >= 1, "dilation: expected >= 1");
+}
+
+unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+at::Tensor search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
+                            const at::Tensor& coords, const at::Tensor& centres,
+                            const at::Tensor& frames, const at::Tensor& offsets, int64_t ps,
+                            int64_t pt, int64_t dilation, int64_t nheads, int64_t k, bool l2,
+                            bool exclude_self) {
+  check_video(queries, "queries");
+  check_video(keys, "keys");
+  check_patch_args(ps, pt, dilation);
+  TORCH_CHECK(k >= 1 && k <= 128, "k: the compiled CUDA search takes k <= 128, got ", k);
+  const c10::cuda::CUDAGuard guard(queries.device());
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  const int64_t Q = coords.size(0), nt = frames.size(1), ws = offsets.size(0);
+  auto ids = at::empty({B, nheads, Q, k}, coords.options());
+  const int64_t n = B * nheads * Q;
+  if (n == 0) return ids;
+  const auto crd = coords.contiguous();
+  const auto frm = frames.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
+                                  "search_topk_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto cen = centres.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const auto off = offsets.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+auto launch = [&](auto kmax) {
+      constexpr int KM = decltype(kmax)::value;
+      topk_kernel<scalar_t, acc_t, KM><<<blocks_for(n), kThreads, 0, stream>>>(
+          queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), crd.data_ptr<int64_t>(),
+          cen.data_ptr<acc_t>(), frm.data_ptr<int64_t>(), off.data_ptr<acc_t>(), B, T, H, W, C,
+          Q, nt, ws, int(ps), int(pt), int(dilation), nheads, int(k), l2, exclude_self,
+          ids.data_ptr<int64_t>());
+    };
+    if (k <= 16) {
+      launch(std::integral_constant<int, 16>{});
+    } else if (k <= 32) {
+      launch(std::integral_constant<int, 32>{});
+    } else if (k <= 64) {
+      launch(std::integral_constant<int, 64>{});
+    } else {
+      launch(std::integral_constant<int, 128>{});
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return ids;
+}
+
+template <typename acc_t, typename pos_t>
+__device__ __forceinline__ Pos<acc_t> load_pos(const pos_t* p, bool need_both) {
+  const int64_t t = static_cast<int64_t>(llround(static_cast<double>(p[0])));
+  return make_pos<acc_t>(t, static_cast<acc_t>(p[1]), static_cast<acc_t>(p[2]), need_both);
+}
+
+template <typename scalar_t, typename acc_t, typename pos_t>
+__global__ void dists_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
+                             const int64_t* __restrict__ coords, const pos_t* __restrict__ kpos,
+                             int64_t B, int64_t T, int64_t H, int64_t W, int64_t C, int64_t nh,
+                             int64_t Q, int64_t K, int ps, int pt, int dil, bool l2,
+                             acc_t* __restrict__ out) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= B * nh * Q * K) return;
+  const int64_t q = (n / K) % Q, h = (n / (K * Q)) % nh, b = n / (K * Q * nh);
+  const int64_t Ch = C / nh, video = T * H * W * C;
+  const Pos<acc_t> qp =
+      make_pos<acc_t>(coords[q * 3], acc_t(coords[q * 3 + 1]), acc_t(coords[q * 3 + 2]), false);
+  const Pos<acc_t> kp = load_pos<acc_t>(kpos + n * 3, false);
+  out[n] = patch_distance(qdata + b * video, qp, kdata + b * video, kp, T, H, W, C, h * Ch, Ch, ps,
+                          pt, dil, l2);
+}
+
+at::Tensor search_dists_cuda(const at::Tensor& queries, const at::Tensor& keys,
+                             const at::Tensor& coords, const at::Tensor& kpos, int64_t ps,
+                             int64_t pt, int64_t dilation, bool l2) {
+  check_video(queries, "queries");
+  check_video(keys, "keys");
+  check_patch_args(ps, pt, dilation);
+  const c10::cuda::CUDAGuard guard(queries.device());
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  const int64_t nh = kpos.size(1), Q = kpos.size(2), K = kpos.size(3);
+  const auto acc_type = queries.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto dists = at::empty({B, nh, Q, K}, queries.options().dtype(acc_type));
+  const int64_t n = dists.numel();
+  if (n == 0) return dists;
+  const auto crd = coords.contiguous();
+  const auto pos = kpos.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
+                                  "search_dists_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using video_t = scalar_t;
+    AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_cuda_pos", [&] {
+      dists_kernel<video_t, acc_t, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          queries.data_ptr<video_t>(), keys.data_ptr<video_t>(), crd.data_ptr<int64_t>(),
+          pos.data_ptr<scalar_t>(), B, T, H, W, C, nh, Q, K, int(ps), int(pt), int(dilation), l2,
+          dists.data_ptr<acc_t>());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dists;
+}
+
+// One thread per (b, h, q, r): gradients of grad[n] * dist w.r.t. the query and key values
+// (atomic adds into float32/float64 buffers) and the key position.
+template <typename scalar_t, typename acc_t, typename pos_t>
+__global__ void dists_backward_kernel(const acc_t* __restrict__ grad, const scalar_t* __restrict__ qdata,
+                                      const scalar_t* __restrict__ kdata,
+                                      const int64_t* __restrict__ coords,
+                                      const pos_t* __restrict__ kpos, int64_t B, int64_t T, int64_t H,
+                                      int64_t W, int64_t C, int64_t nh, int64_t Q, int64_t K, int ps,
+                                      int pt, int dil, bool l2, bool need_q, bool need_k,
+                                      bool need_pos, acc_t* __restrict__ gq, acc_t* __restrict__ gk,
+                                      pos_t* __restrict__ gpos) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= B * nh * Q * K) return;
+  const int64_t q = (n / K) % Q, h = (n / (K * Q)) % nh, b = n / (K * Q * nh);
+  const int64_t Ch = C / nh, video = T * H * W * C, c0 = h * Ch;
+  const acc_t g = grad[n];
+  const Pos<acc_t> qp =
+      make_pos<acc_t>(coords[q * 3], acc_t(coords[q * 3 + 1]), acc_t(coords[q * 3 + 2]), false);
+  const Pos<acc_t> kp = load_pos<acc_t>(kpos + n * 3, need_pos);
+  const scalar_t* qv = qdata + b * video;
+  const scalar_t* kv = kdata + b * video;
+  acc_t* gqb = gq + b * video;
+  acc_t* gkb = gk + b * video;
+  acc_t gy = 0, gx = 0;
+  const acc_t wy0 = kp.sy ? acc_t(1) - kp.fy : acc_t(1), wx0 = kp.sx ? acc_t(1) - kp.fx : acc_t(1);
+  for (int dt = 0; dt < pt; ++dt)
+    for (int a = 0; a < ps; ++a)
+      for (int bb = 0; bb < ps; ++bb) {
+        const Px qo = locate(qp, dt, a, bb, T, H, W, ps, dil);
+        const Px ko = locate(kp, dt, a, bb, T, H, W, ps, dil);
+        for (int64_t c = c0; c < c0 + Ch; ++c) {
+          const acc_t qvl = value(qv, C, qp, qo, c);
+          const acc_t kvl = value(kv, C, kp, ko, c);
+          const acc_t dq = l2 ? acc_t(2) * (qvl - kvl) : kvl;
+          const acc_t dk = l2 ? -dq : qvl;
+          if (need_q) gpuAtomicAdd(&gqb[(qo.r0 + qo.c0) * C + c], g * dq);
+          if (need_k) {
+            const acc_t gv = g * dk;
+            gpuAtomicAdd(&gkb[(ko.r0 + ko.c0) * C + c], gv * wy0 * wx0);
+            if (kp.sx) gpuAtomicAdd(&gkb[(ko.r0 + ko.c1) * C + c], gv * wy0 * kp.fx);
+            if (kp.sy) {
+              gpuAtomicAdd(&gkb[(ko.r1 + ko.c0) * C + c], gv * kp.fy * wx0);
+              if (kp.sx) gpuAtomicAdd(&gkb[(ko.r1 + ko.c1) * C + c], gv * kp.fy * kp.fx);
+            }
+          }
+          if (need_pos) {
+            const acc_t v00 = static_cast<acc_t>(kv[(ko.r0 + ko.c0) * C + c]);
+            const acc_t v01 = static_cast<acc_t>(kv[(ko.r0 + ko.c1) * C + c]);
+            const acc_t v10 = static_cast<acc_t>(kv[(ko.r1 + ko.c0) * C + c]);
+            const acc_t v11 = static_cast<acc_t>(kv[(ko.r1 + ko.c1) * C + c]);
+            gy += g * dk * ((acc_t(1) - kp.fx) * (v10 - v00) + kp.fx * (v11 - v01));
+            gx += g * dk * ((acc_t(1) - kp.fy) * (v01 - v00) + kp.fy * (v11 - v10));
+          }
+        }
+      }
+  if (need_pos) {
+    gpos[n * 3 + 1] = static_cast<pos_t>(gy);
+    gpos[n * 3 + 2] = static_cast<pos_t>(gx);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& queries, const at::Tensor& keys,
+    const at::Tensor& coords, const at::Tensor& kpos, int64_t ps, int64_t pt, int64_t dilation,
+    bool l2, std::array<bool, 3> needs) {
+  check_video(queries, "queries");
+  check_video(keys, "keys");
+  check_patch_args(ps, pt, dilation);
+  const c10::cuda::CUDAGuard guard(queries.device());
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  const int64_t nh = kpos.size(1), Q = kpos.size(2), K = kpos.size(3);
+  const auto acc_type = queries.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto gq = at::zeros(queries.sizes(), queries.options().dtype(acc_type));
+  auto gk = at::zeros(keys.sizes(), keys.options().dtype(acc_type));
+  const bool sub = kpos.is_floating_point();
+  auto gpos = at::zeros(kpos.sizes(), kpos.options().dtype(sub ? kpos.scalar_type() : acc_type));
+  const int64_t n = B * nh * Q * K;
+  if (n > 0) {
+    const auto crd = coords.contiguous();
+    const auto pos = kpos.contiguous();
+    const auto g = grad.to(acc_type).contiguous();
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
+                                    "search_dists_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using video_t = scalar_t;
+      AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_backward_cuda_pos", [&] {
+        dists_backward_kernel<video_t, acc_t, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+            g.data_ptr<acc_t>(), queries.data_ptr<video_t>(), keys.data_ptr<video_t>(),
+            crd.data_ptr<int64_t>(), pos.data_ptr<scalar_t>(), B, T, H, W, C, nh, Q, K, int(ps),
+            int(pt), int(dilation), l2, needs[0], needs[1], needs[2] && sub,
+            gq.data_ptr<acc_t>(), gk.data_ptr<acc_t>(),
+            sub ? gpos.data_ptr<scalar_t>() : nullptr);
+      });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return {gq.to(queries.scalar_type()), gk.to(keys.scalar_type()), gpos};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(napari_stnls, CUDA, m) {
+  m.impl("search_topk", &search_topk_cuda);
+  m.impl("search_dists", &search_dists_cuda);
+  m.impl("search_dists_backward", &search_dists_backward_cuda);
+}
