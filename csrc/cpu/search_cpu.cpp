@@ -105,7 +105,17 @@ at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
     const int64_t video = T * H * W * C;
     const int64_t psz = pt * ps * ps * Ch;
 
+    // Integer grid spacing: candidates share the centre's fractional part (window path).
+    bool window = true;
+    for (int64_t i = 1; i < ws; ++i) {
+      const double step_i = static_cast<double>(offs[i] - offs[i - 1]);
+      if (step_i != std::floor(step_i) || step_i != static_cast<double>(offs[1] - offs[0]))
+        window = false;
+    }
+    const int64_t step = ws > 1 ? static_cast<int64_t>(offs[1] - offs[0]) : 1;
+    const int64_t L = step * (ws - 1) + dilation * (ps - 1) + 1;  // window side
     at::parallel_for(0, B * Q, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> win(window ? pt * L * L * C : 0);
       std::vector<acc_t> qbuf(nheads * psz), bd(nheads * k);
       std::vector<int64_t> bi(nheads * k);
       std::vector<int> cnt(nheads);
@@ -124,6 +134,45 @@ at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
           const int64_t s = fdata[q * nt + f];
           const acc_t cy = centre[((b * Q + q) * nt + f) * 2];
           const acc_t cx = centre[((b * Q + q) * nt + f) * 2 + 1];
+          if (window) {
+            // All candidates share the centre's fractional part: read the window they cover
+            // once, interpolate it once (as PatchLoc::value does, x then y), and compute each
+            // distance from it.
+            const acc_t by = cy + offs[0] - acc_t(dilation * (ps / 2));
+            const acc_t bx = cx + offs[0] - acc_t(dilation * (ps / 2));
+            loc.set(s, by, bx, T, H, W, 1, 1, 1, false);
+            const int64_t y0 = static_cast<int64_t>(std::floor(by));
+            const int64_t x0 = static_cast<int64_t>(std::floor(bx));
+            for (int64_t dt = 0; dt < pt; ++dt) {
+              const int64_t fr = stnls::reflect(s + dt, T) * H;
+              for (int64_t r = 0; r < L; ++r) {
+                const int64_t r0 = (fr + stnls::reflect(y0 + r, H)) * W;
+                const int64_t r1 = (fr + stnls::reflect(y0 + r + 1, H)) * W;
+                for (int64_t c = 0; c < L; ++c) {
+                  const int64_t c0 = stnls::reflect(x0 + c, W), c1 = stnls::reflect(x0 + c + 1, W);
+                  acc_t* o = win.data() + ((dt * L + r) * L + c) * C;
+                  for (int64_t ch = 0; ch < C; ++ch) {
+                    const acc_t v00 = static_cast<acc_t>(kv[(r0 + c0) * C + ch]);
+                    acc_t r0v = v00;
+                    if (loc.sub_x) {
+                      const acc_t v01 = static_cast<acc_t>(kv[(r0 + c1) * C + ch]);
+                      r0v = (acc_t(1) - loc.fx) * v00 + loc.fx * v01;
+                    }
+                    if (loc.sub_y) {
+                      const acc_t v10 = static_cast<acc_t>(kv[(r1 + c0) * C + ch]);
+                      acc_t r1v = v10;
+                      if (loc.sub_x) {
+                        const acc_t v11 = static_cast<acc_t>(kv[(r1 + c1) * C + ch]);
+                        r1v = (acc_t(1) - loc.fx) * v10 + loc.fx * v11;
+                      }
+                      r0v = (acc_t(1) - loc.fy) * r0v + loc.fy * r1v;
+                    }
+                    o[ch] = r0v;
+                  }
+                }
+              }
+            }
+          }
           for (int64_t i = 0; i < ws; ++i) {
             const acc_t y = cy + offs[i];
             for (int64_t j = 0; j < ws; ++j) {
@@ -131,8 +180,32 @@ at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
               if (exclude_self && s == t && std::abs(y - acc_t(qy)) < acc_t(1e-4) &&
                   std::abs(x - acc_t(qx)) < acc_t(1e-4))
                 continue;
-              loc.set(s, y, x, T, H, W, ps, pt, dilation, false);
               const int64_t id = (f * ws + i) * ws + j;
+              if (window) {
+                for (int64_t h = 0; h < nheads; ++h) {
+                  const acc_t* qp = qbuf.data() + h * psz;
+                  acc_t d = 0;
+                  int64_t m = 0;
+                  for (int64_t dt = 0; dt < pt; ++dt)
+                    for (int64_t a = 0; a < ps; ++a) {
+                      const acc_t* row = win.data() + ((dt * L + i * step + a * dilation) * L + j * step) * C;
+                      for (int64_t bb = 0; bb < ps; ++bb) {
+                        const acc_t* px = row + bb * dilation * C + h * Ch;
+                        for (int64_t ch = 0; ch < Ch; ++ch, ++m) {
+                          if (l2) {
+                            const acc_t e = qp[m] - px[ch];
+                            d += e * e;
+                          } else {
+                            d += qp[m] * px[ch];
+                          }
+                        }
+                      }
+                    }
+                  stnls::topk_insert(bd.data() + h * k, bi.data() + h * k, cnt[h], int(k), d, id, l2);
+                }
+                continue;
+              }
+              loc.set(s, y, x, T, H, W, ps, pt, dilation, false);
               for (int64_t h = 0; h < nheads; ++h) {
                 const acc_t d = patch_distance(kv, loc, qbuf.data() + h * psz, C, h * Ch, Ch, ps,
                                                pt, l2);

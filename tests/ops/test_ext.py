@@ -96,5 +96,5 @@ def test_fallback_when_the_compiled_module_is_missing():
 
 def test_backend_info_reports_the_build():
     info = backend_info()
-    expected = "cpu" if _ext.available("cpu") else "reference"
-    assert info["search"]["cpu"] == expected
+    assert info["search"]["cpu"] == ("cpu" if _ext.available("cpu") else "reference")
+    assert info["search"]["cuda"] == ("cuda" if _ext.available("cuda") else "reference")
