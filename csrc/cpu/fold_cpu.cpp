@@ -113,33 +113,32 @@ at::Tensor ifold_patches_cpu(const at::Tensor& patches_, at::IntArrayRef region,
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = patches.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    // one task per output row (b, t, c, y) of the box
-    at::parallel_for(0, B * nt * C * ny, 4, [&](int64_t begin, int64_t end) {
+    // one task per output row (b, t, y) of the box, all channels: the patches read for
+    // neighbouring x overlap, so they stay in cache across x and c
+    at::parallel_for(0, B * nt * ny, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
-        const int64_t yi = n % ny, c = (n / ny) % C, t = bx.t0 + (n / (ny * C)) % nt,
-                      b = n / (ny * C * nt);
+        const int64_t yi = n % ny, t = bx.t0 + (n / ny) % nt, b = n / (ny * nt);
         const int64_t y = bx.y0 + yi;
-        scalar_t* orow = o + (((b * T + t) * C + c) * H + y) * W;
         const int64_t* yp = ypairs.data() + yi * ps * 2;
         for (int64_t x = bx.x0; x < bx.x1; ++x) {
           const int64_t* xp = xpairs.data() + (x - bx.x0) * ps * 2;
           const int64_t nxp = xcount[x - bx.x0];
-          acc_t s = 0;
-          for (int64_t dt = 0; dt < pt; ++dt) {
-            const int64_t tq = t - dt;
-            if (tq < g.t0 || tq >= g.t1) continue;
-            const int64_t qt = (tq - g.t0) * g.nH;
-            for (int64_t ky = 0; ky < ycount[yi]; ++ky) {
-              const int64_t a = yp[2 * ky], i = yp[2 * ky + 1];
-              const int64_t qrow = (qt + i) * g.nW;
-              const int64_t off = ((dt * C + c) * ps + a) * ps;
-              for (int64_t kx = 0; kx < nxp; ++kx) {
-                const int64_t bb = xp[2 * kx], j = xp[2 * kx + 1];
-                s += static_cast<acc_t>(p[(b * g.Q + qrow + j) * L + off + bb]);
+          for (int64_t c = 0; c < C; ++c) {
+            acc_t s = 0;
+            for (int64_t dt = 0; dt < pt; ++dt) {
+              const int64_t tq = t - dt;
+              if (tq < g.t0 || tq >= g.t1) continue;
+              const int64_t qt = (tq - g.t0) * g.nH;
+              for (int64_t ky = 0; ky < ycount[yi]; ++ky) {
+                const int64_t a = yp[2 * ky], i = yp[2 * ky + 1];
+                const scalar_t* prow = p + (b * g.Q + (qt + i) * g.nW) * L +
+                                       ((dt * C + c) * ps + a) * ps;
+                for (int64_t kx = 0; kx < nxp; ++kx)
+                  s += static_cast<acc_t>(prow[xp[2 * kx + 1] * L + xp[2 * kx]]);
               }
             }
+            o[(((b * T + t) * C + c) * H + y) * W + x] = static_cast<scalar_t>(s);
           }
-          orow[x] = static_cast<scalar_t>(s);
         }
       }
     });
