@@ -62,7 +62,7 @@ void dispatch_pos(at::ScalarType st, F&& f) {
 
 // Sizes from a channels-last video and inds.
 inline GDims dims_from(const at::Tensor& video, const at::Tensor& inds, int64_t ps, int64_t pt,
-                int64_t dil) {
+                       int64_t dil) {
   const int64_t B = video.size(0), T = video.size(1), H = video.size(2), W = video.size(3),
                 C = video.size(4);
   const int64_t nh = inds.size(1);
@@ -71,10 +71,10 @@ inline GDims dims_from(const at::Tensor& video, const at::Tensor& inds, int64_t 
                static_cast<int>(ps), static_cast<int>(pt), static_cast<int>(dil)};
 }
 
-// patches (B, nh, Q, K, pt, Ch, ps, ps) -> dims, checking inds and weights against it.
-inline GDims scatter_dims(const at::Tensor& patches, const at::Tensor& inds, int64_t T, int64_t H,
-                   int64_t W, int64_t ps, int64_t pt, int64_t dilation) {
-  stnls::check_patch_args(ps, pt, dilation);
+// patches (B, nh, Q, K, pt, Ch, ps, ps) -> sizes, checking inds against it.
+inline GDims scatter_dims(const at::Tensor& patches, const at::Tensor& inds, int64_t T,
+                          int64_t H, int64_t W, int64_t ps, int64_t pt, int64_t dilation) {
+  check_patch_args(ps, pt, dilation);
   TORCH_CHECK(patches.dim() == 8 && patches.is_floating_point(),
               "patches: expected a floating (B, nheads, Q, K, pt, C/nheads, ps, ps) tensor");
   TORCH_CHECK(patches.size(4) == pt && patches.size(6) == ps && patches.size(7) == ps,
@@ -91,8 +91,8 @@ inline GDims scatter_dims(const at::Tensor& patches, const at::Tensor& inds, int
 }
 
 // weights (B, nh, Q, K) checked and converted to the accumulation dtype (None: nullopt).
-inline std::optional<at::Tensor> weights_acc(const std::optional<at::Tensor>& weights, const GDims& d,
-                                      at::ScalarType acc) {
+inline std::optional<at::Tensor> weights_acc(const std::optional<at::Tensor>& weights,
+                                             const GDims& d, at::ScalarType acc) {
   if (!weights.has_value() || !weights->defined()) return std::nullopt;
   TORCH_CHECK(weights->is_floating_point() &&
                   weights->sizes() == at::IntArrayRef({d.B, d.nh, d.Q, d.K}),
