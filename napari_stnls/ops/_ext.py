@@ -26,12 +26,13 @@ except (ImportError, OSError) as e:  # missing build, or built against another t
     )
 
 
-def available(device_type: str) -> bool:
-    """Whether the compiled search kernels exist for ``device_type`` ("cpu" or "cuda")."""
+def available(device_type: str, op: str = "search_topk") -> bool:
+    """Whether the compiled kernel of ``op`` (default: the search's) exists for
+    ``device_type`` ("cpu" or "cuda")."""
     if LOAD_ERROR is not None:
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
-    return torch._C._dispatch_has_kernel_for_dispatch_key("napari_stnls::search_topk", key)
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"napari_stnls::{op}", key)
 
 
 if LOAD_ERROR is None:
@@ -82,3 +83,6 @@ if LOAD_ERROR is None:
         )
 
     torch.library.register_autograd("napari_stnls::search_dists", _backward, setup_context=_setup_context)
+
+if LOAD_ERROR is None:
+    from . import _ext_patches  # noqa: E402, F401  (fake kernels and autograd of gather/scatter/iunfold/ifold)

@@ -83,7 +83,9 @@ def inds(x: Any, video_shape, name: str = "inds") -> torch.Tensor:
     if x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"{name}: expected an integer or floating tensor, got {x.dtype}")
     heads(C, x.shape[1])
-    if x.numel():
+    # The value checks below read the data (a device sync, and a graph break under
+    # torch.compile): they are skipped while compiling, where bad positions are not caught.
+    if x.numel() and not torch.compiler.is_compiling():
         d = x.detach()
         t, y, xx = d[..., 0], d[..., 1], d[..., 2]
         if x.is_floating_point():

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from . import _ext
 from . import _validate as V
 from ._dispatch import register, resolve
-from ._region import as_region, query_coords
+from ._region import as_region, grid_shape, query_coords
 
 __all__ = ["iunfold", "ifold"]
 
@@ -40,8 +41,9 @@ def _check_common(ps, stride, dilation, pt):
     )
 
 
-def _iunfold_reference(video, coords, ps, pt, dilation):
+def _iunfold_reference(video, region, stride, ps, pt, dilation):
     B, T, C, H, W = video.shape
+    coords = query_coords(video.shape, region, stride, device=video.device)
     Q = coords.shape[0]
     flat, valid = _pixel_index(coords, video.shape, ps, pt, dilation)
     v = video.permute(0, 2, 1, 3, 4).reshape(B, C, T * H * W)
@@ -50,8 +52,9 @@ def _iunfold_reference(video, coords, ps, pt, dilation):
     return out.permute(0, 2, 3, 1, 4, 5).reshape(B, Q, pt * C * ps * ps)
 
 
-def _ifold_reference(patches, coords, out, ps, pt, dilation):
+def _ifold_reference(patches, region, stride, out, ps, pt, dilation):
     B, T, C, H, W = out.shape
+    coords = query_coords(out.shape, region, stride, device=out.device)
     Q = coords.shape[0]
     flat, valid = _pixel_index(coords, out.shape, ps, pt, dilation)
     p = patches.reshape(B, Q, pt, C, ps, ps).permute(0, 3, 1, 2, 4, 5)  # (B, C, Q, pt, ps, ps)
@@ -62,8 +65,25 @@ def _ifold_reference(patches, coords, out, ps, pt, dilation):
     return out
 
 
+def _iunfold_compiled(video, region, stride, ps, pt, dilation):
+    """Compiled kernels (csrc/fold.cpp): one pass over the output, no index tensors."""
+    return _ext.ops.iunfold_patches(video, list(region), stride, ps, pt, dilation)
+
+
+def _ifold_compiled(patches, region, stride, out, ps, pt, dilation):
+    """Compiled kernels: a gather over the patches covering each pixel (deterministic, no
+    atomics), over the box of pixels the region's patches reach."""
+    B, T, C, H, W = out.shape
+    out.add_(_ext.ops.ifold_patches(patches, list(region), stride, T, H, W, ps, pt, dilation))
+    return out
+
+
 register("iunfold", "reference", _iunfold_reference)
 register("ifold", "reference", _ifold_reference)
+for _dev in ("cpu", "cuda"):
+    if _ext.available(_dev, "iunfold_patches"):
+        register("iunfold", _dev, _iunfold_compiled)
+        register("ifold", _dev, _ifold_compiled)
 
 
 def iunfold(
@@ -105,8 +125,8 @@ def iunfold(
     """
     V.video(video, "video")
     ps, stride, dilation, pt = _check_common(ps, stride, dilation, pt)
-    coords = query_coords(video.shape, as_region(region, video.shape), stride, device=video.device)
-    return resolve("iunfold", backend, video.device)(video, coords, ps, pt, dilation)
+    region = as_region(region, video.shape)
+    return resolve("iunfold", backend, video.device)(video, region, stride, ps, pt, dilation)
 
 
 def ifold(
@@ -166,8 +186,9 @@ def ifold(
         raise TypeError(f"patches: expected a floating-point tensor, got {patches.dtype}")
     ps, stride, dilation, pt = _check_common(ps, stride, dilation, pt)
     B, T, C, H, W = shape
-    coords = query_coords(shape, as_region(region, shape), stride, device=patches.device)
-    expected = (B, coords.shape[0], pt * C * ps * ps)
+    region = as_region(region, shape)
+    nT, nH, nW = grid_shape(shape, region, stride)
+    expected = (B, nT * nH * nW, pt * C * ps * ps)
     if tuple(patches.shape) != expected:
         raise ValueError(
             f"patches: expected shape (B, Q, pt*C*ps*ps) = {expected} for this region, "
@@ -177,4 +198,4 @@ def ifold(
         out = torch.zeros(shape, dtype=patches.dtype, device=patches.device)
     elif out.device != patches.device:
         raise ValueError(f"out: expected device {patches.device} like patches, got {out.device}")
-    return resolve("ifold", backend, patches.device)(patches, coords, out, ps, pt, dilation)
+    return resolve("ifold", backend, patches.device)(patches, region, stride, out, ps, pt, dilation)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _ext
 from . import _validate as V
 from ._dispatch import register, resolve
 from ._patches import channels_last, from_channels_last, patch_taps, read, write
@@ -43,8 +44,53 @@ def _scatter_reference(patches, inds, weights, out, counts, ps, pt, dilation):
     return out, counts
 
 
+def _pos(inds: torch.Tensor) -> torch.Tensor:
+    """inds as the compiled kernels take them: int32/int64/float32/float64, contiguous."""
+    if not inds.is_floating_point() and inds.dtype not in (torch.int32, torch.int64):
+        inds = inds.long()
+    return inds.contiguous()
+
+
+def _gather_compiled(video, inds, ps, pt, dilation):
+    """Compiled kernels (csrc/gather.cpp): one pass over the output, no index tensors."""
+    v_cl = video.permute(0, 1, 3, 4, 2).contiguous()
+    return _ext.ops.gather_patches(v_cl, _pos(inds), ps, pt, dilation)
+
+
+def _scatter_compiled(patches, inds, weights, out, counts, ps, pt, dilation):
+    """Compiled kernels: deterministic on the CPU (no atomics), atomic adds on CUDA."""
+    B, T, C, H, W = out.shape
+    if weights is not None and not weights.is_floating_point():
+        weights = weights.to(patches.dtype)
+    v_cl, c_cl = _ext.ops.scatter_patches(patches, _pos(inds), weights, T, H, W, ps, pt, dilation)
+    out.add_(v_cl.permute(0, 1, 4, 2, 3))
+    counts.add_(c_cl.permute(0, 1, 4, 2, 3))
+    return out, counts
+
+
+def _compiled_supports(ps: int, pt: int) -> bool:
+    return ps <= 32 and pt <= 8
+
+
+def _pick(op, backend, device, ps, pt):
+    """The implementation of ``op``; the compiled kernels take ps <= 32 and pt <= 8 only."""
+    impl = resolve(op, backend, device)
+    if impl in (_gather_compiled, _scatter_compiled) and not _compiled_supports(ps, pt):
+        if backend is not None:
+            raise ValueError(
+                f"backend: the compiled {op} takes ps <= 32 and pt <= 8 (got ps={ps}, pt={pt}); "
+                "use backend='reference'"
+            )
+        impl = _gather_reference if op == "gather" else _scatter_reference
+    return impl
+
+
 register("gather", "reference", _gather_reference)
 register("scatter", "reference", _scatter_reference)
+for _dev in ("cpu", "cuda"):
+    if _ext.available(_dev, "gather_patches"):
+        register("gather", _dev, _gather_compiled)
+        register("scatter", _dev, _scatter_compiled)
 
 
 def _check_patch_args(ps, pt, dilation):
@@ -92,7 +138,7 @@ def gather(
         raise ValueError(f"inds: expected device {video.device} like video, got {inds.device}")
     if inds.is_floating_point() and inds.dtype not in (torch.float32, torch.float64):
         inds = inds.float()
-    return resolve("gather", backend, video.device)(video, inds, ps, pt, dilation)
+    return _pick("gather", backend, video.device, ps, pt)(video, inds, ps, pt, dilation)
 
 
 def scatter(
@@ -184,5 +230,5 @@ def scatter(
             raise ValueError(f"out[1] (counts): expected shape {cshape}, got {tuple(counts.shape)}")
     if inds.is_floating_point() and inds.dtype not in (torch.float32, torch.float64):
         inds = inds.float()
-    impl = resolve("scatter", backend, patches.device)
+    impl = _pick("scatter", backend, patches.device, ps, pt)
     return impl(patches, inds, weights, video, counts, ps, pt, dilation)

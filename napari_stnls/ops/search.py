@@ -392,8 +392,8 @@ def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
     return dists, inds
 
 
-def _compiled_supports(P: _Params) -> bool:
-    return P.ps <= 32 and P.pt <= 8
+def _compiled_supports(P: _Params, device: torch.device) -> bool:
+    return P.ps <= 32 and P.pt <= 8 and (device.type != "cuda" or P.k <= 128)
 
 
 register("search", "reference", _search_reference)
@@ -541,11 +541,11 @@ def search(
         (B, T, C, H, W), ps, ws, wt, k, dist, stride1, dilation, pt, nheads, exclude_self, itype
     )
     impl = resolve("search", backend, queries.device)
-    if impl is _search_compiled and not _compiled_supports(P):
+    if impl is _search_compiled and not _compiled_supports(P, queries.device):
         if backend is not None:
             raise ValueError(
-                f"backend: the compiled search takes ps <= 32 and pt <= 8 (got ps={ps}, pt={pt}); "
-                "use backend='reference'"
+                f"backend: the compiled search takes ps <= 32 and pt <= 8, and k <= 128 on CUDA "
+                f"(got ps={ps}, pt={pt}, k={k}); use backend='reference'"
             )
         impl = _search_reference
     return impl(queries, keys, flows, coords, P, batch_size)

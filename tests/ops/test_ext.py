@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from napari_stnls.ops import _ext, backend_info, search
+from napari_stnls.ops import _ext, backend_info, gather, ifold, iunfold, scatter, search
 from napari_stnls.ops.search import _centres, _flat_flows, _offsets, _Params
 
 needs_ext = pytest.mark.skipif(_ext.LOAD_ERROR is not None, reason=f"not built: {_ext.LOAD_ERROR}")
@@ -63,6 +63,92 @@ def test_torch_compile_fullgraph(impl):
     torch.testing.assert_close(compiled, eager)
 
 
+def _patch_inputs(device, itype):
+    gen = torch.Generator().manual_seed(2)
+    B, T, H, W, nh, Q, K, ps, pt = 1, 3, 6, 7, 2, 3, 2, 3, 2
+    video = torch.rand(B, T, H, W, 4, generator=gen, dtype=torch.float64).to(device)
+    t = torch.randint(0, T, (B, nh, Q, K), generator=gen)
+    if itype == "float":
+        y = 0.1 + 0.8 * torch.rand(B, nh, Q, K, generator=gen, dtype=torch.float64) + torch.tensor([0.0, 5.0])
+        x = 0.1 + 0.8 * torch.rand(B, nh, Q, K, generator=gen, dtype=torch.float64) + torch.tensor([0.0, 3.0])
+        inds = torch.stack([t.double(), y, x], -1)
+    else:
+        inds = torch.stack([t, torch.randint(0, H, t.shape, generator=gen),
+                            torch.randint(0, W, t.shape, generator=gen)], -1).to(getattr(torch, itype))
+    patches = torch.rand(B, nh, Q, K, pt, 2, ps, ps, generator=gen, dtype=torch.float64).to(device)
+    weights = torch.rand(B, nh, Q, K, generator=gen, dtype=torch.float64).to(device)
+    return video, inds.to(device), patches, weights, (T, H, W, ps, pt, 1)
+
+
+@needs_ext
+@pytest.mark.parametrize("itype", ["float", "int32", "int64"])
+def test_opcheck_gather_scatter(itype, impl):
+    backend, device = impl
+    if backend == "reference":
+        pytest.skip("opcheck concerns the compiled operators")
+    video, inds, patches, weights, (T, H, W, ps, pt, dil) = _patch_inputs(device, itype)
+    ops = torch.ops.napari_stnls
+    fl = itype == "float"
+    vg, ig = video.clone().requires_grad_(), inds.clone().requires_grad_(fl)
+    pg, wg = patches.clone().requires_grad_(), weights.clone().requires_grad_()
+    torch.library.opcheck(ops.gather_patches.default, (vg, ig, ps, pt, dil))
+    torch.library.opcheck(ops.gather_patches_backward.default,
+                          (patches, video, inds, ps, pt, dil, [True, fl]))
+    for w in (wg, None):
+        torch.library.opcheck(ops.scatter_patches.default, (pg, ig, w, T, H, W, ps, pt, dil))
+    gv, gc = ops.scatter_patches(patches, inds, weights, T, H, W, ps, pt, dil)
+    for args in ((gv, gc, weights), (gv, None, weights), (None, gc, None)):
+        torch.library.opcheck(
+            ops.scatter_patches_backward.default,
+            (args[0], args[1], patches, inds, args[2], T, H, W, ps, pt, dil, [True, True, fl]),
+        )
+
+
+@needs_ext
+def test_opcheck_iunfold_ifold(impl):
+    backend, device = impl
+    if backend == "reference":
+        pytest.skip("opcheck concerns the compiled operators")
+    gen = torch.Generator().manual_seed(3)
+    v = torch.rand(2, 3, 2, 7, 8, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    region, stride, ps, pt, dil = [0, 2, 1, 6, 2, 8], 2, 3, 2, 2
+    ops = torch.ops.napari_stnls
+    torch.library.opcheck(ops.iunfold_patches.default, (v, region, stride, ps, pt, dil))
+    p = ops.iunfold_patches(v.detach(), region, stride, ps, pt, dil).requires_grad_()
+    torch.library.opcheck(ops.ifold_patches.default, (p, region, stride, 3, 7, 8, ps, pt, dil))
+
+
+@needs_ext
+def test_torch_compile_gather_scatter_fullgraph(impl):
+    backend, device = impl
+    if backend == "reference":
+        pytest.skip("the compiled backend is what must trace without graph breaks")
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(4)
+    v = torch.rand(1, 3, 4, 10, 10, generator=gen).to(device)
+    inds = torch.stack([torch.randint(0, 3, (1, 2, 6, 3), generator=gen).float(),
+                        9 * torch.rand(1, 2, 6, 3, generator=gen),
+                        9 * torch.rand(1, 2, 6, 3, generator=gen)], -1).to(device)
+    w = torch.rand(1, 2, 6, 3, generator=gen).to(device)
+
+    def run(v, inds, w):
+        p = gather(v, inds, ps=3, pt=2, backend=backend)
+        out, counts = scatter(p * 2, inds, shape=v.shape, weights=w, ps=3, pt=2, backend=backend)
+        kw = dict(ps=3, stride=2, backend=backend)
+        f = ifold(iunfold(out, **kw), shape=v.shape, **kw)
+        return (f / (counts.sum(2, keepdim=True) + 1)).square().sum()
+
+    args = [a.clone().requires_grad_() for a in (v, inds, w)]
+    eager = run(*args)
+    eager.backward()
+    cargs = [a.clone().requires_grad_() for a in (v, inds, w)]
+    compiled = torch.compile(run, fullgraph=True, backend="aot_eager")(*cargs)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(cargs, args, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
 def test_fallback_when_the_compiled_module_is_missing():
     code = textwrap.dedent(
         """
@@ -96,5 +182,6 @@ def test_fallback_when_the_compiled_module_is_missing():
 
 def test_backend_info_reports_the_build():
     info = backend_info()
-    assert info["search"]["cpu"] == ("cpu" if _ext.available("cpu") else "reference")
-    assert info["search"]["cuda"] == ("cuda" if _ext.available("cuda") else "reference")
+    for op in ("search", "iunfold", "ifold", "gather", "scatter"):
+        assert info[op]["cpu"] == ("cpu" if _ext.available("cpu") else "reference"), op
+        assert info[op]["cuda"] == ("cuda" if _ext.available("cuda") else "reference"), op

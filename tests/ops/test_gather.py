@@ -32,10 +32,13 @@ def _case(seed, device="cpu"):
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_gather_and_scatter_match_oracle(seed, device):
+def test_gather_and_scatter_match_oracle(seed, impl):
+    backend, device = impl
     v, inds, kw = _case(seed, device)
+    kw["backend"] = backend
+    ref_kw = {k: kw[k] for k in ("ps", "pt", "dilation")}
     p = gather(v, inds, **kw)
-    ref = oracle.gather(v.cpu().numpy(), inds.cpu().numpy().astype(np.float64), **kw)
+    ref = oracle.gather(v.cpu().numpy(), inds.cpu().numpy().astype(np.float64), **ref_kw)
     np.testing.assert_allclose(p.cpu().numpy(), ref, rtol=1e-12, atol=1e-12)
     gen = torch.Generator().manual_seed(seed)
     pr = torch.rand(p.shape, generator=gen, dtype=torch.float64).to(device)
@@ -43,47 +46,73 @@ def test_gather_and_scatter_match_oracle(seed, device):
     for weights in (None, w):
         out, counts = scatter(pr, inds, shape=v.shape, weights=weights, **kw)
         ro, rc = oracle.scatter(pr.cpu().numpy(), inds.cpu().numpy().astype(np.float64), v.shape,
-                                weights=None if weights is None else weights.cpu().numpy(), **kw)
+                                weights=None if weights is None else weights.cpu().numpy(), **ref_kw)
         np.testing.assert_allclose(out.cpu().numpy(), ro, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(counts.cpu().numpy(), rc, rtol=1e-12, atol=1e-12)
     # adjoint identity <scatter(p), x> == <p, gather(x)>
     torch.testing.assert_close((scatter(pr, inds, shape=v.shape, **kw)[0] * v).sum(), (pr * p).sum())
 
 
-def test_gathered_patches_are_the_ones_search_compared():
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_matches_float64(seed, dtype, impl):
+    """float32 / half videos: close to the float64 result (the compiled kernels accumulate in
+    float32; the reference computes in the video's dtype)."""
+    backend, device = impl
+    v, inds, kw = _case(seed, device)
+    if inds.is_floating_point():
+        inds = inds.float()
+    tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    p = gather(v.to(dtype), inds, backend=backend, **kw)
+    assert p.dtype == dtype
+    torch.testing.assert_close(p.double(), gather(v.to(dtype).double(), inds, **kw), rtol=tol, atol=tol)
+    out, counts = scatter(p, inds, shape=v.shape, backend=backend, **kw)
+    assert out.dtype == counts.dtype == dtype
+    ro, rc = scatter(p.double(), inds, shape=v.shape, **kw)
+    scale = float(ro.abs().max()) + 1
+    torch.testing.assert_close(out.double(), ro, rtol=tol, atol=tol * scale)
+    torch.testing.assert_close(counts.double(), rc, rtol=tol, atol=tol * scale)
+
+
+def test_gathered_patches_are_the_ones_search_compared(impl):
+    backend, device = impl
     gen = torch.Generator().manual_seed(11)
-    q = torch.rand(1, 3, 4, 9, 9, generator=gen, dtype=torch.float64)
-    k = torch.rand(1, 3, 4, 9, 9, generator=gen, dtype=torch.float64)
-    flows = (0.8 * torch.randn(1, 3, 2, 9, 9, generator=gen, dtype=torch.float64),
-             0.8 * torch.randn(1, 3, 2, 9, 9, generator=gen, dtype=torch.float64))
-    kw = dict(ps=3, pt=2, dilation=2)
+    q = torch.rand(1, 3, 4, 9, 9, generator=gen, dtype=torch.float64).to(device)
+    k = torch.rand(1, 3, 4, 9, 9, generator=gen, dtype=torch.float64).to(device)
+    flows = (0.8 * torch.randn(1, 3, 2, 9, 9, generator=gen, dtype=torch.float64).to(device),
+             0.8 * torch.randn(1, 3, 2, 9, 9, generator=gen, dtype=torch.float64).to(device))
+    kw = dict(ps=3, pt=2, dilation=2, backend=backend)
     d, i = search(q, k, ws=3, wt=1, k=4, nheads=2, flows=flows, stride1=0.5, **kw)
     from napari_stnls.ops import query_coords
 
-    c = query_coords(q.shape).double().view(1, 1, -1, 1, 3).expand(1, 2, -1, 1, 3)
+    c = query_coords(q.shape, device=device).double().view(1, 1, -1, 1, 3).expand(1, 2, -1, 1, 3)
     qp = gather(q, c, **kw)  # (1, 2, Q, 1, ...)
     kp = gather(k, i, **kw)
     recomputed = ((qp - kp) ** 2).flatten(4).sum(-1)
     torch.testing.assert_close(recomputed, d, rtol=1e-12, atol=1e-12)
 
 
-def test_scatter_of_gather_normalises_back():
+def test_scatter_of_gather_normalises_back(impl):
     """Every pixel covered by whole-pixel patches: video/counts recovers the video exactly."""
+    backend, device = impl
     gen = torch.Generator().manual_seed(12)
-    v = torch.rand(1, 2, 3, 6, 6, generator=gen, dtype=torch.float64)
+    v = torch.rand(1, 2, 3, 6, 6, generator=gen, dtype=torch.float64).to(device)
     _, i = search(v, v, ps=3, ws=3, wt=1, k=3, itype="int")
-    agg, counts = scatter(gather(v, i, ps=3), i, shape=v.shape, ps=3)
+    agg, counts = scatter(gather(v, i, ps=3, backend=backend), i, shape=v.shape, ps=3, backend=backend)
     assert counts.shape == (1, 2, 1, 6, 6)
     # each value goes back to the pixel it was read from, so the normalised aggregate is v itself
     torch.testing.assert_close(agg / counts, v)
     # with heads, counts has one channel per head
     _, i2 = search(v[:, :, :2], v[:, :, :2], ps=3, ws=3, wt=1, k=3, nheads=2)
-    _, c2 = scatter(gather(v[:, :, :2], i2, ps=3), i2, shape=(1, 2, 2, 6, 6), ps=3)
+    _, c2 = scatter(gather(v[:, :, :2], i2, ps=3, backend=backend), i2, shape=(1, 2, 2, 6, 6), ps=3,
+                    backend=backend)
     assert c2.shape == (1, 2, 2, 6, 6)
 
 
-def test_scatter_out_accumulates_in_place():
-    v, inds, kw = _case(3)
+def test_scatter_out_accumulates_in_place(impl):
+    backend, device = impl
+    v, inds, kw = _case(3, device)
+    kw["backend"] = backend
     p = gather(v, inds, **kw)
     once, c1 = scatter(p, inds, shape=v.shape, **kw)
     buf = (torch.zeros_like(once), torch.zeros_like(c1))
@@ -94,31 +123,117 @@ def test_scatter_out_accumulates_in_place():
     torch.testing.assert_close(buf[1], 2 * c1)
 
 
-def test_gradcheck_gather_and_scatter():
+def _grad_case(device, nheads=2):
     gen = torch.Generator().manual_seed(13)
-    v = torch.rand(1, 2, 2, 6, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-    # fractional positions away from whole pixels (bilinear is piecewise linear)
-    y = 0.2 + 0.6 * torch.rand(1, 2, 3, 2, generator=gen, dtype=torch.float64) + torch.tensor([1.0, 3.0])
-    x = 0.2 + 0.6 * torch.rand(1, 2, 3, 2, generator=gen, dtype=torch.float64) + torch.tensor([0.0, 4.0])
-    t = torch.randint(0, 2, (1, 2, 3, 2), generator=gen).double()
-    yx = torch.stack([y, x], -1).requires_grad_()
-    kw = dict(ps=3, pt=2, dilation=1)
+    v = torch.rand(1, 2, 2, 6, 6, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    # fractional positions away from whole pixels (bilinear is piecewise linear); some near the
+    # border so that mirrored pixels are read
+    y = 0.2 + 0.6 * torch.rand(1, nheads, 3, 2, generator=gen, dtype=torch.float64) + torch.tensor([0.0, 4.0])
+    x = 0.2 + 0.6 * torch.rand(1, nheads, 3, 2, generator=gen, dtype=torch.float64) + torch.tensor([0.0, 4.0])
+    t = torch.randint(0, 2, (1, nheads, 3, 2), generator=gen).double().to(device)
+    yx = torch.stack([y, x], -1).to(device).requires_grad_()
+    return v, t, yx, gen
+
+
+@pytest.mark.parametrize("nheads", [1, 2])
+def test_gradcheck_gather_and_scatter(nheads, impl):
+    backend, device = impl
+    v, t, yx, gen = _grad_case(device, nheads)
+    kw = dict(ps=3, pt=2, dilation=1, backend=backend)
+    # CUDA scatters add atomically: a backward run may differ from another in the last bits
+    nd = 1e-12 if device.type == "cuda" else 0.0
     # t is integer-valued (no gradient); the gradient to positions is checked on (y, x)
-    assert torch.autograd.gradcheck(lambda v, yx: gather(v, torch.cat([t[..., None], yx], -1), **kw), (v, yx))
+    assert torch.autograd.gradcheck(lambda v, yx: gather(v, torch.cat([t[..., None], yx], -1), **kw), (v, yx),
+                                    nondet_tol=nd)
     pos = torch.cat([t[..., None], yx.detach()], -1)
     patches = gather(v, pos, **kw).detach().requires_grad_()
-    w = torch.rand(1, 2, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(1, nheads, 3, 2, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda pa, w: scatter(pa, pos.detach(), shape=v.shape, weights=w, **kw), (patches, w)
+        lambda pa, w, yx: scatter(pa, torch.cat([t[..., None], yx], -1), shape=v.shape, weights=w, **kw),
+        (patches, w, yx), nondet_tol=nd,
+    )
+    assert torch.autograd.gradcheck(
+        lambda pa, yx: scatter(pa, torch.cat([t[..., None], yx], -1), shape=v.shape, **kw)[0],
+        (patches, yx), nondet_tol=nd,
     )
 
 
-def test_inputs_are_not_modified():
-    v, inds, kw = _case(4)
+def test_gradients_match_the_reference(impl):
+    """Whole and fractional positions (the position gradient is the one-sided derivative
+    towards the next pixel at whole pixels, as in the reference)."""
+    backend, device = impl
+    if backend == "reference":
+        pytest.skip("compares a compiled backend with the reference")
+    v, t, yx, gen = _grad_case(device)
+    yx = yx.detach().clone()
+    yx[0, 0] = yx[0, 0].round()
+    kw = dict(ps=3, pt=2, dilation=2)
+    w = torch.rand(1, 2, 3, 2, generator=gen, dtype=torch.float64).to(device)
+    grads = []
+    for b in ("reference", backend):
+        vv, pp, ww = (a.detach().clone().requires_grad_() for a in (v, yx, w))
+        pos = torch.cat([t[..., None], pp], -1)
+        p = gather(vv, pos, backend=b, **kw)
+        out, counts = scatter(p * p, pos, shape=v.shape, weights=ww, backend=b, **kw)
+        ramp = torch.arange(72.0, device=device).view(1, 2, 1, 6, 6)
+        ((out * out).sum() + (counts * ramp).sum()).backward()
+        grads.append((vv.grad, pp.grad, ww.grad))
+    for g, gr in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(g, gr, rtol=1e-10, atol=1e-10)
+
+
+def test_cpu_gradients_are_deterministic():
+    """Scatters on the CPU are race-free: two runs, and runs with other thread counts, give
+    bit-identical results and gradients."""
+    gen = torch.Generator().manual_seed(14)
+    v = torch.rand(1, 3, 4, 24, 24, generator=gen)
+    inds = torch.stack([torch.randint(0, 3, (1, 2, 200, 5), generator=gen).float(),
+                        23 * torch.rand(1, 2, 200, 5, generator=gen),
+                        23 * torch.rand(1, 2, 200, 5, generator=gen)], -1)
+    w = torch.rand(1, 2, 200, 5, generator=gen)
+
+    def run():
+        vv, ii, ww = (a.clone().requires_grad_() for a in (v, inds, w))
+        p = gather(vv, ii, ps=5, pt=2, backend="cpu")
+        out, counts = scatter(p.sin(), ii, shape=v.shape, weights=ww, ps=5, pt=2, backend="cpu")
+        (out.square().sum() + counts.square().sum()).backward()
+        return [out, counts, vv.grad, ii.grad, ww.grad]
+
+    first = run()
+    threads = torch.get_num_threads()
+    try:
+        for n in (threads, 1, 3):
+            torch.set_num_threads(n)
+            for a, b in zip(run(), first, strict=True):
+                assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_compiled_limits(impl):
+    backend, device = impl
+    v = torch.rand(1, 9, 1, 5, 5, device=device)
+    inds = torch.tensor([[[[[0, 2, 2]]]]], device=device)
+    if backend == "reference":
+        assert gather(v, inds, ps=3, pt=9, backend=backend).shape == (1, 1, 1, 1, 9, 1, 3, 3)
+        return
+    with pytest.raises(ValueError, match="ps <= 32 and pt <= 8"):
+        gather(v, inds, ps=3, pt=9, backend=backend)
+    with pytest.raises(ValueError, match="ps <= 32 and pt <= 8"):
+        scatter(torch.zeros(1, 1, 1, 1, 1, 1, 33, 33, device=device), inds, shape=v.shape, ps=33,
+                backend=backend)
+    # backend=None falls back to the reference beyond the limits
+    p = gather(v, inds, ps=33)
+    torch.testing.assert_close(p, gather(v, inds, ps=33, backend="reference"))
+
+
+def test_inputs_are_not_modified(impl):
+    backend, device = impl
+    v, inds, kw = _case(4, device)
     vc, ic = v.clone(), inds.clone()
-    p = gather(v, inds, **kw)
+    p = gather(v, inds, backend=backend, **kw)
     pc = p.clone()
-    scatter(p, inds, shape=v.shape, **kw)
+    scatter(p, inds, shape=v.shape, backend=backend, **kw)
     assert torch.equal(v, vc) and torch.equal(inds, ic) and torch.equal(p, pc)
 
 

@@ -1,0 +1,376 @@
+// CPU kernels of gather / scatter (at::parallel_for).
+//
+// Reading (gather, the gradient w.r.t. positions, scatter's backward) is parallel over
+// patches: each task writes only its own outputs. Writing (scatter, gather's backward w.r.t.
+// the video) is parallel over (batch, head, band of rows): a task owns the channels of its
+// head in its rows, scans every patch of its (batch, head) and adds only what lands in its
+// rows. So there are no races, and every output element receives its contributions in the
+// same order (patch, then dt, a, b, then corner) whatever the number of threads: results are
+// bit-identical run to run and across thread counts.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "../include/gather.h"
+#include "../include/gather_host.h"
+
+namespace {
+
+using stnls::Corners;
+using stnls::GDims;
+using stnls::Pos;
+using stnls::reflect;
+
+// Flat rows (frame * H + row) and columns of one patch's pixels, for both bilinear corners.
+struct Loc {
+  int64_t row0[stnls::kMaxPt][stnls::kMaxPs];
+  int64_t row1[stnls::kMaxPt][stnls::kMaxPs];
+  int64_t col0[stnls::kMaxPs];
+  int64_t col1[stnls::kMaxPs];
+
+  template <typename acc_t>
+  void set(const Pos<acc_t>& p, const GDims& d) {
+    const int r = d.ps / 2;
+    for (int b = 0; b < d.ps; ++b) {
+      const int64_t x = p.x0 + static_cast<int64_t>(d.dil) * (b - r);
+      col0[b] = reflect(x, d.W);
+      col1[b] = reflect(x + 1, d.W);
+    }
+    for (int dt = 0; dt < d.pt; ++dt) {
+      const int64_t f = reflect(p.t + dt, d.T) * d.H;
+      for (int a = 0; a < d.ps; ++a) {
+        const int64_t y = p.y0 + static_cast<int64_t>(d.dil) * (a - r);
+        row0[dt][a] = f + reflect(y, d.H);
+        row1[dt][a] = f + reflect(y + 1, d.H);
+      }
+    }
+  }
+
+  Corners at(int dt, int a, int b, int64_t W) const {
+    const int64_t r0 = row0[dt][a] * W, r1 = row1[dt][a] * W;
+    return {r0 + col0[b], r0 + col1[b], r1 + col0[b], r1 + col1[b]};
+  }
+};
+
+
+// Adds weight * patch (weights may be null: 1) into out (B, T, H, W, C) and the weights into
+// cnt (B, T, H, W, nh) (may be null), both in acc_t. See the file comment for the scheme.
+template <typename scalar_t, typename acc_t, typename pos_t>
+void scatter_into(const scalar_t* pat, const pos_t* pos, const acc_t* wts, acc_t* out, acc_t* cnt,
+                  const GDims& d) {
+  const int64_t nbh = d.B * d.nh, rows = d.T * d.H, QK = d.Q * d.K, psz = d.psz();
+  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t nb = std::min<int64_t>(rows, std::max<int64_t>(1, (nthreads + nbh - 1) / nbh));
+  const int ps = d.ps, pt = d.pt;
+  const int64_t C = d.C, Ch = d.Ch, nh = d.nh, W = d.W;
+  at::parallel_for(0, nbh * nb, 1, [&](int64_t begin, int64_t end) {
+    Loc loc;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / nb, band = task % nb, b = bh / nh, h = bh % nh;
+      // pixels of the rows [lo, hi) of this band
+      const int64_t lo = band * rows / nb * W, hi = (band + 1) * rows / nb * W;
+      acc_t* ob = out + b * d.video();
+      acc_t* cb = cnt == nullptr ? nullptr : cnt + b * d.T * d.H * d.W * nh;
+      const int64_t c0 = h * Ch;
+      for (int64_t qk = 0; qk < QK; ++qk) {
+        const int64_t n = bh * QK + qk;
+        const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + n * 3, false);
+        loc.set(p, d);
+        const acc_t w = wts == nullptr ? acc_t(1) : wts[n];
+        const scalar_t* pn = pat + n * psz;
+        for (int dt = 0; dt < pt; ++dt)
+          for (int a = 0; a < ps; ++a) {
+            const int64_t r0 = loc.row0[dt][a] * W, r1 = loc.row1[dt][a] * W;
+            const bool in0 = r0 >= lo && r0 < hi;
+            const bool in1 = p.sy && r1 >= lo && r1 < hi;
+            if (!in0 && !in1) continue;
+            for (int bb = 0; bb < ps; ++bb) {
+              const int64_t x0 = loc.col0[bb], x1 = loc.col1[bb];
+              const scalar_t* pv = pn + (static_cast<int64_t>(dt) * Ch * ps + a) * ps + bb;
+              for (int64_t c = 0; c < Ch; ++c) {
+                acc_t g = static_cast<acc_t>(pv[c * ps * ps]);
+                if (wts != nullptr) g = g * w;
+                if (in0) {
+                  const acc_t g0 = p.wy0 * g;
+                  ob[(r0 + x0) * C + c0 + c] += p.wx0 * g0;
+                  if (p.sx) ob[(r0 + x1) * C + c0 + c] += p.wx1 * g0;
+                }
+                if (in1) {
+                  const acc_t g1 = p.wy1 * g;
+                  ob[(r1 + x0) * C + c0 + c] += p.wx0 * g1;
+                  if (p.sx) ob[(r1 + x1) * C + c0 + c] += p.wx1 * g1;
+                }
+              }
+              if (cb != nullptr) {
+                if (in0) {
+                  const acc_t g0 = p.wy0 * w;
+                  cb[(r0 + x0) * nh + h] += p.wx0 * g0;
+                  if (p.sx) cb[(r0 + x1) * nh + h] += p.wx1 * g0;
+                }
+                if (in1) {
+                  const acc_t g1 = p.wy1 * w;
+                  cb[(r1 + x0) * nh + h] += p.wx0 * g1;
+                  if (p.sx) cb[(r1 + x1) * nh + h] += p.wx1 * g1;
+                }
+              }
+            }
+          }
+      }
+    }
+  });
+}
+
+at::Tensor gather_patches_cpu(const at::Tensor& video, const at::Tensor& inds_, int64_t ps,
+                              int64_t pt, int64_t dilation) {
+  stnls::check_video_cl(video, "video");
+  stnls::check_patch_args(ps, pt, dilation);
+  const int64_t B = video.size(0);
+  const at::Tensor inds = stnls::check_inds(inds_, B);
+  const GDims d = stnls::dims_from(video, inds, ps, pt, dilation);
+  auto out = at::empty({B, d.nh, d.Q, d.K, pt, d.Ch, ps, ps}, video.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(),
+                                  "gather_patches_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using video_t = scalar_t;
+    const video_t* v = video.data_ptr<video_t>();
+    video_t* o = out.data_ptr<video_t>();
+    stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
+      using pos_t = decltype(tag);
+      const pos_t* pos = inds.data_ptr<pos_t>();
+      const int64_t psz = d.psz(), per_batch = d.nh * d.Q * d.K;
+      at::parallel_for(0, d.patches(), 16, [&](int64_t begin, int64_t end) {
+        Loc loc;
+        for (int64_t n = begin; n < end; ++n) {
+          const int64_t b = n / per_batch, h = (n / (d.Q * d.K)) % d.nh;
+          const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + n * 3, false);
+          loc.set(p, d);
+          const video_t* vb = v + b * d.video();
+          video_t* on = o + n * psz;
+          for (int dt = 0; dt < d.pt; ++dt)
+            for (int64_t c = h * d.Ch; c < (h + 1) * d.Ch; ++c)
+              for (int a = 0; a < d.ps; ++a)
+                for (int bb = 0; bb < d.ps; ++bb)
+                  *on++ = static_cast<video_t>(
+                      stnls::bilinear(vb, d.C, c, loc.at(dt, a, bb, d.W), p));
+        }
+      });
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> gather_patches_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& video, const at::Tensor& inds_, int64_t ps,
+    int64_t pt, int64_t dilation, std::array<bool, 2> needs) {
+  stnls::check_video_cl(video, "video");
+  stnls::check_patch_args(ps, pt, dilation);
+  const int64_t B = video.size(0);
+  const at::Tensor inds = stnls::check_inds(inds_, B);
+  const GDims d = stnls::dims_from(video, inds, ps, pt, dilation);
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef({B, d.nh, d.Q, d.K, pt, d.Ch, ps, ps}),
+              "grad: expected the shape of the patches, got ", grad.sizes());
+  const auto acc = stnls::acc_type(video.scalar_type());
+  const bool sub = inds.is_floating_point();
+  auto gv = at::zeros(video.sizes(), video.options().dtype(acc));
+  auto gi = at::zeros(inds.sizes(), inds.options().dtype(sub ? inds.scalar_type() : acc));
+  const bool need_v = needs[0], need_i = needs[1] && sub;
+  if (d.patches() == 0 || (!need_v && !need_i)) return {gv.to(video.scalar_type()), gi};
+  const at::Tensor g = grad.to(video.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(),
+                                  "gather_patches_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using video_t = scalar_t;
+    const video_t* v = video.data_ptr<video_t>();
+    const video_t* gd = g.data_ptr<video_t>();
+    stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
+      using pos_t = decltype(tag);
+      const pos_t* pos = inds.data_ptr<pos_t>();
+      if (need_v)
+        scatter_into<video_t, acc_t, pos_t>(gd, pos, nullptr, gv.data_ptr<acc_t>(), nullptr, d);
+      if (!need_i) return;
+      if constexpr (std::is_floating_point<pos_t>::value) {
+        pos_t* gp = gi.data_ptr<pos_t>();
+        const int64_t psz = d.psz(), per_batch = d.nh * d.Q * d.K;
+        at::parallel_for(0, d.patches(), 16, [&](int64_t begin, int64_t end) {
+          Loc loc;
+          for (int64_t n = begin; n < end; ++n) {
+            const int64_t b = n / per_batch, h = (n / (d.Q * d.K)) % d.nh;
+            const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + n * 3, true);
+            loc.set(p, d);
+            const video_t* vb = v + b * d.video();
+            const video_t* gn = gd + n * psz;
+            acc_t gy = 0, gx = 0;
+            for (int dt = 0; dt < d.pt; ++dt)
+              for (int64_t c = h * d.Ch; c < (h + 1) * d.Ch; ++c)
+                for (int a = 0; a < d.ps; ++a)
+                  for (int bb = 0; bb < d.ps; ++bb) {
+                    acc_t dy, dx;
+                    stnls::bilinear_grad(vb, d.C, c, loc.at(dt, a, bb, d.W), p, &dy, &dx);
+                    const acc_t gg = static_cast<acc_t>(*gn++);
+                    gy += gg * dy;
+                    gx += gg * dx;
+                  }
+            gp[n * 3 + 1] = static_cast<pos_t>(gy);
+            gp[n * 3 + 2] = static_cast<pos_t>(gx);
+          }
+        });
+      }
+    });
+  });
+  return {gv.to(video.scalar_type()), gi};
+}
+
+
+
+std::tuple<at::Tensor, at::Tensor> scatter_patches_cpu(const at::Tensor& patches,
+                                                       const at::Tensor& inds_,
+                                                       const std::optional<at::Tensor>& weights,
+                                                       int64_t T, int64_t H, int64_t W,
+                                                       int64_t ps, int64_t pt, int64_t dilation) {
+  const at::Tensor inds = stnls::check_inds(inds_, patches.dim() > 0 ? patches.size(0) : 0);
+  const GDims d = stnls::scatter_dims(patches, inds, T, H, W, ps, pt, dilation);
+  const auto acc = stnls::acc_type(patches.scalar_type());
+  auto out = at::zeros({d.B, T, H, W, d.C}, patches.options().dtype(acc));
+  auto cnt = at::zeros({d.B, T, H, W, d.nh}, patches.options().dtype(acc));
+  const auto w = stnls::weights_acc(weights, d, acc);
+  if (d.patches() > 0 && d.C > 0) {
+    const at::Tensor pat = patches.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, patches.scalar_type(),
+                                    "scatter_patches_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using patch_t = scalar_t;
+      stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
+        using pos_t = decltype(tag);
+        scatter_into<patch_t, acc_t, pos_t>(
+            pat.data_ptr<patch_t>(), inds.data_ptr<pos_t>(),
+            w.has_value() ? w->data_ptr<acc_t>() : nullptr, out.data_ptr<acc_t>(),
+            cnt.data_ptr<acc_t>(), d);
+      });
+    });
+  }
+  return {out.to(patches.scalar_type()), cnt.to(patches.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scatter_patches_backward_cpu(
+    const std::optional<at::Tensor>& grad_video, const std::optional<at::Tensor>& grad_counts,
+    const at::Tensor& patches, const at::Tensor& inds_, const std::optional<at::Tensor>& weights,
+    int64_t T, int64_t H, int64_t W, int64_t ps, int64_t pt, int64_t dilation,
+    std::array<bool, 3> needs) {
+  const at::Tensor inds = stnls::check_inds(inds_, patches.dim() > 0 ? patches.size(0) : 0);
+  const GDims d = stnls::scatter_dims(patches, inds, T, H, W, ps, pt, dilation);
+  const auto acc = stnls::acc_type(patches.scalar_type());
+  const auto w = stnls::weights_acc(weights, d, acc);
+  const bool sub = inds.is_floating_point();
+  auto gp = at::zeros(patches.sizes(), patches.options());
+  auto gw = at::zeros({d.B, d.nh, d.Q, d.K}, patches.options().dtype(acc));
+  auto gi = at::zeros(inds.sizes(), inds.options().dtype(sub ? inds.scalar_type() : acc));
+  const auto wdtype = w.has_value() ? weights->scalar_type() : patches.scalar_type();
+  at::Tensor gvid, gcnt;
+  if (grad_video.has_value() && grad_video->defined()) {
+    TORCH_CHECK(grad_video->sizes() == at::IntArrayRef({d.B, T, H, W, d.C}),
+                "grad_video: expected (B, T, H, W, C), got ", grad_video->sizes());
+    gvid = grad_video->to(patches.scalar_type()).contiguous();
+  }
+  if (grad_counts.has_value() && grad_counts->defined()) {
+    TORCH_CHECK(grad_counts->sizes() == at::IntArrayRef({d.B, T, H, W, d.nh}),
+                "grad_counts: expected (B, T, H, W, nheads), got ", grad_counts->sizes());
+    gcnt = grad_counts->to(patches.scalar_type()).contiguous();
+  }
+  const bool need_p = needs[0] && gvid.defined();
+  const bool need_w = needs[1] && w.has_value() && (gvid.defined() || gcnt.defined());
+  const bool need_i = needs[2] && sub && (gvid.defined() || gcnt.defined());
+  if (d.patches() > 0 && d.C > 0 && (need_p || need_w || need_i)) {
+    const at::Tensor pat = patches.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, patches.scalar_type(),
+                                    "scatter_patches_backward_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using patch_t = scalar_t;
+      const patch_t* pd = pat.data_ptr<patch_t>();
+      const patch_t* gvd = gvid.defined() ? gvid.data_ptr<patch_t>() : nullptr;
+      const patch_t* gcd = gcnt.defined() ? gcnt.data_ptr<patch_t>() : nullptr;
+      const acc_t* wd = w.has_value() ? w->data_ptr<acc_t>() : nullptr;
+      patch_t* gpd = gp.data_ptr<patch_t>();
+      acc_t* gwd = gw.data_ptr<acc_t>();
+      stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
+        using pos_t = decltype(tag);
+        const pos_t* pos = inds.data_ptr<pos_t>();
+        pos_t* gid = need_i ? gi.data_ptr<pos_t>() : nullptr;
+        const int64_t psz = d.psz(), per_batch = d.nh * d.Q * d.K;
+        const int64_t frame_px = d.T * d.H * d.W;
+        at::parallel_for(0, d.patches(), 16, [&](int64_t begin, int64_t end) {
+          Loc loc;
+          for (int64_t n = begin; n < end; ++n) {
+            const int64_t b = n / per_batch, h = (n / (d.Q * d.K)) % d.nh;
+            const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + n * 3, need_i);
+            loc.set(p, d);
+            const acc_t wn = wd == nullptr ? acc_t(1) : wd[n];
+            acc_t sw = 0, gy = 0, gx = 0;
+            if (gvd != nullptr) {
+              const patch_t* gvb = gvd + b * d.video();
+              const patch_t* pn = pd + n * psz;
+              patch_t* gpn = gpd + n * psz;
+              int64_t m = 0;
+              for (int dt = 0; dt < d.pt; ++dt)
+                for (int64_t c = h * d.Ch; c < (h + 1) * d.Ch; ++c)
+                  for (int a = 0; a < d.ps; ++a)
+                    for (int bb = 0; bb < d.ps; ++bb, ++m) {
+                      const Corners k = loc.at(dt, a, bb, d.W);
+                      if (need_p || need_w) {
+                        const acc_t G = stnls::bilinear(gvb, d.C, c, k, p);
+                        if (need_p) gpn[m] = static_cast<patch_t>(wd == nullptr ? G : G * wn);
+                        if (need_w) sw += static_cast<acc_t>(pn[m]) * G;
+                      }
+                      if (need_i) {
+                        acc_t dy, dx;
+                        stnls::bilinear_grad(gvb, d.C, c, k, p, &dy, &dx);
+                        const acc_t pw = static_cast<acc_t>(pn[m]) * wn;
+                        gy += pw * dy;
+                        gx += pw * dx;
+                      }
+                    }
+            }
+            if (gcd != nullptr && (need_w || need_i)) {
+              const patch_t* gcb = gcd + b * frame_px * d.nh;
+              for (int dt = 0; dt < d.pt; ++dt)
+                for (int a = 0; a < d.ps; ++a)
+                  for (int bb = 0; bb < d.ps; ++bb) {
+                    const Corners k = loc.at(dt, a, bb, d.W);
+                    if (need_w) sw += stnls::bilinear(gcb, d.nh, h, k, p);
+                    if (need_i) {
+                      acc_t dy, dx;
+                      stnls::bilinear_grad(gcb, d.nh, h, k, p, &dy, &dx);
+                      gy += wn * dy;
+                      gx += wn * dx;
+                    }
+                  }
+            }
+            if (need_w) gwd[n] = sw;
+            if constexpr (std::is_floating_point<pos_t>::value) {
+              if (need_i) {
+                gid[n * 3 + 1] = static_cast<pos_t>(gy);
+                gid[n * 3 + 2] = static_cast<pos_t>(gx);
+              }
+            }
+          }
+        });
+      });
+    });
+  }
+  return {gp, gw.to(wdtype), gi};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(napari_stnls, CPU, m) {
+  m.impl("gather_patches", &gather_patches_cpu);
+  m.impl("gather_patches_backward", &gather_patches_backward_cpu);
+  m.impl("scatter_patches", &scatter_patches_cpu);
+  m.impl("scatter_patches_backward", &scatter_patches_backward_cpu);
+}

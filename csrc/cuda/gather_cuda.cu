@@ -1,0 +1,395 @@
+// CUDA kernels of gather / scatter.
+//
+// Gathers (gather, the gradient w.r.t. the patches of scatter) run one thread per output
+// element. Scatters (scatter, gather's gradient w.r.t. the video) run one thread per patch
+// element and add atomically (gpuAtomicAdd) into float32/float64 buffers, so their results may
+// differ run to run in the last bits. Reductions over a patch (the gradients w.r.t. positions
+// and weights) run one thread per patch. The arithmetic is that of csrc/include/gather.h,
+// shared with the CPU kernels.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/Atomic.cuh>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+
+#include "../include/gather.h"
+#include "../include/gather_host.h"
+
+namespace {
+
+using stnls::Corners;
+using stnls::GDims;
+using stnls::Pos;
+
+constexpr int kThreads = 256;       // element-wise kernels
+constexpr int kPatchThreads = 128;  // one thread per patch
+
+unsigned blocks_for(int64_t n, int threads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+struct AtomicAdd {
+  template <typename T>
+  __host__ __device__ __forceinline__ void operator()(T* p, T v) const {
+#ifdef __CUDA_ARCH__
+    gpuAtomicAdd(p, v);
+#else
+    *p += v;
+#endif
+  }
+};
+
+// Element n of the patches (B, nh, Q, K, pt, Ch, ps, ps): its patch, head, batch item and
+// (dt, c, a, b) inside the patch.
+struct Elem {
+  int64_t patch, b, h, c;
+  int dt, a, bb;
+};
+
+__device__ __forceinline__ Elem split(int64_t n, const GDims& d) {
+  Elem e;
+  const int64_t psz = d.psz();
+  e.patch = n / psz;
+  int64_t m = n % psz;
+  e.bb = static_cast<int>(m % d.ps);
+  m /= d.ps;
+  e.a = static_cast<int>(m % d.ps);
+  m /= d.ps;
+  e.c = m % d.Ch;
+  e.dt = static_cast<int>(m / d.Ch);
+  e.h = (e.patch / (d.Q * d.K)) % d.nh;
+  e.b = e.patch / (d.nh * d.Q * d.K);
+  return e;
+}
+
+template <typename scalar_t, typename acc_t, typename pos_t>
+__global__ void gather_kernel(const scalar_t* __restrict__ video, const pos_t* __restrict__ pos,
+                              GDims d, int64_t total, scalar_t* __restrict__ out) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= total) return;
+  const Elem e = split(n, d);
+  const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + e.patch * 3, false);
+  const Corners k = stnls::corners(p, e.dt, e.a, e.bb, d.T, d.H, d.W, d.ps, d.dil);
+  out[n] = static_cast<scalar_t>(
+      stnls::bilinear(video + e.b * d.video(), d.C, e.h * d.Ch + e.c, k, p));
+}
+
+// Adds weight * patch into out (B, T, H, W, C) and, from the c == 0 threads, the weights into
+// cnt (B, T, H, W, nh). wts and cnt may be null.
+template <typename scalar_t, typename acc_t, typename pos_t>
+__global__ void scatter_kernel(const scalar_t* __restrict__ pat, const pos_t* __restrict__ pos,
+                               const acc_t* __restrict__ wts, GDims d, int64_t total,
+                               acc_t* __restrict__ out, acc_t* __restrict__ cnt) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= total) return;
+  const Elem e = split(n, d);
+  const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + e.patch * 3, false);
+  const Corners k = stnls::corners(p, e.dt, e.a, e.bb, d.T, d.H, d.W, d.ps, d.dil);
+  const acc_t w = wts == nullptr ? acc_t(1) : wts[e.patch];
+  acc_t g = static_cast<acc_t>(pat[n]);
+  if (wts != nullptr) g = g * w;
+  stnls::bilinear_add(out + e.b * d.video(), d.C, e.h * d.Ch + e.c, k, p, g, AtomicAdd{});
+  if (cnt != nullptr && e.c == 0)
+    stnls::bilinear_add(cnt + e.b * d.T * d.H * d.W * d.nh, d.nh, e.h, k, p, w, AtomicAdd{});
+}
+
+// One thread per patch: gradient of sum(grad * patch) w.r.t. the patch's (y, x).
+template <typename scalar_t, typename acc_t, typename pos_t>
+__global__ void gather_pos_grad_kernel(const scalar_t* __restrict__ video,
+                                       const scalar_t* __restrict__ grad,
+                                       const pos_t* __restrict__ pos, GDims d,
+                                       pos_t* __restrict__ gpos) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= d.patches()) return;
+  const int64_t h = (n / (d.Q * d.K)) % d.nh, b = n / (d.nh * d.Q * d.K);
+  const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + n * 3, true);
+  const scalar_t* vb = video + b * d.video();
+  const scalar_t* gn = grad + n * d.psz();
+  acc_t gy = 0, gx = 0;
+  int64_t m = 0;
+  for (int dt = 0; dt < d.pt; ++dt)
+    for (int64_t c = h * d.Ch; c < (h + 1) * d.Ch; ++c)
+      for (int a = 0; a < d.ps; ++a)
+        for (int bb = 0; bb < d.ps; ++bb, ++m) {
+          const Corners k = stnls::corners(p, dt, a, bb, d.T, d.H, d.W, d.ps, d.dil);
+          acc_t dy, dx;
+          stnls::bilinear_grad(vb, d.C, c, k, p, &dy, &dx);
+          const acc_t gg = static_cast<acc_t>(gn[m]);
+          gy += gg * dy;
+          gx += gg * dx;
+        }
+  gpos[n * 3 + 1] = static_cast<pos_t>(gy);
+  gpos[n * 3 + 2] = static_cast<pos_t>(gx);
+}
+
+// Gradient w.r.t. the patches of scatter: weight * (grad_video read like gather).
+template <typename scalar_t, typename acc_t, typename pos_t>
+__global__ void scatter_patch_grad_kernel(const scalar_t* __restrict__ gvid,
+                                          const pos_t* __restrict__ pos,
+                                          const acc_t* __restrict__ wts, GDims d, int64_t total,
+                                          scalar_t* __restrict__ gpat) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= total) return;
+  const Elem e = split(n, d);
+  const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + e.patch * 3, false);
+  const Corners k = stnls::corners(p, e.dt, e.a, e.bb, d.T, d.H, d.W, d.ps, d.dil);
+  const acc_t G = stnls::bilinear(gvid + e.b * d.video(), d.C, e.h * d.Ch + e.c, k, p);
+  gpat[n] = static_cast<scalar_t>(wts == nullptr ? G : G * wts[e.patch]);
+}
+
+// One thread per patch: gradients of scatter w.r.t. the weight and the position (y, x).
+// gvid / gcnt (the gradients of the two outputs) may be null.
+template <typename scalar_t, typename acc_t, typename pos_t>
+__global__ void scatter_reduce_grad_kernel(const scalar_t* __restrict__ gvid,
+                                           const scalar_t* __restrict__ gcnt,
+                                           const scalar_t* __restrict__ pat,
+                                           const pos_t* __restrict__ pos,
+                                           const acc_t* __restrict__ wts, GDims d, bool need_w,
+                                           bool need_i, acc_t* __restrict__ gw,
+                                           pos_t* __restrict__ gpos) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= d.patches()) return;
+  const int64_t h = (n / (d.Q * d.K)) % d.nh, b = n / (d.nh * d.Q * d.K);
+  const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + n * 3, need_i);
+  const acc_t wn = wts == nullptr ? acc_t(1) : wts[n];
+  acc_t sw = 0, gy = 0, gx = 0;
+  if (gvid != nullptr) {
+    const scalar_t* gvb = gvid + b * d.video();
+    const scalar_t* pn = pat + n * d.psz();
+    int64_t m = 0;
+    for (int dt = 0; dt < d.pt; ++dt)
+      for (int64_t c = h * d.Ch; c < (h + 1) * d.Ch; ++c)
+        for (int a = 0; a < d.ps; ++a)
+          for (int bb = 0; bb < d.ps; ++bb, ++m) {
+            const Corners k = stnls::corners(p, dt, a, bb, d.T, d.H, d.W, d.ps, d.dil);
+            const acc_t pv = static_cast<acc_t>(pn[m]);
+            if (need_w) sw += pv * stnls::bilinear(gvb, d.C, c, k, p);
+            if (need_i) {
+              acc_t dy, dx;
+              stnls::bilinear_grad(gvb, d.C, c, k, p, &dy, &dx);
+              const acc_t pw = pv * wn;
+              gy += pw * dy;
+              gx += pw * dx;
+            }
+          }
+  }
+  if (gcnt != nullptr) {
+    const scalar_t* gcb = gcnt + b * d.T * d.H * d.W * d.nh;
+    for (int dt = 0; dt < d.pt; ++dt)
+      for (int a = 0; a < d.ps; ++a)
+        for (int bb = 0; bb < d.ps; ++bb) {
+          const Corners k = stnls::corners(p, dt, a, bb, d.T, d.H, d.W, d.ps, d.dil);
+          if (need_w) sw += stnls::bilinear(gcb, d.nh, h, k, p);
+          if (need_i) {
+            acc_t dy, dx;
+            stnls::bilinear_grad(gcb, d.nh, h, k, p, &dy, &dx);
+            gy += wn * dy;
+            gx += wn * dx;
+          }
+        }
+  }
+  if (need_w) gw[n] = sw;
+  if constexpr (std::is_floating_point<pos_t>::value) {
+    if (need_i) {
+      gpos[n * 3 + 1] = static_cast<pos_t>(gy);
+      gpos[n * 3 + 2] = static_cast<pos_t>(gx);
+    }
+  }
+}
+
+void check_cuda(const at::Tensor& t, const at::Tensor& like, const char* name) {
+  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), name, ": expected a tensor on ",
+              like.device(), ", got ", t.device());
+}
+
+at::Tensor gather_patches_cuda(const at::Tensor& video, const at::Tensor& inds_, int64_t ps,
+                               int64_t pt, int64_t dilation) {
+  stnls::check_video_cl(video, "video");
+  TORCH_CHECK(video.is_cuda(), "video: expected a CUDA tensor");
+  stnls::check_patch_args(ps, pt, dilation);
+  check_cuda(inds_, video, "inds");
+  const c10::cuda::CUDAGuard guard(video.device());
+  const at::Tensor inds = stnls::check_inds(inds_, video.size(0));
+  const GDims d = stnls::dims_from(video, inds, ps, pt, dilation);
+  auto out = at::empty({d.B, d.nh, d.Q, d.K, pt, d.Ch, ps, ps}, video.options());
+  const int64_t total = out.numel();
+  if (total == 0) return out;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(),
+                                  "gather_patches_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using video_t = scalar_t;
+    stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
+      using pos_t = decltype(tag);
+      gather_kernel<video_t, acc_t, pos_t><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+          video.data_ptr<video_t>(), inds.data_ptr<pos_t>(), d, total, out.data_ptr<video_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> gather_patches_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& video, const at::Tensor& inds_, int64_t ps,
+    int64_t pt, int64_t dilation, std::array<bool, 2> needs) {
+  stnls::check_video_cl(video, "video");
+  TORCH_CHECK(video.is_cuda(), "video: expected a CUDA tensor");
+  stnls::check_patch_args(ps, pt, dilation);
+  check_cuda(inds_, video, "inds");
+  check_cuda(grad, video, "grad");
+  const c10::cuda::CUDAGuard guard(video.device());
+  const at::Tensor inds = stnls::check_inds(inds_, video.size(0));
+  const GDims d = stnls::dims_from(video, inds, ps, pt, dilation);
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef({d.B, d.nh, d.Q, d.K, pt, d.Ch, ps, ps}),
+              "grad: expected the shape of the patches, got ", grad.sizes());
+  const auto acc = stnls::acc_type(video.scalar_type());
+  const bool sub = inds.is_floating_point();
+  auto gv = at::zeros(video.sizes(), video.options().dtype(acc));
+  auto gi = at::zeros(inds.sizes(), inds.options().dtype(sub ? inds.scalar_type() : acc));
+  const bool need_v = needs[0], need_i = needs[1] && sub;
+  const int64_t total = grad.numel();
+  if (total == 0 || (!need_v && !need_i)) return {gv.to(video.scalar_type()), gi};
+  const at::Tensor g = grad.to(video.scalar_type()).contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(),
+                                  "gather_patches_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using video_t = scalar_t;
+    stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
+      using pos_t = decltype(tag);
+      if (need_v) {
+        scatter_kernel<video_t, acc_t, pos_t><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+            g.data_ptr<video_t>(), inds.data_ptr<pos_t>(), nullptr, d, total,
+            gv.data_ptr<acc_t>(), nullptr);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if constexpr (std::is_floating_point<pos_t>::value) {
+        if (need_i) {
+          gather_pos_grad_kernel<video_t, acc_t, pos_t>
+              <<<blocks_for(d.patches(), kPatchThreads), kPatchThreads, 0, stream>>>(
+                  video.data_ptr<video_t>(), g.data_ptr<video_t>(), inds.data_ptr<pos_t>(), d,
+                  gi.data_ptr<pos_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      }
+    });
+  });
+  return {gv.to(video.scalar_type()), gi};
+}
+
+std::tuple<at::Tensor, at::Tensor> scatter_patches_cuda(const at::Tensor& patches,
+                                                        const at::Tensor& inds_,
+                                                        const std::optional<at::Tensor>& weights,
+                                                        int64_t T, int64_t H, int64_t W,
+                                                        int64_t ps, int64_t pt, int64_t dilation) {
+  TORCH_CHECK(patches.is_cuda(), "patches: expected a CUDA tensor");
+  check_cuda(inds_, patches, "inds");
+  if (weights.has_value() && weights->defined()) check_cuda(*weights, patches, "weights");
+  const c10::cuda::CUDAGuard guard(patches.device());
+  const at::Tensor inds = stnls::check_inds(inds_, patches.dim() > 0 ? patches.size(0) : 0);
+  const GDims d = stnls::scatter_dims(patches, inds, T, H, W, ps, pt, dilation);
+  const auto acc = stnls::acc_type(patches.scalar_type());
+  auto out = at::zeros({d.B, T, H, W, d.C}, patches.options().dtype(acc));
+  auto cnt = at::zeros({d.B, T, H, W, d.nh}, patches.options().dtype(acc));
+  const auto w = stnls::weights_acc(weights, d, acc);
+  const int64_t total = patches.numel();
+  if (total > 0) {
+    const at::Tensor pat = patches.contiguous();
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, patches.scalar_type(),
+                                    "scatter_patches_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using patch_t = scalar_t;
+      stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
+        using pos_t = decltype(tag);
+        scatter_kernel<patch_t, acc_t, pos_t><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+            pat.data_ptr<patch_t>(), inds.data_ptr<pos_t>(),
+            w.has_value() ? w->data_ptr<acc_t>() : nullptr, d, total, out.data_ptr<acc_t>(),
+            cnt.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+  return {out.to(patches.scalar_type()), cnt.to(patches.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scatter_patches_backward_cuda(
+    const std::optional<at::Tensor>& grad_video, const std::optional<at::Tensor>& grad_counts,
+    const at::Tensor& patches, const at::Tensor& inds_, const std::optional<at::Tensor>& weights,
+    int64_t T, int64_t H, int64_t W, int64_t ps, int64_t pt, int64_t dilation,
+    std::array<bool, 3> needs) {
+  TORCH_CHECK(patches.is_cuda(), "patches: expected a CUDA tensor");
+  check_cuda(inds_, patches, "inds");
+  if (weights.has_value() && weights->defined()) check_cuda(*weights, patches, "weights");
+  const c10::cuda::CUDAGuard guard(patches.device());
+  const at::Tensor inds = stnls::check_inds(inds_, patches.dim() > 0 ? patches.size(0) : 0);
+  const GDims d = stnls::scatter_dims(patches, inds, T, H, W, ps, pt, dilation);
+  const auto acc = stnls::acc_type(patches.scalar_type());
+  const auto w = stnls::weights_acc(weights, d, acc);
+  const bool sub = inds.is_floating_point();
+  auto gp = at::zeros(patches.sizes(), patches.options());
+  auto gw = at::zeros({d.B, d.nh, d.Q, d.K}, patches.options().dtype(acc));
+  auto gi = at::zeros(inds.sizes(), inds.options().dtype(sub ? inds.scalar_type() : acc));
+  const auto wdtype = w.has_value() ? weights->scalar_type() : patches.scalar_type();
+  at::Tensor gvid, gcnt;
+  if (grad_video.has_value() && grad_video->defined()) {
+    check_cuda(*grad_video, patches, "grad_video");
+    TORCH_CHECK(grad_video->sizes() == at::IntArrayRef({d.B, T, H, W, d.C}),
+                "grad_video: expected (B, T, H, W, C), got ", grad_video->sizes());
+    gvid = grad_video->to(patches.scalar_type()).contiguous();
+  }
+  if (grad_counts.has_value() && grad_counts->defined()) {
+    check_cuda(*grad_counts, patches, "grad_counts");
+    TORCH_CHECK(grad_counts->sizes() == at::IntArrayRef({d.B, T, H, W, d.nh}),
+                "grad_counts: expected (B, T, H, W, nheads), got ", grad_counts->sizes());
+    gcnt = grad_counts->to(patches.scalar_type()).contiguous();
+  }
+  const bool need_p = needs[0] && gvid.defined();
+  const bool need_w = needs[1] && w.has_value() && (gvid.defined() || gcnt.defined());
+  const bool need_i = needs[2] && sub && (gvid.defined() || gcnt.defined());
+  const int64_t total = patches.numel();
+  if (total > 0 && (need_p || need_w || need_i)) {
+    const at::Tensor pat = patches.contiguous();
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, patches.scalar_type(),
+                                    "scatter_patches_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using patch_t = scalar_t;
+      const patch_t* gvd = gvid.defined() ? gvid.data_ptr<patch_t>() : nullptr;
+      const patch_t* gcd = gcnt.defined() ? gcnt.data_ptr<patch_t>() : nullptr;
+      const acc_t* wd = w.has_value() ? w->data_ptr<acc_t>() : nullptr;
+      stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
+        using pos_t = decltype(tag);
+        if (need_p) {
+          scatter_patch_grad_kernel<patch_t, acc_t, pos_t>
+              <<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+                  gvd, inds.data_ptr<pos_t>(), wd, d, total, gp.data_ptr<patch_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        if (need_w || need_i) {
+          scatter_reduce_grad_kernel<patch_t, acc_t, pos_t>
+              <<<blocks_for(d.patches(), kPatchThreads), kPatchThreads, 0, stream>>>(
+                  gvd, gcd, pat.data_ptr<patch_t>(), inds.data_ptr<pos_t>(), wd, d, need_w,
+                  need_i, gw.data_ptr<acc_t>(), need_i ? gi.data_ptr<pos_t>() : nullptr);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+    });
+  }
+  return {gp, gw.to(wdtype), gi};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(napari_stnls, CUDA, m) {
+  m.impl("gather_patches", &gather_patches_cuda);
+  m.impl("gather_patches_backward", &gather_patches_backward_cuda);
+  m.impl("scatter_patches", &scatter_patches_cuda);
+  m.impl("scatter_patches_backward", &scatter_patches_backward_cuda);
+}

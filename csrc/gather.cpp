@@ -1,0 +1,30 @@
+// Operator schemas of gather / scatter (kernels in cpu/gather_cpu.cpp, cuda/gather_cuda.cu;
+// fake kernels and autograd in napari_stnls/ops/_ext_patches.py).
+//
+// Videos are channels-last (B, T, H, W, C) and contiguous; inds (B, nheads, Q, K, 3) hold
+// (t, y, x) positions, integer (int32/int64: whole pixels) or floating (float32/float64:
+// bilinear in y and x, t integer-valued). Patches are (B, nheads, Q, K, pt, C/nheads, ps, ps).
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
+  // The patches at inds, mirrored at the borders, read bilinearly at sub-pixel positions.
+  m.def("gather_patches(Tensor video, Tensor inds, int ps, int pt, int dilation) -> Tensor");
+  // Gradients of sum(grad * gather_patches(video, inds)) w.r.t. video (channels-last, the
+  // video's dtype) and inds (inds' dtype; the t column is zero). needs = (video, inds); an
+  // output not needed is returned as zeros.
+  m.def(
+      "gather_patches_backward(Tensor grad, Tensor video, Tensor inds, int ps, int pt, "
+      "int dilation, bool[2] needs) -> (Tensor, Tensor)");
+  // Sum of weight * patch added at the pixels gather reads it from (channels-last
+  // (B, T, H, W, C)), and of the weights (B, T, H, W, nheads). weights (B, nheads, Q, K) of
+  // any floating dtype; None is 1. Outputs in the patches' dtype.
+  m.def(
+      "scatter_patches(Tensor patches, Tensor inds, Tensor? weights, int T, int H, int W, "
+      "int ps, int pt, int dilation) -> (Tensor, Tensor)");
+  // Gradients w.r.t. patches, weights (zeros when weights is None) and inds given the
+  // gradients of scatter_patches' two outputs (None: zero). needs = (patches, weights, inds).
+  m.def(
+      "scatter_patches_backward(Tensor? grad_video, Tensor? grad_counts, Tensor patches, "
+      "Tensor inds, Tensor? weights, int T, int H, int W, int ps, int pt, int dilation, "
+      "bool[3] needs) -> (Tensor, Tensor, Tensor)");
+}

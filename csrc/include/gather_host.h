@@ -1,0 +1,152 @@
+// Host-side argument checks and dtype dispatch shared by the CPU and CUDA kernels of
+// gather / scatter / iunfold / ifold.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+
+#include "gather.h"
+#include "patch.h"
+
+namespace stnls {
+
+inline void check_patch_args(int64_t ps, int64_t pt, int64_t dilation) {
+  TORCH_CHECK(ps >= 1 && ps <= kMaxPs, "ps: compiled kernels take 1 <= ps <= ", kMaxPs,
+              ", got ", ps);
+  TORCH_CHECK(pt >= 1 && pt <= kMaxPt, "pt: compiled kernels take 1 <= pt <= ", kMaxPt,
+              ", got ", pt);
+  TORCH_CHECK(dilation >= 1, "dilation: expected >= 1, got ", dilation);
+}
+
+inline void check_video_cl(const at::Tensor& v, const char* name) {
+  TORCH_CHECK(v.dim() == 5, name, ": expected a channels-last video (B, T, H, W, C), got ",
+              v.dim(), " dims");
+  TORCH_CHECK(v.is_contiguous(), name, ": expected a contiguous tensor");
+  TORCH_CHECK(v.is_floating_point(), name, ": expected a floating-point tensor");
+}
+
+// inds (B, nheads, Q, K, 3), int32/int64/float32/float64; returns it contiguous.
+inline at::Tensor check_inds(const at::Tensor& inds, int64_t B) {
+  TORCH_CHECK(inds.dim() == 5 && inds.size(4) == 3, "inds: expected (B, nheads, Q, K, 3), got ",
+              inds.sizes());
+  TORCH_CHECK(inds.size(0) == B, "inds: batch size ", inds.size(0), " does not match B=", B);
+  const auto st = inds.scalar_type();
+  TORCH_CHECK(st == at::kInt || st == at::kLong || st == at::kFloat || st == at::kDouble,
+              "inds: expected int32, int64, float32 or float64, got ", st);
+  return inds.contiguous();
+}
+
+// Calls f(pos_t{}) with the C++ type of an inds dtype (int32, int64, float, double).
+template <typename F>
+void dispatch_pos(at::ScalarType st, F&& f) {
+  switch (st) {
+    case at::kInt:
+      f(int32_t(0));
+      break;
+    case at::kLong:
+      f(int64_t(0));
+      break;
+    case at::kFloat:
+      f(float(0));
+      break;
+    case at::kDouble:
+      f(double(0));
+      break;
+    default:
+      TORCH_CHECK(false, "inds: unsupported dtype ", st);
+  }
+}
+
+// Sizes from a channels-last video and inds.
+inline GDims dims_from(const at::Tensor& video, const at::Tensor& inds, int64_t ps, int64_t pt,
+                       int64_t dil) {
+  const int64_t B = video.size(0), T = video.size(1), H = video.size(2), W = video.size(3),
+                C = video.size(4);
+  const int64_t nh = inds.size(1);
+  TORCH_CHECK(nh >= 1 && C % nh == 0, "inds: nheads=", nh, " must divide C=", C);
+  return GDims{B, T, H, W, C, nh, inds.size(2), inds.size(3), C / nh,
+               static_cast<int>(ps), static_cast<int>(pt), static_cast<int>(dil)};
+}
+
+// patches (B, nh, Q, K, pt, Ch, ps, ps) -> sizes, checking inds against it.
+inline GDims scatter_dims(const at::Tensor& patches, const at::Tensor& inds, int64_t T,
+                          int64_t H, int64_t W, int64_t ps, int64_t pt, int64_t dilation) {
+  check_patch_args(ps, pt, dilation);
+  TORCH_CHECK(patches.dim() == 8 && patches.is_floating_point(),
+              "patches: expected a floating (B, nheads, Q, K, pt, C/nheads, ps, ps) tensor");
+  TORCH_CHECK(patches.size(4) == pt && patches.size(6) == ps && patches.size(7) == ps,
+              "patches: expected (..., pt, C/nheads, ps, ps) with pt=", pt, ", ps=", ps,
+              ", got ", patches.sizes());
+  TORCH_CHECK(T >= 1 && H >= 1 && W >= 1, "T, H, W: expected >= 1");
+  TORCH_CHECK(inds.size(1) == patches.size(1) && inds.size(2) == patches.size(2) &&
+                  inds.size(3) == patches.size(3),
+              "inds: expected (B, nheads, Q, K, 3) matching patches ", patches.sizes(), ", got ",
+              inds.sizes());
+  const int64_t nh = patches.size(1), Ch = patches.size(5);
+  return GDims{patches.size(0), T, H, W, nh * Ch, nh, patches.size(2), patches.size(3), Ch,
+               static_cast<int>(ps), static_cast<int>(pt), static_cast<int>(dilation)};
+}
+
+// weights (B, nh, Q, K) checked and converted to the accumulation dtype (None: nullopt).
+inline std::optional<at::Tensor> weights_acc(const std::optional<at::Tensor>& weights,
+                                             const GDims& d, at::ScalarType acc) {
+  if (!weights.has_value() || !weights->defined()) return std::nullopt;
+  TORCH_CHECK(weights->is_floating_point() &&
+                  weights->sizes() == at::IntArrayRef({d.B, d.nh, d.Q, d.K}),
+              "weights: expected a floating (B, nheads, Q, K) tensor, got ", weights->sizes());
+  return weights->to(acc).contiguous();
+}
+
+inline at::ScalarType acc_type(at::ScalarType st) {
+  return st == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Geometry of the query grid of iunfold / ifold: region (t0, t1, y0, y1, x0, x1), stride.
+struct Grid {
+  int64_t t0, t1, y0, y1, x0, x1, stride, nH, nW, Q;
+};
+
+inline Grid make_grid(at::IntArrayRef region, int64_t stride, int64_t T, int64_t H, int64_t W) {
+  TORCH_CHECK(region.size() == 6, "region: expected 6 values (t0, t1, y0, y1, x0, x1)");
+  TORCH_CHECK(stride >= 1, "stride: expected >= 1, got ", stride);
+  Grid g{region[0], region[1], region[2], region[3], region[4], region[5], stride, 0, 0, 0};
+  TORCH_CHECK(0 <= g.t0 && g.t0 < g.t1 && g.t1 <= T && 0 <= g.y0 && g.y0 < g.y1 && g.y1 <= H &&
+                  0 <= g.x0 && g.x0 < g.x1 && g.x1 <= W,
+              "region: ", region, " is empty or not inside the video (T, H, W) = (", T, ", ", H,
+              ", ", W, ")");
+  g.nH = (g.y1 - g.y0 + stride - 1) / stride;
+  g.nW = (g.x1 - g.x0 + stride - 1) / stride;
+  g.Q = (g.t1 - g.t0) * g.nH * g.nW;
+  return g;
+}
+
+inline void check_fold_args(int64_t ps, int64_t pt, int64_t dilation) {
+  TORCH_CHECK(ps >= 1, "ps: expected >= 1, got ", ps);
+  TORCH_CHECK(pt >= 1, "pt: expected >= 1, got ", pt);
+  TORCH_CHECK(dilation >= 1, "dilation: expected >= 1, got ", dilation);
+}
+
+// The pixels ifold can touch: frames [t0, t1), rows [y0, y1), columns [x0, x1) (clamped to
+// the video); everything else of its output is zero.
+struct Box {
+  int64_t t0, t1, y0, y1, x0, x1;
+};
+
+inline Box fold_box(const Grid& g, int64_t T, int64_t H, int64_t W, int64_t ps, int64_t pt,
+                    int64_t dil) {
+  const int64_t r = ps / 2;
+  const int64_t ylast = g.y0 + (g.nH - 1) * g.stride, xlast = g.x0 + (g.nW - 1) * g.stride;
+  Box b;
+  b.t0 = g.t0;
+  b.t1 = std::min(T, g.t1 - 1 + pt);
+  b.y0 = std::max<int64_t>(0, g.y0 - dil * r);
+  b.y1 = std::min(H, ylast + dil * (ps - 1 - r) + 1);
+  b.x0 = std::max<int64_t>(0, g.x0 - dil * r);
+  b.x1 = std::min(W, xlast + dil * (ps - 1 - r) + 1);
+  return b;
+}
+
+}  // namespace stnls
