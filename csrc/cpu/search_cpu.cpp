@@ -378,10 +378,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cpu(
   return {gq.to(queries.scalar_type()), gk.to(keys.scalar_type()), gpos};
 }
 
+// On the CPU the window path of search_topk already shares the reads of a query's window.
+at::Tensor search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys,
+                               const at::Tensor& coords, const at::Tensor& centres,
+                               const at::Tensor& frames, const at::Tensor& offsets,
+                               at::IntArrayRef grid, int64_t stride0, int64_t ps, int64_t pt,
+                               int64_t dilation, int64_t nheads, int64_t k, bool l2,
+                               bool exclude_self) {
+  return search_topk_cpu(queries, keys, coords, centres, frames, offsets, ps, pt, dilation, nheads,
+                         k, l2, exclude_self);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(napari_stnls, CPU, m) {
   m.impl("search_topk", &search_topk_cpu);
+  m.impl("search_topk_box", &search_topk_box_cpu);
   m.impl("search_dists", &search_dists_cpu);
   m.impl("search_dists_backward", &search_dists_backward_cpu);
 }

@@ -43,6 +43,11 @@ if LOAD_ERROR is None:
           exclude_self):
         return coords.new_empty((queries.shape[0], nheads, coords.shape[0], k))
 
+    @torch.library.register_fake("napari_stnls::search_topk_box")
+    def _(queries, keys, coords, centres, frames, offsets, grid, stride0, ps, pt, dilation, nheads,
+          k, l2, exclude_self):
+        return coords.new_empty((queries.shape[0], nheads, coords.shape[0], k))
+
     def _acc(dtype: torch.dtype) -> torch.dtype:
         return torch.float64 if dtype == torch.float64 else torch.float32
 

@@ -15,7 +15,7 @@ from . import _ext
 from . import _validate as V
 from ._dispatch import register, resolve
 from ._patches import channels_last, patch_taps, read, reflect, write
-from ._region import as_region, query_coords
+from ._region import as_region, grid_shape, query_coords
 
 __all__ = ["search", "search_memory_per_query"]
 
@@ -36,6 +36,8 @@ class _Params:
     nheads: int
     exclude_self: bool
     itype: str
+    stride0: int = 1
+    grid: tuple[int, int, int, int, int, int] | None = None  # (t0, y0, x0, T_r, nH, nW)
 
     @property
     def thw(self) -> tuple[int, int, int]:
@@ -382,10 +384,15 @@ def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
     k_cl = q_cl if keys is queries else keys.permute(0, 1, 3, 4, 2).contiguous()
     centres, frames = _centres(coords, _flat_flows(flows, P, acc), P, acc)
     off = _offsets(P, acc, coords.device)
-    ids = _ext.ops.search_topk(
-        q_cl, k_cl, coords, centres.detach(), frames, off, P.ps, P.pt, P.dilation, P.nheads, P.k,
-        P.dist == "l2", P.exclude_self,
-    )
+    args = (P.ps, P.pt, P.dilation, P.nheads, P.k, P.dist == "l2", P.exclude_self)
+    if P.grid is not None and float(P.stride1).is_integer() and (P.itype == "int" or flows is None):
+        # whole-pixel centres on a regular query grid: tiles of queries share box sums
+        ids = _ext.ops.search_topk_box(
+            q_cl, k_cl, coords, centres.detach(), frames, off, [*P.grid, int(P.stride1)], P.stride0,
+            *args,
+        )
+    else:
+        ids = _ext.ops.search_topk(q_cl, k_cl, coords, centres.detach(), frames, off, *args)
     kpos = _positions(centres, frames, ids, P)
     dists = _ext.ops.search_dists(q_cl, k_cl, coords, kpos, P.ps, P.pt, P.dilation, P.dist == "l2")
     inds = kpos.to(torch.int32) if P.itype == "int" else kpos
@@ -537,8 +544,10 @@ def search(
         flows = tuple(flows)
     region = as_region(region, queries.shape)
     coords = query_coords(queries.shape, region, stride0, device=queries.device)
+    T_r, nH, nW = grid_shape(queries.shape, region, stride0)
     P = _Params(
-        (B, T, C, H, W), ps, ws, wt, k, dist, stride1, dilation, pt, nheads, exclude_self, itype
+        (B, T, C, H, W), ps, ws, wt, k, dist, stride1, dilation, pt, nheads, exclude_self, itype,
+        stride0, (region.t0, region.y0, region.x0, T_r, nH, nW),
     )
     impl = resolve("search", backend, queries.device)
     if impl is _search_compiled and not _compiled_supports(P, queries.device):

@@ -37,6 +37,13 @@ def test_opcheck(impl):
     args = (q, k, coords, centres, frames, off, P.ps, P.pt, P.dilation, P.nheads, P.k, True, False)
     torch.library.opcheck(torch.ops.napari_stnls.search_topk.default, args)
     ids = torch.ops.napari_stnls.search_topk(*args)
+    grid = [0, 2, 3, 3, 1, 1, 1]  # three queries at (t, 2, 3), one per frame: a (3, 1, 1) grid
+    c3 = torch.tensor([[0, 2, 3], [1, 2, 3], [2, 2, 3]], device=device)
+    cen3, fr3 = centres.round(), frames
+    torch.library.opcheck(
+        torch.ops.napari_stnls.search_topk_box.default,
+        (q, k, c3, cen3, fr3, off, grid, 1, P.ps, P.pt, P.dilation, P.nheads, P.k, True, False),
+    )
     kpos = torch.stack([frames[:, :1].expand(-1, 4).float().double().expand(1, 2, 3, 4),
                         1.3 + ids.double() % 5, 2.6 + ids.double() % 4], -1).contiguous()
     qg, kg, pg = q.clone().requires_grad_(), k.clone().requires_grad_(), kpos.clone().requires_grad_()
