@@ -10,6 +10,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../include/gather_host.h"
 #include "../include/patch.h"
 
 namespace {
@@ -21,14 +22,6 @@ void check_video(const at::Tensor& v, const char* name) {
               v.dim(), " dims");
   TORCH_CHECK(v.is_contiguous(), name, ": expected a contiguous tensor");
   TORCH_CHECK(v.is_floating_point(), name, ": expected a floating-point tensor");
-}
-
-void check_patch_args(int64_t ps, int64_t pt, int64_t dilation) {
-  TORCH_CHECK(ps >= 1 && ps <= stnls::kMaxPs, "ps: compiled kernels take 1 <= ps <= ",
-              stnls::kMaxPs, ", got ", ps);
-  TORCH_CHECK(pt >= 1 && pt <= stnls::kMaxPt, "pt: compiled kernels take 1 <= pt <= ",
-              stnls::kMaxPt, ", got ", pt);
-  TORCH_CHECK(dilation >= 1, "dilation: expected >= 1, got ", dilation);
 }
 
 // The query patch of head h at integer (t, y, x), in (pt, ps, ps, Ch) order.
@@ -69,7 +62,7 @@ at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
                            bool exclude_self) {
   check_video(queries, "queries");
   check_video(keys, "keys");
-  check_patch_args(ps, pt, dilation);
+  stnls::check_patch_args(ps, pt, dilation);
   TORCH_CHECK(keys.sizes() == queries.sizes(), "keys: expected the shape of queries");
   TORCH_CHECK(keys.scalar_type() == queries.scalar_type(), "keys: expected the dtype of queries");
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
@@ -237,7 +230,7 @@ at::Tensor search_dists_cpu(const at::Tensor& queries, const at::Tensor& keys,
                             int64_t pt, int64_t dilation, bool l2) {
   check_video(queries, "queries");
   check_video(keys, "keys");
-  check_patch_args(ps, pt, dilation);
+  stnls::check_patch_args(ps, pt, dilation);
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
   TORCH_CHECK(kpos.dim() == 5 && kpos.size(0) == B && kpos.size(4) == 3,
@@ -290,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cpu(
     bool l2, std::array<bool, 3> needs) {
   check_video(queries, "queries");
   check_video(keys, "keys");
-  check_patch_args(ps, pt, dilation);
+  stnls::check_patch_args(ps, pt, dilation);
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
   const int64_t nh = kpos.size(1), Q = kpos.size(2), K = kpos.size(3), Ch = C / nh;

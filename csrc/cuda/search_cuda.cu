@@ -15,6 +15,7 @@
 #include <climits>
 #include <type_traits>
 
+#include "../include/gather_host.h"
 #include "../include/patch.h"
 
 namespace {
@@ -155,14 +156,6 @@ void check_video(const at::Tensor& v, const char* name) {
               ": expected a contiguous channels-last video (B, T, H, W, C)");
 }
 
-void check_patch_args(int64_t ps, int64_t pt, int64_t dilation) {
-  TORCH_CHECK(ps >= 1 && ps <= stnls::kMaxPs, "ps: compiled kernels take 1 <= ps <= ",
-              stnls::kMaxPs, ", got ", ps);
-  TORCH_CHECK(pt >= 1 && pt <= stnls::kMaxPt, "pt: compiled kernels take 1 <= pt <= ",
-              stnls::kMaxPt, ", got ", pt);
-  TORCH_CHECK(dilation >= 1, "dilation: expected >= 1");
-}
-
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 at::Tensor search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
@@ -172,7 +165,7 @@ at::Tensor search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
                             bool exclude_self) {
   check_video(queries, "queries");
   check_video(keys, "keys");
-  check_patch_args(ps, pt, dilation);
+  stnls::check_patch_args(ps, pt, dilation);
   TORCH_CHECK(k >= 1 && k <= 128, "k: the compiled CUDA search takes k <= 128, got ", k);
   const c10::cuda::CUDAGuard guard(queries.device());
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
@@ -197,15 +190,7 @@ auto launch = [&](auto kmax) {
           Q, nt, ws, int(ps), int(pt), int(dilation), nheads, int(k), l2, exclude_self,
           ids.data_ptr<int64_t>());
     };
-    if (k <= 16) {
-      launch(std::integral_constant<int, 16>{});
-    } else if (k <= 32) {
-      launch(std::integral_constant<int, 32>{});
-    } else if (k <= 64) {
-      launch(std::integral_constant<int, 64>{});
-    } else {
-      launch(std::integral_constant<int, 128>{});
-    }
+    stnls::dispatch_kmax(k, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return ids;
@@ -343,7 +328,7 @@ at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& key
                                 bool exclude_self) {
   check_video(queries, "queries");
   check_video(keys, "keys");
-  check_patch_args(ps, pt, dilation);
+  stnls::check_patch_args(ps, pt, dilation);
   TORCH_CHECK(grid.size() == 7, "grid: expected (t0, y0, x0, T_r, nH, nW, stride1)");
   const int64_t Q = coords.size(0), nt = frames.size(1), ws = offsets.size(0);
   TORCH_CHECK(grid[3] * grid[4] * grid[5] == Q, "grid: does not match the number of queries");
@@ -378,15 +363,7 @@ at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& key
           grid[2], grid[4], grid[5], int(stride0), int(ps), int(pt), int(dilation), nheads,
           int(k), l2, exclude_self, DH, DW, ids.data_ptr<int64_t>());
     };
-    if (k <= 16) {
-      launch(std::integral_constant<int, 16>{});
-    } else if (k <= 32) {
-      launch(std::integral_constant<int, 32>{});
-    } else if (k <= 64) {
-      launch(std::integral_constant<int, 64>{});
-    } else {
-      launch(std::integral_constant<int, 128>{});
-    }
+    stnls::dispatch_kmax(k, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return ids;
@@ -420,7 +397,7 @@ at::Tensor search_dists_cuda(const at::Tensor& queries, const at::Tensor& keys,
                              int64_t pt, int64_t dilation, bool l2) {
   check_video(queries, "queries");
   check_video(keys, "keys");
-  check_patch_args(ps, pt, dilation);
+  stnls::check_patch_args(ps, pt, dilation);
   const c10::cuda::CUDAGuard guard(queries.device());
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
@@ -514,7 +491,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
     bool l2, std::array<bool, 3> needs) {
   check_video(queries, "queries");
   check_video(keys, "keys");
-  check_patch_args(ps, pt, dilation);
+  stnls::check_patch_args(ps, pt, dilation);
   const c10::cuda::CUDAGuard guard(queries.device());
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 
 #include "gather.h"
 #include "patch.h"
@@ -19,6 +20,21 @@ inline void check_patch_args(int64_t ps, int64_t pt, int64_t dilation) {
   TORCH_CHECK(pt >= 1 && pt <= kMaxPt, "pt: compiled kernels take 1 <= pt <= ", kMaxPt,
               ", got ", pt);
   TORCH_CHECK(dilation >= 1, "dilation: expected >= 1, got ", dilation);
+}
+
+// Calls f(std::integral_constant<int, KMAX>{}) with the smallest KMAX in {16, 32, 64, 128}
+// that holds k: the capacity of a kernel's per-thread top-k list.
+template <typename F>
+void dispatch_kmax(int64_t k, F&& f) {
+  if (k <= 16) {
+    f(std::integral_constant<int, 16>{});
+  } else if (k <= 32) {
+    f(std::integral_constant<int, 32>{});
+  } else if (k <= 64) {
+    f(std::integral_constant<int, 64>{});
+  } else {
+    f(std::integral_constant<int, 128>{});
+  }
 }
 
 inline void check_video_cl(const at::Tensor& v, const char* name) {
