@@ -8,6 +8,7 @@ of a build: :data:`LOAD_ERROR` records why, and one warning says the reference i
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -33,6 +34,28 @@ def available(device_type: str, op: str = "search_topk") -> bool:
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"napari_stnls::{op}", key)
+
+
+def deterministic_cuda(*tensors) -> bool:
+    """Whether bit-identical results are requested for CUDA tensors among ``tensors``.
+
+    The CUDA kernels that add with atomics (search's and gather's backward, scatter) are not
+    bit-identical run to run; under ``torch.use_deterministic_algorithms(True)`` they run on
+    the (deterministic) CPU kernels instead, through :func:`on_cpu`.
+    """
+    return torch.are_deterministic_algorithms_enabled() and any(
+        isinstance(t, torch.Tensor) and t.is_cuda for t in tensors
+    )
+
+
+def on_cpu(fn, *args):
+    """``fn(*args)`` with every tensor argument copied to the CPU; tensor results come back to
+    the device of the first CUDA argument. Differentiable like the copies it makes."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor) and a.is_cuda)
+    out = fn(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+    if isinstance(out, torch.Tensor):
+        return out.to(device)
+    return type(out)(o.to(device) if isinstance(o, torch.Tensor) else o for o in out)
 
 
 if LOAD_ERROR is None:
@@ -74,8 +97,10 @@ if LOAD_ERROR is None:
         needs = [bool(n) for n in ctx.needs_input_grad[:2]] + [
             bool(ctx.needs_input_grad[3]) and kpos.is_floating_point()
         ]
-        gq, gk, gpos = ops.search_dists_backward(grad.contiguous(), queries, keys, coords, kpos,
-                                                 *ctx.args, needs)
+        bw = ops.search_dists_backward
+        if deterministic_cuda(grad):
+            bw = functools.partial(on_cpu, bw)
+        gq, gk, gpos = bw(grad.contiguous(), queries, keys, coords, kpos, *ctx.args, needs)
         return (
             gq if needs[0] else None,
             gk if needs[1] else None,

@@ -13,9 +13,12 @@ module is imported by :mod:`._ext` once the compiled library has loaded.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+
+from ._ext import deterministic_cuda, on_cpu
 
 ops = torch.ops.napari_stnls
 
@@ -70,7 +73,10 @@ def _gather_setup(ctx, inputs, output):
 def _gather_backward(ctx, grad):
     video, inds = ctx.saved_tensors
     needs = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]) and inds.is_floating_point()]
-    gv, gi = ops.gather_patches_backward(grad.contiguous(), video, inds, *ctx.args, needs)
+    bw = ops.gather_patches_backward
+    if deterministic_cuda(grad):  # the CUDA kernel adds into the video with atomics
+        bw = functools.partial(on_cpu, bw)
+    gv, gi = bw(grad.contiguous(), video, inds, *ctx.args, needs)
     return (gv if needs[0] else None, gi if needs[1] else None, None, None, None)
 
 

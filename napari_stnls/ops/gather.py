@@ -7,6 +7,8 @@ compares them: mirrored at the borders, bilinear at sub-pixel positions.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import _ext
@@ -62,7 +64,10 @@ def _scatter_compiled(patches, inds, weights, out, counts, ps, pt, dilation):
     B, T, C, H, W = out.shape
     if weights is not None and not weights.is_floating_point():
         weights = weights.to(patches.dtype)
-    v_cl, c_cl = _ext.ops.scatter_patches(patches, _pos(inds), weights, T, H, W, ps, pt, dilation)
+    fn = _ext.ops.scatter_patches
+    if _ext.deterministic_cuda(patches):  # the CUDA kernel adds with atomics
+        fn = functools.partial(_ext.on_cpu, fn)
+    v_cl, c_cl = fn(patches, _pos(inds), weights, T, H, W, ps, pt, dilation)
     out.add_(v_cl.permute(0, 1, 4, 2, 3))
     counts.add_(c_cl.permute(0, 1, 4, 2, 3))
     return out, counts

@@ -192,3 +192,76 @@ def test_backend_info_reports_the_build():
     for op in ("search", "iunfold", "ifold", "gather", "scatter"):
         assert info[op]["cpu"] == ("cpu" if _ext.available("cpu") else "reference"), op
         assert info[op]["cuda"] == ("cuda" if _ext.available("cuda") else "reference"), op
+
+
+def _search_gather_scatter_grads(device):
+    gen = torch.Generator().manual_seed(3)
+    v = torch.rand(1, 3, 3, 24, 28, generator=gen).to(device).requires_grad_()
+    f = tuple(
+        (0.7 * torch.randn(1, 3, 2, 24, 28, generator=gen)).to(device).requires_grad_() for _ in range(2)
+    )
+    d, i = search(v, v, ps=5, ws=5, wt=1, k=6, flows=f)
+    from napari_stnls.ops import gather, scatter
+
+    p = gather(v, i, ps=5)
+    agg, cnt = scatter(p, i, shape=v.shape, ps=5, weights=torch.softmax(-d, -1))
+    (d.sum() + (agg / cnt.clamp_min(1e-6)).sum()).backward()
+    return [v.grad.clone(), f[0].grad.clone(), f[1].grad.clone()], agg.detach()
+
+
+def test_deterministic_mode_gives_bit_identical_results(device):
+    """Under torch.use_deterministic_algorithms(True), gradients (and scatter) repeat bit for
+    bit (on CUDA the kernels that add with atomics then run on the CPU kernels)."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        g1, a1 = _search_gather_scatter_grads(device)
+        g2, a2 = _search_gather_scatter_grads(device)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(a1, a2)
+    for x, y in zip(g1, g2, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_deterministic_fallback_is_for_cuda_tensors_only(device):
+    x = torch.zeros(2, device=device)
+    assert not _ext.deterministic_cuda(x)  # not requested
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert _ext.deterministic_cuda(x, 3) == (device.type == "cuda")
+        if device.type == "cuda":
+            y = _ext.on_cpu(lambda a, s: (a + s, a.device.type), x, 1.0)
+            assert y[0].device == x.device and y[1] == "cpu" and bool((y[0] == 1).all())
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@needs_ext
+def test_torch_compile_search_gather_scatter_fullgraph(impl):
+    """The whole non-local aggregation (search -> gather -> weighted scatter) traces as one
+    graph, forward and backward, and matches eager mode."""
+    backend, device = impl
+    if backend == "reference":
+        pytest.skip("the compiled backend is what must trace without graph breaks")
+    from napari_stnls.ops import gather, scatter
+
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(4)
+    v0 = torch.rand(1, 3, 3, 12, 14, generator=gen).to(device)
+    f0 = tuple((0.5 * torch.randn(1, 3, 2, 12, 14, generator=gen)).to(device) for _ in range(2))
+
+    def nl(v, ff, bf):
+        d, i = search(v, v, ps=3, ws=3, wt=1, k=4, flows=(ff, bf), backend=backend)
+        p = gather(v, i, ps=3, backend=backend)
+        agg, cnt = scatter(p, i, shape=v.shape, ps=3, weights=torch.softmax(-d, -1), backend=backend)
+        return agg / cnt.clamp_min(1e-6)
+
+    results = []
+    for fn in (nl, torch.compile(nl, fullgraph=True, backend="aot_eager")):
+        v = v0.clone().requires_grad_()
+        f = tuple(x.clone().requires_grad_() for x in f0)
+        out = fn(v, *f)
+        out.square().sum().backward()
+        results.append((out.detach(), v.grad, f[0].grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
