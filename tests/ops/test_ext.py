@@ -216,7 +216,8 @@ def test_deterministic_mode_gives_bit_identical_results(device, request):
         # Seen on an H100 (2026-11-25): the aggregate repeats bit for bit but one of the
         # gradients (most likely the flows', through PyTorch indexing in the flow chaining)
         # does not. Kept as a known failure until it is tracked down.
-        request.applymarker(pytest.mark.xfail(reason="a CUDA gradient is not yet bit-identical", strict=False))
+        known = pytest.mark.xfail(reason="a CUDA gradient is not bit-identical yet", strict=False)
+        request.applymarker(known)
     torch.use_deterministic_algorithms(True)
     try:
         g1, a1 = _search_gather_scatter_grads(device)
