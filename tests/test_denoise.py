@@ -1,0 +1,78 @@
+"""nl_means: restores real images, region mode equals the whole video inside and leaves the
+outside untouched, NumPy and torch layouts, bad arguments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio as psnr
+
+from napari_stnls.data import sample_video
+from napari_stnls.denoise import nl_means
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return sample_video(n_frames=4, size=(48, 64), sigma=20 / 255, seed=1)
+
+
+def test_denoises_a_real_sequence_along_the_flow(sample):
+    fflow, bflow = (torch.from_numpy(f)[None] for f in (sample.fflow, sample.bflow))
+    noisy = sample.noisy.copy()
+    out = nl_means(sample.noisy, 20 / 255, flows=(fflow, bflow), device="cpu")
+    assert np.array_equal(sample.noisy, noisy)  # input untouched
+    assert out.shape == sample.noisy.shape and out.dtype == sample.noisy.dtype
+    before = psnr(sample.clean, sample.noisy, data_range=1.0)
+    after = psnr(sample.clean, np.clip(out, 0, 1), data_range=1.0)
+    assert after > before + 5.0, (before, after)
+
+
+def test_region_mode_equals_whole_video_inside_and_keeps_outside(sample):
+    whole = nl_means(sample.noisy, 20 / 255, device="cpu")
+    regions = [(1, 3, 5, 30, 10, 40), (2, 4, 20, 48, 30, 64)]  # overlapping in frame 2
+    calls = []
+    part = nl_means(sample.noisy, 20 / 255, region=regions, device="cpu",
+                    progress=lambda d, t: calls.append((d, t)))
+    mask = np.zeros(sample.noisy.shape[:3], bool)
+    for t0, t1, y0, y1, x0, x1 in regions:
+        mask[t0:t1, y0:y1, x0:x1] = True
+    np.testing.assert_allclose(part[mask], whole[mask], rtol=1e-5, atol=1e-6)
+    assert np.array_equal(part[~mask], sample.noisy[~mask])
+    one_by_one = sample.noisy.copy()
+    for r in regions:
+        single = nl_means(sample.noisy, 20 / 255, region=r, device="cpu", band_rows=7)
+        t0, t1, y0, y1, x0, x1 = r
+        one_by_one[t0:t1, y0:y1, x0:x1] = single[t0:t1, y0:y1, x0:x1]
+    np.testing.assert_allclose(part, one_by_one, rtol=1e-5, atol=1e-6)
+    assert calls and calls[-1][0] == calls[-1][1]
+
+
+def test_torch_layout_and_gray_arrays(sample):
+    gray = sample.noisy.mean(-1)
+    out = nl_means(gray, 20 / 255, device="cpu", ws=7, k=8)
+    assert out.shape == gray.shape
+    v = torch.from_numpy(sample.noisy).permute(0, 3, 1, 2)[None].double()
+    o = nl_means(v, 20 / 255, device="cpu", ws=7, k=8)
+    assert isinstance(o, torch.Tensor) and o.shape == v.shape and o.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(video=np.zeros((4, 8, 8), np.uint8)), TypeError, "video: expected floating-point"),
+        (dict(video=np.zeros((8, 8), np.float32)), ValueError, "video: expected an array"),
+        (dict(video=[1, 2]), TypeError, "video: expected a torch.Tensor"),
+        (dict(sigma=0), ValueError, "sigma"),
+        (dict(sigma="20"), ValueError, "sigma"),
+        (dict(h=-1), ValueError, "h:"),
+        (dict(region=(0, 9, 0, 8, 0, 8)), ValueError, "region: t range"),
+        (dict(band_rows=0), ValueError, "band_rows"),
+        (dict(ws=9), ValueError, "ws"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    args = dict(video=np.zeros((4, 8, 8), np.float32), sigma=0.1, ws=5, k=4, device="cpu")
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        nl_means(args.pop("video"), args.pop("sigma"), **args)
