@@ -1,4 +1,5 @@
-"""Command line: ``napari-stnls demo [--out PATH] [--device cpu|cuda|auto]``.
+"""Command line: ``napari-stnls demo [--out PATH] [--device cpu|cuda|auto]`` and
+``napari-stnls denoise IN OUT --sigma S [--region t0:t1,y0:y1,x0:x1 ...] [--flow tvl1|ilk|none]``.
 
 Also reachable as ``python -m napari_stnls``. Exit status: 0 on success, 2 on bad
 arguments or when the output cannot be written.
@@ -68,7 +69,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--stride0", type=_positive_int, default=1, help="spacing of the query grid (default: %(default)s)"
     )
     demo.add_argument("--quiet", action="store_true", help="print only the final numbers")
+
+    den = sub.add_parser(
+        "denoise",
+        help="restore a video (or regions of it) with space-time NL-means along the flow",
+        description=(
+            "Denoise a video file (.npy or multi-page TIFF, frames (T, H, W[, C])) with space-time "
+            "NL-means whose search follows the optical flow. The output is written atomically and "
+            "never over the input."
+        ),
+    )
+    den.add_argument("input", metavar="IN", help="input video (.npy, .tif, .tiff)")
+    den.add_argument("output", metavar="OUT", help="output video (.npy, .tif, .tiff)")
+    den.add_argument("--sigma", type=float, required=True,
+                     help="noise standard deviation on the 0-255 scale (e.g. 20)")
+    den.add_argument("--method", choices=("nlm",), default="nlm", help="denoiser (default: %(default)s)")
+    den.add_argument("--region", action="append", type=_region, default=None, metavar="t0:t1,y0:y1,x0:x1",
+                     help="restore only this region (half-open ranges); may be given several times")
+    den.add_argument("--flow", choices=("tvl1", "ilk", "none"), default="tvl1",
+                     help="optical flow computed on the noisy video (default: %(default)s)")
+    den.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="where to compute (default: %(default)s)")
+    den.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _region(text: str) -> tuple[int, int, int, int, int, int]:
+    try:
+        parts = [p.split(":") for p in text.split(",")]
+        if len(parts) != 3 or any(len(p) != 2 for p in parts):
+            raise ValueError
+        return tuple(int(v) for p in parts for v in p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected t0:t1,y0:y1,x0:x1 with integers, got {text!r}") from None
 
 
 def main(argv=None) -> int:
@@ -77,6 +110,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(parser, args)
+    if args.command == "denoise":
+        return _denoise(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover (argparse rejects it first)
     return 2  # pragma: no cover
 
@@ -102,6 +137,69 @@ def _demo(parser: argparse.ArgumentParser, args) -> int:
     if args.quiet:
         print(format_report(res))
     return 0
+
+
+def _denoise(args) -> int:
+    import os
+
+    from .denoise import nl_means
+    from .io import read_video, write_video
+
+    def fail(msg: str) -> int:
+        print(f"napari-stnls denoise: error: {msg}", file=sys.stderr)
+        return 2
+
+    if not args.sigma > 0:
+        return fail(f"--sigma: expected a positive number on the 0-255 scale, got {args.sigma}")
+    both = os.path.exists(args.output) and os.path.exists(args.input)
+    if both and os.path.samefile(args.input, args.output):
+        return fail("OUT is the input file: refusing to overwrite the input")
+    if os.path.isdir(args.output):
+        return fail(f"OUT is a folder: {args.output}")
+    device = None if args.device == "auto" else args.device
+    try:
+        from .io import SUFFIXES
+
+        if os.path.splitext(args.output)[1].lower() not in SUFFIXES:
+            raise ValueError(f"output: unsupported file type; expected one of {SUFFIXES}")
+        video, scale = read_video(args.input)
+        flows = None
+        if args.flow != "none":
+            from .flow import compute_flows
+
+            if not args.quiet:
+                print(f"optical flow ({args.flow}) on {video.shape[0]} frames", file=sys.stderr)
+            flows = compute_flows(video, args.flow)
+        bar = None if args.quiet else _Bar("denoise")
+        out = nl_means(video, args.sigma / 255.0, flows=flows, region=args.region, device=device,
+                       progress=bar)
+        if scale != 1.0:  # back to the input's integer scale
+            import numpy as np
+
+            dtype = {255.0: np.uint8, 65535.0: np.uint16}.get(scale, np.float32)
+            out = np.clip(np.rint(out * scale), 0, scale).astype(dtype)
+        write_video(args.output, out)
+    except ValueError as e:
+        return fail(str(e))
+    except OSError as e:
+        return fail(f"cannot write {args.output}: {e}")
+    if not args.quiet:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+class _Bar:
+    """A one-line text progress bar on stderr."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def __call__(self, done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        print(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end,
+              file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
