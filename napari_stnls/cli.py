@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("output", metavar="OUT", help="output video (.npy, .tif, .tiff)")
     den.add_argument("--sigma", type=float, required=True,
                      help="noise standard deviation on the 0-255 scale (e.g. 20)")
-    den.add_argument("--method", choices=("nlm",), default="nlm", help="denoiser (default: %(default)s)")
+    den.add_argument("--method", choices=("nlb", "nlm"), default="nlb",
+                     help="nlb: two-step video non-local Bayes; nlm: NL-means (default: %(default)s)")
     den.add_argument("--region", action="append", type=_region, default=None, metavar="t0:t1,y0:y1,x0:x1",
                      help="restore only this region (half-open ranges); may be given several times")
     den.add_argument("--flow", choices=("tvl1", "ilk", "none"), default="tvl1",
@@ -142,7 +143,7 @@ def _demo(parser: argparse.ArgumentParser, args) -> int:
 def _denoise(args) -> int:
     import os
 
-    from .denoise import nl_means
+    from .denoise import nl_bayes, nl_means
     from .io import read_video, write_video
 
     def fail(msg: str) -> int:
@@ -171,8 +172,8 @@ def _denoise(args) -> int:
                 print(f"optical flow ({args.flow}) on {video.shape[0]} frames", file=sys.stderr)
             flows = compute_flows(video, args.flow)
         bar = None if args.quiet else _Bar("denoise")
-        out = nl_means(video, args.sigma / 255.0, flows=flows, region=args.region, device=device,
-                       progress=bar)
+        method = nl_bayes if args.method == "nlb" else nl_means
+        out = method(video, args.sigma / 255.0, flows=flows, region=args.region, device=device, progress=bar)
         if scale != 1.0:  # back to the input's integer scale
             import numpy as np
 

@@ -15,7 +15,7 @@ import torch
 from .ops import Region, gather, query_coords, scatter, search
 from .ops._region import as_region
 
-__all__ = ["nl_means"]
+__all__ = ["nl_means", "nl_bayes"]
 
 
 def _to_video(video, name: str = "video") -> tuple[torch.Tensor, Callable]:
@@ -47,6 +47,13 @@ def _to_video(video, name: str = "video") -> tuple[torch.Tensor, Callable]:
 def _dilate(r: Region, pad: int, shape) -> Region:
     _, T, _, H, W = shape
     return Region(r.t0, r.t1, max(0, r.y0 - pad), min(H, r.y1 + pad), max(0, r.x0 - pad), min(W, r.x1 + pad))
+
+
+def _bands(r: Region, pad: int, rows: int, shape) -> list[Region]:
+    """One-frame bands of at most ``rows`` rows covering ``r`` dilated by ``pad`` in y and x."""
+    q = _dilate(r, pad, shape)
+    return [Region(t, t + 1, y, min(q.y1, y + rows), q.x0, q.x1)
+            for t in range(q.t0, q.t1) for y in range(q.y0, q.y1, rows)]
 
 
 def nl_means(
@@ -129,11 +136,7 @@ def nl_means(
     # Each region is aggregated on its own from every query whose patch covers one of its
     # pixels (the region dilated by the patch radius), so overlapping regions never count a
     # query twice and each pixel gets exactly what processing the whole video gives it.
-    plans = []
-    for r in regions:
-        q = _dilate(r, pad, x.shape)
-        plans.append((r, [Region(t, t + 1, y, min(q.y1, y + rows), q.x0, q.x1)
-                          for t in range(q.t0, q.t1) for y in range(q.y0, q.y1, rows)]))
+    plans = [(r, _bands(r, pad, rows, x.shape)) for r in regions]
     total, done = sum(len(b) for _, b in plans), 0
     norm = ps * ps * C * sigma**2
     out = xd.clone()
@@ -153,3 +156,108 @@ def nl_means(
             sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
             out[sl] = agg[sl] / cnt[sl].clamp_min(1e-12)
     return back(out.to(x.device))
+
+
+def _bayes_pass(noisy, guide, sigma, *, ps, ws, wt, k, flows, stride0, regions, rows, step, progress,
+                done_total):
+    """One step of video non-local Bayes: group, estimate, aggregate every group patch."""
+    B, T, C, H, W = noisy.shape
+    pad = ps // 2
+    out = noisy.clone() if step == 1 else guide.clone()
+    var = sigma**2
+    for r in regions:
+        agg = torch.zeros_like(noisy)
+        cnt = torch.zeros(B, T, 1, H, W, device=noisy.device)
+        for band in _bands(r, pad + ws, rows, noisy.shape):  # groups of nearby references reach r
+            # whole-pixel positions: bilinear reading would lower the patches' noise
+            # variance below sigma^2, which the Wiener filter assumes
+            _, i = search(guide, guide, ps=ps, ws=ws, wt=wt, k=k, flows=flows, region=band,
+                          stride0=stride0, itype="int")
+            yn = gather(noisy, i, ps=ps)  # (B, 1, Q, K, 1, C, ps, ps)
+            shape = yn.shape
+            yn = yn.reshape(B, -1, k, C * ps * ps)
+            mn = yn.mean(2, keepdim=True)
+            if step == 1:
+                cov = (yn - mn).transpose(-1, -2) @ (yn - mn) / (k - 1)
+                ev, U = torch.linalg.eigh(cov)
+                gain = torch.clamp(ev - var, min=0) / ev.clamp_min(1e-12)
+            else:
+                yb = gather(guide, i, ps=ps).reshape(B, -1, k, C * ps * ps)
+                mb = yb.mean(2, keepdim=True)
+                cov = (yb - mb).transpose(-1, -2) @ (yb - mb) / (k - 1)
+                ev, U = torch.linalg.eigh(cov)
+                ev = ev.clamp_min(0)
+                gain = ev / (ev + var)
+            # x = m + U diag(gain) U^T (y - m), for every patch of every group
+            est = mn + ((yn - mn) @ U) * gain.unsqueeze(2) @ U.transpose(-1, -2)
+            scatter(est.reshape(shape), i, out=(agg, cnt), ps=ps)
+            done_total[0] += 1
+            if progress is not None:
+                progress(*done_total)
+        sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
+        covered = cnt[sl] > 0
+        out[sl] = torch.where(covered, agg[sl] / cnt[sl].clamp_min(1e-12), out[sl])
+    return out
+
+
+def nl_bayes(
+    video,
+    sigma: float,
+    *,
+    ps: int = 5,
+    ws: int = 11,
+    wt: int = 2,
+    k: int = 96,
+    stride0: int = 2,
+    flows=None,
+    region=None,
+    device: str | torch.device | None = None,
+    band_rows: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+):
+    """Two-step video non-local Bayes (after Arias & Morel's VNLB), along the flow.
+
+    Step 1 groups the ``k`` most similar space-time patches of every reference patch (on
+    a grid of spacing ``stride0``), estimates their mean and covariance and applies the
+    Wiener filter ``x = m + (C - sigma^2 I)_+ C^-1 (y - m)`` to every patch of the group,
+    then aggregates all estimates. Step 2 searches again on that basic estimate and uses it
+    as the oracle covariance: ``x = m + C_b (C_b + sigma^2 I)^-1 (y - m)``.
+
+    Parameters and returns as for :func:`nl_means` (``k`` should exceed the patch size
+    ``C*ps*ps`` so that the covariance has full rank). Regions are restored from the groups
+    of every reference patch within ``ws + ps//2`` of them; pixels outside every region
+    are returned unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> clean = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (3, 24, 1))
+    >>> noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape).astype(np.float32)
+    >>> out = nl_bayes(noisy, 0.1, ws=7, k=40, device="cpu")
+    >>> bool(np.abs(out - clean).mean() < 0.5 * np.abs(noisy - clean).mean())
+    True
+    """
+    x, back = _to_video(video)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma: expected a positive number on the video's scale, got {sigma!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    B, T, C, H, W = x.shape
+    regions = region if isinstance(region, list) else [region]
+    regions = [as_region(r, x.shape) for r in regions]
+    xd = x.to(device=device, dtype=torch.float32)
+    if flows is not None:
+        flows = tuple(f.to(device=device, dtype=torch.float32) for f in flows)
+    if band_rows is not None and (not isinstance(band_rows, int) or band_rows <= 0):
+        raise ValueError(f"band_rows: expected a positive int, got {band_rows!r}")
+    per_row = W * k * ps * ps * C * 4 * 6 // stride0 + W * (C * ps * ps) ** 2 * 4 * 3 // stride0
+    rows = band_rows or max(stride0, (256 * 2**20) // max(1, per_row) // stride0 * stride0)
+    n_bands = sum(len(_bands(r, ps // 2 + ws, rows, x.shape)) for r in regions)
+    done = [0, 2 * n_bands]
+    kw = dict(ps=ps, ws=ws, wt=wt, k=k, flows=flows, stride0=stride0, regions=regions, rows=rows,
+              progress=progress, done_total=done)
+    with torch.no_grad():
+        basic = _bayes_pass(xd, xd, sigma, step=1, **kw)
+        final = _bayes_pass(xd, basic, sigma, step=2, **kw)
+    return back(final.to(x.device))

@@ -22,8 +22,8 @@ def test_npy_round_trip_denoises(tmp_path, sample):
     src = tmp_path / "noisy.npy"
     np.save(src, sample.noisy)
     before = src.read_bytes()
-    assert main(["denoise", str(src), str(tmp_path / "out.npy"), "--sigma", "20", "--flow", "none",
-                 "--device", "cpu", "--quiet"]) == 0
+    args = ["--sigma", "20", "--flow", "none", "--method", "nlm", "--device", "cpu", "--quiet"]
+    assert main(["denoise", str(src), str(tmp_path / "out.npy"), *args]) == 0
     out = np.load(tmp_path / "out.npy")
     assert out.shape == sample.noisy.shape and out.dtype == np.float32
     before_db = psnr(sample.clean, sample.noisy, data_range=1)
