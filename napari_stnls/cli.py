@@ -72,15 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     den = sub.add_parser(
         "denoise",
-        help="restore a video (or regions of it) with space-time NL-means along the flow",
+        help="restore a video (or regions of it) with non-local patch methods along the flow",
         description=(
-            "Denoise a video file (.npy or multi-page TIFF, frames (T, H, W[, C])) with space-time "
-            "NL-means whose search follows the optical flow. The output is written atomically and "
-            "never over the input."
+            "Denoise a video file (.npy, multi-page TIFF or .mp4/.avi/.mov/.mkv; frames (T, H, W[, C])) "
+            "with video non-local Bayes or NL-means whose search follows the optical flow. The output "
+            "is written atomically and never over the input."
         ),
     )
-    den.add_argument("input", metavar="IN", help="input video (.npy, .tif, .tiff)")
-    den.add_argument("output", metavar="OUT", help="output video (.npy, .tif, .tiff)")
+    den.add_argument("input", metavar="IN", help="input video (.npy, .tif, .tiff, .mp4, .avi, .mov, .mkv)")
+    den.add_argument("output", metavar="OUT", help="output video (same types; video files as H.264, crf 1)")
     den.add_argument("--sigma", type=float, required=True,
                      help="noise standard deviation on the 0-255 scale (e.g. 20)")
     den.add_argument("--method", choices=("nlb", "nlm"), default="nlb",

@@ -1,4 +1,5 @@
-"""Reading and writing videos as (T, H, W[, C]) arrays: .npy and multi-page TIFF.
+"""Reading and writing videos as (T, H, W[, C]) arrays: .npy, multi-page TIFF, and video
+files (.mp4, .avi, .mov, .mkv) through PyAV.
 
 Files are written atomically (a temporary file in the same folder, then a rename), so an
 interrupted write never leaves a partial output behind.
@@ -14,7 +15,16 @@ import numpy as np
 
 __all__ = ["read_video", "write_video", "SUFFIXES"]
 
-SUFFIXES = (".npy", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+SUFFIXES = (".npy", ".tif", ".tiff") + VIDEO_SUFFIXES
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise ValueError("video files need PyAV: pip install av") from None
+    return av
 
 
 def _suffix(path: Path, name: str) -> str:
@@ -35,9 +45,13 @@ def read_video(path) -> tuple[np.ndarray, float]:
     suffix = _suffix(path, "input")
     if not path.is_file():
         raise ValueError(f"input: no such file: {path}")
+    av = _av() if suffix in VIDEO_SUFFIXES else None  # a missing PyAV is its own error
     try:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
+        elif av is not None:
+            with av.open(str(path)) as container:
+                arr = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
         else:
             import tifffile
 
@@ -70,6 +84,8 @@ def write_video(path, video: np.ndarray) -> Path:
     try:
         if suffix == ".npy":
             np.save(tmp, np.asarray(video))
+        elif suffix in VIDEO_SUFFIXES:
+            _write_av(tmp, np.asarray(video))
         else:
             import tifffile
 
@@ -81,3 +97,27 @@ def write_video(path, video: np.ndarray) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _write_av(path: str, video: np.ndarray, fps: int = 25) -> None:
+    """Write frames with H.264 (near-lossless, crf 1, yuv444p); floats are taken in [0, 1]."""
+    av = _av()
+    frames = video if video.ndim == 4 else video[..., None]
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    if np.issubdtype(frames.dtype, np.floating):
+        frames = np.clip(np.rint(frames * 255), 0, 255)
+    frames = frames[..., :3].astype(np.uint8)
+    T, H, W, _ = frames.shape
+    with av.open(path, mode="w", format="mp4" if path.endswith(".mp4") else None) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = W - W % 2, H - H % 2  # the codec needs even sizes
+        stream.pix_fmt = "yuv444p"
+        stream.options = {"crf": "1"}
+        for f in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: stream.height, : stream.width]),
+                                               format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
