@@ -56,6 +56,30 @@ def _bands(r: Region, pad: int, rows: int, shape) -> list[Region]:
             for t in range(q.t0, q.t1) for y in range(q.y0, q.y1, rows)]
 
 
+def _prepare(video, sigma, device, region, flows, band_rows):
+    """Checks and conversions shared by the denoisers.
+
+    Returns the input as a (B, T, C, H, W) tensor, the function converting a result back to
+    the input's type, the float32 copy on ``device``, the flows there, and the regions.
+    """
+    x, back = _to_video(video)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma: expected a positive number on the video's scale, got {sigma!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: CUDA was asked for but is not available")
+    if band_rows is not None and (not isinstance(band_rows, int) or band_rows <= 0):
+        raise ValueError(f"band_rows: expected a positive int, got {band_rows!r}")
+    regions = region if isinstance(region, list) else [region]
+    regions = [as_region(r, x.shape) for r in regions]
+    xd = x.to(device=device, dtype=torch.float32)
+    if flows is not None:
+        flows = tuple(f.to(device=device, dtype=torch.float32) for f in flows)
+    return x, back, xd, flows, regions
+
+
 def nl_means(
     video,
     sigma: float,
@@ -112,24 +136,10 @@ def nl_means(
     >>> out.shape, bool(np.abs(out - clean).mean() < np.abs(noisy - clean).mean())
     ((3, 24, 32), True)
     """
-    x, back = _to_video(video)
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise ValueError(f"sigma: expected a positive number on the video's scale, got {sigma!r}")
+    x, back, xd, flows, regions = _prepare(video, sigma, device, region, flows, band_rows)
     if not isinstance(h, (int, float)) or not h > 0:
         raise ValueError(f"h: expected a positive number, got {h!r}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: CUDA was asked for but is not available")
     B, T, C, H, W = x.shape
-    regions = region if isinstance(region, list) else [region]
-    regions = [as_region(r, x.shape) for r in regions]
-    xd = x.to(device=device, dtype=torch.float32)
-    if flows is not None:
-        flows = tuple(f.to(device=device, dtype=torch.float32) for f in flows)
-    if band_rows is not None and (not isinstance(band_rows, int) or band_rows <= 0):
-        raise ValueError(f"band_rows: expected a positive int, got {band_rows!r}")
     per_row = W * k * ps * ps * C * 4 * 4  # gathered patches and their weighted copy, float32
     rows = band_rows or max(1, (256 * 2**20) // max(1, per_row))
     pad = ps // 2
@@ -237,20 +247,8 @@ def nl_bayes(
     >>> bool(np.abs(out - clean).mean() < 0.5 * np.abs(noisy - clean).mean())
     True
     """
-    x, back = _to_video(video)
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise ValueError(f"sigma: expected a positive number on the video's scale, got {sigma!r}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    x, back, xd, flows, regions = _prepare(video, sigma, device, region, flows, band_rows)
     B, T, C, H, W = x.shape
-    regions = region if isinstance(region, list) else [region]
-    regions = [as_region(r, x.shape) for r in regions]
-    xd = x.to(device=device, dtype=torch.float32)
-    if flows is not None:
-        flows = tuple(f.to(device=device, dtype=torch.float32) for f in flows)
-    if band_rows is not None and (not isinstance(band_rows, int) or band_rows <= 0):
-        raise ValueError(f"band_rows: expected a positive int, got {band_rows!r}")
     per_row = W * k * ps * ps * C * 4 * 6 // stride0 + W * (C * ps * ps) ** 2 * 4 * 3 // stride0
     rows = band_rows or max(stride0, (256 * 2**20) // max(1, per_row) // stride0 * stride0)
     n_bands = sum(len(_bands(r, ps // 2 + ws, rows, x.shape)) for r in regions)
