@@ -1,8 +1,16 @@
 """Video denoisers built on the operations (torch only, no Qt).
 
-First piece: space-time NL-means along the flow. Every query patch is replaced by the
-weighted mean of its K nearest space-time patches (search -> weights -> gather ->
-weighted scatter), and overlapping patches are averaged.
+* :func:`nl_means`: space-time NL-means along the flow. Every query patch is replaced by
+  the weighted mean of its K nearest space-time patches (search -> weights -> gather ->
+  weighted scatter), and overlapping patches are averaged.
+* :func:`nl_bayes`: two-step video non-local Bayes along the flow.
+* :func:`skimage_nl_means`: scikit-image's NL-means per frame or on the space-time
+  volume, behind the same interface, for comparison.
+
+:data:`METHODS` maps the short names the command line and the plugin use to them. Every
+denoiser takes ``progress(done, total)`` and ``should_stop()`` (see
+:mod:`napari_stnls._progress`): when ``should_stop()`` returns True it raises
+:class:`~napari_stnls._progress.Cancelled` and returns nothing.
 """
 
 from __future__ import annotations
@@ -12,10 +20,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ._progress import Steps
 from .ops import Region, gather, query_coords, scatter, search
 from .ops._region import as_region
 
-__all__ = ["nl_means", "nl_bayes"]
+__all__ = ["nl_means", "nl_bayes", "skimage_nl_means", "METHODS"]
 
 
 def _to_video(video, name: str = "video") -> tuple[torch.Tensor, Callable]:
@@ -94,6 +103,7 @@ def nl_means(
     device: str | torch.device | None = None,
     band_rows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ):
     """Space-time NL-means along the optical flow.
 
@@ -122,10 +132,18 @@ def nl_means(
         Rows of queries processed at once (bounds memory); default from a 256 MiB budget.
     progress : callable, optional
         Called as ``progress(done, total)`` after each band of queries.
+    should_stop : callable, optional
+        Polled before each band; when it returns True, :class:`~napari_stnls._progress.Cancelled`
+        is raised and no result is returned.
 
     Returns
     -------
     Same type and layout as ``video``.
+
+    Raises
+    ------
+    Cancelled
+        When ``should_stop()`` returned True.
 
     Examples
     --------
@@ -147,7 +165,7 @@ def nl_means(
     # pixels (the region dilated by the patch radius), so overlapping regions never count a
     # query twice and each pixel gets exactly what processing the whole video gives it.
     plans = [(r, _bands(r, pad, rows, x.shape)) for r in regions]
-    total, done = sum(len(b) for _, b in plans), 0
+    steps = Steps(sum(len(b) for _, b in plans), progress, should_stop)
     norm = ps * ps * C * sigma**2
     out = xd.clone()
     with torch.no_grad():
@@ -155,21 +173,19 @@ def nl_means(
             agg = torch.zeros_like(xd)
             cnt = torch.zeros(B, T, 1, H, W, device=device)
             for band in bands:
+                steps.check()
                 d, i = search(xd, xd, ps=ps, ws=ws, wt=wt, k=k, flows=flows, region=band)
                 w = torch.exp(-torch.clamp(d / norm - 2.0, min=0.0) / h**2)
                 # each neighbour patch is written back at its query's position
                 at = query_coords(xd.shape, band, device=device).view(1, 1, -1, 1, 3).expand_as(i)
                 scatter(gather(xd, i, ps=ps), at, out=(agg, cnt), weights=w, ps=ps)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+                steps.advance()
             sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
             out[sl] = agg[sl] / cnt[sl].clamp_min(1e-12)
     return back(out.to(x.device))
 
 
-def _bayes_pass(noisy, guide, sigma, *, ps, ws, wt, k, flows, stride0, regions, rows, step, progress,
-                done_total):
+def _bayes_pass(noisy, guide, sigma, *, ps, ws, wt, k, flows, stride0, regions, rows, step, steps):
     """One step of video non-local Bayes: group, estimate, aggregate every group patch."""
     B, T, C, H, W = noisy.shape
     pad = ps // 2
@@ -179,6 +195,7 @@ def _bayes_pass(noisy, guide, sigma, *, ps, ws, wt, k, flows, stride0, regions, 
         agg = torch.zeros_like(noisy)
         cnt = torch.zeros(B, T, 1, H, W, device=noisy.device)
         for band in _bands(r, pad + ws, rows, noisy.shape):  # groups of nearby references reach r
+            steps.check()
             # whole-pixel positions: bilinear reading would lower the patches' noise
             # variance below sigma^2, which the Wiener filter assumes
             _, i = search(guide, guide, ps=ps, ws=ws, wt=wt, k=k, flows=flows, region=band,
@@ -201,9 +218,7 @@ def _bayes_pass(noisy, guide, sigma, *, ps, ws, wt, k, flows, stride0, regions, 
             # x = m + U diag(gain) U^T (y - m), for every patch of every group
             est = mn + ((yn - mn) @ U) * gain.unsqueeze(2) @ U.transpose(-1, -2)
             scatter(est.reshape(shape), i, out=(agg, cnt), ps=ps)
-            done_total[0] += 1
-            if progress is not None:
-                progress(*done_total)
+            steps.advance()
         sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
         covered = cnt[sl] > 0
         out[sl] = torch.where(covered, agg[sl] / cnt[sl].clamp_min(1e-12), out[sl])
@@ -224,6 +239,7 @@ def nl_bayes(
     device: str | torch.device | None = None,
     band_rows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ):
     """Two-step video non-local Bayes (after Arias & Morel's VNLB), along the flow.
 
@@ -252,10 +268,115 @@ def nl_bayes(
     per_row = W * k * ps * ps * C * 4 * 6 // stride0 + W * (C * ps * ps) ** 2 * 4 * 3 // stride0
     rows = band_rows or max(stride0, (256 * 2**20) // max(1, per_row) // stride0 * stride0)
     n_bands = sum(len(_bands(r, ps // 2 + ws, rows, x.shape)) for r in regions)
-    done = [0, 2 * n_bands]
+    steps = Steps(2 * n_bands, progress, should_stop)
     kw = dict(ps=ps, ws=ws, wt=wt, k=k, flows=flows, stride0=stride0, regions=regions, rows=rows,
-              progress=progress, done_total=done)
+              steps=steps)
     with torch.no_grad():
         basic = _bayes_pass(xd, xd, sigma, step=1, **kw)
         final = _bayes_pass(xd, basic, sigma, step=2, **kw)
     return back(final.to(x.device))
+
+
+def skimage_nl_means(
+    video,
+    sigma: float,
+    *,
+    mode: str = "2d",
+    h: float | None = None,
+    patch_size: int = 5,
+    patch_distance: int = 6,
+    region=None,
+    flows=None,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
+    """scikit-image's NL-means per frame (``"2d"``) or on the space-time volume (``"3d"``).
+
+    The baseline the other denoisers are compared with: :func:`skimage.restoration.denoise_nl_means`
+    in fast mode, with the noise variance subtracted from the patch distances
+    (``sigma`` passed on), colour channels searched together.
+
+    Parameters
+    ----------
+    video : Tensor (B, T, C, H, W) or ndarray (T, H, W[, C])
+        Noisy video with values in [0, 1]. It is never modified.
+    sigma : float
+        Noise standard deviation on the same scale.
+    mode : {"2d", "3d"}
+        ``"2d"``: every frame on its own (square patches and windows); ``"3d"``: the
+        (T, H, W) volume, with cubic patches and windows reaching ``patch_distance`` frames
+        before and after (no motion compensation).
+    h : float, optional
+        Filtering strength; default ``0.8 * sigma`` (scikit-image's advice for fast mode).
+    patch_size, patch_distance : int
+        Side of the patches and radius of the search window, as in scikit-image.
+    region : Region or 6-tuple or list of them, optional
+        Restore only these regions; pixels outside every region are returned unchanged.
+        Each region is denoised from its own crop, dilated by ``patch_size + patch_distance``
+        (in time too for ``"3d"``), so pixels inside it see the same neighbourhood as when
+        the whole video is processed except within that distance of the video's border.
+    flows, device
+        Accepted so that every entry of :data:`METHODS` is called the same way; ignored
+        (scikit-image neither follows the motion nor runs on a GPU).
+    progress, should_stop : callable, optional
+        As for :func:`nl_means`; one unit per frame (``"2d"``) or per video (``"3d"``).
+
+    Returns
+    -------
+    Same type and layout as ``video``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> clean = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (3, 24, 1))
+    >>> noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape).astype(np.float32)
+    >>> out = skimage_nl_means(noisy, 0.1, mode="3d")
+    >>> out.shape, bool(np.abs(out - clean).mean() < np.abs(noisy - clean).mean())
+    ((3, 24, 32), True)
+    """
+    from skimage.restoration import denoise_nl_means
+
+    x, back, _, _, regions = _prepare(video, sigma, "cpu", region, None, None)
+    if mode not in ("2d", "3d"):
+        raise ValueError(f"mode: expected '2d' or '3d', got {mode!r}")
+    if h is None:
+        h = 0.8 * sigma
+    if isinstance(h, bool) or not isinstance(h, (int, float)) or not h > 0:
+        raise ValueError(f"h: expected a positive number, got {h!r}")
+    for name, v, lo in (("patch_size", patch_size, 1), ("patch_distance", patch_distance, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+    B, T, C, H, W = x.shape
+    pad = patch_size + patch_distance
+    per_region = B * (1 if mode == "3d" else T)
+    steps = Steps(per_region * len(regions), progress, should_stop)
+    vid = x.detach().to("cpu", torch.float32).permute(0, 1, 3, 4, 2).numpy()  # (B, T, H, W, C)
+    out = vid.copy()
+    kw = dict(h=float(h), sigma=float(sigma), fast_mode=True, patch_size=patch_size,
+              patch_distance=patch_distance, channel_axis=-1)
+    for r in regions:
+        q = _dilate(r, pad, x.shape)
+        if mode == "3d":
+            q = Region(max(0, r.t0 - pad), min(T, r.t1 + pad), q.y0, q.y1, q.x0, q.x1)
+        inner = (slice(r.y0 - q.y0, r.y1 - q.y0), slice(r.x0 - q.x0, r.x1 - q.x0))
+        for b in range(B):
+            crop = vid[b, q.t0:q.t1, q.y0:q.y1, q.x0:q.x1]
+            if mode == "3d":
+                steps.check()
+                res = denoise_nl_means(crop, **kw).reshape(crop.shape)  # C=1 comes back squeezed
+                out[b, r.t0:r.t1, r.y0:r.y1, r.x0:r.x1] = res[r.t0 - q.t0:r.t1 - q.t0, *inner]
+                steps.advance()
+                continue
+            for t in range(r.t0, r.t1):
+                steps.check()
+                res = denoise_nl_means(crop[t - q.t0], **kw).reshape(crop.shape[1:])
+                out[b, t, r.y0:r.y1, r.x0:r.x1] = res[inner]
+                steps.advance()
+    return back(torch.from_numpy(out).permute(0, 1, 4, 2, 3).to(x.device))
+
+
+METHODS: dict[str, Callable] = {"nlb": nl_bayes, "nlm": nl_means, "skimage": skimage_nl_means}
+"""Denoisers by the short name the command line (``--method``) and the plugin use. Each is
+called as ``METHODS[name](video, sigma, flows=..., region=..., device=..., progress=...,
+should_stop=...)``; ``"skimage"`` ignores ``flows`` and ``device``."""

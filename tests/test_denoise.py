@@ -107,3 +107,61 @@ def test_nl_bayes_regions_leave_the_outside_untouched(sample):
         sample.clean[mask], sample.noisy[mask], data_range=1.0) + 6
     with pytest.raises(ValueError, match="band_rows"):
         nl_bayes(sample.noisy, 0.1, band_rows=0)
+
+
+@pytest.mark.parametrize("name", ["nlm", "nlb", "skimage"])
+def test_cancel_raises_and_leaves_the_input_unchanged(sample, name):
+    from napari_stnls._progress import Cancelled
+    from napari_stnls.denoise import METHODS
+
+    polls, calls = [], []
+
+    def stop():
+        polls.append(1)
+        return len(polls) > 2  # stop at the third check, after some work was done
+
+    noisy = sample.noisy.copy()
+    extra = {} if name == "skimage" else dict(band_rows=8)  # several bands, checked one by one
+    with pytest.raises(Cancelled):
+        METHODS[name](sample.noisy, 20 / 255, device="cpu", progress=lambda d, t: calls.append(d),
+                      should_stop=stop, **extra)
+    assert np.array_equal(sample.noisy, noisy) and calls == [1, 2]
+    v = torch.from_numpy(sample.noisy).permute(0, 3, 1, 2)[None]
+    v0 = v.clone()
+    with pytest.raises(Cancelled):
+        METHODS[name](v, 20 / 255, should_stop=lambda: True)
+    assert torch.equal(v, v0)
+
+
+@pytest.mark.parametrize("mode", ["2d", "3d"])
+def test_skimage_baseline_beats_noisy_and_keeps_regions(sample, mode):
+    from napari_stnls.denoise import skimage_nl_means
+
+    noisy = sample.noisy.copy()
+    out = skimage_nl_means(sample.noisy, 20 / 255, mode=mode)
+    assert np.array_equal(sample.noisy, noisy) and out.shape == noisy.shape and out.dtype == noisy.dtype
+    before = psnr(sample.clean, sample.noisy, data_range=1.0)
+    assert psnr(sample.clean, np.clip(out, 0, 1), data_range=1.0) > before + 4
+    regions = [(1, 3, 14, 30, 16, 40), (0, 2, 20, 34, 30, 48)]
+    part = skimage_nl_means(sample.noisy, 20 / 255, mode=mode, region=regions)
+    mask = np.zeros(sample.noisy.shape[:3], bool)
+    for t0, t1, y0, y1, x0, x1 in regions:
+        mask[t0:t1, y0:y1, x0:x1] = True
+    assert np.array_equal(part[~mask], sample.noisy[~mask])
+    if mode == "2d":  # far enough from the border: the same neighbourhood as the whole frame
+        np.testing.assert_allclose(part[mask], out[mask], atol=1e-5)
+    assert psnr(sample.clean[mask], np.clip(part[mask], 0, 1), data_range=1.0) > psnr(
+        sample.clean[mask], sample.noisy[mask], data_range=1.0) + 4
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(mode="4d"), "mode"), (dict(h=0), "h:"), (dict(patch_size=0), "patch_size"),
+    (dict(region=(0, 9, 0, 8, 0, 8)), "region"), (dict(sigma=-1), "sigma"),
+])
+def test_skimage_bad_arguments(kwargs, match):
+    from napari_stnls.denoise import skimage_nl_means
+
+    args = dict(video=np.zeros((4, 8, 8), np.float32), sigma=0.1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        skimage_nl_means(args.pop("video"), args.pop("sigma"), **args)
