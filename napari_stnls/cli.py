@@ -1,8 +1,10 @@
 """Command line: ``napari-stnls demo [--out PATH] [--device cpu|cuda|auto]`` and
-``napari-stnls denoise IN OUT --sigma S [--region t0:t1,y0:y1,x0:x1 ...] [--flow tvl1|ilk|none]``.
+``napari-stnls denoise IN OUT --sigma S [--method nlb|nlm|skimage] [--region t0:t1,y0:y1,x0:x1 ...]
+[--flow tvl1|ilk|dis|none]``.
 
 Also reachable as ``python -m napari_stnls``. Exit status: 0 on success, 2 on bad
-arguments or when the output cannot be written.
+arguments or when the output cannot be written, 130 when interrupted (Ctrl-C; nothing is
+written then).
 """
 
 from __future__ import annotations
@@ -83,12 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("output", metavar="OUT", help="output video (same types; video files as H.264, crf 1)")
     den.add_argument("--sigma", type=float, required=True,
                      help="noise standard deviation on the 0-255 scale (e.g. 20)")
-    den.add_argument("--method", choices=("nlb", "nlm"), default="nlb",
-                     help="nlb: two-step video non-local Bayes; nlm: NL-means (default: %(default)s)")
+    den.add_argument("--method", choices=("nlb", "nlm", "skimage"), default="nlb",
+                     help="nlb: two-step video non-local Bayes; nlm: NL-means; skimage: scikit-image's "
+                          "NL-means per frame, no flow (default: %(default)s)")
     den.add_argument("--region", action="append", type=_region, default=None, metavar="t0:t1,y0:y1,x0:x1",
                      help="restore only this region (half-open ranges); may be given several times")
-    den.add_argument("--flow", choices=("tvl1", "ilk", "none"), default="tvl1",
-                     help="optical flow computed on the noisy video (default: %(default)s)")
+    den.add_argument("--flow", choices=("tvl1", "ilk", "dis", "none"), default="tvl1",
+                     help="optical flow computed on the noisy video; dis needs opencv-python-headless "
+                          "(default: %(default)s)")
     den.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="where to compute (default: %(default)s)")
     den.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -143,7 +147,7 @@ def _demo(parser: argparse.ArgumentParser, args) -> int:
 def _denoise(args) -> int:
     import os
 
-    from .denoise import nl_bayes, nl_means
+    from .denoise import METHODS
     from .io import read_video, write_video
 
     def fail(msg: str) -> int:
@@ -165,14 +169,14 @@ def _denoise(args) -> int:
             raise ValueError(f"output: unsupported file type; expected one of {SUFFIXES}")
         video, scale = read_video(args.input)
         flows = None
-        if args.flow != "none":
+        if args.flow != "none" and args.method != "skimage":
             from .flow import compute_flows
 
             if not args.quiet:
                 print(f"optical flow ({args.flow}) on {video.shape[0]} frames", file=sys.stderr)
             flows = compute_flows(video, args.flow)
         bar = None if args.quiet else _Bar("denoise")
-        method = nl_bayes if args.method == "nlb" else nl_means
+        method = METHODS[args.method]
         out = method(video, args.sigma / 255.0, flows=flows, region=args.region, device=device, progress=bar)
         if scale != 1.0:  # back to the input's integer scale
             import numpy as np
@@ -184,6 +188,9 @@ def _denoise(args) -> int:
         return fail(str(e))
     except OSError as e:
         return fail(f"cannot write {args.output}: {e}")
+    except KeyboardInterrupt:
+        print("\nnapari-stnls denoise: interrupted; nothing was written", file=sys.stderr)
+        return 130
     if not args.quiet:
         print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -96,3 +96,52 @@ def test_mp4_round_trip_through_the_command_line(tmp_path, sample):
     out, _ = read_video(tmp_path / "out.mp4")
     assert out.shape == sample.noisy.shape
     assert psnr(sample.clean, out, data_range=1.0) > psnr(sample.clean, back, data_range=1.0) + 5
+
+
+@pytest.mark.parametrize("method,flow", [
+    ("skimage", "tvl1"),  # scikit-image's baseline computes no flow
+    pytest.param("nlm", "dis", marks=pytest.mark.skipif(
+        "dis" not in __import__("napari_stnls.flow").flow.METHODS, reason="opencv-python-headless missing")),
+])
+def test_other_methods_and_flows(tmp_path, sample, method, flow):
+    src = tmp_path / "noisy.npy"
+    np.save(src, sample.noisy)
+    args = ["--sigma", "20", "--flow", flow, "--method", method, "--device", "cpu", "--quiet"]
+    assert main(["denoise", str(src), str(tmp_path / "out.npy"), *args]) == 0
+    out = np.load(tmp_path / "out.npy")
+    before_db = psnr(sample.clean, sample.noisy, data_range=1)
+    assert psnr(sample.clean, np.clip(out, 0, 1), data_range=1) > before_db + 4
+
+
+def test_dis_without_opencv_fails_cleanly(tmp_path, sample, capsys, monkeypatch):
+    from napari_stnls import flow
+
+    monkeypatch.setattr(flow, "HAS_OPENCV", False)
+    np.save(tmp_path / "in.npy", sample.noisy)
+    assert main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), "--sigma", "20",
+                 "--flow", "dis", "--quiet"]) == 2
+    assert "opencv-python-headless" in capsys.readouterr().err
+    assert not (tmp_path / "out.npy").exists()
+
+
+@pytest.mark.parametrize("when", ["compute", "write"])
+def test_ctrl_c_exits_non_zero_and_writes_nothing(tmp_path, sample, capsys, monkeypatch, when):
+    import napari_stnls.cli as cli
+    import napari_stnls.io as io
+
+    np.save(tmp_path / "in.npy", sample.noisy)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    if when == "compute":  # Ctrl-C arrives while the denoiser runs (seen at its first progress report)
+        def interrupt(self, done, total):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(cli._Bar, "__call__", interrupt)
+    else:  # ... or half-way through writing the output
+        def half_save(path, arr):
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise KeyboardInterrupt
+        monkeypatch.setattr(io.np, "save", half_save)
+    assert main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), "--sigma", "20",
+                 "--flow", "none", "--method", "nlm", "--device", "cpu"]) == 130
+    assert "interrupted; nothing was written" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
