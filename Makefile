@@ -15,6 +15,8 @@ $(STAMP): setup.cfg setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q "setuptools>=64" wheel
+	# the napari plugin's tests run Qt under Xvfb: its system libraries, where missing (apt, as root)
+	@sh scripts/qt_system_deps.sh
 	# builds the C++ kernels (and CUDA ones where torch has CUDA) against the installed torch
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	@touch $(STAMP)
