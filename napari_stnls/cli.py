@@ -96,7 +96,28 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="where to compute (default: %(default)s)")
     den.add_argument("--quiet", action="store_true", help="no progress bar")
+    den.add_argument("--tile", type=_tile, default=None, metavar="T,H,W",
+                     help="stream tile by tile (bounded memory): IN a video file, .npy (memory-mapped) or "
+                          ".zarr; OUT a .zarr or .npy written tile by tile and resumed by the same command; "
+                          "--flow is then computed per tile (approximate, clipped to --max-flow) unless "
+                          "--flow-files gives whole-video flows")
+    den.add_argument("--flow-files", nargs=2, default=None, metavar=("FFLOW", "BFLOW"),
+                     help="with --tile: forward and backward flows (T, 2, H, W) as .npy or .zarr")
+    den.add_argument("--max-flow", type=float, default=None, metavar="PX",
+                     help="with --tile: bound on |flow| in pixels (read from --flow-files when not given; "
+                          "default 8 for per-tile flows)")
+    den.add_argument("--overwrite", action="store_true", help="with --tile: replace an existing OUT")
     return parser
+
+
+def _tile(text: str) -> tuple[int, int, int]:
+    try:
+        t = tuple(int(v) for v in text.split(","))
+        if len(t) != 3 or min(t) <= 0:
+            raise ValueError
+        return t
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three positive integers T,H,W, got {text!r}") from None
 
 
 def _region(text: str) -> tuple[int, int, int, int, int, int]:
@@ -156,6 +177,10 @@ def _denoise(args) -> int:
 
     if not args.sigma > 0:
         return fail(f"--sigma: expected a positive number on the 0-255 scale, got {args.sigma}")
+    if args.tile is not None:
+        return _denoise_tiled(args, fail)
+    if args.flow_files or args.max_flow is not None or args.overwrite:
+        return fail("--flow-files, --max-flow and --overwrite go with --tile")
     both = os.path.exists(args.output) and os.path.exists(args.input)
     if both and os.path.samefile(args.input, args.output):
         return fail("OUT is the input file: refusing to overwrite the input")
@@ -190,6 +215,47 @@ def _denoise(args) -> int:
         return fail(f"cannot write {args.output}: {e}")
     except KeyboardInterrupt:
         print("\nnapari-stnls denoise: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _denoise_tiled(args, fail) -> int:
+    """``denoise --tile``: napari_stnls.stream.process, a progress bar over tiles."""
+    import os
+
+    import numpy as np
+
+    from . import stream
+
+    if args.method == "skimage":
+        return fail("--tile works with --method nlb or nlm")
+    if args.region:
+        return fail("--region and --tile cannot be combined")
+    both = os.path.exists(args.output) and os.path.exists(args.input)
+    if both and os.path.samefile(args.input, args.output):
+        return fail("OUT is the input: refusing to overwrite the input")
+    flows, max_flow = None, args.max_flow
+    if args.flow_files:
+        flows = tuple(args.flow_files)
+    elif args.flow != "none":
+        flows = args.flow
+        max_flow = 8.0 if max_flow is None else max_flow
+    try:
+        shape, dtype = stream.open_video(args.input)
+        out_dtype = dtype if np.issubdtype(dtype, np.integer) else np.float32
+        bar = None if args.quiet else _Bar("tiles")
+        stream.process(args.input, args.output, args.method, tile=args.tile, flows=flows, max_flow=max_flow,
+                       device=None if args.device == "auto" else args.device, dtype=out_dtype,
+                       overwrite=args.overwrite, progress=bar, sigma=args.sigma / 255.0)
+    except (ValueError, TypeError) as e:
+        return fail(str(e))
+    except OSError as e:
+        return fail(f"cannot write {args.output}: {e}")
+    except KeyboardInterrupt:
+        print("\nnapari-stnls denoise: interrupted; the finished tiles are kept: run the same command "
+              "to resume", file=sys.stderr)
         return 130
     if not args.quiet:
         print(f"wrote {args.output}", file=sys.stderr)
