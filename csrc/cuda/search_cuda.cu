@@ -1,7 +1,9 @@
-// CUDA kernels of the search. One thread per (batch, head, query): it streams every
-// candidate of its window and keeps the k best in a small sorted list (local memory), so
-// nothing but the output is materialised. Neighbouring threads handle neighbouring queries,
-// whose candidate windows overlap, so most reads hit the caches.
+// CUDA kernels of the search. Nothing but the output is materialised: candidates are streamed
+// and each query keeps its k best in small sorted lists.
+// - topk_window_kernel (integer search-grid spacing, with or without flow): one warp per
+//   query; the window is interpolated once into shared memory per frame.
+// - topk_kernel (any spacing): one thread per query reads every candidate's taps.
+// - topk_box_kernel (whole-pixel grids of queries): box sums shared by a tile of queries.
 //
 // Patch values are read with exactly the arithmetic of csrc/include/patch.h (mirroring,
 // x-then-y bilinear interpolation) so the top-k and the distances agree bit for bit.
@@ -12,7 +14,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cuda_runtime.h>
+#include <c10/cuda/CUDAException.h>
+
 #include <climits>
+#include <cmath>
 #include <type_traits>
 
 #include "../include/gather_host.h"
@@ -150,6 +156,127 @@ __global__ void topk_kernel(const scalar_t* __restrict__ qdata, const scalar_t* 
   for (int r = 0; r < K; ++r) out[n * K + r] = r < cnt ? bi[r] : 0;
 }
 
+// Integer search-grid spacing (the usual case, flows or not): every candidate of one query
+// and frame shares the centre's fractional part, so the window they cover is read and
+// interpolated once (as PatchLoc::value does, x then y, like the CPU window path) into shared
+// memory, and each distance is computed from there. One warp per (batch, head, query): each
+// lane takes every 32nd candidate and keeps its own top k, then the warp merges the 32 sorted
+// lists by (distance, id), so ties keep the smaller id as everywhere else.
+template <typename acc_t>
+__device__ __forceinline__ bool better_entry(acc_t d1, int64_t i1, acc_t d2, int64_t i2, bool l2) {
+  if (i1 == LLONG_MAX) return false;  // an empty entry loses to every real one
+  if (i2 == LLONG_MAX) return true;
+  if (d1 != d2) return l2 ? d1 < d2 : d1 > d2;
+  return i1 < i2;
+}
+
+template <typename scalar_t, typename acc_t, int KMAX>
+__global__ void topk_window_kernel(const scalar_t* __restrict__ qdata,
+                                   const scalar_t* __restrict__ kdata,
+                                   const int64_t* __restrict__ coords,
+                                   const acc_t* __restrict__ centres,
+                                   const int64_t* __restrict__ frames, acc_t off0, int step,
+                                   int64_t B, int64_t T, int64_t H, int64_t W, int64_t C,
+                                   int64_t Q, int64_t nt, int ws, int ps, int pt, int dil,
+                                   int64_t nh, int K, bool l2, bool exclude_self, int L,
+                                   int64_t* __restrict__ out) {
+  extern __shared__ unsigned char smem_raw[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
+  if (n >= B * nh * Q) return;  // uniform over the warp: only __syncwarp below
+  const int64_t Ch = C / nh;
+  const int qsz = pt * ps * ps * static_cast<int>(Ch), wsz = pt * static_cast<int>(Ch) * L * L;
+  acc_t* qs = reinterpret_cast<acc_t*>(smem_raw) + static_cast<int64_t>(warp) * (qsz + wsz);
+  acc_t* win = qs + qsz;  // (pt, Ch, L, L): consecutive lanes read consecutive columns
+  const int64_t q = n % Q, h = (n / Q) % nh, b = n / (Q * nh);
+  const int64_t video = T * H * W * C, c0 = h * Ch;
+  const int64_t t = coords[q * 3], qy = coords[q * 3 + 1], qx = coords[q * 3 + 2];
+  const scalar_t* qv = qdata + b * video;
+  const scalar_t* kv = kdata + b * video;
+  const int r = ps / 2;
+  for (int e = lane; e < qsz; e += 32) {  // the query patch, (pt, ps, ps, Ch)
+    const int c = e % Ch, bb = (e / Ch) % ps, a = (e / Ch / ps) % ps, dt = e / Ch / ps / ps;
+    const int64_t y = reflect(qy + dil * (a - r), H), x = reflect(qx + dil * (bb - r), W);
+    qs[e] = static_cast<acc_t>(qv[((reflect(t + dt, T) * H + y) * W + x) * C + c0 + c]);
+  }
+  acc_t bd[KMAX];
+  int64_t bi[KMAX];
+  int cnt = 0;
+  for (int64_t f = 0; f < nt; ++f) {
+    const int64_t s = frames[q * nt + f];
+    const acc_t cy = centres[((b * Q + q) * nt + f) * 2];
+    const acc_t cx = centres[((b * Q + q) * nt + f) * 2 + 1];
+    const acc_t by = cy + off0 - acc_t(dil * r), bx = cx + off0 - acc_t(dil * r);
+    const acc_t fby = floor_acc(by), fbx = floor_acc(bx);
+    const int64_t y0 = static_cast<int64_t>(fby), x0 = static_cast<int64_t>(fbx);
+    const acc_t fy = by - fby, fx = bx - fbx;
+    const bool sy = fy != acc_t(0), sx = fx != acc_t(0);
+    __syncwarp();  // every lane is done with the previous frame's window
+    for (int e = lane; e < wsz; e += 32) {
+      const int col = e % L, row = (e / L) % L, c = (e / L / L) % Ch, dt = e / L / L / Ch;
+      const int64_t fr = reflect(s + dt, T) * H;
+      const int64_t r0 = (fr + reflect(y0 + row, H)) * W, r1 = (fr + reflect(y0 + row + 1, H)) * W;
+      const int64_t k0 = reflect(x0 + col, W), k1 = reflect(x0 + col + 1, W);
+      const int64_t ch = c0 + c;
+      const acc_t v00 = static_cast<acc_t>(kv[(r0 + k0) * C + ch]);
+      acc_t v = v00;
+      if (sx) v = (acc_t(1) - fx) * v00 + fx * static_cast<acc_t>(kv[(r0 + k1) * C + ch]);
+      if (sy) {
+        const acc_t v10 = static_cast<acc_t>(kv[(r1 + k0) * C + ch]);
+        acc_t w = v10;
+        if (sx) w = (acc_t(1) - fx) * v10 + fx * static_cast<acc_t>(kv[(r1 + k1) * C + ch]);
+        v = (acc_t(1) - fy) * v + fy * w;
+      }
+      win[e] = v;
+    }
+    __syncwarp();
+    for (int m = lane; m < ws * ws; m += 32) {
+      const int i = m / ws, j = m % ws;
+      if (exclude_self && s == t) {
+        const acc_t y = cy + (off0 + acc_t(i * step)), x = cx + (off0 + acc_t(j * step));
+        if (fabs(static_cast<double>(y - acc_t(qy))) < 1e-4 &&
+            fabs(static_cast<double>(x - acc_t(qx))) < 1e-4)
+          continue;
+      }
+      acc_t d = 0;
+      const acc_t* qp = qs;
+      for (int dt = 0; dt < pt; ++dt)
+        for (int a = 0; a < ps; ++a) {
+          const acc_t* wr = win + (dt * Ch * L + i * step + a * dil) * L + j * step;
+          for (int bb = 0; bb < ps; ++bb)
+            for (int c = 0; c < Ch; ++c, ++qp) {
+              const acc_t kvv = wr[c * L * L + bb * dil];
+              if (l2) {
+                const acc_t e = *qp - kvv;
+                d += e * e;
+              } else {
+                d += *qp * kvv;
+              }
+            }
+        }
+      stnls::topk_insert(bd, bi, cnt, K, d, (f * ws + i) * ws + j, l2);
+    }
+  }
+  // Merge the lanes' sorted lists: K rounds of a warp-wide arg-best over the list heads.
+  int head = 0;
+  for (int rank = 0; rank < K; ++rank) {
+    const acc_t d = head < cnt ? bd[head] : acc_t(0);
+    const int64_t id = head < cnt ? bi[head] : LLONG_MAX;
+    acc_t best = d;
+    int64_t best_id = id;
+    for (int o = 16; o > 0; o >>= 1) {
+      const acc_t od = __shfl_xor_sync(0xffffffffu, best, o);
+      const int64_t oid = __shfl_xor_sync(0xffffffffu, best_id, o);
+      if (better_entry(od, oid, best, best_id, l2)) {
+        best = od;
+        best_id = oid;
+      }
+    }
+    if (id != LLONG_MAX && best_id == id) ++head;  // ids are unique: only the owner advances
+    if (lane == 0) out[n * K + rank] = best_id == LLONG_MAX ? 0 : best_id;
+  }
+}
+
 void check_video(const at::Tensor& v, const char* name) {
   TORCH_CHECK(v.is_cuda(), name, ": expected a CUDA tensor");
   TORCH_CHECK(v.dim() == 5 && v.is_contiguous(), name,
@@ -177,12 +304,47 @@ at::Tensor search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
   const auto crd = coords.contiguous();
   const auto frm = frames.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
+  // The offsets are ws numbers, read on the host (callers pass them on the CPU; a CUDA tensor
+  // costs one copy). A uniform integer spacing selects the shared-window kernel.
+  const auto off_host = offsets.to(at::kCPU, at::kDouble).contiguous();
+  const double* oh = off_host.data_ptr<double>();
+  bool window = true;
+  const double step_d = ws > 1 ? oh[1] - oh[0] : 1.0;
+  for (int64_t i = 1; i < ws; ++i)
+    if (oh[i] - oh[i - 1] != step_d) window = false;
+  window = window && step_d >= 1.0 && step_d == std::floor(step_d) && step_d < 1 << 20;
+  const int step = static_cast<int>(step_d);
+  const int64_t L = window ? step * (ws - 1) + dilation * (ps - 1) + 1 : 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
                                   "search_topk_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto cen = centres.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const auto off = offsets.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-auto launch = [&](auto kmax) {
+    const int64_t per_warp = (pt * ps * ps + pt * L * L) * (queries.size(4) / nheads) *
+                             static_cast<int64_t>(sizeof(acc_t));
+    constexpr int64_t kSmemMax = 200 * 1024;
+    if (window && per_warp <= kSmemMax) {
+      int warps = 4;
+      while (warps > 1 && warps * per_warp > 96 * 1024) --warps;
+      const int64_t smem = warps * per_warp;
+      const unsigned grid = static_cast<unsigned>((n + warps - 1) / warps);
+      auto launch = [&](auto kmax) {
+        constexpr int KM = decltype(kmax)::value;
+        auto kern = topk_window_kernel<scalar_t, acc_t, KM>;
+        if (smem > 48 * 1024)
+          C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(smem)));
+        kern<<<grid, warps * 32, smem, stream>>>(
+            queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), crd.data_ptr<int64_t>(),
+            cen.data_ptr<acc_t>(), frm.data_ptr<int64_t>(), static_cast<acc_t>(oh[0]), step, B,
+            T, H, W, C, Q, nt, int(ws), int(ps), int(pt), int(dilation), nheads, int(k), l2,
+            exclude_self, int(L), ids.data_ptr<int64_t>());
+      };
+      stnls::dispatch_kmax(k, launch);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    const auto off = offsets.to(queries.device(), c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    auto launch = [&](auto kmax) {
       constexpr int KM = decltype(kmax)::value;
       topk_kernel<scalar_t, acc_t, KM><<<blocks_for(n), kThreads, 0, stream>>>(
           queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), crd.data_ptr<int64_t>(),

@@ -392,6 +392,8 @@ def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
             *args,
         )
     else:
+        # the offsets go on the CPU: the kernels pick their path from them without a sync
+        off = _offsets(P, acc, torch.device("cpu"))
         ids = _ext.ops.search_topk(q_cl, k_cl, coords, centres.detach(), frames, off, *args)
     kpos = _positions(centres, frames, ids, P)
     dists = _ext.ops.search_dists(q_cl, k_cl, coords, kpos, P.ps, P.pt, P.dilation, P.dist == "l2")
