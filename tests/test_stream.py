@@ -309,3 +309,17 @@ def test_tile_crop_is_the_whole_video_for_one_tile():
     spec = stream._Spec("nlb", 5, 11, 2, 2)
     whole = Region(0, 8, 0, 64, 0, 64)
     assert stream.tile_crop(spec, whole, (8, 64, 64), (3, 3)) == whole
+
+
+def test_per_tile_flows_are_computed_on_the_crop_and_clipped(tmp_path):
+    from napari_stnls.flow import compute_flows
+
+    v = _video(T=3, H=16, W=18)
+    fl = tuple(f.clamp(-0.75, 0.75) for f in compute_flows(v[..., 0], "ilk"))
+    ref = nl_means(v, flows=fl, device="cpu", **NLM)  # one tile: its crop is the whole video
+    out = stream.process(v, tmp_path / "o.npy", "nlm", tile=None, flows="ilk", max_flow=0.75, device="cpu",
+                         **NLM)
+    np.testing.assert_allclose(np.load(out), ref, atol=1e-5)
+    tiled = np.load(stream.process(v, tmp_path / "t.npy", "nlm", tile=(3, 8, 9), flows="ilk", max_flow=0.75,
+                                   device="cpu", **NLM))
+    assert np.abs(tiled - ref).mean() < 0.05  # approximate: each crop has its own flow
