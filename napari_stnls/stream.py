@@ -869,6 +869,9 @@ def process(
         When ``should_stop()`` returned True.
     """
     dev = _device(device)
+    if isinstance(video, (str, Path)) and isinstance(out, (str, Path)) and Path(out).exists() \
+            and Path(video).exists() and os.path.samefile(video, out):
+        raise ValueError("out: is the input video; refusing to write over it")
     vid = _Video(video, cache_dir)
     try:
         T, H, W, C = vid.shape

@@ -255,6 +255,10 @@ def test_missing_or_read_only_output_fails_before_work(tmp_path, no_work):
     (tmp_path / "f.npy").chmod(0o444)
     with pytest.raises(ValueError, match="read-only"):
         stream.process(v, tmp_path / "f.npy", "nlm", device="cpu", overwrite=True, **NLM)
+    np.save(tmp_path / "in.npy", v)
+    with pytest.raises(ValueError, match="is the input video"):
+        stream.process(tmp_path / "in.npy", tmp_path / "in.npy", "nlm", overwrite=True, device="cpu", **NLM)
+    np.testing.assert_array_equal(np.load(tmp_path / "in.npy"), v)
     with pytest.raises(ValueError, match="out: expected a .zarr or .npy"):
         stream.process(v, tmp_path / "o.tif", "nlm", device="cpu", **NLM)
     assert z.shape == v.shape
