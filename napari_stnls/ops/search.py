@@ -382,7 +382,14 @@ def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
     acc = _acc_dtype(queries.dtype)
     q_cl = queries.permute(0, 1, 3, 4, 2).contiguous()
     k_cl = q_cl if keys is queries else keys.permute(0, 1, 3, 4, 2).contiguous()
-    centres, frames = _centres(coords, _flat_flows(flows, P, acc), P, acc)
+    flat = _flat_flows(flows, P, acc)
+    # Under torch.use_deterministic_algorithms on CUDA, the flow chaining and the id -> position
+    # gathers run on the CPU: PyTorch's CUDA backward of their indexing adds with atomics.
+    det = _ext.deterministic_cuda(queries)
+    if det and flat is not None:
+        centres, frames = _ext.on_cpu(lambda c, f, b: _centres(c, (f, b), P, acc), coords, *flat)
+    else:
+        centres, frames = _centres(coords, flat, P, acc)
     off = _offsets(P, acc, coords.device)
     args = (P.ps, P.pt, P.dilation, P.nheads, P.k, P.dist == "l2", P.exclude_self)
     if P.grid is not None and float(P.stride1).is_integer() and (P.itype == "int" or flows is None):
@@ -395,7 +402,10 @@ def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
         # the offsets go on the CPU: the kernels pick their path from them without a sync
         off = _offsets(P, acc, torch.device("cpu"))
         ids = _ext.ops.search_topk(q_cl, k_cl, coords, centres.detach(), frames, off, *args)
-    kpos = _positions(centres, frames, ids, P)
+    if det:
+        kpos = _ext.on_cpu(lambda c, f, i: _positions(c, f, i, P), centres, frames, ids)
+    else:
+        kpos = _positions(centres, frames, ids, P)
     dists = _ext.ops.search_dists(q_cl, k_cl, coords, kpos, P.ps, P.pt, P.dilation, P.dist == "l2")
     inds = kpos.to(torch.int32) if P.itype == "int" else kpos
     return dists, inds

@@ -209,15 +209,9 @@ def _search_gather_scatter_grads(device):
     return [v.grad.clone(), f[0].grad.clone(), f[1].grad.clone()], agg.detach()
 
 
-def test_deterministic_mode_gives_bit_identical_results(device, request):
+def test_deterministic_mode_gives_bit_identical_results(device):
     """Under torch.use_deterministic_algorithms(True), gradients (and scatter) repeat bit for
     bit (on CUDA the kernels that add with atomics then run on the CPU kernels)."""
-    if device.type == "cuda":
-        # Seen on an H100 (2026-11-25): the aggregate repeats bit for bit but one of the
-        # gradients (most likely the flows', through PyTorch indexing in the flow chaining)
-        # does not. Kept as a known failure until it is tracked down.
-        known = pytest.mark.xfail(reason="a CUDA gradient is not bit-identical yet", strict=False)
-        request.applymarker(known)
     torch.use_deterministic_algorithms(True)
     try:
         g1, a1 = _search_gather_scatter_grads(device)
