@@ -7,7 +7,7 @@ docs/api.md for the full definition (window, flow chaining, borders, ties).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -374,11 +374,41 @@ def _search_reference(queries, keys, flows, coords, P: _Params, batch_size):
     return dists, inds
 
 
+def _compiled_chunks(P: _Params, Q: int, batch_size: int | None) -> list[tuple[int, int, _Params]]:
+    """Query ranges ``[start, stop)`` the compiled search runs at once, with their own grid.
+
+    Chunks are whole frames or whole rows of the query grid (so each one is a grid the box
+    kernel can tile), of at most ``batch_size`` queries where that is at least one row, else
+    one row; by default, as many as keep the glue around the kernels (centres, ids and their
+    positions, about ``nt*24 + nheads*k*64`` bytes per query) within the 256 MiB budget.
+    """
+    if P.grid is None:
+        return [(0, Q, P)]
+    t0, y0, x0, T_r, nH, nW = P.grid
+    per_query = P.nt * 24 + P.nheads * P.k * 64
+    n = batch_size if batch_size is not None else max(1, _BUDGET // per_query)
+    frame = nH * nW
+    if n >= frame:
+        step = n // frame
+        return [
+            (t * frame, min(T_r, t + step) * frame,
+             replace(P, grid=(t0 + t, y0, x0, min(step, T_r - t), nH, nW)))
+            for t in range(0, T_r, step)
+        ]
+    rows = max(1, n // nW)
+    return [
+        ((t * nH + r) * nW, (t * nH + min(nH, r + rows)) * nW,
+         replace(P, grid=(t0 + t, y0 + r * P.stride0, x0, 1, min(rows, nH - r), nW)))
+        for t in range(T_r)
+        for r in range(0, nH, rows)
+    ]
+
+
 def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
     """Compiled kernels (csrc/): a streaming top-k over all candidates, then the distances at
-    the chosen positions, differentiable through their own backward kernel. Memory is
-    O(output) whatever ``batch_size``; flows are chained here, in PyTorch, so that their
-    gradient is autograd's."""
+    the chosen positions, differentiable through their own backward kernel. Queries go in
+    chunks of whole grid rows (:func:`_compiled_chunks`), so the memory beyond the outputs
+    stays bounded; flows are chained here, in PyTorch, so that their gradient is autograd's."""
     acc = _acc_dtype(queries.dtype)
     q_cl = queries.permute(0, 1, 3, 4, 2).contiguous()
     k_cl = q_cl if keys is queries else keys.permute(0, 1, 3, 4, 2).contiguous()
@@ -386,28 +416,41 @@ def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
     # Under torch.use_deterministic_algorithms on CUDA, the flow chaining and the id -> position
     # gathers run on the CPU: PyTorch's CUDA backward of their indexing adds with atomics.
     det = _ext.deterministic_cuda(queries)
-    if det and flat is not None:
-        centres, frames = _ext.on_cpu(lambda c, f, b: _centres(c, (f, b), P, acc), coords, *flat)
-    else:
-        centres, frames = _centres(coords, flat, P, acc)
-    off = _offsets(P, acc, coords.device)
-    args = (P.ps, P.pt, P.dilation, P.nheads, P.k, P.dist == "l2", P.exclude_self)
-    if P.grid is not None and float(P.stride1).is_integer() and (P.itype == "int" or flows is None):
-        # whole-pixel centres on a regular query grid: tiles of queries share box sums
-        ids = _ext.ops.search_topk_box(
-            q_cl, k_cl, coords, centres.detach(), frames, off, [*P.grid, int(P.stride1)], P.stride0,
-            *args,
-        )
-    else:
-        # the offsets go on the CPU: the kernels pick their path from them without a sync
-        off = _offsets(P, acc, torch.device("cpu"))
-        ids = _ext.ops.search_topk(q_cl, k_cl, coords, centres.detach(), frames, off, *args)
-    if det:
-        kpos = _ext.on_cpu(lambda c, f, i: _positions(c, f, i, P), centres, frames, ids)
-    else:
-        kpos = _positions(centres, frames, ids, P)
-    dists = _ext.ops.search_dists(q_cl, k_cl, coords, kpos, P.ps, P.pt, P.dilation, P.dist == "l2")
-    inds = kpos.to(torch.int32) if P.itype == "int" else kpos
+    Q = coords.shape[0]
+    chunks = _compiled_chunks(P, Q, batch_size)
+    dists = inds = None
+    for start, stop, Pc in chunks:
+        crd = coords[start:stop]
+        if det and flat is not None:
+            centres, frames = _ext.on_cpu(lambda c, f, b, Pc=Pc: _centres(c, (f, b), Pc, acc), crd, *flat)
+        else:
+            centres, frames = _centres(crd, flat, Pc, acc)
+        args = (Pc.ps, Pc.pt, Pc.dilation, Pc.nheads, Pc.k, Pc.dist == "l2", Pc.exclude_self)
+        if Pc.grid is not None and float(Pc.stride1).is_integer() and (Pc.itype == "int" or flows is None):
+            # whole-pixel centres on a regular query grid: tiles of queries share box sums
+            off = _offsets(Pc, acc, coords.device)
+            ids = _ext.ops.search_topk_box(
+                q_cl, k_cl, crd, centres.detach(), frames, off, [*Pc.grid, int(Pc.stride1)],
+                Pc.stride0, *args,
+            )
+        else:
+            # the offsets go on the CPU: the kernels pick their path from them without a sync
+            off = _offsets(Pc, acc, torch.device("cpu"))
+            ids = _ext.ops.search_topk(q_cl, k_cl, crd, centres.detach(), frames, off, *args)
+        if det:
+            kpos = _ext.on_cpu(lambda c, f, i, Pc=Pc: _positions(c, f, i, Pc), centres, frames, ids)
+        else:
+            kpos = _positions(centres, frames, ids, Pc)
+        del ids, centres, frames
+        d = _ext.ops.search_dists(q_cl, k_cl, crd, kpos, P.ps, P.pt, P.dilation, P.dist == "l2")
+        i = kpos.to(torch.int32) if P.itype == "int" else kpos
+        if len(chunks) == 1:
+            return d, i
+        if dists is None:  # written chunk by chunk (differentiably), never concatenated
+            dists = d.new_empty(d.shape[:2] + (Q,) + d.shape[3:])
+            inds = i.new_empty(i.shape[:2] + (Q,) + i.shape[3:])
+        dists[:, :, start:stop] = d
+        inds[:, :, start:stop] = i
     return dists, inds
 
 

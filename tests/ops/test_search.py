@@ -378,3 +378,28 @@ def test_backends_agree_on_a_larger_video(impl, itype, use_flow, stride0):
     dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
     d, i = search(v.to(device), v.to(device), flows=dev_flows, backend=backend, **kw)
     assert_knn_match(d, i, ref[0].numpy(), ref[1].double().numpy(), min_untied=0.9)
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 5, 13, 40, 41, 100, 10**6])
+def test_compiled_chunks_partition_the_query_grid(batch_size):
+    """The compiled search runs queries in chunks of whole grid rows or frames: they cover
+    every query once, in order, and each chunk's grid gives exactly its queries."""
+    from napari_stnls.ops._region import grid_shape
+    from napari_stnls.ops.search import _compiled_chunks, _Params
+
+    shape = (1, 6, 2, 30, 41)
+    region, s0 = Region(1, 5, 2, 29, 3, 40), 3
+    coords = query_coords(shape, region, s0)
+    T_r, nH, nW = grid_shape(shape, region, s0)
+    P = _Params(shape, 3, 5, 1, 4, "l2", 1.0, 1, 1, 1, False, "float", s0,
+                (region.t0, region.y0, region.x0, T_r, nH, nW))
+    chunks = _compiled_chunks(P, coords.shape[0], batch_size)
+    assert chunks[0][0] == 0 and chunks[-1][1] == coords.shape[0]
+    for (_, stop, _), (start, _, _) in zip(chunks, chunks[1:], strict=False):
+        assert stop == start
+    for start, stop, Pc in chunks:
+        t0, y0, x0, tr, nh, nw = Pc.grid
+        sub = Region(t0, t0 + tr, y0, y0 + (nh - 1) * s0 + 1, x0, x0 + (nw - 1) * s0 + 1)
+        assert torch.equal(query_coords(shape, sub, s0), coords[start:stop])
+        if batch_size is not None and batch_size >= nW:
+            assert stop - start <= batch_size
