@@ -23,6 +23,9 @@ $(STAMP): setup.cfg setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp c
 
 demo: $(STAMP)
 	$(PY) -m napari_stnls demo --out out/demo.png
+	# napari with the sample and the widgets docked, after a region -> flow -> search ->
+	# neighbours -> denoise session; without $$DISPLAY it runs headless under xvfb-run
+	$(PY) -m napari_stnls._qt.session --screenshot out/napari.png
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

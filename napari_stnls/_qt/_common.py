@@ -51,10 +51,12 @@ class LayerCombo(QComboBox):
         self.blockSignals(True)
         self.clear()
         self.addItems(items)
+        names = self.names()
+        active = self.viewer.layers.selection.active
         if current in items:
             self.setCurrentText(current)
-        elif self.extra and self.names():
-            self.setCurrentIndex(len(self.extra))  # prefer a layer over "(none)"
+        elif names:  # the selected layer if it fits, else the topmost one (over "(none)" too)
+            self.setCurrentText(active.name if active is not None and active.name in names else names[-1])
         self.blockSignals(False)
         self.currentTextChanged.emit(self.currentText())
 
@@ -148,6 +150,7 @@ class Runner(QObject):
         self.bar.setValue(0)
         self.progressed.connect(self._progress)
         self.worker = None
+        self._complete = False
         self._stop = threading.Event()
 
     def row(self) -> QWidget:
@@ -184,6 +187,7 @@ class Runner(QObject):
         def returned(out):
             kind, value = out
             if kind == "ok":
+                self._complete = True
                 try:
                     on_done(value)
                 except Exception as e:
@@ -212,7 +216,8 @@ class Runner(QObject):
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.bar.setRange(0, 1)
-        self.bar.setValue(0)
+        self.bar.setValue(1 if self._complete else 0)  # full when done, empty when cancelled or failed
+        self._complete = False
 
 
 def set_layer(viewer, name: str, data, kind: str, **kwargs):

@@ -53,7 +53,7 @@ class NeighboursWidget(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.gallery)
-        scroll.setMinimumHeight(150)
+        scroll.setMinimumHeight(270)
         self.stat = QComboBox()
         self.stat.addItems(MAP_STATS)
         self.stat.setToolTip("kth: distance to the k-th neighbour (how rare a patch is); mean: mean "
@@ -130,10 +130,12 @@ class NeighboursWidget(QWidget):
             sb.blockSignals(False)
         K = len(nb.dists)
         rank = np.arange(K)
-        sizes = np.linspace(9.0, 3.0, K) if K > 1 else np.array([9.0])
+        ps = nb.result.params.ps  # best match: a circle as wide as the patch; the K-th a third of it
+        sizes = np.linspace(ps, ps / 3, K) if K > 1 else np.array([float(ps)])
         set_layer(self.viewer, "neighbours", nb.positions, "points",
                   features={"distance": nb.dists, "rank": rank + 1}, face_color="distance",
-                  face_colormap="viridis", size=sizes, border_color="white", border_width=0.1)
+                  face_colormap="viridis", size=sizes, border_color="white", border_width=0.1,
+                  opacity=0.8)
         q = np.asarray(nb.query, np.float32)
         vec = np.stack([np.broadcast_to(q, nb.positions.shape), nb.positions - q], 1)
         set_layer(self.viewer, "neighbour vectors", vec, "vectors", edge_color="orange", edge_width=0.4,
@@ -149,12 +151,12 @@ class NeighboursWidget(QWidget):
             item = self.gallery_grid.takeAt(0)
             if item.widget() is not None:
                 item.widget().deleteLater()
-        cols = 4
+        cols = 3
         for n, (p, d, pos) in enumerate(zip(patches, nb.dists, nb.positions, strict=True)):
             img = QLabel()
             img.setPixmap(to_pixmap(mosaic(p[None], zoom=self.zoom.value(), gap=0)))
             img.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            cap = QLabel(f"#{n + 1} d={d:.4g}\nt={pos[0]:.0f} y={pos[1]:.1f} x={pos[2]:.1f}")
+            cap = QLabel(f"#{n + 1}  d={d:.4g}\nt={pos[0]:.0f} ({pos[1]:.1f}, {pos[2]:.1f})")
             cap.setAlignment(Qt.AlignmentFlag.AlignCenter)
             cell = QWidget()
             v = QVBoxLayout(cell)

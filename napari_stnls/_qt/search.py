@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from napari.layers import Shapes
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -125,8 +126,11 @@ class SearchWidget(QWidget):
         def done(out):
             results, dmap = out
             layer.metadata[RESULTS_KEY] = results
-            set_layer(self.viewer, f"{layer.name} search", dmap, "image", colormap="magma", opacity=0.6,
-                      blending="additive", metadata={RESULTS_KEY: results, "stnls_video": layer.name})
+            vals = np.concatenate([r.dists[..., -1].ravel() for r in results])
+            lo, hi = (float(v) for v in np.percentile(vals, [2, 98]))
+            set_layer(self.viewer, f"{layer.name} search", dmap, "image", colormap="magma", opacity=0.7,
+                      blending="additive", contrast_limits=(lo, hi if hi > lo else lo + 1e-6),
+                      metadata={RESULTS_KEY: results, "stnls_video": layer.name})
             self.viewer.layers.selection.active = layer
             nq = sum(r.dists.shape[0] * r.dists.shape[1] * r.dists.shape[2] for r in results)
             self.status.info(f"{nq} queries in {len(results)} region(s), flow: {results[0].flow}; "

@@ -244,7 +244,7 @@ def test_neighbours_click_gallery_and_map(viewer, qtbot):
     np.testing.assert_allclose(vec[:, 0], np.broadcast_to([2, 16, 22], (6, 3)))
     np.testing.assert_allclose(vec[:, 0] + vec[:, 1], res.inds[it, iy, ix])
     caps = w.gallery_captions()
-    assert len(caps) == 6 and caps[0].startswith("#1 d=0")
+    assert len(caps) == 6 and caps[0].startswith("#1  d=0")
     # a mouse click on the canvas picks the pixel under it
     event = SimpleNamespace(type="mouse_press", position=(1, 9.2, 30.6))
     for cb in viewer.mouse_drag_callbacks:
