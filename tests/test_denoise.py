@@ -84,7 +84,7 @@ def test_nl_bayes_beats_nl_means_on_a_real_sequence(sample):
     flows = tuple(torch.from_numpy(f)[None] for f in (sample.fflow, sample.bflow))
     noisy = sample.noisy.copy()
     calls = []
-    nlb = nl_bayes(sample.noisy, 20 / 255, flows=flows, device="cpu",
+    nlb = nl_bayes(sample.noisy, 20 / 255, flows=flows, device="cpu", ws=9,
                    progress=lambda d, t: calls.append((d, t)))
     nlm = nl_means(sample.noisy, 20 / 255, flows=flows, device="cpu")
     assert np.array_equal(sample.noisy, noisy)
@@ -99,7 +99,7 @@ def test_nl_bayes_regions_leave_the_outside_untouched(sample):
     from napari_stnls.denoise import nl_bayes
 
     r = (1, 3, 10, 30, 20, 50)
-    out = nl_bayes(sample.noisy, 20 / 255, region=r, device="cpu", band_rows=8)
+    out = nl_bayes(sample.noisy, 20 / 255, region=r, device="cpu", band_rows=8, ws=9, wt=1)
     mask = np.zeros(sample.noisy.shape[:3], bool)
     mask[1:3, 10:30, 20:50] = True
     assert np.array_equal(out[~mask], sample.noisy[~mask])
@@ -165,3 +165,45 @@ def test_skimage_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         skimage_nl_means(args.pop("video"), args.pop("sigma"), **args)
+
+
+def test_nl_bayes_params_follow_sigma_and_are_overridable(sample):
+    from napari_stnls.denoise import NLB_SIGMAS, NLB_TABLE, nl_bayes, nl_bayes_params
+
+    for i, s in enumerate(NLB_SIGMAS):  # the table's rows, exactly
+        p = nl_bayes_params(s / 255)
+        assert p["thresh"] == pytest.approx(NLB_TABLE["thresh"][i])
+        assert p["ws"] % 2 == 1 and p["ps"] % 2 == 1 and p["k"] > p["pt"] * p["ps"] ** 2
+    lo, hi = nl_bayes_params(NLB_SIGMAS[0] / 255), nl_bayes_params(NLB_SIGMAS[-1] / 255)
+    assert nl_bayes_params(1 / 255) == lo and nl_bayes_params(200 / 255) == hi  # clamped
+    mid = nl_bayes_params((NLB_SIGMAS[1] + NLB_SIGMAS[2]) / 2 / 255)["thresh2"]
+    assert min(NLB_TABLE["thresh2"][1:3]) <= mid <= max(NLB_TABLE["thresh2"][1:3])
+    # explicit values win over the table (a tiny window makes the call cheap and still valid)
+    out = nl_bayes(sample.noisy[:2, :24, :24], 20 / 255, ws=5, wt=1, k=30, k2=30, pt=1, ps=3, ps2=3,
+                   stride0=3, thresh=0.5, thresh2=0.0, device="cpu")
+    assert out.shape == (2, 24, 24, 3)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(ps=0), ValueError, "ps:"), (dict(k2=2.5), ValueError, "k2:"),
+    (dict(thresh=-1), ValueError, "thresh:"),
+    (dict(stride0=True), ValueError, "stride0:"), (dict(should_stop=1), TypeError, "should_stop"),
+])
+def test_nl_bayes_bad_arguments(kwargs, exc, match):
+    from napari_stnls.denoise import nl_bayes
+
+    with pytest.raises(exc, match=match):
+        nl_bayes(np.zeros((3, 8, 8), np.float32), 0.1, device="cpu", **kwargs)
+
+
+def test_nl_bayes_gray_and_opponent_switch(sample):
+    from napari_stnls.denoise import nl_bayes
+
+    small = sample.noisy[:3, :32, :40]
+    clean = sample.clean[:3, :32, :40]
+    kw = dict(ws=7, wt=1, device="cpu")
+    gray = nl_bayes(small.mean(-1), 20 / 255, **kw)
+    assert gray.shape == small.shape[:3]
+    assert psnr(clean.mean(-1), gray, data_range=1) > psnr(clean.mean(-1), small.mean(-1), data_range=1) + 4
+    rgb = nl_bayes(small, 20 / 255, opponent=False, **kw)
+    assert psnr(clean, np.clip(rgb, 0, 1), data_range=1) > psnr(clean, small, data_range=1) + 4
