@@ -16,6 +16,7 @@ from .._progress import Cancelled
 from .._sample import FLOWS_KEY
 from ..regions import Region, region_from_rectangle, validate_regions
 
+DISPLAY_ONLY = "stnls_display_only"  # layer metadata: drawn by a widget for display, not input
 RESULTS_KEY = "stnls_search"  # video layer metadata: list of RegionResult of the last search
 WHOLE_VIDEO = "(whole video)"
 NONE = "(none)"
@@ -63,6 +64,11 @@ class LayerCombo(QComboBox):
     def layer(self) -> Layer | None:
         name = self.currentText()
         return self.viewer.layers[name] if name in self.viewer.layers else None
+
+
+def is_regions_layer(layer) -> bool:
+    """A Shapes layer the user draws regions on (not one a widget draws for display)."""
+    return isinstance(layer, Shapes) and not layer.metadata.get(DISPLAY_ONLY)
 
 
 def is_video(layer) -> bool:

@@ -17,7 +17,18 @@ from qtpy.QtWidgets import (
 
 from .._sample import SIGMA_KEY
 from ..restore import denoise_methods, denoise_video, estimate_noise_sigma, method_defaults, quality
-from ._common import NONE, WHOLE_VIDEO, LayerCombo, Runner, Status, flows_of, is_video, regions_of, set_layer
+from ._common import (
+    NONE,
+    WHOLE_VIDEO,
+    LayerCombo,
+    Runner,
+    Status,
+    flows_of,
+    is_regions_layer,
+    is_video,
+    regions_of,
+    set_layer,
+)
 from ._common import video_shape as _video_shape
 
 TUNABLE = ("ps", "ws", "k")
@@ -40,7 +51,8 @@ class DenoiseWidget(QWidget):
         self.sigma.setToolTip("noise standard deviation on the 0-255 scale")
         self.estimate_button = QPushButton("Estimate")
         self.estimate_button.clicked.connect(self.estimate)
-        self.regions = LayerCombo(self.viewer, kinds=(Shapes,), extra=(WHOLE_VIDEO,))
+        self.regions = LayerCombo(self.viewer, kinds=(Shapes,), extra=(WHOLE_VIDEO,),
+                                  predicate=is_regions_layer)
         self.flow = QComboBox()
         self.flow.addItems(("none", "computed"))
         self.device = QComboBox()

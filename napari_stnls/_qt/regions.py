@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..regions import load_regions, rectangle_from_region, save_regions, validate_regions
-from ._common import LayerCombo, Status, is_video, regions_of, video_shape
+from ._common import DISPLAY_ONLY, LayerCombo, Status, is_regions_layer, is_video, regions_of, video_shape
 
 COLUMNS = ("t0", "t1", "y0", "y1", "x0", "x1")
 LAYER_NAME = "regions"
@@ -33,7 +33,7 @@ class RegionsWidget(QWidget):
         self.viewer = napari_viewer
         self._syncing = False
         self.video = LayerCombo(self.viewer, predicate=is_video)
-        self.shapes = LayerCombo(self.viewer, kinds=(Shapes,))
+        self.shapes = LayerCombo(self.viewer, kinds=(Shapes,), predicate=is_regions_layer)
         self.status = Status()
 
         self.draw_button = QPushButton("Draw rectangles")
@@ -151,6 +151,37 @@ class RegionsWidget(QWidget):
                     self.table.setItem(i, j, QTableWidgetItem(str(int(v))))
         finally:
             self._syncing = False
+        self._show_frames(regs)
+
+    def frames_layer_name(self) -> str | None:
+        layer = self.layer()
+        return None if layer is None else f"{layer.name} (other frames)"
+
+    def _show_frames(self, regs) -> None:
+        """Draw each region's rectangle, dimmed, on the frames t0+1..t1-1 of its range (a
+        display-only layer: the rectangle to edit is the one on frame t0)."""
+        name = self.frames_layer_name()
+        if name is None:
+            return
+        rects = []
+        for r in regs:
+            base = rectangle_from_region(r)
+            for t in range(r.t0 + 1, r.t1):
+                rect = base.copy()
+                rect[:, 0] = t
+                rects.append(rect)
+        shown = self.viewer.layers[name] if name in self.viewer.layers else None
+        if shown is not None:
+            shown.data = []
+            if rects:
+                shown.add_rectangles(rects)
+        elif rects:
+            active = self.viewer.layers.selection.active
+            self.viewer.add_shapes(rects, shape_type="rectangle", ndim=3, name=name, edge_color="#ffcc00",
+                                   face_color="transparent", edge_width=1.0, opacity=0.45,
+                                   metadata={DISPLAY_ONLY: True})
+            if active is not None:  # keep drawing on the regions layer
+                self.viewer.layers.selection.active = active
 
     def table_regions(self):
         rows = []

@@ -22,6 +22,7 @@ from ._common import (
     Runner,
     Status,
     flows_of,
+    is_regions_layer,
     is_video,
     regions_of,
     set_layer,
@@ -48,7 +49,8 @@ class SearchWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.video = LayerCombo(self.viewer, predicate=is_video)
-        self.regions = LayerCombo(self.viewer, kinds=(Shapes,), extra=(WHOLE_VIDEO,))
+        self.regions = LayerCombo(self.viewer, kinds=(Shapes,), extra=(WHOLE_VIDEO,),
+                                  predicate=is_regions_layer)
         self.flow = QComboBox()
         self.flow.addItems(FLOW_CHOICES)
         self.flow.setToolTip("'computed': the flow of the Flow widget (or the sample's true flow)")

@@ -93,6 +93,12 @@ def test_regions_table_layer_and_files(viewer, qtbot, tmp_path):
     w.t1.setValue(3)
     w.apply_button.click()
     assert w.regions()[1] == Region(0, 3, 1, 6, 2, 10)
+    # each region is drawn, dimmed, on the other frames of its range (display only)
+    shown = viewer.layers["regions (other frames)"]
+    assert sorted(int(r[0, 0]) for r in shown.data) == [1, 2, 3, 4]
+    s = SearchWidget(viewer)
+    qtbot.addWidget(s)
+    assert [s.regions.itemText(i) for i in range(s.regions.count())] == ["(whole video)", "regions"]
     # a region outside the video: a clear message, nothing changes
     before = [d.copy() for d in layer.data]
     w.table.item(0, 3).setText(str(H + 5))
@@ -144,8 +150,8 @@ def test_search_cancel_leaves_no_layer(viewer, qtbot, monkeypatch):
     with_regions(viewer, qtbot, [Region(0, T, 0, H, 0, W)])
     real = explore.search
 
-    def slow(*a, **k):
-        time.sleep(0.05)
+    def slow(*a, **k):  # 5 bands of 0.3 s: time to press Cancel after the first
+        time.sleep(0.3)
         return real(*a, **k)
 
     monkeypatch.setattr(explore, "search", slow)
@@ -217,6 +223,40 @@ def test_flow_widget_caches_flow_for_search(viewer, qtbot):
     s.runner.run_button.click()
     wait_done(qtbot, s)
     assert viewer.layers["noisy"].metadata[RESULTS_KEY][0].flow == "ilk"
+
+
+def test_flow_widget_cancel_and_no_video(viewer, qtbot):
+    meta = viewer.layers["noisy"].metadata[FLOWS_KEY]
+    w = FlowWidget(viewer)
+    qtbot.addWidget(w)
+    w.video.setCurrentText("noisy")
+    w.method.setCurrentText("tvl1")
+    names = layer_names(viewer)
+    w.runner.run_button.click()
+    w.runner.cancel_button.click()
+    wait_done(qtbot, w)
+    assert "cancelled" in w.status.text() and layer_names(viewer) == names
+    assert viewer.layers["noisy"].metadata[FLOWS_KEY] is meta  # the cached flow is untouched
+    for name in ("noisy", "clean"):
+        viewer.layers.remove(name)
+    w.runner.run_button.click()
+    assert not w.runner.running and "no video layer" in w.status.text()
+
+
+def test_reader_through_napari(make_napari_viewer, tmp_path):
+    pytest.importorskip("av")
+    from napari_stnls.io import write_video
+
+    v = np.random.default_rng(0).integers(0, 256, (6, 16, 20, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "clip.mp4", v)
+    np.save(tmp_path / "gray.npy", v[..., 0])
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-stnls")
+    viewer.open(str(tmp_path / "gray.npy"), plugin="napari-stnls")
+    clip, gray = viewer.layers["clip"], viewer.layers["gray"]
+    assert clip.rgb and clip.data.shape == (6, 16, 20, 3) and clip.data.dtype == np.uint8
+    assert not gray.rgb and gray.data.shape == (6, 16, 20)
+    np.testing.assert_array_equal(np.asarray(gray.data), v[..., 0])
 
 
 def test_neighbours_click_gallery_and_map(viewer, qtbot):
