@@ -379,14 +379,16 @@ def _compiled_chunks(P: _Params, Q: int, batch_size: int | None) -> list[tuple[i
 
     Chunks are whole frames or whole rows of the query grid (so each one is a grid the box
     kernel can tile), of at most ``batch_size`` queries where that is at least one row, else
-    one row; by default, as many as keep the glue around the kernels (centres, ids and their
-    positions, about ``nt*24 + nheads*k*64`` bytes per query) within the 256 MiB budget.
+    one row. By default a chunk holds a quarter of the queries, or more if the glue around
+    the kernels (centres, ids and their positions, about ``nt*24 + nheads*k*64`` bytes per
+    query) still fits the 256 MiB budget: few large launches keep the GPU full, and the
+    memory beyond the outputs stays near the outputs' own size.
     """
     if P.grid is None:
         return [(0, Q, P)]
     t0, y0, x0, T_r, nH, nW = P.grid
     per_query = P.nt * 24 + P.nheads * P.k * 64
-    n = batch_size if batch_size is not None else max(1, _BUDGET // per_query)
+    n = batch_size if batch_size is not None else max(_BUDGET // per_query, -(-Q // 4))
     frame = nH * nW
     if n >= frame:
         step = n // frame
