@@ -40,12 +40,25 @@ class LayerCombo(QComboBox):
         if event is not None:
             event.value.events.name.connect(self.refresh)
 
+    def _disconnect(self) -> None:
+        """Stop following the viewer (the Qt widget is gone)."""
+        layers = self.viewer.layers
+        for ev in (layers.events.inserted, layers.events.removed, layers.events.moved):
+            ev.disconnect(self.refresh)
+        layers.events.inserted.disconnect(self._watch_name)
+        for layer in layers:
+            layer.events.name.disconnect(self.refresh)
+
     def names(self) -> list[str]:
         return [layer.name for layer in self.viewer.layers if isinstance(layer, self.kinds)
                 and (self.predicate is None or self.predicate(layer))]
 
     def refresh(self, event=None) -> None:
-        current = self.currentText()
+        try:
+            current = self.currentText()
+        except RuntimeError:  # the dock widget was closed and deleted
+            self._disconnect()
+            return
         items = list(self.extra) + self.names()
         if items == [self.itemText(i) for i in range(self.count())]:
             return
@@ -191,6 +204,10 @@ class Runner(QObject):
                 return "error", e
 
         def returned(out):
+            try:
+                self.status.text()
+            except RuntimeError:  # the widget was closed while its job ran: nothing to show
+                return
             kind, value = out
             if kind == "ok":
                 self._complete = True

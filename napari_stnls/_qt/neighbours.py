@@ -97,7 +97,12 @@ class NeighboursWidget(QWidget):
             self.viewer.mouse_drag_callbacks.remove(self._on_click)
 
     def _on_click(self, viewer, event):
-        if not self.pick.isChecked() or getattr(event, "type", "mouse_press") != "mouse_press":
+        try:
+            picking = self.pick.isChecked()
+        except RuntimeError:  # the dock widget was closed and deleted
+            self._disconnect()
+            return
+        if not picking or getattr(event, "type", "mouse_press") != "mouse_press":
             return
         layer = self.video.layer()
         if layer is None or RESULTS_KEY not in layer.metadata:

@@ -139,6 +139,12 @@ class RegionsWidget(QWidget):
         if self._syncing:
             return
         try:
+            self.table.rowCount()
+        except RuntimeError:  # the dock widget was closed and deleted
+            if self._watched is not None:
+                self._watched.events.data.disconnect(self._sync_table)
+            return
+        try:
             regs = self.regions() if self.layer() is not None and self.video.layer() is not None else []
         except ValueError as e:
             self.status.error(str(e))

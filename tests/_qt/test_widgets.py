@@ -370,3 +370,23 @@ def test_denoise_cancel_and_bad_input(viewer, qtbot):
     w.runner.run_button.click()
     assert not w.runner.running and "clean reference" in w.status.text()
     assert layer_names(viewer) == names + ["small"]
+
+
+def test_closed_widgets_stop_following_the_viewer(viewer, qtbot):
+    from qtpy.QtWidgets import QApplication
+
+    widgets = [SearchWidget(viewer), NeighboursWidget(viewer), RegionsWidget(viewer), DenoiseWidget(viewer)]
+    widgets[2].add_button.click()
+    n_callbacks = len(viewer.mouse_drag_callbacks)
+    for w in widgets:
+        w.deleteLater()
+    for _ in range(3):
+        QApplication.processEvents()
+        qtbot.wait(20)
+    viewer.add_image(np.zeros((T, H, W)), name="later")  # combos of deleted widgets: no error
+    viewer.layers["regions"].add_rectangles(np.array([[0, 1, 1], [0, 1, 5], [0, 5, 5], [0, 5, 1]]))
+    event = SimpleNamespace(type="mouse_press", position=(0, 1, 1))
+    for cb in list(viewer.mouse_drag_callbacks):
+        cb(viewer, event)
+    assert len(viewer.mouse_drag_callbacks) < n_callbacks  # the deleted widget's picker is gone
+    viewer.layers.remove("later")  # and again, once disconnected
