@@ -111,7 +111,7 @@ class DenoiseWidget(QWidget):
         try:
             _video_shape(self.video.layer())
             s = estimate_noise_sigma(self.video.layer().data)
-        except ValueError as e:
+        except (ValueError, ImportError) as e:  # ImportError: PyWavelets missing
             self.status.error(str(e))
             return
         self.sigma.setValue(max(0.1, s * 255))
