@@ -74,3 +74,12 @@ def test_bad_arguments():
         stream.denoise_dask(da.zeros((16, 16)), "nlm", **NLM)
     with pytest.raises(TypeError, match="sigma"):
         stream.denoise_dask(v, "nlb")
+
+
+def test_npy_path_and_uint8(tmp_path):
+    v8 = (_video(3, 12, 14)[..., 0] * 255).astype(np.uint8)
+    np.save(tmp_path / "v.npy", v8)
+    ref = nl_means(v8.astype(np.float32) / 255, device="cpu", **NLM)
+    lazy = stream.denoise_dask(tmp_path / "v.npy", "nlm", tile=(2, 6, 14), **NLM)
+    assert lazy.dtype == np.float32
+    np.testing.assert_allclose(lazy.compute(scheduler="synchronous"), ref, atol=1e-5)
