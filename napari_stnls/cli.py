@@ -243,7 +243,10 @@ def _denoise_tiled(args, fail) -> int:
         flows = args.flow
         max_flow = 8.0 if max_flow is None else max_flow
     try:
-        shape, dtype = stream.open_video(args.input)
+        if os.path.splitext(args.input)[1].lower() in stream.VIDEO_SUFFIXES:
+            dtype = np.dtype(np.uint8)  # decoded as rgb24; no extra decoding pass to find out
+        else:
+            _, dtype = stream.open_video(args.input)
         out_dtype = dtype if np.issubdtype(dtype, np.integer) else np.float32
         bar = None if args.quiet else _Bar("tiles")
         stream.process(args.input, args.output, args.method, tile=args.tile, flows=flows, max_flow=max_flow,

@@ -79,3 +79,17 @@ def test_interrupted_cli_run_resumes(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "o.zarr.tiles.json").read_text())["done"] == [0, 1]
     assert main(args) == 0
     assert len(calls) == 3 + 6  # the two finished tiles were not recomputed
+
+
+def test_tiled_video_file_to_npy(tmp_path):
+    from napari_stnls.io import read_video, write_video
+
+    rng = np.random.default_rng(1)
+    write_video(tmp_path / "in.mp4", (rng.random((2, 16, 16, 3)) * 200).astype(np.uint8))
+    assert main(["denoise", str(tmp_path / "in.mp4"), str(tmp_path / "o.npy"), "--sigma", "20", "--method",
+                 "nlm", "--flow", "none", "--tile", "1,8,8", "--device", "cpu", "--quiet"]) == 0
+    decoded, _ = read_video(tmp_path / "in.mp4")
+    got = np.load(tmp_path / "o.npy")
+    ref = nl_means(decoded, 20 / 255, device="cpu")
+    assert got.dtype == np.uint8 and got.shape == decoded.shape
+    assert np.abs(got.astype(int) - np.rint(ref * 255)).max() <= 1
