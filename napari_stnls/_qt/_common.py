@@ -170,6 +170,8 @@ class Runner(QObject):
         self.progressed.connect(self._progress)
         self.worker = None
         self._complete = False
+        self._activity = None
+        self._label = ""
         self._stop = threading.Event()
 
     def row(self) -> QWidget:
@@ -187,12 +189,18 @@ class Runner(QObject):
     def _progress(self, done: int, total: int) -> None:
         self.bar.setRange(0, max(1, total))
         self.bar.setValue(done)
+        if self._activity is None:  # the same progress in napari's activity dock
+            from napari.utils import progress
+
+            self._activity = progress(total=max(1, total), desc=self._label)
+        self._activity.update(done - self._activity.n)
 
     def start(self, fn: Callable, on_done: Callable, label: str = "working") -> None:
         if self.running:
             self.status.error("busy: wait for the running job or cancel it")
             return
         self._stop = threading.Event()
+        self._label = label
         stop = self._stop
 
         def job():
@@ -235,6 +243,9 @@ class Runner(QObject):
             self.status.info("cancelling...")
 
     def _finished(self) -> None:
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
         self.worker = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)

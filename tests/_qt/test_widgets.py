@@ -162,8 +162,10 @@ def test_search_cancel_leaves_no_layer(viewer, qtbot, monkeypatch):
     assert w.runner.running and w.runner.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: w.runner.bar.value() >= 1, timeout=20_000)  # some bands done
     assert w.runner.bar.value() < w.runner.bar.maximum()
+    assert w.runner._activity.n == w.runner.bar.value()  # also in napari's activity dock
     w.runner.cancel_button.click()
     wait_done(qtbot, w)
+    assert w.runner._activity is None and w.runner.bar.value() == 0
     assert layer_names(viewer) == names and RESULTS_KEY not in viewer.layers["noisy"].metadata
     assert "cancelled" in w.status.text()
 
