@@ -94,10 +94,10 @@ def nl_means(
     video,
     sigma: float,
     *,
-    ps: int = 5,
+    ps: int | None = None,
     ws: int = 11,
     wt: int = 2,
-    k: int = 16,
+    k: int | None = None,
     h: float = 0.5,
     flows=None,
     region=None,
@@ -116,7 +116,9 @@ def nl_means(
         Noise standard deviation on the same scale (sigma=20 on the 0-255 scale is 20/255).
     ps, ws, wt, k
         Patch side, search-window side, temporal radius and number of neighbours
-        (see :func:`napari_stnls.ops.search`).
+        (see :func:`napari_stnls.ops.search`). ``ps`` and ``k`` default to the values
+        tuned for ``sigma`` (:data:`NLM_TABLE`: 5 and 16 at sigma 10/255, 7 and 32 from
+        30/255 on, interpolated between).
     h : float
         Filtering strength: a neighbour at normalised distance ``d`` (squared patch
         difference divided by ``ps*ps*C*sigma^2``) gets weight ``exp(-max(d - 2, 0) / h^2)``;
@@ -156,6 +158,14 @@ def nl_means(
     ((3, 24, 32), True)
     """
     x, back, xd, flows, regions = _prepare(video, sigma, device, region, flows, band_rows)
+    s255 = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
+    if ps is None:
+        ps = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["ps"]))))
+        ps += 1 - ps % 2
+    if k is None:
+        k = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["k"]))))
+        if isinstance(ws, int) and isinstance(wt, int):  # at most the window's candidates
+            k = max(1, min(k, min(x.shape[1], 2 * wt + 1) * ws * ws))
     if not isinstance(h, (int, float)) or not h > 0:
         raise ValueError(f"h: expected a positive number, got {h!r}")
     B, T, C, H, W = x.shape
@@ -296,8 +306,14 @@ NLB_TABLE: dict[str, tuple[float, ...]] = {
     "k": (60, 60, 60, 60, 60),
     "k2": (160, 160, 160, 160, 160),
     "stride0": (2, 2, 2, 2, 2),
-    "thresh": (1.0, 1.0, 1.0, 1.0, 1.0),
-    "thresh2": (0.5, 0.5, 0.5, 0.5, 0.5),
+    "thresh": (1.0, 1.0, 1.85, 2.7, 2.7),
+    "thresh2": (1.2, 1.2, 0.85, 0.5, 0.5),
+}
+# nl_means' defaults per noise level (NLB_SIGMAS), tuned the same way (--method nlm):
+# larger patches and more neighbours pay off from sigma 30 on.
+NLM_TABLE: dict[str, tuple[float, ...]] = {
+    "ps": (5, 5, 7, 7, 7),
+    "k": (16, 24, 32, 32, 32),
 }
 
 

@@ -207,3 +207,14 @@ def test_nl_bayes_gray_and_opponent_switch(sample):
     assert psnr(clean.mean(-1), gray, data_range=1) > psnr(clean.mean(-1), small.mean(-1), data_range=1) + 4
     rgb = nl_bayes(small, 20 / 255, opponent=False, **kw)
     assert psnr(clean, np.clip(rgb, 0, 1), data_range=1) > psnr(clean, small, data_range=1) + 4
+
+
+def test_nl_means_defaults_follow_sigma(sample):
+    from napari_stnls.denoise import NLM_TABLE
+
+    small = sample.noisy[:3, :24, :32]
+    for s, i in ((10, 0), (50, 4)):
+        ps, k = int(NLM_TABLE["ps"][i]), int(NLM_TABLE["k"][i])
+        default = nl_means(small, s / 255, ws=7, wt=1, device="cpu")
+        np.testing.assert_array_equal(default, nl_means(small, s / 255, ws=7, wt=1, ps=ps, k=k, device="cpu"))
+    assert NLM_TABLE["ps"][0] != NLM_TABLE["ps"][4]  # so the two calls above differ in what they check
