@@ -183,6 +183,6 @@ def quality(result, clean, regions: Sequence | None = None) -> dict[str, float]:
             s = structural_similarity(a[t, y0:y1, x0:x1], b[t, y0:y1, x0:x1], data_range=1.0,
                                       channel_axis=-1, win_size=win)
             n = (y1 - y0) * (x1 - x0)
-            num += s * n
+            num += float(s) * n
             den += n
     return {"psnr": psnr, "ssim": num / den if den else float("nan")}

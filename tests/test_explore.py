@@ -207,6 +207,7 @@ def test_estimate_sigma_and_quality(vid):
     u8 = (np.clip(vid.clean, 0, 1) * 255).round().astype(np.uint8)
     q = quality(u8, vid.clean)
     assert q["psnr"] > 45 and q["ssim"] > 0.99
+    assert type(q["psnr"]) is float and type(q["ssim"]) is float
     assert quality(vid.clean, vid.clean)["psnr"] == float("inf")
     with pytest.raises(ValueError, match="clean: shape"):
         quality(vid.clean, vid.clean[:2])
