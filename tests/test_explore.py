@@ -211,3 +211,17 @@ def test_estimate_sigma_and_quality(vid):
     assert quality(vid.clean, vid.clean)["psnr"] == float("inf")
     with pytest.raises(ValueError, match="clean: shape"):
         quality(vid.clean, vid.clean[:2])
+
+
+def test_search_regions_on_a_lazy_video_reads_only_the_frames_needed(vid):
+    da = pytest.importorskip("dask.array")
+    u8 = np.clip(np.rint(vid.clean * 255), 0, 255).astype(np.uint8)
+    lazy = da.from_array(u8, chunks=(1, 32, 40, 3))
+    read = []
+    lazy = lazy.map_blocks(lambda b, block_info=None: read.append(block_info[0]["chunk-location"][0]) or b,
+                           dtype=np.uint8)
+    p = SearchParams(ps=3, ws=5, wt=1, k=4, stride0=2, device="cpu")
+    (a,) = search_regions(lazy, [(4, 5, 0, 16, 0, 16)], p)
+    (b,) = search_regions(u8, [(4, 5, 0, 16, 0, 16)], p)
+    np.testing.assert_array_equal(a.dists, b.dists)
+    assert sorted(set(read)) == [3, 4, 5]  # frame 4 and its window, not the whole video
