@@ -136,22 +136,32 @@ def _window_start(t: int, T: int, wt: int) -> int:
     return min(max(t - wt, 0), T - nt)
 
 
-def _read_frames(t0: int, t1: int, T: int, wt: int) -> tuple[int, int]:
-    """Frames the search windows of queries in frames ``[t0, t1)`` cover."""
-    nt = min(T, 2 * wt + 1)
-    return _window_start(t0, T, wt), _window_start(t1 - 1, T, wt) + nt
+def _touched(t: int, T: int, wt: int, pt: int) -> tuple[int, int]:
+    """Frames ``[lo, hi)`` a query in frame ``t`` reads, and a group of its writes:
+    its window, ``pt - 1`` frames more for the patches' depth, mirrored past the end."""
+    if T == 1:
+        return 0, 1
+    s0, nt, period = _window_start(t, T, wt), min(T, 2 * wt + 1), 2 * (T - 1)
+    frames = [f % period for f in range(s0, s0 + nt + pt - 1)]
+    frames = [period - f if f > T - 1 else f for f in frames]
+    return min(frames), max(frames) + 1
 
 
-def _contrib_frames(t0: int, t1: int, T: int, wt: int) -> tuple[int, int]:
-    """Frames whose search windows meet ``[t0, t1)``."""
-    nt = min(T, 2 * wt + 1)
-    ts = [t for t in range(T) if _window_start(t, T, wt) <= t1 - 1 and _window_start(t, T, wt) + nt > t0]
+def _read_frames(t0: int, t1: int, T: int, wt: int, pt: int = 1) -> tuple[int, int]:
+    """Frames that queries in frames ``[t0, t1)`` read."""
+    spans = [_touched(t, T, wt, pt) for t in range(t0, t1)]
+    return min(a for a, _ in spans), max(b for _, b in spans)
+
+
+def _contrib_frames(t0: int, t1: int, T: int, wt: int, pt: int = 1) -> tuple[int, int]:
+    """Frames whose queries' groups can write into frames ``[t0, t1)``."""
+    ts = [t for t in range(T) if _touched(t, T, wt, pt)[0] < t1 and _touched(t, T, wt, pt)[1] > t0]
     return ts[0], ts[-1] + 1
 
 
 @dataclass(frozen=True)
 class _Spec:
-    """What the halo of a method depends on."""
+    """What the halo of a method depends on (``ps2``: NL-Bayes' step-2 patch side)."""
 
     kind: str  # "nlm", "nlb" or "fn"
     ps: int
@@ -159,6 +169,8 @@ class _Spec:
     wt: int
     stride0: int = 1
     dilation: int = 1
+    ps2: int | None = None
+    pt: int = 1
 
 
 def tile_crop(spec: _Spec, tile: Region, shape: tuple[int, int, int], d: tuple[int, int]) -> Region:
@@ -182,13 +194,16 @@ def tile_crop(spec: _Spec, tile: Region, shape: tuple[int, int, int], d: tuple[i
     """
     T, H, W = shape
     r, pr = spec.ws // 2, spec.dilation * (spec.ps // 2)
+    pr2 = spec.dilation * ((spec.ps2 or spec.ps) // 2)
     spans = []
     for (a0, a1), n, dd in (((tile.y0, tile.y1), H, d[0]), ((tile.x0, tile.x1), W, d[1])):
         if spec.kind == "nlb":
-            b2 = read_span(*contrib_span(a0, a1, n, r, pr, dd), n, r, pr, dd)
-            lo, hi = read_span(*contrib_span(*b2, n, r, pr, dd), n, r, pr, dd)
-            # references at the crop's edges (clamped differently there) must not reach b2
-            lo, hi = max(0, min(lo, b2[0] - 2 * r - pr - 4)), min(n, max(hi, b2[1] + 2 * r + pr + 4))
+            b2 = read_span(*contrib_span(a0, a1, n, r, pr2, dd), n, r, pr2, dd)  # step 2 reads the basic here
+            lo, hi = read_span(*contrib_span(*b2, n, r, pr, dd), n, r, pr, dd)  # step 1 for it reads this
+            # references at the crop's edges (clamped differently there) must reach neither b2 in
+            # step 1 nor the tile in step 2
+            m1, m2 = 2 * r + pr + 4, 2 * r + pr2 + 4
+            lo, hi = max(0, min(lo, b2[0] - m1, a0 - m2)), min(n, max(hi, b2[1] + m1, a1 + m2))
             align = math.lcm(2, spec.stride0)
             lo -= lo % align
         else:
@@ -196,13 +211,14 @@ def tile_crop(spec: _Spec, tile: Region, shape: tuple[int, int, int], d: tuple[i
             lo, hi = read_span(q0, q1, n, r, pr, dd)
             lo -= lo % 2  # round-half-to-even of itype="int" is not shift-invariant for odd shifts
         spans.append((lo, hi))
+    wt, pt = spec.wt, spec.pt
     if spec.kind == "nlb":
-        nt = min(T, 2 * spec.wt + 1)
-        b2 = _read_frames(*_contrib_frames(tile.t0, tile.t1, T, spec.wt), T, spec.wt)
-        t0, t1 = _read_frames(*_contrib_frames(*b2, T, spec.wt), T, spec.wt)
-        t0, t1 = max(0, min(t0, b2[0] - nt)), min(T, max(t1, b2[1] + nt))
+        b2 = _read_frames(*_contrib_frames(tile.t0, tile.t1, T, wt, pt), T, wt, pt)
+        t0, t1 = _read_frames(*_contrib_frames(*b2, T, wt, pt), T, wt, pt)
+        m = min(T, 2 * wt + 1) + pt
+        t0, t1 = max(0, min(t0, b2[0] - m)), min(T, max(t1, b2[1] + m))
     else:
-        t0, t1 = _read_frames(tile.t0, tile.t1, T, spec.wt)
+        t0, t1 = _read_frames(tile.t0, tile.t1, T, wt, pt)
     return Region(t0, t1, *spans[0], *spans[1])
 
 
@@ -494,11 +510,16 @@ class SearchFunction:
 
 
 _METHOD_NAMES = {"nlm": "nlm", "nl_means": "nlm", "nlb": "nlb", "nl_bayes": "nlb"}
-_DEFAULTS = {"nlm": dict(ps=5, ws=11, wt=2, k=16, h=0.5), "nlb": dict(ps=5, ws=11, wt=2, k=96, stride0=2)}
+_NLM_DEFAULTS = dict(ps=5, ws=11, wt=2, k=16, h=0.5)
+_NLB_KEYS = ("ps", "ps2", "pt", "ws", "wt", "k", "k2", "stride0", "thresh", "thresh2", "opponent")
 
 
-def _method(method, params: dict):
-    """(kind, spec, params) of a method name or a SearchFunction."""
+def _method(method, params: dict, channels: int):
+    """(kind, spec, params) of a method name or a SearchFunction.
+
+    For NL-Bayes, ``params`` keeps only what was given (``nl_bayes`` picks the rest for
+    ``sigma`` the same way on every crop), and the spec holds the resolved values.
+    """
     if isinstance(method, SearchFunction):
         if params:
             raise TypeError(f"unexpected keyword arguments with a SearchFunction: {sorted(params)}")
@@ -510,22 +531,31 @@ def _method(method, params: dict):
     kind = _METHOD_NAMES[method]
     if "sigma" not in params:
         raise TypeError(f"{method}: missing the keyword argument sigma (noise level on the [0, 1] scale)")
-    unknown = set(params) - set(_DEFAULTS[kind]) - {"sigma"}
+    keys = set(_NLM_DEFAULTS) if kind == "nlm" else set(_NLB_KEYS)
+    unknown = set(params) - keys - {"sigma"}
     if unknown:
         raise TypeError(f"{method}: unexpected keyword arguments {sorted(unknown)}")
-    p = {**_DEFAULTS[kind], **params}
-    for name in ("ps", "ws", "k") + (("stride0",) if kind == "nlb" else ()):
-        v = p[name]
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    if p["ws"] % 2 == 0:
-        raise ValueError(f"ws: expected an odd window side, got {p['ws']}")
-    if isinstance(p["wt"], bool) or not isinstance(p["wt"], int) or p["wt"] < 0:
-        raise ValueError(f"wt: expected an int >= 0, got {p['wt']!r}")
-    sigma = p["sigma"]
+    sigma = params["sigma"]
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
         raise ValueError(f"sigma: expected a positive number on the [0, 1] scale, got {sigma!r}")
-    return kind, _Spec(kind, p["ps"], p["ws"], p["wt"], p.get("stride0", 1)), p
+    ints = ("ps", "ws", "wt", "k") if kind == "nlm" else ("ps", "ps2", "pt", "ws", "wt", "k", "k2", "stride0")
+    for name in ints:
+        v = params.get(name)
+        low = 0 if name == "wt" and kind == "nlm" else 1
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+    if kind == "nlm":
+        p = {**_NLM_DEFAULTS, **params}
+        spec = _Spec(kind, p["ps"], p["ws"], p["wt"])
+    else:
+        from .denoise import nl_bayes_params
+
+        p = dict(params)
+        q = nl_bayes_params(sigma, channels) | {k: v for k, v in params.items() if v is not None}
+        spec = _Spec(kind, q["ps"], q["ws"], q["wt"], q["stride0"], ps2=q["ps2"], pt=q["pt"])
+    if spec.ws % 2 == 0:
+        raise ValueError(f"ws: expected an odd window side, got {spec.ws}")
+    return kind, spec, p
 
 
 def _compute_tile(kind, method, p, crop: Region, tile: Region, v: np.ndarray, flows, device,
@@ -541,7 +571,7 @@ def _compute_tile(kind, method, p, crop: Region, tile: Region, v: np.ndarray, fl
         out = nl_means(v, p["sigma"], flows=flows, region=local, device=device, should_stop=should_stop, **kw)
         return out[sl]
     if kind == "nlb":
-        kw = {k: p[k] for k in ("ps", "ws", "wt", "k", "stride0")}
+        kw = {k: p[k] for k in _NLB_KEYS if k in p}
         out = nl_bayes(v, p["sigma"], flows=flows, device=device, should_stop=should_stop, **kw)
         return out[sl]
     return _compute_fn(method, crop, tile, local, v, flows, device, should_stop)
@@ -763,7 +793,8 @@ class _Plan:
             fn_name = getattr(m.fn, "__qualname__", type(m.fn).__name__)
             p = {k: v for k, v in asdict(m).items() if k not in ("fn", "batch_queries")} | {"fn": fn_name}
         flow_desc = flows.method or ("arrays" if flows.readers is not None else None)
-        fp = dict(kind=self.kind, params=p, shape=list(video.reader.shape), dtype=str(video.dtype),
+        fp = dict(kind=self.kind, params=p, halo=asdict(self.spec), shape=list(video.reader.shape),
+                  dtype=str(video.dtype),
                   tile=list(self.tile), flows=flow_desc, flow_bound=list(flows.bound),
                   out_dtype=str(np.dtype(out_dtype)))
         fp["hash"] = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -771,8 +802,8 @@ class _Plan:
 
 
 def _plan(video: _Video, method, params, tile, flows: _Flows) -> _Plan:
-    kind, spec, p = _method(method, params)
     T, H, W, C = video.shape
+    kind, spec, p = _method(method, params, C)
     _check_window(spec, (T, H, W))
     tile = _tile_arg(tile, (T, H, W))
     if kind == "fn" and (tile[1] % spec.stride0 and tile[1] != H or tile[2] % spec.stride0 and tile[2] != W):

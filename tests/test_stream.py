@@ -106,14 +106,29 @@ def test_nl_means_tiled_rgb_zarr_without_flows(tmp_path):
 def test_nl_bayes_tiled_equals_whole_video_with_flows(tmp_path):
     v = _video(T=3, H=64, W=64)
     ff, bf = (np.clip(f, -1, 1) for f in _flows(3, 64, 64, dx=0.5, dy=-0.5, noise=0.2))
-    kw = dict(sigma=0.1, ps=3, ws=5, wt=1, k=10, stride0=2)
+    kw = dict(sigma=0.1, ps=3, ps2=5, pt=1, ws=5, wt=1, k=10, k2=26, stride0=2)
     ref = nl_bayes(v, flows=_torch_flows(ff, bf), device="cpu", **kw)
     tiles = stream.plan_tiles((3, 64, 64), (3, 32, 32))
-    crops = [stream.tile_crop(stream._Spec("nlb", 3, 5, 1, 2), t, (3, 64, 64), (3, 3)) for t in tiles]
+    spec = stream._Spec("nlb", 3, 5, 1, 2, ps2=5)
+    crops = [stream.tile_crop(spec, t, (3, 64, 64), (3, 3)) for t in tiles]
     assert crops[0].y1 < 64 and crops[-1].y0 > 0  # the halo does not cover the whole frame
     out = stream.process(v, tmp_path / "o.zarr", "nl_bayes", tile=(3, 32, 32), flows=(ff, bf), max_flow=1.0,
                          device="cpu", **kw)
     np.testing.assert_allclose(out[:], ref, atol=1e-5)
+
+
+def test_nl_bayes_tiled_in_time_with_patch_depth(tmp_path):
+    """Crops strictly inside the video in time; patches two frames deep (pt=2), the default
+    parameters of nl_bayes for everything not given."""
+    v = _video(T=12, H=12, W=12)
+    kw = dict(sigma=0.1, ps=3, ps2=3, pt=2, ws=5, wt=1, k=19, k2=19)
+    ref = nl_bayes(v, device="cpu", **kw)
+    tiles = stream.plan_tiles((12, 12, 12), (2, 12, 12))
+    spec = stream._Spec("nlb", 3, 5, 1, 2, ps2=3, pt=2)
+    assert any(0 < stream.tile_crop(spec, t, (12, 12, 12), (0, 0)).t0 for t in tiles)
+    assert any(stream.tile_crop(spec, t, (12, 12, 12), (0, 0)).t1 < 12 for t in tiles)
+    out = stream.process(v, tmp_path / "o.npy", "nl_bayes", tile=(2, 12, 12), device="cpu", **kw)
+    np.testing.assert_allclose(np.load(out), ref, atol=1e-5)
 
 
 def test_search_function_tiled_equals_whole_video(tmp_path):
@@ -310,7 +325,7 @@ def test_search_function_checks_its_output(tmp_path):
 
 
 def test_tile_crop_is_the_whole_video_for_one_tile():
-    spec = stream._Spec("nlb", 5, 11, 2, 2)
+    spec = stream._Spec("nlb", 5, 11, 2, 2, ps2=5, pt=2)
     whole = Region(0, 8, 0, 64, 0, 64)
     assert stream.tile_crop(spec, whole, (8, 64, 64), (3, 3)) == whole
 
