@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["napari_get_reader", "read_layers", "open_video", "SUFFIXES", "LAZY_BYTES"]
+__all__ = ["napari_get_reader", "read_layers", "open_video", "SUFFIXES", "LAZY_BYTES", "AXIS_LABELS"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".gif")
 SUFFIXES = (".npy", ".tif", ".tiff") + VIDEO_SUFFIXES
 LAZY_BYTES = 512 * 2**20  # decoded size above which files open lazily
 CHUNK_FRAMES = 8
+AXIS_LABELS = ("t", "y", "x")  # a video layer's axes (the channel axis of RGB is not one);
+# without them napari names the slider's axis "-3", which reads like a frame number
 
 
 def napari_get_reader(path):
@@ -40,6 +42,8 @@ def read_layers(path) -> list[tuple]:
     data = open_video(path)
     rgb = data.ndim == 4 and data.shape[-1] in (3, 4)
     kwargs = {"name": Path(path).stem, "rgb": rgb, "metadata": {"stnls_source": str(path)}}
+    if data.ndim == 3 or rgb:
+        kwargs["axis_labels"] = AXIS_LABELS
     if np.issubdtype(data.dtype, np.floating):
         kwargs["contrast_limits"] = (0.0, 1.0)
     return [(data, kwargs, "image")]

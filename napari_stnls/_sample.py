@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ._reader import AXIS_LABELS, _AVIndex
 from .explore import flow_vectors
 
-__all__ = ["astronaut", "carphone", "bikes", "clip_path", "FLOWS_KEY", "SIGMA_KEY"]
+__all__ = ["astronaut", "carphone", "bikes", "clip_path", "FLOWS_KEY", "SIGMA_KEY", "AXIS_LABELS"]
 
 FLOWS_KEY = "stnls_flows"  # layer metadata: {"fflow": (T, 2, H, W), "bflow": ..., "method": str}
 SIGMA_KEY = "stnls_sigma"
@@ -31,12 +32,13 @@ def astronaut(n_frames: int = 8, size: tuple[int, int] = (128, 160)) -> list[tup
     vid = sample_video(n_frames=n_frames, size=size, sigma=SIGMA)
     flows = {"fflow": vid.fflow, "bflow": vid.bflow, "method": "true"}
     return [
-        (vid.clean, {"name": "clean", "rgb": True, "contrast_limits": (0.0, 1.0), "visible": False}, "image"),
-        (vid.noisy, {"name": "noisy", "rgb": True, "contrast_limits": (0.0, 1.0),
+        (vid.clean, {"name": "clean", "rgb": True, "axis_labels": AXIS_LABELS, "contrast_limits": (0.0, 1.0),
+                     "visible": False}, "image"),
+        (vid.noisy, {"name": "noisy", "rgb": True, "axis_labels": AXIS_LABELS, "contrast_limits": (0.0, 1.0),
                      "metadata": {FLOWS_KEY: flows, SIGMA_KEY: vid.sigma}}, "image"),
         (flow_vectors(vid.fflow, step=8, scale=3.0),
-         {"name": "true flow (x3)", "edge_color": "yellow", "edge_width": 0.5, "vector_style": "arrow",
-          "visible": False}, "vectors"),
+         {"name": "true flow (x3)", "axis_labels": AXIS_LABELS, "edge_color": "yellow", "edge_width": 0.5,
+          "vector_style": "arrow", "visible": False}, "vectors"),
     ]
 
 
@@ -54,8 +56,6 @@ def clip_path(name: str) -> Path:
 def _clip(file: str, label: str, n_frames: int, crop=None, seed: int = 0) -> list[tuple]:
     if importlib.util.find_spec("av") is None:
         raise ValueError(f"sample {label!r} needs PyAV to decode it: pip install av")
-    from ._reader import _AVIndex
-
     path = clip_path(file)
     index = _AVIndex(path)
     clean = index.read(path, 0, min(n_frames, len(index.pts))).astype(np.float32) / 255
@@ -63,11 +63,10 @@ def _clip(file: str, label: str, n_frames: int, crop=None, seed: int = 0) -> lis
         clean = clean[:, crop[0]:crop[1], crop[2]:crop[3]]
     clean = np.ascontiguousarray(clean)
     noisy = clean + np.random.default_rng(seed).normal(0, SIGMA, clean.shape).astype(np.float32)
+    video = {"rgb": True, "axis_labels": AXIS_LABELS, "contrast_limits": (0.0, 1.0)}
     return [
-        (clean, {"name": f"{label} clean", "rgb": True, "contrast_limits": (0.0, 1.0), "visible": False},
-         "image"),
-        (noisy, {"name": f"{label} noisy", "rgb": True, "contrast_limits": (0.0, 1.0),
-                 "metadata": {SIGMA_KEY: SIGMA}}, "image"),
+        (clean, {"name": f"{label} clean", **video, "visible": False}, "image"),
+        (noisy, {"name": f"{label} noisy", **video, "metadata": {SIGMA_KEY: SIGMA}}, "image"),
     ]
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "Neighbours",
     "as_float_video",
     "search_regions",
+    "merge_results",
     "neighbours_at",
     "gather_patches",
     "mosaic",
@@ -343,8 +344,32 @@ class Neighbours:
     result: RegionResult
 
 
+def merge_results(old: Sequence[RegionResult] | None, new: Sequence[RegionResult]) -> list[RegionResult]:
+    """The results of a new search added to those of earlier ones, one per region.
+
+    A region searched again has its old result replaced; the results of the other regions
+    are kept. The new results come last: where regions overlap, the later result is the one
+    :func:`neighbours_at` and :func:`distance_map` use.
+
+    Examples
+    --------
+    >>> from napari_stnls.data import sample_video
+    >>> vid = sample_video(n_frames=3, size=(24, 32))
+    >>> p = SearchParams(ps=3, ws=5, wt=1, k=4, stride0=2, device="cpu")
+    >>> a, b = (1, 2, 4, 12, 8, 16), (0, 1, 0, 8, 0, 8)
+    >>> first = search_regions(vid.noisy, [a, b], p)
+    >>> again = search_regions(vid.noisy, [a], p)
+    >>> merged = merge_results(first, again)
+    >>> [tuple(r.region) for r in merged], merged[0] is first[1], merged[1] is again[0]
+    ([(0, 1, 0, 8, 0, 8), (1, 2, 4, 12, 8, 16)], True, True)
+    """
+    replaced = {tuple(r.region) for r in new}
+    return [r for r in (old or ()) if tuple(r.region) not in replaced] + list(new)
+
+
 def neighbours_at(results: Sequence[RegionResult], t: float, y: float, x: float) -> Neighbours:
-    """The matches of the query nearest to pixel (t, y, x), from the first region holding it.
+    """The matches of the query nearest to pixel (t, y, x), from the last region holding it
+    (the one :func:`distance_map` shows where regions overlap).
 
     Raises ValueError when no searched region holds the pixel.
 
@@ -358,7 +383,7 @@ def neighbours_at(results: Sequence[RegionResult], t: float, y: float, x: float)
     >>> nb.query, nb.positions.shape, nb.positions[0].tolist()  # itself first (distance 0)
     ((1, 8, 12), (4, 3), [1.0, 8.0, 12.0])
     """
-    for res in results:
+    for res in reversed(results):
         if res.contains(t, y, x):
             idx = res.query_index(t, y, x)
             return Neighbours(res.query_position(*idx), res.inds[idx].copy(), res.dists[idx].copy(), res)
@@ -437,7 +462,8 @@ def distance_map(results: Sequence[RegionResult], shape: Sequence[int], stat: st
                  kth: int | None = None) -> np.ndarray:
     """A per-pixel map of the regions' search results, zero outside them.
 
-    Each query's value fills the ``stride0 x stride0`` block of pixels it stands for.
+    Each query's value fills the ``stride0 x stride0`` block of pixels it stands for; where
+    regions overlap, the later result is shown.
 
     Parameters
     ----------

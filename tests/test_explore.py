@@ -15,6 +15,7 @@ from napari_stnls.explore import (
     distance_map,
     flow_vectors,
     gather_patches,
+    merge_results,
     mosaic,
     neighbours_at,
     search_regions,
@@ -155,6 +156,26 @@ def test_distance_map(vid):
         distance_map(res, vid.noisy.shape, "kth", kth=9)
     with pytest.raises(ValueError, match="stat"):
         distance_map(res, vid.noisy.shape, "max")
+
+
+def test_merge_results_per_region_later_wins(vid):
+    a, b = Region(1, 2, 4, 12, 8, 16), Region(3, 4, 0, 8, 0, 8)
+    first = search_regions(vid.noisy, [a, b], P)
+    k2 = SearchParams(ps=3, ws=5, wt=1, k=2, stride0=2, device="cpu")
+    again = search_regions(vid.noisy, [a], k2)
+    merged = merge_results(first, again)  # a replaced, b kept
+    assert [r.region for r in merged] == [b, a] and merged[0] is first[1] and merged[1] is again[0]
+    assert merge_results(None, again) == again and merge_results(merged, []) == merged
+    m = distance_map(merged, vid.noisy.shape)
+    assert m[1, 4, 8] == again[0].dists[0, 0, 0, -1] and m[3, 0, 0] == first[1].dists[0, 0, 0, -1]
+    # overlapping regions: the later result is the one shown, in the map and by neighbours_at
+    c = Region(1, 2, 8, 16, 12, 20)  # overlaps a on rows 8..11, columns 12..15
+    merged = merge_results(merged, search_regions(vid.noisy, [c], P))
+    assert [r.region for r in merged] == [b, a, c]
+    nb = neighbours_at(merged, 1, 8, 12)
+    assert nb.result is merged[-1] and len(nb.dists) == 4
+    assert distance_map(merged, vid.noisy.shape)[1, 8, 12] == merged[-1].dists[0, 0, 0, -1]
+    assert neighbours_at(merged, 1, 4, 8).result is merged[1]  # only in a
 
 
 def test_flow_vectors_and_flows(vid):

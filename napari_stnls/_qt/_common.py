@@ -13,11 +13,12 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 from .._progress import Cancelled
+from .._reader import AXIS_LABELS
 from .._sample import FLOWS_KEY
 from ..regions import Region, region_from_rectangle, validate_regions
 
 DISPLAY_ONLY = "stnls_display_only"  # layer metadata: drawn by a widget for display, not input
-RESULTS_KEY = "stnls_search"  # video layer metadata: list of RegionResult of the last search
+RESULTS_KEY = "stnls_search"  # video layer metadata: list of RegionResult, one per region searched
 WHOLE_VIDEO = "(whole video)"
 NONE = "(none)"
 
@@ -255,7 +256,11 @@ class Runner(QObject):
 
 
 def set_layer(viewer, name: str, data, kind: str, **kwargs):
-    """Replace the data of layer ``name`` (of that kind), or add it; returns the layer."""
+    """Replace the data of layer ``name`` (of that kind), or add it; returns the layer.
+
+    Every layer the widgets draw is (t, y, x), and is labelled so (``AXIS_LABELS``).
+    """
+    kwargs.setdefault("axis_labels", AXIS_LABELS)
     if name in viewer.layers and viewer.layers[name]._type_string == kind:
         viewer.layers.remove(name)
     return getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)

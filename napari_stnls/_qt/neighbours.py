@@ -30,8 +30,29 @@ def to_pixmap(img: np.ndarray) -> QPixmap:
     return QPixmap.fromImage(QImage(img.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy())
 
 
+PROJECTION = "neighbours (query frame)"
+EARLIER, SAME, LATER = (0.25, 0.6, 1.0), (1.0, 1.0, 1.0), (1.0, 0.45, 0.15)
+
+
+def offset_colours(offsets) -> np.ndarray:
+    """RGBA (K, 4) for frame offsets: blue before the query's frame, white on it, orange after,
+    stronger the further away (never so pale that a light frame hides it)."""
+    dt = np.asarray(offsets, np.float32)
+    a = np.where(dt == 0, 0.0, 0.5 + 0.5 * np.abs(dt) / max(1.0, float(np.abs(dt).max())))
+    end = np.where((dt < 0)[:, None], EARLIER, LATER)
+    rgb = (1 - a[:, None]) * np.asarray(SAME) + a[:, None] * end
+    return np.concatenate([rgb, np.ones((len(dt), 1))], 1).astype(np.float32)
+
+
+def offset_labels(offsets) -> list[str]:
+    """``"t"``, ``"t+1"``, ``"t-2"``: a match's frame relative to the query's."""
+    return ["t" if d == 0 else f"t{d:+d}" for d in (int(round(float(v))) for v in offsets)]
+
+
 class NeighboursWidget(QWidget):
-    """Pick a query pixel (click with 'pick' on, or type t, y, x) to show its neighbours."""
+    """Pick a query pixel (click with 'pick' on, or type t, y, x) to show its neighbours: on their
+    own frames (``neighbours``), all together on the query's frame (``neighbours (query frame)``),
+    as arrows from the query and as a gallery of patches."""
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -145,11 +166,25 @@ class NeighboursWidget(QWidget):
         vec = np.stack([np.broadcast_to(q, nb.positions.shape), nb.positions - q], 1)
         set_layer(self.viewer, "neighbour vectors", vec, "vectors", edge_color="orange", edge_width=0.4,
                   vector_style="arrow")
+        # all K matches drawn on the query's frame too (rings at their (y, x), labelled and coloured
+        # by their frame offset), so they are seen without stepping through the frames
+        offsets = nb.positions[:, 0] - q[0]
+        on_query_frame = nb.positions.copy()
+        on_query_frame[:, 0] = q[0]
+        colours = offset_colours(offsets)
+        hexes = ["#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3]) for rgba in colours]
+        set_layer(self.viewer, PROJECTION, on_query_frame, "points",
+                  features={"frame": nb.positions[:, 0].astype(int), "offset": offsets.astype(int),
+                            "label": offset_labels(offsets), "rank": rank + 1, "colour": hexes},
+                  symbol="ring", size=2.5, face_color=colours, border_width=0,
+                  text={"string": "{label}", "size": 10, "color": {"feature": "colour"}, "anchor": "center",
+                        "translation": [0, -1.5, 1.5]})
         self.viewer.layers.selection.active = layer
         patches = gather_patches(layer.data, nb.positions, nb.result.params.ps)
         self._fill_gallery(patches, nb)
         self.status.info(f"query (t={nb.query[0]}, y={nb.query[1]}, x={nb.query[2]}): {K} matches in "
-                         f"frames {sorted({int(v) for v in nb.positions[:, 0]})}")
+                         f"frames {sorted({int(v) for v in nb.positions[:, 0]})}, all drawn on frame "
+                         f"{nb.query[0]} as rings labelled by frame (blue before, orange after)")
 
     def _fill_gallery(self, patches, nb) -> None:
         while self.gallery_grid.count():

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._reader import AXIS_LABELS
 from ..regions import load_regions, rectangle_from_region, save_regions, validate_regions
 from ._common import DISPLAY_ONLY, LayerCombo, Status, is_regions_layer, is_video, regions_of, video_shape
 
@@ -96,7 +97,8 @@ class RegionsWidget(QWidget):
         layer = self.shapes.layer()
         if layer is None and create:
             layer = self.viewer.add_shapes(
-                ndim=3, name=LAYER_NAME, edge_color="#ffcc00", face_color="transparent", edge_width=1.5,
+                ndim=3, name=LAYER_NAME, axis_labels=AXIS_LABELS, edge_color="#ffcc00",
+                face_color="transparent", edge_width=1.5,
                 features=pd.DataFrame({"t0": pd.Series(dtype=int), "t1": pd.Series(dtype=int)}),
             )
             layer.feature_defaults = {"t0": -1, "t1": -1}
@@ -183,9 +185,9 @@ class RegionsWidget(QWidget):
                 shown.add_rectangles(rects)
         elif rects:
             active = self.viewer.layers.selection.active
-            self.viewer.add_shapes(rects, shape_type="rectangle", ndim=3, name=name, edge_color="#ffcc00",
-                                   face_color="transparent", edge_width=1.0, opacity=0.45,
-                                   metadata={DISPLAY_ONLY: True})
+            self.viewer.add_shapes(rects, shape_type="rectangle", ndim=3, name=name, axis_labels=AXIS_LABELS,
+                                   edge_color="#ffcc00", face_color="transparent", edge_width=1.0,
+                                   opacity=0.45, metadata={DISPLAY_ONLY: True})
             if active is not None:  # keep drawing on the regions layer
                 self.viewer.layers.selection.active = active
 

@@ -14,7 +14,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..explore import SearchParams, distance_map, search_regions
+from ..explore import SearchParams, distance_map, merge_results, search_regions
 from ._common import (
     RESULTS_KEY,
     WHOLE_VIDEO,
@@ -43,7 +43,8 @@ def _spin(lo: int, hi: int, value: int, step: int = 1, tip: str = "") -> QSpinBo
 
 class SearchWidget(QWidget):
     """Run search on a video's regions in a worker thread; results are kept per region in the video
-    layer's metadata and shown as a map of the distance to the k-th neighbour."""
+    layer's metadata (a region searched again is replaced, the others are kept) and shown as a map
+    of the distance to the k-th neighbour."""
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -121,12 +122,13 @@ class SearchWidget(QWidget):
         flow_name = (layer.metadata.get("stnls_flows") or {}).get("method", "flow")
 
         def fn(progress, should_stop):
-            res = search_regions(data, regs, params, flows=flows, flow_name=flow_name,
-                                 progress=progress, should_stop=should_stop)
-            return res, distance_map(res, shape, "kth")
+            return search_regions(data, regs, params, flows=flows, flow_name=flow_name,
+                                  progress=progress, should_stop=should_stop)
 
-        def done(out):
-            results, dmap = out
+        def done(new):
+            # a region searched again replaces its results; the other regions' are kept
+            results = merge_results(layer.metadata.get(RESULTS_KEY), new)
+            dmap = distance_map(results, shape, "kth")
             layer.metadata[RESULTS_KEY] = results
             vals = np.concatenate([r.dists[..., -1].ravel() for r in results])
             lo, hi = (float(v) for v in np.percentile(vals, [2, 98]))
@@ -134,8 +136,10 @@ class SearchWidget(QWidget):
                       blending="additive", contrast_limits=(lo, hi if hi > lo else lo + 1e-6),
                       metadata={RESULTS_KEY: results, "stnls_video": layer.name})
             self.viewer.layers.selection.active = layer
-            nq = sum(r.dists.shape[0] * r.dists.shape[1] * r.dists.shape[2] for r in results)
-            self.status.info(f"{nq} queries in {len(results)} region(s), flow: {results[0].flow}; "
-                             f"map: distance to the {params.k}-th neighbour")
+            nq = sum(r.dists.shape[0] * r.dists.shape[1] * r.dists.shape[2] for r in new)
+            kept = len(results) - len(new)
+            self.status.info(f"{nq} queries in {len(new)} region(s), flow: {new[0].flow}; "
+                             "map: distance to the k-th neighbour"
+                             + (f"; kept the results of {kept} other region(s)" if kept else ""))
 
         self.runner.start(fn, done, "searching")

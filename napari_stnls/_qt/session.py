@@ -100,7 +100,7 @@ def run_steps(viewer, widgets: dict, *, region: Region = REGION, pixel=PIXEL, on
     viewer.layers["noisy search"].visible = False
     camera = getattr(viewer, "scene", viewer).camera  # napari 0.9 moved it to viewer.scene
     camera.center = tuple(float(v) for v in pixel[1:])  # zoom in on the query
-    camera.zoom = 3 * camera.zoom
+    camera.zoom = 6 * camera.zoom
     log(f"[session] neighbours: {nb.status.text()}")
     step("Neighbours")
     viewer.reset_view()
@@ -113,7 +113,7 @@ def run_steps(viewer, widgets: dict, *, region: Region = REGION, pixel=PIXEL, on
     den.clean.setCurrentText("clean")
     den.runner.run_button.click()
     wait_for(den.runner)
-    for name in ("neighbours", "neighbour vectors", "noisy search"):
+    for name in ("neighbours", "neighbour vectors", "neighbours (query frame)", "noisy search"):
         if name in viewer.layers:
             viewer.layers[name].visible = False
     log(f"[session] denoise: {den.status.text()} {den.metrics.text()}")

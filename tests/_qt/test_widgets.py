@@ -14,6 +14,7 @@ pytest.importorskip("pytestqt")
 from napari_stnls import explore  # noqa: E402
 from napari_stnls._qt import DenoiseWidget, FlowWidget, NeighboursWidget, RegionsWidget, SearchWidget  # noqa: E402
 from napari_stnls._qt._common import RESULTS_KEY  # noqa: E402
+from napari_stnls._qt.neighbours import PROJECTION  # noqa: E402
 from napari_stnls._sample import FLOWS_KEY, astronaut  # noqa: E402
 from napari_stnls.explore import SearchParams, search_regions  # noqa: E402
 from napari_stnls.regions import Region  # noqa: E402
@@ -66,6 +67,7 @@ def test_plugin_widgets_and_sample_registered(make_napari_viewer):
     v.open_sample("napari-stnls", "astronaut")
     assert {"clean", "noisy", "true flow (x3)"} <= set(layer_names(v))
     assert FLOWS_KEY in v.layers["noisy"].metadata
+    assert v.dims.axis_labels == ("t", "y", "x")  # not napari's default "-3", read as a frame number
     kinds = {"Regions": RegionsWidget, "Optical flow": FlowWidget, "Patch search": SearchWidget,
              "Neighbours": NeighboursWidget, "Denoise": DenoiseWidget}
     for name, cls in kinds.items():
@@ -144,6 +146,19 @@ def test_search_with_flow_keeps_results_per_region(viewer, qtbot):
     assert dmap[2, 8, 10] == results[0].dists[1, 0, 0, -1] and dmap[0].max() == 0
     assert w.status.kind == "info" and "queries in 2 region(s)" in w.status.text()
     assert w.runner.run_button.isEnabled() and not w.runner.cancel_button.isEnabled()
+    # a second run on REGION alone (other settings) replaces REGION's results and keeps the other's
+    other = results[1]
+    viewer.layers["regions"].data = viewer.layers["regions"].data[:1]
+    w.k.setValue(4)
+    w.runner.run_button.click()
+    wait_done(qtbot, w)
+    merged = viewer.layers["noisy"].metadata[RESULTS_KEY]
+    assert [r.region for r in merged] == [Region(4, 5, 0, 6, 0, 8), REGION]
+    assert merged[0] is other and merged[1].dists.shape[-1] == 4
+    assert viewer.layers["noisy search"].metadata[RESULTS_KEY] is merged
+    dmap = viewer.layers["noisy search"].data
+    assert dmap[2, 8, 10] == merged[1].dists[1, 0, 0, -1] and dmap[4, 0, 0] == other.dists[0, 0, 0, -1]
+    assert "kept the results of 1 other region(s)" in w.status.text()
 
 
 def test_search_cancel_leaves_no_layer(viewer, qtbot, monkeypatch):
@@ -258,6 +273,7 @@ def test_reader_through_napari(make_napari_viewer, tmp_path):
     clip, gray = viewer.layers["clip"], viewer.layers["gray"]
     assert clip.rgb and clip.data.shape == (6, 16, 20, 3) and clip.data.dtype == np.uint8
     assert not gray.rgb and gray.data.shape == (6, 16, 20)
+    assert clip.axis_labels == gray.axis_labels == ("t", "y", "x")
     np.testing.assert_array_equal(np.asarray(gray.data), v[..., 0])
 
 
@@ -285,6 +301,27 @@ def test_neighbours_click_gallery_and_map(viewer, qtbot):
     vec = viewer.layers["neighbour vectors"].data
     np.testing.assert_allclose(vec[:, 0], np.broadcast_to([2, 16, 22], (6, 3)))
     np.testing.assert_allclose(vec[:, 0] + vec[:, 1], res.inds[it, iy, ix])
+    # all K matches also on the query's frame, labelled and coloured by their frame offset
+    proj = viewer.layers[PROJECTION]
+    matches = res.inds[it, iy, ix]
+    np.testing.assert_array_equal(proj.data[:, 0], np.full(6, 2.0))
+    np.testing.assert_array_equal(proj.data[:, 1:], matches[:, 1:])
+    offsets = (matches[:, 0] - 2).astype(int)
+    assert list(proj.features["offset"]) == list(offsets) and set(offsets) == {-1, 0, 1}
+    assert list(proj.features["label"]) == ["t" if d == 0 else f"t{d:+d}" for d in offsets]
+    assert list(proj.text.values) == list(proj.features["label"])
+    blue, orange = proj.face_color[offsets < 0], proj.face_color[offsets > 0]
+    assert (blue[:, 2] > blue[:, 0]).all() and (orange[:, 0] > orange[:, 2]).all()
+    # per frame: on the query's frame all K rings; on another frame none, and there the
+    # neighbours layer shows exactly the matches of that frame
+    for t in (1, 2, 3):
+        viewer.dims.set_current_step(0, t)
+        assert len(proj._view_data) == (6 if t == 2 else 0)
+        assert len(pts._view_data) == int((matches[:, 0] == t).sum())
+    # the time slider covers exactly the video's frames, and is named t
+    assert tuple(viewer.dims.range[0]) == (0, T - 1, 1) and viewer.dims.axis_labels[0] == "t"
+    for layer in viewer.layers:
+        assert 0 <= layer.extent.world[0, 0] <= layer.extent.world[1, 0] <= T - 1, layer.name
     caps = w.gallery_captions()
     assert len(caps) == 6 and caps[0].startswith("#1  d=0")
     # a mouse click on the canvas picks the pixel under it
