@@ -15,7 +15,8 @@ from ._progress import Cancelled, Steps
 from .explore import _check_flows, as_float_video, resolve_device
 from .regions import validate_regions
 
-__all__ = ["denoise_methods", "method_defaults", "estimate_noise_sigma", "denoise_video", "quality"]
+__all__ = ["denoise_methods", "method_defaults", "estimate_noise_sigma", "denoise_video", "denoise_lazy",
+           "LAZY_METHODS", "quality"]
 
 
 def denoise_methods() -> dict[str, Callable]:
@@ -143,6 +144,72 @@ def denoise_video(
     if should_stop is not None and should_stop():
         raise Cancelled("stopped by the caller")
     return out
+
+
+LAZY_METHODS = ("nlb", "nlm")  # the denoisers napari_stnls.stream can tile
+
+
+def denoise_lazy(video, method: str = "nlb", sigma: float = 20 / 255, *, flows=None, device: str = "auto",
+                 **params):
+    """The whole video denoised as a lazy dask array: each frame is computed when it is read.
+
+    One task per frame (:func:`napari_stnls.stream.denoise_dask` with tiles ``(1, H, W)``), so a
+    napari layer of the result computes a frame when it is displayed, and nothing before.
+    Each frame equals the same frame of :func:`denoise_video` (to float rounding): the task
+    reads only the frames and flows the frame's search windows reach.
+
+    Parameters
+    ----------
+    video : array (NumPy, memmap, zarr or dask), shape (T, H, W) or (T, H, W, C)
+        Integer data is scaled to [0, 1]; never modified, and not read until a frame is.
+    method : str
+        One of :data:`LAZY_METHODS` (``"nlb"``, ``"nlm"``).
+    sigma : float
+        Noise standard deviation on the [0, 1] scale.
+    flows : (fflow, bflow), optional
+        Each (T, 2, H, W), channel 0 = dx; their bound is read once now.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``: where the frames are computed.
+    **params
+        The denoiser's parameters (``ps``, ``ws``, ``k``, ...). Those not given take the
+        denoiser's defaults for ``sigma``, as in :func:`denoise_video`.
+
+    Returns
+    -------
+    dask.array.Array, float32, the shape of ``video``, chunked one frame per block.
+    """
+    from . import stream
+
+    if method not in LAZY_METHODS:
+        raise ValueError(f"method: the lazy mode supports {LAZY_METHODS}, got {method!r}")
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma > 0:
+        raise ValueError(f"sigma: expected a positive number on the [0, 1] scale, got {sigma!r}")
+    shape = getattr(video, "shape", None)
+    if shape is None or len(shape) not in (3, 4):
+        raise ValueError(f"video: expected an array (T, H, W) or (T, H, W, C), got shape {shape}")
+    defaults = method_defaults(method)
+    unknown = [p for p in params if p not in defaults]
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not a parameter of the {method!r} denoiser")
+    fl = _check_flows(flows, shape)
+    dev = resolve_device(device)
+    params = {k: v for k, v in params.items() if v is not None}
+    if method == "nlm":  # nl_means' sigma-tuned ps and k, resolved here on the whole video
+        from .denoise import NLB_SIGMAS, NLM_TABLE
+
+        s255 = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
+        if "ps" not in params:
+            ps = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["ps"]))))
+            params["ps"] = ps + 1 - ps % 2
+        if "k" not in params:
+            k = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["k"]))))
+            ws, wt = params.get("ws", defaults["ws"]), params.get("wt", defaults["wt"])
+            params["k"] = max(1, min(k, min(int(shape[0]), 2 * wt + 1) * ws * ws))
+    try:
+        return stream.denoise_dask(video, method, tile=(1, int(shape[1]), int(shape[2])), flows=fl,
+                                   device=str(dev), sigma=float(sigma), **params)
+    except TypeError as e:
+        raise ValueError(str(e)) from e
 
 
 def quality(result, clean, regions: Sequence | None = None) -> dict[str, float]:

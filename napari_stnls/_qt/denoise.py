@@ -1,9 +1,13 @@
-"""Denoise dock widget: restore a video, whole or in its regions, into a new layer; PSNR/SSIM."""
+"""Denoise dock widget: restore a video, whole or in its regions, into a new layer; PSNR/SSIM.
+
+Lazy mode: a new layer backed by a dask array whose frames are denoised as napari displays
+them (:func:`napari_stnls.restore.denoise_lazy`), for videos too large to restore at once."""
 
 from __future__ import annotations
 
 from napari.layers import Image, Shapes
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -16,7 +20,15 @@ from qtpy.QtWidgets import (
 )
 
 from .._sample import SIGMA_KEY
-from ..restore import denoise_methods, denoise_video, estimate_noise_sigma, method_defaults, quality
+from ..restore import (
+    LAZY_METHODS,
+    denoise_lazy,
+    denoise_methods,
+    denoise_video,
+    estimate_noise_sigma,
+    method_defaults,
+    quality,
+)
 from ._common import (
     NONE,
     WHOLE_VIDEO,
@@ -65,6 +77,10 @@ class DenoiseWidget(QWidget):
             self.tunables[name] = sb
         self.clean = LayerCombo(self.viewer, kinds=(Image,), extra=(NONE,), predicate=is_video)
         self.clean.setCurrentText(NONE)
+        self.lazy = QCheckBox("lazy (compute frames on view)")
+        self.lazy.setToolTip("add a layer at once whose frames are denoised when napari shows them "
+                             f"(whole video; {', '.join(LAZY_METHODS)}); for large videos")
+        self.lazy.toggled.connect(self._lazy_changed)
         self.metrics = QLabel("")
         self.metrics.setWordWrap(True)
         self.status = Status()
@@ -86,6 +102,7 @@ class DenoiseWidget(QWidget):
             form.addRow(name, sb)
         form.addRow("device", self.device)
         form.addRow("clean reference", self.clean)
+        form.addRow("", self.lazy)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.runner.row())
@@ -101,6 +118,11 @@ class DenoiseWidget(QWidget):
         for name, sb in self.tunables.items():
             sb.setEnabled(name in defaults)
             sb.setToolTip(f"default {defaults[name]}" if name in defaults else "not used by this method")
+
+    def _lazy_changed(self, *_):
+        lazy = self.lazy.isChecked()  # the lazy layer is the whole video, and has no metrics
+        self.regions.setEnabled(not lazy)
+        self.clean.setEnabled(not lazy)
 
     def _video_changed(self, *_):
         layer = self.video.layer()
@@ -122,7 +144,11 @@ class DenoiseWidget(QWidget):
         try:
             shape = _video_shape(layer)
             regs = None
-            if self.regions.currentText() != WHOLE_VIDEO:
+            lazy = self.lazy.isChecked()
+            if lazy and self.method.currentText() not in LAZY_METHODS:
+                raise ValueError(f"lazy: supports the methods {', '.join(LAZY_METHODS)}; uncheck it for "
+                                 f"{self.method.currentText()!r}")
+            if not lazy and self.regions.currentText() != WHOLE_VIDEO:
                 regs = regions_of(self.regions.layer(), shape)
                 if not regs:
                     raise ValueError("regions: the regions layer is empty; draw a rectangle or choose "
@@ -133,7 +159,7 @@ class DenoiseWidget(QWidget):
                 if flows is None:
                     raise ValueError(f"flow: no flow computed for {layer.name!r}; run the Flow widget first "
                                      "or choose 'none'")
-            clean = self.clean.layer()
+            clean = None if lazy else self.clean.layer()
             if clean is not None and tuple(clean.data.shape) != shape:
                 raise ValueError(f"clean reference: {clean.name!r} has shape {tuple(clean.data.shape)}, "
                                  f"the video {shape}")
@@ -148,6 +174,9 @@ class DenoiseWidget(QWidget):
             self.status.error(str(e))
             return
         sigma, device, data = self.sigma.value() / 255, self.device.currentText(), layer.data
+        if lazy:
+            self._run_lazy(layer, method, sigma, flows, device, params)
+            return
         clean_data = None if clean is None else clean.data
 
         def fn(progress, should_stop):
@@ -173,3 +202,22 @@ class DenoiseWidget(QWidget):
             self.status.info(f"denoised {where} with {method} (sigma {sigma * 255:.1f})")
 
         self.runner.start(fn, done, f"denoising ({method})")
+
+    def _run_lazy(self, layer, method, sigma, flows, device, params) -> None:
+        """Add the lazily denoised layer: building the graph reads no pixel (only the flows'
+        bound), so it is quick; napari computes a frame when it displays it."""
+        data = layer.data
+
+        def fn(progress, should_stop):
+            return denoise_lazy(data, method, sigma, flows=flows, device=device, **params)
+
+        def done(lazy):
+            set_layer(self.viewer, f"{layer.name} denoised ({method}, lazy)", lazy, "image", rgb=layer.rgb,
+                      contrast_limits=(0.0, 1.0), metadata={"stnls_denoised_from": layer.name,
+                                                             "stnls_method": method, "stnls_sigma": sigma,
+                                                             "stnls_lazy": True})
+            self.metrics.setText("")
+            self.status.info(f"lazy {method} layer added (sigma {sigma * 255:.1f}): each frame is denoised "
+                             "when shown")
+
+        self.runner.start(fn, done, f"building the lazy {method} layer")

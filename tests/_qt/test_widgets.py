@@ -429,3 +429,52 @@ def test_closed_widgets_stop_following_the_viewer(viewer, qtbot):
         cb(viewer, event)
     assert len(viewer.mouse_drag_callbacks) < n_callbacks  # the deleted widget's picker is gone
     viewer.layers.remove("later")  # and again, once disconnected
+
+
+def test_denoise_lazy_layer_computes_frames_on_view(viewer, qtbot, monkeypatch):
+    from napari_stnls import stream
+
+    da = pytest.importorskip("dask.array")
+    seen = []
+    real = stream._compute_tile
+
+    def counting(kind, method, p, crop, tile, *a, **k):
+        seen.append(tile.t0)
+        return real(kind, method, p, crop, tile, *a, **k)
+
+    monkeypatch.setattr(stream, "_compute_tile", counting)
+    noisy = viewer.layers["noisy"].data.copy()
+    w = DenoiseWidget(viewer)
+    qtbot.addWidget(w)
+    w.video.setCurrentText("noisy")
+    w.method.setCurrentText("nlm")
+    w.flow.setCurrentText("computed")  # the sample's cached flow
+    w.tunables["ps"].setValue(3)
+    w.tunables["ws"].setValue(5)
+    w.tunables["k"].setValue(4)
+    w.device.setCurrentText("cpu")
+    w.lazy.setChecked(True)
+    assert not w.regions.isEnabled() and not w.clean.isEnabled()
+    viewer.dims.set_point(0, 0)
+    start = time.perf_counter()
+    w.runner.run_button.click()
+    name = "noisy denoised (nlm, lazy)"
+    qtbot.waitUntil(lambda: name in viewer.layers, timeout=10_000)
+    wait_done(qtbot, w)
+    assert time.perf_counter() - start < 10
+    layer = viewer.layers[name]
+    assert isinstance(layer.data, da.Array) and layer.data.shape == noisy.shape and layer.rgb
+    assert layer.metadata["stnls_lazy"] and "each frame is denoised when shown" in w.status.text()
+    qtbot.waitUntil(lambda: seen == [0], timeout=20_000)  # napari shows frame 0: that frame only
+    viewer.dims.set_point(0, 3)
+    qtbot.waitUntil(lambda: 3 in seen, timeout=20_000)
+    qtbot.wait(50)
+    assert sorted(seen) == [0, 3]  # one tile per frame shown, nothing else
+    viewer.dims.set_point(0, 0)
+    qtbot.wait(100)
+    assert sorted(seen) == [0, 3]  # frame 0 again: from napari's dask cache (on by default)
+    np.testing.assert_array_equal(viewer.layers["noisy"].data, noisy)  # input never modified
+    w.method.setCurrentText("skimage")
+    names = layer_names(viewer)
+    w.runner.run_button.click()
+    assert not w.runner.running and "lazy: supports" in w.status.text() and layer_names(viewer) == names
