@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._atomic import atomic_path
 from .data import sample_video
 from .ops import Region, backend_info, gather, grid_view, query_coords, scatter, search
 
@@ -69,18 +70,8 @@ def _check_out(out) -> Path:
 
 def _save_atomic(fig, path: Path, dpi: int) -> None:
     """Write the PNG to a temporary file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        umask = os.umask(0o022)  # mkstemp makes the file 0600; give it the usual mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path, ".png") as tmp, open(tmp, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
 
 
 def _bilinear(field: np.ndarray, y: float, x: float) -> np.ndarray:

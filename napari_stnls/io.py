@@ -8,10 +8,11 @@ interrupted write never leaves a partial output behind.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_path
 
 __all__ = ["read_video", "write_video", "SUFFIXES"]
 
@@ -79,9 +80,7 @@ def write_video(path, video: np.ndarray) -> Path:
         raise ValueError(f"output: folder does not exist: {folder}")
     if not os.access(folder, os.W_OK):
         raise ValueError(f"output: folder is not writable: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix) as tmp:
         if suffix == ".npy":
             np.save(tmp, np.asarray(video))
         elif suffix in VIDEO_SUFFIXES:
@@ -90,12 +89,6 @@ def write_video(path, video: np.ndarray) -> Path:
             import tifffile
 
             tifffile.imwrite(tmp, np.asarray(video))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ._atomic import atomic_path
 from .ops import Region
 
 __all__ = [
@@ -174,17 +173,9 @@ def save_regions(path, regions: Iterable, shape: Sequence[int] | None = None) ->
         "shape": None if shape is None else [int(s) for s in shape[:3]],
         "regions": [dict(zip(_FIELDS, (int(v) for v in r), strict=True)) for r in regs],
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, ".json") as tmp, open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
     return path
 
 

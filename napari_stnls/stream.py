@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._atomic import atomic_path
 from ._progress import Cancelled, Steps
 from .ops import Region, gather, search
 
@@ -620,17 +621,8 @@ def _writable(path: Path) -> bool:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, ".tmp", fsync=True) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f)
 
 
 class _Store:

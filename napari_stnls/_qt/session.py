@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .._atomic import atomic_path
 from ..regions import Region
 
 WIDGETS = ("Regions", "Optical flow", "Patch search", "Neighbours", "Denoise")
@@ -129,7 +130,6 @@ def show_only(widgets: dict, name: str) -> None:
 
 def screenshot(viewer, path) -> Path:
     """The whole window as a PNG, written atomically."""
-    import tempfile
 
     from qtpy.QtWidgets import QApplication
 
@@ -138,16 +138,8 @@ def screenshot(viewer, path) -> Path:
     for _ in range(5):
         QApplication.processEvents()
         time.sleep(0.05)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".png") as tmp:
         viewer.screenshot(tmp, canvas_only=False, flash=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
