@@ -214,7 +214,13 @@ def _eigh(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     LAPACK's own threads slow small eigen-problems down (8x when the cores are busy), so
     on the CPU each chunk of the batch is solved single-threaded, in parallel chunks.
+    On CUDA, PyTorch solves a batch of matrices larger than 32 x 32 one matrix at a time
+    (seen with torch 2.11+cu130 on an H100: ``nl_bayes`` on 10 CIF frames took minutes),
+    so such batches are solved on the CPU and the results copied back.
     """
+    if cov.device.type == "cuda" and cov.shape[-1] > 32 and cov.shape[0] > 1:
+        vals, vecs = _eigh(cov.cpu())
+        return vals.to(cov.device), vecs.to(cov.device)
     n = torch.get_num_threads()
     if cov.device.type != "cpu" or cov.shape[0] < 2:
         return torch.linalg.eigh(cov)
