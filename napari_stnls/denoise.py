@@ -90,6 +90,27 @@ def _prepare(video, sigma, device, region, flows, band_rows):
     return x, back, xd, flows, regions
 
 
+def nl_means_params(sigma: float, frames: int, ws: int = 11, wt: int = 2) -> dict:
+    """The patch side ``ps`` and neighbour count ``k`` :func:`nl_means` uses for ``sigma``.
+
+    Interpolated in :data:`NLM_TABLE` (``ps`` made odd), ``k`` capped at the candidates of
+    a window of ``ws`` x ``ws`` pixels in ``min(frames, 2*wt+1)`` frames. Callers that split
+    a video (tiles, lazy frames) resolve them once on the whole video's ``frames``.
+
+    Examples
+    --------
+    >>> nl_means_params(10 / 255, frames=8), nl_means_params(40 / 255, frames=8)
+    ({'ps': 5, 'k': 16}, {'ps': 7, 'k': 32})
+    """
+    s255 = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
+    ps = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["ps"]))))
+    ps += 1 - ps % 2
+    k = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["k"]))))
+    if isinstance(ws, int) and isinstance(wt, int):  # at most the window's candidates
+        k = max(1, min(k, min(int(frames), 2 * wt + 1) * ws * ws))
+    return {"ps": ps, "k": k}
+
+
 def nl_means(
     video,
     sigma: float,
@@ -158,14 +179,9 @@ def nl_means(
     ((3, 24, 32), True)
     """
     x, back, xd, flows, regions = _prepare(video, sigma, device, region, flows, band_rows)
-    s255 = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
-    if ps is None:
-        ps = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["ps"]))))
-        ps += 1 - ps % 2
-    if k is None:
-        k = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["k"]))))
-        if isinstance(ws, int) and isinstance(wt, int):  # at most the window's candidates
-            k = max(1, min(k, min(x.shape[1], 2 * wt + 1) * ws * ws))
+    tuned = nl_means_params(sigma, x.shape[1], ws, wt)
+    ps = tuned["ps"] if ps is None else ps
+    k = tuned["k"] if k is None else k
     if not isinstance(h, (int, float)) or not h > 0:
         raise ValueError(f"h: expected a positive number, got {h!r}")
     B, T, C, H, W = x.shape

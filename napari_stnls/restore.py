@@ -194,17 +194,6 @@ def denoise_lazy(video, method: str = "nlb", sigma: float = 20 / 255, *, flows=N
     fl = _check_flows(flows, shape)
     dev = resolve_device(device)
     params = {k: v for k, v in params.items() if v is not None}
-    if method == "nlm":  # nl_means' sigma-tuned ps and k, resolved here on the whole video
-        from .denoise import NLB_SIGMAS, NLM_TABLE
-
-        s255 = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
-        if "ps" not in params:
-            ps = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["ps"]))))
-            params["ps"] = ps + 1 - ps % 2
-        if "k" not in params:
-            k = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["k"]))))
-            ws, wt = params.get("ws", defaults["ws"]), params.get("wt", defaults["wt"])
-            params["k"] = max(1, min(k, min(int(shape[0]), 2 * wt + 1) * ws * ws))
     try:
         return stream.denoise_dask(video, method, tile=(1, int(shape[1]), int(shape[2])), flows=fl,
                                    device=str(dev), sigma=float(sigma), **params)

@@ -511,11 +511,11 @@ class SearchFunction:
 
 
 _METHOD_NAMES = {"nlm": "nlm", "nl_means": "nlm", "nlb": "nlb", "nl_bayes": "nlb"}
-_NLM_DEFAULTS = dict(ps=5, ws=11, wt=2, k=16, h=0.5)
+_NLM_DEFAULTS = dict(ps=None, ws=11, wt=2, k=None, h=0.5)  # ps, k: nl_means_params
 _NLB_KEYS = ("ps", "ps2", "pt", "ws", "wt", "k", "k2", "stride0", "thresh", "thresh2", "opponent")
 
 
-def _method(method, params: dict, channels: int):
+def _method(method, params: dict, channels: int, frames: int):
     """(kind, spec, params) of a method name or a SearchFunction.
 
     For NL-Bayes, ``params`` keeps only what was given (``nl_bayes`` picks the rest for
@@ -546,7 +546,12 @@ def _method(method, params: dict, channels: int):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
             raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
     if kind == "nlm":
-        p = {**_NLM_DEFAULTS, **params}
+        from .denoise import nl_means_params
+
+        p = {**_NLM_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+        # resolved once on the whole video, as nl_means does, so every tile uses the same
+        tuned = nl_means_params(sigma, frames, p["ws"], p["wt"])
+        p = {**tuned, **{k: v for k, v in p.items() if v is not None}}
         spec = _Spec(kind, p["ps"], p["ws"], p["wt"])
     else:
         from .denoise import nl_bayes_params
@@ -795,7 +800,7 @@ class _Plan:
 
 def _plan(video: _Video, method, params, tile, flows: _Flows) -> _Plan:
     T, H, W, C = video.shape
-    kind, spec, p = _method(method, params, C)
+    kind, spec, p = _method(method, params, C, T)
     _check_window(spec, (T, H, W))
     tile = _tile_arg(tile, (T, H, W))
     if kind == "fn" and (tile[1] % spec.stride0 and tile[1] != H or tile[2] % spec.stride0 and tile[2] != W):

@@ -342,3 +342,16 @@ def test_per_tile_flows_are_computed_on_the_crop_and_clipped(tmp_path):
     tiled = np.load(stream.process(v, tmp_path / "t.npy", "nlm", tile=(3, 8, 9), flows="ilk", max_flow=0.75,
                                    device="cpu", **NLM))
     assert np.abs(tiled - ref).mean() < 0.05  # approximate: each crop has its own flow
+
+
+def test_nl_means_defaults_follow_sigma_as_in_memory(tmp_path):
+    """Without ps and k, the tiles use nl_means' sigma-tuned values, resolved on the whole
+    video (at 40/255: 7x7 patches and 32 neighbours, not the 5x5 and 16 of low noise)."""
+    v = _video(T=4, H=20, W=24)
+    sigma = 40 / 255
+    ref = nl_means(v, sigma, ws=5, wt=1, device="cpu")
+    out = stream.process(v, tmp_path / "o.npy", "nlm", tile=(2, 10, 12), sigma=sigma, ws=5, wt=1,
+                         device="cpu")
+    np.testing.assert_allclose(np.load(out), ref, atol=1e-5)
+    low = nl_means(v, sigma, ps=5, k=16, ws=5, wt=1, device="cpu")
+    assert np.abs(low - ref).max() > 1e-3  # the defaults do matter here
