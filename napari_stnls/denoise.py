@@ -414,9 +414,10 @@ def nl_bayes(
 
     Returns
     -------
-    Same type and layout as ``video``. Regions: step 1 is computed on each region dilated
-    by the reach of step 2's search, step 2 on the region; pixels outside every region
-    are returned unchanged.
+    Same type and layout as ``video``. Regions: each one is restored on its own (step 1 on
+    the region dilated by the reach of step 2's search, step 2 on the region), so its result
+    is the same whether it is given alone or with others (where regions overlap, the last
+    one listed gives the value); pixels outside every region are returned unchanged.
 
     Examples
     --------
@@ -466,8 +467,15 @@ def nl_bayes(
     steps = Steps(n1 + n2, progress, should_stop)
     kw = dict(pt=pt, ws=ws, wt=wt, flows=flows, stride0=s0, steps=steps)
     with torch.no_grad():
-        basic = _bayes_pass(xd, xd, sigma, step=1, regions=regions1, rows=rows1, **cfg1, **kw)
-        final = _bayes_pass(xd, basic, sigma, step=2, regions=regions, rows=rows2, **cfg2, **kw)
+        # Each region on its own, both steps: its result does not depend on the other
+        # regions (where regions overlap, the last one listed gives the value).
+        final = xd.clone()
+        for r, r1 in zip(regions, regions1, strict=True):
+            basic = _bayes_pass(xd, xd, sigma, step=1, regions=[r1], rows=rows1, **cfg1, **kw)
+            est = _bayes_pass(xd, basic, sigma, step=2, regions=[r], rows=rows2, **cfg2, **kw)
+            sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
+            final[sl] = est[sl]
+            del basic, est
         if opp:
             final = _to_opp(final, inverse=True)
             # outside the regions: the input itself, bit for bit (no round trip through YUV)

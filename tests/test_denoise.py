@@ -109,6 +109,20 @@ def test_nl_bayes_regions_leave_the_outside_untouched(sample):
         nl_bayes(sample.noisy, 0.1, band_rows=0)
 
 
+def test_nl_bayes_regions_together_equal_one_by_one(sample):
+    """Inside each region the result is the same whether the regions are restored together
+    or one at a time (the two regions here are close enough for their searches to overlap)."""
+    from napari_stnls.denoise import nl_bayes
+
+    r1, r2 = (1, 3, 4, 20, 6, 30), (0, 2, 24, 44, 26, 60)
+    kw = dict(device="cpu", band_rows=8, ws=9, wt=1)
+    both = nl_bayes(sample.noisy, 20 / 255, region=[r1, r2], **kw)
+    for r in (r1, r2):
+        alone = nl_bayes(sample.noisy, 20 / 255, region=r, **kw)
+        sl = (slice(r[0], r[1]), slice(r[2], r[3]), slice(r[4], r[5]))
+        assert np.array_equal(both[sl], alone[sl])
+
+
 @pytest.mark.parametrize("name", ["nlm", "nlb", "skimage"])
 def test_cancel_raises_and_leaves_the_input_unchanged(sample, name):
     from napari_stnls._progress import Cancelled
