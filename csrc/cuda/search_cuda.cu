@@ -19,6 +19,8 @@
 
 #include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "../include/gather_host.h"
@@ -482,6 +484,207 @@ __global__ void __launch_bounds__(kTY* kTX)
     for (int k = 0; k < K; ++k) out[(bh * Q + q) * K + k] = k < cnt ? bi[k] : 0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Single-pixel patches (ps = 1, pt = 1) on whole-pixel grids: every candidate is one pixel, so
+// the box sums buy nothing and the cost is the C channels of each candidate (workload B:
+// C = 64, dot products). For a tile of kPY x kPX queries of one frame and each search frame,
+// the pixels their windows can reach are staged once in shared memory, channel-major (lanes
+// of a warp read consecutive pixels: no bank conflicts), and each thread compares its query's
+// channels, held in registers, with its ws x ws candidates, keeping its top k. A block whose
+// windows reach beyond the staged capacity (flows that vary a lot within the tile) reads
+// those candidates from global memory instead: same values, same order.
+constexpr int kPY = 8, kPX = 32;
+
+template <typename scalar_t, typename acc_t, int KMAX, int CMAX>
+__global__ void __launch_bounds__(kPY* kPX)
+    topk_pix_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
+                    const acc_t* __restrict__ centres, const int64_t* __restrict__ frames, int64_t T,
+                    int64_t H, int64_t W, int64_t C, int64_t Q, int64_t nt, int ws, int s1,
+                    int64_t gt0, int64_t gy0, int64_t gx0, int64_t nH, int64_t nW, int s0,
+                    int64_t nh, int K, bool l2, bool exclude_self, int capacity,
+                    int64_t* __restrict__ out) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* S = reinterpret_cast<acc_t*>(smem_raw);  // Ch x (RH x RW), RH * RW <= capacity
+  __shared__ int gmin[2], gmax[2];
+
+  const int64_t bh = blockIdx.z, b = bh / nh, h = bh % nh;
+  const int64_t tr = blockIdx.y;
+  const int64_t tiles_x = (nW + kPX - 1) / kPX;
+  const int64_t tile_i = blockIdx.x / tiles_x, tile_j = blockIdx.x % tiles_x;
+  const int ty = threadIdx.x / kPX, tx = threadIdx.x % kPX;
+  const int64_t gi = tile_i * kPY + ty, gj = tile_j * kPX + tx;
+  const bool active = gi < nH && gj < nW;
+  const int64_t q = (tr * nH + gi) * nW + gj;
+  const int64_t t = gt0 + tr;
+  const int64_t qy = gy0 + gi * s0, qx = gx0 + gj * s0;
+  const int64_t py0 = gy0 + tile_i * kPY * s0, px0 = gx0 + tile_j * kPX * s0;
+  const int half = ws / 2;
+  const int Ch = static_cast<int>(C / nh);
+  const int64_t c0 = h * Ch, video = T * H * W * C;
+  const scalar_t* kv = kdata + b * video;
+  const int64_t q_first = tr * nH * nW;
+
+  acc_t qr[CMAX];
+  {
+    const scalar_t* qp = qdata + b * video + ((t * H + reflect(qy, H)) * W + reflect(qx, W)) * C + c0;
+#pragma unroll
+    for (int c = 0; c < CMAX; ++c) qr[c] = (active && c < Ch) ? static_cast<acc_t>(qp[c]) : acc_t(0);
+  }
+  acc_t bd[KMAX];
+  int bi[KMAX];
+  int cnt = 0;
+  for (int64_t f = 0; f < nt; ++f) {
+    const int64_t s = frames[q_first * nt + f];
+    int gy = 0, gx = 0;  // offset of the window's first candidate from the query
+    if (active) {
+      const acc_t cy = centres[((b * Q + q) * nt + f) * 2];
+      const acc_t cx = centres[((b * Q + q) * nt + f) * 2 + 1];
+      gy = static_cast<int>(llrint(static_cast<double>(cy)) - half * s1 - qy);
+      gx = static_cast<int>(llrint(static_cast<double>(cx)) - half * s1 - qx);
+    }
+    if (threadIdx.x == 0) {
+      gmin[0] = gmin[1] = INT_MAX;
+      gmax[0] = gmax[1] = INT_MIN;
+    }
+    __syncthreads();
+    if (active) {
+      atomicMin(&gmin[0], ty * s0 + gy);
+      atomicMin(&gmin[1], tx * s0 + gx);
+      atomicMax(&gmax[0], ty * s0 + gy);
+      atomicMax(&gmax[1], tx * s0 + gx);
+    }
+    __syncthreads();
+    const int ylo = gmin[0], xlo = gmin[1];
+    const int RH = gmax[0] + (ws - 1) * s1 - ylo + 1, RW = gmax[1] + (ws - 1) * s1 - xlo + 1;
+    __syncthreads();  // everyone has read gmin/gmax before the next frame resets them
+    if (ylo == INT_MAX) continue;  // no active thread in this tile (uniform across the block)
+    const bool staged = static_cast<int64_t>(RH) * RW <= capacity;
+    const int R = staged ? RH * RW : 0;
+    if (staged) {
+      for (int e = threadIdx.x; e < R * Ch; e += blockDim.x) {
+        const int pix = e / Ch, c = e - pix * Ch;
+        const int u = pix / RW, v = pix - u * RW;
+        const int64_t y = reflect(py0 + ylo + u, H), x = reflect(px0 + xlo + v, W);
+        S[c * R + pix] = static_cast<acc_t>(kv[((s * H + y) * W + x) * C + c0 + c]);
+      }
+      __syncthreads();
+    }
+    if (active) {
+      for (int ii = 0; ii < ws; ++ii) {
+        const int dy = gy + ii * s1;
+        for (int jj = 0; jj < ws; ++jj) {
+          const int dx = gx + jj * s1;
+          if (exclude_self && s == t && dy == 0 && dx == 0) continue;
+          acc_t part[4] = {0, 0, 0, 0};
+          if (staged) {
+            const acc_t* col = S + (ty * s0 + dy - ylo) * RW + (tx * s0 + dx - xlo);
+#pragma unroll
+            for (int c = 0; c < CMAX; ++c) {
+              if (c < Ch) {
+                const acc_t kval = col[c * R];
+                if (l2) {
+                  const acc_t e2 = qr[c] - kval;
+                  part[c & 3] += e2 * e2;
+                } else {
+                  part[c & 3] += qr[c] * kval;
+                }
+              }
+            }
+          } else {
+            const scalar_t* kp =
+                kv + ((s * H + reflect(qy + dy, H)) * W + reflect(qx + dx, W)) * C + c0;
+#pragma unroll
+            for (int c = 0; c < CMAX; ++c) {
+              if (c < Ch) {
+                const acc_t kval = static_cast<acc_t>(kp[c]);
+                if (l2) {
+                  const acc_t e2 = qr[c] - kval;
+                  part[c & 3] += e2 * e2;
+                } else {
+                  part[c & 3] += qr[c] * kval;
+                }
+              }
+            }
+          }
+          const acc_t d = (part[0] + part[1]) + (part[2] + part[3]);
+          stnls::topk_insert(bd, bi, cnt, K, d, (static_cast<int>(f) * ws + ii) * ws + jj, l2);
+        }
+      }
+    }
+    if (staged) __syncthreads();  // S is rewritten for the next frame
+  }
+  if (active)
+    for (int k = 0; k < K; ++k) out[(bh * Q + q) * K + k] = k < cnt ? bi[k] : 0;
+}
+
+template <typename F>
+void dispatch_cmax(int64_t ch, F&& f) {
+  if (ch <= 4) {
+    f(std::integral_constant<int, 4>{});
+  } else if (ch <= 8) {
+    f(std::integral_constant<int, 8>{});
+  } else if (ch <= 16) {
+    f(std::integral_constant<int, 16>{});
+  } else if (ch <= 32) {
+    f(std::integral_constant<int, 32>{});
+  } else {
+    f(std::integral_constant<int, 64>{});
+  }
+}
+
+// Host side of topk_pix_kernel. The staging capacity covers the windows of a tile when the
+// centres move together (no flow, or a flow constant over the tile) plus a margin of 8 pixels
+// each way for flows that vary within it, within 160 KiB of shared memory.
+at::Tensor search_topk_pix_cuda(const at::Tensor& queries, const at::Tensor& keys,
+                                const at::Tensor& centres, const at::Tensor& frames,
+                                at::IntArrayRef grid, int64_t stride0, int64_t nheads, int64_t k,
+                                bool l2, bool exclude_self, int64_t ws) {
+  const c10::cuda::CUDAGuard guard(queries.device());
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  const int64_t Q = grid[3] * grid[4] * grid[5], nt = frames.size(1), s1 = grid[6];
+  auto ids = at::empty({B, nheads, Q, k}, frames.options());
+  if (ids.numel() == 0) return ids;
+  const int64_t Ch = C / nheads;
+  const size_t acc_bytes = queries.scalar_type() == at::kDouble ? 8 : 4;
+  const int64_t span = (ws - 1) * s1 + 1;
+  int64_t margin = 8;
+  auto cap = [&](int64_t m) {
+    return ((kPY - 1) * stride0 + span + m) * ((kPX - 1) * stride0 + span + m);
+  };
+  constexpr int64_t kSmem = 160 * 1024;
+  while (margin > 0 && cap(margin) * Ch * int64_t(acc_bytes) > kSmem) margin /= 2;
+  // a capacity of 0 (huge windows) reads every candidate from global memory
+  const int64_t capacity = cap(margin) * Ch * int64_t(acc_bytes) <= kSmem ? cap(margin) : 0;
+  const size_t smem = size_t(capacity * Ch) * acc_bytes;
+  const auto frm = frames.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t tiles = ((grid[4] + kPY - 1) / kPY) * ((grid[5] + kPX - 1) / kPX);
+  TORCH_CHECK(grid[3] <= 65535 && B * nheads <= 65535, "too many frames or batch x heads");
+  TORCH_CHECK(nt * ws * ws < INT_MAX, "search window too large");
+  const dim3 blocks(static_cast<unsigned>(tiles), static_cast<unsigned>(grid[3]),
+                    static_cast<unsigned>(B * nheads));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
+                                  "search_topk_pix_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto cen = centres.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    dispatch_cmax(Ch, [&](auto cmax) {
+      constexpr int CM = decltype(cmax)::value;
+      auto kern = topk_pix_kernel<scalar_t, acc_t, 16, CM>;
+      if (smem > 48 * 1024)
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem)));
+      kern<<<blocks, kPY * kPX, smem, stream>>>(
+          queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), cen.data_ptr<acc_t>(),
+          frm.data_ptr<int64_t>(), T, H, W, C, Q, nt, int(ws), int(s1), grid[0], grid[1], grid[2],
+          grid[4], grid[5], int(stride0), nheads, int(k), l2, exclude_self, int(capacity),
+          ids.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return ids;
+}
+
 at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& keys,
                                 const at::Tensor& coords, const at::Tensor& centres,
                                 const at::Tensor& frames, const at::Tensor& offsets,
@@ -495,6 +698,14 @@ at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& key
   const int64_t Q = coords.size(0), nt = frames.size(1), ws = offsets.size(0);
   TORCH_CHECK(grid[3] * grid[4] * grid[5] == Q, "grid: does not match the number of queries");
   const int64_t s1 = grid[6];
+  // NAPARI_STNLS_CUDA_PIX=0 turns the single-pixel kernel off (to time it against the box one)
+  static const bool pix_on = [] {
+    const char* e = std::getenv("NAPARI_STNLS_CUDA_PIX");
+    return !(e && std::string(e) == "0");
+  }();
+  if (pix_on && ps == 1 && pt == 1 && k <= 16 && s1 >= 1 && queries.size(4) / nheads <= 64)
+    return search_topk_pix_cuda(queries, keys, centres, frames, grid, stride0, nheads, k, l2,
+                                exclude_self, ws);
   const int DH = int((kTY - 1) * stride0 + dilation * (ps - 1) + 1);
   const int DW = int((kTX - 1) * stride0 + dilation * (ps - 1) + 1);
   const size_t acc_bytes = queries.scalar_type() == at::kDouble ? 8 : 4;

@@ -124,8 +124,8 @@ STNLS_HD bool better(acc_t a, acc_t b, bool l2) {
 }
 
 // Insert (d, id) into the sorted top-k list (d[0..n), id[0..n)) of capacity k.
-template <typename acc_t>
-STNLS_HD void topk_insert(acc_t* ds, int64_t* ids, int& n, int k, acc_t d, int64_t id, bool l2) {
+template <typename acc_t, typename id_t, typename idv_t>
+STNLS_HD void topk_insert(acc_t* ds, id_t* ids, int& n, int k, acc_t d, idv_t id, bool l2) {
   int pos;
   if (n < k) {
     pos = n++;
@@ -140,7 +140,7 @@ STNLS_HD void topk_insert(acc_t* ds, int64_t* ids, int& n, int k, acc_t d, int64
     --pos;
   }
   ds[pos] = d;
-  ids[pos] = id;
+  ids[pos] = static_cast<id_t>(id);
 }
 
 }  // namespace stnls

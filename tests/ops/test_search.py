@@ -403,3 +403,32 @@ def test_compiled_chunks_partition_the_query_grid(batch_size):
         assert torch.equal(query_coords(shape, sub, s0), coords[start:stop])
         if batch_size is not None and batch_size >= nW:
             assert stop - start <= batch_size
+
+
+@pytest.mark.parametrize(
+    "C,nheads,dist,stride0,stride1,flow_amp",
+    [
+        (64, 1, "prod", 1, 1.0, 0.0),  # workload B's shape of search
+        (70, 2, "l2", 2, 1.0, 0.0),  # 35 channels per head
+        (5, 1, "prod", 1, 2.0, 2.5),  # flows within the staged margin
+        (16, 1, "l2", 1, 1.0, 12.0),  # flows that vary past it: candidates read from memory
+        (130, 1, "prod", 1, 1.0, 0.0),  # more channels than the single-pixel kernel holds
+    ],
+)
+def test_single_pixel_patches_on_larger_videos(impl, C, nheads, dist, stride0, stride1, flow_amp):
+    """ps=1, pt=1 (attention-like search over feature maps): the CUDA backend stages the
+    windows of a tile of queries in shared memory; every backend finds the neighbours of
+    the compiled CPU kernel, with and without whole-pixel flows."""
+    backend, device = impl
+    gen = torch.Generator().manual_seed(C)
+    v = torch.rand(1, 4, C, 29, 70, generator=gen)
+    flows = None
+    if flow_amp:
+        flows = tuple(_smooth_flow(gen, 1, 4, 29, 70, flow_amp, torch.float32) for _ in range(2))
+    kw = dict(ps=1, ws=7, wt=1, k=10, dist=dist, itype="int", stride0=stride0, stride1=stride1,
+              nheads=nheads, exclude_self=True, region=(0, 4, 1, 29, 3, 70))
+    ref = search(v, v, flows=flows, backend="cpu", **dict(kw, k=11))  # k+1: ties at the k-th
+    dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
+    d, i = search(v.to(device), v.to(device), flows=dev_flows, backend=backend, **kw)
+    assert_knn_match(d, i, ref[0].double().numpy(), ref[1].double().numpy(), rtol=1e-5, atol=1e-5,
+                     min_untied=0.9)
