@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
@@ -52,51 +53,70 @@ struct Elem {
   int dt, a, bb;
 };
 
-__device__ __forceinline__ Elem split(int64_t n, const GDims& d) {
+// Groups of 2^log2g threads (up to a warp) take one patch each and walk its elements: a warp
+// reads and writes consecutive elements, and no thread divides 64-bit numbers (an element-
+// wise index split into (patch, dt, c, a, b) cost several 64-bit divisions per element).
+template <typename F>
+__device__ __forceinline__ void for_patch_elems(const GDims& d, int log2g, F&& f) {
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t patch = g >> log2g;
+  if (patch >= d.patches()) return;
+  const int G = 1 << log2g, lane = static_cast<int>(g & (G - 1));
+  const int64_t bh = d.B * d.nh == 1 ? 0 : patch / (d.Q * d.K);
   Elem e;
-  const int64_t psz = d.psz();
-  e.patch = n / psz;
-  int64_t m = n % psz;
-  e.bb = static_cast<int>(m % d.ps);
-  m /= d.ps;
-  e.a = static_cast<int>(m % d.ps);
-  m /= d.ps;
-  e.c = m % d.Ch;
-  e.dt = static_cast<int>(m / d.Ch);
-  e.h = (e.patch / (d.Q * d.K)) % d.nh;
-  e.b = e.patch / (d.nh * d.Q * d.K);
-  return e;
+  e.patch = patch;
+  e.h = bh % d.nh;
+  e.b = bh / d.nh;
+  const int psz = static_cast<int>(d.psz()), ps = d.ps, Ch = static_cast<int>(d.Ch);
+  for (int m = lane; m < psz; m += G) {
+    int r = m;
+    e.bb = r % ps;
+    r /= ps;
+    e.a = r % ps;
+    r /= ps;
+    e.c = r % Ch;
+    e.dt = r / Ch;
+    f(patch * psz + m, e);
+  }
 }
+
+// Launch size of for_patch_elems: the group size and the number of blocks.
+int group_log2(const GDims& d) {
+  TORCH_CHECK(d.psz() < (int64_t(1) << 30), "patches too large: pt * C * ps * ps = ", d.psz());
+  int l = 0;
+  while ((int64_t(1) << l) < std::min<int64_t>(d.psz(), 32)) ++l;
+  return l;
+}
+
+unsigned elem_blocks(const GDims& d, int log2g) { return blocks_for(d.patches() << log2g, kThreads); }
 
 template <typename scalar_t, typename acc_t, typename pos_t>
 __global__ void gather_kernel(const scalar_t* __restrict__ video, const pos_t* __restrict__ pos,
-                              GDims d, int64_t total, scalar_t* __restrict__ out) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= total) return;
-  const Elem e = split(n, d);
-  const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + e.patch * 3, false);
-  const Corners k = stnls::corners(p, e.dt, e.a, e.bb, d.T, d.H, d.W, d.ps, d.dil);
-  out[n] = static_cast<scalar_t>(
-      stnls::bilinear(video + e.b * d.video(), d.C, e.h * d.Ch + e.c, k, p));
+                              GDims d, int log2g, scalar_t* __restrict__ out) {
+  for_patch_elems(d, log2g, [&](int64_t n, const Elem& e) {
+    const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + e.patch * 3, false);
+    const Corners k = stnls::corners(p, e.dt, e.a, e.bb, d.T, d.H, d.W, d.ps, d.dil);
+    out[n] = static_cast<scalar_t>(
+        stnls::bilinear(video + e.b * d.video(), d.C, e.h * d.Ch + e.c, k, p));
+  });
 }
 
 // Adds weight * patch into out (B, T, H, W, C) and, from the c == 0 threads, the weights into
 // cnt (B, T, H, W, nh). wts and cnt may be null.
 template <typename scalar_t, typename acc_t, typename pos_t>
 __global__ void scatter_kernel(const scalar_t* __restrict__ pat, const pos_t* __restrict__ pos,
-                               const acc_t* __restrict__ wts, GDims d, int64_t total,
+                               const acc_t* __restrict__ wts, GDims d, int log2g,
                                acc_t* __restrict__ out, acc_t* __restrict__ cnt) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= total) return;
-  const Elem e = split(n, d);
-  const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + e.patch * 3, false);
-  const Corners k = stnls::corners(p, e.dt, e.a, e.bb, d.T, d.H, d.W, d.ps, d.dil);
-  const acc_t w = wts == nullptr ? acc_t(1) : wts[e.patch];
-  acc_t g = static_cast<acc_t>(pat[n]);
-  if (wts != nullptr) g = g * w;
-  stnls::bilinear_add(out + e.b * d.video(), d.C, e.h * d.Ch + e.c, k, p, g, AtomicAdd{});
-  if (cnt != nullptr && e.c == 0)
-    stnls::bilinear_add(cnt + e.b * d.T * d.H * d.W * d.nh, d.nh, e.h, k, p, w, AtomicAdd{});
+  for_patch_elems(d, log2g, [&](int64_t n, const Elem& e) {
+    const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + e.patch * 3, false);
+    const Corners k = stnls::corners(p, e.dt, e.a, e.bb, d.T, d.H, d.W, d.ps, d.dil);
+    const acc_t w = wts == nullptr ? acc_t(1) : wts[e.patch];
+    acc_t g = static_cast<acc_t>(pat[n]);
+    if (wts != nullptr) g = g * w;
+    stnls::bilinear_add(out + e.b * d.video(), d.C, e.h * d.Ch + e.c, k, p, g, AtomicAdd{});
+    if (cnt != nullptr && e.c == 0)
+      stnls::bilinear_add(cnt + e.b * d.T * d.H * d.W * d.nh, d.nh, e.h, k, p, w, AtomicAdd{});
+  });
 }
 
 // One thread per patch: gradient of sum(grad * patch) w.r.t. the patch's (y, x).
@@ -132,15 +152,14 @@ __global__ void gather_pos_grad_kernel(const scalar_t* __restrict__ video,
 template <typename scalar_t, typename acc_t, typename pos_t>
 __global__ void scatter_patch_grad_kernel(const scalar_t* __restrict__ gvid,
                                           const pos_t* __restrict__ pos,
-                                          const acc_t* __restrict__ wts, GDims d, int64_t total,
+                                          const acc_t* __restrict__ wts, GDims d, int log2g,
                                           scalar_t* __restrict__ gpat) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= total) return;
-  const Elem e = split(n, d);
-  const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + e.patch * 3, false);
-  const Corners k = stnls::corners(p, e.dt, e.a, e.bb, d.T, d.H, d.W, d.ps, d.dil);
-  const acc_t G = stnls::bilinear(gvid + e.b * d.video(), d.C, e.h * d.Ch + e.c, k, p);
-  gpat[n] = static_cast<scalar_t>(wts == nullptr ? G : G * wts[e.patch]);
+  for_patch_elems(d, log2g, [&](int64_t n, const Elem& e) {
+    const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + e.patch * 3, false);
+    const Corners k = stnls::corners(p, e.dt, e.a, e.bb, d.T, d.H, d.W, d.ps, d.dil);
+    const acc_t G = stnls::bilinear(gvid + e.b * d.video(), d.C, e.h * d.Ch + e.c, k, p);
+    gpat[n] = static_cast<scalar_t>(wts == nullptr ? G : G * wts[e.patch]);
+  });
 }
 
 // One thread per patch: gradients of scatter w.r.t. the weight and the position (y, x).
@@ -227,8 +246,9 @@ at::Tensor gather_patches_cuda(const at::Tensor& video, const at::Tensor& inds_,
     using video_t = scalar_t;
     stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
       using pos_t = decltype(tag);
-      gather_kernel<video_t, acc_t, pos_t><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
-          video.data_ptr<video_t>(), inds.data_ptr<pos_t>(), d, total, out.data_ptr<video_t>());
+      const int lg = group_log2(d);
+      gather_kernel<video_t, acc_t, pos_t><<<elem_blocks(d, lg), kThreads, 0, stream>>>(
+          video.data_ptr<video_t>(), inds.data_ptr<pos_t>(), d, lg, out.data_ptr<video_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -264,8 +284,9 @@ std::tuple<at::Tensor, at::Tensor> gather_patches_backward_cuda(
     stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
       using pos_t = decltype(tag);
       if (need_v) {
-        scatter_kernel<video_t, acc_t, pos_t><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
-            g.data_ptr<video_t>(), inds.data_ptr<pos_t>(), nullptr, d, total,
+        const int lg = group_log2(d);
+        scatter_kernel<video_t, acc_t, pos_t><<<elem_blocks(d, lg), kThreads, 0, stream>>>(
+            g.data_ptr<video_t>(), inds.data_ptr<pos_t>(), nullptr, d, lg,
             gv.data_ptr<acc_t>(), nullptr);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
@@ -308,9 +329,10 @@ std::tuple<at::Tensor, at::Tensor> scatter_patches_cuda(const at::Tensor& patche
       using patch_t = scalar_t;
       stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
         using pos_t = decltype(tag);
-        scatter_kernel<patch_t, acc_t, pos_t><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+        const int lg = group_log2(d);
+        scatter_kernel<patch_t, acc_t, pos_t><<<elem_blocks(d, lg), kThreads, 0, stream>>>(
             pat.data_ptr<patch_t>(), inds.data_ptr<pos_t>(),
-            w.has_value() ? w->data_ptr<acc_t>() : nullptr, d, total, out.data_ptr<acc_t>(),
+            w.has_value() ? w->data_ptr<acc_t>() : nullptr, d, lg, out.data_ptr<acc_t>(),
             cnt.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -367,9 +389,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scatter_patches_backward_cuda(
       stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
         using pos_t = decltype(tag);
         if (need_p) {
+          const int lg = group_log2(d);
           scatter_patch_grad_kernel<patch_t, acc_t, pos_t>
-              <<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
-                  gvd, inds.data_ptr<pos_t>(), wd, d, total, gp.data_ptr<patch_t>());
+              <<<elem_blocks(d, lg), kThreads, 0, stream>>>(
+                  gvd, inds.data_ptr<pos_t>(), wd, d, lg, gp.data_ptr<patch_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
         if (need_w || need_i) {
