@@ -198,13 +198,13 @@ def nl_means(
     with torch.no_grad():
         for r, bands in plans:
             agg = torch.zeros_like(xd)
-            cnt = torch.zeros(B, T, 1, H, W, device=device)
+            cnt = torch.zeros(B, T, 1, H, W, device=xd.device)
             for band in bands:
                 steps.check()
                 d, i = search(xd, xd, ps=ps, ws=ws, wt=wt, k=k, flows=flows, region=band)
                 w = torch.exp(-torch.clamp(d / norm - 2.0, min=0.0) / h**2)
                 # each neighbour patch is written back at its query's position
-                at = query_coords(xd.shape, band, device=device).view(1, 1, -1, 1, 3).expand_as(i)
+                at = query_coords(xd.shape, band, device=xd.device).view(1, 1, -1, 1, 3).expand_as(i)
                 scatter(gather(xd, i, ps=ps), at, out=(agg, cnt), weights=w, ps=ps)
                 steps.advance()
             sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
