@@ -57,7 +57,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from napari_stnls.ops import gather, ifold, iunfold, scatter, search  # noqa: E402
 
-WORKLOADS = ("small", "a", "b", "gather_scatter", "fold", "memory_scaling", "baselines")
+WORKLOADS = ("small", "a", "b", "gather_scatter", "gather_scatter_a", "fold", "memory_scaling", "baselines")
 OPS = ("search", "gather", "scatter", "iunfold", "ifold")
 MIB = 2**20
 MALLOC_MMAP_THRESHOLD = 128 * 1024  # set in the CPU memory child so freed blocks leave RSS
@@ -235,7 +235,7 @@ def _search_inds(p: dict, device: torch.device):
                 k=p["k"],
                 flows=flows,
                 region=region,
-                backend="reference",
+                backend=p.get("inds_backend", "reference"),
             )
         weights = torch.softmax(-dists / 10.0, dim=-1)
         return inds.cpu(), weights.cpu()
@@ -577,6 +577,22 @@ def workload_cases(name: str, device: torch.device, quick: bool, crop: bool) -> 
             cases.append(Case(name, "gather", "gather", "gather", dict(p), f"gather_{flow}"))
             p = dict(p, weights="softmax(-dists/10) over K")
             cases.append(Case(name, "scatter", "scatter", "scatter", p, f"scatter_{flow}"))
+    elif name == "gather_scatter_a":
+        # workload A's whole search output (8x540x960 queries, K=10): the inds come from the
+        # automatic backend (the reference search would take minutes at this size)
+        shape = (1, 8, 3, 540, 960)
+        region = (4, 5, 269, 271, 0, 960) if crop else None
+        for flow in ("none", "smooth"):
+            q = region_queries(region, shape)
+            p = dict(
+                ps=7, ws=21, wt=2, k=10, seed=0, video_shape=shape, region=region, flow=flow,
+                inds_backend=None, n_queries=q, n_patches=q * 10,
+                full_queries=region_queries(None, shape),
+            )
+            full = region_queries(None, shape) if crop else None
+            cases.append(Case(name, "gather", "gather", "gather", dict(p), f"gather_{flow}", full))
+            p = dict(p, weights="softmax(-dists/10) over K")
+            cases.append(Case(name, "scatter", "scatter", "scatter", p, f"scatter_{flow}", full))
     elif name == "fold":
         size = 1024 if quick else 2048
         stride = 4 if (crop or quick) else 1

