@@ -1,6 +1,6 @@
 """Tune the denoisers' defaults per sigma on GENERATED videos (never the benchmark clips).
 
-Scenes: scikit-image photographs (astronaut, coffee, chelsea) moved by a known smooth
+Scenes: scikit-image photographs (astronaut, coffee, chelsea, rocket) moved by a known smooth
 motion (sub-pixel translation, small rotation and zoom, resampled with cubic splines, as
 napari_stnls.data.sample_video does) plus white Gaussian noise with a fixed seed. The flow
 is TV-L1 computed on the noisy frames, as in real use. Each configuration is scored by the
@@ -30,7 +30,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from napari_stnls.denoise import nl_bayes, nl_means, skimage_nl_means  # noqa: E402
 from napari_stnls.flow import compute_flows  # noqa: E402
 
-SCENES = {"astronaut": (0.5, (110, 150)), "coffee": (0.5, (90, 160)), "chelsea": (0.6, (80, 110))}
+# photograph: (scale, centre (y, x) of the crop); rocket adds smooth sky and fast motion
+SCENES = {"astronaut": (0.5, (110, 150)), "coffee": (0.5, (90, 160)), "chelsea": (0.6, (80, 110)),
+          "rocket": (0.5, (90, 170))}
+MOTIONS = [(1.3, 0.6, 0.5), (-0.8, 1.1, -0.3), (0.4, -1.7, 0.2), (2.6, -1.2, 0.3)]  # (dx, dy, degrees)
 
 
 def make_scene(name: str, T: int, size: tuple[int, int], motion: tuple[float, float, float]) -> np.ndarray:
@@ -56,8 +59,7 @@ def make_scene(name: str, T: int, size: tuple[int, int], motion: tuple[float, fl
 
 def dataset(sigma: float, T: int, size) -> list[tuple[np.ndarray, np.ndarray, tuple]]:
     out = []
-    for j, (name, motion) in enumerate(zip(SCENES, [(1.3, 0.6, 0.5), (-0.8, 1.1, -0.3), (0.4, -1.7, 0.2)],
-                                           strict=True)):
+    for j, (name, motion) in enumerate(zip(SCENES, MOTIONS, strict=True)):
         clean = make_scene(name, T, size, motion)
         noise = np.random.default_rng(100 + j).normal(0, sigma / 255, clean.shape)
         noisy = (clean + noise).astype(np.float32)

@@ -100,7 +100,7 @@ def nl_means_params(sigma: float, frames: int, ws: int = 11, wt: int = 2) -> dic
     Examples
     --------
     >>> nl_means_params(10 / 255, frames=8), nl_means_params(40 / 255, frames=8)
-    ({'ps': 5, 'k': 16}, {'ps': 7, 'k': 32})
+    ({'ps': 7, 'k': 16}, {'ps': 7, 'k': 48})
     """
     s255 = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
     ps = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["ps"]))))
@@ -138,8 +138,8 @@ def nl_means(
     ps, ws, wt, k
         Patch side, search-window side, temporal radius and number of neighbours
         (see :func:`napari_stnls.ops.search`). ``ps`` and ``k`` default to the values
-        tuned for ``sigma`` (:data:`NLM_TABLE`: 5 and 16 at sigma 10/255, 7 and 32 from
-        30/255 on, interpolated between).
+        tuned for ``sigma`` (:data:`NLM_TABLE`: ``ps`` 7; ``k`` 16 at sigma 10/255, 24 at
+        20-30/255 and 48 from 40/255 on, interpolated between).
     h : float
         Filtering strength: a neighbour at normalised distance ``d`` (squared patch
         difference divided by ``ps*ps*C*sigma^2``) gets weight ``exp(-max(d - 2, 0) / h^2)``;
@@ -331,11 +331,12 @@ NLB_TABLE: dict[str, tuple[float, ...]] = {
     "thresh": (1.0, 1.0, 1.85, 2.7, 2.7),
     "thresh2": (1.2, 1.2, 0.85, 0.5, 0.5),
 }
-# nl_means' defaults per noise level (NLB_SIGMAS), tuned the same way (--method nlm):
-# larger patches and more neighbours pay off from sigma 30 on.
+# nl_means' defaults per noise level (NLB_SIGMAS), tuned the same way (--method nlm, four
+# scenes including a smooth, fast-moving one): 7x7 patches at every sigma, and more
+# neighbours from sigma 40 on.
 NLM_TABLE: dict[str, tuple[float, ...]] = {
-    "ps": (5, 5, 7, 7, 7),
-    "k": (16, 24, 32, 32, 32),
+    "ps": (7, 7, 7, 7, 7),
+    "k": (16, 24, 24, 48, 48),
 }
 
 

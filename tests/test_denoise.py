@@ -231,4 +231,5 @@ def test_nl_means_defaults_follow_sigma(sample):
         ps, k = int(NLM_TABLE["ps"][i]), int(NLM_TABLE["k"][i])
         default = nl_means(small, s / 255, ws=7, wt=1, device="cpu")
         np.testing.assert_array_equal(default, nl_means(small, s / 255, ws=7, wt=1, ps=ps, k=k, device="cpu"))
-    assert NLM_TABLE["ps"][0] != NLM_TABLE["ps"][4]  # so the two calls above differ in what they check
+    # so the two calls above differ in what they check
+    assert (NLM_TABLE["ps"][0], NLM_TABLE["k"][0]) != (NLM_TABLE["ps"][4], NLM_TABLE["k"][4])
