@@ -195,10 +195,11 @@ def main(argv=None) -> int:
 
 
 def _write(path: str, report: dict) -> None:
+    from napari_stnls._atomic import atomic_path
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
 
 
 def _report(args, runs: list) -> dict:
