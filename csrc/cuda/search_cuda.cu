@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 #include <c10/cuda/CUDAException.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -120,6 +121,46 @@ __device__ acc_t patch_distance(const scalar_t* qv, const Pos<acc_t>& qp, const 
   return d;
 }
 
+// The k best candidates of one query: a sorted list of capacity K (stnls::topk_insert's
+// insertion) whose entries order by (distance, id), so that it does not depend on the order
+// candidates arrive in. Where they arrive in ascending id order, as in every kernel but the
+// staged one, that is the "ties keep the first" rule of stnls::topk_insert. (An unrolled list
+// of KMAX entries that never touches local memory was measured slower on the H200: it
+// inserts more often, and the list's reads hit L1.)
+template <typename acc_t, typename id_t, int KM>
+struct TopK {
+  acc_t d[KM];
+  id_t id[KM];
+  int n = 0;
+
+  __device__ __forceinline__ bool before(acc_t v, id_t vi, int i, bool l2) const {
+    return stnls::better(v, d[i], l2) || (v == d[i] && vi < id[i]);
+  }
+
+  __device__ __forceinline__ void insert(acc_t v, id_t vi, int K, bool l2) {
+    int pos;
+    if (n < K) {
+      pos = n++;
+    } else if (before(v, vi, K - 1, l2)) {
+      pos = K - 1;
+    } else {
+      return;
+    }
+    while (pos > 0 && before(v, vi, pos - 1, l2)) {
+      d[pos] = d[pos - 1];
+      id[pos] = id[pos - 1];
+      --pos;
+    }
+    d[pos] = v;
+    id[pos] = vi;
+  }
+
+  // out[0..K): the ids, 0 where fewer than K candidates were seen
+  __device__ __forceinline__ void write(int64_t* out, int K) const {
+    for (int r = 0; r < K; ++r) out[r] = r < n ? static_cast<int64_t>(id[r]) : 0;
+  }
+};
+
 template <typename scalar_t, typename acc_t, int KMAX>
 __global__ void topk_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
                             const int64_t* __restrict__ coords, const acc_t* __restrict__ centres,
@@ -135,9 +176,7 @@ __global__ void topk_kernel(const scalar_t* __restrict__ qdata, const scalar_t* 
   const Pos<acc_t> qp = make_pos<acc_t>(t, acc_t(qy), acc_t(qx), false);
   const scalar_t* qv = qdata + b * video;
   const scalar_t* kv = kdata + b * video;
-  acc_t bd[KMAX];
-  int64_t bi[KMAX];
-  int cnt = 0;
+  TopK<acc_t, int64_t, KMAX> top;
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q * nt + f];
     const acc_t cy = centres[((b * Q + q) * nt + f) * 2];
@@ -151,11 +190,11 @@ __global__ void topk_kernel(const scalar_t* __restrict__ qdata, const scalar_t* 
           continue;
         const Pos<acc_t> kp = make_pos<acc_t>(s, y, x, false);
         const acc_t d = patch_distance(qv, qp, kv, kp, T, H, W, C, h * Ch, Ch, ps, pt, dil, l2);
-        stnls::topk_insert(bd, bi, cnt, K, d, (f * ws + i) * ws + j, l2);
+        top.insert(d, (f * ws + i) * ws + j, K, l2);
       }
     }
   }
-  for (int r = 0; r < K; ++r) out[n * K + r] = r < cnt ? bi[r] : 0;
+  top.write(out + n * K, K);
 }
 
 // Integer search-grid spacing (the usual case, flows or not): every candidate of one query
@@ -201,9 +240,7 @@ __global__ void topk_window_kernel(const scalar_t* __restrict__ qdata,
     const int64_t y = reflect(qy + dil * (a - r), H), x = reflect(qx + dil * (bb - r), W);
     qs[e] = static_cast<acc_t>(qv[((reflect(t + dt, T) * H + y) * W + x) * C + c0 + c]);
   }
-  acc_t bd[KMAX];
-  int64_t bi[KMAX];
-  int cnt = 0;
+  TopK<acc_t, int64_t, KMAX> top;
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q * nt + f];
     const acc_t cy = centres[((b * Q + q) * nt + f) * 2];
@@ -256,14 +293,18 @@ __global__ void topk_window_kernel(const scalar_t* __restrict__ qdata,
               }
             }
         }
-      stnls::topk_insert(bd, bi, cnt, K, d, (f * ws + i) * ws + j, l2);
+      top.insert(d, (f * ws + i) * ws + j, K, l2);
     }
   }
   // Merge the lanes' sorted lists: K rounds of a warp-wide arg-best over the list heads.
   int head = 0;
   for (int rank = 0; rank < K; ++rank) {
-    const acc_t d = head < cnt ? bd[head] : acc_t(0);
-    const int64_t id = head < cnt ? bi[head] : LLONG_MAX;
+    acc_t d = acc_t(0);
+    int64_t id = LLONG_MAX;
+    if (head < top.n) {
+      d = top.d[head];
+      id = top.id[head];
+    }
     acc_t best = d;
     int64_t best_id = id;
     for (int o = 16; o > 0; o >>= 1) {
@@ -403,9 +444,7 @@ __global__ void __launch_bounds__(kTY* kTX)
   const scalar_t* kv = kdata + b * video;
   const int64_t q_first = tr * nH * nW;
 
-  acc_t bd[KMAX];
-  int64_t bi[KMAX];
-  int cnt = 0;
+  TopK<acc_t, int, KMAX> top;
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q_first * nt + f];
     int gy = 0, gx = 0;
@@ -473,15 +512,216 @@ __global__ void __launch_bounds__(kTY* kTX)
               jj % s1 == 0 && !(exclude_self && s == t && dy == 0 && dx == 0)) {
             acc_t d = 0;
             for (int a = 0; a < ps; ++a) d += R[(ty * s0 + dil * a) * kTX + tx];
-            stnls::topk_insert(bd, bi, cnt, K, d, (f * ws + ii / s1) * ws + jj / s1, l2);
+            top.insert(d, static_cast<int>((f * ws + ii / s1) * ws + jj / s1), K, l2);
           }
         }
         __syncthreads();  // D and R are rewritten for the next offset
       }
     }
   }
-  if (active)
-    for (int k = 0; k < K; ++k) out[(bh * Q + q) * K + k] = k < cnt ? bi[k] : 0;
+  if (active) top.write(out + (bh * Q + q) * K, K);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole-pixel grids, staged (topk_stage_kernel): the box sums of topk_box_kernel, with
+//  * the query tile and its halo staged once per search frame, and the key pixels a run of
+//    offsets reaches staged once per run, in shared memory (so no mirroring or global read in
+//    the inner loops), channel-major: lanes read consecutive pixels;
+//  * the offsets spread over the warps: each warp takes one offset per round and computes the
+//    difference image, the row sums and the column sums of the whole tile on its own (only
+//    __syncwarp), then one block barrier hands the kSW distances of each query to the thread
+//    that keeps its top k (in registers). One barrier per kSW offsets instead of three per
+//    offset; the distance buffer is double-buffered so that no second barrier is needed.
+// A tile whose windows spread wider than the key budget (flows varying within the tile) is
+// staged in runs of fewer offsets. The top k orders by (distance, id), so the order of runs
+// does not matter.
+constexpr int kSY = 16, kSX = 16, kSW = 8;  // tile of kSY x kSX queries, kSW warps
+static_assert(kSX == 16, "the row and column sums give each half-warp one row of the tile");
+
+// acc += the per-pixel term of the distance between values x and y
+template <typename acc_t>
+__device__ __forceinline__ void term(acc_t& acc, acc_t x, acc_t y, bool l2) {
+  if (l2) {
+    const acc_t e = x - y;
+    acc += e * e;
+  } else {
+    acc += x * y;
+  }
+}
+
+// PCN: frames x channels per head when it is 1 or 3 (unrolled), else 0 (any)
+template <typename scalar_t, typename acc_t, int KM, int PCN>
+__global__ void __launch_bounds__(kSY* kSX)
+    topk_stage_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
+                      const acc_t* __restrict__ centres, const int64_t* __restrict__ frames,
+                      int64_t T, int64_t H, int64_t W, int64_t C, int64_t Q, int64_t nt, int ws,
+                      int s1, int64_t gt0, int64_t gy0, int64_t gx0, int64_t nH, int64_t nW, int s0,
+                      int ps, int pt, int dil, int64_t nh, int K, bool l2, bool exclude_self,
+                      int DH, int DW, int64_t kcap, int64_t* __restrict__ out) {
+  extern __shared__ __align__(16) unsigned char stage_smem[];
+  constexpr int kN = kSY * kSX;
+  const int Ch = static_cast<int>(C / nh), PC = pt * Ch, DA = DH * DW;
+  acc_t* Qs = reinterpret_cast<acc_t*>(stage_smem);  // PC x DH x DW
+  const int DP = ((DW + 31) / 32) * 32 + 1;          // odd pitch of the difference images
+  acc_t* Dw = Qs + PC * DA;                           // kSW x DH x DP
+  acc_t* Rw = Dw + kSW * DH * DP;                     // kSW x DH x kSX
+  acc_t* Ds = Rw + kSW * DH * kSX;                    // 2 x kSW x kN
+  acc_t* Ks = Ds + 2 * kSW * kN;                      // PC x KH x KW, at most kcap
+  __shared__ int gmin[2], gmax[2];
+
+  const int64_t bh = blockIdx.z, b = bh / nh, h = bh % nh;
+  const int64_t tr = blockIdx.y;
+  const int64_t tiles_x = (nW + kSX - 1) / kSX;
+  const int64_t tile_i = blockIdx.x / tiles_x, tile_j = blockIdx.x % tiles_x;
+  const int ty = threadIdx.x / kSX, tx = threadIdx.x % kSX;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t gi = tile_i * kSY + ty, gj = tile_j * kSX + tx;
+  const bool active = gi < nH && gj < nW;
+  const int64_t q = (tr * nH + gi) * nW + gj;
+  const int64_t t = gt0 + tr;
+  const int64_t qy = gy0 + gi * s0, qx = gx0 + gj * s0;
+  const int r = ps / 2, half = ws / 2, span = (ws - 1) * s1;
+  const int64_t oy0 = gy0 + tile_i * kSY * s0 - dil * r, ox0 = gx0 + tile_j * kSX * s0 - dil * r;
+  const int64_t c0 = static_cast<int64_t>(h) * Ch, video = T * H * W * C;
+  const scalar_t* qv = qdata + b * video;
+  const scalar_t* kv = kdata + b * video;
+  const int64_t q_first = tr * nH * nW;
+
+  TopK<acc_t, int, KM> top;
+  int parity = 0;
+  for (int64_t f = 0; f < nt; ++f) {
+    const int64_t s = frames[q_first * nt + f];
+    int gy = 0, gx = 0;  // offset of this query's first candidate
+    if (active) {
+      const acc_t cy = centres[((b * Q + q) * nt + f) * 2];
+      const acc_t cx = centres[((b * Q + q) * nt + f) * 2 + 1];
+      gy = static_cast<int>(llrint(static_cast<double>(cy)) - half * s1 - qy);
+      gx = static_cast<int>(llrint(static_cast<double>(cx)) - half * s1 - qx);
+    }
+    if (threadIdx.x == 0) {
+      gmin[0] = gmin[1] = INT_MAX;
+      gmax[0] = gmax[1] = INT_MIN;
+    }
+    __syncthreads();
+    if (active) {
+      atomicMin(&gmin[0], gy);
+      atomicMin(&gmin[1], gx);
+      atomicMax(&gmax[0], gy);
+      atomicMax(&gmax[1], gx);
+    }
+    __syncthreads();
+    const int ylo = gmin[0], yhi = gmax[0] + span;
+    const int xlo = gmin[1], xhi = gmax[1] + span;
+    __syncthreads();  // everyone has read gmin/gmax before the next frame resets them
+    if (ylo > yhi) continue;  // no active thread in this tile (uniform across the block)
+    // The query tile and halo: every warp is past the last barrier of the previous frame's
+    // rounds, so nobody reads Qs any more.
+    for (int e = threadIdx.x; e < PC * DA; e += blockDim.x) {
+      const int pc = e / DA, pix = e - pc * DA, u = pix / DW, v = pix - u * DW;
+      const int dt = pc / Ch, c = pc - dt * Ch;
+      const int64_t fr = reflect(t + dt, T);
+      Qs[e] = static_cast<acc_t>(
+          qv[((fr * H + reflect(oy0 + u, H)) * W + reflect(ox0 + v, W)) * C + c0 + c]);
+    }
+    // Runs of cy x cx offsets whose key pixels fit in kcap.
+    const int ny = yhi - ylo + 1, nx = xhi - xlo + 1;
+    int cy = ny, cx = nx;
+    while (int64_t(PC) * (DH + cy - 1) * (DW + cx - 1) > kcap) {
+      if (cy > 1)
+        cy = (cy + 1) / 2;
+      else
+        cx = (cx + 1) / 2;
+    }
+    for (int ya = ylo; ya <= yhi; ya += cy) {
+      const int my = min(cy, yhi - ya + 1);
+      for (int xa = xlo; xa <= xhi; xa += cx) {
+        const int mx = min(cx, xhi - xa + 1);
+        const int KH = DH + my - 1, KW = DW + mx - 1, KA = KH * KW;
+        for (int e = threadIdx.x; e < PC * KA; e += blockDim.x) {
+          const int pc = e / KA, pix = e - pc * KA, u = pix / KW, v = pix - u * KW;
+          const int dt = pc / Ch, c = pc - dt * Ch;
+          const int64_t fr = reflect(s + dt, T);
+          Ks[e] = static_cast<acc_t>(
+              kv[((fr * H + reflect(oy0 + ya + u, H)) * W + reflect(ox0 + xa + v, W)) * C + c0 +
+                 c]);
+        }
+        __syncthreads();  // Qs and Ks are staged
+        const int no = my * mx;
+        for (int base = 0; base < no; base += kSW) {
+          acc_t* Dbuf = Ds + parity * kSW * kN;
+          const int o = base + warp;
+          if (o < no) {
+            const int oy = o / mx, ox = o - oy * mx;
+            acc_t* D = Dw + warp * DH * DP;
+            // 1. the difference image of offset (ya + oy, xa + ox) over the tile and halo:
+            //    each lane takes a column, the rows unrolled for independent loads
+            for (int v = lane; v < DW; v += 32) {
+              const acc_t* qc = Qs + v;
+              const acc_t* kc = Ks + oy * KW + ox + v;
+#pragma unroll 4
+              for (int u = 0; u < DH; ++u) {
+                acc_t acc = 0;
+                if constexpr (PCN > 0) {
+#pragma unroll
+                  for (int pc = 0; pc < PCN; ++pc)
+                    term<acc_t>(acc, qc[pc * DA + u * DW], kc[pc * KA + u * KW], l2);
+                } else {
+                  for (int pc = 0; pc < PC; ++pc)
+                    term<acc_t>(acc, qc[pc * DA + u * DW], kc[pc * KA + u * KW], l2);
+                }
+                D[u * DP + v] = acc;
+              }
+            }
+            __syncwarp();
+            // 2. sums along rows: lanes 0-15 and 16-31 take every other row (the odd pitch
+            //    DP keeps the two halves on different banks)
+            acc_t* R = Rw + warp * DH * kSX;
+            const int j = lane & (kSX - 1), half_lane = lane >> 4;
+#pragma unroll 2
+            for (int u = half_lane; u < DH; u += 2) {
+              const acc_t* row = D + u * DP + j * s0;
+              acc_t acc = 0;
+              for (int bx = 0; bx < ps; ++bx) acc += row[dil * bx];
+              R[u * kSX + j] = acc;
+            }
+            __syncwarp();
+            // 3. sums along columns: the distances of the whole tile at this offset
+#pragma unroll 2
+            for (int i = half_lane; i < kSY; i += 2) {
+              const acc_t* col = R + i * s0 * kSX + j;
+              acc_t acc = 0;
+              for (int a = 0; a < ps; ++a) acc += col[dil * a * kSX];
+              Dbuf[warp * kN + i * kSX + j] = acc;
+            }
+          }
+          __syncthreads();  // the round's distances are in Dbuf
+          if (active) {
+            const int nw = min(kSW, no - base);
+            int oy = base / mx, ox = base - oy * mx;
+            for (int w = 0; w < nw; ++w) {
+              const int dy = ya + oy, dx = xa + ox;
+              const int ii = dy - gy, jj = dx - gx;
+              if (static_cast<unsigned>(ii) <= static_cast<unsigned>(span) &&
+                  static_cast<unsigned>(jj) <= static_cast<unsigned>(span) &&
+                  (s1 == 1 || (ii % s1 == 0 && jj % s1 == 0)) &&
+                  !(exclude_self && s == t && dy == 0 && dx == 0))
+                top.insert(Dbuf[w * kN + threadIdx.x],
+                           static_cast<int>((f * ws + ii / s1) * ws + jj / s1), K, l2);
+              if (++ox == mx) {
+                ox = 0;
+                ++oy;
+              }
+            }
+          }
+          parity ^= 1;
+        }
+        // The next run's staging may overwrite Ks: every warp has passed the round barrier
+        // after its last read of Ks. But a thread could still be inserting from Dbuf while
+        // another stages; Dbuf is not touched by staging, so no barrier is needed here.
+      }
+    }
+  }
+  if (active) top.write(out + (bh * Q + q) * K, K);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,9 +770,7 @@ __global__ void __launch_bounds__(kPY* kPX)
 #pragma unroll
     for (int c = 0; c < CMAX; ++c) qr[c] = (active && c < Ch) ? static_cast<acc_t>(qp[c]) : acc_t(0);
   }
-  acc_t bd[KMAX];
-  int bi[KMAX];
-  int cnt = 0;
+  TopK<acc_t, int, KMAX> top;
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q_first * nt + f];
     int gy = 0, gx = 0;  // offset of the window's first candidate from the query
@@ -607,14 +845,13 @@ __global__ void __launch_bounds__(kPY* kPX)
             }
           }
           const acc_t d = (part[0] + part[1]) + (part[2] + part[3]);
-          stnls::topk_insert(bd, bi, cnt, K, d, (static_cast<int>(f) * ws + ii) * ws + jj, l2);
+          top.insert(d, (static_cast<int>(f) * ws + ii) * ws + jj, K, l2);
         }
       }
     }
     if (staged) __syncthreads();  // S is rewritten for the next frame
   }
-  if (active)
-    for (int k = 0; k < K; ++k) out[(bh * Q + q) * K + k] = k < cnt ? bi[k] : 0;
+  if (active) top.write(out + (bh * Q + q) * K, K);
 }
 
 template <typename F>
@@ -685,6 +922,52 @@ at::Tensor search_topk_pix_cuda(const at::Tensor& queries, const at::Tensor& key
   return ids;
 }
 
+// Host side of topk_stage_kernel (k <= 16; shared memory sized by the caller).
+at::Tensor search_topk_stage_cuda(const at::Tensor& queries, const at::Tensor& keys,
+                                  const at::Tensor& centres, const at::Tensor& frames,
+                                  at::IntArrayRef grid, int64_t stride0, int64_t ps, int64_t pt,
+                                  int64_t dilation, int64_t nheads, int64_t k, bool l2,
+                                  bool exclude_self, int64_t ws, int DH, int DW, int64_t kcap,
+                                  int64_t smem) {
+  const c10::cuda::CUDAGuard guard(queries.device());
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  const int64_t Q = grid[3] * grid[4] * grid[5], nt = frames.size(1), s1 = grid[6];
+  auto ids = at::empty({B, nheads, Q, k}, frames.options());
+  if (ids.numel() == 0) return ids;
+  const auto frm = frames.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t tiles = ((grid[4] + kSY - 1) / kSY) * ((grid[5] + kSX - 1) / kSX);
+  TORCH_CHECK(grid[3] <= 65535 && B * nheads <= 65535, "too many frames or batch x heads");
+  const dim3 blocks(static_cast<unsigned>(tiles), static_cast<unsigned>(grid[3]),
+                    static_cast<unsigned>(B * nheads));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
+                                  "search_topk_stage_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto cen = centres.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    auto launch = [&](auto pcn) {
+      auto kern = topk_stage_kernel<scalar_t, acc_t, 16, decltype(pcn)::value>;
+      if (smem > 48 * 1024)
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem)));
+      kern<<<blocks, kSY * kSX, smem, stream>>>(
+          queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), cen.data_ptr<acc_t>(),
+          frm.data_ptr<int64_t>(), T, H, W, C, Q, nt, int(ws), int(s1), grid[0], grid[1],
+          grid[2], grid[4], grid[5], int(stride0), int(ps), int(pt), int(dilation), nheads,
+          int(k), l2, exclude_self, DH, DW, kcap, ids.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    const int64_t PC = pt * (C / nheads);
+    if (PC == 3)
+      launch(std::integral_constant<int, 3>{});
+    else if (PC == 1)
+      launch(std::integral_constant<int, 1>{});
+    else
+      launch(std::integral_constant<int, 0>{});
+  });
+  return ids;
+}
+
 at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& keys,
                                 const at::Tensor& coords, const at::Tensor& centres,
                                 const at::Tensor& frames, const at::Tensor& offsets,
@@ -706,11 +989,38 @@ at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& key
   if (pix_on && ps == 1 && pt == 1 && k <= 16 && s1 >= 1 && queries.size(4) / nheads <= 64)
     return search_topk_pix_cuda(queries, keys, centres, frames, grid, stride0, nheads, k, l2,
                                 exclude_self, ws);
+  if (nt * ws * ws >= INT_MAX || s1 < 1)  // ids past int, or a sub-pixel grid
+    return search_topk_cuda(queries, keys, coords, centres, frames, offsets, ps, pt, dilation,
+                            nheads, k, l2, exclude_self);
+  const size_t acc_bytes = queries.scalar_type() == at::kDouble ? 8 : 4;
+  // NAPARI_STNLS_CUDA_STAGE=0 turns the staged kernel off (to time it against the box one)
+  static const bool stage_on = [] {
+    const char* e = std::getenv("NAPARI_STNLS_CUDA_STAGE");
+    return !(e && std::string(e) == "0");
+  }();
+  if (stage_on && k <= 16) {
+    const int64_t DH = (kSY - 1) * stride0 + dilation * (ps - 1) + 1;
+    const int64_t DW = (kSX - 1) * stride0 + dilation * (ps - 1) + 1;
+    const int64_t PC = pt * (queries.size(4) / nheads), DA = DH * DW;
+    const int64_t DP = ((DW + 31) / 32) * 32 + 1;
+    const int64_t fixed = PC * DA + kSW * DH * DP + kSW * DH * kSX + 2 * kSW * kSY * kSX;
+    // keys of a whole window of offsets where they fit in ~72 KiB in all (three blocks per
+    // SM), else runs of fewer offsets; at least 8 x 8 offsets' worth
+    const int64_t kcap = std::max<int64_t>(PC * (DH + 7) * (DW + 7),
+                                           (72 * 1024) / int64_t(acc_bytes) - fixed);
+    const int64_t smem = (fixed + kcap) * int64_t(acc_bytes);
+    int dev = 0, optin = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (smem <= optin - 1024)
+      return search_topk_stage_cuda(queries, keys, centres, frames, grid, stride0, ps, pt,
+                                    dilation, nheads, k, l2, exclude_self, ws, int(DH), int(DW),
+                                    kcap, smem);
+  }
   const int DH = int((kTY - 1) * stride0 + dilation * (ps - 1) + 1);
   const int DW = int((kTX - 1) * stride0 + dilation * (ps - 1) + 1);
-  const size_t acc_bytes = queries.scalar_type() == at::kDouble ? 8 : 4;
   const size_t smem = acc_bytes * size_t(DH) * size_t(DW + kTX);
-  if (k > 128 || smem > 48 * 1024 || s1 < 1)  // tile does not fit: the per-query kernel
+  if (k > 128 || smem > 48 * 1024)  // tile does not fit: the per-query kernel
     return search_topk_cuda(queries, keys, coords, centres, frames, offsets, ps, pt, dilation,
                             nheads, k, l2, exclude_self);
   const c10::cuda::CUDAGuard guard(queries.device());

@@ -432,3 +432,35 @@ def test_single_pixel_patches_on_larger_videos(impl, C, nheads, dist, stride0, s
     d, i = search(v.to(device), v.to(device), flows=dev_flows, backend=backend, **kw)
     assert_knn_match(d, i, ref[0].double().numpy(), ref[1].double().numpy(), rtol=1e-5, atol=1e-5,
                      min_untied=0.9)
+
+
+@pytest.mark.parametrize(
+    "dtype,ps,pt,stride0,dilation,k,flow_amp",
+    [
+        (torch.float32, 7, 1, 1, 1, 10, 0.0),  # workload A's shape of search
+        (torch.float32, 5, 1, 1, 1, 10, 20.0),  # rough flows: windows spread past the key runs
+        (torch.float64, 3, 2, 2, 2, 16, 9.0),
+        (torch.float32, 3, 1, 1, 1, 17, 0.0),  # k past the register lists: the box kernel
+    ],
+)
+def test_whole_pixel_box_search_with_spread_windows(impl, dtype, ps, pt, stride0, dilation, k,
+                                                    flow_amp):
+    """Whole-pixel grids with ps > 1 (the box-sum kernels on CUDA): with flows that differ from
+    pixel to pixel, the windows of a tile of queries spread far apart, and the CUDA kernel
+    stages their key pixels in several runs; every backend finds the compiled CPU kernel's
+    neighbours."""
+    backend, device = impl
+    gen = torch.Generator().manual_seed(ps * 10 + pt)
+    v = torch.rand(1, 4, 3, 41, 53, generator=gen, dtype=dtype)
+    flows = None
+    if flow_amp:
+        flows = tuple(torch.randn(1, 4, 2, 41, 53, generator=gen, dtype=dtype) * flow_amp
+                      for _ in range(2))
+    kw = dict(ps=ps, pt=pt, ws=9, wt=1, k=k, itype="int", stride0=stride0, dilation=dilation,
+              exclude_self=True, region=(0, 4, 2, 40, 0, 53))
+    ref = search(v, v, flows=flows, backend="cpu", **dict(kw, k=k + 1))  # k+1: ties at the k-th
+    dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
+    d, i = search(v.to(device), v.to(device), flows=dev_flows, backend=backend, **kw)
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    assert_knn_match(d, i, ref[0].double().numpy(), ref[1].double().numpy(), rtol=tol, atol=tol,
+                     min_untied=0.9)
