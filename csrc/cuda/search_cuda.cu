@@ -132,27 +132,33 @@ struct TopK {
   acc_t d[KM];
   id_t id[KM];
   int n = 0;
+  acc_t worst_d = acc_t(0);  // d[K-1], id[K-1] once the list is full, kept in registers: most
+  id_t worst_id = 0;         // candidates are rejected against them with no memory access
 
-  __device__ __forceinline__ bool before(acc_t v, id_t vi, int i, bool l2) const {
-    return stnls::better(v, d[i], l2) || (v == d[i] && vi < id[i]);
+  __device__ __forceinline__ bool before(acc_t v, id_t vi, acc_t e, id_t ei, bool l2) const {
+    return stnls::better(v, e, l2) || (v == e && vi < ei);
   }
 
   __device__ __forceinline__ void insert(acc_t v, id_t vi, int K, bool l2) {
     int pos;
     if (n < K) {
       pos = n++;
-    } else if (before(v, vi, K - 1, l2)) {
+    } else if (before(v, vi, worst_d, worst_id, l2)) {
       pos = K - 1;
     } else {
       return;
     }
-    while (pos > 0 && before(v, vi, pos - 1, l2)) {
+    while (pos > 0 && before(v, vi, d[pos - 1], id[pos - 1], l2)) {
       d[pos] = d[pos - 1];
       id[pos] = id[pos - 1];
       --pos;
     }
     d[pos] = v;
     id[pos] = vi;
+    if (n == K) {
+      worst_d = d[K - 1];
+      worst_id = id[K - 1];
+    }
   }
 
   // out[0..K): the ids, 0 where fewer than K candidates were seen
@@ -526,17 +532,22 @@ __global__ void __launch_bounds__(kTY* kTX)
 // Whole-pixel grids, staged (topk_stage_kernel): the box sums of topk_box_kernel, with
 //  * the query tile and its halo staged once per search frame, and the key pixels a run of
 //    offsets reaches staged once per run, in shared memory (so no mirroring or global read in
-//    the inner loops), channel-major: lanes read consecutive pixels;
+//    the inner loops), channel-major, rows at odd pitches (no bank conflicts);
 //  * the offsets spread over the warps: each warp takes one offset per round and computes the
 //    difference image, the row sums and the column sums of the whole tile on its own (only
 //    __syncwarp), then one block barrier hands the kSW distances of each query to the thread
-//    that keeps its top k (in registers). One barrier per kSW offsets instead of three per
-//    offset; the distance buffer is double-buffered so that no second barrier is needed.
+//    that keeps its top k. One barrier per kSW offsets instead of three per offset; the
+//    distance buffer is double-buffered so that no second barrier is needed.
+// With ps in {3, 5, 7}, stride0 = 1 and dilation 1 (PS > 0) the sums run in registers: a lane
+// holds one row of the difference image and sums it, then a lane holds half a column of row
+// sums and sums that; the generic path (PS = 0) goes through shared memory. Both add in the
+// same order, so they give the same distances.
 // A tile whose windows spread wider than the key budget (flows varying within the tile) is
 // staged in runs of fewer offsets. The top k orders by (distance, id), so the order of runs
 // does not matter.
 constexpr int kSY = 16, kSX = 16, kSW = 8;  // tile of kSY x kSX queries, kSW warps
-static_assert(kSX == 16, "the row and column sums give each half-warp one row of the tile");
+constexpr int kRP = 18;  // pitch of the row sums: the two half-warps of step 3 on other banks
+static_assert(kSX == 16 && kSY == 16, "steps 2 and 3 give each half-warp half of the tile");
 
 // acc += the per-pixel term of the distance between values x and y
 template <typename acc_t>
@@ -549,9 +560,14 @@ __device__ __forceinline__ void term(acc_t& acc, acc_t x, acc_t y, bool l2) {
   }
 }
 
-// PCN: frames x channels per head when it is 1 or 3 (unrolled), else 0 (any)
-template <typename scalar_t, typename acc_t, int KM, int PCN>
-__global__ void __launch_bounds__(kSY* kSX)
+__host__ __device__ __forceinline__ int odd_pitch(int w) { return w | 1; }
+
+// PCN: frames x channels per head when it is 1 or 3 (unrolled), else 0 (any).
+// PS: the patch size of the register path, or 0 (generic).
+// (three blocks per SM: ptxas then keeps every path under 85 registers without spilling; left
+// to itself it capped them at 64 and spilled)
+template <typename scalar_t, typename acc_t, int KM, int PCN, int PS>
+__global__ void __launch_bounds__(kSY* kSX, 3)
     topk_stage_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
                       const acc_t* __restrict__ centres, const int64_t* __restrict__ frames,
                       int64_t T, int64_t H, int64_t W, int64_t C, int64_t Q, int64_t nt, int ws,
@@ -560,22 +576,22 @@ __global__ void __launch_bounds__(kSY* kSX)
                       int DH, int DW, int64_t kcap, int64_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char stage_smem[];
   constexpr int kN = kSY * kSX;
-  const int Ch = static_cast<int>(C / nh), PC = pt * Ch, DA = DH * DW;
-  acc_t* Qs = reinterpret_cast<acc_t*>(stage_smem);  // PC x DH x DW
-  const int DP = ((DW + 31) / 32) * 32 + 1;          // odd pitch of the difference images
-  acc_t* Dw = Qs + PC * DA;                           // kSW x DH x DP
-  acc_t* Rw = Dw + kSW * DH * DP;                     // kSW x DH x kSX
-  acc_t* Ds = Rw + kSW * DH * kSX;                    // 2 x kSW x kN
-  acc_t* Ks = Ds + 2 * kSW * kN;                      // PC x KH x KW, at most kcap
+  const int Ch = static_cast<int>(C / nh), PC = pt * Ch;
+  const int QP = odd_pitch(DW), QA = DH * QP;
+  const int DP = ((DW + 31) / 32) * 32 + 1;  // odd pitch of the difference images
+  acc_t* Qs = reinterpret_cast<acc_t*>(stage_smem);  // PC x DH x QP
+  acc_t* Dw = Qs + PC * QA;                           // kSW x DH x DP (generic path only)
+  acc_t* Rw = Dw + (PS > 0 ? 0 : kSW * DH * DP);      // kSW x DH x kRP
+  acc_t* Ds = Rw + kSW * DH * kRP;                    // 2 x kSW x kN
+  acc_t* Ks = Ds + 2 * kSW * kN;                      // PC x KH x KP, at most kcap
   __shared__ int gmin[2], gmax[2];
 
   const int64_t bh = blockIdx.z, b = bh / nh, h = bh % nh;
   const int64_t tr = blockIdx.y;
   const int64_t tiles_x = (nW + kSX - 1) / kSX;
   const int64_t tile_i = blockIdx.x / tiles_x, tile_j = blockIdx.x % tiles_x;
-  const int ty = threadIdx.x / kSX, tx = threadIdx.x % kSX;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t gi = tile_i * kSY + ty, gj = tile_j * kSX + tx;
+  const int64_t gi = tile_i * kSY + threadIdx.x / kSX, gj = tile_j * kSX + threadIdx.x % kSX;
   const bool active = gi < nH && gj < nW;
   const int64_t q = (tr * nH + gi) * nW + gj;
   const int64_t t = gt0 + tr;
@@ -612,21 +628,24 @@ __global__ void __launch_bounds__(kSY* kSX)
     __syncthreads();
     const int ylo = gmin[0], yhi = gmax[0] + span;
     const int xlo = gmin[1], xhi = gmax[1] + span;
+    // every window of the tile is the same (no flow, or one constant over the tile): each
+    // offset of the union is in each query's window
+    const bool same = gmin[0] == gmax[0] && gmin[1] == gmax[1] && s1 == 1;
     __syncthreads();  // everyone has read gmin/gmax before the next frame resets them
     if (ylo > yhi) continue;  // no active thread in this tile (uniform across the block)
     // The query tile and halo: every warp is past the last barrier of the previous frame's
     // rounds, so nobody reads Qs any more.
-    for (int e = threadIdx.x; e < PC * DA; e += blockDim.x) {
-      const int pc = e / DA, pix = e - pc * DA, u = pix / DW, v = pix - u * DW;
+    for (int e = threadIdx.x; e < PC * DH * DW; e += blockDim.x) {
+      const int pc = e / (DH * DW), pix = e - pc * (DH * DW), u = pix / DW, v = pix - u * DW;
       const int dt = pc / Ch, c = pc - dt * Ch;
       const int64_t fr = reflect(t + dt, T);
-      Qs[e] = static_cast<acc_t>(
+      Qs[pc * QA + u * QP + v] = static_cast<acc_t>(
           qv[((fr * H + reflect(oy0 + u, H)) * W + reflect(ox0 + v, W)) * C + c0 + c]);
     }
     // Runs of cy x cx offsets whose key pixels fit in kcap.
     const int ny = yhi - ylo + 1, nx = xhi - xlo + 1;
     int cy = ny, cx = nx;
-    while (int64_t(PC) * (DH + cy - 1) * (DW + cx - 1) > kcap) {
+    while (int64_t(PC) * (DH + cy - 1) * odd_pitch(DW + cx - 1) > kcap) {
       if (cy > 1)
         cy = (cy + 1) / 2;
       else
@@ -636,12 +655,13 @@ __global__ void __launch_bounds__(kSY* kSX)
       const int my = min(cy, yhi - ya + 1);
       for (int xa = xlo; xa <= xhi; xa += cx) {
         const int mx = min(cx, xhi - xa + 1);
-        const int KH = DH + my - 1, KW = DW + mx - 1, KA = KH * KW;
-        for (int e = threadIdx.x; e < PC * KA; e += blockDim.x) {
-          const int pc = e / KA, pix = e - pc * KA, u = pix / KW, v = pix - u * KW;
+        const int KH = DH + my - 1, KW = DW + mx - 1, KP = odd_pitch(KW), KA = KH * KP;
+        // Every warp has passed the round barrier after its last read of Ks.
+        for (int e = threadIdx.x; e < PC * KH * KW; e += blockDim.x) {
+          const int pc = e / (KH * KW), pix = e - pc * (KH * KW), u = pix / KW, v = pix - u * KW;
           const int dt = pc / Ch, c = pc - dt * Ch;
           const int64_t fr = reflect(s + dt, T);
-          Ks[e] = static_cast<acc_t>(
+          Ks[pc * KA + u * KP + v] = static_cast<acc_t>(
               kv[((fr * H + reflect(oy0 + ya + u, H)) * W + reflect(ox0 + xa + v, W)) * C + c0 +
                  c]);
         }
@@ -652,61 +672,105 @@ __global__ void __launch_bounds__(kSY* kSX)
           const int o = base + warp;
           if (o < no) {
             const int oy = o / mx, ox = o - oy * mx;
-            acc_t* D = Dw + warp * DH * DP;
-            // 1. the difference image of offset (ya + oy, xa + ox) over the tile and halo:
-            //    each lane takes a column, the rows unrolled for independent loads
-            for (int v = lane; v < DW; v += 32) {
-              const acc_t* qc = Qs + v;
-              const acc_t* kc = Ks + oy * KW + ox + v;
-#pragma unroll 4
-              for (int u = 0; u < DH; ++u) {
-                acc_t acc = 0;
-                if constexpr (PCN > 0) {
+            acc_t* R = Rw + warp * DH * kRP;
+            if constexpr (PS > 0) {
+              constexpr int DWc = kSX + PS - 1, DHc = kSY + PS - 1, RC = kSY / 2 + PS - 1;
+              // 1-2. lane u: row u of the difference image at offset (ya + oy, xa + ox), in
+              //      registers, and its sums over every window of PS columns
+              if (lane < DHc) {
+                const acc_t* qr = Qs + lane * QP;
+                const acc_t* kr = Ks + (lane + oy) * KP + ox;
+                acc_t Dr[DWc];
 #pragma unroll
-                  for (int pc = 0; pc < PCN; ++pc)
-                    term<acc_t>(acc, qc[pc * DA + u * DW], kc[pc * KA + u * KW], l2);
-                } else {
-                  for (int pc = 0; pc < PC; ++pc)
-                    term<acc_t>(acc, qc[pc * DA + u * DW], kc[pc * KA + u * KW], l2);
+                for (int v = 0; v < DWc; ++v) {
+                  acc_t acc = 0;
+                  if constexpr (PCN > 0) {
+#pragma unroll
+                    for (int pc = 0; pc < PCN; ++pc) term<acc_t>(acc, qr[pc * QA + v], kr[pc * KA + v], l2);
+                  } else {
+                    for (int pc = 0; pc < PC; ++pc) term<acc_t>(acc, qr[pc * QA + v], kr[pc * KA + v], l2);
+                  }
+                  Dr[v] = acc;
                 }
-                D[u * DP + v] = acc;
+                acc_t* Rr = R + lane * kRP;
+#pragma unroll
+                for (int j = 0; j < kSX; ++j) {
+                  acc_t acc = 0;
+#pragma unroll
+                  for (int bx = 0; bx < PS; ++bx) acc += Dr[j + bx];
+                  Rr[j] = acc;
+                }
               }
-            }
-            __syncwarp();
-            // 2. sums along rows: lanes 0-15 and 16-31 take every other row (the odd pitch
-            //    DP keeps the two halves on different banks)
-            acc_t* R = Rw + warp * DH * kSX;
-            const int j = lane & (kSX - 1), half_lane = lane >> 4;
+              __syncwarp();
+              // 3. lane (j, half): column j's sums over every window of PS rows, for the
+              //    tile's rows 8 * half ... 8 * half + 7
+              const int j = lane & (kSX - 1), hl = lane >> 4;
+              const acc_t* col = R + hl * (kSY / 2) * kRP + j;
+              acc_t Rc[RC];
+#pragma unroll
+              for (int a = 0; a < RC; ++a) Rc[a] = col[a * kRP];
+#pragma unroll
+              for (int i = 0; i < kSY / 2; ++i) {
+                acc_t acc = 0;
+#pragma unroll
+                for (int a = 0; a < PS; ++a) acc += Rc[i + a];
+                Dbuf[warp * kN + (hl * (kSY / 2) + i) * kSX + j] = acc;
+              }
+            } else {
+              acc_t* D = Dw + warp * DH * DP;
+              // 1. the difference image of offset (ya + oy, xa + ox) over the tile and halo:
+              //    each lane takes a column, the rows unrolled for independent loads
+              for (int v = lane; v < DW; v += 32) {
+                const acc_t* qc = Qs + v;
+                const acc_t* kc = Ks + oy * KP + ox + v;
+#pragma unroll 4
+                for (int u = 0; u < DH; ++u) {
+                  acc_t acc = 0;
+                  if constexpr (PCN > 0) {
+#pragma unroll
+                    for (int pc = 0; pc < PCN; ++pc)
+                      term<acc_t>(acc, qc[pc * QA + u * QP], kc[pc * KA + u * KP], l2);
+                  } else {
+                    for (int pc = 0; pc < PC; ++pc)
+                      term<acc_t>(acc, qc[pc * QA + u * QP], kc[pc * KA + u * KP], l2);
+                  }
+                  D[u * DP + v] = acc;
+                }
+              }
+              __syncwarp();
+              // 2. sums along rows: the half-warps take every other row
+              const int j = lane & (kSX - 1), hl = lane >> 4;
 #pragma unroll 2
-            for (int u = half_lane; u < DH; u += 2) {
-              const acc_t* row = D + u * DP + j * s0;
-              acc_t acc = 0;
-              for (int bx = 0; bx < ps; ++bx) acc += row[dil * bx];
-              R[u * kSX + j] = acc;
-            }
-            __syncwarp();
-            // 3. sums along columns: the distances of the whole tile at this offset
+              for (int u = hl; u < DH; u += 2) {
+                const acc_t* row = D + u * DP + j * s0;
+                acc_t acc = 0;
+                for (int bx = 0; bx < ps; ++bx) acc += row[dil * bx];
+                R[u * kRP + j] = acc;
+              }
+              __syncwarp();
+              // 3. sums along columns: the distances of the whole tile at this offset
 #pragma unroll 2
-            for (int i = half_lane; i < kSY; i += 2) {
-              const acc_t* col = R + i * s0 * kSX + j;
-              acc_t acc = 0;
-              for (int a = 0; a < ps; ++a) acc += col[dil * a * kSX];
-              Dbuf[warp * kN + i * kSX + j] = acc;
+              for (int i = hl; i < kSY; i += 2) {
+                const acc_t* col = R + i * s0 * kRP + j;
+                acc_t acc = 0;
+                for (int a = 0; a < ps; ++a) acc += col[dil * a * kRP];
+                Dbuf[warp * kN + i * kSX + j] = acc;
+              }
             }
           }
           __syncthreads();  // the round's distances are in Dbuf
           if (active) {
-            const int nw = min(kSW, no - base);
+            const int nw = min(kSW, no - base), fw = static_cast<int>(f) * ws;
             int oy = base / mx, ox = base - oy * mx;
             for (int w = 0; w < nw; ++w) {
               const int dy = ya + oy, dx = xa + ox;
               const int ii = dy - gy, jj = dx - gx;
-              if (static_cast<unsigned>(ii) <= static_cast<unsigned>(span) &&
-                  static_cast<unsigned>(jj) <= static_cast<unsigned>(span) &&
-                  (s1 == 1 || (ii % s1 == 0 && jj % s1 == 0)) &&
-                  !(exclude_self && s == t && dy == 0 && dx == 0))
-                top.insert(Dbuf[w * kN + threadIdx.x],
-                           static_cast<int>((f * ws + ii / s1) * ws + jj / s1), K, l2);
+              if (same || (static_cast<unsigned>(ii) <= static_cast<unsigned>(span) &&
+                           static_cast<unsigned>(jj) <= static_cast<unsigned>(span) &&
+                           (s1 == 1 || (ii % s1 == 0 && jj % s1 == 0))))
+                if (!(exclude_self && s == t && dy == 0 && dx == 0))
+                  top.insert(Dbuf[w * kN + threadIdx.x],
+                             s1 == 1 ? (fw + ii) * ws + jj : (fw + ii / s1) * ws + jj / s1, K, l2);
               if (++ox == mx) {
                 ox = 0;
                 ++oy;
@@ -715,9 +779,6 @@ __global__ void __launch_bounds__(kSY* kSX)
           }
           parity ^= 1;
         }
-        // The next run's staging may overwrite Ks: every warp has passed the round barrier
-        // after its last read of Ks. But a thread could still be inserting from Dbuf while
-        // another stages; Dbuf is not touched by staging, so no barrier is needed here.
       }
     }
   }
@@ -735,8 +796,10 @@ __global__ void __launch_bounds__(kSY* kSX)
 // those candidates from global memory instead: same values, same order.
 constexpr int kPY = 8, kPX = 32;
 
+// (one block per SM: the staged pixels take most of shared memory; with the whole register
+// file to use, the 64 channels held per thread do not spill)
 template <typename scalar_t, typename acc_t, int KMAX, int CMAX>
-__global__ void __launch_bounds__(kPY* kPX)
+__global__ void __launch_bounds__(kPY* kPX, 1)
     topk_pix_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
                     const acc_t* __restrict__ centres, const int64_t* __restrict__ frames, int64_t T,
                     int64_t H, int64_t W, int64_t C, int64_t Q, int64_t nt, int ws, int s1,
@@ -928,7 +991,7 @@ at::Tensor search_topk_stage_cuda(const at::Tensor& queries, const at::Tensor& k
                                   at::IntArrayRef grid, int64_t stride0, int64_t ps, int64_t pt,
                                   int64_t dilation, int64_t nheads, int64_t k, bool l2,
                                   bool exclude_self, int64_t ws, int DH, int DW, int64_t kcap,
-                                  int64_t smem) {
+                                  int64_t smem, int fast) {
   const c10::cuda::CUDAGuard guard(queries.device());
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
@@ -945,8 +1008,8 @@ at::Tensor search_topk_stage_cuda(const at::Tensor& queries, const at::Tensor& k
                                   "search_topk_stage_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto cen = centres.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    auto launch = [&](auto pcn) {
-      auto kern = topk_stage_kernel<scalar_t, acc_t, 16, decltype(pcn)::value>;
+    auto launch = [&](auto pcn, auto psn) {
+      auto kern = topk_stage_kernel<scalar_t, acc_t, 16, decltype(pcn)::value, decltype(psn)::value>;
       if (smem > 48 * 1024)
         C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(smem)));
@@ -957,13 +1020,23 @@ at::Tensor search_topk_stage_cuda(const at::Tensor& queries, const at::Tensor& k
           int(k), l2, exclude_self, DH, DW, kcap, ids.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
+    auto with_ps = [&](auto pcn) {
+      if (fast == 3)
+        launch(pcn, std::integral_constant<int, 3>{});
+      else if (fast == 5)
+        launch(pcn, std::integral_constant<int, 5>{});
+      else if (fast == 7)
+        launch(pcn, std::integral_constant<int, 7>{});
+      else
+        launch(pcn, std::integral_constant<int, 0>{});
+    };
     const int64_t PC = pt * (C / nheads);
     if (PC == 3)
-      launch(std::integral_constant<int, 3>{});
+      with_ps(std::integral_constant<int, 3>{});
     else if (PC == 1)
-      launch(std::integral_constant<int, 1>{});
+      with_ps(std::integral_constant<int, 1>{});
     else
-      launch(std::integral_constant<int, 0>{});
+      with_ps(std::integral_constant<int, 0>{});
   });
   return ids;
 }
@@ -1001,12 +1074,14 @@ at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& key
   if (stage_on && k <= 16) {
     const int64_t DH = (kSY - 1) * stride0 + dilation * (ps - 1) + 1;
     const int64_t DW = (kSX - 1) * stride0 + dilation * (ps - 1) + 1;
-    const int64_t PC = pt * (queries.size(4) / nheads), DA = DH * DW;
+    const int64_t PC = pt * (queries.size(4) / nheads);
     const int64_t DP = ((DW + 31) / 32) * 32 + 1;
-    const int64_t fixed = PC * DA + kSW * DH * DP + kSW * DH * kSX + 2 * kSW * kSY * kSX;
+    const int fast = stride0 == 1 && dilation == 1 && (ps == 3 || ps == 5 || ps == 7) ? int(ps) : 0;
+    const int64_t fixed = PC * DH * odd_pitch(int(DW)) + (fast ? 0 : kSW * DH * DP) +
+                          kSW * DH * kRP + 2 * kSW * kSY * kSX;
     // keys of a whole window of offsets where they fit in ~72 KiB in all (three blocks per
     // SM), else runs of fewer offsets; at least 8 x 8 offsets' worth
-    const int64_t kcap = std::max<int64_t>(PC * (DH + 7) * (DW + 7),
+    const int64_t kcap = std::max<int64_t>(PC * (DH + 7) * odd_pitch(int(DW + 7)),
                                            (72 * 1024) / int64_t(acc_bytes) - fixed);
     const int64_t smem = (fixed + kcap) * int64_t(acc_bytes);
     int dev = 0, optin = 0;
@@ -1015,7 +1090,7 @@ at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& key
     if (smem <= optin - 1024)
       return search_topk_stage_cuda(queries, keys, centres, frames, grid, stride0, ps, pt,
                                     dilation, nheads, k, l2, exclude_self, ws, int(DH), int(DW),
-                                    kcap, smem);
+                                    kcap, smem, fast);
   }
   const int DH = int((kTY - 1) * stride0 + dilation * (ps - 1) + 1);
   const int DW = int((kTX - 1) * stride0 + dilation * (ps - 1) + 1);
