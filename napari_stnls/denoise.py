@@ -1,8 +1,9 @@
 """Video denoisers built on the operations (torch only, no Qt).
 
 * :func:`nl_means`: space-time NL-means along the flow. Every query patch is replaced by
-  the weighted mean of its K nearest space-time patches (search -> weights -> gather ->
-  weighted scatter), and overlapping patches are averaged.
+  the weighted mean of its K nearest space-time patches (search -> weights -> aggregate, a
+  gather then weighted scatter that on the CPU never stores the patches), and overlapping
+  patches are averaged.
 * :func:`nl_bayes`: two-step video non-local Bayes along the flow.
 * :func:`skimage_nl_means`: scikit-image's NL-means per frame or on the space-time
   volume, behind the same interface, for comparison.
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from ._progress import Steps
-from .ops import Region, gather, query_coords, scatter, search
+from .ops import Region, aggregate, gather, query_coords, scatter, search
 from .ops._region import as_region
 
 __all__ = ["nl_means", "nl_bayes", "nl_bayes_params", "skimage_nl_means", "METHODS"]
@@ -205,7 +206,7 @@ def nl_means(
                 w = torch.exp(-torch.clamp(d / norm - 2.0, min=0.0) / h**2)
                 # each neighbour patch is written back at its query's position
                 at = query_coords(xd.shape, band, device=xd.device).view(1, 1, -1, 1, 3).expand_as(i)
-                scatter(gather(xd, i, ps=ps), at, out=(agg, cnt), weights=w, ps=ps)
+                aggregate(xd, i, at, out=(agg, cnt), weights=w, ps=ps)
                 steps.advance()
             sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
             out[sl] = agg[sl] / cnt[sl].clamp_min(1e-12)

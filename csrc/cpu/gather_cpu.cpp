@@ -59,18 +59,59 @@ struct Loc {
 };
 
 
+// Where scatter_into reads the values of patch n: a stored patch (B, nh, Q, K, pt, Ch, ps, ps)...
+template <typename scalar_t, typename acc_t>
+struct StoredPatches {
+  const scalar_t* pat;
+  int64_t psz = 0;
+  int ps = 0;
+  int64_t Ch = 0;
+  const scalar_t* base = nullptr;
+  void start(int64_t n) { base = pat + n * psz; }
+  acc_t at(int dt, int a, int bb, int64_t c) const {
+    return static_cast<acc_t>(base[((dt * Ch + c) * ps + a) * ps + bb]);
+  }
+};
+
+// ... or the patch of a channels-last video at position n of inds, read as gather reads it
+// (and rounded to the video's dtype as gather stores it), so aggregating without storing
+// the patches gives what gather then scatter give.
+template <typename video_t, typename acc_t, typename pos_t>
+struct VideoPatches {
+  const video_t* video;
+  const pos_t* inds;
+  const GDims* d;
+  Loc loc;
+  Pos<acc_t> p;
+  const video_t* vb = nullptr;
+  int64_t c0 = 0;
+  void start(int64_t n) {
+    const int64_t per_batch = d->nh * d->Q * d->K;
+    p = stnls::load_pos<acc_t>(inds + n * 3, false);
+    loc.set(p, *d);
+    vb = video + (n / per_batch) * d->video();
+    c0 = ((n / (d->Q * d->K)) % d->nh) * d->Ch;
+  }
+  acc_t at(int dt, int a, int bb, int64_t c) const {
+    return static_cast<acc_t>(static_cast<video_t>(
+        stnls::bilinear(vb, d->C, c0 + c, loc.at(dt, a, bb, d->W), p)));
+  }
+};
+
 // Adds weight * patch (weights may be null: 1) into out (B, T, H, W, C) and the weights into
-// cnt (B, T, H, W, nh) (may be null), both in acc_t. See the file comment for the scheme.
-template <typename scalar_t, typename acc_t, typename pos_t>
-void scatter_into(const scalar_t* pat, const pos_t* pos, const acc_t* wts, acc_t* out, acc_t* cnt,
+// cnt (B, T, H, W, nh) (may be null), both in acc_t; patch n is read from src (a copy per
+// task) and written at pos[n]. See the file comment for the scheme.
+template <typename acc_t, typename pos_t, typename Src>
+void scatter_from(const Src& src0, const pos_t* pos, const acc_t* wts, acc_t* out, acc_t* cnt,
                   const GDims& d) {
-  const int64_t nbh = d.B * d.nh, rows = d.T * d.H, QK = d.Q * d.K, psz = d.psz();
+  const int64_t nbh = d.B * d.nh, rows = d.T * d.H, QK = d.Q * d.K;
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t nb = std::min<int64_t>(rows, std::max<int64_t>(1, (nthreads + nbh - 1) / nbh));
   const int ps = d.ps, pt = d.pt;
   const int64_t C = d.C, Ch = d.Ch, nh = d.nh, W = d.W;
   at::parallel_for(0, nbh * nb, 1, [&](int64_t begin, int64_t end) {
     Loc loc;
+    Src src = src0;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / nb, band = task % nb, b = bh / nh, h = bh % nh;
       // pixels of the rows [lo, hi) of this band
@@ -83,18 +124,21 @@ void scatter_into(const scalar_t* pat, const pos_t* pos, const acc_t* wts, acc_t
         const Pos<acc_t> p = stnls::load_pos<acc_t>(pos + n * 3, false);
         loc.set(p, d);
         const acc_t w = wts == nullptr ? acc_t(1) : wts[n];
-        const scalar_t* pn = pat + n * psz;
+        bool started = false;  // the source is read only for patches that touch the band
         for (int dt = 0; dt < pt; ++dt)
           for (int a = 0; a < ps; ++a) {
             const int64_t r0 = loc.row0[dt][a] * W, r1 = loc.row1[dt][a] * W;
             const bool in0 = r0 >= lo && r0 < hi;
             const bool in1 = p.sy && r1 >= lo && r1 < hi;
             if (!in0 && !in1) continue;
+            if (!started) {
+              src.start(n);
+              started = true;
+            }
             for (int bb = 0; bb < ps; ++bb) {
               const int64_t x0 = loc.col0[bb], x1 = loc.col1[bb];
-              const scalar_t* pv = pn + (static_cast<int64_t>(dt) * Ch * ps + a) * ps + bb;
               for (int64_t c = 0; c < Ch; ++c) {
-                acc_t g = static_cast<acc_t>(pv[c * ps * ps]);
+                acc_t g = src.at(dt, a, bb, c);
                 if (wts != nullptr) g = g * w;
                 if (in0) {
                   const acc_t g0 = p.wy0 * g;
@@ -124,6 +168,13 @@ void scatter_into(const scalar_t* pat, const pos_t* pos, const acc_t* wts, acc_t
       }
     }
   });
+}
+
+template <typename scalar_t, typename acc_t, typename pos_t>
+void scatter_into(const scalar_t* pat, const pos_t* pos, const acc_t* wts, acc_t* out, acc_t* cnt,
+                  const GDims& d) {
+  StoredPatches<scalar_t, acc_t> src{pat, d.psz(), d.ps, d.Ch};
+  scatter_from<acc_t, pos_t>(src, pos, wts, out, cnt, d);
 }
 
 at::Tensor gather_patches_cpu(const at::Tensor& video, const at::Tensor& inds_, int64_t ps,
@@ -258,6 +309,46 @@ std::tuple<at::Tensor, at::Tensor> scatter_patches_cpu(const at::Tensor& patches
   return {out.to(patches.scalar_type()), cnt.to(patches.scalar_type())};
 }
 
+// scatter(gather(video, inds), at, weights) without storing the patches: patch n is read
+// from the video at inds[n] and added, weighted, at at[n]. Same order of additions as the
+// scatter kernel, and the values rounded as gather stores them: the same result, bit for bit.
+std::tuple<at::Tensor, at::Tensor> aggregate_patches_cpu(const at::Tensor& video,
+                                                         const at::Tensor& inds_,
+                                                         const at::Tensor& at_pos,
+                                                         const std::optional<at::Tensor>& weights,
+                                                         int64_t ps, int64_t pt, int64_t dilation) {
+  stnls::check_video_cl(video, "video");
+  stnls::check_patch_args(ps, pt, dilation);
+  const int64_t B = video.size(0);
+  const at::Tensor inds = stnls::check_inds(inds_, B);
+  const at::Tensor wpos = stnls::check_inds(at_pos, B);
+  TORCH_CHECK(wpos.sizes() == inds.sizes(), "at: expected the shape of inds ", inds.sizes(),
+              ", got ", wpos.sizes());
+  TORCH_CHECK(wpos.scalar_type() == inds.scalar_type(), "at: expected the dtype of inds (",
+              inds.scalar_type(), "), got ", wpos.scalar_type());
+  const GDims d = stnls::dims_from(video, inds, ps, pt, dilation);
+  const auto acc = stnls::acc_type(video.scalar_type());
+  auto out = at::zeros({B, d.T, d.H, d.W, d.C}, video.options().dtype(acc));
+  auto cnt = at::zeros({B, d.T, d.H, d.W, d.nh}, video.options().dtype(acc));
+  const auto w = stnls::weights_acc(weights, d, acc);
+  if (d.patches() > 0 && d.C > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(),
+                                    "aggregate_patches_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using video_t = scalar_t;
+      stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
+        using pos_t = decltype(tag);
+        VideoPatches<video_t, acc_t, pos_t> src{video.data_ptr<video_t>(), inds.data_ptr<pos_t>(),
+                                                &d};
+        scatter_from<acc_t, pos_t>(src, wpos.data_ptr<pos_t>(),
+                                   w.has_value() ? w->data_ptr<acc_t>() : nullptr,
+                                   out.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(), d);
+      });
+    });
+  }
+  return {out.to(video.scalar_type()), cnt.to(video.scalar_type())};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scatter_patches_backward_cpu(
     const std::optional<at::Tensor>& grad_video, const std::optional<at::Tensor>& grad_counts,
     const at::Tensor& patches, const at::Tensor& inds_, const std::optional<at::Tensor>& weights,
@@ -373,4 +464,5 @@ TORCH_LIBRARY_IMPL(napari_stnls, CPU, m) {
   m.impl("gather_patches_backward", &gather_patches_backward_cpu);
   m.impl("scatter_patches", &scatter_patches_cpu);
   m.impl("scatter_patches_backward", &scatter_patches_backward_cpu);
+  m.impl("aggregate_patches", &aggregate_patches_cpu);
 }

@@ -64,6 +64,12 @@ def _(grad_video, grad_counts, patches, inds, weights, T, H, W, ps, pt, dilation
     )
 
 
+@torch.library.register_fake("napari_stnls::aggregate_patches")
+def _(video, inds, at, weights, ps, pt, dilation):
+    B, T, H, W, C = video.shape
+    return video.new_empty((B, T, H, W, C)), video.new_empty((B, T, H, W, inds.shape[1]))
+
+
 def _gather_setup(ctx, inputs, output):
     video, inds, ps, pt, dilation = inputs
     ctx.save_for_backward(video, inds)

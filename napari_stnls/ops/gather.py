@@ -16,7 +16,7 @@ from . import _validate as V
 from ._dispatch import register, resolve
 from ._patches import channels_last, from_channels_last, patch_taps, read, write
 
-__all__ = ["gather", "scatter"]
+__all__ = ["aggregate", "gather", "scatter"]
 
 
 def _gather_reference(video, inds, ps, pt, dilation):
@@ -237,3 +237,122 @@ def scatter(
         inds = inds.float()
     impl = _pick("scatter", backend, patches.device, ps, pt)
     return impl(patches, inds, weights, video, counts, ps, pt, dilation)
+
+
+def aggregate(
+    video: torch.Tensor,
+    inds: torch.Tensor,
+    at: torch.Tensor | None = None,
+    *,
+    weights: torch.Tensor | None = None,
+    out=None,
+    ps: int,
+    pt: int = 1,
+    dilation: int = 1,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add the (weighted) patches of ``video`` at ``inds`` into the patches at ``at``:
+    ``scatter(gather(video, inds), at, weights=weights)`` without storing the patches.
+
+    This is the core of non-local means: each query's K neighbour patches, weighted, are
+    added at the query's own patch. The compiled CPU kernel reads each neighbour patch and
+    adds it straight into the output, so the ``B*nheads*Q*K*pt*C/nheads*ps*ps`` gathered
+    values (24 GB for the K=10, ps=7 neighbours of a 540p, 8-frame video) never exist; it
+    gives the same values as gather then scatter, bit for bit. Where a gradient is needed,
+    or on CUDA (no fused kernel there yet) or with the reference backend, it composes
+    :func:`gather` and :func:`scatter` (same values, differentiable).
+
+    Parameters
+    ----------
+    video : Tensor, shape (B, T, C, H, W)
+    inds : Tensor, shape (B, nheads, Q, K, 3)
+        Where the patches are read, as for :func:`gather` (e.g. search's ``inds``).
+    at : Tensor, shape (B, nheads, Q, K, 3), optional
+        Where each patch is added, as for :func:`scatter`; default ``inds``. For non-local
+        means, each query's position repeated over K.
+    weights : Tensor, shape (B, nheads, Q, K), optional
+        Weight of each patch (default 1).
+    out : (Tensor, Tensor), optional
+        ``(video, counts)`` to add into, in place, as for :func:`scatter`.
+    ps, pt, dilation : int
+        As for :func:`gather`.
+    backend : {None, "reference", "cpu", "cuda"}
+        The backend of gather and scatter; ``None`` also picks the fused CPU kernel.
+
+    Returns
+    -------
+    video : Tensor, shape (B, T, C, H, W)
+    counts : Tensor, shape (B, T, 1, H, W) for one head, (B, T, nheads, H, W) otherwise
+        As for :func:`scatter`.
+
+    Examples
+    --------
+    >>> v = torch.rand(1, 2, 3, 8, 8)
+    >>> inds = torch.tensor([[[[[1, 4, 4], [0, 2, 3]]]]])
+    >>> at = torch.tensor([[[[[1, 4, 4], [1, 4, 4]]]]])
+    >>> agg, cnt = aggregate(v, inds, at, ps=3)
+    >>> a2, c2 = scatter(gather(v, inds, ps=3), at, shape=v.shape, ps=3)
+    >>> torch.equal(agg, a2) and torch.equal(cnt, c2)
+    True
+    """
+    V.video(video, "video")
+    ps, pt, dilation = _check_patch_args(ps, pt, dilation)
+    V.inds(inds, video.shape)
+    if at is None:
+        at = inds
+    else:
+        V.inds(at, video.shape, "at")
+        if tuple(at.shape) != tuple(inds.shape):
+            raise ValueError(f"at: expected the shape of inds {tuple(inds.shape)}, got {tuple(at.shape)}")
+    for t, name in ((inds, "inds"), (at, "at"), (weights, "weights")):
+        if t is not None and t.device != video.device:
+            raise ValueError(f"{name}: expected device {video.device} like video, got {t.device}")
+    B, nh, Q, K, _ = inds.shape
+    if weights is not None:
+        V.tensor(weights, "weights")
+        if tuple(weights.shape) != (B, nh, Q, K):
+            raise ValueError(
+                f"weights: expected shape (B, nheads, Q, K) = {(B, nh, Q, K)}, got {tuple(weights.shape)}"
+            )
+    fused = (
+        backend in (None, "cpu")
+        and video.device.type == "cpu"
+        and _ext.available("cpu", "aggregate_patches")
+        and _compiled_supports(ps, pt)
+        and not (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (video, inds, at, weights)))
+    )
+    if not fused:  # gather and scatter raise the errors of a backend that cannot run
+        p = gather(video, inds, ps=ps, pt=pt, dilation=dilation, backend=backend)
+        if out is None:
+            return scatter(p, at, shape=video.shape, weights=weights, ps=ps, pt=pt,
+                           dilation=dilation, backend=backend)
+        return scatter(p, at, out=out, weights=weights, ps=ps, pt=pt, dilation=dilation,
+                       backend=backend)
+    cshape = (B, video.shape[1], 1 if nh == 1 else nh, *video.shape[3:])
+    if out is not None:
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError("out: expected a (video, counts) pair of tensors")
+        acc, counts = out
+        V.video(acc, "out[0] (video)")
+        V.tensor(counts, "out[1] (counts)")
+        if tuple(acc.shape) != tuple(video.shape):
+            raise ValueError(f"out[0] (video): expected shape {tuple(video.shape)}, got {tuple(acc.shape)}")
+        if tuple(counts.shape) != cshape:
+            raise ValueError(f"out[1] (counts): expected shape {cshape}, got {tuple(counts.shape)}")
+    # one position dtype for both: float (bilinear) if either is, else int64
+    if inds.is_floating_point() or at.is_floating_point():
+        pdt = torch.float64 if torch.float64 in (inds.dtype, at.dtype) else torch.float32
+    else:
+        pdt = torch.int64
+    if weights is not None and not weights.is_floating_point():
+        weights = weights.to(video.dtype)
+    v_cl = video.permute(0, 1, 3, 4, 2).contiguous()
+    o_cl, c_cl = _ext.ops.aggregate_patches(
+        v_cl, inds.to(pdt).contiguous(), at.to(pdt).contiguous(), weights, ps, pt, dilation
+    )
+    if out is None:
+        return o_cl.permute(0, 1, 4, 2, 3).contiguous(), c_cl.permute(0, 1, 4, 2, 3).contiguous()
+    acc.add_(o_cl.permute(0, 1, 4, 2, 3))
+    counts.add_(c_cl.permute(0, 1, 4, 2, 3))
+    return acc, counts

@@ -7,7 +7,7 @@ import oracle
 import pytest
 import torch
 
-from napari_stnls.ops import gather, scatter, search
+from napari_stnls.ops import aggregate, gather, scatter, search
 
 
 def _case(seed, device="cpu"):
@@ -275,3 +275,110 @@ I = torch.tensor([[[[[0, 1, 1]]]]])  # (1, 1, 1, 1, 3)
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def _other_positions(inds, seed):
+    """Write positions for aggregate: inds shuffled over K and Q, int or float like inds."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    perm = torch.randperm(inds.shape[2], generator=gen)
+    return inds[:, :, perm].flip(3).contiguous()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_aggregate_matches_oracle_and_gather_then_scatter(seed, impl):
+    """aggregate(v, inds, at) == scatter(gather(v, inds), at): against the oracle on every
+    backend, and bit for bit against the same backend's gather then scatter."""
+    backend, device = impl
+    v, inds, kw = _case(seed, device)
+    kw["backend"] = backend
+    ref_kw = {k: kw[k] for k in ("ps", "pt", "dilation")}
+    at = _other_positions(inds, seed)
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.rand(inds.shape[:4], generator=gen, dtype=torch.float64).to(device)
+    for weights in (None, w):
+        out, counts = aggregate(v, inds, at, weights=weights, **kw)
+        rp = oracle.gather(v.cpu().numpy(), inds.cpu().numpy().astype(np.float64), **ref_kw)
+        ro, rc = oracle.scatter(rp, at.cpu().numpy().astype(np.float64), v.shape,
+                                weights=None if weights is None else weights.cpu().numpy(), **ref_kw)
+        np.testing.assert_allclose(out.cpu().numpy(), ro, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(counts.cpu().numpy(), rc, rtol=1e-12, atol=1e-12)
+        o2, c2 = scatter(gather(v, inds, **kw), at, shape=v.shape, weights=weights, **kw)
+        assert torch.equal(out, o2) and torch.equal(counts, c2)
+    # at defaults to inds; out accumulates in place
+    acc = (torch.ones_like(v), torch.ones_like(counts))
+    res = aggregate(v, inds, out=acc, **kw)
+    assert res[0] is acc[0] and res[1] is acc[1]
+    o3, c3 = scatter(gather(v, inds, **kw), inds, shape=v.shape, **kw)
+    torch.testing.assert_close(acc[0], o3 + 1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(acc[1], c3 + 1, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_aggregate_low_precision_is_bit_identical_to_gather_then_scatter(dtype):
+    """The fused CPU kernel rounds each read value to the video's dtype, as gather stores it."""
+    gen = torch.Generator().manual_seed(5)
+    v = torch.rand(1, 3, 4, 16, 17, generator=gen).to(dtype)
+    d, i = search(v.float(), v.float(), ps=3, ws=5, wt=1, k=4, nheads=2)
+    w = torch.softmax(-d, -1)
+    at = _other_positions(i, 5)
+    a = aggregate(v, i, at, weights=w, ps=3)
+    b = scatter(gather(v, i, ps=3), at, shape=v.shape, weights=w, ps=3)
+    assert a[0].dtype == dtype
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_aggregate_gradients_compose_gather_and_scatter():
+    """With a gradient needed, aggregate is gather then scatter: gradcheck w.r.t. the video,
+    the weights and sub-pixel positions."""
+    gen = torch.Generator().manual_seed(6)
+    v = torch.rand(1, 2, 2, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 2, (1, 1, 3, 3, 1), generator=gen).double()
+    yx = (torch.rand(1, 1, 3, 3, 2, generator=gen, dtype=torch.float64) * 0.8 + 0.1
+          + torch.randint(0, 5, (1, 1, 3, 3, 2), generator=gen)).requires_grad_()
+    at = torch.randint(0, 6, (1, 1, 3, 3, 3), generator=gen)
+    at[..., 0] = 1
+    w = torch.rand(1, 1, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    fn = lambda v, yx, w: aggregate(v, torch.cat([t, yx], -1), at, weights=w, ps=3)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (v, yx, w))
+
+
+def test_aggregate_without_gradients_never_stores_the_patches(monkeypatch):
+    """On the CPU with no gradient needed, aggregate runs the fused kernel, not gather."""
+    import sys
+
+    G = sys.modules["napari_stnls.ops.gather"]  # the module (the package exports the function)
+
+    def no_gather(*a, **k):
+        raise AssertionError("gather called")
+
+    monkeypatch.setattr(G, "gather", no_gather)
+    v = torch.rand(1, 2, 3, 9, 9)
+    inds = torch.randint(0, 2, (1, 1, 4, 2, 3))
+    with torch.no_grad():
+        G.aggregate(v.requires_grad_(), inds, ps=3)
+    G.aggregate(v.detach(), inds, ps=3, backend="cpu")
+    with pytest.raises(AssertionError, match="gather called"):
+        G.aggregate(v, inds, ps=3)  # the video requires grad: composition
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(at=torch.zeros(1, 1, 4, 3, 3, dtype=torch.long)), ValueError, "at: expected the shape of inds"),
+        (dict(at=torch.zeros(1, 1, 4, 2, 2, dtype=torch.long)), ValueError, r"at: expected shape \(B,"),
+        (dict(at=torch.full((1, 1, 4, 2, 3), 20)), ValueError, "at:"),
+        (dict(weights=torch.ones(1, 1, 4)), ValueError, r"weights: expected shape \(B, nheads, Q, K\)"),
+        (dict(out=(torch.zeros(1, 2, 3, 9, 9),)), TypeError, "out: expected a"),
+        (dict(out=(torch.zeros(1, 2, 3, 9, 8), torch.zeros(1, 2, 1, 9, 9))), ValueError, r"out\[0\]"),
+        (dict(out=(torch.zeros(1, 2, 3, 9, 9), torch.zeros(1, 2, 3, 9, 9))), ValueError, r"out\[1\]"),
+        (dict(ps=0), ValueError, "ps"),
+        (dict(backend="gpu"), ValueError, "backend"),
+    ],
+)
+def test_aggregate_bad_input(kwargs, exc, match):
+    v = torch.rand(1, 2, 3, 9, 9)
+    inds = torch.randint(0, 2, (1, 1, 4, 2, 3))
+    kw = dict(ps=3)
+    kw.update(kwargs)
+    with pytest.raises(exc, match=match):
+        aggregate(v, inds, **kw)
