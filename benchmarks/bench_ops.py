@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from napari_stnls.ops import gather, ifold, iunfold, scatter, search  # noqa: E402
+from napari_stnls.ops import aggregate, gather, ifold, iunfold, scatter, search  # noqa: E402
 
 WORKLOADS = ("small", "a", "b", "gather_scatter", "gather_scatter_a", "fold", "memory_scaling", "baselines")
 OPS = ("search", "gather", "scatter", "iunfold", "ifold")
@@ -259,6 +259,25 @@ def build_scatter(p: dict, device: torch.device, backend: str) -> Prepared:
     return Prepared(lambda: scatter(patches, inds, shape=shape, weights=weights, ps=p["ps"], backend=backend))
 
 
+def build_gather_then_scatter(p: dict, device: torch.device, backend: str) -> Prepared:
+    """gather then weighted scatter at the same inds: what aggregate fuses."""
+    video = make_video(p["video_shape"], device, seed=p["seed"])
+    inds, weights = _search_inds(p, device)
+    shape = tuple(p["video_shape"])
+
+    def run():
+        return scatter(gather(video, inds, ps=p["ps"], backend=backend), inds, shape=shape,
+                       weights=weights, ps=p["ps"], backend=backend)
+
+    return Prepared(run)
+
+
+def build_aggregate(p: dict, device: torch.device, backend: str) -> Prepared:
+    video = make_video(p["video_shape"], device, seed=p["seed"])
+    inds, weights = _search_inds(p, device)
+    return Prepared(lambda: aggregate(video, inds, weights=weights, ps=p["ps"], backend=backend))
+
+
 def _frame(p: dict, device) -> torch.Tensor:
     return make_video(p["video_shape"], device, seed=p["seed"])
 
@@ -435,6 +454,8 @@ BUILDERS: dict[str, Callable[[dict, torch.device, str], Prepared]] = {
     "search": build_search,
     "gather": build_gather,
     "scatter": build_scatter,
+    "gather_then_scatter": build_gather_then_scatter,
+    "aggregate": build_aggregate,
     "iunfold": build_iunfold,
     "ifold": build_ifold,
     "torch_unfold": build_torch_unfold,
@@ -446,6 +467,15 @@ BUILDERS: dict[str, Callable[[dict, torch.device, str], Prepared]] = {
 # --------------------------------------------------------------------------------------
 # the workloads
 # --------------------------------------------------------------------------------------
+
+
+def _aggregate_cases(name: str, p: dict, flow: str, full: int | None = None) -> list[Case]:
+    """gather then weighted scatter, and aggregate (the same without storing the patches)."""
+    return [
+        Case(name, "gather+scatter", "scatter", "gather_then_scatter", dict(p),
+             f"gather_scatter_{flow}", full),
+        Case(name, "aggregate", "aggregate", "aggregate", dict(p), f"aggregate_{flow}", full),
+    ]
 
 
 def workload_cases(name: str, device: torch.device, quick: bool, crop: bool) -> list[Case]:
@@ -577,6 +607,7 @@ def workload_cases(name: str, device: torch.device, quick: bool, crop: bool) -> 
             cases.append(Case(name, "gather", "gather", "gather", dict(p), f"gather_{flow}"))
             p = dict(p, weights="softmax(-dists/10) over K")
             cases.append(Case(name, "scatter", "scatter", "scatter", p, f"scatter_{flow}"))
+            cases += _aggregate_cases(name, p, flow)
     elif name == "gather_scatter_a":
         # workload A's whole search output (8x540x960 queries, K=10): the inds come from the
         # automatic backend (the reference search would take minutes at this size)
@@ -593,6 +624,7 @@ def workload_cases(name: str, device: torch.device, quick: bool, crop: bool) -> 
             cases.append(Case(name, "gather", "gather", "gather", dict(p), f"gather_{flow}", full))
             p = dict(p, weights="softmax(-dists/10) over K")
             cases.append(Case(name, "scatter", "scatter", "scatter", p, f"scatter_{flow}", full))
+            cases += _aggregate_cases(name, p, flow, full)
     elif name == "fold":
         size = 1024 if quick else 2048
         stride = 4 if (crop or quick) else 1
@@ -887,6 +919,8 @@ def backend_unavailable(op: str, backend: str, device: torch.device) -> str | No
             scatter(
                 torch.rand(1, 1, 1, 1, 1, 1, 3, 3, device=device), inds, shape=v.shape, ps=3, backend=backend
             )
+        elif op == "aggregate":
+            aggregate(v, inds, ps=3, backend=backend)
         elif op == "iunfold":
             iunfold(v, ps=3, backend=backend)
         elif op == "ifold":
