@@ -252,22 +252,45 @@ def _select(q_flat, k_flat, coords, flows, P: _Params) -> torch.Tensor:
 
 
 def _positions(centres, frames, ids, P: _Params) -> torch.Tensor:
-    """Positions (B, nheads, Q, k, 3) of candidate ids, differentiable w.r.t. centres."""
-    ws2 = P.ws * P.ws
-    slot, ij = ids // ws2, ids % ws2
+    """Positions (B, nheads, Q, k, 3) of candidate ids, differentiable w.r.t. centres.
+
+    This glue runs on every chunk of the compiled search, so it is written for memory: the
+    ids are split in int32, centres and frames are read with ``index_select`` on flat views
+    (int32 indices), and each intermediate is freed as soon as it is used. A chunk of
+    workload A holds 10 M ids; int64 intermediates of that size would dominate the memory
+    the search needs beyond its outputs.
+    """
+    ws = P.ws
+    B, nh, Q, k = ids.shape
+    nt = centres.shape[2]
+    # ids < nt * ws^2 (the kernels' ids are ints); flat centre indices < Q * nt
+    itype = torch.int32 if Q * nt < 2**31 else torch.int64
+    small = ids.to(itype)
+    slot = torch.div(small, ws * ws, rounding_mode="floor")
+    ij = small - slot * (ws * ws)
+    del small
+    row = torch.div(ij, ws, rounding_mode="floor")
+    col = ij - row * ws
+    del ij
     off = _offsets(P, centres.dtype, centres.device)
     if P.itype == "int":
         centres, off = centres.long(), off.long()
-    B, nh, Q, k = ids.shape
-    c = torch.gather(
-        centres.unsqueeze(1).expand(-1, nh, -1, -1, -1),
-        3,
-        slot.unsqueeze(-1).expand(-1, -1, -1, -1, 2),
-    )  # (B, nh, Q, k, 2)
-    t = torch.gather(frames.view(1, 1, Q, -1).expand(B, nh, -1, -1), 3, slot)
-    y = c[..., 0] + off[ij // P.ws]
-    x = c[..., 1] + off[ij % P.ws]
-    return torch.stack([t.to(y.dtype), y, x], dim=-1)
+    flat = slot + (torch.arange(Q, device=ids.device, dtype=itype) * nt).view(Q, 1)
+    del slot
+    frames_v = frames.to(off.dtype).reshape(-1)
+    out = []
+    for b in range(B):
+        fb = flat[b].reshape(-1)
+        t = frames_v.index_select(0, fb)
+        c = centres[b].reshape(Q * nt, 2).index_select(0, fb)
+        del fb
+        y = c[:, 0] + off.index_select(0, row[b].reshape(-1))
+        x = c[:, 1] + off.index_select(0, col[b].reshape(-1))
+        del c
+        out.append(torch.stack([t, y, x], dim=-1).view(nh, Q, k, 3))
+        del t, y, x
+    del flat, row, col
+    return out[0].unsqueeze(0) if B == 1 else torch.stack(out, 0)
 
 
 class _SearchDists(torch.autograd.Function):
