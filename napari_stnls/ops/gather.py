@@ -102,6 +102,21 @@ def _check_patch_args(ps, pt, dilation):
     return V.pos_int(ps, "ps"), V.pos_int(pt, "pt"), V.pos_int(dilation, "dilation")
 
 
+def _check_out(out) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(video, counts)`` pair of scatter's and aggregate's ``out``, checked as tensors."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError("out: expected a (video, counts) pair of tensors")
+    video, counts = out
+    V.video(video, "out[0] (video)")
+    V.tensor(counts, "out[1] (counts)")
+    return video, counts
+
+
+def _check_counts(counts, cshape) -> None:
+    if tuple(counts.shape) != tuple(cshape):
+        raise ValueError(f"out[1] (counts): expected shape {tuple(cshape)}, got {tuple(counts.shape)}")
+
+
 def gather(
     video: torch.Tensor,
     inds: torch.Tensor,
@@ -197,10 +212,7 @@ def scatter(
     if (shape is None) == (out is None):
         raise ValueError("shape/out: give exactly one of shape (B, T, C, H, W) and out")
     if out is not None:
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise TypeError("out: expected a (video, counts) pair of tensors")
-        video, counts = out
-        V.video(video, "out[0] (video)")
+        video, counts = _check_out(out)
         shape = tuple(video.shape)
     else:
         shape = tuple(int(s) for s in shape)
@@ -230,9 +242,7 @@ def scatter(
         video = torch.zeros(shape, dtype=patches.dtype, device=patches.device)
         counts = torch.zeros(cshape, dtype=patches.dtype, device=patches.device)
     else:
-        V.tensor(counts, "out[1] (counts)")
-        if tuple(counts.shape) != cshape:
-            raise ValueError(f"out[1] (counts): expected shape {cshape}, got {tuple(counts.shape)}")
+        _check_counts(counts, cshape)
     if inds.is_floating_point() and inds.dtype not in (torch.float32, torch.float64):
         inds = inds.float()
     impl = _pick("scatter", backend, patches.device, ps, pt)
@@ -331,15 +341,10 @@ def aggregate(
                        backend=backend)
     cshape = (B, video.shape[1], 1 if nh == 1 else nh, *video.shape[3:])
     if out is not None:
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise TypeError("out: expected a (video, counts) pair of tensors")
-        acc, counts = out
-        V.video(acc, "out[0] (video)")
-        V.tensor(counts, "out[1] (counts)")
+        acc, counts = _check_out(out)
         if tuple(acc.shape) != tuple(video.shape):
             raise ValueError(f"out[0] (video): expected shape {tuple(video.shape)}, got {tuple(acc.shape)}")
-        if tuple(counts.shape) != cshape:
-            raise ValueError(f"out[1] (counts): expected shape {cshape}, got {tuple(counts.shape)}")
+        _check_counts(counts, cshape)
     # one position dtype for both: float (bilinear) if either is, else int64
     if inds.is_floating_point() or at.is_floating_point():
         pdt = torch.float64 if torch.float64 in (inds.dtype, at.dtype) else torch.float32
