@@ -382,3 +382,16 @@ def test_aggregate_bad_input(kwargs, exc, match):
     kw.update(kwargs)
     with pytest.raises(exc, match=match):
         aggregate(v, inds, **kw)
+
+
+def test_aggregate_leaves_its_inputs_untouched():
+    gen = torch.Generator().manual_seed(9)
+    v = torch.rand(1, 3, 2, 10, 11, generator=gen)
+    inds = torch.rand(1, 2, 5, 3, 3, generator=gen) * torch.tensor([0.0, 9.0, 10.0])
+    at = torch.randint(0, 3, (1, 2, 5, 3, 3), generator=gen)
+    w = torch.rand(1, 2, 5, 3, generator=gen)
+    copies = [x.clone() for x in (v, inds, at, w)]
+    for backend in ("reference", "cpu"):
+        aggregate(v, inds, at, weights=w, ps=3, backend=backend)
+    for x, c in zip((v, inds, at, w), copies, strict=True):
+        assert torch.equal(x, c)
