@@ -30,7 +30,7 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
   // scatter_patches(gather_patches(video, inds), at, weights) without storing the patches:
   // outputs (B, T, H, W, C) and (B, T, H, W, nheads) in the video's dtype; at has inds' shape
   // and dtype. No autograd (napari_stnls.ops.aggregate composes gather and scatter when a
-  // gradient is needed). CPU kernel only so far.
+  // gradient is needed). The CUDA kernel adds with atomics, like scatter.
   m.def(
       "aggregate_patches(Tensor video, Tensor inds, Tensor at, Tensor? weights, int ps, int pt, "
       "int dilation) -> (Tensor, Tensor)");

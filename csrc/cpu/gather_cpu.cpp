@@ -320,12 +320,8 @@ std::tuple<at::Tensor, at::Tensor> aggregate_patches_cpu(const at::Tensor& video
   stnls::check_video_cl(video, "video");
   stnls::check_patch_args(ps, pt, dilation);
   const int64_t B = video.size(0);
-  const at::Tensor inds = stnls::check_inds(inds_, B);
-  const at::Tensor wpos = stnls::check_inds(at_pos, B);
-  TORCH_CHECK(wpos.sizes() == inds.sizes(), "at: expected the shape of inds ", inds.sizes(),
-              ", got ", wpos.sizes());
-  TORCH_CHECK(wpos.scalar_type() == inds.scalar_type(), "at: expected the dtype of inds (",
-              inds.scalar_type(), "), got ", wpos.scalar_type());
+  const auto pos = stnls::check_aggregate_pos(inds_, at_pos, B);
+  const at::Tensor &inds = pos.first, &wpos = pos.second;
   const GDims d = stnls::dims_from(video, inds, ps, pt, dilation);
   const auto acc = stnls::acc_type(video.scalar_type());
   auto out = at::zeros({B, d.T, d.H, d.W, d.C}, video.options().dtype(acc));

@@ -1,8 +1,8 @@
 // CUDA kernels of gather / scatter.
 //
 // Gathers (gather, the gradient w.r.t. the patches of scatter) run one thread per output
-// element. Scatters (scatter, gather's gradient w.r.t. the video) run one thread per patch
-// element and add atomically (gpuAtomicAdd) into float32/float64 buffers, so their results may
+// element. Scatters (scatter, gather's gradient w.r.t. the video, aggregate) run one thread per
+// patch element and add atomically (gpuAtomicAdd) into float32/float64 buffers, so their results may
 // differ run to run in the last bits. Reductions over a patch (the gradients w.r.t. positions
 // and weights) run one thread per patch. The arithmetic is that of csrc/include/gather.h,
 // shared with the CPU kernels.
@@ -115,6 +115,29 @@ __global__ void scatter_kernel(const scalar_t* __restrict__ pat, const pos_t* __
     if (wts != nullptr) g = g * w;
     stnls::bilinear_add(out + e.b * d.video(), d.C, e.h * d.Ch + e.c, k, p, g, AtomicAdd{});
     if (cnt != nullptr && e.c == 0)
+      stnls::bilinear_add(cnt + e.b * d.T * d.H * d.W * d.nh, d.nh, e.h, k, p, w, AtomicAdd{});
+  });
+}
+
+// aggregate: patch element n read from the video at inds (rounded to the video's dtype, as
+// gather stores it) and added, weighted, at at's position: scatter_kernel's additions without
+// the patches in memory.
+template <typename video_t, typename acc_t, typename pos_t>
+__global__ void aggregate_kernel(const video_t* __restrict__ video, const pos_t* __restrict__ src,
+                                 const pos_t* __restrict__ dst, const acc_t* __restrict__ wts,
+                                 GDims d, int log2g, acc_t* __restrict__ out,
+                                 acc_t* __restrict__ cnt) {
+  for_patch_elems(d, log2g, [&](int64_t, const Elem& e) {
+    const Pos<acc_t> ps = stnls::load_pos<acc_t>(src + e.patch * 3, false);
+    const Corners ks = stnls::corners(ps, e.dt, e.a, e.bb, d.T, d.H, d.W, d.ps, d.dil);
+    const acc_t v = static_cast<acc_t>(static_cast<video_t>(
+        stnls::bilinear(video + e.b * d.video(), d.C, e.h * d.Ch + e.c, ks, ps)));
+    const Pos<acc_t> p = stnls::load_pos<acc_t>(dst + e.patch * 3, false);
+    const Corners k = stnls::corners(p, e.dt, e.a, e.bb, d.T, d.H, d.W, d.ps, d.dil);
+    const acc_t w = wts == nullptr ? acc_t(1) : wts[e.patch];
+    stnls::bilinear_add(out + e.b * d.video(), d.C, e.h * d.Ch + e.c, k, p,
+                        wts == nullptr ? v : v * w, AtomicAdd{});
+    if (e.c == 0)
       stnls::bilinear_add(cnt + e.b * d.T * d.H * d.W * d.nh, d.nh, e.h, k, p, w, AtomicAdd{});
   });
 }
@@ -408,6 +431,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scatter_patches_backward_cuda(
   return {gp, gw.to(wdtype), gi};
 }
 
+std::tuple<at::Tensor, at::Tensor> aggregate_patches_cuda(const at::Tensor& video,
+                                                          const at::Tensor& inds_,
+                                                          const at::Tensor& at_pos,
+                                                          const std::optional<at::Tensor>& weights,
+                                                          int64_t ps, int64_t pt, int64_t dilation) {
+  stnls::check_video_cl(video, "video");
+  TORCH_CHECK(video.is_cuda(), "video: expected a CUDA tensor");
+  stnls::check_patch_args(ps, pt, dilation);
+  check_cuda(inds_, video, "inds");
+  check_cuda(at_pos, video, "at");
+  if (weights.has_value() && weights->defined()) check_cuda(*weights, video, "weights");
+  const c10::cuda::CUDAGuard guard(video.device());
+  const int64_t B = video.size(0);
+  const auto pos = stnls::check_aggregate_pos(inds_, at_pos, B);
+  const at::Tensor &inds = pos.first, &wpos = pos.second;
+  const GDims d = stnls::dims_from(video, inds, ps, pt, dilation);
+  const auto acc = stnls::acc_type(video.scalar_type());
+  auto out = at::zeros({B, d.T, d.H, d.W, d.C}, video.options().dtype(acc));
+  auto cnt = at::zeros({B, d.T, d.H, d.W, d.nh}, video.options().dtype(acc));
+  const auto w = stnls::weights_acc(weights, d, acc);
+  if (d.patches() > 0 && d.C > 0) {
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(),
+                                    "aggregate_patches_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using video_t = scalar_t;
+      stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
+        using pos_t = decltype(tag);
+        const int lg = group_log2(d);
+        aggregate_kernel<video_t, acc_t, pos_t><<<elem_blocks(d, lg), kThreads, 0, stream>>>(
+            video.data_ptr<video_t>(), inds.data_ptr<pos_t>(), wpos.data_ptr<pos_t>(),
+            w.has_value() ? w->data_ptr<acc_t>() : nullptr, d, lg, out.data_ptr<acc_t>(),
+            cnt.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+  return {out.to(video.scalar_type()), cnt.to(video.scalar_type())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(napari_stnls, CUDA, m) {
@@ -415,4 +478,5 @@ TORCH_LIBRARY_IMPL(napari_stnls, CUDA, m) {
   m.impl("gather_patches_backward", &gather_patches_backward_cuda);
   m.impl("scatter_patches", &scatter_patches_cuda);
   m.impl("scatter_patches_backward", &scatter_patches_backward_cuda);
+  m.impl("aggregate_patches", &aggregate_patches_cuda);
 }

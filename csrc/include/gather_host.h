@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <type_traits>
+#include <utility>
 
 #include "gather.h"
 #include "patch.h"
@@ -53,6 +54,17 @@ inline at::Tensor check_inds(const at::Tensor& inds, int64_t B) {
   TORCH_CHECK(st == at::kInt || st == at::kLong || st == at::kFloat || st == at::kDouble,
               "inds: expected int32, int64, float32 or float64, got ", st);
   return inds.contiguous();
+}
+
+// inds and at of aggregate (same shape and dtype), contiguous.
+inline std::pair<at::Tensor, at::Tensor> check_aggregate_pos(const at::Tensor& inds,
+                                                             const at::Tensor& at_pos, int64_t B) {
+  at::Tensor src = check_inds(inds, B), dst = check_inds(at_pos, B);
+  TORCH_CHECK(dst.sizes() == src.sizes(), "at: expected the shape of inds ", src.sizes(), ", got ",
+              dst.sizes());
+  TORCH_CHECK(dst.scalar_type() == src.scalar_type(), "at: expected the dtype of inds (",
+              src.scalar_type(), "), got ", dst.scalar_type());
+  return {src, dst};
 }
 
 // Calls f(pos_t{}) with the C++ type of an inds dtype (int32, int64, float, double).

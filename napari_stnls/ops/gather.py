@@ -265,12 +265,14 @@ def aggregate(
     ``scatter(gather(video, inds), at, weights=weights)`` without storing the patches.
 
     This is the core of non-local means: each query's K neighbour patches, weighted, are
-    added at the query's own patch. The compiled CPU kernel reads each neighbour patch and
-    adds it straight into the output, so the ``B*nheads*Q*K*pt*C/nheads*ps*ps`` gathered
-    values (24 GB for the K=10, ps=7 neighbours of a 540p, 8-frame video) never exist; it
-    gives the same values as gather then scatter, bit for bit. Where a gradient is needed,
-    or on CUDA (no fused kernel there yet) or with the reference backend, it composes
-    :func:`gather` and :func:`scatter` (same values, differentiable).
+    added at the query's own patch. The compiled kernels read each neighbour patch and add
+    it straight into the output, so the ``B*nheads*Q*K*pt*C/nheads*ps*ps`` gathered values
+    (24 GB for the K=10, ps=7 neighbours of a 540p, 8-frame video) never exist. They give
+    the values of gather then scatter: bit for bit on the CPU; on CUDA the additions are
+    atomic, so their order (and the last bits) may vary run to run, as for :func:`scatter`
+    (under ``torch.use_deterministic_algorithms(True)`` the CPU kernel runs instead). Where
+    a gradient is needed, or with the reference backend, it composes :func:`gather` and
+    :func:`scatter` (same values, differentiable).
 
     Parameters
     ----------
@@ -287,7 +289,8 @@ def aggregate(
     ps, pt, dilation : int
         As for :func:`gather`.
     backend : {None, "reference", "cpu", "cuda"}
-        The backend of gather and scatter; ``None`` also picks the fused CPU kernel.
+        The backend of gather and scatter; ``None`` picks the fused kernel of the video's
+        device when it is built.
 
     Returns
     -------
@@ -324,10 +327,11 @@ def aggregate(
             raise ValueError(
                 f"weights: expected shape (B, nheads, Q, K) = {(B, nh, Q, K)}, got {tuple(weights.shape)}"
             )
+    dev = video.device.type
     fused = (
-        backend in (None, "cpu")
-        and video.device.type == "cpu"
-        and _ext.available("cpu", "aggregate_patches")
+        backend in (None, dev)
+        and dev in ("cpu", "cuda")
+        and _ext.available(dev, "aggregate_patches")
         and _compiled_supports(ps, pt)
         and not (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (video, inds, at, weights)))
@@ -353,9 +357,10 @@ def aggregate(
     if weights is not None and not weights.is_floating_point():
         weights = weights.to(video.dtype)
     v_cl = video.permute(0, 1, 3, 4, 2).contiguous()
-    o_cl, c_cl = _ext.ops.aggregate_patches(
-        v_cl, inds.to(pdt).contiguous(), at.to(pdt).contiguous(), weights, ps, pt, dilation
-    )
+    fn = _ext.ops.aggregate_patches
+    if _ext.deterministic_cuda(video):  # the CUDA kernel adds with atomics
+        fn = functools.partial(_ext.on_cpu, fn)
+    o_cl, c_cl = fn(v_cl, inds.to(pdt).contiguous(), at.to(pdt).contiguous(), weights, ps, pt, dilation)
     if out is None:
         return o_cl.permute(0, 1, 4, 2, 3).contiguous(), c_cl.permute(0, 1, 4, 2, 3).contiguous()
     acc.add_(o_cl.permute(0, 1, 4, 2, 3))

@@ -227,6 +227,30 @@ def test_deterministic_mode_gives_bit_identical_results(device):
         assert torch.equal(x, y)
 
 
+def test_deterministic_aggregate_repeats_and_equals_the_cpu(device):
+    """Under torch.use_deterministic_algorithms(True), aggregate (atomic adds on CUDA) runs
+    the CPU kernel: bit-identical run to run and to the CPU's result."""
+    from napari_stnls.ops import aggregate
+
+    gen = torch.Generator().manual_seed(5)
+    v = torch.rand(1, 3, 2, 16, 18, generator=gen)
+    inds = torch.stack([torch.randint(0, 3, (1, 1, 40, 5), generator=gen).float(),
+                        torch.rand(1, 1, 40, 5, generator=gen) * 15,
+                        torch.rand(1, 1, 40, 5, generator=gen) * 17], -1)
+    at = inds[:, :, torch.randperm(40, generator=gen)]
+    w = torch.rand(1, 1, 40, 5, generator=gen)
+    expect = aggregate(v, inds, at, weights=w, ps=5)
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [aggregate(v.to(device), inds.to(device), at.to(device), weights=w.to(device), ps=5)
+                for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for out, counts in runs:
+        assert out.device == v.to(device).device
+        assert torch.equal(out.cpu(), expect[0]) and torch.equal(counts.cpu(), expect[1])
+
+
 def test_deterministic_fallback_is_for_cuda_tensors_only(device):
     x = torch.zeros(2, device=device)
     assert not _ext.deterministic_cuda(x)  # not requested

@@ -287,7 +287,7 @@ def _other_positions(inds, seed):
 @pytest.mark.parametrize("seed", range(20))
 def test_aggregate_matches_oracle_and_gather_then_scatter(seed, impl):
     """aggregate(v, inds, at) == scatter(gather(v, inds), at): against the oracle on every
-    backend, and bit for bit against the same backend's gather then scatter."""
+    backend, and against the same backend's gather then scatter (bit for bit on the CPU)."""
     backend, device = impl
     v, inds, kw = _case(seed, device)
     kw["backend"] = backend
@@ -303,7 +303,11 @@ def test_aggregate_matches_oracle_and_gather_then_scatter(seed, impl):
         np.testing.assert_allclose(out.cpu().numpy(), ro, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(counts.cpu().numpy(), rc, rtol=1e-12, atol=1e-12)
         o2, c2 = scatter(gather(v, inds, **kw), at, shape=v.shape, weights=weights, **kw)
-        assert torch.equal(out, o2) and torch.equal(counts, c2)
+        if device == "cpu":
+            assert torch.equal(out, o2) and torch.equal(counts, c2)
+        else:  # CUDA adds with atomics: the order of the additions varies
+            torch.testing.assert_close(out, o2, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(counts, c2, rtol=1e-12, atol=1e-12)
     # at defaults to inds; out accumulates in place
     acc = (torch.ones_like(v), torch.ones_like(counts))
     res = aggregate(v, inds, out=acc, **kw)
