@@ -227,7 +227,7 @@ __global__ void topk_window_kernel(const scalar_t* __restrict__ qdata,
                                    int64_t Q, int64_t nt, int ws, int ps, int pt, int dil,
                                    int64_t nh, int K, bool l2, bool exclude_self, int L,
                                    int64_t* __restrict__ out) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
   if (n >= B * nh * Q) return;  // uniform over the warp: only __syncwarp below
@@ -428,7 +428,7 @@ __global__ void __launch_bounds__(kTY* kTX)
                     int64_t gt0, int64_t gy0, int64_t gx0, int64_t nH, int64_t nW, int s0, int ps,
                     int pt, int dil, int64_t nh, int K, bool l2, bool exclude_self, int DH, int DW,
                     int64_t* __restrict__ out) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* D = reinterpret_cast<acc_t*>(smem_raw);  // DH x DW
   acc_t* R = D + DH * DW;                          // DH x kTX
   __shared__ int gmin[2], gmax[2];
@@ -789,12 +789,72 @@ __global__ void __launch_bounds__(kSY* kSX, 3)
 // Single-pixel patches (ps = 1, pt = 1) on whole-pixel grids: every candidate is one pixel, so
 // the box sums buy nothing and the cost is the C channels of each candidate (workload B:
 // C = 64, dot products). For a tile of kPY x kPX queries of one frame and each search frame,
-// the pixels their windows can reach are staged once in shared memory, channel-major (lanes
-// of a warp read consecutive pixels: no bank conflicts), and each thread compares its query's
-// channels, held in registers, with its ws x ws candidates, keeping its top k. A block whose
+// the pixels their windows can reach are staged once in shared memory, pixel-major (see
+// kPixPitch), and each thread compares its query's channels, held in registers, with its
+// ws x ws candidates, kPixCands at a time, keeping its top k. A block whose
 // windows reach beyond the staged capacity (flows that vary a lot within the tile) reads
 // those candidates from global memory instead: same values, same order.
 constexpr int kPY = 8, kPX = 32;
+constexpr int kPixBatch = 8;  // staging loads in flight per lane
+constexpr int kPixCands = 4;  // candidates per distance step
+
+// Pixels staged pixel-major, kPixPitch<acc_t, CMAX> values apart: float pitches of CMAX + 4
+// let a thread read 4 channels with one 16-byte load, and the 8 lanes of each quarter-warp
+// (consecutive pixels) fall on distinct banks; double pitches are odd for the same reason.
+// Channels Ch..CMAX-1 are staged as zeros (and the query's are zero), so every candidate
+// sums all CMAX channels with no tests.
+template <typename acc_t, int CMAX>
+constexpr int kPixPitch = std::is_same<acc_t, float>::value ? CMAX + 4 : CMAX + 1;
+
+// Distances of the query (channels qr) to NC candidates of one staged window row, candidate
+// n at col + n * step. Independent accumulators (NC candidates, two partial sums each) keep
+// the shared-memory loads and multiply-adds in flight: with one block of 8 warps per SM, one
+// dependent chain per candidate left the schedulers idle.
+template <int NC, int CMAX, bool L2, typename acc_t>
+__device__ __forceinline__ void pix_dists_(const acc_t* qr, const acc_t* __restrict__ col,
+                                           int step, acc_t* d) {
+  acc_t part[NC][2];
+#pragma unroll
+  for (int n = 0; n < NC; ++n) part[n][0] = part[n][1] = acc_t(0);
+  auto add = [&](int n, int c, acc_t kval) {
+    if constexpr (L2) {
+      const acc_t e = qr[c] - kval;
+      part[n][c & 1] += e * e;
+    } else {
+      part[n][c & 1] += qr[c] * kval;
+    }
+  };
+  if constexpr (std::is_same<acc_t, float>::value) {
+#pragma unroll
+    for (int c = 0; c < CMAX; c += 4) {
+#pragma unroll
+      for (int n = 0; n < NC; ++n) {
+        const float4 k4 = *reinterpret_cast<const float4*>(col + n * step + c);
+        add(n, c, k4.x);
+        add(n, c + 1, k4.y);
+        add(n, c + 2, k4.z);
+        add(n, c + 3, k4.w);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < CMAX; ++c) {
+#pragma unroll
+      for (int n = 0; n < NC; ++n) add(n, c, col[n * step + c]);
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < NC; ++n) d[n] = part[n][0] + part[n][1];
+}
+
+template <int NC, int CMAX, typename acc_t>
+__device__ __forceinline__ void pix_dists(const acc_t* qr, const acc_t* col, int step, bool l2,
+                                          acc_t* d) {
+  if (l2)
+    pix_dists_<NC, CMAX, true>(qr, col, step, d);
+  else
+    pix_dists_<NC, CMAX, false>(qr, col, step, d);
+}
 
 // (one block per SM: the staged pixels take most of shared memory; with the whole register
 // file to use, the 64 channels held per thread do not spill)
@@ -806,8 +866,9 @@ __global__ void __launch_bounds__(kPY* kPX, 1)
                     int64_t gt0, int64_t gy0, int64_t gx0, int64_t nH, int64_t nW, int s0,
                     int64_t nh, int K, bool l2, bool exclude_self, int capacity,
                     int64_t* __restrict__ out) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* S = reinterpret_cast<acc_t*>(smem_raw);  // Ch x (RH x RW), RH * RW <= capacity
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // RH * RW <= capacity staged pixels, kPixPitch<acc_t, CMAX> values each
+  acc_t* S = reinterpret_cast<acc_t*>(smem_raw);
   __shared__ int gmin[2], gmax[2];
 
   const int64_t bh = blockIdx.z, b = bh / nh, h = bh % nh;
@@ -860,38 +921,61 @@ __global__ void __launch_bounds__(kPY* kPX, 1)
     __syncthreads();  // everyone has read gmin/gmax before the next frame resets them
     if (ylo == INT_MAX) continue;  // no active thread in this tile (uniform across the block)
     const bool staged = static_cast<int64_t>(RH) * RW <= capacity;
-    const int R = staged ? RH * RW : 0;
     if (staged) {
-      for (int e = threadIdx.x; e < R * Ch; e += blockDim.x) {
-        const int pix = e / Ch, c = e - pix * Ch;
-        const int u = pix / RW, v = pix - u * RW;
-        const int64_t y = reflect(py0 + ylo + u, H), x = reflect(px0 + xlo + v, W);
-        S[c * R + pix] = static_cast<acc_t>(kv[((s * H + y) * W + x) * C + c0 + c]);
+      // a warp per staged row, lanes over (pixel, channel): coalesced reads, conflict-free
+      // stores, kPixBatch loads in flight before their stores
+      constexpr int CP = kPixPitch<acc_t, CMAX>;
+      const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_el = RW * CMAX;
+      for (int u = warp; u < RH; u += kPY * kPX / 32) {
+        const int64_t yrow = (s * H + reflect(py0 + ylo + u, H)) * W;
+        acc_t* srow = S + u * RW * CP;
+        for (int e0 = lane; e0 < n_el; e0 += 32 * kPixBatch) {
+          acc_t buf[kPixBatch];
+#pragma unroll
+          for (int j = 0; j < kPixBatch; ++j) {
+            const int e = e0 + 32 * j, v = e / CMAX, c = e % CMAX;
+            buf[j] = acc_t(0);
+            if (e < n_el && c < Ch)
+              buf[j] = static_cast<acc_t>(kv[(yrow + reflect(px0 + xlo + v, W)) * C + c0 + c]);
+          }
+#pragma unroll
+          for (int j = 0; j < kPixBatch; ++j) {
+            const int e = e0 + 32 * j;
+            if (e < n_el) srow[(e / CMAX) * CP + e % CMAX] = buf[j];
+          }
+        }
       }
       __syncthreads();
     }
-    if (active) {
+    if (active && staged) {
+      constexpr int CP = kPixPitch<acc_t, CMAX>;
+      const int id0 = static_cast<int>(f) * ws * ws;
+      for (int ii = 0; ii < ws; ++ii) {
+        const int dy = gy + ii * s1;
+        const acc_t* row = S + ((ty * s0 + dy - ylo) * RW + (tx * s0 + gx - xlo)) * CP;
+        const bool self_row = exclude_self && s == t && dy == 0;
+        int jj = 0;
+        for (; jj + kPixCands <= ws; jj += kPixCands) {
+          acc_t d[kPixCands];
+          pix_dists<kPixCands, CMAX>(qr, row + jj * s1 * CP, s1 * CP, l2, d);
+#pragma unroll
+          for (int n = 0; n < kPixCands; ++n)
+            if (!(self_row && gx + (jj + n) * s1 == 0)) top.insert(d[n], id0 + ii * ws + jj + n, K, l2);
+        }
+        for (; jj < ws; ++jj) {
+          acc_t d[1];
+          pix_dists<1, CMAX>(qr, row + jj * s1 * CP, 0, l2, d);
+          if (!(self_row && gx + jj * s1 == 0)) top.insert(d[0], id0 + ii * ws + jj, K, l2);
+        }
+      }
+    } else if (active) {
       for (int ii = 0; ii < ws; ++ii) {
         const int dy = gy + ii * s1;
         for (int jj = 0; jj < ws; ++jj) {
           const int dx = gx + jj * s1;
           if (exclude_self && s == t && dy == 0 && dx == 0) continue;
           acc_t part[4] = {0, 0, 0, 0};
-          if (staged) {
-            const acc_t* col = S + (ty * s0 + dy - ylo) * RW + (tx * s0 + dx - xlo);
-#pragma unroll
-            for (int c = 0; c < CMAX; ++c) {
-              if (c < Ch) {
-                const acc_t kval = col[c * R];
-                if (l2) {
-                  const acc_t e2 = qr[c] - kval;
-                  part[c & 3] += e2 * e2;
-                } else {
-                  part[c & 3] += qr[c] * kval;
-                }
-              }
-            }
-          } else {
+          {
             const scalar_t* kp =
                 kv + ((s * H + reflect(qy + dy, H)) * W + reflect(qx + dx, W)) * C + c0;
 #pragma unroll
@@ -934,7 +1018,8 @@ void dispatch_cmax(int64_t ch, F&& f) {
 
 // Host side of topk_pix_kernel. The staging capacity covers the windows of a tile when the
 // centres move together (no flow, or a flow constant over the tile) plus a margin of 8 pixels
-// each way for flows that vary within it, within 160 KiB of shared memory.
+// each way for flows that vary within it, within the device's shared memory per block (at most
+// 200 KiB).
 at::Tensor search_topk_pix_cuda(const at::Tensor& queries, const at::Tensor& keys,
                                 const at::Tensor& centres, const at::Tensor& frames,
                                 at::IntArrayRef grid, int64_t stride0, int64_t nheads, int64_t k,
@@ -946,17 +1031,24 @@ at::Tensor search_topk_pix_cuda(const at::Tensor& queries, const at::Tensor& key
   auto ids = at::empty({B, nheads, Q, k}, frames.options());
   if (ids.numel() == 0) return ids;
   const int64_t Ch = C / nheads;
-  const size_t acc_bytes = queries.scalar_type() == at::kDouble ? 8 : 4;
+  const bool dbl = queries.scalar_type() == at::kDouble;
+  const int64_t acc_bytes = dbl ? 8 : 4;
+  const int64_t cmax = Ch <= 4 ? 4 : Ch <= 8 ? 8 : Ch <= 16 ? 16 : Ch <= 32 ? 32 : 64;  // dispatch_cmax
+  const int64_t pitch = cmax + (dbl ? 1 : 4);  // kPixPitch
   const int64_t span = (ws - 1) * s1 + 1;
   int64_t margin = 8;
   auto cap = [&](int64_t m) {
     return ((kPY - 1) * stride0 + span + m) * ((kPX - 1) * stride0 + span + m);
   };
-  constexpr int64_t kSmem = 160 * 1024;
-  while (margin > 0 && cap(margin) * Ch * int64_t(acc_bytes) > kSmem) margin /= 2;
+  int device = 0, optin = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int64_t kSmem = std::min<int64_t>(200 * 1024, int64_t(optin) - 1024);
+  auto bytes = [&](int64_t c) { return c * pitch * acc_bytes; };
+  while (margin > 0 && bytes(cap(margin)) > kSmem) margin /= 2;
   // a capacity of 0 (huge windows) reads every candidate from global memory
-  const int64_t capacity = cap(margin) * Ch * int64_t(acc_bytes) <= kSmem ? cap(margin) : 0;
-  const size_t smem = size_t(capacity * Ch) * acc_bytes;
+  const int64_t capacity = bytes(cap(margin)) <= kSmem ? cap(margin) : 0;
+  const size_t smem = size_t(bytes(capacity));
   const auto frm = frames.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t tiles = ((grid[4] + kPY - 1) / kPY) * ((grid[5] + kPX - 1) / kPX);
@@ -971,6 +1063,7 @@ at::Tensor search_topk_pix_cuda(const at::Tensor& queries, const at::Tensor& key
     dispatch_cmax(Ch, [&](auto cmax) {
       constexpr int CM = decltype(cmax)::value;
       auto kern = topk_pix_kernel<scalar_t, acc_t, 16, CM>;
+      TORCH_CHECK((kPixPitch<acc_t, CM>) == pitch, "search_topk_pix_cuda: pitch mismatch");
       if (smem > 48 * 1024)
         C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(smem)));
