@@ -109,10 +109,9 @@ def test_opcheck_gather_scatter(itype, impl):
             ops.scatter_patches_backward.default,
             (args[0], args[1], patches, inds, args[2], T, H, W, ps, pt, dil, [True, True, fl]),
         )
-    if device.type == "cpu":  # the fused aggregate has a CPU kernel only (no autograd: inference)
-        at = inds.flip(3).contiguous()
-        for w in (weights, None):
-            torch.library.opcheck(ops.aggregate_patches.default, (video, inds, at, w, ps, pt, dil))
+    at = inds.flip(3).contiguous()  # the fused aggregate (no autograd: inference)
+    for w in (weights, None):
+        torch.library.opcheck(ops.aggregate_patches.default, (video, inds, at, w, ps, pt, dil))
 
 
 @needs_ext
