@@ -51,7 +51,9 @@ def deterministic_cuda(*tensors) -> bool:
 def on_cpu(fn, *args):
     """``fn(*args)`` with every tensor argument copied to the CPU; tensor results come back to
     the device of the first CUDA argument. Differentiable like the copies it makes."""
-    device = next(a.device for a in args if isinstance(a, torch.Tensor) and a.is_cuda)
+    device = next((a.device for a in args if isinstance(a, torch.Tensor) and a.is_cuda), None)
+    if device is None:  # nothing to move
+        return fn(*args)
     out = fn(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
     if isinstance(out, torch.Tensor):
         return out.to(device)
