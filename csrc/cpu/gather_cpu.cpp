@@ -313,36 +313,28 @@ std::tuple<at::Tensor, at::Tensor> scatter_patches_cpu(const at::Tensor& patches
 // from the video at inds[n] and added, weighted, at at[n]. Same order of additions as the
 // scatter kernel, and the values rounded as gather stores them: the same result, bit for bit.
 std::tuple<at::Tensor, at::Tensor> aggregate_patches_cpu(const at::Tensor& video,
-                                                         const at::Tensor& inds_,
+                                                         const at::Tensor& inds,
                                                          const at::Tensor& at_pos,
                                                          const std::optional<at::Tensor>& weights,
                                                          int64_t ps, int64_t pt, int64_t dilation) {
-  stnls::check_video_cl(video, "video");
-  stnls::check_patch_args(ps, pt, dilation);
-  const int64_t B = video.size(0);
-  const auto pos = stnls::check_aggregate_pos(inds_, at_pos, B);
-  const at::Tensor &inds = pos.first, &wpos = pos.second;
-  const GDims d = stnls::dims_from(video, inds, ps, pt, dilation);
-  const auto acc = stnls::acc_type(video.scalar_type());
-  auto out = at::zeros({B, d.T, d.H, d.W, d.C}, video.options().dtype(acc));
-  auto cnt = at::zeros({B, d.T, d.H, d.W, d.nh}, video.options().dtype(acc));
-  const auto w = stnls::weights_acc(weights, d, acc);
+  auto a = stnls::aggregate_args(video, inds, at_pos, weights, ps, pt, dilation);
+  const GDims& d = a.d;
   if (d.patches() > 0 && d.C > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(),
                                     "aggregate_patches_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       using video_t = scalar_t;
-      stnls::dispatch_pos(inds.scalar_type(), [&](auto tag) {
+      stnls::dispatch_pos(a.inds.scalar_type(), [&](auto tag) {
         using pos_t = decltype(tag);
-        VideoPatches<video_t, acc_t, pos_t> src{video.data_ptr<video_t>(), inds.data_ptr<pos_t>(),
-                                                &d};
-        scatter_from<acc_t, pos_t>(src, wpos.data_ptr<pos_t>(),
-                                   w.has_value() ? w->data_ptr<acc_t>() : nullptr,
-                                   out.data_ptr<acc_t>(), cnt.data_ptr<acc_t>(), d);
+        VideoPatches<video_t, acc_t, pos_t> src{video.data_ptr<video_t>(),
+                                                a.inds.data_ptr<pos_t>(), &d};
+        scatter_from<acc_t, pos_t>(src, a.at.data_ptr<pos_t>(),
+                                   a.w.has_value() ? a.w->data_ptr<acc_t>() : nullptr,
+                                   a.out.data_ptr<acc_t>(), a.cnt.data_ptr<acc_t>(), d);
       });
     });
   }
-  return {out.to(video.scalar_type()), cnt.to(video.scalar_type())};
+  return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scatter_patches_backward_cpu(

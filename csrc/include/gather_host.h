@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <optional>
 #include <type_traits>
-#include <utility>
 
 #include "gather.h"
 #include "patch.h"
@@ -54,17 +53,6 @@ inline at::Tensor check_inds(const at::Tensor& inds, int64_t B) {
   TORCH_CHECK(st == at::kInt || st == at::kLong || st == at::kFloat || st == at::kDouble,
               "inds: expected int32, int64, float32 or float64, got ", st);
   return inds.contiguous();
-}
-
-// inds and at of aggregate (same shape and dtype), contiguous.
-inline std::pair<at::Tensor, at::Tensor> check_aggregate_pos(const at::Tensor& inds,
-                                                             const at::Tensor& at_pos, int64_t B) {
-  at::Tensor src = check_inds(inds, B), dst = check_inds(at_pos, B);
-  TORCH_CHECK(dst.sizes() == src.sizes(), "at: expected the shape of inds ", src.sizes(), ", got ",
-              dst.sizes());
-  TORCH_CHECK(dst.scalar_type() == src.scalar_type(), "at: expected the dtype of inds (",
-              src.scalar_type(), "), got ", dst.scalar_type());
-  return {src, dst};
 }
 
 // Calls f(pos_t{}) with the C++ type of an inds dtype (int32, int64, float, double).
@@ -175,6 +163,37 @@ inline Box fold_box(const Grid& g, int64_t T, int64_t H, int64_t W, int64_t ps, 
   b.x0 = std::max<int64_t>(0, g.x0 - dil * r);
   b.x1 = std::min(W, xlast + dil * (ps - 1 - r) + 1);
   return b;
+}
+
+// What aggregate's CPU and CUDA hosts share: inds and at checked (same shape and dtype) and
+// contiguous, the sizes, zeroed float32/float64 output and counts, and the weights.
+struct AggregateArgs {
+  at::Tensor inds, at;
+  GDims d;
+  at::Tensor out, cnt;
+  std::optional<at::Tensor> w;
+};
+
+inline AggregateArgs aggregate_args(const at::Tensor& video, const at::Tensor& inds,
+                                    const at::Tensor& at_pos,
+                                    const std::optional<at::Tensor>& weights, int64_t ps,
+                                    int64_t pt, int64_t dilation) {
+  check_video_cl(video, "video");
+  check_patch_args(ps, pt, dilation);
+  const int64_t B = video.size(0);
+  AggregateArgs a;
+  a.inds = check_inds(inds, B);
+  a.at = check_inds(at_pos, B);
+  TORCH_CHECK(a.at.sizes() == a.inds.sizes(), "at: expected the shape of inds ", a.inds.sizes(),
+              ", got ", a.at.sizes());
+  TORCH_CHECK(a.at.scalar_type() == a.inds.scalar_type(), "at: expected the dtype of inds (",
+              a.inds.scalar_type(), "), got ", a.at.scalar_type());
+  a.d = dims_from(video, a.inds, ps, pt, dilation);
+  const auto acc = acc_type(video.scalar_type());
+  a.out = at::zeros({B, a.d.T, a.d.H, a.d.W, a.d.C}, video.options().dtype(acc));
+  a.cnt = at::zeros({B, a.d.T, a.d.H, a.d.W, a.d.nh}, video.options().dtype(acc));
+  a.w = weights_acc(weights, a.d, acc);
+  return a;
 }
 
 }  // namespace stnls
