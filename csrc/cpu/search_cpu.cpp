@@ -373,6 +373,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cpu(
   return {gq.to(queries.scalar_type()), gk.to(keys.scalar_type()), gpos};
 }
 
+// The distance term of one pixel pair over Ch channels: sum of squared differences (l2) or
+// of products. Vectorised over channels (a fixed order of partial sums: deterministic), which
+// matters for many-channel features (workload B: 64 channels, one pixel per patch).
+template <typename acc_t, typename scalar_t>
+inline acc_t pixel_term(const scalar_t* x, const scalar_t* y, int64_t Ch, bool l2) {
+  acc_t acc = 0;
+  if (l2) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t c = 0; c < Ch; ++c) {
+      const acc_t e = static_cast<acc_t>(x[c]) - static_cast<acc_t>(y[c]);
+      acc += e * e;
+    }
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t c = 0; c < Ch; ++c) acc += static_cast<acc_t>(x[c]) * static_cast<acc_t>(y[c]);
+  }
+  return acc;
+}
+
 // Whole-pixel search grids (integer centres and stride1) with the queries on a regular grid:
 // the algorithm of the CUDA kernel (csrc/cuda/search_cuda.cu, topk_box_kernel). For a tile of
 // queries and one offset (dy, dx) between query and candidate, every query's patch distance
@@ -460,15 +479,7 @@ at::Tensor search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys
                     const int64_t fq = stnls::reflect(t + dt, T), fk = stnls::reflect(s + dt, T);
                     const scalar_t* x = qv + ((fq * H + ryq[u]) * W + rxq[v]) * C + c0;
                     const scalar_t* y = kv + ((fk * H + ryk[u]) * W + rxk[v]) * C + c0;
-                    for (int64_t c = 0; c < Ch; ++c) {
-                      const acc_t a = static_cast<acc_t>(x[c]), bb = static_cast<acc_t>(y[c]);
-                      if (l2) {
-                        const acc_t e = a - bb;
-                        acc += e * e;
-                      } else {
-                        acc += a * bb;
-                      }
-                    }
+                    acc += pixel_term<acc_t>(x, y, Ch, l2);
                   }
                   D[u * DW + v] = acc;
                 }
