@@ -793,7 +793,7 @@ __global__ void __launch_bounds__(kSY* kSX, 3)
 // kPixPitch), and each thread compares its query's channels, held in registers, with its
 // ws x ws candidates, kPixCands at a time, keeping its top k. A block whose
 // windows reach beyond the staged capacity (flows that vary a lot within the tile) reads
-// those candidates from global memory instead: same values, same order.
+// those candidates from global memory instead: same values, added in the same order.
 constexpr int kPY = 8, kPX = 32;
 constexpr int kPixBatch = 8;  // staging loads in flight per lane
 constexpr int kPixCands = 4;  // candidates per distance step
@@ -974,24 +974,24 @@ __global__ void __launch_bounds__(kPY* kPX, 1)
         for (int jj = 0; jj < ws; ++jj) {
           const int dx = gx + jj * s1;
           if (exclude_self && s == t && dy == 0 && dx == 0) continue;
-          acc_t part[4] = {0, 0, 0, 0};
-          {
-            const scalar_t* kp =
-                kv + ((s * H + reflect(qy + dy, H)) * W + reflect(qx + dx, W)) * C + c0;
+          // in the staged path's order of additions (two partial sums; there the channels
+          // past Ch add zeros)
+          acc_t part[2] = {0, 0};
+          const scalar_t* kp =
+              kv + ((s * H + reflect(qy + dy, H)) * W + reflect(qx + dx, W)) * C + c0;
 #pragma unroll
-            for (int c = 0; c < CMAX; ++c) {
-              if (c < Ch) {
-                const acc_t kval = static_cast<acc_t>(kp[c]);
-                if (l2) {
-                  const acc_t e2 = qr[c] - kval;
-                  part[c & 3] += e2 * e2;
-                } else {
-                  part[c & 3] += qr[c] * kval;
-                }
+          for (int c = 0; c < CMAX; ++c) {
+            if (c < Ch) {
+              const acc_t kval = static_cast<acc_t>(kp[c]);
+              if (l2) {
+                const acc_t e2 = qr[c] - kval;
+                part[c & 1] += e2 * e2;
+              } else {
+                part[c & 1] += qr[c] * kval;
               }
             }
           }
-          const acc_t d = (part[0] + part[1]) + (part[2] + part[3]);
+          const acc_t d = part[0] + part[1];
           top.insert(d, (static_cast<int>(f) * ws + ii) * ws + jj, K, l2);
         }
       }
