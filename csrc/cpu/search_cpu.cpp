@@ -57,6 +57,26 @@ acc_t patch_distance(const scalar_t* kv, const PatchLoc<acc_t>& loc, const acc_t
   return d;
 }
 
+// The distance term of n contiguous values (a pixel's channels, or a patch row of ps * C
+// values): sum of squared differences (l2) or of products. Vectorised (a fixed order of
+// partial sums: deterministic); this matters for many-channel features (workload B: 64
+// channels, one pixel per patch) and for the window path's patch rows.
+template <typename acc_t, typename scalar_t>
+inline acc_t distance_run(const scalar_t* x, const scalar_t* y, int64_t n, bool l2) {
+  acc_t acc = 0;
+  if (l2) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t c = 0; c < n; ++c) {
+      const acc_t e = static_cast<acc_t>(x[c]) - static_cast<acc_t>(y[c]);
+      acc += e * e;
+    }
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t c = 0; c < n; ++c) acc += static_cast<acc_t>(x[c]) * static_cast<acc_t>(y[c]);
+  }
+  return acc;
+}
+
 at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
                            const at::Tensor& coords, const at::Tensor& centres,
                            const at::Tensor& frames, const at::Tensor& offsets, int64_t ps,
@@ -109,6 +129,7 @@ at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
     }
     const int64_t step = ws > 1 ? static_cast<int64_t>(offs[1] - offs[0]) : 1;
     const int64_t L = step * (ws - 1) + dilation * (ps - 1) + 1;  // window side
+    const bool contiguous_rows = window && nheads == 1 && dilation == 1;
     at::parallel_for(0, B * Q, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> win(window ? pt * L * L * C : 0);
       std::vector<acc_t> qbuf(nheads * psz), bd(nheads * k);
@@ -176,6 +197,18 @@ at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
                   std::abs(x - acc_t(qx)) < acc_t(1e-4))
                 continue;
               const int64_t id = (f * ws + i) * ws + j;
+              if (window && contiguous_rows) {
+                // one head, no dilation: a patch row is ps * C contiguous values in both the
+                // query buffer and the window, summed as one vectorised run
+                acc_t d = 0;
+                for (int64_t dt = 0; dt < pt; ++dt)
+                  for (int64_t a = 0; a < ps; ++a)
+                    d += distance_run<acc_t>(
+                        qbuf.data() + (dt * ps + a) * ps * C,
+                        win.data() + ((dt * L + i * step + a) * L + j * step) * C, ps * C, l2);
+                stnls::topk_insert(bd.data(), bi.data(), cnt[0], int(k), d, id, l2);
+                continue;
+              }
               if (window) {
                 for (int64_t h = 0; h < nheads; ++h) {
                   const acc_t* qp = qbuf.data() + h * psz;
@@ -373,25 +406,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cpu(
   return {gq.to(queries.scalar_type()), gk.to(keys.scalar_type()), gpos};
 }
 
-// The distance term of one pixel pair over Ch channels: sum of squared differences (l2) or
-// of products. Vectorised over channels (a fixed order of partial sums: deterministic), which
-// matters for many-channel features (workload B: 64 channels, one pixel per patch).
-template <typename acc_t, typename scalar_t>
-inline acc_t pixel_term(const scalar_t* x, const scalar_t* y, int64_t Ch, bool l2) {
-  acc_t acc = 0;
-  if (l2) {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t c = 0; c < Ch; ++c) {
-      const acc_t e = static_cast<acc_t>(x[c]) - static_cast<acc_t>(y[c]);
-      acc += e * e;
-    }
-  } else {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t c = 0; c < Ch; ++c) acc += static_cast<acc_t>(x[c]) * static_cast<acc_t>(y[c]);
-  }
-  return acc;
-}
-
 // Whole-pixel search grids (integer centres and stride1) with the queries on a regular grid:
 // the algorithm of the CUDA kernel (csrc/cuda/search_cuda.cu, topk_box_kernel). For a tile of
 // queries and one offset (dy, dx) between query and candidate, every query's patch distance
@@ -479,7 +493,7 @@ at::Tensor search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys
                     const int64_t fq = stnls::reflect(t + dt, T), fk = stnls::reflect(s + dt, T);
                     const scalar_t* x = qv + ((fq * H + ryq[u]) * W + rxq[v]) * C + c0;
                     const scalar_t* y = kv + ((fk * H + ryk[u]) * W + rxk[v]) * C + c0;
-                    acc += pixel_term<acc_t>(x, y, Ch, l2);
+                    acc += distance_run<acc_t>(x, y, Ch, l2);
                   }
                   D[u * DW + v] = acc;
                 }
