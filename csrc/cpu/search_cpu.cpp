@@ -459,6 +459,9 @@ at::Tensor search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys
         const int64_t t = gt0 + tr, c0 = h * Ch, q_first = tr * nH * nW;
         const int64_t py0 = gy0 + tile_i * TY * s0, px0 = gx0 + tile_j * TX * s0;
         const int64_t ny = std::min(TY, nH - tile_i * TY), nx = std::min(TX, nW - tile_j * TX);
+        // the part of the difference image this tile's queries use (thin regions: a few rows)
+        const int64_t dh = (ny - 1) * s0 + dilation * (ps - 1) + 1;
+        const int64_t dw = (nx - 1) * s0 + dilation * (ps - 1) + 1;
         const scalar_t* qv = qdata + b * video;
         const scalar_t* kv = kdata + b * video;
         for (int64_t u = 0; u < DH; ++u) ryq[u] = stnls::reflect(py0 - dilation * r + u, H);
@@ -480,14 +483,14 @@ at::Tensor search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys
               xhi = std::max(xhi, gx[n] + (ws - 1) * s1);
             }
           for (int64_t dy = ylo; dy <= yhi; ++dy) {
-            for (int64_t u = 0; u < DH; ++u)
+            for (int64_t u = 0; u < dh; ++u)
               ryk[u] = stnls::reflect(py0 - dilation * r + u + dy, H);
             for (int64_t dx = xlo; dx <= xhi; ++dx) {
-              for (int64_t v = 0; v < DW; ++v)
+              for (int64_t v = 0; v < dw; ++v)
                 rxk[v] = stnls::reflect(px0 - dilation * r + v + dx, W);
               // 1. the difference image over the tile and its halo
-              for (int64_t u = 0; u < DH; ++u)
-                for (int64_t v = 0; v < DW; ++v) {
+              for (int64_t u = 0; u < dh; ++u)
+                for (int64_t v = 0; v < dw; ++v) {
                   acc_t acc = 0;
                   for (int64_t dt = 0; dt < pt; ++dt) {
                     const int64_t fq = stnls::reflect(t + dt, T), fk = stnls::reflect(s + dt, T);
@@ -498,7 +501,7 @@ at::Tensor search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys
                   D[u * DW + v] = acc;
                 }
               // 2. sums along rows, 3. along columns, then each query's top-k
-              for (int64_t u = 0; u < DH; ++u)
+              for (int64_t u = 0; u < dh; ++u)
                 for (int64_t jx = 0; jx < nx; ++jx) {
                   const acc_t* row = D.data() + u * DW + jx * s0;
                   acc_t acc = 0;
