@@ -6,6 +6,7 @@ docs/api.md for the full definition (window, flow chaining, borders, ties).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 
@@ -484,7 +485,8 @@ def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
     for start, stop, Pc in chunks:
         crd = coords[start:stop]
         if det and flat is not None:
-            with torch.no_grad():  # the gradient goes through _FlowGlueOnCpu below
+            # with det_grad the flows' gradient goes through _FlowGlueOnCpu below instead
+            with torch.no_grad() if det_grad else contextlib.nullcontext():
                 centres, frames = _ext.on_cpu(
                     lambda c, f, b, Pc=Pc: _centres(c, (f, b), Pc, acc), crd, *flat
                 )

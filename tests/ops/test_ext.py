@@ -227,11 +227,12 @@ def test_deterministic_mode_gives_bit_identical_results(device):
 
 
 @needs_ext
-@pytest.mark.parametrize("batch_size", [None, 200])
-def test_deterministic_flow_glue_gives_the_same_gradients(monkeypatch, batch_size):
+@pytest.mark.parametrize(("batch_size", "itype"), [(None, "float"), (200, "float"), (None, "int")])
+def test_deterministic_flow_glue_gives_the_same_gradients(monkeypatch, batch_size, itype):
     """Deterministic mode on CUDA takes the flows' gradient through one node that redoes the
     glue on the CPU (_FlowGlueOnCpu). Forced here on the CPU, in one chunk and in several: the
-    same dists, inds and gradients as the glue as ordinary autograd nodes."""
+    same dists, inds and gradients as the glue as ordinary autograd nodes. Whole-pixel
+    positions (itype="int") keep the plain glue: they give the flows no gradient either way."""
     gen = torch.Generator().manual_seed(7)
     v0 = torch.rand(1, 3, 3, 20, 22, generator=gen, dtype=torch.float64)
     f0 = [0.8 * torch.randn(1, 3, 2, 20, 22, generator=gen, dtype=torch.float64) for _ in range(2)]
@@ -239,7 +240,8 @@ def test_deterministic_flow_glue_gives_the_same_gradients(monkeypatch, batch_siz
     def run():
         v = v0.clone().requires_grad_()
         f = [x.clone().requires_grad_() for x in f0]
-        d, i = search(v, v, ps=3, ws=5, wt=1, k=5, flows=f, backend="cpu", batch_size=batch_size)
+        d, i = search(v, v, ps=3, ws=5, wt=1, k=5, flows=f, backend="cpu", batch_size=batch_size,
+                      itype=itype)
         agg, cnt = scatter(gather(v, i, ps=3), i, shape=v.shape, ps=3, weights=torch.softmax(-d, -1))
         (d.sum() + (agg / cnt.clamp_min(1e-6)).sum()).backward()
         return i, [d.detach(), i.detach(), v.grad, f[0].grad, f[1].grad]
@@ -251,10 +253,16 @@ def test_deterministic_flow_glue_gives_the_same_gradients(monkeypatch, batch_siz
     monkeypatch.setattr(glue, "apply", lambda *a: calls.append(1) or apply(*a))
     monkeypatch.setattr(_ext, "deterministic_cuda", lambda *t: True)
     i_det, got = run()
-    assert len(calls) == 1 if batch_size is None else len(calls) > 1  # once per chunk
+    if itype == "int":
+        assert not calls
+    else:
+        assert len(calls) == 1 if batch_size is None else len(calls) > 1  # once per chunk
     for a, b in zip(ref, got, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    assert got[3].abs().sum() > 0 and got[4].abs().sum() > 0
+    if itype == "float":
+        assert got[3].abs().sum() > 0 and got[4].abs().sum() > 0
+    else:  # whole-pixel positions do not depend on the flows' values
+        assert got[3] is None and ref[3] is None
 
 
 def test_deterministic_aggregate_repeats_and_equals_the_cpu(device):
