@@ -408,6 +408,39 @@ at::Tensor search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
 }
 
 // ---------------------------------------------------------------------------------------------
+// Offset (gy, gx) of the first candidate of a query's window from the query (qy, qx), for the
+// window centre c = (y, x) rounded to whole pixels.
+template <typename acc_t>
+__device__ __forceinline__ void window_start(const acc_t* c, int half, int s1, int64_t qy,
+                                             int64_t qx, int* gy, int* gx) {
+  *gy = static_cast<int>(llrint(static_cast<double>(c[0])) - half * s1 - qy);
+  *gx = static_cast<int>(llrint(static_cast<double>(c[1])) - half * s1 - qx);
+}
+
+// Block-wide minimum lo and maximum hi of (y, x) over the active threads, through the shared
+// pair gmin/gmax (lo = INT_MAX where no thread is active). Every thread of the block calls it;
+// its last barrier lets the next call reset gmin/gmax once everyone has read them.
+__device__ __forceinline__ void block_extent(bool active, int y, int x, int* gmin, int* gmax,
+                                             int* lo, int* hi) {
+  if (threadIdx.x == 0) {
+    gmin[0] = gmin[1] = INT_MAX;
+    gmax[0] = gmax[1] = INT_MIN;
+  }
+  __syncthreads();
+  if (active) {
+    atomicMin(&gmin[0], y);
+    atomicMin(&gmin[1], x);
+    atomicMax(&gmax[0], y);
+    atomicMax(&gmax[1], x);
+  }
+  __syncthreads();
+  lo[0] = gmin[0];
+  lo[1] = gmin[1];
+  hi[0] = gmax[0];
+  hi[1] = gmax[1];
+  __syncthreads();
+}
+
 // Whole-pixel search grids: box sums shared by a tile of queries.
 //
 // For a tile of kTY x kTX queries of one frame and one offset (dy, dx) between a query and a
@@ -454,27 +487,11 @@ __global__ void __launch_bounds__(kTY* kTX)
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q_first * nt + f];
     int gy = 0, gx = 0;
-    if (active) {
-      const acc_t cy = centres[((b * Q + q) * nt + f) * 2];
-      const acc_t cx = centres[((b * Q + q) * nt + f) * 2 + 1];
-      gy = static_cast<int>(llrint(static_cast<double>(cy)) - half * s1 - qy);
-      gx = static_cast<int>(llrint(static_cast<double>(cx)) - half * s1 - qx);
-    }
-    if (threadIdx.x == 0) {
-      gmin[0] = gmin[1] = INT_MAX;
-      gmax[0] = gmax[1] = INT_MIN;
-    }
-    __syncthreads();
-    if (active) {
-      atomicMin(&gmin[0], gy);
-      atomicMin(&gmin[1], gx);
-      atomicMax(&gmax[0], gy);
-      atomicMax(&gmax[1], gx);
-    }
-    __syncthreads();
-    const int ylo = gmin[0], yhi = gmax[0] + (ws - 1) * s1;
-    const int xlo = gmin[1], xhi = gmax[1] + (ws - 1) * s1;
-    __syncthreads();  // everyone has read gmin/gmax before the next slot resets them
+    if (active) window_start(centres + ((b * Q + q) * nt + f) * 2, half, s1, qy, qx, &gy, &gx);
+    int lo[2], hi[2];
+    block_extent(active, gy, gx, gmin, gmax, lo, hi);
+    const int ylo = lo[0], yhi = hi[0] + (ws - 1) * s1;
+    const int xlo = lo[1], xhi = hi[1] + (ws - 1) * s1;
     if (ylo > yhi) continue;  // no active thread in this tile (uniform across the block)
     for (int dy = ylo; dy <= yhi; ++dy) {
       for (int dx = xlo; dx <= xhi; ++dx) {
@@ -608,30 +625,14 @@ __global__ void __launch_bounds__(kSY* kSX, 3)
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q_first * nt + f];
     int gy = 0, gx = 0;  // offset of this query's first candidate
-    if (active) {
-      const acc_t cy = centres[((b * Q + q) * nt + f) * 2];
-      const acc_t cx = centres[((b * Q + q) * nt + f) * 2 + 1];
-      gy = static_cast<int>(llrint(static_cast<double>(cy)) - half * s1 - qy);
-      gx = static_cast<int>(llrint(static_cast<double>(cx)) - half * s1 - qx);
-    }
-    if (threadIdx.x == 0) {
-      gmin[0] = gmin[1] = INT_MAX;
-      gmax[0] = gmax[1] = INT_MIN;
-    }
-    __syncthreads();
-    if (active) {
-      atomicMin(&gmin[0], gy);
-      atomicMin(&gmin[1], gx);
-      atomicMax(&gmax[0], gy);
-      atomicMax(&gmax[1], gx);
-    }
-    __syncthreads();
-    const int ylo = gmin[0], yhi = gmax[0] + span;
-    const int xlo = gmin[1], xhi = gmax[1] + span;
+    if (active) window_start(centres + ((b * Q + q) * nt + f) * 2, half, s1, qy, qx, &gy, &gx);
+    int lo[2], hi[2];
+    block_extent(active, gy, gx, gmin, gmax, lo, hi);
+    const int ylo = lo[0], yhi = hi[0] + span;
+    const int xlo = lo[1], xhi = hi[1] + span;
     // every window of the tile is the same (no flow, or one constant over the tile): each
     // offset of the union is in each query's window
-    const bool same = gmin[0] == gmax[0] && gmin[1] == gmax[1] && s1 == 1;
-    __syncthreads();  // everyone has read gmin/gmax before the next frame resets them
+    const bool same = lo[0] == hi[0] && lo[1] == hi[1] && s1 == 1;
     if (ylo > yhi) continue;  // no active thread in this tile (uniform across the block)
     // The query tile and halo: every warp is past the last barrier of the previous frame's
     // rounds, so nobody reads Qs any more.
@@ -898,27 +899,11 @@ __global__ void __launch_bounds__(kPY* kPX, 1)
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q_first * nt + f];
     int gy = 0, gx = 0;  // offset of the window's first candidate from the query
-    if (active) {
-      const acc_t cy = centres[((b * Q + q) * nt + f) * 2];
-      const acc_t cx = centres[((b * Q + q) * nt + f) * 2 + 1];
-      gy = static_cast<int>(llrint(static_cast<double>(cy)) - half * s1 - qy);
-      gx = static_cast<int>(llrint(static_cast<double>(cx)) - half * s1 - qx);
-    }
-    if (threadIdx.x == 0) {
-      gmin[0] = gmin[1] = INT_MAX;
-      gmax[0] = gmax[1] = INT_MIN;
-    }
-    __syncthreads();
-    if (active) {
-      atomicMin(&gmin[0], ty * s0 + gy);
-      atomicMin(&gmin[1], tx * s0 + gx);
-      atomicMax(&gmax[0], ty * s0 + gy);
-      atomicMax(&gmax[1], tx * s0 + gx);
-    }
-    __syncthreads();
-    const int ylo = gmin[0], xlo = gmin[1];
-    const int RH = gmax[0] + (ws - 1) * s1 - ylo + 1, RW = gmax[1] + (ws - 1) * s1 - xlo + 1;
-    __syncthreads();  // everyone has read gmin/gmax before the next frame resets them
+    if (active) window_start(centres + ((b * Q + q) * nt + f) * 2, half, s1, qy, qx, &gy, &gx);
+    int lo[2], hi[2];
+    block_extent(active, ty * s0 + gy, tx * s0 + gx, gmin, gmax, lo, hi);
+    const int ylo = lo[0], xlo = lo[1];
+    const int RH = hi[0] + (ws - 1) * s1 - ylo + 1, RW = hi[1] + (ws - 1) * s1 - xlo + 1;
     if (ylo == INT_MAX) continue;  // no active thread in this tile (uniform across the block)
     const bool staged = static_cast<int64_t>(RH) * RW <= capacity;
     if (staged) {
