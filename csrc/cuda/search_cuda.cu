@@ -986,6 +986,15 @@ __global__ void __launch_bounds__(kPY* kPX, 1)
   if (active) top.write(out + (bh * Q + q) * K, K);
 }
 
+// Launch grid of the tiled kernels: (tiles of ty x tx queries of a grid frame, grid frames,
+// batch x heads), for the query grid (t0, y0, x0, T_r, nH, nW, ...).
+dim3 tile_blocks(at::IntArrayRef grid, int64_t ty, int64_t tx, int64_t bh) {
+  TORCH_CHECK(grid[3] <= 65535 && bh <= 65535, "too many frames or batch x heads");
+  const int64_t tiles = ((grid[4] + ty - 1) / ty) * ((grid[5] + tx - 1) / tx);
+  return dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(grid[3]),
+              static_cast<unsigned>(bh));
+}
+
 template <typename F>
 void dispatch_cmax(int64_t ch, F&& f) {
   if (ch <= 4) {
@@ -1036,11 +1045,8 @@ at::Tensor search_topk_pix_cuda(const at::Tensor& queries, const at::Tensor& key
   const size_t smem = size_t(bytes(capacity));
   const auto frm = frames.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t tiles = ((grid[4] + kPY - 1) / kPY) * ((grid[5] + kPX - 1) / kPX);
-  TORCH_CHECK(grid[3] <= 65535 && B * nheads <= 65535, "too many frames or batch x heads");
+  const dim3 blocks = tile_blocks(grid, kPY, kPX, B * nheads);
   TORCH_CHECK(nt * ws * ws < INT_MAX, "search window too large");
-  const dim3 blocks(static_cast<unsigned>(tiles), static_cast<unsigned>(grid[3]),
-                    static_cast<unsigned>(B * nheads));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
                                   "search_topk_pix_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -1078,10 +1084,7 @@ at::Tensor search_topk_stage_cuda(const at::Tensor& queries, const at::Tensor& k
   if (ids.numel() == 0) return ids;
   const auto frm = frames.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t tiles = ((grid[4] + kSY - 1) / kSY) * ((grid[5] + kSX - 1) / kSX);
-  TORCH_CHECK(grid[3] <= 65535 && B * nheads <= 65535, "too many frames or batch x heads");
-  const dim3 blocks(static_cast<unsigned>(tiles), static_cast<unsigned>(grid[3]),
-                    static_cast<unsigned>(B * nheads));
+  const dim3 blocks = tile_blocks(grid, kSY, kSX, B * nheads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
                                   "search_topk_stage_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -1183,10 +1186,7 @@ at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& key
   if (ids.numel() == 0) return ids;
   const auto frm = frames.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t tiles = ((grid[4] + kTY - 1) / kTY) * ((grid[5] + kTX - 1) / kTX);
-  TORCH_CHECK(grid[3] <= 65535 && B * nheads <= 65535, "too many frames or batch x heads");
-  const dim3 blocks(static_cast<unsigned>(tiles), static_cast<unsigned>(grid[3]),
-                    static_cast<unsigned>(B * nheads));
+  const dim3 blocks = tile_blocks(grid, kTY, kTX, B * nheads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
                                   "search_topk_box_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
