@@ -2,8 +2,8 @@
 
 * :func:`nl_means`: space-time NL-means along the flow. Every query patch is replaced by
   the weighted mean of its K nearest space-time patches (search -> weights -> aggregate, a
-  gather then weighted scatter that on the CPU never stores the patches), and overlapping
-  patches are averaged.
+  gather then weighted scatter that never stores the patches: fused kernels on the CPU and
+  on CUDA), and overlapping patches are averaged.
 * :func:`nl_bayes`: two-step video non-local Bayes along the flow.
 * :func:`skimage_nl_means`: scikit-image's NL-means per frame or on the space-time
   volume, behind the same interface, for comparison.
