@@ -6,7 +6,6 @@ docs/api.md for the full definition (window, flow chaining, borders, ties).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, replace
 
@@ -430,41 +429,6 @@ def _compiled_chunks(P: _Params, Q: int, batch_size: int | None) -> list[tuple[i
     ]
 
 
-class _FlowGlueOnCpu(torch.autograd.Function):
-    """Positions (B, nheads, Q, k, 3) of candidate ids, differentiable w.r.t. the flows, with
-    the flow chaining and the id -> position gathers on the CPU (deterministic mode on CUDA).
-
-    One autograd node on the flows' device: its backward redoes the glue on the CPU and takes
-    the flows' gradient with a nested ``torch.autograd.grad``. With the glue as CPU nodes of
-    the graph instead, autograd's CPU and CUDA threads run side by side, and the flows'
-    gradient was seen to differ in its last bits from run to run on an H200.
-    """
-
-    @staticmethod
-    def forward(ctx, coords, ids, P, acc, fflow, bflow):
-        ctx.save_for_backward(coords, ids, fflow, bflow)
-        ctx.P, ctx.acc = P, acc
-        return _FlowGlueOnCpu._glue(coords, ids, fflow, bflow, P, acc).to(fflow.device)
-
-    @staticmethod
-    def _glue(coords, ids, fflow, bflow, P, acc):
-        centres, frames = _centres(coords.cpu(), (fflow.cpu(), bflow.cpu()), P, acc)
-        return _positions(centres, frames, ids.cpu(), P)
-
-    @staticmethod
-    def backward(ctx, grad):
-        coords, ids, fflow, bflow = ctx.saved_tensors
-        flows = [f.detach().cpu().requires_grad_() for f in (fflow, bflow)]
-        with torch.enable_grad():
-            kpos = _FlowGlueOnCpu._glue(coords, ids, *flows, ctx.P, ctx.acc)
-            grads = torch.autograd.grad(kpos, flows, grad.cpu(), allow_unused=True)
-        out = [
-            (torch.zeros_like(f) if g is None else g.to(f.device))
-            for f, g in zip((fflow, bflow), grads, strict=True)
-        ]
-        return (None, None, None, None, *out)
-
-
 def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
     """Compiled kernels (csrc/): a streaming top-k over all candidates, then the distances at
     the chosen positions, differentiable through their own backward kernel. Queries go in
@@ -478,18 +442,13 @@ def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
     # gathers run on the CPU: PyTorch's CUDA backward of their indexing adds with atomics
     # (measured: the flows' gradient then differs run to run).
     det = _ext.deterministic_cuda(queries)
-    det_grad = det and flat is not None and P.itype == "float" and any(f.requires_grad for f in flat)
     Q = coords.shape[0]
     chunks = _compiled_chunks(P, Q, batch_size)
     dists = inds = None
     for start, stop, Pc in chunks:
         crd = coords[start:stop]
         if det and flat is not None:
-            # with det_grad the flows' gradient goes through _FlowGlueOnCpu below instead
-            with torch.no_grad() if det_grad else contextlib.nullcontext():
-                centres, frames = _ext.on_cpu(
-                    lambda c, f, b, Pc=Pc: _centres(c, (f, b), Pc, acc), crd, *flat
-                )
+            centres, frames = _ext.on_cpu(lambda c, f, b, Pc=Pc: _centres(c, (f, b), Pc, acc), crd, *flat)
         else:
             centres, frames = _centres(crd, flat, Pc, acc)
         args = (Pc.ps, Pc.pt, Pc.dilation, Pc.nheads, Pc.k, Pc.dist == "l2", Pc.exclude_self)
@@ -504,9 +463,7 @@ def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
             # the offsets go on the CPU: the kernels pick their path from them without a sync
             off = _offsets(Pc, acc, torch.device("cpu"))
             ids = _ext.ops.search_topk(q_cl, k_cl, crd, centres.detach(), frames, off, *args)
-        if det_grad:
-            kpos = _FlowGlueOnCpu.apply(crd, ids, Pc, acc, *flat)
-        elif det:
+        if det:
             kpos = _ext.on_cpu(lambda c, f, i, Pc=Pc: _positions(c, f, i, Pc), centres, frames, ids)
         else:
             kpos = _positions(centres, frames, ids, Pc)

@@ -229,10 +229,9 @@ def test_deterministic_mode_gives_bit_identical_results(device):
 @needs_ext
 @pytest.mark.parametrize(("batch_size", "itype"), [(None, "float"), (200, "float"), (None, "int")])
 def test_deterministic_flow_glue_gives_the_same_gradients(monkeypatch, batch_size, itype):
-    """Deterministic mode on CUDA takes the flows' gradient through one node that redoes the
-    glue on the CPU (_FlowGlueOnCpu). Forced here on the CPU, in one chunk and in several: the
-    same dists, inds and gradients as the glue as ordinary autograd nodes. Whole-pixel
-    positions (itype="int") keep the plain glue: they give the flows no gradient either way."""
+    """Deterministic mode on CUDA runs the flow glue (centres, then positions) on the CPU, each
+    step as one autograd node (_ext._OnCpu). Forced here on the CPU, in one chunk and in
+    several: the same dists, inds and gradients as the glue as ordinary autograd nodes."""
     gen = torch.Generator().manual_seed(7)
     v0 = torch.rand(1, 3, 3, 20, 22, generator=gen, dtype=torch.float64)
     f0 = [0.8 * torch.randn(1, 3, 2, 20, 22, generator=gen, dtype=torch.float64) for _ in range(2)]
@@ -247,22 +246,54 @@ def test_deterministic_flow_glue_gives_the_same_gradients(monkeypatch, batch_siz
         return i, [d.detach(), i.detach(), v.grad, f[0].grad, f[1].grad]
 
     i_ref, ref = run()
-    glue = sys.modules["napari_stnls.ops.search"]._FlowGlueOnCpu
-    calls = []
-    apply = glue.apply
-    monkeypatch.setattr(glue, "apply", lambda *a: calls.append(1) or apply(*a))
+    nodes = []
+
+    def as_one_node(fn, *args):  # what on_cpu does with CUDA tensors, here on the CPU
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            nodes.append(1)
+            out = _ext._OnCpu.apply(fn, torch.device("cpu"), *args)
+            return out[0] if len(out) == 1 else out
+        return fn(*args)
+
+    monkeypatch.setattr(_ext, "on_cpu", as_one_node)
     monkeypatch.setattr(_ext, "deterministic_cuda", lambda *t: True)
     i_det, got = run()
-    if itype == "int":
-        assert not calls
-    else:
-        assert len(calls) == 1 if batch_size is None else len(calls) > 1  # once per chunk
+    n_chunks = 1 if batch_size is None else (len(nodes) - 1) // 2
+    # centres and positions in each chunk, then the scatter
+    assert len(nodes) == 2 * n_chunks + 1 and (batch_size is None or n_chunks > 1)
     for a, b in zip(ref, got, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     if itype == "float":
         assert got[3].abs().sum() > 0 and got[4].abs().sum() > 0
     else:  # whole-pixel positions do not depend on the flows' values
         assert got[3] is None and ref[3] is None
+
+
+def test_on_cpu_node_gives_the_gradients_of_fn():
+    """_ext._OnCpu (on_cpu's one-node form): values and gradients of fn, gradients only to the
+    arguments that need them, None for unused outputs, and a graph that may be run twice."""
+    gen = torch.Generator().manual_seed(2)
+    x0, y0 = torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen,
+                                                                                 dtype=torch.float64)
+
+    def fn(x, y, scale):
+        return (x * y).sin() * scale, x.sum(1), torch.arange(3)
+
+    x, y = x0.clone().requires_grad_(), y0.clone()
+    a, b, n = _ext._OnCpu.apply(fn, torch.device("cpu"), x, y, 2.0)
+    assert not n.requires_grad and torch.equal(n, torch.arange(3))
+    (a.square().sum() + b[0]).backward(retain_graph=True)
+    xr = x0.clone().requires_grad_()
+    ar, br, _ = fn(xr, y0, 2.0)
+    (ar.square().sum() + br[0]).backward()
+    torch.testing.assert_close(a, ar.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-15, atol=1e-15)
+    g = x.grad.clone()
+    a.sum().backward()  # only the first output this time; the graph was kept
+    torch.testing.assert_close(x.grad - g, (torch.cos(x0 * y0) * y0 * 2.0).detach())
+    assert y.grad is None
+    assert torch.autograd.gradcheck(lambda t: _ext._OnCpu.apply(fn, torch.device("cpu"), t, y0, 1.5)[:2],
+                                    (x0.clone().requires_grad_(),))
 
 
 def test_deterministic_aggregate_repeats_and_equals_the_cpu(device):
