@@ -2,9 +2,10 @@
 // device (cpu/, cuda/). Autograd and fake (shape-only) kernels are registered in Python
 // (napari_stnls/ops/_ext.py), so torch.compile sees through the ops.
 //
-// search_topk: the k best candidate ids of every query (no gradient: integer output).
+// search_topk: the k best candidates of every query, their distances and ids (no gradient:
+//              the differentiable distances are search_dists').
 // search_dists: patch distances at given positions (differentiable in Python through
-//               search_dists_backward).
+//               search_dists_backward), or the distances search_topk already computed there.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -19,12 +20,13 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(napari_stnls, m) {
   // queries/keys: channels-last videos (B, T, H, W, C); coords (Q, 3) int64; centres
   // (B, Q, nt, 2) float (search-grid centres, y then x); frames (Q, nt) int64; offsets (ws,)
-  // the grid offsets in the centres' dtype. Returns ids (B, nheads, Q, k) int64 =
+  // the grid offsets in the centres' dtype. Returns the distances (B, nheads, Q, k) in
+  // float32 (float64 for float64 videos) and the ids (B, nheads, Q, k) int64 =
   // (slot * ws + i) * ws + j, best first, ties in ascending id order.
   m.def(
       "search_topk(Tensor queries, Tensor keys, Tensor coords, Tensor centres, Tensor frames, "
       "Tensor offsets, int ps, int pt, int dilation, int nheads, int k, bool l2, "
-      "bool exclude_self) -> Tensor");
+      "bool exclude_self) -> (Tensor, Tensor)");
   // The same top-k for whole-pixel search grids (integer centres and grid spacing), with
   // the queries on a regular grid: origin (t0, y0, x0) = grid[0..2], size (T_r, nH, nW) =
   // grid[3..5], spacing stride0; grid[6] is the (integer) search-grid spacing stride1. The CUDA kernel shares work between the overlapping
@@ -32,15 +34,23 @@ TORCH_LIBRARY(napari_stnls, m) {
   m.def(
       "search_topk_box(Tensor queries, Tensor keys, Tensor coords, Tensor centres, "
       "Tensor frames, Tensor offsets, int[7] grid, int stride0, int ps, int pt, int dilation, "
-      "int nheads, int k, bool l2, bool exclude_self) -> Tensor");
+      "int nheads, int k, bool l2, bool exclude_self) -> (Tensor, Tensor)");
   // kpos (B, nheads, Q, k, 3) float or integer (t, y, x). Returns dists (B, nheads, Q, k)
-  // in float32 (float64 for float64 videos).
+  // in float32 (float64 for float64 videos): computed, or a copy of `given` (the distances
+  // search_topk returned for these positions, which its kernels summed in their own order).
   m.def(
       "search_dists(Tensor queries, Tensor keys, Tensor coords, Tensor kpos, int ps, int pt, "
-      "int dilation, bool l2) -> Tensor");
+      "int dilation, bool l2, Tensor? given=None) -> Tensor");
   // Gradients of sum(grad * dists) w.r.t. queries, keys (channels-last) and kpos.
   m.def(
       "search_dists_backward(Tensor grad, Tensor queries, Tensor keys, Tensor coords, "
       "Tensor kpos, int ps, int pt, int dilation, bool l2, bool[3] needs) -> "
       "(Tensor, Tensor, Tensor)");
+}
+
+// The top-k's distances carry no gradient (search_dists gives them one): its outputs are
+// plain tensors, with no autograd node to warn about.
+TORCH_LIBRARY_IMPL(napari_stnls, Autograd, m) {
+  m.impl("search_topk", torch::CppFunction::makeFallthrough());
+  m.impl("search_topk_box", torch::CppFunction::makeFallthrough());
 }

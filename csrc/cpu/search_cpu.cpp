@@ -77,7 +77,7 @@ inline acc_t distance_run(const scalar_t* x, const scalar_t* y, int64_t n, bool 
   return acc;
 }
 
-at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
+std::tuple<at::Tensor, at::Tensor> search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
                            const at::Tensor& coords, const at::Tensor& centres,
                            const at::Tensor& frames, const at::Tensor& offsets, int64_t ps,
                            int64_t pt, int64_t dilation, int64_t nheads, int64_t k, bool l2,
@@ -100,7 +100,8 @@ at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
               "centres: expected (B, Q, nt, 2)");
   TORCH_CHECK(k >= 1 && k <= nt * ws * ws, "k: expected 1 <= k <= nt*ws*ws");
   auto ids = at::empty({B, nheads, Q, k}, coords.options());
-  if (ids.numel() == 0) return ids;
+  auto dists = at::empty({B, nheads, Q, k}, queries.options().dtype(stnls::acc_type(queries)));
+  if (ids.numel() == 0) return {dists, ids};
   const int64_t Ch = C / nheads;
   const auto crd = coords.contiguous();
   const auto frm = frames.contiguous();
@@ -117,6 +118,7 @@ at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
     const acc_t* centre = cen.data_ptr<acc_t>();
     const acc_t* offs = off.data_ptr<acc_t>();
     int64_t* out = ids.data_ptr<int64_t>();
+    acc_t* dout = dists.data_ptr<acc_t>();
     const int64_t video = T * H * W * C;
     const int64_t psz = pt * ps * ps * Ch;
 
@@ -243,13 +245,14 @@ at::Tensor search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
             }
           }
         }
-        for (int64_t h = 0; h < nheads; ++h)
-          for (int64_t r = 0; r < k; ++r)
-            out[((b * nheads + h) * Q + q) * k + r] = r < cnt[h] ? bi[h * k + r] : 0;
+        for (int64_t h = 0; h < nheads; ++h) {
+          const int64_t o = ((b * nheads + h) * Q + q) * k;
+          stnls::topk_write(bd.data() + h * k, bi.data() + h * k, cnt[h], int(k), l2, dout + o, out + o);
+        }
       }
     });
   });
-  return ids;
+  return {dists, ids};
 }
 
 // Position (t, y, x) of kpos[b, h, q, r] in acc_t.
@@ -262,7 +265,8 @@ inline void load_pos(const pos_t* p, int64_t* t, acc_t* y, acc_t* x) {
 
 at::Tensor search_dists_cpu(const at::Tensor& queries, const at::Tensor& keys,
                             const at::Tensor& coords, const at::Tensor& kpos, int64_t ps,
-                            int64_t pt, int64_t dilation, bool l2) {
+                            int64_t pt, int64_t dilation, bool l2,
+                            const std::optional<at::Tensor>& given) {
   check_video(queries, "queries");
   check_video(keys, "keys");
   stnls::check_patch_args(ps, pt, dilation);
@@ -270,9 +274,9 @@ at::Tensor search_dists_cpu(const at::Tensor& queries, const at::Tensor& keys,
                 W = queries.size(3), C = queries.size(4);
   TORCH_CHECK(kpos.dim() == 5 && kpos.size(0) == B && kpos.size(4) == 3,
               "kpos: expected (B, nheads, Q, k, 3)");
+  if (given.has_value()) return stnls::given_dists(*given, queries, kpos);
   const int64_t nh = kpos.size(1), Q = kpos.size(2), K = kpos.size(3), Ch = C / nh;
-  const auto acc_type = queries.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto dists = at::empty({B, nh, Q, K}, queries.options().dtype(acc_type));
+  auto dists = at::empty({B, nh, Q, K}, queries.options().dtype(stnls::acc_type(queries)));
   if (dists.numel() == 0) return dists;
   const auto crd = coords.contiguous();
   const auto pos = kpos.contiguous();
@@ -322,7 +326,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cpu(
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
   const int64_t nh = kpos.size(1), Q = kpos.size(2), K = kpos.size(3), Ch = C / nh;
-  const auto acc_type = queries.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = stnls::acc_type(queries);
   // Gradients accumulate in the accumulation dtype, then are cast to the videos' dtype.
   auto gq = at::zeros(queries.sizes(), queries.options().dtype(acc_type));
   auto gk = at::zeros(keys.sizes(), keys.options().dtype(acc_type));
@@ -412,7 +416,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cpu(
 // is a box sum of one difference image, each video mirrored on its own absolute coordinates;
 // so a candidate costs O(C) instead of O(ps^2 C). Offsets are visited in ascending (dy, dx)
 // order, so each query sees its candidates in ascending id order (ties keep the first).
-at::Tensor search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys,
+std::tuple<at::Tensor, at::Tensor> search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys,
                                const at::Tensor& coords, const at::Tensor& centres,
                                const at::Tensor& frames, const at::Tensor& offsets,
                                at::IntArrayRef grid, int64_t stride0, int64_t ps, int64_t pt,
@@ -430,7 +434,8 @@ at::Tensor search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys
   TORCH_CHECK(nTr * nH * nW == Q, "grid: does not match the number of queries");
   TORCH_CHECK(s1 >= 1 && C % nheads == 0, "grid: stride1 must be a positive integer");
   auto ids = at::empty({B, nheads, Q, k}, coords.options());
-  if (ids.numel() == 0) return ids;
+  auto dists = at::empty({B, nheads, Q, k}, queries.options().dtype(stnls::acc_type(queries)));
+  if (ids.numel() == 0) return {dists, ids};
   constexpr int64_t TY = 32, TX = 32;
   const int64_t tiles_y = (nH + TY - 1) / TY, tiles_x = (nW + TX - 1) / TX;
   const int64_t r = ps / 2, half = ws / 2, Ch = C / nheads;
@@ -446,6 +451,7 @@ at::Tensor search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys
     const acc_t* centre = cen.data_ptr<acc_t>();
     const int64_t* fdata = frm.data_ptr<int64_t>();
     int64_t* out = ids.data_ptr<int64_t>();
+    acc_t* dout = dists.data_ptr<acc_t>();
     const int64_t video = T * H * W * C;
     at::parallel_for(0, B * nheads * nTr * tiles_y * tiles_x, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> D(DH * DW), R(DH * TX), bd(TY * TX * k);
@@ -527,13 +533,13 @@ at::Tensor search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys
           for (int64_t tx = 0; tx < nx; ++tx) {
             const int64_t n = ty * TX + tx;
             const int64_t q = (tr * nH + tile_i * TY + ty) * nW + tile_j * TX + tx;
-            for (int64_t j = 0; j < k; ++j)
-              out[(bh * Q + q) * k + j] = j < cnt[n] ? bi[n * k + j] : 0;
+            stnls::topk_write(bd.data() + n * k, bi.data() + n * k, cnt[n], int(k), l2,
+                              dout + (bh * Q + q) * k, out + (bh * Q + q) * k);
           }
       }
     });
   });
-  return ids;
+  return {dists, ids};
 }
 
 }  // namespace

@@ -161,9 +161,9 @@ struct TopK {
     }
   }
 
-  // out[0..K): the ids, 0 where fewer than K candidates were seen
-  __device__ __forceinline__ void write(int64_t* out, int K) const {
-    for (int r = 0; r < K; ++r) out[r] = r < n ? static_cast<int64_t>(id[r]) : 0;
+  // dout[0..K), out[0..K): the distances and ids (see stnls::topk_write)
+  __device__ __forceinline__ void write(acc_t* dout, int64_t* out, int K, bool l2) const {
+    stnls::topk_write(d, id, n, K, l2, dout, out);
   }
 };
 
@@ -173,7 +173,7 @@ __global__ void topk_kernel(const scalar_t* __restrict__ qdata, const scalar_t* 
                             const int64_t* __restrict__ frames, const acc_t* __restrict__ offs,
                             int64_t B, int64_t T, int64_t H, int64_t W, int64_t C, int64_t Q,
                             int64_t nt, int64_t ws, int ps, int pt, int dil, int64_t nh, int K,
-                            bool l2, bool exclude_self, int64_t* __restrict__ out) {
+                            bool l2, bool exclude_self, int64_t* __restrict__ out, acc_t* __restrict__ dout) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= B * nh * Q) return;
   const int64_t q = n % Q, h = (n / Q) % nh, b = n / (Q * nh);
@@ -200,7 +200,7 @@ __global__ void topk_kernel(const scalar_t* __restrict__ qdata, const scalar_t* 
       }
     }
   }
-  top.write(out + n * K, K);
+  top.write(dout + n * K, out + n * K, K, l2);
 }
 
 // Integer search-grid spacing (the usual case, flows or not): every candidate of one query
@@ -226,7 +226,7 @@ __global__ void topk_window_kernel(const scalar_t* __restrict__ qdata,
                                    int64_t B, int64_t T, int64_t H, int64_t W, int64_t C,
                                    int64_t Q, int64_t nt, int ws, int ps, int pt, int dil,
                                    int64_t nh, int K, bool l2, bool exclude_self, int L,
-                                   int64_t* __restrict__ out) {
+                                   int64_t* __restrict__ out, acc_t* __restrict__ dout) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
@@ -322,7 +322,10 @@ __global__ void topk_window_kernel(const scalar_t* __restrict__ qdata,
       }
     }
     if (id != LLONG_MAX && best_id == id) ++head;  // ids are unique: only the owner advances
-    if (lane == 0) out[n * K + rank] = best_id == LLONG_MAX ? 0 : best_id;
+    if (lane == 0) {
+      out[n * K + rank] = best_id == LLONG_MAX ? 0 : best_id;
+      dout[n * K + rank] = best_id == LLONG_MAX ? (l2 ? acc_t(INFINITY) : acc_t(-INFINITY)) : best;
+    }
   }
 }
 
@@ -334,7 +337,7 @@ void check_video(const at::Tensor& v, const char* name) {
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-at::Tensor search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
+std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
                             const at::Tensor& coords, const at::Tensor& centres,
                             const at::Tensor& frames, const at::Tensor& offsets, int64_t ps,
                             int64_t pt, int64_t dilation, int64_t nheads, int64_t k, bool l2,
@@ -348,8 +351,9 @@ at::Tensor search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
                 W = queries.size(3), C = queries.size(4);
   const int64_t Q = coords.size(0), nt = frames.size(1), ws = offsets.size(0);
   auto ids = at::empty({B, nheads, Q, k}, coords.options());
+  auto dists = at::empty({B, nheads, Q, k}, queries.options().dtype(stnls::acc_type(queries)));
   const int64_t n = B * nheads * Q;
-  if (n == 0) return ids;
+  if (n == 0) return {dists, ids};
   const auto crd = coords.contiguous();
   const auto frm = frames.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -386,7 +390,7 @@ at::Tensor search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
             queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), crd.data_ptr<int64_t>(),
             cen.data_ptr<acc_t>(), frm.data_ptr<int64_t>(), static_cast<acc_t>(oh[0]), step, B,
             T, H, W, C, Q, nt, int(ws), int(ps), int(pt), int(dilation), nheads, int(k), l2,
-            exclude_self, int(L), ids.data_ptr<int64_t>());
+            exclude_self, int(L), ids.data_ptr<int64_t>(), dists.data_ptr<acc_t>());
       };
       stnls::dispatch_kmax(k, launch);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -399,12 +403,12 @@ at::Tensor search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
           queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), crd.data_ptr<int64_t>(),
           cen.data_ptr<acc_t>(), frm.data_ptr<int64_t>(), off.data_ptr<acc_t>(), B, T, H, W, C,
           Q, nt, ws, int(ps), int(pt), int(dilation), nheads, int(k), l2, exclude_self,
-          ids.data_ptr<int64_t>());
+          ids.data_ptr<int64_t>(), dists.data_ptr<acc_t>());
     };
     stnls::dispatch_kmax(k, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return ids;
+  return {dists, ids};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -460,7 +464,7 @@ __global__ void __launch_bounds__(kTY* kTX)
                     int64_t H, int64_t W, int64_t C, int64_t Q, int64_t nt, int ws, int s1,
                     int64_t gt0, int64_t gy0, int64_t gx0, int64_t nH, int64_t nW, int s0, int ps,
                     int pt, int dil, int64_t nh, int K, bool l2, bool exclude_self, int DH, int DW,
-                    int64_t* __restrict__ out) {
+                    int64_t* __restrict__ out, acc_t* __restrict__ dout) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* D = reinterpret_cast<acc_t*>(smem_raw);  // DH x DW
   acc_t* R = D + DH * DW;                          // DH x kTX
@@ -542,7 +546,7 @@ __global__ void __launch_bounds__(kTY* kTX)
       }
     }
   }
-  if (active) top.write(out + (bh * Q + q) * K, K);
+  if (active) top.write(dout + (bh * Q + q) * K, out + (bh * Q + q) * K, K, l2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,7 +594,7 @@ __global__ void __launch_bounds__(kSY* kSX, 3)
                       int64_t T, int64_t H, int64_t W, int64_t C, int64_t Q, int64_t nt, int ws,
                       int s1, int64_t gt0, int64_t gy0, int64_t gx0, int64_t nH, int64_t nW, int s0,
                       int ps, int pt, int dil, int64_t nh, int K, bool l2, bool exclude_self,
-                      int DH, int DW, int64_t kcap, int64_t* __restrict__ out) {
+                      int DH, int DW, int64_t kcap, int64_t* __restrict__ out, acc_t* __restrict__ dout) {
   extern __shared__ __align__(16) unsigned char stage_smem[];
   constexpr int kN = kSY * kSX;
   const int Ch = static_cast<int>(C / nh), PC = pt * Ch;
@@ -783,7 +787,7 @@ __global__ void __launch_bounds__(kSY* kSX, 3)
       }
     }
   }
-  if (active) top.write(out + (bh * Q + q) * K, K);
+  if (active) top.write(dout + (bh * Q + q) * K, out + (bh * Q + q) * K, K, l2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -866,7 +870,7 @@ __global__ void __launch_bounds__(kPY* kPX, 1)
                     int64_t H, int64_t W, int64_t C, int64_t Q, int64_t nt, int ws, int s1,
                     int64_t gt0, int64_t gy0, int64_t gx0, int64_t nH, int64_t nW, int s0,
                     int64_t nh, int K, bool l2, bool exclude_self, int capacity,
-                    int64_t* __restrict__ out) {
+                    int64_t* __restrict__ out, acc_t* __restrict__ dout) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // RH * RW <= capacity staged pixels, kPixPitch<acc_t, CMAX> values each
   acc_t* S = reinterpret_cast<acc_t*>(smem_raw);
@@ -983,7 +987,7 @@ __global__ void __launch_bounds__(kPY* kPX, 1)
     }
     if (staged) __syncthreads();  // S is rewritten for the next frame
   }
-  if (active) top.write(out + (bh * Q + q) * K, K);
+  if (active) top.write(dout + (bh * Q + q) * K, out + (bh * Q + q) * K, K, l2);
 }
 
 // Launch grid of the tiled kernels: (tiles of ty x tx queries of a grid frame, grid frames,
@@ -1014,7 +1018,7 @@ void dispatch_cmax(int64_t ch, F&& f) {
 // centres move together (no flow, or a flow constant over the tile) plus a margin of 8 pixels
 // each way for flows that vary within it, within the device's shared memory per block (at most
 // 200 KiB).
-at::Tensor search_topk_pix_cuda(const at::Tensor& queries, const at::Tensor& keys,
+std::tuple<at::Tensor, at::Tensor> search_topk_pix_cuda(const at::Tensor& queries, const at::Tensor& keys,
                                 const at::Tensor& centres, const at::Tensor& frames,
                                 at::IntArrayRef grid, int64_t stride0, int64_t nheads, int64_t k,
                                 bool l2, bool exclude_self, int64_t ws) {
@@ -1023,7 +1027,8 @@ at::Tensor search_topk_pix_cuda(const at::Tensor& queries, const at::Tensor& key
                 W = queries.size(3), C = queries.size(4);
   const int64_t Q = grid[3] * grid[4] * grid[5], nt = frames.size(1), s1 = grid[6];
   auto ids = at::empty({B, nheads, Q, k}, frames.options());
-  if (ids.numel() == 0) return ids;
+  auto dists = at::empty({B, nheads, Q, k}, queries.options().dtype(stnls::acc_type(queries)));
+  if (ids.numel() == 0) return {dists, ids};
   const int64_t Ch = C / nheads;
   const bool dbl = queries.scalar_type() == at::kDouble;
   const int64_t acc_bytes = dbl ? 8 : 4;
@@ -1062,15 +1067,15 @@ at::Tensor search_topk_pix_cuda(const at::Tensor& queries, const at::Tensor& key
           queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), cen.data_ptr<acc_t>(),
           frm.data_ptr<int64_t>(), T, H, W, C, Q, nt, int(ws), int(s1), grid[0], grid[1], grid[2],
           grid[4], grid[5], int(stride0), nheads, int(k), l2, exclude_self, int(capacity),
-          ids.data_ptr<int64_t>());
+          ids.data_ptr<int64_t>(), dists.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return ids;
+  return {dists, ids};
 }
 
 // Host side of topk_stage_kernel (k <= 16; shared memory sized by the caller).
-at::Tensor search_topk_stage_cuda(const at::Tensor& queries, const at::Tensor& keys,
+std::tuple<at::Tensor, at::Tensor> search_topk_stage_cuda(const at::Tensor& queries, const at::Tensor& keys,
                                   const at::Tensor& centres, const at::Tensor& frames,
                                   at::IntArrayRef grid, int64_t stride0, int64_t ps, int64_t pt,
                                   int64_t dilation, int64_t nheads, int64_t k, bool l2,
@@ -1081,7 +1086,8 @@ at::Tensor search_topk_stage_cuda(const at::Tensor& queries, const at::Tensor& k
                 W = queries.size(3), C = queries.size(4);
   const int64_t Q = grid[3] * grid[4] * grid[5], nt = frames.size(1), s1 = grid[6];
   auto ids = at::empty({B, nheads, Q, k}, frames.options());
-  if (ids.numel() == 0) return ids;
+  auto dists = at::empty({B, nheads, Q, k}, queries.options().dtype(stnls::acc_type(queries)));
+  if (ids.numel() == 0) return {dists, ids};
   const auto frm = frames.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
   const dim3 blocks = tile_blocks(grid, kSY, kSX, B * nheads);
@@ -1098,7 +1104,7 @@ at::Tensor search_topk_stage_cuda(const at::Tensor& queries, const at::Tensor& k
           queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), cen.data_ptr<acc_t>(),
           frm.data_ptr<int64_t>(), T, H, W, C, Q, nt, int(ws), int(s1), grid[0], grid[1],
           grid[2], grid[4], grid[5], int(stride0), int(ps), int(pt), int(dilation), nheads,
-          int(k), l2, exclude_self, DH, DW, kcap, ids.data_ptr<int64_t>());
+          int(k), l2, exclude_self, DH, DW, kcap, ids.data_ptr<int64_t>(), dists.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     auto with_ps = [&](auto pcn) {
@@ -1119,10 +1125,10 @@ at::Tensor search_topk_stage_cuda(const at::Tensor& queries, const at::Tensor& k
     else
       with_ps(std::integral_constant<int, 0>{});
   });
-  return ids;
+  return {dists, ids};
 }
 
-at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& keys,
+std::tuple<at::Tensor, at::Tensor> search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& keys,
                                 const at::Tensor& coords, const at::Tensor& centres,
                                 const at::Tensor& frames, const at::Tensor& offsets,
                                 at::IntArrayRef grid, int64_t stride0, int64_t ps, int64_t pt,
@@ -1183,7 +1189,8 @@ at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& key
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
   auto ids = at::empty({B, nheads, Q, k}, coords.options());
-  if (ids.numel() == 0) return ids;
+  auto dists = at::empty({B, nheads, Q, k}, queries.options().dtype(stnls::acc_type(queries)));
+  if (ids.numel() == 0) return {dists, ids};
   const auto frm = frames.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
   const dim3 blocks = tile_blocks(grid, kTY, kTX, B * nheads);
@@ -1197,12 +1204,12 @@ at::Tensor search_topk_box_cuda(const at::Tensor& queries, const at::Tensor& key
           queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), cen.data_ptr<acc_t>(),
           frm.data_ptr<int64_t>(), T, H, W, C, Q, nt, int(ws), int(s1), grid[0], grid[1],
           grid[2], grid[4], grid[5], int(stride0), int(ps), int(pt), int(dilation), nheads,
-          int(k), l2, exclude_self, DH, DW, ids.data_ptr<int64_t>());
+          int(k), l2, exclude_self, DH, DW, ids.data_ptr<int64_t>(), dists.data_ptr<acc_t>());
     };
     stnls::dispatch_kmax(k, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return ids;
+  return {dists, ids};
 }
 
 template <typename acc_t, typename pos_t>
@@ -1230,15 +1237,17 @@ __global__ void dists_kernel(const scalar_t* __restrict__ qdata, const scalar_t*
 
 at::Tensor search_dists_cuda(const at::Tensor& queries, const at::Tensor& keys,
                              const at::Tensor& coords, const at::Tensor& kpos, int64_t ps,
-                             int64_t pt, int64_t dilation, bool l2) {
+                             int64_t pt, int64_t dilation, bool l2,
+                             const std::optional<at::Tensor>& given) {
   check_video(queries, "queries");
   check_video(keys, "keys");
   stnls::check_patch_args(ps, pt, dilation);
   const c10::cuda::CUDAGuard guard(queries.device());
+  if (given.has_value()) return stnls::given_dists(*given, queries, kpos);
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
   const int64_t nh = kpos.size(1), Q = kpos.size(2), K = kpos.size(3);
-  const auto acc_type = queries.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = stnls::acc_type(queries);
   auto dists = at::empty({B, nh, Q, K}, queries.options().dtype(acc_type));
   const int64_t n = dists.numel();
   if (n == 0) return dists;
@@ -1332,7 +1341,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
   const int64_t nh = kpos.size(1), Q = kpos.size(2), K = kpos.size(3);
-  const auto acc_type = queries.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = stnls::acc_type(queries);
   auto gq = at::zeros(queries.sizes(), queries.options().dtype(acc_type));
   auto gk = at::zeros(keys.sizes(), keys.options().dtype(acc_type));
   const bool sub = kpos.is_floating_point();

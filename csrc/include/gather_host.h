@@ -1,5 +1,5 @@
 // Host-side argument checks and dtype dispatch shared by the CPU and CUDA kernels of
-// gather / scatter / iunfold / ifold.
+// gather / scatter / iunfold / ifold (and a few of search's).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,6 +20,23 @@ inline void check_patch_args(int64_t ps, int64_t pt, int64_t dilation) {
   TORCH_CHECK(pt >= 1 && pt <= kMaxPt, "pt: compiled kernels take 1 <= pt <= ", kMaxPt,
               ", got ", pt);
   TORCH_CHECK(dilation >= 1, "dilation: expected >= 1, got ", dilation);
+}
+
+// The dtype kernels accumulate in for a video: float64 for float64, else float32.
+inline at::ScalarType acc_type(const at::Tensor& video) {
+  return video.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// search_dists with `given`: a copy of the distances search_topk returned at these positions,
+// after checking that they are the (B, nheads, Q, k) distances of this search.
+inline at::Tensor given_dists(const at::Tensor& given, const at::Tensor& queries,
+                              const at::Tensor& kpos) {
+  const auto acc = acc_type(queries);
+  TORCH_CHECK(given.dim() == 4 && given.sizes() == kpos.sizes().slice(0, 4),
+              "given: expected the (B, nheads, Q, k) shape of kpos, got ", given.sizes());
+  TORCH_CHECK(given.scalar_type() == acc && given.device() == queries.device(),
+              "given: expected ", acc, " distances on ", queries.device());
+  return given.clone(at::MemoryFormat::Contiguous);
 }
 
 // Calls f(std::integral_constant<int, KMAX>{}) with the smallest KMAX in {16, 32, 64, 128}

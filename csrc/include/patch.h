@@ -6,6 +6,7 @@
 //   * a sub-pixel value is wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #ifdef __CUDACC__
@@ -141,6 +142,17 @@ STNLS_HD void topk_insert(acc_t* ds, id_t* ids, int& n, int k, acc_t d, idv_t id
   }
   ds[pos] = d;
   ids[pos] = static_cast<id_t>(id);
+}
+
+// Writes a query's sorted list (ds, ids, n entries) as k distances and ids; entries past n
+// (never, for a window holding at least k candidates) get id 0 and the worst distance.
+template <typename acc_t, typename id_t>
+STNLS_HD void topk_write(const acc_t* ds, const id_t* ids, int n, int k, bool l2, acc_t* dout,
+                         int64_t* iout) {
+  for (int r = 0; r < k; ++r) {
+    dout[r] = r < n ? ds[r] : (l2 ? acc_t(INFINITY) : acc_t(-INFINITY));
+    iout[r] = r < n ? static_cast<int64_t>(ids[r]) : 0;
+  }
 }
 
 }  // namespace stnls

@@ -107,21 +107,25 @@ class _OnCpu(torch.autograd.Function):
 if LOAD_ERROR is None:
     ops = torch.ops.napari_stnls
 
+    def _acc(dtype: torch.dtype) -> torch.dtype:
+        return torch.float64 if dtype == torch.float64 else torch.float32
+
+    def _topk_fake(queries, coords, nheads, k):
+        shape = (queries.shape[0], nheads, coords.shape[0], k)
+        return queries.new_empty(shape, dtype=_acc(queries.dtype)), coords.new_empty(shape)
+
     @torch.library.register_fake("napari_stnls::search_topk")
     def _(queries, keys, coords, centres, frames, offsets, ps, pt, dilation, nheads, k, l2,
           exclude_self):
-        return coords.new_empty((queries.shape[0], nheads, coords.shape[0], k))
+        return _topk_fake(queries, coords, nheads, k)
 
     @torch.library.register_fake("napari_stnls::search_topk_box")
     def _(queries, keys, coords, centres, frames, offsets, grid, stride0, ps, pt, dilation, nheads,
           k, l2, exclude_self):
-        return coords.new_empty((queries.shape[0], nheads, coords.shape[0], k))
-
-    def _acc(dtype: torch.dtype) -> torch.dtype:
-        return torch.float64 if dtype == torch.float64 else torch.float32
+        return _topk_fake(queries, coords, nheads, k)
 
     @torch.library.register_fake("napari_stnls::search_dists")
-    def _(queries, keys, coords, kpos, ps, pt, dilation, l2):
+    def _(queries, keys, coords, kpos, ps, pt, dilation, l2, given=None):
         return queries.new_empty(kpos.shape[:4], dtype=_acc(queries.dtype))
 
     @torch.library.register_fake("napari_stnls::search_dists_backward")
@@ -134,7 +138,7 @@ if LOAD_ERROR is None:
         )
 
     def _setup_context(ctx, inputs, output):
-        queries, keys, coords, kpos, ps, pt, dilation, l2 = inputs
+        queries, keys, coords, kpos, ps, pt, dilation, l2, *_ = inputs
         ctx.save_for_backward(queries, keys, coords, kpos)
         ctx.args = (ps, pt, dilation, l2)
 
@@ -152,6 +156,7 @@ if LOAD_ERROR is None:
             gk if needs[1] else None,
             None,
             gpos.to(kpos.dtype) if needs[2] else None,
+            None,
             None,
             None,
             None,

@@ -430,9 +430,9 @@ def _compiled_chunks(P: _Params, Q: int, batch_size: int | None) -> list[tuple[i
 
 
 def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
-    """Compiled kernels (csrc/): a streaming top-k over all candidates, then the distances at
-    the chosen positions, differentiable through their own backward kernel. Queries go in
-    chunks of whole grid rows (:func:`_compiled_chunks`), so the memory beyond the outputs
+    """Compiled kernels (csrc/): a streaming top-k over all candidates, which also returns the
+    distances it selected by, made differentiable by search_dists' backward kernel. Queries go
+    in chunks of whole grid rows (:func:`_compiled_chunks`), so the memory beyond the outputs
     stays bounded; flows are chained here, in PyTorch, so that their gradient is autograd's."""
     acc = _acc_dtype(queries.dtype)
     q_cl = queries.permute(0, 1, 3, 4, 2).contiguous()
@@ -455,20 +455,22 @@ def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
         if Pc.grid is not None and float(Pc.stride1).is_integer() and (Pc.itype == "int" or flows is None):
             # whole-pixel centres on a regular query grid: tiles of queries share box sums
             off = _offsets(Pc, acc, coords.device)
-            ids = _ext.ops.search_topk_box(
+            found, ids = _ext.ops.search_topk_box(
                 q_cl, k_cl, crd, centres.detach(), frames, off, [*Pc.grid, int(Pc.stride1)],
                 Pc.stride0, *args,
             )
         else:
             # the offsets go on the CPU: the kernels pick their path from them without a sync
             off = _offsets(Pc, acc, torch.device("cpu"))
-            ids = _ext.ops.search_topk(q_cl, k_cl, crd, centres.detach(), frames, off, *args)
+            found, ids = _ext.ops.search_topk(q_cl, k_cl, crd, centres.detach(), frames, off, *args)
         if det:
             kpos = _ext.on_cpu(lambda c, f, i, Pc=Pc: _positions(c, f, i, Pc), centres, frames, ids)
         else:
             kpos = _positions(centres, frames, ids, Pc)
         del ids, centres, frames
-        d = _ext.ops.search_dists(q_cl, k_cl, crd, kpos, P.ps, P.pt, P.dilation, P.dist == "l2")
+        # the top-k kernels' own distances, differentiable as search_dists at kpos
+        d = _ext.ops.search_dists(q_cl, k_cl, crd, kpos, P.ps, P.pt, P.dilation, P.dist == "l2", found)
+        del found
         i = kpos.to(torch.int32) if P.itype == "int" else kpos
         if len(chunks) == 1:
             return d, i

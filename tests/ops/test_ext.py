@@ -36,7 +36,7 @@ def test_opcheck(impl):
     q, k, coords, centres, frames, off, P = _inputs(device)
     args = (q, k, coords, centres, frames, off, P.ps, P.pt, P.dilation, P.nheads, P.k, True, False)
     torch.library.opcheck(torch.ops.napari_stnls.search_topk.default, args)
-    ids = torch.ops.napari_stnls.search_topk(*args)
+    found, ids = torch.ops.napari_stnls.search_topk(*args)
     grid = [0, 2, 3, 3, 1, 1, 1]  # three queries at (t, 2, 3), one per frame: a (3, 1, 1) grid
     c3 = torch.tensor([[0, 2, 3], [1, 2, 3], [2, 2, 3]], device=device)
     cen3, fr3 = centres.round(), frames
@@ -49,6 +49,9 @@ def test_opcheck(impl):
     qg, kg, pg = q.clone().requires_grad_(), k.clone().requires_grad_(), kpos.clone().requires_grad_()
     torch.library.opcheck(torch.ops.napari_stnls.search_dists.default, (qg, kg, coords, pg, 3, 2, 1, True))
     torch.library.opcheck(torch.ops.napari_stnls.search_dists.default, (qg, kg, coords, pg, 3, 2, 1, False))
+    given = torch.rand(pg.shape[:4], dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.napari_stnls.search_dists.default,
+                          (qg, kg, coords, pg, 3, 2, 1, True, given))
 
 
 @needs_ext
