@@ -203,12 +203,25 @@ __global__ void topk_kernel(const scalar_t* __restrict__ qdata, const scalar_t* 
   top.write(dout + n * K, out + n * K, K, l2);
 }
 
+// acc += the per-pixel term of the distance between values x and y
+template <typename acc_t>
+__device__ __forceinline__ void term(acc_t& acc, acc_t x, acc_t y, bool l2) {
+  if (l2) {
+    const acc_t e = x - y;
+    acc += e * e;
+  } else {
+    acc += x * y;
+  }
+}
+
 // Integer search-grid spacing (the usual case, flows or not): every candidate of one query
 // and frame shares the centre's fractional part, so the window they cover is read and
 // interpolated once (as PatchLoc::value does, x then y, like the CPU window path) into shared
 // memory, and each distance is computed from there. One warp per (batch, head, query): each
 // lane takes every 32nd candidate and keeps its own top k, then the warp merges the 32 sorted
 // lists by (distance, id), so ties keep the smaller id as everywhere else.
+constexpr int kWinCands = 4;  // candidates of one window row per lane and step
+
 template <typename acc_t>
 __device__ __forceinline__ bool better_entry(acc_t d1, int64_t i1, acc_t d2, int64_t i2, bool l2) {
   if (i1 == LLONG_MAX) return false;  // an empty entry loses to every real one
@@ -275,31 +288,42 @@ __global__ void topk_window_kernel(const scalar_t* __restrict__ qdata,
       win[e] = v;
     }
     __syncwarp();
-    for (int m = lane; m < ws * ws; m += 32) {
-      const int i = m / ws, j = m % ws;
-      if (exclude_self && s == t) {
-        const acc_t y = cy + (off0 + acc_t(i * step)), x = cx + (off0 + acc_t(j * step));
-        if (fabs(static_cast<double>(y - acc_t(qy))) < 1e-4 &&
-            fabs(static_cast<double>(x - acc_t(qx))) < 1e-4)
-          continue;
-      }
-      acc_t d = 0;
+    // Each lane takes kWinCands neighbouring candidates of one window row at a time: every
+    // query value it loads feeds kWinCands multiply-adds (candidates past the row's end read
+    // its last column and are dropped). Each distance adds in the order (dt, a, bb, c).
+    const int groups = (ws + kWinCands - 1) / kWinCands;
+    for (int m = lane; m < ws * groups; m += 32) {
+      const int i = m / groups, j0 = (m - i * groups) * kWinCands;
+      int col[kWinCands];
+#pragma unroll
+      for (int n = 0; n < kWinCands; ++n) col[n] = min(j0 + n, ws - 1) * step;
+      acc_t d[kWinCands];
+#pragma unroll
+      for (int n = 0; n < kWinCands; ++n) d[n] = acc_t(0);
       const acc_t* qp = qs;
       for (int dt = 0; dt < pt; ++dt)
         for (int a = 0; a < ps; ++a) {
-          const acc_t* wr = win + (dt * Ch * L + i * step + a * dil) * L + j * step;
+          const acc_t* wr = win + (dt * Ch * L + i * step + a * dil) * L;
           for (int bb = 0; bb < ps; ++bb)
             for (int c = 0; c < Ch; ++c, ++qp) {
-              const acc_t kvv = wr[c * L * L + bb * dil];
-              if (l2) {
-                const acc_t e = *qp - kvv;
-                d += e * e;
-              } else {
-                d += *qp * kvv;
-              }
+              const acc_t qv_ = *qp;
+              const acc_t* wc = wr + c * L * L + bb * dil;
+#pragma unroll
+              for (int n = 0; n < kWinCands; ++n) term<acc_t>(d[n], qv_, wc[col[n]], l2);
             }
         }
-      top.insert(d, (f * ws + i) * ws + j, K, l2);
+#pragma unroll
+      for (int n = 0; n < kWinCands; ++n) {
+        const int j = j0 + n;
+        if (j >= ws) break;
+        if (exclude_self && s == t) {
+          const acc_t y = cy + (off0 + acc_t(i * step)), x = cx + (off0 + acc_t(j * step));
+          if (fabs(static_cast<double>(y - acc_t(qy))) < 1e-4 &&
+              fabs(static_cast<double>(x - acc_t(qx))) < 1e-4)
+            continue;
+        }
+        top.insert(d[n], (f * ws + i) * ws + j, K, l2);
+      }
     }
   }
   // Merge the lanes' sorted lists: K rounds of a warp-wide arg-best over the list heads.
@@ -569,17 +593,6 @@ __global__ void __launch_bounds__(kTY* kTX)
 constexpr int kSY = 16, kSX = 16, kSW = 8;  // tile of kSY x kSX queries, kSW warps
 constexpr int kRP = 18;  // pitch of the row sums: the two half-warps of step 3 on other banks
 static_assert(kSX == 16 && kSY == 16, "steps 2 and 3 give each half-warp half of the tile");
-
-// acc += the per-pixel term of the distance between values x and y
-template <typename acc_t>
-__device__ __forceinline__ void term(acc_t& acc, acc_t x, acc_t y, bool l2) {
-  if (l2) {
-    const acc_t e = x - y;
-    acc += e * e;
-  } else {
-    acc += x * y;
-  }
-}
 
 __host__ __device__ __forceinline__ int odd_pitch(int w) { return w | 1; }
 
