@@ -221,6 +221,7 @@ __device__ __forceinline__ void term(acc_t& acc, acc_t x, acc_t y, bool l2) {
 // lane takes every 32nd candidate and keeps its own top k, then the warp merges the 32 sorted
 // lists by (distance, id), so ties keep the smaller id as everywhere else.
 constexpr int kWinCands = 4;  // candidates of one window row per lane and step
+constexpr int kSlideMax = 7;  // the largest patch of the sliding path
 
 template <typename acc_t>
 __device__ __forceinline__ bool better_entry(acc_t d1, int64_t i1, acc_t d2, int64_t i2, bool l2) {
@@ -231,7 +232,7 @@ __device__ __forceinline__ bool better_entry(acc_t d1, int64_t i1, acc_t d2, int
 }
 
 template <typename scalar_t, typename acc_t, int KMAX>
-__global__ void topk_window_kernel(const scalar_t* __restrict__ qdata,
+__global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __restrict__ qdata,
                                    const scalar_t* __restrict__ kdata,
                                    const int64_t* __restrict__ coords,
                                    const acc_t* __restrict__ centres,
@@ -260,6 +261,7 @@ __global__ void topk_window_kernel(const scalar_t* __restrict__ qdata,
     qs[e] = static_cast<acc_t>(qv[((reflect(t + dt, T) * H + y) * W + x) * C + c0 + c]);
   }
   TopK<acc_t, int64_t, KMAX> top;
+  const bool slide = step == 1 && dil == 1 && ps <= kSlideMax;
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q * nt + f];
     const acc_t cy = centres[((b * Q + q) * nt + f) * 2];
@@ -270,27 +272,36 @@ __global__ void topk_window_kernel(const scalar_t* __restrict__ qdata,
     const acc_t fy = by - fby, fx = bx - fbx;
     const bool sy = fy != acc_t(0), sx = fx != acc_t(0);
     __syncwarp();  // every lane is done with the previous frame's window
-    for (int e = lane; e < wsz; e += 32) {
-      const int col = e % L, row = (e / L) % L, c = (e / L / L) % Ch, dt = e / L / L / Ch;
-      const int64_t fr = reflect(s + dt, T) * H;
-      const int64_t r0 = (fr + reflect(y0 + row, H)) * W, r1 = (fr + reflect(y0 + row + 1, H)) * W;
-      const int64_t k0 = reflect(x0 + col, W), k1 = reflect(x0 + col + 1, W);
-      const int64_t ch = c0 + c;
-      const acc_t v00 = static_cast<acc_t>(kv[(r0 + k0) * C + ch]);
-      acc_t v = v00;
-      if (sx) v = (acc_t(1) - fx) * v00 + fx * static_cast<acc_t>(kv[(r0 + k1) * C + ch]);
-      if (sy) {
-        const acc_t v10 = static_cast<acc_t>(kv[(r1 + k0) * C + ch]);
-        acc_t w = v10;
-        if (sx) w = (acc_t(1) - fx) * v10 + fx * static_cast<acc_t>(kv[(r1 + k1) * C + ch]);
-        v = (acc_t(1) - fy) * v + fy * w;
+    // A lane per column of the window: its two mirrored key columns are found once, then it
+    // walks the rows (two mirrored key rows each) and the channels, with no index division.
+    for (int col = lane; col < L; col += 32) {
+      const int64_t k0 = reflect(x0 + col, W) * C + c0, k1 = reflect(x0 + col + 1, W) * C + c0;
+      for (int dt = 0; dt < pt; ++dt) {
+        const int64_t fr = reflect(s + dt, T) * H;
+        acc_t* wd = win + static_cast<int64_t>(dt) * Ch * L * L + col;
+        for (int row = 0; row < L; ++row) {
+          const int64_t r0 = (fr + reflect(y0 + row, H)) * W * C;
+          const int64_t r1 = sy ? (fr + reflect(y0 + row + 1, H)) * W * C : r0;
+          for (int c = 0; c < Ch; ++c) {
+            const acc_t v00 = static_cast<acc_t>(kv[r0 + k0 + c]);
+            acc_t v = v00;
+            if (sx) v = (acc_t(1) - fx) * v00 + fx * static_cast<acc_t>(kv[r0 + k1 + c]);
+            if (sy) {
+              const acc_t v10 = static_cast<acc_t>(kv[r1 + k0 + c]);
+              acc_t w = v10;
+              if (sx) w = (acc_t(1) - fx) * v10 + fx * static_cast<acc_t>(kv[r1 + k1 + c]);
+              v = (acc_t(1) - fy) * v + fy * w;
+            }
+            wd[(static_cast<int64_t>(c) * L + row) * L] = v;
+          }
+        }
       }
-      win[e] = v;
     }
     __syncwarp();
     // Each lane takes kWinCands neighbouring candidates of one window row at a time: every
     // query value it loads feeds kWinCands multiply-adds (candidates past the row's end read
-    // its last column and are dropped). Each distance adds in the order (dt, a, bb, c).
+    // its last column and are dropped). Each distance adds in the order (dt, a, c, bb) on the
+    // sliding path (unit spacing and dilation, ps <= kSlideMax), else (dt, a, bb, c).
     const int groups = (ws + kWinCands - 1) / kWinCands;
     for (int m = lane; m < ws * groups; m += 32) {
       const int i = m / groups, j0 = (m - i * groups) * kWinCands;
@@ -300,18 +311,42 @@ __global__ void topk_window_kernel(const scalar_t* __restrict__ qdata,
       acc_t d[kWinCands];
 #pragma unroll
       for (int n = 0; n < kWinCands; ++n) d[n] = acc_t(0);
-      const acc_t* qp = qs;
-      for (int dt = 0; dt < pt; ++dt)
-        for (int a = 0; a < ps; ++a) {
-          const acc_t* wr = win + (dt * Ch * L + i * step + a * dil) * L;
-          for (int bb = 0; bb < ps; ++bb)
-            for (int c = 0; c < Ch; ++c, ++qp) {
-              const acc_t qv_ = *qp;
-              const acc_t* wc = wr + c * L * L + bb * dil;
+      if (slide) {
+        // one channel of a patch row at a time: the ps + kWinCands - 1 window values the
+        // candidates' rows cover are loaded once (clamped to the window: past its last column
+        // only dropped candidates read them) and slid over
+        for (int dt = 0; dt < pt; ++dt)
+          for (int a = 0; a < ps; ++a) {
+            const acc_t* wr = win + (dt * Ch * L + i + a) * L;
+            const acc_t* qa = qs + (dt * ps + a) * ps * Ch;
+            for (int c = 0; c < Ch; ++c) {
+              acc_t w[kSlideMax + kWinCands - 1];
 #pragma unroll
-              for (int n = 0; n < kWinCands; ++n) term<acc_t>(d[n], qv_, wc[col[n]], l2);
+              for (int x = 0; x < kSlideMax + kWinCands - 1; ++x)
+                if (x < ps + kWinCands - 1) w[x] = wr[c * L * L + min(j0 + x, L - 1)];
+#pragma unroll
+              for (int bb = 0; bb < kSlideMax; ++bb)
+                if (bb < ps) {
+                  const acc_t qv_ = qa[bb * Ch + c];
+#pragma unroll
+                  for (int n = 0; n < kWinCands; ++n) term<acc_t>(d[n], qv_, w[bb + n], l2);
+                }
             }
-        }
+          }
+      } else {
+        const acc_t* qp = qs;
+        for (int dt = 0; dt < pt; ++dt)
+          for (int a = 0; a < ps; ++a) {
+            const acc_t* wr = win + (dt * Ch * L + i * step + a * dil) * L;
+            for (int bb = 0; bb < ps; ++bb)
+              for (int c = 0; c < Ch; ++c, ++qp) {
+                const acc_t qv_ = *qp;
+                const acc_t* wc = wr + c * L * L + bb * dil;
+#pragma unroll
+                for (int n = 0; n < kWinCands; ++n) term<acc_t>(d[n], qv_, wc[col[n]], l2);
+              }
+          }
+      }
 #pragma unroll
       for (int n = 0; n < kWinCands; ++n) {
         const int j = j0 + n;
