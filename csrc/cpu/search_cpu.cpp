@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../include/gather_host.h"
@@ -77,6 +78,45 @@ inline acc_t distance_run(const scalar_t* x, const scalar_t* y, int64_t n, bool 
   return acc;
 }
 
+// Window path: the distances of kWinV neighbouring candidates of one window row at once, as
+// one vector of kWinV values (GCC/Clang vector extensions: SSE or AVX registers, no
+// intrinsics). Term m of the patch is the query value q[m] against the kWinV contiguous
+// window values at w + off[m]. Four accumulators keep four chains of additions in flight
+// (one chain was bound by the latency of each addition); they are added at the end.
+constexpr int kWinV = 8;
+
+template <typename acc_t>
+struct WinVec {
+  typedef acc_t type __attribute__((vector_size(kWinV * sizeof(acc_t))));
+};
+
+template <bool L2, typename acc_t>
+inline void window_term(typename WinVec<acc_t>::type& acc, acc_t q, const acc_t* w) {
+  typename WinVec<acc_t>::type x;
+  std::memcpy(&x, w, sizeof(x));
+  if constexpr (L2) {
+    const auto e = q - x;
+    acc += e * e;
+  } else {
+    acc += q * x;
+  }
+}
+
+template <bool L2, typename acc_t>
+inline typename WinVec<acc_t>::type window_dists(const acc_t* q, const acc_t* w,
+                                                 const int64_t* off, int64_t n) {
+  typename WinVec<acc_t>::type a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t m = 0;
+  for (; m + 4 <= n; m += 4) {
+    window_term<L2>(a0, q[m], w + off[m]);
+    window_term<L2>(a1, q[m + 1], w + off[m + 1]);
+    window_term<L2>(a2, q[m + 2], w + off[m + 2]);
+    window_term<L2>(a3, q[m + 3], w + off[m + 3]);
+  }
+  for (; m < n; ++m) window_term<L2>(a0, q[m], w + off[m]);
+  return (a0 + a1) + (a2 + a3);
+}
+
 std::tuple<at::Tensor, at::Tensor> search_topk_cpu(const at::Tensor& queries, const at::Tensor& keys,
                            const at::Tensor& coords, const at::Tensor& centres,
                            const at::Tensor& frames, const at::Tensor& offsets, int64_t ps,
@@ -131,9 +171,21 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cpu(const at::Tensor& queries, co
     }
     const int64_t step = ws > 1 ? static_cast<int64_t>(offs[1] - offs[0]) : 1;
     const int64_t L = step * (ws - 1) + dilation * (ps - 1) + 1;  // window side
-    const bool contiguous_rows = window && nheads == 1 && dilation == 1;
+    // Offset in the window of each term (dt, a, bb, c) of each head's patch, from the
+    // window position of the candidate (the order of the query buffer)
+    std::vector<int64_t> toff(window ? nheads * psz : 0);
+    if (window)
+      for (int64_t h = 0, m = 0; h < nheads; ++h)
+        for (int64_t dt = 0; dt < pt; ++dt)
+          for (int64_t a = 0; a < ps; ++a)
+            for (int64_t bb = 0; bb < ps; ++bb)
+              for (int64_t ch = 0; ch < Ch; ++ch, ++m)
+                toff[m] = ((dt * C + h * Ch + ch) * L + a * dilation) * L + bb * dilation;
     at::parallel_for(0, B * Q, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> win(window ? pt * L * L * C : 0);
+      // the interpolated window, planar (pt, C, L, L), with kWinV values of slack at the end
+      // for the dropped candidates past the last column
+      std::vector<acc_t> win(window ? pt * C * L * L + kWinV : 0);
+      std::vector<int64_t> xc0(window ? L : 0), xc1(window ? L : 0);
       std::vector<acc_t> qbuf(nheads * psz), bd(nheads * k);
       std::vector<int64_t> bi(nheads * k);
       std::vector<int> cnt(nheads);
@@ -161,35 +213,62 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cpu(const at::Tensor& queries, co
             loc.set(s, by, bx, T, H, W, 1, 1, 1, false);
             const int64_t y0 = static_cast<int64_t>(std::floor(by));
             const int64_t x0 = static_cast<int64_t>(std::floor(bx));
+            // the mirrored columns (x0 + c and x0 + c + 1) of the window, once per frame
+            for (int64_t c = 0; c < L; ++c) {
+              xc0[c] = stnls::reflect(x0 + c, W) * C;
+              xc1[c] = stnls::reflect(x0 + c + 1, W) * C;
+            }
+            const acc_t fx = loc.fx, fy = loc.fy;
             for (int64_t dt = 0; dt < pt; ++dt) {
               const int64_t fr = stnls::reflect(s + dt, T) * H;
               for (int64_t r = 0; r < L; ++r) {
-                const int64_t r0 = (fr + stnls::reflect(y0 + r, H)) * W;
-                const int64_t r1 = (fr + stnls::reflect(y0 + r + 1, H)) * W;
-                for (int64_t c = 0; c < L; ++c) {
-                  const int64_t c0 = stnls::reflect(x0 + c, W), c1 = stnls::reflect(x0 + c + 1, W);
-                  acc_t* o = win.data() + ((dt * L + r) * L + c) * C;
-                  for (int64_t ch = 0; ch < C; ++ch) {
-                    const acc_t v00 = static_cast<acc_t>(kv[(r0 + c0) * C + ch]);
+                const scalar_t* k0 = kv + (fr + stnls::reflect(y0 + r, H)) * W * C;
+                const scalar_t* k1 = kv + (fr + stnls::reflect(y0 + r + 1, H)) * W * C;
+                for (int64_t ch = 0; ch < C; ++ch) {
+                  acc_t* o = win.data() + ((dt * C + ch) * L + r) * L;
+                  if (!loc.sub_x && !loc.sub_y) {
+                    for (int64_t c = 0; c < L; ++c) o[c] = static_cast<acc_t>(k0[xc0[c] + ch]);
+                    continue;
+                  }
+                  for (int64_t c = 0; c < L; ++c) {
+                    const acc_t v00 = static_cast<acc_t>(k0[xc0[c] + ch]);
                     acc_t r0v = v00;
-                    if (loc.sub_x) {
-                      const acc_t v01 = static_cast<acc_t>(kv[(r0 + c1) * C + ch]);
-                      r0v = (acc_t(1) - loc.fx) * v00 + loc.fx * v01;
-                    }
+                    if (loc.sub_x) r0v = (acc_t(1) - fx) * v00 + fx * static_cast<acc_t>(k0[xc1[c] + ch]);
                     if (loc.sub_y) {
-                      const acc_t v10 = static_cast<acc_t>(kv[(r1 + c0) * C + ch]);
+                      const acc_t v10 = static_cast<acc_t>(k1[xc0[c] + ch]);
                       acc_t r1v = v10;
-                      if (loc.sub_x) {
-                        const acc_t v11 = static_cast<acc_t>(kv[(r1 + c1) * C + ch]);
-                        r1v = (acc_t(1) - loc.fx) * v10 + loc.fx * v11;
-                      }
-                      r0v = (acc_t(1) - loc.fy) * r0v + loc.fy * r1v;
+                      if (loc.sub_x) r1v = (acc_t(1) - fx) * v10 + fx * static_cast<acc_t>(k1[xc1[c] + ch]);
+                      r0v = (acc_t(1) - fy) * r0v + fy * r1v;
                     }
-                    o[ch] = r0v;
+                    o[c] = r0v;
                   }
                 }
               }
             }
+          }
+          if (window && step == 1) {
+            // kWinV neighbouring candidates of a window row at a time (window_dists), then
+            // inserted in ascending id order
+            for (int64_t i = 0; i < ws; ++i) {
+              const acc_t y = cy + offs[i];
+              for (int64_t j0 = 0; j0 < ws; j0 += kWinV) {
+                for (int64_t h = 0; h < nheads; ++h) {
+                  const acc_t* w0 = win.data() + i * L + j0;
+                  const auto acc =
+                      l2 ? window_dists<true>(qbuf.data() + h * psz, w0, toff.data() + h * psz, psz)
+                         : window_dists<false>(qbuf.data() + h * psz, w0, toff.data() + h * psz, psz);
+                  for (int64_t n = 0; n < kWinV && j0 + n < ws; ++n) {
+                    const acc_t x = cx + offs[j0 + n];
+                    if (exclude_self && s == t && std::abs(y - acc_t(qy)) < acc_t(1e-4) &&
+                        std::abs(x - acc_t(qx)) < acc_t(1e-4))
+                      continue;
+                    stnls::topk_insert(bd.data() + h * k, bi.data() + h * k, cnt[h], int(k), acc[n],
+                                       (f * ws + i) * ws + j0 + n, l2);
+                  }
+                }
+              }
+            }
+            continue;
           }
           for (int64_t i = 0; i < ws; ++i) {
             const acc_t y = cy + offs[i];
@@ -199,37 +278,24 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cpu(const at::Tensor& queries, co
                   std::abs(x - acc_t(qx)) < acc_t(1e-4))
                 continue;
               const int64_t id = (f * ws + i) * ws + j;
-              if (window && contiguous_rows) {
-                // one head, no dilation: a patch row is ps * C contiguous values in both the
-                // query buffer and the window, summed as one vectorised run
-                acc_t d = 0;
-                for (int64_t dt = 0; dt < pt; ++dt)
-                  for (int64_t a = 0; a < ps; ++a)
-                    d += distance_run<acc_t>(
-                        qbuf.data() + (dt * ps + a) * ps * C,
-                        win.data() + ((dt * L + i * step + a) * L + j * step) * C, ps * C, l2);
-                stnls::topk_insert(bd.data(), bi.data(), cnt[0], int(k), d, id, l2);
-                continue;
-              }
-              if (window) {
+              if (window) {  // a search-grid spacing of step > 1 whole pixels
                 for (int64_t h = 0; h < nheads; ++h) {
                   const acc_t* qp = qbuf.data() + h * psz;
                   acc_t d = 0;
-                  int64_t m = 0;
                   for (int64_t dt = 0; dt < pt; ++dt)
                     for (int64_t a = 0; a < ps; ++a) {
-                      const acc_t* row = win.data() + ((dt * L + i * step + a * dilation) * L + j * step) * C;
-                      for (int64_t bb = 0; bb < ps; ++bb) {
-                        const acc_t* px = row + bb * dilation * C + h * Ch;
-                        for (int64_t ch = 0; ch < Ch; ++ch, ++m) {
+                      const acc_t* row =
+                          win.data() + ((dt * C + h * Ch) * L + i * step + a * dilation) * L + j * step;
+                      for (int64_t bb = 0; bb < ps; ++bb)
+                        for (int64_t ch = 0; ch < Ch; ++ch, ++qp) {
+                          const acc_t v = row[ch * L * L + bb * dilation];
                           if (l2) {
-                            const acc_t e = qp[m] - px[ch];
+                            const acc_t e = *qp - v;
                             d += e * e;
                           } else {
-                            d += qp[m] * px[ch];
+                            d += *qp * v;
                           }
                         }
-                      }
                     }
                   stnls::topk_insert(bd.data() + h * k, bi.data() + h * k, cnt[h], int(k), d, id, l2);
                 }
