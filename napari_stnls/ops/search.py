@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
+import torch.utils.checkpoint
 
 from . import _ext
 from . import _validate as V
@@ -132,6 +133,16 @@ def _centres(coords: torch.Tensor, flows, P: _Params, dtype: torch.dtype):
     r = P.stride1 * (P.ws // 2)
     c = torch.minimum(c.clamp(min=r), lim - r)
     return c, frames
+
+
+def _centres_for_grad(coords: torch.Tensor, flows, P: _Params, dtype: torch.dtype):
+    """:func:`_centres`, where the flows need a gradient, as a checkpoint: the backward
+    recomputes the flow chain instead of keeping its intermediates. Kept, they were about
+    1 KB per query for workload A with flows (5.1 GB, 7.7x dists+inds, measured on an
+    H200); the recomputation costs one more chain per chunk, small next to the search."""
+    if flows is None or not torch.is_grad_enabled() or not any(f.requires_grad for f in flows):
+        return _centres(coords, flows, P, dtype)
+    return torch.utils.checkpoint.checkpoint(_centres, coords, flows, P, dtype, use_reentrant=False)
 
 
 def _offsets(P: _Params, dtype, device) -> torch.Tensor:
@@ -390,7 +401,7 @@ def _search_reference(queries, keys, flows, coords, P: _Params, batch_size):
             ],
             dim=2,
         )
-    centres, frames = _centres(coords, flat_flows, P, acc)
+    centres, frames = _centres_for_grad(coords, flat_flows, P, acc)
     kpos = _positions(centres, frames, ids, P)
     dists = _SearchDists.apply(q_flat, k_flat, coords, kpos, P, dist_batch)
     inds = kpos.to(torch.int32) if P.itype == "int" else kpos
@@ -450,7 +461,7 @@ def _search_compiled(queries, keys, flows, coords, P: _Params, batch_size):
         if det and flat is not None:
             centres, frames = _ext.on_cpu(lambda c, f, b, Pc=Pc: _centres(c, (f, b), Pc, acc), crd, *flat)
         else:
-            centres, frames = _centres(crd, flat, Pc, acc)
+            centres, frames = _centres_for_grad(crd, flat, Pc, acc)
         args = (Pc.ps, Pc.pt, Pc.dilation, Pc.nheads, Pc.k, Pc.dist == "l2", Pc.exclude_self)
         if Pc.grid is not None and float(Pc.stride1).is_integer() and (Pc.itype == "int" or flows is None):
             # whole-pixel centres on a regular query grid: tiles of queries share box sums
