@@ -58,10 +58,10 @@ acc_t patch_distance(const scalar_t* kv, const PatchLoc<acc_t>& loc, const acc_t
   return d;
 }
 
-// The distance term of n contiguous values (a pixel's channels, or a patch row of ps * C
-// values): sum of squared differences (l2) or of products. Vectorised (a fixed order of
+// The distance term of n contiguous values (a pixel's channels, in the box path's difference
+// image): sum of squared differences (l2) or of products. Vectorised (a fixed order of
 // partial sums: deterministic); this matters for many-channel features (workload B: 64
-// channels, one pixel per patch) and for the window path's patch rows.
+// channels, one pixel per patch).
 template <typename acc_t, typename scalar_t>
 inline acc_t distance_run(const scalar_t* x, const scalar_t* y, int64_t n, bool l2) {
   acc_t acc = 0;

@@ -55,6 +55,29 @@ def test_opcheck(impl):
 
 
 @needs_ext
+def test_search_dists_rejects_given_distances_of_another_search(impl):
+    """search_dists' ``given`` (the top-k's own distances) must be this search's
+    (B, nheads, Q, k) distances in the accumulation dtype: anything else is a clear error,
+    and the given tensor is left as it was."""
+    backend, device = impl
+    if backend == "reference":
+        pytest.skip("given is an argument of the compiled operator")
+    q, k, coords, centres, frames, off, P = _inputs(device)
+    found, ids = torch.ops.napari_stnls.search_topk(
+        q, k, coords, centres, frames, off, P.ps, P.pt, P.dilation, P.nheads, P.k, True, False)
+    kpos = torch.rand(ids.shape + (3,), dtype=torch.float64, device=device)
+    args = (q, k, coords, kpos, P.ps, P.pt, P.dilation, True)
+    got = torch.ops.napari_stnls.search_dists(*args, found)
+    assert torch.equal(got, found) and got.data_ptr() != found.data_ptr()
+    for bad, msg in ((found[..., :-1], "given: expected the"), (found.float(), "given: expected"),
+                     (found.unsqueeze(0), "given: expected the")):
+        before = bad.clone()
+        with pytest.raises(RuntimeError, match=msg):
+            torch.ops.napari_stnls.search_dists(*args, bad)
+        assert torch.equal(bad, before)
+
+
+@needs_ext
 def test_torch_compile_fullgraph(impl):
     backend, device = impl
     if backend == "reference":
