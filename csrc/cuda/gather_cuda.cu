@@ -290,7 +290,7 @@ std::tuple<at::Tensor, at::Tensor> gather_patches_backward_cuda(
   const at::Tensor inds = stnls::check_inds(inds_, video.size(0));
   const GDims d = stnls::dims_from(video, inds, ps, pt, dilation);
   TORCH_CHECK(grad.sizes() == at::IntArrayRef({d.B, d.nh, d.Q, d.K, pt, d.Ch, ps, ps}),
-              "grad: expected the shape of the patches, got ", grad.sizes());
+              "grad: expected the shape of the patches, got ", stnls::shape_str(grad.sizes()));
   const auto acc = stnls::acc_type(video.scalar_type());
   const bool sub = inds.is_floating_point();
   auto gv = at::zeros(video.sizes(), video.options().dtype(acc));
@@ -386,13 +386,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scatter_patches_backward_cuda(
   if (grad_video.has_value() && grad_video->defined()) {
     check_cuda(*grad_video, patches, "grad_video");
     TORCH_CHECK(grad_video->sizes() == at::IntArrayRef({d.B, T, H, W, d.C}),
-                "grad_video: expected (B, T, H, W, C), got ", grad_video->sizes());
+                "grad_video: expected (B, T, H, W, C), got ",
+                stnls::shape_str(grad_video->sizes()));
     gvid = grad_video->to(patches.scalar_type()).contiguous();
   }
   if (grad_counts.has_value() && grad_counts->defined()) {
     check_cuda(*grad_counts, patches, "grad_counts");
     TORCH_CHECK(grad_counts->sizes() == at::IntArrayRef({d.B, T, H, W, d.nh}),
-                "grad_counts: expected (B, T, H, W, nheads), got ", grad_counts->sizes());
+                "grad_counts: expected (B, T, H, W, nheads), got ",
+                stnls::shape_str(grad_counts->sizes()));
     gcnt = grad_counts->to(patches.scalar_type()).contiguous();
   }
   const bool need_p = needs[0] && gvid.defined();

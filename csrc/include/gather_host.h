@@ -7,12 +7,21 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <type_traits>
 
 #include "gather.h"
 #include "patch.h"
 
 namespace stnls {
+
+// "[2, 3, 4]": a shape for an error message, formatted here (streaming an IntArrayRef into
+// TORCH_CHECK's message crashed the process with the torch 2.11 CUDA build)
+inline std::string shape_str(at::IntArrayRef sizes) {
+  std::string s = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+  return s + "]";
+}
 
 inline void check_patch_args(int64_t ps, int64_t pt, int64_t dilation) {
   TORCH_CHECK(ps >= 1 && ps <= kMaxPs, "ps: compiled kernels take 1 <= ps <= ", kMaxPs,
@@ -33,7 +42,8 @@ inline at::Tensor given_dists(const at::Tensor& given, const at::Tensor& queries
                               const at::Tensor& kpos) {
   const auto acc = acc_type(queries);
   TORCH_CHECK(given.dim() == 4 && given.sizes() == kpos.sizes().slice(0, 4),
-              "given: expected the (B, nheads, Q, k) shape of kpos, got ", given.sizes());
+              "given: expected the (B, nheads, Q, k) shape of kpos, got ",
+              stnls::shape_str(given.sizes()));
   TORCH_CHECK(given.scalar_type() == acc && given.device() == queries.device(),
               "given: expected ", acc, " distances on ", queries.device());
   return given.clone(at::MemoryFormat::Contiguous);
@@ -64,7 +74,7 @@ inline void check_video_cl(const at::Tensor& v, const char* name) {
 // inds (B, nheads, Q, K, 3), int32/int64/float32/float64; returns it contiguous.
 inline at::Tensor check_inds(const at::Tensor& inds, int64_t B) {
   TORCH_CHECK(inds.dim() == 5 && inds.size(4) == 3, "inds: expected (B, nheads, Q, K, 3), got ",
-              inds.sizes());
+              stnls::shape_str(inds.sizes()));
   TORCH_CHECK(inds.size(0) == B, "inds: batch size ", inds.size(0), " does not match B=", B);
   const auto st = inds.scalar_type();
   TORCH_CHECK(st == at::kInt || st == at::kLong || st == at::kFloat || st == at::kDouble,
@@ -112,12 +122,13 @@ inline GDims scatter_dims(const at::Tensor& patches, const at::Tensor& inds, int
               "patches: expected a floating (B, nheads, Q, K, pt, C/nheads, ps, ps) tensor");
   TORCH_CHECK(patches.size(4) == pt && patches.size(6) == ps && patches.size(7) == ps,
               "patches: expected (..., pt, C/nheads, ps, ps) with pt=", pt, ", ps=", ps,
-              ", got ", patches.sizes());
+              ", got ", stnls::shape_str(patches.sizes()));
   TORCH_CHECK(T >= 1 && H >= 1 && W >= 1, "T, H, W: expected >= 1");
   TORCH_CHECK(inds.size(1) == patches.size(1) && inds.size(2) == patches.size(2) &&
                   inds.size(3) == patches.size(3),
-              "inds: expected (B, nheads, Q, K, 3) matching patches ", patches.sizes(), ", got ",
-              inds.sizes());
+              "inds: expected (B, nheads, Q, K, 3) matching patches ",
+              stnls::shape_str(patches.sizes()), ", got ",
+              stnls::shape_str(inds.sizes()));
   const int64_t nh = patches.size(1), Ch = patches.size(5);
   return GDims{patches.size(0), T, H, W, nh * Ch, nh, patches.size(2), patches.size(3), Ch,
                static_cast<int>(ps), static_cast<int>(pt), static_cast<int>(dilation)};
@@ -129,7 +140,8 @@ inline std::optional<at::Tensor> weights_acc(const std::optional<at::Tensor>& we
   if (!weights.has_value() || !weights->defined()) return std::nullopt;
   TORCH_CHECK(weights->is_floating_point() &&
                   weights->sizes() == at::IntArrayRef({d.B, d.nh, d.Q, d.K}),
-              "weights: expected a floating (B, nheads, Q, K) tensor, got ", weights->sizes());
+              "weights: expected a floating (B, nheads, Q, K) tensor, got ",
+              stnls::shape_str(weights->sizes()));
   return weights->to(acc).contiguous();
 }
 
@@ -201,8 +213,9 @@ inline AggregateArgs aggregate_args(const at::Tensor& video, const at::Tensor& i
   AggregateArgs a;
   a.inds = check_inds(inds, B);
   a.at = check_inds(at_pos, B);
-  TORCH_CHECK(a.at.sizes() == a.inds.sizes(), "at: expected the shape of inds ", a.inds.sizes(),
-              ", got ", a.at.sizes());
+  TORCH_CHECK(a.at.sizes() == a.inds.sizes(), "at: expected the shape of inds ",
+              stnls::shape_str(a.inds.sizes()),
+              ", got ", stnls::shape_str(a.at.sizes()));
   TORCH_CHECK(a.at.scalar_type() == a.inds.scalar_type(), "at: expected the dtype of inds (",
               a.inds.scalar_type(), "), got ", a.at.scalar_type());
   a.d = dims_from(video, a.inds, ps, pt, dilation);
