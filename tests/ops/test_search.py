@@ -404,6 +404,43 @@ def test_backends_agree_on_a_larger_video(impl, itype, use_flow, stride0):
     assert_knn_match(d, i, ref[0].numpy(), ref[1].double().numpy(), min_untied=0.9)
 
 
+@pytest.mark.parametrize(
+    ("ps", "C", "pt", "dist", "dtype"),
+    [(7, 3, 1, "l2", torch.float32), (5, 1, 1, "l2", torch.float32), (3, 3, 1, "prod", torch.float32),
+     (7, 1, 3, "l2", torch.float32), (5, 3, 1, "l2", torch.float16), (7, 3, 1, "prod", torch.bfloat16)],
+)
+def test_single_precision_whole_pixel_search(device, ps, C, pt, dist, dtype):
+    """float32/float16/bfloat16 videos on whole-pixel grids (on CUDA, 1 or 3 frames x channels
+    per head take the sliding kernel): many tiles, border tiles whose windows differ, a region
+    and exclude_self, against the float64 compiled CPU search of the same (rounded) video; and
+    splitting the queries into batches (tiles then start on other rows) changes no bit."""
+    gen = torch.Generator().manual_seed(ps * 10 + C)
+    v = torch.rand(1, 5, C, 45, 70, generator=gen).to(dtype)
+    kw = dict(ps=ps, ws=9, wt=1, k=7, pt=pt, dist=dist, exclude_self=True, region=(0, 5, 1, 44, 2, 69))
+    vd = v.to(device)
+    d, i = search(vd, vd, **kw)
+    rd, ri = search(v.double(), v.double(), backend="cpu", **{**kw, "k": 8})  # a rank more: ties at k
+    assert d.dtype == torch.float32
+    assert_knn_match(d, i, rd.numpy(), ri.double().numpy(), rtol=1e-5, atol=1e-4, min_untied=0.9)
+    for bs in (67 * 3, 67 * 11 + 5):
+        d2, i2 = search(vd, vd, batch_size=bs, **kw)
+        assert torch.equal(d2, d) and torch.equal(i2, i)
+
+
+def test_single_precision_search_with_flows_that_spread_the_windows(device):
+    """Whole-pixel flows that differ by tens of pixels within a tile of queries: the union of
+    the tile's windows is staged in several runs (on CUDA), and each query still gets exactly
+    its own window's best candidates."""
+    gen = torch.Generator().manual_seed(5)
+    v = torch.rand(1, 3, 3, 40, 60, generator=gen)
+    flows = tuple((torch.rand(1, 3, 2, 40, 60, generator=gen) * 2 - 1) * 30 for _ in range(2))
+    kw = dict(ps=7, ws=7, wt=1, k=5, itype="int")
+    d, i = search(v.to(device), v.to(device), flows=tuple(f.to(device) for f in flows), **kw)
+    rd, ri = search(v.double(), v.double(), flows=tuple(f.double() for f in flows), backend="cpu",
+                    **{**kw, "k": 6})
+    assert_knn_match(d, i, rd.numpy(), ri.double().numpy(), rtol=1e-5, atol=1e-4, min_untied=0.9)
+
+
 @pytest.mark.parametrize("batch_size", [None, 1, 5, 13, 40, 41, 100, 10**6])
 def test_compiled_chunks_partition_the_query_grid(batch_size):
     """The compiled search runs queries in chunks of whole grid rows or frames: they cover
