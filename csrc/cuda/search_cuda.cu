@@ -3,7 +3,10 @@
 // - topk_window_kernel (integer search-grid spacing, with or without flow): one warp per
 //   query; the window is interpolated once into shared memory per frame.
 // - topk_kernel (any spacing): one thread per query reads every candidate's taps.
-// - topk_box_kernel (whole-pixel grids of queries): box sums shared by a tile of queries.
+// - topk_box_kernel (whole-pixel grids of queries): box sums shared by a tile of queries;
+//   topk_stage_kernel stages the tile's pixels in shared memory, and topk_slide_kernel (float
+//   accumulation, ps 3/5/7, 1 or 3 frames x channels) keeps them in registers;
+//   topk_pix_kernel takes single-pixel patches.
 //
 // Patch values are read with exactly the arithmetic of csrc/include/patch.h (mirroring,
 // x-then-y bilinear interpolation) so the top-k and the distances agree bit for bit.
