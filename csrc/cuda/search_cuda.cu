@@ -1413,8 +1413,9 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& quer
                 W = queries.size(3), C = queries.size(4);
   const int64_t Q = grid[3] * grid[4] * grid[5], nt = frames.size(1);
   const int64_t PC = pt * (C / nheads);
+  const auto st = queries.scalar_type();
   TORCH_CHECK(k <= 16 && (ps == 3 || ps == 5 || ps == 7) && (PC == 1 || PC == 3) &&
-                  queries.scalar_type() != at::kDouble,
+                  (st == at::kFloat || st == at::kHalf || st == at::kBFloat16),
               "search_topk_slide_cuda: unsupported case");
   auto ids = at::empty({B, nheads, Q, k}, frames.options());
   auto dists = at::empty({B, nheads, Q, k}, queries.options().dtype(at::kFloat));
@@ -1424,9 +1425,10 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& quer
   auto stream = c10::cuda::getCurrentCUDAStream();
   // key pixels of a whole window of offsets and the spread of the border tiles' windows
   constexpr int kcap = 16 * 1024;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
-                                  "search_topk_slide_cuda", [&] {
-    if constexpr (!std::is_same<scalar_t, double>::value) {
+  // a generic lambda: only float, half and bfloat16 kernels are compiled (not float64)
+  auto run = [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    {
       auto launch = [&](auto pcn, auto psn) {
         constexpr int PS = decltype(psn)::value, PCN = decltype(pcn)::value;
         using Tile = SlideTile<PS, PCN>;
@@ -1456,7 +1458,13 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& quer
       else
         with_ps(std::integral_constant<int, 1>{});
     }
-  });
+  };
+  if (queries.scalar_type() == at::kFloat)
+    run(float{});
+  else if (queries.scalar_type() == at::kHalf)
+    run(at::Half{});
+  else
+    run(at::BFloat16{});
   return {dists, ids};
 }
 
