@@ -845,8 +845,9 @@ __global__ void __launch_bounds__(kSY* kSX, 3)
 // Whole-pixel grids, sliding (topk_slide_kernel): ps 3, 5 or 7, stride0 = stride1 = dilation
 // = 1, float accumulation, k <= 16, 1 or 3 frames x channels per head (workload A). The box sums
 // of the staged kernel with the work spread so that nearly every value stays in registers:
-//  * a tile of TX x 8 queries, TX = 32 - (ps - 1): lane l of every warp holds column l of the
-//    tile's query pixels (8 + ps - 1 rows, with the halo) in registers for the whole search;
+//  * a tile of TX x TY queries, TX = 32 - (ps - 1), TY = 8 (6 with three frames x channels):
+//    lane l of every warp holds column l of the tile's query pixels (TY + ps - 1 rows, with
+//    the halo) in registers for the whole search;
 //  * a warp takes one column offset dx and a chunk of kSlideRows row offsets dy: it holds the
 //    key column the lane meets at the first dy in registers and, from one dy to the next, the
 //    column slides down by one row, so each step loads one key row per lane;
