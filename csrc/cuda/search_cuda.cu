@@ -8,8 +8,9 @@
 //   accumulation, ps 3/5/7, 1 or 3 frames x channels) keeps them in registers;
 //   topk_pix_kernel takes single-pixel patches.
 //
-// Patch values are read with exactly the arithmetic of csrc/include/patch.h (mirroring,
-// x-then-y bilinear interpolation) so the top-k and the distances agree bit for bit.
+// Patch values are read with the arithmetic of csrc/include/patch.h (mirroring, x-then-y
+// bilinear interpolation). Each top-k kernel returns the distances it selected by, summed in
+// its own fixed order; search_dists returns those (its `given`) and differentiates them.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAStream.h>
@@ -1429,36 +1430,34 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& quer
   // a generic lambda: only float, half and bfloat16 kernels are compiled (not float64)
   auto run = [&](auto type_tag) {
     using scalar_t = decltype(type_tag);
-    {
-      auto launch = [&](auto pcn, auto psn) {
-        constexpr int PS = decltype(psn)::value, PCN = decltype(pcn)::value;
-        using Tile = SlideTile<PS, PCN>;
-        constexpr int N = Tile::kN;
-        auto kern = topk_slide_kernel<scalar_t, 16, PCN, PS>;
-        const int smem = static_cast<int>((2 * kSlideWarps * N + kcap) * sizeof(float));
-        C10_CUDA_CHECK(
-            cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        const dim3 blocks = tile_blocks(grid, Tile::kTY, Tile::kTX, B * nheads);
-        kern<<<blocks, kSlideWarps * 32, smem, stream>>>(
-            queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), cen.data_ptr<float>(),
-            frm.data_ptr<int64_t>(), T, H, W, C, Q, nt, int(ws), grid[0], grid[1], grid[2],
-            grid[4], grid[5], nheads, int(k), l2, exclude_self, kcap, ids.data_ptr<int64_t>(),
-            dists.data_ptr<float>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      auto with_ps = [&](auto pcn) {
-        if (ps == 3)
-          launch(pcn, std::integral_constant<int, 3>{});
-        else if (ps == 5)
-          launch(pcn, std::integral_constant<int, 5>{});
-        else
-          launch(pcn, std::integral_constant<int, 7>{});
-      };
-      if (PC == 3)
-        with_ps(std::integral_constant<int, 3>{});
+    auto launch = [&](auto pcn, auto psn) {
+      constexpr int PS = decltype(psn)::value, PCN = decltype(pcn)::value;
+      using Tile = SlideTile<PS, PCN>;
+      constexpr int N = Tile::kN;
+      auto kern = topk_slide_kernel<scalar_t, 16, PCN, PS>;
+      const int smem = static_cast<int>((2 * kSlideWarps * N + kcap) * sizeof(float));
+      C10_CUDA_CHECK(
+          cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      const dim3 blocks = tile_blocks(grid, Tile::kTY, Tile::kTX, B * nheads);
+      kern<<<blocks, kSlideWarps * 32, smem, stream>>>(
+          queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), cen.data_ptr<float>(),
+          frm.data_ptr<int64_t>(), T, H, W, C, Q, nt, int(ws), grid[0], grid[1], grid[2],
+          grid[4], grid[5], nheads, int(k), l2, exclude_self, kcap, ids.data_ptr<int64_t>(),
+          dists.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    auto with_ps = [&](auto pcn) {
+      if (ps == 3)
+        launch(pcn, std::integral_constant<int, 3>{});
+      else if (ps == 5)
+        launch(pcn, std::integral_constant<int, 5>{});
       else
-        with_ps(std::integral_constant<int, 1>{});
-    }
+        launch(pcn, std::integral_constant<int, 7>{});
+    };
+    if (PC == 3)
+      with_ps(std::integral_constant<int, 3>{});
+    else
+      with_ps(std::integral_constant<int, 1>{});
   };
   if (queries.scalar_type() == at::kFloat)
     run(float{});
