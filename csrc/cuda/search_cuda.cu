@@ -221,10 +221,12 @@ __device__ __forceinline__ void term(acc_t& acc, acc_t x, acc_t y, bool l2) {
 // Integer search-grid spacing (the usual case, flows or not): every candidate of one query
 // and frame shares the centre's fractional part, so the window they cover is read and
 // interpolated once (as PatchLoc::value does, x then y, like the CPU window path) into shared
-// memory, and each distance is computed from there. One warp per (batch, head, query): each
-// lane takes every 32nd candidate and keeps its own top k, then the warp merges the 32 sorted
-// lists by (distance, id), so ties keep the smaller id as everywhere else.
-constexpr int kWinCands = 4;  // candidates of one window row per lane and step
+// memory, and each distance is computed from there. One warp per (batch, head, query): the
+// lanes share out the candidates, a few neighbours of one window row each per step. For k <= 32
+// the warp keeps one list (WarpTopK); for larger k each lane keeps its own and the warp merges
+// the 32 sorted lists at the end. Both order entries by (distance, id), so ties keep the
+// smaller id as everywhere else, and both give the same k.
+constexpr int kWinCands = 4;  // candidates of one window row per lane and step (or 7, below)
 constexpr int kSlideMax = 7;  // the largest patch of the sliding path
 
 template <typename acc_t>
@@ -235,7 +237,58 @@ __device__ __forceinline__ bool better_entry(acc_t d1, int64_t i1, acc_t d2, int
   return i1 < i2;
 }
 
-template <typename scalar_t, typename acc_t, int KMAX>
+// The k best candidates of one warp, spread over its lanes: lane j < K holds entry j of a list
+// sorted by (distance, id) (better_entry; LLONG_MAX ids are empty), and every lane holds
+// entry K - 1, the bar a candidate must pass. Lanes offer their candidates together: a
+// ballot finds those that pass the bar, and the warp inserts them one at a time (a shuffle
+// moves the entries behind the new one down a lane). With one list per warp instead of one
+// per lane, a candidate is tested against the k best of everything the warp has seen, so few
+// are inserted, and the list never touches local memory. The result is the k best by
+// (distance, id) whatever the order of the offers.
+template <typename acc_t>
+struct WarpTopK {
+  static constexpr unsigned kAll = 0xffffffffu;
+  acc_t d = acc_t(0), bar_d = acc_t(0);
+  int64_t id = LLONG_MAX, bar_id = LLONG_MAX;
+
+  __device__ __forceinline__ void offer(bool has, acc_t cd, int64_t cid, int lane, int K,
+                                        bool l2) {
+    unsigned m = __ballot_sync(kAll, has && better_entry(cd, cid, bar_d, bar_id, l2));
+    while (m) {
+      const int src = __ffs(m) - 1;
+      const acc_t vd = __shfl_sync(kAll, cd, src);
+      const int64_t vid = __shfl_sync(kAll, cid, src);
+      const int pos = __popc(__ballot_sync(kAll, lane < K && better_entry(d, id, vd, vid, l2)));
+      const acc_t ud = __shfl_up_sync(kAll, d, 1);
+      const int64_t uid = __shfl_up_sync(kAll, id, 1);
+      if (lane == pos) {
+        d = vd;
+        id = vid;
+      } else if (lane > pos) {
+        d = ud;
+        id = uid;
+      }
+      bar_d = __shfl_sync(kAll, d, K - 1);
+      bar_id = __shfl_sync(kAll, id, K - 1);
+      if (lane == src) has = false;
+      m = __ballot_sync(kAll, has && better_entry(cd, cid, bar_d, bar_id, l2));
+    }
+  }
+
+  // lanes j < K write entry j (an empty one as id 0 and the worst distance)
+  __device__ __forceinline__ void write(acc_t* dout, int64_t* out, int lane, int K,
+                                        bool l2) const {
+    if (lane >= K) return;
+    const bool empty = id == LLONG_MAX;
+    out[lane] = empty ? 0 : id;
+    dout[lane] = empty ? (l2 ? acc_t(INFINITY) : acc_t(-INFINITY)) : d;
+  }
+};
+
+// WL: the warp keeps one list (WarpTopK, k <= 32) instead of one per lane merged at the end;
+// NC: candidates of one window row per lane and step.
+template <typename scalar_t, typename acc_t, int KMAX, bool WL = (KMAX <= 32),
+          int NC = kWinCands>
 __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __restrict__ qdata,
                                    const scalar_t* __restrict__ kdata,
                                    const int64_t* __restrict__ coords,
@@ -264,7 +317,9 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
     const int64_t y = reflect(qy + dil * (a - r), H), x = reflect(qx + dil * (bb - r), W);
     qs[e] = static_cast<acc_t>(qv[((reflect(t + dt, T) * H + y) * W + x) * C + c0 + c]);
   }
-  TopK<acc_t, int64_t, KMAX> top;
+  static_assert(!WL || KMAX <= 32, "a warp list holds at most 32 entries");
+  TopK<acc_t, int64_t, WL ? 1 : KMAX> top;
+  WarpTopK<acc_t> wtop;
   const bool slide = step == 1 && dil == 1 && ps <= kSlideMax;
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q * nt + f];
@@ -302,21 +357,24 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
       }
     }
     __syncwarp();
-    // Each lane takes kWinCands neighbouring candidates of one window row at a time: every
-    // query value it loads feeds kWinCands multiply-adds (candidates past the row's end read
+    // Each lane takes NC neighbouring candidates of one window row at a time: every
+    // query value it loads feeds NC multiply-adds (candidates past the row's end read
     // its last column and are dropped). Each distance adds in the order (dt, a, c, bb) on the
     // sliding path (unit spacing and dilation, ps <= kSlideMax), else (dt, a, bb, c).
-    const int groups = (ws + kWinCands - 1) / kWinCands;
-    for (int m = lane; m < ws * groups; m += 32) {
-      const int i = m / groups, j0 = (m - i * groups) * kWinCands;
-      int col[kWinCands];
+    // Every lane goes round the loop the same number of times (the warp list's ballots).
+    const int groups = (ws + NC - 1) / NC, items = ws * groups;
+    for (int m0 = 0; m0 < items; m0 += 32) {
+      const int m = m0 + lane;
+      const bool live = m < items;
+      const int i = live ? m / groups : 0, j0 = live ? (m - i * groups) * NC : 0;
+      int col[NC];
 #pragma unroll
-      for (int n = 0; n < kWinCands; ++n) col[n] = min(j0 + n, ws - 1) * step;
-      acc_t d[kWinCands];
+      for (int n = 0; n < NC; ++n) col[n] = min(j0 + n, ws - 1) * step;
+      acc_t d[NC];
 #pragma unroll
-      for (int n = 0; n < kWinCands; ++n) d[n] = acc_t(0);
-      if (slide) {
-        // one channel of a patch row at a time: the ps + kWinCands - 1 window values the
+      for (int n = 0; n < NC; ++n) d[n] = acc_t(0);
+      if (live && slide) {
+        // one channel of a patch row at a time: the ps + NC - 1 window values the
         // candidates' rows cover are loaded once (clamped to the window: past its last column
         // only dropped candidates read them) and slid over
         for (int dt = 0; dt < pt; ++dt)
@@ -324,20 +382,20 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
             const acc_t* wr = win + (dt * Ch * L + i + a) * L;
             const acc_t* qa = qs + (dt * ps + a) * ps * Ch;
             for (int c = 0; c < Ch; ++c) {
-              acc_t w[kSlideMax + kWinCands - 1];
+              acc_t w[kSlideMax + NC - 1];
 #pragma unroll
-              for (int x = 0; x < kSlideMax + kWinCands - 1; ++x)
-                if (x < ps + kWinCands - 1) w[x] = wr[c * L * L + min(j0 + x, L - 1)];
+              for (int x = 0; x < kSlideMax + NC - 1; ++x)
+                if (x < ps + NC - 1) w[x] = wr[c * L * L + min(j0 + x, L - 1)];
 #pragma unroll
               for (int bb = 0; bb < kSlideMax; ++bb)
                 if (bb < ps) {
                   const acc_t qv_ = qa[bb * Ch + c];
 #pragma unroll
-                  for (int n = 0; n < kWinCands; ++n) term<acc_t>(d[n], qv_, w[bb + n], l2);
+                  for (int n = 0; n < NC; ++n) term<acc_t>(d[n], qv_, w[bb + n], l2);
                 }
             }
           }
-      } else {
+      } else if (live) {
         const acc_t* qp = qs;
         for (int dt = 0; dt < pt; ++dt)
           for (int a = 0; a < ps; ++a) {
@@ -347,47 +405,54 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
                 const acc_t qv_ = *qp;
                 const acc_t* wc = wr + c * L * L + bb * dil;
 #pragma unroll
-                for (int n = 0; n < kWinCands; ++n) term<acc_t>(d[n], qv_, wc[col[n]], l2);
+                for (int n = 0; n < NC; ++n) term<acc_t>(d[n], qv_, wc[col[n]], l2);
               }
           }
       }
 #pragma unroll
-      for (int n = 0; n < kWinCands; ++n) {
+      for (int n = 0; n < NC; ++n) {
         const int j = j0 + n;
-        if (j >= ws) break;
-        if (exclude_self && s == t) {
+        bool has = live && j < ws;
+        if (has && exclude_self && s == t) {
           const acc_t y = cy + (off0 + acc_t(i * step)), x = cx + (off0 + acc_t(j * step));
-          if (fabs(static_cast<double>(y - acc_t(qy))) < 1e-4 &&
-              fabs(static_cast<double>(x - acc_t(qx))) < 1e-4)
-            continue;
+          has = !(fabs(static_cast<double>(y - acc_t(qy))) < 1e-4 &&
+                  fabs(static_cast<double>(x - acc_t(qx))) < 1e-4);
         }
-        top.insert(d[n], (f * ws + i) * ws + j, K, l2);
+        const int64_t id = (f * ws + i) * ws + j;
+        if constexpr (WL)
+          wtop.offer(has, d[n], id, lane, K, l2);
+        else if (has)
+          top.insert(d[n], id, K, l2);
       }
     }
   }
-  // Merge the lanes' sorted lists: K rounds of a warp-wide arg-best over the list heads.
-  int head = 0;
-  for (int rank = 0; rank < K; ++rank) {
-    acc_t d = acc_t(0);
-    int64_t id = LLONG_MAX;
-    if (head < top.n) {
-      d = top.d[head];
-      id = top.id[head];
-    }
-    acc_t best = d;
-    int64_t best_id = id;
-    for (int o = 16; o > 0; o >>= 1) {
-      const acc_t od = __shfl_xor_sync(0xffffffffu, best, o);
-      const int64_t oid = __shfl_xor_sync(0xffffffffu, best_id, o);
-      if (better_entry(od, oid, best, best_id, l2)) {
-        best = od;
-        best_id = oid;
+  if constexpr (WL) {
+    wtop.write(dout + n * K, out + n * K, lane, K, l2);
+  } else {
+    // Merge the lanes' sorted lists: K rounds of a warp-wide arg-best over the list heads.
+    int head = 0;
+    for (int rank = 0; rank < K; ++rank) {
+      acc_t d = acc_t(0);
+      int64_t id = LLONG_MAX;
+      if (head < top.n) {
+        d = top.d[head];
+        id = top.id[head];
       }
-    }
-    if (id != LLONG_MAX && best_id == id) ++head;  // ids are unique: only the owner advances
-    if (lane == 0) {
-      out[n * K + rank] = best_id == LLONG_MAX ? 0 : best_id;
-      dout[n * K + rank] = best_id == LLONG_MAX ? (l2 ? acc_t(INFINITY) : acc_t(-INFINITY)) : best;
+      acc_t best = d;
+      int64_t best_id = id;
+      for (int o = 16; o > 0; o >>= 1) {
+        const acc_t od = __shfl_xor_sync(0xffffffffu, best, o);
+        const int64_t oid = __shfl_xor_sync(0xffffffffu, best_id, o);
+        if (better_entry(od, oid, best, best_id, l2)) {
+          best = od;
+          best_id = oid;
+        }
+      }
+      if (id != LLONG_MAX && best_id == id) ++head;  // ids are unique: only the owner advances
+      if (lane == 0) {
+        out[n * K + rank] = best_id == LLONG_MAX ? 0 : best_id;
+        dout[n * K + rank] = best_id == LLONG_MAX ? (l2 ? acc_t(INFINITY) : acc_t(-INFINITY)) : best;
+      }
     }
   }
 }
@@ -443,9 +508,14 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
       while (warps > 1 && warps * per_warp > 96 * 1024) --warps;
       const int64_t smem = warps * per_warp;
       const unsigned grid = static_cast<unsigned>((n + warps - 1) / warps);
+      // 7 candidates per lane and step where a window row leaves no more unused slots than
+      // with 4 (ws = 5, 7, 13, 21, 27, ...): more multiply-adds per shared-memory load
+      const bool seven = (ws + 6) / 7 * 7 <= (ws + 3) / 4 * 4;
       auto launch = [&](auto kmax) {
         constexpr int KM = decltype(kmax)::value;
         auto kern = topk_window_kernel<scalar_t, acc_t, KM>;
+        if constexpr (KM <= 32 && std::is_same<acc_t, float>::value)
+          if (seven) kern = topk_window_kernel<scalar_t, acc_t, KM, true, 7>;
         if (smem > 48 * 1024)
           C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(smem)));

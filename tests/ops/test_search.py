@@ -441,6 +441,29 @@ def test_single_precision_search_with_flows_that_spread_the_windows(device):
     assert_knn_match(d, i, rd.numpy(), ri.double().numpy(), rtol=1e-5, atol=1e-4, min_untied=0.9)
 
 
+@pytest.mark.parametrize(
+    ("ws", "k", "dist", "exclude_self"),
+    [(5, 10, "l2", False), (9, 24, "l2", True), (21, 10, "prod", False), (7, 40, "l2", True),
+     (13, 32, "prod", True), (3, 1, "l2", False)],
+)
+def test_single_precision_subpixel_search_keeps_the_k_best(device, ws, k, dist, exclude_self):
+    """float32 search along sub-pixel flows (on CUDA a warp per query: one list for the warp
+    up to k = 32, a list per lane merged at the end above; 4 or 7 candidates per lane and
+    step depending on ws), against the float64 compiled CPU search; batching changes no bit."""
+    gen = torch.Generator().manual_seed(ws * 100 + k)
+    v = torch.rand(1, 4, 3, 26, 31, generator=gen)
+    flows = tuple(_smooth_flow(gen, 1, 4, 26, 31, 2.3, torch.float32) for _ in range(2))
+    kw = dict(ps=5, ws=ws, wt=1, k=k, dist=dist, exclude_self=exclude_self, region=(0, 4, 2, 24, 1, 30))
+    d, i = search(v.to(device), v.to(device), flows=tuple(f.to(device) for f in flows), **kw)
+    rd, ri = search(v.double(), v.double(), flows=tuple(f.double() for f in flows), backend="cpu",
+                    **{**kw, "k": k + 1})  # a rank more: ties at k
+    assert d.shape[-1] == k and bool(torch.isfinite(d).all())
+    assert_knn_match(d, i, rd.numpy(), ri.double().numpy(), rtol=1e-5, atol=1e-4, min_untied=0.9,
+                     pos_atol=1e-4)
+    d2, i2 = search(v.to(device), v.to(device), flows=tuple(f.to(device) for f in flows), batch_size=97, **kw)
+    assert torch.equal(d2, d) and torch.equal(i2, i)
+
+
 @pytest.mark.parametrize("batch_size", [None, 1, 5, 13, 40, 41, 100, 10**6])
 def test_compiled_chunks_partition_the_query_grid(batch_size):
     """The compiled search runs queries in chunks of whole grid rows or frames: they cover
