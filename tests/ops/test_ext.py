@@ -216,6 +216,47 @@ def test_fallback_when_the_compiled_module_is_missing():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
 
 
+_ISA_CASES = textwrap.dedent(
+    """
+    import math, torch
+    from napari_stnls.ops import search
+    g = torch.Generator().manual_seed(4)
+    out = []
+    for dtype, kw in [
+        (torch.float32, dict(ps=7, ws=9, wt=1, k=10)),  # integer spacing: the window path
+        (torch.float32, dict(ps=3, ws=5, wt=2, k=5, dist="prod", nheads=2, pt=2)),
+        (torch.float64, dict(ps=5, ws=7, wt=1, k=20, dilation=2, exclude_self=True)),
+        (torch.float32, dict(ps=3, ws=5, wt=1, k=6, stride1=0.5)),  # fractional: per-candidate taps
+        (torch.bfloat16, dict(ps=5, ws=5, wt=1, k=4)),
+    ]:
+        v = torch.rand(1, 4, 4, 23, 29, generator=g).to(dtype)
+        f = tuple(1.9 * torch.sin(torch.rand(1, 4, 2, 23, 29, generator=g) * 6) for _ in range(2))
+        out.append(search(v, v, flows=f, backend="cpu", **kw))
+    """
+)
+
+
+def test_cpu_avx2_and_baseline_paths_give_the_same_bits(tmp_path):
+    """The CPU search loop is compiled twice, for the baseline instruction set and for AVX2
+    (picked at run time where the CPU has it; NAPARI_STNLS_CPU_AVX2=0 forces the baseline).
+    Both must return the same distances and indices, bit for bit, on every path. (On a CPU
+    without AVX2 both runs take the baseline and the test checks nothing more than that.)"""
+    import os
+
+    if not _ext.available("cpu"):
+        pytest.fail(f"the compiled CPU kernels are not built: {_ext.LOAD_ERROR}")
+    res = {}
+    for flag in ("1", "0"):
+        code = _ISA_CASES + f"torch.save(out, {str(tmp_path / flag)!r})\n"
+        env = dict(os.environ, NAPARI_STNLS_CPU_AVX2=flag)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        res[flag] = torch.load(tmp_path / flag)
+    for (d1, i1), (d0, i0) in zip(res["1"], res["0"], strict=True):
+        assert torch.equal(d1, d0) and torch.equal(i1, i0)
+        assert bool(torch.isfinite(d1).all())
+
+
 def test_backend_info_reports_the_build():
     info = backend_info()
     for op in ("search", "iunfold", "ifold", "gather", "scatter"):
