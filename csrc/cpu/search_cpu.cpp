@@ -670,17 +670,30 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cpu(const at::Tensor& queries
               for (int64_t v = 0; v < dw; ++v)
                 rxk[v] = stnls::reflect(px0 - dilation * r + v + dx, W);
               // 1. the difference image over the tile and its halo
-              for (int64_t u = 0; u < dh; ++u)
-                for (int64_t v = 0; v < dw; ++v) {
-                  acc_t acc = 0;
-                  for (int64_t dt = 0; dt < pt; ++dt) {
-                    const int64_t fq = stnls::reflect(t + dt, T), fk = stnls::reflect(s + dt, T);
-                    const scalar_t* x = qv + ((fq * H + ryq[u]) * W + rxq[v]) * C + c0;
-                    const scalar_t* y = kv + ((fk * H + ryk[u]) * W + rxk[v]) * C + c0;
-                    acc += distance_run<acc_t>(x, y, Ch, l2);
+              for (int64_t dt = 0; dt < pt; ++dt) {
+                const int64_t fq = stnls::reflect(t + dt, T), fk = stnls::reflect(s + dt, T);
+                for (int64_t u = 0; u < dh; ++u) {
+                  const scalar_t* xr = qv + (fq * H + ryq[u]) * W * C + c0;
+                  const scalar_t* yr = kv + (fk * H + ryk[u]) * W * C + c0;
+                  acc_t* Du = D.data() + u * DW;
+                  if (Ch == 3 && l2) {  // the common case, the same sums as distance_run
+                    for (int64_t v = 0; v < dw; ++v) {
+                      const scalar_t* x = xr + rxq[v] * C;
+                      const scalar_t* y = yr + rxk[v] * C;
+                      const acc_t e0 = static_cast<acc_t>(x[0]) - static_cast<acc_t>(y[0]);
+                      const acc_t e1 = static_cast<acc_t>(x[1]) - static_cast<acc_t>(y[1]);
+                      const acc_t e2 = static_cast<acc_t>(x[2]) - static_cast<acc_t>(y[2]);
+                      const acc_t run = ((acc_t(0) + e0 * e0) + e1 * e1) + e2 * e2;
+                      Du[v] = dt == 0 ? acc_t(0) + run : Du[v] + run;
+                    }
+                  } else {
+                    for (int64_t v = 0; v < dw; ++v) {
+                      const acc_t run = distance_run<acc_t>(xr + rxq[v] * C, yr + rxk[v] * C, Ch, l2);
+                      Du[v] = dt == 0 ? acc_t(0) + run : Du[v] + run;
+                    }
                   }
-                  D[u * DW + v] = acc;
                 }
+              }
               // 2. sums along rows, 3. along columns, then each query's top-k
               for (int64_t u = 0; u < dh; ++u)
                 for (int64_t jx = 0; jx < nx; ++jx) {
