@@ -93,7 +93,8 @@ struct WinVec {
 };
 
 template <bool L2, typename acc_t>
-__attribute__((always_inline)) inline void window_term(typename WinVec<acc_t>::type& acc, acc_t q, const acc_t* w) {
+__attribute__((always_inline)) inline void window_term(typename WinVec<acc_t>::type& acc, acc_t q,
+                                                       const acc_t* w) {
   typename WinVec<acc_t>::type x;
   std::memcpy(&x, w, sizeof(x));
   if constexpr (L2) {
@@ -105,8 +106,8 @@ __attribute__((always_inline)) inline void window_term(typename WinVec<acc_t>::t
 }
 
 template <bool L2, typename acc_t>
-__attribute__((always_inline)) inline typename WinVec<acc_t>::type window_dists(const acc_t* q, const acc_t* w,
-                                                 const int64_t* off, int64_t n) {
+__attribute__((always_inline)) inline typename WinVec<acc_t>::type window_dists(
+    const acc_t* q, const acc_t* w, const int64_t* off, int64_t n) {
   typename WinVec<acc_t>::type a0 = {}, a1 = {}, a2 = {}, a3 = {};
   int64_t m = 0;
   for (; m + 4 <= n; m += 4) {
@@ -125,7 +126,7 @@ struct TopkArgs {
   bool window;
   int64_t L;
   int64_t step;
-  const int64_t* toff_p;
+  const int64_t* toff;
   int64_t ps;
   int64_t pt;
   int64_t dilation;
@@ -160,35 +161,8 @@ struct TopkArgs {
 template <typename scalar_t, typename acc_t>
 __attribute__((always_inline)) inline void topk_queries(const TopkArgs<scalar_t, acc_t>& args,
                                                         int64_t begin, int64_t end) {
-  const auto window = args.window;
-  const auto L = args.L;
-  const auto step = args.step;
-  const auto ps = args.ps;
-  const auto pt = args.pt;
-  const auto dilation = args.dilation;
-  const auto nheads = args.nheads;
-  const auto psz = args.psz;
-  const auto k = args.k;
-  const auto C = args.C;
-  const auto Ch = args.Ch;
-  const auto T = args.T;
-  const auto H = args.H;
-  const auto W = args.W;
-  const auto Q = args.Q;
-  const auto nt = args.nt;
-  const auto ws = args.ws;
-  const auto qdata = args.qdata;
-  const auto kdata = args.kdata;
-  const auto cdata = args.cdata;
-  const auto fdata = args.fdata;
-  const auto centre = args.centre;
-  const auto offs = args.offs;
-  const auto out = args.out;
-  const auto dout = args.dout;
-  const auto video = args.video;
-  const auto l2 = args.l2;
-  const auto exclude_self = args.exclude_self;
-  const int64_t* toff = args.toff_p;
+  const auto& [window, L, step, toff, ps, pt, dilation, nheads, psz, k, C, Ch, T, H, W, Q, nt, ws,
+      qdata, kdata, cdata, fdata, centre, offs, out, dout, video, l2, exclude_self] = args;
   // the interpolated window, planar (pt, C, L, L), with kWinV values of slack at the end
   // for the dropped candidates past the last column
   std::vector<acc_t> win(window ? pt * C * L * L + kWinV : 0);
