@@ -297,30 +297,46 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
                                    int64_t B, int64_t T, int64_t H, int64_t W, int64_t C,
                                    int64_t Q, int64_t nt, int ws, int ps, int pt, int dil,
                                    int64_t nh, int K, bool l2, bool exclude_self, int L,
-                                   int64_t* __restrict__ out, acc_t* __restrict__ dout) {
+                                   int LP, int64_t* __restrict__ out, acc_t* __restrict__ dout) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
   if (n >= B * nh * Q) return;  // uniform over the warp: only __syncwarp below
   const int64_t Ch = C / nh;
-  const int qsz = pt * ps * ps * static_cast<int>(Ch), wsz = pt * static_cast<int>(Ch) * L * L;
+  const int qsz = pt * ps * ps * static_cast<int>(Ch), wsz = pt * static_cast<int>(Ch) * L * LP;
   acc_t* qs = reinterpret_cast<acc_t*>(smem_raw) + static_cast<int64_t>(warp) * (qsz + wsz);
-  acc_t* win = qs + qsz;  // (pt, Ch, L, L): consecutive lanes read consecutive columns
+  // (pt, Ch, L, LP): consecutive lanes read consecutive columns; rows LP >= L values apart
+  acc_t* win = qs + qsz;
   const int64_t q = n % Q, h = (n / Q) % nh, b = n / (Q * nh);
   const int64_t video = T * H * W * C, c0 = h * Ch;
   const int64_t t = coords[q * 3], qy = coords[q * 3 + 1], qx = coords[q * 3 + 2];
   const scalar_t* qv = qdata + b * video;
   const scalar_t* kv = kdata + b * video;
   const int r = ps / 2;
-  for (int e = lane; e < qsz; e += 32) {  // the query patch, (pt, ps, ps, Ch)
-    const int c = e % Ch, bb = (e / Ch) % ps, a = (e / Ch / ps) % ps, dt = e / Ch / ps / ps;
+  const bool slide = step == 1 && dil == 1 && ps <= kSlideMax;
+  // the query patch, (pt, ps, ps, Ch); on the sliding path (pt, ps, Ch, ps), so that the ps
+  // values of one patch row and channel lie next to each other
+  for (int e = lane; e < qsz; e += 32) {
+    int c, bb;
+    if (slide) {
+      bb = e % ps;
+      c = (e / ps) % Ch;
+    } else {
+      c = e % Ch;
+      bb = (e / Ch) % ps;
+    }
+    const int a = (e / Ch / ps) % ps, dt = e / Ch / ps / ps;
     const int64_t y = reflect(qy + dil * (a - r), H), x = reflect(qx + dil * (bb - r), W);
     qs[e] = static_cast<acc_t>(qv[((reflect(t + dt, T) * H + y) * W + x) * C + c0 + c]);
   }
+  // columns L .. LP of every window row (the host pads them on the sliding path, LP >= L + NC
+  // - 1): read only for candidates past a row's end, which are dropped
+  if (LP > L)
+    for (int e = lane; e < pt * Ch * L * (LP - L); e += 32)
+      win[(e / (LP - L)) * LP + L + e % (LP - L)] = acc_t(0);
   static_assert(!WL || KMAX <= 32, "a warp list holds at most 32 entries");
   TopK<acc_t, int64_t, WL ? 1 : KMAX> top;
   WarpTopK<acc_t> wtop;
-  const bool slide = step == 1 && dil == 1 && ps <= kSlideMax;
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q * nt + f];
     const acc_t cy = centres[((b * Q + q) * nt + f) * 2];
@@ -337,7 +353,7 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
       const int64_t k0 = reflect(x0 + col, W) * C + c0, k1 = reflect(x0 + col + 1, W) * C + c0;
       for (int dt = 0; dt < pt; ++dt) {
         const int64_t fr = reflect(s + dt, T) * H;
-        acc_t* wd = win + static_cast<int64_t>(dt) * Ch * L * L + col;
+        acc_t* wd = win + static_cast<int64_t>(dt) * Ch * L * LP + col;
         for (int row = 0; row < L; ++row) {
           const int64_t r0 = (fr + reflect(y0 + row, H)) * W * C;
           const int64_t r1 = sy ? (fr + reflect(y0 + row + 1, H)) * W * C : r0;
@@ -351,7 +367,7 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
               if (sx) w = (acc_t(1) - fx) * v10 + fx * static_cast<acc_t>(kv[r1 + k1 + c]);
               v = (acc_t(1) - fy) * v + fy * w;
             }
-            wd[(static_cast<int64_t>(c) * L + row) * L] = v;
+            wd[(static_cast<int64_t>(c) * L + row) * LP] = v;
           }
         }
       }
@@ -375,21 +391,24 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
       for (int n = 0; n < NC; ++n) d[n] = acc_t(0);
       if (live && slide) {
         // one channel of a patch row at a time: the ps + NC - 1 window values the
-        // candidates' rows cover are loaded once (clamped to the window: past its last column
-        // only dropped candidates read them) and slid over
+        // candidates' rows cover are loaded once, at constant offsets from one address (past
+        // the row's last column, from its padding: only dropped candidates read them), and
+        // slid over
         for (int dt = 0; dt < pt; ++dt)
           for (int a = 0; a < ps; ++a) {
-            const acc_t* wr = win + (dt * Ch * L + i + a) * L;
+            const acc_t* wr = win + (dt * Ch * L + i + a) * LP;
             const acc_t* qa = qs + (dt * ps + a) * ps * Ch;
             for (int c = 0; c < Ch; ++c) {
               acc_t w[kSlideMax + NC - 1];
+              const acc_t* wc = wr + c * L * LP + j0;
 #pragma unroll
               for (int x = 0; x < kSlideMax + NC - 1; ++x)
-                if (x < ps + NC - 1) w[x] = wr[c * L * L + min(j0 + x, L - 1)];
+                if (x < ps + NC - 1) w[x] = wc[x];
+              const acc_t* qc = qa + c * ps;
 #pragma unroll
               for (int bb = 0; bb < kSlideMax; ++bb)
                 if (bb < ps) {
-                  const acc_t qv_ = qa[bb * Ch + c];
+                  const acc_t qv_ = qc[bb];
 #pragma unroll
                   for (int n = 0; n < NC; ++n) term<acc_t>(d[n], qv_, w[bb + n], l2);
                 }
@@ -399,11 +418,11 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
         const acc_t* qp = qs;
         for (int dt = 0; dt < pt; ++dt)
           for (int a = 0; a < ps; ++a) {
-            const acc_t* wr = win + (dt * Ch * L + i * step + a * dil) * L;
+            const acc_t* wr = win + (dt * Ch * L + i * step + a * dil) * LP;
             for (int bb = 0; bb < ps; ++bb)
               for (int c = 0; c < Ch; ++c, ++qp) {
                 const acc_t qv_ = *qp;
-                const acc_t* wc = wr + c * L * L + bb * dil;
+                const acc_t* wc = wr + c * L * LP + bb * dil;
 #pragma unroll
                 for (int n = 0; n < NC; ++n) term<acc_t>(d[n], qv_, wc[col[n]], l2);
               }
@@ -465,6 +484,38 @@ void check_video(const at::Tensor& v, const char* name) {
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
+// Row pitch of the window kernel's shared window on the sliding path. On one load, lane m
+// reads row m / g at column (m % g) * nc (g = ceil(ws / nc) lane groups per row), at the same
+// offset for every lane. The pitch leaves at least nc - 1 columns past each row, so that loads
+// need no clamp, and of the 8 pitches from there it takes the one whose 32 lanes fall into
+// the fewest same-bank groups of a load (the first of the best): a pitch of 32 would put a
+// whole column of rows into one bank.
+int64_t window_pitch(int64_t L, int64_t ws, int nc) {
+  const int64_t g = (ws + nc - 1) / nc, items = ws * g;
+  int64_t best = 0, best_cost = LLONG_MAX;
+  for (int64_t p = L + nc - 1; p < L + nc - 1 + 8; ++p) {
+    int64_t cost = 0;  // summed over the warp's steps: the most distinct words in one bank
+    for (int64_t m0 = 0; m0 < items; m0 += 32) {
+      int64_t words[32], nw = 0;
+      for (int64_t m = m0; m < std::min(items, m0 + 32); ++m) {
+        const int64_t w = (m / g) * p + (m % g) * nc;
+        bool seen = false;
+        for (int64_t u = 0; u < nw; ++u) seen = seen || words[u] == w;
+        if (!seen) words[nw++] = w;
+      }
+      int per_bank[32] = {0};
+      int worst = 0;
+      for (int64_t u = 0; u < nw; ++u) worst = std::max(worst, ++per_bank[words[u] % 32]);
+      cost += worst;
+    }
+    if (cost < best_cost) {
+      best = p;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
 std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
                             const at::Tensor& coords, const at::Tensor& centres,
                             const at::Tensor& frames, const at::Tensor& offsets, int64_t ps,
@@ -500,7 +551,14 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
                                   "search_topk_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto cen = centres.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const int64_t per_warp = (pt * ps * ps + pt * L * L) * (queries.size(4) / nheads) *
+    // 7 candidates per lane and step where a window row leaves no more unused slots than with
+    // 4 (ws = 5, 7, 13, 21, 27, ...): more multiply-adds per shared-memory load
+    const bool seven = (ws + 6) / 7 * 7 <= (ws + 3) / 4 * 4 && k <= 32 &&
+                       std::is_same<acc_t, float>::value;
+    const int64_t LP = step == 1 && dilation == 1 && ps <= kSlideMax
+                           ? window_pitch(L, ws, seven ? 7 : kWinCands)
+                           : L;
+    const int64_t per_warp = (pt * ps * ps + pt * L * LP) * (queries.size(4) / nheads) *
                              static_cast<int64_t>(sizeof(acc_t));
     constexpr int64_t kSmemMax = 200 * 1024;
     if (window && per_warp <= kSmemMax) {
@@ -508,9 +566,6 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
       while (warps > 1 && warps * per_warp > 96 * 1024) --warps;
       const int64_t smem = warps * per_warp;
       const unsigned grid = static_cast<unsigned>((n + warps - 1) / warps);
-      // 7 candidates per lane and step where a window row leaves no more unused slots than
-      // with 4 (ws = 5, 7, 13, 21, 27, ...): more multiply-adds per shared-memory load
-      const bool seven = (ws + 6) / 7 * 7 <= (ws + 3) / 4 * 4;
       auto launch = [&](auto kmax) {
         constexpr int KM = decltype(kmax)::value;
         auto kern = topk_window_kernel<scalar_t, acc_t, KM>;
@@ -523,7 +578,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
             queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), crd.data_ptr<int64_t>(),
             cen.data_ptr<acc_t>(), frm.data_ptr<int64_t>(), static_cast<acc_t>(oh[0]), step, B,
             T, H, W, C, Q, nt, int(ws), int(ps), int(pt), int(dilation), nheads, int(k), l2,
-            exclude_self, int(L), ids.data_ptr<int64_t>(), dists.data_ptr<acc_t>());
+            exclude_self, int(L), int(LP), ids.data_ptr<int64_t>(), dists.data_ptr<acc_t>());
       };
       stnls::dispatch_kmax(k, launch);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
