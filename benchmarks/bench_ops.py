@@ -278,6 +278,15 @@ def build_aggregate(p: dict, device: torch.device, backend: str) -> Prepared:
     return Prepared(lambda: aggregate(video, inds, weights=weights, ps=p["ps"], backend=backend))
 
 
+def build_aggregate_queries(p: dict, device: torch.device, backend: str) -> Prepared:
+    """aggregate at the queries' own positions (non-local means): the fold-form kernels."""
+    video = make_video(p["video_shape"], device, seed=p["seed"])
+    inds, weights = _search_inds(p, device)
+    region = None if p["region"] is None else tuple(p["region"])
+    return Prepared(lambda: aggregate(video, inds, "queries", region=region, weights=weights,
+                                      ps=p["ps"], backend=backend))
+
+
 def _frame(p: dict, device) -> torch.Tensor:
     return make_video(p["video_shape"], device, seed=p["seed"])
 
@@ -456,6 +465,7 @@ BUILDERS: dict[str, Callable[[dict, torch.device, str], Prepared]] = {
     "scatter": build_scatter,
     "gather_then_scatter": build_gather_then_scatter,
     "aggregate": build_aggregate,
+    "aggregate_queries": build_aggregate_queries,
     "iunfold": build_iunfold,
     "ifold": build_ifold,
     "torch_unfold": build_torch_unfold,
@@ -470,11 +480,15 @@ BUILDERS: dict[str, Callable[[dict, torch.device, str], Prepared]] = {
 
 
 def _aggregate_cases(name: str, p: dict, flow: str, full: int | None = None) -> list[Case]:
-    """gather then weighted scatter, and aggregate (the same without storing the patches)."""
+    """gather then weighted scatter, and aggregate (the same without storing the patches), at
+    inds and at the queries' own positions."""
     return [
         Case(name, "gather+scatter", "scatter", "gather_then_scatter", dict(p),
              f"gather_scatter_{flow}", full),
         Case(name, "aggregate", "aggregate", "aggregate", dict(p), f"aggregate_{flow}", full),
+        Case(name, "aggregate at queries", "aggregate", "aggregate_queries",
+             dict(p, at="each query's own position (non-local means): fold form"),
+             f"aggregate_queries_{flow}", full),
     ]
 
 

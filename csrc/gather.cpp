@@ -34,4 +34,11 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
   m.def(
       "aggregate_patches(Tensor video, Tensor inds, Tensor at, Tensor? weights, int ps, int pt, "
       "int dilation) -> (Tensor, Tensor)");
+  // aggregate_patches with at = each query's own position on the grid of region (t0, t1, y0,
+  // y1, x0, x1) and stride (Q of inds = that grid's size), in fold form: each output pixel
+  // sums what lands on it (csrc/include/aggregate_grid.h). No atomics on CUDA: the same bits
+  // on every run. Outputs as aggregate_patches'.
+  m.def(
+      "aggregate_grid(Tensor video, Tensor inds, Tensor? weights, int[] region, int stride, "
+      "int ps, int pt, int dilation) -> (Tensor, Tensor)");
 }

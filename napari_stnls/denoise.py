@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ._progress import Steps
-from .ops import Region, aggregate, gather, query_coords, scatter, search
+from .ops import Region, aggregate, gather, scatter, search
 from .ops._region import as_region
 
 __all__ = ["nl_means", "nl_bayes", "nl_bayes_params", "skimage_nl_means", "METHODS"]
@@ -205,8 +205,7 @@ def nl_means(
                 d, i = search(xd, xd, ps=ps, ws=ws, wt=wt, k=k, flows=flows, region=band)
                 w = torch.exp(-torch.clamp(d / norm - 2.0, min=0.0) / h**2)
                 # each neighbour patch is written back at its query's position
-                at = query_coords(xd.shape, band, device=xd.device).view(1, 1, -1, 1, 3).expand_as(i)
-                aggregate(xd, i, at, out=(agg, cnt), weights=w, ps=ps)
+                aggregate(xd, i, "queries", region=band, out=(agg, cnt), weights=w, ps=ps)
                 steps.advance()
             sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
             out[sl] = agg[sl] / cnt[sl].clamp_min(1e-12)

@@ -17,6 +17,7 @@
 #include <optional>
 #include <tuple>
 
+#include "../include/aggregate_grid.h"
 #include "../include/gather.h"
 #include "../include/gather_host.h"
 
@@ -337,6 +338,63 @@ std::tuple<at::Tensor, at::Tensor> aggregate_patches_cpu(const at::Tensor& video
   return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
 }
 
+// aggregate at the query grid in fold form (aggregate_grid.h): parallel over (batch, head,
+// frame, row) of the output pixels the grid's patches reach; each pixel's sums in map order,
+// whatever the number of threads.
+std::tuple<at::Tensor, at::Tensor> aggregate_grid_cpu(const at::Tensor& video,
+                                                      const at::Tensor& inds,
+                                                      const std::optional<at::Tensor>& weights,
+                                                      at::IntArrayRef region, int64_t stride,
+                                                      int64_t ps, int64_t pt, int64_t dilation) {
+  auto a = stnls::aggregate_grid_args(video, inds, weights, region, stride, ps, pt, dilation);
+  const GDims& d = a.d;
+  const stnls::Box& box = a.maps.box;
+  const int64_t bt = box.t1 - box.t0, by = box.y1 - box.y0;
+  if (d.C > 0 && d.K > 0 && bt > 0 && by > 0 && box.x1 > box.x0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(),
+                                    "aggregate_grid_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using video_t = scalar_t;
+      stnls::dispatch_pos(a.inds.scalar_type(), [&](auto tag) {
+        using pos_t = decltype(tag);
+        const stnls::GridDims g{d, a.maps.g.nH, a.maps.g.nW};
+        const int64_t* tmap = a.maps.all.data();
+        const int64_t* ymap = tmap + a.maps.ty;
+        const int64_t* xmap = tmap + a.maps.tx;
+        const video_t* vid = video.data_ptr<video_t>();
+        const pos_t* pos = a.inds.data_ptr<pos_t>();
+        const acc_t* wts = a.w.has_value() ? a.w->data_ptr<acc_t>() : nullptr;
+        acc_t* out = a.out.data_ptr<acc_t>();
+        acc_t* cnt = a.cnt.data_ptr<acc_t>();
+        constexpr int kChunk = 4;  // channels summed per pass over a pixel's entries
+        // the rows of the box of pixels that receive anything (the rest stays zero)
+        at::parallel_for(0, d.B * d.nh * bt * by, 1, [&](int64_t r0, int64_t r1) {
+          for (int64_t rr = r0; rr < r1; ++rr) {
+            const int64_t y = box.y0 + rr % by, t = box.t0 + (rr / by) % bt,
+                          h = (rr / (by * bt)) % d.nh, b = rr / (by * bt * d.nh);
+            const video_t* vb = vid + b * d.video();
+            const stnls::NeighboursAoS<acc_t, pos_t> nb{pos, wts, (b * d.nh + h) * d.Q, d.K};
+            for (int64_t x = box.x0; x < box.x1; ++x) {
+              const int64_t pix = ((b * d.T + t) * d.H + y) * d.W + x;
+              for (int64_t c0 = 0; c0 < d.Ch; c0 += kChunk) {
+                const int nc = static_cast<int>(std::min<int64_t>(kChunk, d.Ch - c0));
+                acc_t acc[kChunk] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+                acc_t w = acc_t(0);
+                stnls::grid_pixel<video_t, acc_t, kChunk>(vb, nb, wts != nullptr, g, tmap, ymap,
+                                                          xmap, t, y, x, h * d.Ch + c0, nc,
+                                                          acc, &w);
+                for (int c = 0; c < nc; ++c) out[pix * d.C + h * d.Ch + c0 + c] = acc[c];
+                if (c0 == 0) cnt[pix * d.nh + h] = w;
+              }
+            }
+          }
+        });
+      });
+    });
+  }
+  return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scatter_patches_backward_cpu(
     const std::optional<at::Tensor>& grad_video, const std::optional<at::Tensor>& grad_counts,
     const at::Tensor& patches, const at::Tensor& inds_, const std::optional<at::Tensor>& weights,
@@ -455,4 +513,5 @@ TORCH_LIBRARY_IMPL(napari_stnls, CPU, m) {
   m.impl("scatter_patches", &scatter_patches_cpu);
   m.impl("scatter_patches_backward", &scatter_patches_backward_cpu);
   m.impl("aggregate_patches", &aggregate_patches_cpu);
+  m.impl("aggregate_grid", &aggregate_grid_cpu);
 }

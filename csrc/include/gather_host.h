@@ -9,6 +9,8 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "gather.h"
 #include "patch.h"
@@ -160,7 +162,7 @@ inline Grid make_grid(at::IntArrayRef region, int64_t stride, int64_t T, int64_t
   Grid g{region[0], region[1], region[2], region[3], region[4], region[5], stride, 0, 0, 0};
   TORCH_CHECK(0 <= g.t0 && g.t0 < g.t1 && g.t1 <= T && 0 <= g.y0 && g.y0 < g.y1 && g.y1 <= H &&
                   0 <= g.x0 && g.x0 < g.x1 && g.x1 <= W,
-              "region: ", region, " is empty or not inside the video (T, H, W) = (", T, ", ", H,
+              "region: ", shape_str(region), " is empty or not inside the video (T, H, W) = (", T, ", ", H,
               ", ", W, ")");
   g.nH = (g.y1 - g.y0 + stride - 1) / stride;
   g.nW = (g.x1 - g.x0 + stride - 1) / stride;
@@ -192,6 +194,93 @@ inline Box fold_box(const Grid& g, int64_t T, int64_t H, int64_t W, int64_t ps, 
   b.x0 = std::max<int64_t>(0, g.x0 - dil * r);
   b.x1 = std::min(W, xlast + dil * (ps - 1 - r) + 1);
   return b;
+}
+
+// One axis map of aggregate_grid (see aggregate_grid.h): for the ng grid coordinates
+// g0 + i * stride and the P offsets off(o), the CSR lists, per coordinate u of an axis of n,
+// of the codes i * P + o whose mirrored coordinate reflect(g0 + i * stride + off(o), n) is u,
+// in increasing code order.
+template <typename Off>
+std::vector<int64_t> axis_map(int64_t n, int64_t g0, int64_t ng, int64_t stride, int64_t P,
+                              Off off) {
+  std::vector<int64_t> m(n + 1 + ng * P, 0);
+  std::vector<int64_t> target(ng * P);
+  for (int64_t i = 0; i < ng; ++i)
+    for (int64_t o = 0; o < P; ++o) {
+      const int64_t u = reflect(g0 + i * stride + off(o), n);
+      target[i * P + o] = u;
+      ++m[u + 1];
+    }
+  for (int64_t u = 0; u < n; ++u) m[u + 1] += m[u];
+  std::vector<int64_t> fill(m.begin(), m.begin() + n);
+  for (int64_t code = 0; code < ng * P; ++code) m[n + 1 + fill[target[code]]++] = code;
+  return m;
+}
+
+// [first, last] coordinates of an axis map that receive anything (n, n - 1 if none).
+inline std::pair<int64_t, int64_t> map_span(const std::vector<int64_t>& m, int64_t n) {
+  int64_t lo = 0, hi = n - 1;
+  while (lo < n && m[lo + 1] == m[lo]) ++lo;
+  while (hi >= 0 && m[hi + 1] == m[hi]) --hi;
+  return {lo, hi};
+}
+
+// The three maps of aggregate_grid, one after the other (time, rows, columns), the grid and
+// the box of pixels that receive anything (frames t0..t1-1, rows y0..y1-1, columns x0..x1-1).
+struct GridMaps {
+  std::vector<int64_t> all;
+  int64_t ty, tx;  // where the row and column maps start
+  Grid g;
+  Box box;
+};
+
+inline GridMaps grid_maps(const Grid& g, int64_t T, int64_t H, int64_t W, int64_t ps,
+                          int64_t pt, int64_t dil) {
+  const int64_t r = ps / 2;
+  auto tm = axis_map(T, g.t0, g.t1 - g.t0, 1, pt, [](int64_t o) { return o; });
+  auto ym = axis_map(H, g.y0, g.nH, g.stride, ps, [&](int64_t o) { return dil * (o - r); });
+  auto xm = axis_map(W, g.x0, g.nW, g.stride, ps, [&](int64_t o) { return dil * (o - r); });
+  GridMaps out;
+  out.g = g;
+  const auto st = map_span(tm, T), sy = map_span(ym, H), sx = map_span(xm, W);
+  out.box = {st.first, st.second + 1, sy.first, sy.second + 1, sx.first, sx.second + 1};
+  out.ty = static_cast<int64_t>(tm.size());
+  out.tx = out.ty + static_cast<int64_t>(ym.size());
+  out.all = std::move(tm);
+  out.all.insert(out.all.end(), ym.begin(), ym.end());
+  out.all.insert(out.all.end(), xm.begin(), xm.end());
+  return out;
+}
+
+// What aggregate_grid's CPU and CUDA hosts share: inds checked against the grid, the maps,
+// the sizes, zeroed float32/float64 output and counts, the weights.
+struct GridArgs {
+  at::Tensor inds;
+  GDims d;
+  GridMaps maps;
+  at::Tensor out, cnt;
+  std::optional<at::Tensor> w;
+};
+
+inline GridArgs aggregate_grid_args(const at::Tensor& video, const at::Tensor& inds,
+                                    const std::optional<at::Tensor>& weights,
+                                    at::IntArrayRef region, int64_t stride, int64_t ps,
+                                    int64_t pt, int64_t dilation) {
+  check_video_cl(video, "video");
+  check_patch_args(ps, pt, dilation);
+  const int64_t B = video.size(0);
+  GridArgs a;
+  a.inds = check_inds(inds, B);
+  a.d = dims_from(video, a.inds, ps, pt, dilation);
+  const Grid g = make_grid(region, stride, a.d.T, a.d.H, a.d.W);
+  TORCH_CHECK(a.d.Q == g.Q, "inds: expected the ", g.Q, " queries of the grid of region ",
+              shape_str(region), " and stride ", stride, ", got Q = ", a.d.Q);
+  a.maps = grid_maps(g, a.d.T, a.d.H, a.d.W, ps, pt, dilation);
+  const auto acc = acc_type(video.scalar_type());
+  a.out = at::zeros({B, a.d.T, a.d.H, a.d.W, a.d.C}, video.options().dtype(acc));
+  a.cnt = at::zeros({B, a.d.T, a.d.H, a.d.W, a.d.nh}, video.options().dtype(acc));
+  a.w = weights_acc(weights, a.d, acc);
+  return a;
 }
 
 // What aggregate's CPU and CUDA hosts share: inds and at checked (same shape and dtype) and

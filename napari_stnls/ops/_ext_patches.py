@@ -70,6 +70,12 @@ def _(video, inds, at, weights, ps, pt, dilation):
     return video.new_empty((B, T, H, W, C)), video.new_empty((B, T, H, W, inds.shape[1]))
 
 
+@torch.library.register_fake("napari_stnls::aggregate_grid")
+def _(video, inds, weights, region, stride, ps, pt, dilation):
+    B, T, H, W, C = video.shape
+    return video.new_empty((B, T, H, W, C)), video.new_empty((B, T, H, W, inds.shape[1]))
+
+
 def _gather_setup(ctx, inputs, output):
     video, inds, ps, pt, dilation = inputs
     ctx.save_for_backward(video, inds)

@@ -8,6 +8,7 @@ compares them: mirrored at the borders, bilinear at sub-pixel positions.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -15,6 +16,7 @@ from . import _ext
 from . import _validate as V
 from ._dispatch import register, resolve
 from ._patches import channels_last, from_channels_last, patch_taps, read, write
+from ._region import as_region, grid_shape, query_coords
 
 __all__ = ["aggregate", "gather", "scatter"]
 
@@ -252,13 +254,15 @@ def scatter(
 def aggregate(
     video: torch.Tensor,
     inds: torch.Tensor,
-    at: torch.Tensor | None = None,
+    at: torch.Tensor | str | None = None,
     *,
     weights: torch.Tensor | None = None,
     out=None,
     ps: int,
     pt: int = 1,
     dilation: int = 1,
+    region=None,
+    stride0: int = 1,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Add the (weighted) patches of ``video`` at ``inds`` into the patches at ``at``:
@@ -267,11 +271,17 @@ def aggregate(
     This is the core of non-local means: each query's K neighbour patches, weighted, are
     added at the query's own patch. The compiled kernels read each neighbour patch and add
     it straight into the output, so the ``B*nheads*Q*K*pt*C/nheads*ps*ps`` gathered values
-    (24 GB for the K=10, ps=7 neighbours of a 540p, 8-frame video) never exist. They give
-    the values of gather then scatter: bit for bit on the CPU; on CUDA the additions are
-    atomic, so their order (and the last bits) may vary run to run, as for :func:`scatter`
-    (under ``torch.use_deterministic_algorithms(True)`` the CPU kernel runs instead). Where
-    a gradient is needed, or with the reference backend, it composes :func:`gather` and
+    (24 GB for the K=10, ps=7 neighbours of a 540p, 8-frame video) never exist.
+
+    With ``at="queries"`` the patches go to the queries' own positions on the grid of
+    ``region`` and ``stride0`` (search's query grid, the non-local-means case). The compiled
+    kernels then work in fold form: each output pixel sums the patch pixels that land on it,
+    so there are no atomic additions and the results are the same bits on every run, on the
+    CPU and on CUDA. With an ``at`` tensor they give the values of gather then scatter: bit
+    for bit on the CPU; on CUDA the additions are atomic, so their order (and the last bits)
+    may vary run to run, as for :func:`scatter` (under
+    ``torch.use_deterministic_algorithms(True)`` the CPU kernel runs instead). Where a
+    gradient is needed, or with the reference backend, it composes :func:`gather` and
     :func:`scatter` (same values, differentiable).
 
     Parameters
@@ -279,15 +289,20 @@ def aggregate(
     video : Tensor, shape (B, T, C, H, W)
     inds : Tensor, shape (B, nheads, Q, K, 3)
         Where the patches are read, as for :func:`gather` (e.g. search's ``inds``).
-    at : Tensor, shape (B, nheads, Q, K, 3), optional
-        Where each patch is added, as for :func:`scatter`; default ``inds``. For non-local
-        means, each query's position repeated over K.
+    at : Tensor of shape (B, nheads, Q, K, 3), or "queries", optional
+        Where each patch is added, as for :func:`scatter`; default ``inds``. ``"queries"``:
+        query q's K patches all go to q's position on the grid of ``region`` and
+        ``stride0`` (:func:`query_coords`), which must have Q queries.
     weights : Tensor, shape (B, nheads, Q, K), optional
         Weight of each patch (default 1).
     out : (Tensor, Tensor), optional
         ``(video, counts)`` to add into, in place, as for :func:`scatter`.
     ps, pt, dilation : int
         As for :func:`gather`.
+    region : Region or 6-tuple, optional
+        With ``at="queries"``: the region search was called with (default the whole video).
+    stride0 : int
+        With ``at="queries"``: the query grid's spacing, as for search.
     backend : {None, "reference", "cpu", "cuda"}
         The backend of gather and scatter; ``None`` picks the fused kernel of the video's
         device when it is built.
@@ -307,20 +322,42 @@ def aggregate(
     >>> a2, c2 = scatter(gather(v, inds, ps=3), at, shape=v.shape, ps=3)
     >>> torch.equal(agg, a2) and torch.equal(cnt, c2)
     True
+
+    Non-local means on a search's query grid:
+
+    >>> from napari_stnls.ops import search
+    >>> d, i = search(v, v, ps=3, ws=3, wt=0, k=4, region=(0, 1, 2, 6, 2, 6))
+    >>> agg, cnt = aggregate(v, i, "queries", weights=torch.exp(-d), ps=3, region=(0, 1, 2, 6, 2, 6))
+    >>> agg.shape, bool(cnt[0, 0, 0, 4, 4] > 0), bool(cnt[0, 1].eq(0).all())
+    (torch.Size([1, 2, 3, 8, 8]), True, True)
     """
     V.video(video, "video")
     ps, pt, dilation = _check_patch_args(ps, pt, dilation)
     V.inds(inds, video.shape)
-    if at is None:
+    B, nh, Q, K, _ = inds.shape
+    grid = isinstance(at, str)
+    if grid:
+        if at != "queries":
+            raise ValueError(f"at: expected a tensor, None or 'queries', got {at!r}")
+        region = as_region(region, video.shape)
+        stride0 = V.pos_int(stride0, "stride0")
+        nq = math.prod(grid_shape(video.shape, region, stride0))
+        if Q != nq:
+            raise ValueError(
+                f"inds: expected the {nq} queries of the grid of region {region} and stride0 "
+                f"{stride0} (at='queries'), got Q = {Q}"
+            )
+    elif region is not None or stride0 != 1:
+        raise ValueError("region, stride0: only with at='queries' (they describe the query grid)")
+    elif at is None:
         at = inds
     else:
         V.inds(at, video.shape, "at")
         if tuple(at.shape) != tuple(inds.shape):
             raise ValueError(f"at: expected the shape of inds {tuple(inds.shape)}, got {tuple(at.shape)}")
-    for t, name in ((inds, "inds"), (at, "at"), (weights, "weights")):
+    for t, name in ((inds, "inds"), (None if grid else at, "at"), (weights, "weights")):
         if t is not None and t.device != video.device:
             raise ValueError(f"{name}: expected device {video.device} like video, got {t.device}")
-    B, nh, Q, K, _ = inds.shape
     if weights is not None:
         V.tensor(weights, "weights")
         if tuple(weights.shape) != (B, nh, Q, K):
@@ -328,14 +365,19 @@ def aggregate(
                 f"weights: expected shape (B, nheads, Q, K) = {(B, nh, Q, K)}, got {tuple(weights.shape)}"
             )
     dev = video.device.type
+    op = "aggregate_grid" if grid else "aggregate_patches"
     fused = (
         backend in (None, dev)
         and dev in ("cpu", "cuda")
-        and _ext.available(dev, "aggregate_patches")
+        and _ext.available(dev, op)
         and _compiled_supports(ps, pt)
         and not (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (video, inds, at, weights)))
+            t is not None and t.requires_grad for t in (video, inds, at, weights)
+            if isinstance(t, torch.Tensor)))
     )
+    if grid and not fused:  # the grid's positions, for gather and scatter
+        at = query_coords(video.shape, region, stride0, device=video.device)
+        at = at.view(1, 1, Q, 1, 3).expand(B, nh, Q, K, 3)
     if not fused:  # gather and scatter raise the errors of a backend that cannot run
         p = gather(video, inds, ps=ps, pt=pt, dilation=dilation, backend=backend)
         if out is None:
@@ -349,18 +391,23 @@ def aggregate(
         if tuple(acc.shape) != tuple(video.shape):
             raise ValueError(f"out[0] (video): expected shape {tuple(video.shape)}, got {tuple(acc.shape)}")
         _check_counts(counts, cshape)
-    # one position dtype for both: float (bilinear) if either is, else int64
-    if inds.is_floating_point() or at.is_floating_point():
-        pdt = torch.float64 if torch.float64 in (inds.dtype, at.dtype) else torch.float32
-    else:
-        pdt = torch.int64
     if weights is not None and not weights.is_floating_point():
         weights = weights.to(video.dtype)
     v_cl = video.permute(0, 1, 3, 4, 2).contiguous()
-    fn = _ext.ops.aggregate_patches
-    if _ext.deterministic_cuda(video):  # the CUDA kernel adds with atomics
-        fn = functools.partial(_ext.on_cpu, fn)
-    o_cl, c_cl = fn(v_cl, inds.to(pdt).contiguous(), at.to(pdt).contiguous(), weights, ps, pt, dilation)
+    if grid:  # fold form: no atomics, deterministic on every device
+        o_cl, c_cl = _ext.ops.aggregate_grid(v_cl, _pos(inds), weights, list(region), stride0,
+                                             ps, pt, dilation)
+    else:
+        # one position dtype for both: float (bilinear) if either is, else int64
+        if inds.is_floating_point() or at.is_floating_point():
+            pdt = torch.float64 if torch.float64 in (inds.dtype, at.dtype) else torch.float32
+        else:
+            pdt = torch.int64
+        fn = _ext.ops.aggregate_patches
+        if _ext.deterministic_cuda(video):  # the CUDA kernel adds with atomics
+            fn = functools.partial(_ext.on_cpu, fn)
+        o_cl, c_cl = fn(v_cl, inds.to(pdt).contiguous(), at.to(pdt).contiguous(), weights, ps,
+                        pt, dilation)
     if out is None:
         return o_cl.permute(0, 1, 4, 2, 3).contiguous(), c_cl.permute(0, 1, 4, 2, 3).contiguous()
     acc.add_(o_cl.permute(0, 1, 4, 2, 3))

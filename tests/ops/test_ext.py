@@ -138,6 +138,10 @@ def test_opcheck_gather_scatter(itype, impl):
     at = inds.flip(3).contiguous()  # the fused aggregate (no autograd: inference)
     for w in (weights, None):
         torch.library.opcheck(ops.aggregate_patches.default, (video, inds, at, w, ps, pt, dil))
+    # aggregate at the query grid: the Q = 3 queries of region (0, 1, 2, 3, 1, 7) at stride 2
+    for w in (weights, None):
+        torch.library.opcheck(ops.aggregate_grid.default,
+                              (video, inds, w, [0, 1, 2, 3, 1, 7], 2, ps, pt, dil))
 
 
 @needs_ext

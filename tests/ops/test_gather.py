@@ -399,3 +399,144 @@ def test_aggregate_leaves_its_inputs_untouched():
         aggregate(v, inds, at, weights=w, ps=3, backend=backend)
     for x, c in zip((v, inds, at, w), copies, strict=True):
         assert torch.equal(x, c)
+
+
+def _grid_case(seed, device="cpu"):
+    """A random video, query grid (region, stride0) and neighbours of every grid query, some
+    videos smaller than a patch (positions mirrored more than once)."""
+    r = np.random.default_rng(500 + seed)
+    nheads = int(r.choice([1, 2]))
+    B, T, C = int(r.integers(1, 3)), int(r.integers(1, 4)), nheads * int(r.integers(1, 4))
+    H, W = int(r.integers(2, 12)), int(r.integers(2, 12))
+    kw = dict(ps=int(r.integers(1, 8)), pt=int(r.integers(1, 3)), dilation=int(r.integers(1, 3)))
+    t0 = int(r.integers(0, T)); y0 = int(r.integers(0, H)); x0 = int(r.integers(0, W))  # noqa: E702
+    region = (t0, int(r.integers(t0 + 1, T + 1)), y0, int(r.integers(y0 + 1, H + 1)),
+              x0, int(r.integers(x0 + 1, W + 1)))
+    stride0 = int(r.integers(1, 4))
+    Q = int(oracle.query_coords((B, T, C, H, W), region, stride0).shape[0])
+    K = int(r.integers(1, 4))
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, T, (B, nheads, Q, K), generator=gen)
+    if r.integers(0, 2):
+        y = torch.randint(0, H, (B, nheads, Q, K), generator=gen)
+        x = torch.randint(0, W, (B, nheads, Q, K), generator=gen)
+        inds = torch.stack([t, y, x], -1).to(torch.int64 if r.integers(0, 2) else torch.int32)
+    else:
+        y = torch.rand(B, nheads, Q, K, generator=gen, dtype=torch.float64) * (H - 1)
+        x = torch.rand(B, nheads, Q, K, generator=gen, dtype=torch.float64) * (W - 1)
+        inds = torch.stack([t.double(), y, x], -1)
+    v = torch.rand(B, T, C, H, W, generator=gen, dtype=torch.float64)
+    w = torch.rand(B, nheads, Q, K, generator=gen, dtype=torch.float64)
+    return v.to(device), inds.to(device), w.to(device), dict(kw, region=region, stride0=stride0)
+
+
+def _grid_oracle(v, inds, weights, kw):
+    """scatter(gather(v, inds), at) with at = each query's grid position, from the oracle."""
+    pk = {k: kw[k] for k in ("ps", "pt", "dilation")}
+    inds = inds.cpu().numpy().astype(np.float64)
+    B, nh, Q, K, _ = inds.shape
+    q = oracle.query_coords(v.shape, kw["region"], kw["stride0"]).astype(np.float64)
+    at = np.broadcast_to(q[None, None, :, None, :], (B, nh, Q, K, 3))
+    p = oracle.gather(v.cpu().numpy(), inds, **pk)
+    return oracle.scatter(p, at, v.shape, weights=None if weights is None else weights.cpu().numpy(), **pk)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_aggregate_at_the_query_grid_matches_oracle(seed, impl):
+    """at='queries': every pixel gets the patch pixels of the grid queries that mirror onto it
+    (the fold-form kernels), as the oracle's gather then scatter at the queries' positions;
+    the compiled kernels give the same bits on a second run; out accumulates."""
+    backend, device = impl
+    v, inds, w, kw = _grid_case(seed, device)
+    for weights in (None, w):
+        out, counts = aggregate(v, inds, "queries", weights=weights, backend=backend, **kw)
+        ro, rc = _grid_oracle(v, inds, weights, kw)
+        np.testing.assert_allclose(out.cpu().numpy(), ro, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(counts.cpu().numpy(), rc, rtol=1e-12, atol=1e-12)
+        if backend != "reference":  # (the reference adds with index_add_: atomic on CUDA)
+            again = aggregate(v, inds, "queries", weights=weights, backend=backend, **kw)
+            assert torch.equal(again[0], out) and torch.equal(again[1], counts)
+    acc = (torch.ones_like(v), torch.ones_like(counts))
+    res = aggregate(v, inds, "queries", weights=w, out=acc, backend=backend, **kw)
+    assert res[0] is acc[0] and res[1] is acc[1]
+    torch.testing.assert_close(acc[0], out + 1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(acc[1], counts + 1, rtol=0, atol=1e-12)
+
+
+def test_aggregate_at_the_query_grid_is_the_same_bits_for_any_thread_count():
+    """The CPU fold-form kernel sums each pixel in one fixed order."""
+    v, inds, w, kw = _grid_case(3)
+    v = torch.rand(2, 3, 6, 40, 37, dtype=torch.float32)
+    d, i = search(v, v, ps=5, ws=7, wt=1, k=6, nheads=2, stride0=2)
+    w = torch.exp(-d)
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            runs.append(aggregate(v, i, "queries", weights=w, ps=5, stride0=2, backend="cpu"))
+    finally:
+        torch.set_num_threads(before)
+    for o, c in runs[1:]:
+        assert torch.equal(o, runs[0][0]) and torch.equal(c, runs[0][1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_aggregate_at_the_query_grid_in_low_precision(dtype, device):
+    """Half and single precision videos on the compiled kernels: close to float64, in the
+    video's dtype; integer and sub-pixel positions of searches on the sample video (a real
+    photograph moving), without and with its exact flow."""
+    from napari_stnls.data import sample_video
+
+    _, v, flows = sample_video(3, (48, 56)).to_torch()
+    region = (0, 3, 4, 40, 6, 50)
+    for fl in (None, flows):
+        d, i = search(v, v, ps=5, ws=5, wt=1, k=5, region=region, flows=fl)
+        w = torch.exp(-d / d.mean())
+        ref = aggregate(v.double(), i, "queries", weights=w.double(), ps=5, region=region,
+                        backend="reference")
+        got = aggregate(v.to(device, dtype), i.to(device), "queries", weights=w.to(device),
+                        ps=5, region=region)
+        assert got[0].dtype == dtype
+        tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+        scale = ref[0].abs().max()
+        torch.testing.assert_close(got[0].double().cpu() / scale, ref[0] / scale, rtol=0, atol=tol)
+        torch.testing.assert_close(got[1].double().cpu() / ref[1].max(), ref[1] / ref[1].max(),
+                                   rtol=0, atol=tol)
+
+
+def test_aggregate_at_the_query_grid_gradients_compose_gather_and_scatter():
+    """With a gradient needed, at='queries' composes gather and scatter at the grid."""
+    gen = torch.Generator().manual_seed(8)
+    v = torch.rand(1, 2, 2, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    region, stride0 = (0, 2, 1, 5, 0, 7), 2
+    Q = 2 * 2 * 4
+    t = torch.randint(0, 2, (1, 1, Q, 2, 1), generator=gen).double()
+    yx = (torch.rand(1, 1, Q, 2, 2, generator=gen, dtype=torch.float64) * 0.8 + 0.1
+          + torch.randint(0, 5, (1, 1, Q, 2, 2), generator=gen)).requires_grad_()
+    w = torch.rand(1, 1, Q, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def fn(v, yx, w):
+        return aggregate(v, torch.cat([t, yx], -1), "queries", weights=w, ps=3, region=region,
+                         stride0=stride0)
+
+    assert torch.autograd.gradcheck(fn, (v, yx, w))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(at="query"), "at: expected a tensor, None or 'queries'"),
+        (dict(at="queries", region=(0, 2, 0, 9, 0, 8)), r"inds: expected the 144 queries"),
+        (dict(at="queries", stride0=2), r"inds: expected the 50 queries"),
+        (dict(at="queries", stride0=0), "stride0"),
+        (dict(at="queries", region=(0, 3, 0, 9, 0, 9)), "region"),
+        (dict(region=(0, 2, 0, 9, 0, 9)), "region, stride0: only with at='queries'"),
+        (dict(stride0=2), "region, stride0: only with at='queries'"),
+    ],
+)
+def test_aggregate_at_the_query_grid_bad_input(kwargs, match):
+    v = torch.rand(1, 2, 3, 9, 9)
+    inds = torch.randint(0, 2, (1, 1, 162, 2, 3))
+    with pytest.raises(ValueError, match=match):
+        aggregate(v, inds, ps=3, **kwargs)
