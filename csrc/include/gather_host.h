@@ -196,6 +196,17 @@ inline Box fold_box(const Grid& g, int64_t T, int64_t H, int64_t W, int64_t ps, 
   return b;
 }
 
+// aggregate's and aggregate_grid's zeroed float32/float64 output (B, T, H, W, C) and counts
+// (B, T, H, W, nh), and the weights in that dtype, into a.out, a.cnt and a.w.
+template <typename Args>
+void aggregate_outputs(const at::Tensor& video, const GDims& d,
+                       const std::optional<at::Tensor>& weights, Args& a) {
+  const auto acc = acc_type(video.scalar_type());
+  a.out = at::zeros({d.B, d.T, d.H, d.W, d.C}, video.options().dtype(acc));
+  a.cnt = at::zeros({d.B, d.T, d.H, d.W, d.nh}, video.options().dtype(acc));
+  a.w = weights_acc(weights, d, acc);
+}
+
 // One axis map of aggregate_grid (see aggregate_grid.h): for the ng grid coordinates
 // g0 + i * stride and the P offsets off(o), the CSR lists, per coordinate u of an axis of n,
 // of the codes i * P + o whose mirrored coordinate reflect(g0 + i * stride + off(o), n) is u,
@@ -276,10 +287,7 @@ inline GridArgs aggregate_grid_args(const at::Tensor& video, const at::Tensor& i
   TORCH_CHECK(a.d.Q == g.Q, "inds: expected the ", g.Q, " queries of the grid of region ",
               shape_str(region), " and stride ", stride, ", got Q = ", a.d.Q);
   a.maps = grid_maps(g, a.d.T, a.d.H, a.d.W, ps, pt, dilation);
-  const auto acc = acc_type(video.scalar_type());
-  a.out = at::zeros({B, a.d.T, a.d.H, a.d.W, a.d.C}, video.options().dtype(acc));
-  a.cnt = at::zeros({B, a.d.T, a.d.H, a.d.W, a.d.nh}, video.options().dtype(acc));
-  a.w = weights_acc(weights, a.d, acc);
+  aggregate_outputs(video, a.d, weights, a);
   return a;
 }
 
@@ -308,10 +316,7 @@ inline AggregateArgs aggregate_args(const at::Tensor& video, const at::Tensor& i
   TORCH_CHECK(a.at.scalar_type() == a.inds.scalar_type(), "at: expected the dtype of inds (",
               a.inds.scalar_type(), "), got ", a.at.scalar_type());
   a.d = dims_from(video, a.inds, ps, pt, dilation);
-  const auto acc = acc_type(video.scalar_type());
-  a.out = at::zeros({B, a.d.T, a.d.H, a.d.W, a.d.C}, video.options().dtype(acc));
-  a.cnt = at::zeros({B, a.d.T, a.d.H, a.d.W, a.d.nh}, video.options().dtype(acc));
-  a.w = weights_acc(weights, a.d, acc);
+  aggregate_outputs(video, a.d, weights, a);
   return a;
 }
 

@@ -10,6 +10,19 @@ import torch
 from napari_stnls.ops import aggregate, gather, scatter, search
 
 
+def _random_inds(r, gen, shape, T, H, W):
+    """Positions (shape..., 3) inside a (T, H, W) video: int64 or int32 whole pixels, or
+    float64 sub-pixel rows and columns (r picks)."""
+    t = torch.randint(0, T, shape, generator=gen)
+    if r.integers(0, 2):
+        y = torch.randint(0, H, shape, generator=gen)
+        x = torch.randint(0, W, shape, generator=gen)
+        return torch.stack([t, y, x], -1).to(torch.int64 if r.integers(0, 2) else torch.int32)
+    y = torch.rand(*shape, generator=gen, dtype=torch.float64) * (H - 1)
+    x = torch.rand(*shape, generator=gen, dtype=torch.float64) * (W - 1)
+    return torch.stack([t.double(), y, x], -1)
+
+
 def _case(seed, device="cpu"):
     r = np.random.default_rng(200 + seed)
     nheads = int(r.choice([1, 2]))
@@ -18,15 +31,7 @@ def _case(seed, device="cpu"):
     Q, K = int(r.integers(1, 5)), int(r.integers(1, 4))
     kw = dict(ps=int(r.integers(1, 5)), pt=int(r.integers(1, 3)), dilation=int(r.integers(1, 3)))
     gen = torch.Generator().manual_seed(seed)
-    t = torch.randint(0, T, (B, nheads, Q, K), generator=gen)
-    if r.integers(0, 2):
-        y = torch.randint(0, H, (B, nheads, Q, K), generator=gen)
-        x = torch.randint(0, W, (B, nheads, Q, K), generator=gen)
-        inds = torch.stack([t, y, x], -1).to(torch.int64 if r.integers(0, 2) else torch.int32)
-    else:
-        y = torch.rand(B, nheads, Q, K, generator=gen, dtype=torch.float64) * (H - 1)
-        x = torch.rand(B, nheads, Q, K, generator=gen, dtype=torch.float64) * (W - 1)
-        inds = torch.stack([t.double(), y, x], -1)
+    inds = _random_inds(r, gen, (B, nheads, Q, K), T, H, W)
     v = torch.rand(B, T, C, H, W, generator=gen, dtype=torch.float64)
     return v.to(device), inds.to(device), kw
 
@@ -416,15 +421,7 @@ def _grid_case(seed, device="cpu"):
     Q = int(oracle.query_coords((B, T, C, H, W), region, stride0).shape[0])
     K = int(r.integers(1, 4))
     gen = torch.Generator().manual_seed(seed)
-    t = torch.randint(0, T, (B, nheads, Q, K), generator=gen)
-    if r.integers(0, 2):
-        y = torch.randint(0, H, (B, nheads, Q, K), generator=gen)
-        x = torch.randint(0, W, (B, nheads, Q, K), generator=gen)
-        inds = torch.stack([t, y, x], -1).to(torch.int64 if r.integers(0, 2) else torch.int32)
-    else:
-        y = torch.rand(B, nheads, Q, K, generator=gen, dtype=torch.float64) * (H - 1)
-        x = torch.rand(B, nheads, Q, K, generator=gen, dtype=torch.float64) * (W - 1)
-        inds = torch.stack([t.double(), y, x], -1)
+    inds = _random_inds(r, gen, (B, nheads, Q, K), T, H, W)
     v = torch.rand(B, T, C, H, W, generator=gen, dtype=torch.float64)
     w = torch.rand(B, nheads, Q, K, generator=gen, dtype=torch.float64)
     return v.to(device), inds.to(device), w.to(device), dict(kw, region=region, stride0=stride0)
