@@ -338,9 +338,8 @@ std::tuple<at::Tensor, at::Tensor> aggregate_patches_cpu(const at::Tensor& video
   return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
 }
 
-// aggregate at the query grid in fold form (aggregate_grid.h): parallel over (batch, head,
-// frame, row) of the output pixels the grid's patches reach; each pixel's sums in map order,
-// whatever the number of threads.
+// aggregate at the query grid (aggregate_grid.h), by output rows: parallel over (batch, head,
+// frame, row) of the pixels the grid's patches reach; each row is written by one task only.
 std::tuple<at::Tensor, at::Tensor> aggregate_grid_cpu(const at::Tensor& video,
                                                       const at::Tensor& inds,
                                                       const std::optional<at::Tensor>& weights,
@@ -357,34 +356,63 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cpu(const at::Tensor& video,
       using video_t = scalar_t;
       stnls::dispatch_pos(a.inds.scalar_type(), [&](auto tag) {
         using pos_t = decltype(tag);
-        const stnls::GridDims g{d, a.maps.g.nH, a.maps.g.nW};
         const int64_t* tmap = a.maps.all.data();
         const int64_t* ymap = tmap + a.maps.ty;
-        const int64_t* xmap = tmap + a.maps.tx;
+        const int64_t* te = tmap + d.T + 1;
+        const int64_t* ye = ymap + d.H + 1;
+        const int64_t nH = a.maps.g.nH, nW = a.maps.g.nW, gx0 = a.maps.g.x0, gs = a.maps.g.stride;
+        const int r = d.ps / 2;
         const video_t* vid = video.data_ptr<video_t>();
         const pos_t* pos = a.inds.data_ptr<pos_t>();
         const acc_t* wts = a.w.has_value() ? a.w->data_ptr<acc_t>() : nullptr;
         acc_t* out = a.out.data_ptr<acc_t>();
         acc_t* cnt = a.cnt.data_ptr<acc_t>();
-        constexpr int kChunk = 4;  // channels summed per pass over a pixel's entries
-        // the rows of the box of pixels that receive anything (the rest stays zero)
+        // Each output row (b, h, t, y) of the box is one task: for the grid queries whose
+        // patch rows land on it (the time and row maps), each neighbour's position, frame and
+        // rows are worked out once and its ps patch columns added where they land (their
+        // mirrored columns). So each pixel sums in the order (frame entry, row entry, grid
+        // column, k, b), whatever the number of threads, with no atomics.
         at::parallel_for(0, d.B * d.nh * bt * by, 1, [&](int64_t r0, int64_t r1) {
           for (int64_t rr = r0; rr < r1; ++rr) {
             const int64_t y = box.y0 + rr % by, t = box.t0 + (rr / by) % bt,
                           h = (rr / (by * bt)) % d.nh, b = rr / (by * bt * d.nh);
             const video_t* vb = vid + b * d.video();
             const stnls::NeighboursAoS<acc_t, pos_t> nb{pos, wts, (b * d.nh + h) * d.Q, d.K};
-            for (int64_t x = box.x0; x < box.x1; ++x) {
-              const int64_t pix = ((b * d.T + t) * d.H + y) * d.W + x;
-              for (int64_t c0 = 0; c0 < d.Ch; c0 += kChunk) {
-                const int nc = static_cast<int>(std::min<int64_t>(kChunk, d.Ch - c0));
-                acc_t acc[kChunk] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-                acc_t w = acc_t(0);
-                stnls::grid_pixel<video_t, acc_t, kChunk>(vb, nb, wts != nullptr, g, tmap, ymap,
-                                                          xmap, t, y, x, h * d.Ch + c0, nc,
-                                                          acc, &w);
-                for (int c = 0; c < nc; ++c) out[pix * d.C + h * d.Ch + c0 + c] = acc[c];
-                if (c0 == 0) cnt[pix * d.nh + h] = w;
+            const int64_t row_px = ((b * d.T + t) * d.H + y) * d.W;
+            acc_t* orow = out + row_px * d.C + h * d.Ch;
+            acc_t* crow = cnt + row_px * d.nh + h;
+            for (int64_t et = tmap[t]; et < tmap[t + 1]; ++et) {
+              const int64_t it = te[et] / d.pt;
+              const int dt = static_cast<int>(te[et] - it * d.pt);
+              for (int64_t ey = ymap[y]; ey < ymap[y + 1]; ++ey) {
+                const int64_t iy = ye[ey] / d.ps;
+                const int64_t dy = static_cast<int64_t>(d.dil) * (ye[ey] - iy * d.ps - r);
+                const int64_t qrow = (it * nH + iy) * nW;
+                for (int64_t ix = 0; ix < nW; ++ix) {
+                  const int64_t gx = gx0 + ix * gs;
+                  for (int64_t k = 0; k < d.K; ++k) {
+                    Pos<acc_t> p;
+                    acc_t w;
+                    nb(qrow + ix, k, p, w);
+                    const int64_t f = reflect(p.t + dt, d.T) * d.H;
+                    const int64_t ra = (f + reflect(p.y0 + dy, d.H)) * d.W;
+                    const int64_t rb = (f + reflect(p.y0 + dy + 1, d.H)) * d.W;
+                    for (int bb = 0; bb < d.ps; ++bb) {
+                      const int64_t dx = static_cast<int64_t>(d.dil) * (bb - r);
+                      const int64_t xo = reflect(gx + dx, d.W);
+                      const int64_t ca = reflect(p.x0 + dx, d.W), cb = reflect(p.x0 + dx + 1, d.W);
+                      const Corners kc{ra + ca, ra + cb, rb + ca, rb + cb};
+                      acc_t* o = orow + xo * d.C;
+                      for (int64_t c = 0; c < d.Ch; ++c) {
+                        // rounded to the video's dtype, as gather stores it
+                        const acc_t v = static_cast<acc_t>(static_cast<video_t>(
+                            stnls::bilinear(vb, d.C, h * d.Ch + c, kc, p)));
+                        o[c] += wts == nullptr ? v : v * w;
+                      }
+                      crow[xo * d.nh] += w;
+                    }
+                  }
+                }
               }
             }
           }

@@ -6,12 +6,14 @@
 // receives, from each query q whose patch pixel (dt, a, b) mirrors onto (t, y, x), and each
 // neighbour k of q, weight(q, k) * video[inds(q, k) + (dt, dil (a - r), dil (b - r))] (read
 // as gather reads it). Each pixel is written by one thread: no atomics, and the same bits on
-// every run. The sum runs over (time entries, row entries, column entries, k) in map order.
+// every run. On CUDA (grid_pixel, one thread per pixel) the sum runs over (time entries, row
+// entries, column entries, k) in map order; the CPU kernel takes a whole output row per task
+// and runs over (time entries, row entries, grid column, k, patch column).
 //
-// The axis maps are built in Python (napari_stnls/ops/gather.py, _axis_map): for an axis of
+// The axis maps are built on the host (gather_host.h, axis_map / grid_maps): for an axis of
 // n coordinates, map[0 .. n] are CSR offsets and map[n + 1 + e] are the entries, each
 // grid index * P + offset index (P = pt for time, ps in space), listing for coordinate u the
-// (grid index, offset) pairs whose mirrored position is u, sorted by that code.
+// (grid index, offset) pairs whose mirrored position is u, in increasing code order.
 #pragma once
 
 #include <cstdint>
