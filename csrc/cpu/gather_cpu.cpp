@@ -338,6 +338,38 @@ std::tuple<at::Tensor, at::Tensor> aggregate_patches_cpu(const at::Tensor& video
   return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
 }
 
+// One neighbour's ps patch pixels of one row, added (weighted) to ps contiguous output pixels:
+// the values of stnls::bilinear (same operations, same order), rounded to the video's dtype,
+// with the bilinear branches taken once for the span. s0 / s1: the first pixel's channel of
+// the head in the neighbour's top / bottom row; o: the first output pixel's.
+template <typename video_t, typename acc_t>
+inline void grid_row_span(const video_t* s0, const video_t* s1, const Pos<acc_t>& p, acc_t w,
+                          bool weighted, int ps, int64_t C, int64_t Ch, acc_t* o) {
+  auto add = [&](int64_t i, acc_t v) {
+    const acc_t vr = static_cast<acc_t>(static_cast<video_t>(v));
+    o[i] += weighted ? vr * w : vr;
+  };
+  for (int bb = 0; bb < ps; ++bb) {
+    const int64_t i0 = bb * C;
+    if (!p.sx && !p.sy) {
+      for (int64_t c = 0; c < Ch; ++c) add(i0 + c, static_cast<acc_t>(s0[i0 + c]));
+    } else if (!p.sy) {
+      for (int64_t c = 0; c < Ch; ++c)
+        add(i0 + c, p.wx0 * static_cast<acc_t>(s0[i0 + c]) +
+                        p.wx1 * static_cast<acc_t>(s0[i0 + C + c]));
+    } else {
+      for (int64_t c = 0; c < Ch; ++c) {
+        acc_t r0 = static_cast<acc_t>(s0[i0 + c]), r1 = static_cast<acc_t>(s1[i0 + c]);
+        if (p.sx) {
+          r0 = p.wx0 * r0 + p.wx1 * static_cast<acc_t>(s0[i0 + C + c]);
+          r1 = p.wx0 * r1 + p.wx1 * static_cast<acc_t>(s1[i0 + C + c]);
+        }
+        add(i0 + c, p.wy0 * r0 + p.wy1 * r1);
+      }
+    }
+  }
+}
+
 // aggregate at the query grid (aggregate_grid.h), by output rows: parallel over (batch, head,
 // frame, row) of the pixels the grid's patches reach; each row is written by one task only.
 std::tuple<at::Tensor, at::Tensor> aggregate_grid_cpu(const at::Tensor& video,
@@ -397,6 +429,16 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cpu(const at::Tensor& video,
                     const int64_t f = reflect(p.t + dt, d.T) * d.H;
                     const int64_t ra = (f + reflect(p.y0 + dy, d.H)) * d.W;
                     const int64_t rb = (f + reflect(p.y0 + dy + 1, d.H)) * d.W;
+                    if (d.dil == 1 && gx - r >= 0 && gx + r < d.W && p.x0 - r >= 0 &&
+                        p.x0 + r + 1 < d.W) {
+                      // no column mirrored: the ps pixels read and written are contiguous
+                      grid_row_span<video_t, acc_t>(vb + (ra + p.x0 - r) * d.C + h * d.Ch,
+                                                    vb + (rb + p.x0 - r) * d.C + h * d.Ch, p,
+                                                    w, wts != nullptr, d.ps, d.C, d.Ch,
+                                                    orow + (gx - r) * d.C);
+                      for (int bb = 0; bb < d.ps; ++bb) crow[(gx - r + bb) * d.nh] += w;
+                      continue;
+                    }
                     for (int bb = 0; bb < d.ps; ++bb) {
                       const int64_t dx = static_cast<int64_t>(d.dil) * (bb - r);
                       const int64_t xo = reflect(gx + dx, d.W);
