@@ -37,8 +37,11 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
   // aggregate_patches with at = each query's own position on the grid of region (t0, t1, y0,
   // y1, x0, x1) and stride (Q of inds = that grid's size), in fold form: each output pixel
   // sums what lands on it (csrc/include/aggregate_grid.h). No atomics on CUDA: the same bits
-  // on every run. Outputs as aggregate_patches'.
+  // on every run. Outputs: the pixels of box (t0, t1, y0, y1, x0, x1), which must hold every
+  // pixel the grid's patches reach: (B, t1 - t0, y1 - y0, x1 - x0, C) and (..., nheads), in
+  // the video's dtype (only the box is allocated, so that a band of queries of a large video
+  // costs the band's reach, not the video).
   m.def(
       "aggregate_grid(Tensor video, Tensor inds, Tensor? weights, int[] region, int stride, "
-      "int ps, int pt, int dilation) -> (Tensor, Tensor)");
+      "int[] box, int ps, int pt, int dilation) -> (Tensor, Tensor)");
 }

@@ -376,11 +376,15 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cpu(const at::Tensor& video,
                                                       const at::Tensor& inds,
                                                       const std::optional<at::Tensor>& weights,
                                                       at::IntArrayRef region, int64_t stride,
-                                                      int64_t ps, int64_t pt, int64_t dilation) {
-  auto a = stnls::aggregate_grid_args(video, inds, weights, region, stride, ps, pt, dilation);
+                                                      at::IntArrayRef out_box, int64_t ps,
+                                                      int64_t pt, int64_t dilation) {
+  auto a = stnls::aggregate_grid_args(video, inds, weights, region, stride, out_box, ps, pt,
+                                      dilation);
   const GDims& d = a.d;
-  const stnls::Box& box = a.maps.box;
+  const stnls::Box& box = a.maps.box;  // the rows computed: those the grid reaches
+  const stnls::Box& ob = a.box;        // the output's pixels (a box holding those)
   const int64_t bt = box.t1 - box.t0, by = box.y1 - box.y0;
+  const int64_t oT = ob.t1 - ob.t0, oH = ob.y1 - ob.y0, oW = ob.x1 - ob.x0;
   if (d.C > 0 && d.K > 0 && bt > 0 && by > 0 && box.x1 > box.x0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(),
                                     "aggregate_grid_cpu", [&] {
@@ -410,7 +414,8 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cpu(const at::Tensor& video,
                           h = (rr / (by * bt)) % d.nh, b = rr / (by * bt * d.nh);
             const video_t* vb = vid + b * d.video();
             const stnls::NeighboursAoS<acc_t, pos_t> nb{pos, wts, (b * d.nh + h) * d.Q, d.K};
-            const int64_t row_px = ((b * d.T + t) * d.H + y) * d.W;
+            // pixel x of this row is orow[(x - ob.x0) * C] and crow[(x - ob.x0) * nh]
+            const int64_t row_px = ((b * oT + t - ob.t0) * oH + y - ob.y0) * oW;
             acc_t* orow = out + row_px * d.C + h * d.Ch;
             acc_t* crow = cnt + row_px * d.nh + h;
             for (int64_t et = tmap[t]; et < tmap[t + 1]; ++et) {
@@ -435,8 +440,8 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cpu(const at::Tensor& video,
                       grid_row_span<video_t, acc_t>(vb + (ra + p.x0 - r) * d.C + h * d.Ch,
                                                     vb + (rb + p.x0 - r) * d.C + h * d.Ch, p,
                                                     w, wts != nullptr, d.ps, d.C, d.Ch,
-                                                    orow + (gx - r) * d.C);
-                      for (int bb = 0; bb < d.ps; ++bb) crow[(gx - r + bb) * d.nh] += w;
+                                                    orow + (gx - r - ob.x0) * d.C);
+                      for (int bb = 0; bb < d.ps; ++bb) crow[(gx - r + bb - ob.x0) * d.nh] += w;
                       continue;
                     }
                     for (int bb = 0; bb < d.ps; ++bb) {
@@ -444,14 +449,14 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cpu(const at::Tensor& video,
                       const int64_t xo = reflect(gx + dx, d.W);
                       const int64_t ca = reflect(p.x0 + dx, d.W), cb = reflect(p.x0 + dx + 1, d.W);
                       const Corners kc{ra + ca, ra + cb, rb + ca, rb + cb};
-                      acc_t* o = orow + xo * d.C;
+                      acc_t* o = orow + (xo - ob.x0) * d.C;
                       for (int64_t c = 0; c < d.Ch; ++c) {
                         // rounded to the video's dtype, as gather stores it
                         const acc_t v = static_cast<acc_t>(static_cast<video_t>(
                             stnls::bilinear(vb, d.C, h * d.Ch + c, kc, p)));
                         o[c] += wts == nullptr ? v : v * w;
                       }
-                      crow[xo * d.nh] += w;
+                      crow[(xo - ob.x0) * d.nh] += w;
                     }
                   }
                 }

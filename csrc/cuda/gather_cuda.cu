@@ -156,8 +156,8 @@ template <typename video_t, typename acc_t, typename pos_t>
 __global__ void __launch_bounds__(kThreads, 3) aggregate_grid_kernel(
     const video_t* __restrict__ video, const pos_t* __restrict__ pos,
     const acc_t* __restrict__ wts, stnls::GridDims g, const int64_t* __restrict__ maps,
-    int64_t ty, int64_t tx, int64_t nchunks, stnls::Box box, acc_t* __restrict__ out,
-    acc_t* __restrict__ cnt) {
+    int64_t ty, int64_t tx, int64_t nchunks, stnls::Box box, stnls::Box ob,
+    acc_t* __restrict__ out, acc_t* __restrict__ cnt) {
   const GDims& d = g.d;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t bw = box.x1 - box.x0, bh = box.y1 - box.y0, nbox = (box.t1 - box.t0) * bh * bw;
@@ -175,7 +175,9 @@ __global__ void __launch_bounds__(kThreads, 3) aggregate_grid_kernel(
   const stnls::NeighboursAoS<acc_t, pos_t> nb{pos, wts, (b * d.nh + h) * d.Q, d.K};
   stnls::grid_pixel<video_t, acc_t, kGridChunk>(vb, nb, wts != nullptr, g, maps, maps + ty,
                                                 maps + tx, t, y, x, h * d.Ch + c0, nc, acc, &w);
-  const int64_t o = ((b * d.T + t) * d.H + y) * d.W + x;
+  // the output holds the pixels of box ob
+  const int64_t oH = ob.y1 - ob.y0, oW = ob.x1 - ob.x0;
+  const int64_t o = ((b * (ob.t1 - ob.t0) + t - ob.t0) * oH + y - ob.y0) * oW + x - ob.x0;
 #pragma unroll
   for (int c = 0; c < kGridChunk; ++c)
     if (c < nc) out[o * d.C + h * d.Ch + c0 + c] = acc[c];
@@ -509,12 +511,14 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cuda(const at::Tensor& video,
                                                        const at::Tensor& inds,
                                                        const std::optional<at::Tensor>& weights,
                                                        at::IntArrayRef region, int64_t stride,
-                                                       int64_t ps, int64_t pt, int64_t dilation) {
+                                                       at::IntArrayRef out_box, int64_t ps,
+                                                       int64_t pt, int64_t dilation) {
   TORCH_CHECK(video.is_cuda(), "video: expected a CUDA tensor");
   check_cuda(inds, video, "inds");
   if (weights.has_value() && weights->defined()) check_cuda(*weights, video, "weights");
   const c10::cuda::CUDAGuard guard(video.device());
-  auto a = stnls::aggregate_grid_args(video, inds, weights, region, stride, ps, pt, dilation);
+  auto a = stnls::aggregate_grid_args(video, inds, weights, region, stride, out_box, ps, pt,
+                                      dilation);
   const GDims& d = a.d;
   const stnls::Box& box = a.maps.box;
   const int64_t nbox = (box.t1 - box.t0) * (box.y1 - box.y0) * (box.x1 - box.x0);
@@ -539,7 +543,7 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cuda(const at::Tensor& video,
                 video.data_ptr<video_t>(), a.inds.data_ptr<pos_t>(),
                 a.w.has_value() ? a.w->data_ptr<acc_t>() : nullptr,
                 stnls::GridDims{d, a.maps.g.nH, a.maps.g.nW}, maps.data_ptr<int64_t>(),
-                a.maps.ty, a.maps.tx, nchunks, box, a.out.data_ptr<acc_t>(),
+                a.maps.ty, a.maps.tx, nchunks, box, a.box, a.out.data_ptr<acc_t>(),
                 a.cnt.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });

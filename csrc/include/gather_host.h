@@ -269,14 +269,15 @@ struct GridArgs {
   at::Tensor inds;
   GDims d;
   GridMaps maps;
+  Box box;  // the output's pixels
   at::Tensor out, cnt;
   std::optional<at::Tensor> w;
 };
 
 inline GridArgs aggregate_grid_args(const at::Tensor& video, const at::Tensor& inds,
                                     const std::optional<at::Tensor>& weights,
-                                    at::IntArrayRef region, int64_t stride, int64_t ps,
-                                    int64_t pt, int64_t dilation) {
+                                    at::IntArrayRef region, int64_t stride, at::IntArrayRef box,
+                                    int64_t ps, int64_t pt, int64_t dilation) {
   check_video_cl(video, "video");
   check_patch_args(ps, pt, dilation);
   const int64_t B = video.size(0);
@@ -287,7 +288,23 @@ inline GridArgs aggregate_grid_args(const at::Tensor& video, const at::Tensor& i
   TORCH_CHECK(a.d.Q == g.Q, "inds: expected the ", g.Q, " queries of the grid of region ",
               shape_str(region), " and stride ", stride, ", got Q = ", a.d.Q);
   a.maps = grid_maps(g, a.d.T, a.d.H, a.d.W, ps, pt, dilation);
-  aggregate_outputs(video, a.d, weights, a);
+  TORCH_CHECK(box.size() == 6, "box: expected 6 values (t0, t1, y0, y1, x0, x1)");
+  const Box& m = a.maps.box;  // what the grid reaches (empty when nothing)
+  const bool reach = m.t1 > m.t0 && m.y1 > m.y0 && m.x1 > m.x0;
+  TORCH_CHECK(0 <= box[0] && box[0] <= box[1] && box[1] <= a.d.T && 0 <= box[2] &&
+                  box[2] <= box[3] && box[3] <= a.d.H && 0 <= box[4] && box[4] <= box[5] &&
+                  box[5] <= a.d.W &&
+                  (!reach || (box[0] <= m.t0 && m.t1 <= box[1] && box[2] <= m.y0 &&
+                              m.y1 <= box[3] && box[4] <= m.x0 && m.x1 <= box[5])),
+              "box: ", shape_str(box), " must lie in the video and hold the pixels the grid "
+              "reaches, [", m.t0, ", ", m.t1, ") x [", m.y0, ", ", m.y1, ") x [", m.x0, ", ",
+              m.x1, ")");
+  a.box = {box[0], box[1], box[2], box[3], box[4], box[5]};
+  GDims o = a.d;  // the output: the box's pixels
+  o.T = box[1] - box[0];
+  o.H = box[3] - box[2];
+  o.W = box[5] - box[4];
+  aggregate_outputs(video, o, weights, a);
   return a;
 }
 

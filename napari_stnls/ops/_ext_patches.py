@@ -71,9 +71,10 @@ def _(video, inds, at, weights, ps, pt, dilation):
 
 
 @torch.library.register_fake("napari_stnls::aggregate_grid")
-def _(video, inds, weights, region, stride, ps, pt, dilation):
-    B, T, H, W, C = video.shape
-    return video.new_empty((B, T, H, W, C)), video.new_empty((B, T, H, W, inds.shape[1]))
+def _(video, inds, weights, region, stride, box, ps, pt, dilation):
+    B, C = video.shape[0], video.shape[4]
+    size = (B, box[1] - box[0], box[3] - box[2], box[5] - box[4])
+    return video.new_empty((*size, C)), video.new_empty((*size, inds.shape[1]))
 
 
 def _gather_setup(ctx, inputs, output):

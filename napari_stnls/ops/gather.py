@@ -15,7 +15,7 @@ import torch
 from . import _ext
 from . import _validate as V
 from ._dispatch import register, resolve
-from ._patches import channels_last, from_channels_last, patch_taps, read, write
+from ._patches import channels_last, from_channels_last, patch_taps, read, reflect, write
 from ._region import as_region, grid_shape, query_coords
 
 __all__ = ["aggregate", "gather", "scatter"]
@@ -98,6 +98,21 @@ for _dev in ("cpu", "cuda"):
     if _ext.available(_dev, "gather_patches"):
         register("gather", _dev, _gather_compiled)
         register("scatter", _dev, _scatter_compiled)
+
+
+def _grid_box(shape, region, stride0: int, ps: int, pt: int, dilation: int) -> tuple[int, ...]:
+    """(t0, t1, y0, y1, x0, x1): the smallest box holding every pixel that the (mirrored)
+    patches of the query grid of ``region`` and ``stride0`` reach."""
+    _, T, _, H, W = shape
+    r = ps // 2
+    space = dilation * (torch.arange(ps) - r)
+    out = []
+    for n, start, stop, step, offs in ((T, region.t0, region.t1, 1, torch.arange(pt)),
+                                       (H, region.y0, region.y1, stride0, space),
+                                       (W, region.x0, region.x1, stride0, space)):
+        u = reflect(torch.arange(start, stop, step)[:, None] + offs[None, :], n)
+        out += [int(u.min()), int(u.max()) + 1]
+    return tuple(out)
 
 
 def _check_patch_args(ps, pt, dilation):
@@ -394,9 +409,18 @@ def aggregate(
     if weights is not None and not weights.is_floating_point():
         weights = weights.to(video.dtype)
     v_cl = video.permute(0, 1, 3, 4, 2).contiguous()
-    if grid:  # fold form: no atomics, deterministic on every device
+    if grid:  # fold form: no atomics, deterministic on every device; only the reached box
+        box = _grid_box(video.shape, region, stride0, ps, pt, dilation)
         o_cl, c_cl = _ext.ops.aggregate_grid(v_cl, _pos(inds), weights, list(region), stride0,
-                                             ps, pt, dilation)
+                                             list(box), ps, pt, dilation)
+        sl = (slice(None), slice(box[0], box[1]), slice(None), slice(box[2], box[3]),
+              slice(box[4], box[5]))
+        if out is None:
+            acc = video.new_zeros(video.shape)
+            counts = video.new_zeros(cshape)
+        acc[sl] += o_cl.permute(0, 1, 4, 2, 3)
+        counts[sl] += c_cl.permute(0, 1, 4, 2, 3)
+        return acc, counts
     else:
         # one position dtype for both: float (bilinear) if either is, else int64
         if inds.is_floating_point() or at.is_floating_point():

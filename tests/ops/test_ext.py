@@ -138,10 +138,18 @@ def test_opcheck_gather_scatter(itype, impl):
     at = inds.flip(3).contiguous()  # the fused aggregate (no autograd: inference)
     for w in (weights, None):
         torch.library.opcheck(ops.aggregate_patches.default, (video, inds, at, w, ps, pt, dil))
-    # aggregate at the query grid: the Q = 3 queries of region (0, 1, 2, 3, 1, 7) at stride 2
-    for w in (weights, None):
+    # aggregate at the query grid: the Q = 3 queries of region (0, 1, 2, 3, 1, 7) at stride 2,
+    # into the box they reach and into the whole video
+    from napari_stnls.ops._region import Region
+    from napari_stnls.ops.gather import _grid_box
+
+    region = Region(0, 1, 2, 3, 1, 7)
+    box = list(_grid_box((1, T, video.shape[4], H, W), region, 2, ps, pt, dil))
+    for w, b in ((weights, box), (None, box), (weights, [0, T, 0, H, 0, W])):
         torch.library.opcheck(ops.aggregate_grid.default,
-                              (video, inds, w, [0, 1, 2, 3, 1, 7], 2, ps, pt, dil))
+                              (video, inds, w, list(region), 2, b, ps, pt, dil))
+    with pytest.raises(RuntimeError, match="box: .* must lie in the video and hold the pixels"):
+        ops.aggregate_grid(video, inds, None, list(region), 2, [0, 1, 0, 1, 0, 1], ps, pt, dil)
 
 
 @needs_ext
