@@ -86,6 +86,9 @@ def _prepare(video, sigma, device, region, flows, band_rows):
     regions = region if isinstance(region, list) else [region]
     regions = [as_region(r, x.shape) for r in regions]
     xd = x.to(device=device, dtype=torch.float32)
+    # channels-last in memory, as the compiled kernels read it: converted once here rather
+    # than copied by every band's search and aggregate (a no-op for napari layers and numpy)
+    xd = xd.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     if flows is not None:
         flows = tuple(f.to(device=device, dtype=torch.float32) for f in flows)
     return x, back, xd, flows, regions

@@ -162,8 +162,8 @@ inline Grid make_grid(at::IntArrayRef region, int64_t stride, int64_t T, int64_t
   Grid g{region[0], region[1], region[2], region[3], region[4], region[5], stride, 0, 0, 0};
   TORCH_CHECK(0 <= g.t0 && g.t0 < g.t1 && g.t1 <= T && 0 <= g.y0 && g.y0 < g.y1 && g.y1 <= H &&
                   0 <= g.x0 && g.x0 < g.x1 && g.x1 <= W,
-              "region: ", shape_str(region), " is empty or not inside the video (T, H, W) = (", T, ", ", H,
-              ", ", W, ")");
+              "region: ", shape_str(region), " is empty or not inside the video (T, H, W) = (",
+              T, ", ", H, ", ", W, ")");
   g.nH = (g.y1 - g.y0 + stride - 1) / stride;
   g.nW = (g.x1 - g.x0 + stride - 1) / stride;
   g.Q = (g.t1 - g.t0) * g.nH * g.nW;

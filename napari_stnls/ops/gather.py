@@ -421,17 +421,16 @@ def aggregate(
         acc[sl] += o_cl.permute(0, 1, 4, 2, 3)
         counts[sl] += c_cl.permute(0, 1, 4, 2, 3)
         return acc, counts
+    # one position dtype for both: float (bilinear) if either is, else int64
+    if inds.is_floating_point() or at.is_floating_point():
+        pdt = torch.float64 if torch.float64 in (inds.dtype, at.dtype) else torch.float32
     else:
-        # one position dtype for both: float (bilinear) if either is, else int64
-        if inds.is_floating_point() or at.is_floating_point():
-            pdt = torch.float64 if torch.float64 in (inds.dtype, at.dtype) else torch.float32
-        else:
-            pdt = torch.int64
-        fn = _ext.ops.aggregate_patches
-        if _ext.deterministic_cuda(video):  # the CUDA kernel adds with atomics
-            fn = functools.partial(_ext.on_cpu, fn)
-        o_cl, c_cl = fn(v_cl, inds.to(pdt).contiguous(), at.to(pdt).contiguous(), weights, ps,
-                        pt, dilation)
+        pdt = torch.int64
+    fn = _ext.ops.aggregate_patches
+    if _ext.deterministic_cuda(video):  # the CUDA kernel adds with atomics
+        fn = functools.partial(_ext.on_cpu, fn)
+    o_cl, c_cl = fn(v_cl, inds.to(pdt).contiguous(), at.to(pdt).contiguous(), weights, ps, pt,
+                    dilation)
     if out is None:
         return o_cl.permute(0, 1, 4, 2, 3).contiguous(), c_cl.permute(0, 1, 4, 2, 3).contiguous()
     acc.add_(o_cl.permute(0, 1, 4, 2, 3))
