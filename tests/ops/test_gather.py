@@ -402,6 +402,8 @@ def test_aggregate_leaves_its_inputs_untouched():
     copies = [x.clone() for x in (v, inds, at, w)]
     for backend in ("reference", "cpu"):
         aggregate(v, inds, at, weights=w, ps=3, backend=backend)
+        # the query grid's form: the 5 queries of one row
+        aggregate(v, inds, "queries", region=(0, 1, 4, 5, 3, 8), weights=w, ps=3, backend=backend)
     for x, c in zip((v, inds, at, w), copies, strict=True):
         assert torch.equal(x, c)
 
