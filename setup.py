@@ -11,9 +11,35 @@ nvcc is found. Build switches (environment variables):
 
 import glob
 import os
+import shlex
+import subprocess
 import sys
 
 from setuptools import setup
+
+
+def _cxx_runtime_link_args():
+    """Link arguments that make the module use the shared C++ runtime, the one torch loads.
+
+    A compiler whose own lib directory holds only ``libstdc++.a`` links a private, static copy
+    of the C++ runtime into the module. torch and the module then share one process with two
+    copies of libstdc++: a message that formats an integer (``TORCH_CHECK(ps >= 1, ..., ps)``)
+    reads one copy's locale facets through the other's and crashes the interpreter instead of
+    raising (seen with a GCC 13 in /opt/gcc on Ubuntu's Python 3.12, which also links with
+    ``-Bsymbolic-functions``). Naming the shared ``libstdc++.so.6`` before the compiler's own
+    ``-lstdc++`` makes the linker take every runtime symbol from it; where the compiler links
+    that library anyway, the argument changes nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    cxx = shlex.split(os.environ.get("CXX", "c++"))
+    try:
+        found = subprocess.run(
+            cxx + ["-print-file-name=libstdc++.so.6"], capture_output=True, text=True, timeout=60
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return ["-l:libstdc++.so.6"] if os.path.isabs(found) and os.path.exists(found) else []
 
 
 def _extensions():
@@ -44,7 +70,7 @@ def _extensions():
             sources,
             include_dirs=[os.path.join(here, "csrc", "include")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=["-fopenmp", *_cxx_runtime_link_args()],
         )
         print("napari-stnls: building the C++ and CUDA kernels", file=sys.stderr)
     else:
@@ -53,7 +79,7 @@ def _extensions():
             sources,
             include_dirs=[os.path.join(here, "csrc", "include")],
             extra_compile_args={"cxx": cxx},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=["-fopenmp", *_cxx_runtime_link_args()],
         )
         print(
             "napari-stnls: building the C++ (CPU) kernels only: "

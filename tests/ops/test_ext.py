@@ -3,6 +3,7 @@ when the compiled module is missing."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -267,6 +268,59 @@ def test_cpu_avx2_and_baseline_paths_give_the_same_bits(tmp_path):
     for (d1, i1), (d0, i0) in zip(res["1"], res["0"], strict=True):
         assert torch.equal(d1, d0) and torch.equal(i1, i0)
         assert bool(torch.isfinite(d1).all())
+
+
+_MESSAGE_CASES = textwrap.dedent(
+    """
+    import sys, torch
+    import napari_stnls._C  # noqa: F401
+    ops, dev = torch.ops.napari_stnls, sys.argv[1]
+    video = torch.rand(1, 3, 6, 7, 4, dtype=torch.float64, device=dev)
+    inds = torch.zeros(1, 2, 3, 2, 3, dtype=torch.int64, device=dev)
+    region, whole = [0, 1, 2, 3, 1, 7], [0, 3, 0, 6, 0, 7]
+    calls = {
+        "ps: compiled kernels take 1 <= ps <= 32, got 99":
+            lambda: ops.aggregate_grid(video, inds, None, region, 2, whole, 99, 1, 1),
+        "got Q = 2": lambda: ops.aggregate_grid(video, inds[:, :, :2], None, region, 2, whole, 3, 1, 1),
+        "[0, 1, 2, 3, 1, 70] is empty or not inside the video (T, H, W) = (3, 6, 7)":
+            lambda: ops.aggregate_grid(video, inds, None, region[:5] + [70], 2, whole, 3, 1, 1),
+        "nheads=2 must divide C=3": lambda: ops.gather_patches(video[..., :3].contiguous(), inds, 3, 1, 1),
+    }
+    for expected, call in calls.items():
+        try:
+            call()
+        except RuntimeError as e:
+            assert expected in str(e), (expected, str(e))
+        else:
+            raise AssertionError("no error for " + expected)
+    print("ok")
+    """
+)
+
+
+@needs_ext
+def test_error_messages_with_numbers_raise_instead_of_crashing(impl):
+    """Formatting an integer into a kernel's error message must raise RuntimeError. With a
+    static copy of the C++ runtime linked into the module beside torch's shared one, it
+    crashed the interpreter (setup.py links the shared runtime; a subprocess keeps a crash
+    from taking pytest down)."""
+    backend, device = impl
+    if backend == "reference":
+        pytest.skip("the messages of the compiled kernels")
+    r = subprocess.run([sys.executable, "-c", _MESSAGE_CASES, device.type], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stdout + r.stderr)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("ldd") is None,
+                    reason="reads the module's shared libraries with ldd (Linux)")
+@needs_ext
+def test_module_links_the_shared_cxx_runtime():
+    """The module must use the libstdc++ that torch loads, not a private static copy."""
+    import napari_stnls._C as compiled
+
+    r = subprocess.run(["ldd", compiled.__file__], capture_output=True, text=True)
+    assert r.returncode == 0 and "libstdc++.so" in r.stdout, r.stdout + r.stderr
 
 
 def test_backend_info_reports_the_build():
