@@ -17,8 +17,9 @@
 
 namespace stnls {
 
-// "[2, 3, 4]": a shape for an error message, formatted here (streaming an IntArrayRef into
-// TORCH_CHECK's message crashed the process with the torch 2.11 CUDA build)
+// "[2, 3, 4]": a shape for an error message. (Messages once crashed on the device while
+// formatting numbers; the cause was a static copy of libstdc++ linked into the module beside
+// torch's shared one, which setup.py now prevents, not the IntArrayRef this replaced.)
 inline std::string shape_str(at::IntArrayRef sizes) {
   std::string s = "[";
   for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
