@@ -195,6 +195,56 @@ def test_gradcheck_videos_and_flows(dist, nheads, impl):
     assert torch.autograd.gradcheck(fn, (q, k, *f), eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(("B", "nheads", "itype"), [(1, 1, "float"), (1, 1, "int"), (2, 2, "float")])
+def test_cpu_backward_gives_the_same_bits_for_any_thread_count(B, nheads, itype):
+    """The compiled CPU backward runs one task per (batch, head) when there are enough of
+    them for the threads, and otherwise splits the queries (with bands of video rows for the
+    additions); both give the bits of a serial loop. Many threads on few queries force the
+    split, over several chunks of queries here (576 queries, K = 10, ps = 7, C = 4)."""
+    gen = torch.Generator().manual_seed(11)
+    q = torch.rand(B, 3, 4, 24, 24, generator=gen)
+    k = torch.rand(B, 3, 4, 24, 24, generator=gen)
+    f = [1.5 * _smooth_flow(gen, B, 3, 24, 24, 1.0) for _ in range(2)]
+
+    def run():
+        qq, kk, ff, bf = (a.clone().requires_grad_() for a in (q, k, *f))
+        d, i = search(qq, kk, ps=7, ws=5, wt=1, k=10, nheads=nheads, flows=(ff, bf), itype=itype,
+                      region=(1, 2, 0, 24, 0, 24), backend="cpu")
+        (d * torch.linspace(-1, 2, d.numel()).view(d.shape)).sum().backward()
+        return [d, qq.grad, kk.grad, ff.grad, bf.grad]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        first = run()
+        assert all(bool(g.abs().sum() > 0) for g in first[1:3])
+        for n in (2, 3, 8, 17):
+            torch.set_num_threads(n)
+            for a, b in zip(run(), first, strict=True):
+                assert (a is None and b is None) or torch.equal(a, b), n  # int: no flow grad
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_cpu_backward_split_over_queries_passes_gradcheck():
+    """gradcheck with more threads than (batch, head) pairs: the split path of the backward."""
+    gen = torch.Generator().manual_seed(12)
+    q, k = (torch.rand(1, 3, 2, 9, 9, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2))
+    f = [(0.3 * _smooth_flow(gen, 1, 3, 9, 9, 1.0)).double().requires_grad_() for _ in range(2)]
+
+    def fn(q, k, ff, bf):
+        d, i = search(q, k, flows=(ff, bf), ps=3, ws=3, wt=1, k=3, region=(0, 3, 3, 6, 3, 6),
+                      backend="cpu")
+        return d, i[..., 1:]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        assert torch.autograd.gradcheck(fn, (q, k, *f), eps=1e-6, atol=1e-6)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_gradient_flows_to_flow_through_dists():
     """Moving the flow changes the matched patches: the flow gradient is non-zero and right."""
     gen = torch.Generator().manual_seed(6)
