@@ -467,7 +467,7 @@ at::Tensor search_dists_cpu(const at::Tensor& queries, const at::Tensor& keys,
 
 // PatchLoc::scatter of a patch's Ch-channel values (order dt, a, b, c) restricted to the rows
 // whose first pixel index (row * W) lies in [lo, hi): the same terms, in the same order, for
-// the pixels of those rows.
+// the pixels of those rows ([0, LLONG_MAX): the whole patch).
 template <typename acc_t>
 void scatter_rows(acc_t* v, const PatchLoc<acc_t>& loc, const acc_t* vals, int64_t C, int64_t c0,
                   int64_t Ch, int ps, int pt, int64_t lo, int64_t hi) {
@@ -622,13 +622,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cpu(
               query_terms(bh, q, ql, kl, qbuf.data(), gqbuf.data(),
                           [&](int64_t, const Loc& l, int dt, int a, int bb, int64_t c, int64_t,
                               acc_t v) { l.scatter(gkd + b * video, C, dt, a, bb, c0 + c, v, add); });
-              if (!needs[0]) continue;
-              int64_t m = 0;
-              for (int dt = 0; dt < pt; ++dt)
-                for (int a = 0; a < ps; ++a)
-                  for (int bb = 0; bb < ps; ++bb)
-                    for (int64_t c = 0; c < Ch; ++c, ++m)
-                      ql.scatter(gqd + b * video, C, dt, a, bb, c0 + c, gqbuf[m], add);
+              if (needs[0])  // every row: the whole query patch
+                scatter_rows(gqd + b * video, ql, gqbuf.data(), C, c0, Ch, ps, pt, 0, LLONG_MAX);
             }
           }
         });
