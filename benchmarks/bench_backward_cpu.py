@@ -43,10 +43,27 @@ def _inputs(sub: bool, gen: torch.Generator):
     return grad, qv, kv, coords, kpos, [True, True, sub]
 
 
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    values = _positive_ints(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
+    return values[0]
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    ap.add_argument("--repeats", type=int, default=15, help="timed calls; the minimum is kept")
+    ap.add_argument("--threads", type=_positive_ints, default=[1, 2], help="comma-separated thread counts")
+    ap.add_argument("--repeats", type=_positive_int, default=15, help="timed calls; the minimum is kept")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
     import napari_stnls._C  # noqa: F401  (the compiled kernels are what is timed)
@@ -58,7 +75,7 @@ def main(argv=None) -> dict:
         for name, sub in (("integer", False), ("sub-pixel", True)):
             grad, qv, kv, coords, kpos, needs = _inputs(sub, torch.Generator().manual_seed(0))
             base = None
-            for n in (int(x) for x in args.threads.split(",")):
+            for n in args.threads:
                 torch.set_num_threads(n)
                 op(grad, qv, kv, coords, kpos, 7, 1, 1, True, needs)  # warm-up
                 times = []
