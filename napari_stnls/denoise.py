@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from ._progress import Steps
-from .ops import Region, aggregate, gather, scatter, search
-from .ops._region import as_region
+from .ops import Region, aggregate, as_region, gather, scatter, search
 
 __all__ = ["nl_means", "nl_bayes", "nl_bayes_params", "skimage_nl_means", "METHODS"]
 

@@ -6,7 +6,7 @@ subpackage never imports napari or Qt. See docs/api.md for the definitions.
 """
 
 from ._dispatch import backend_info
-from ._region import Region, grid_shape, grid_view, query_coords
+from ._region import Region, as_region, grid_shape, grid_view, query_coords
 from .fold import ifold, iunfold
 from .gather import aggregate, gather, scatter
 from .search import search
@@ -14,6 +14,7 @@ from .search import search
 __all__ = [
     "Region",
     "aggregate",
+    "as_region",
     "backend_info",
     "gather",
     "grid_shape",
