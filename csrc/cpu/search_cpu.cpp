@@ -17,19 +17,15 @@
 #include <utility>
 #include <vector>
 
-#include "../include/gather_host.h"
-#include "../include/patch.h"
+#include "../include/checks.h"
+#include "../include/dispatch.h"
+#include "../include/mirror.h"
+#include "../include/patch_loc.h"
+#include "../include/topk.h"
 
 namespace {
 
 using stnls::PatchLoc;
-
-void check_video(const at::Tensor& v, const char* name) {
-  TORCH_CHECK(v.dim() == 5, name, ": expected a channels-last video (B, T, H, W, C), got ",
-              v.dim(), " dims");
-  TORCH_CHECK(v.is_contiguous(), name, ": expected a contiguous tensor");
-  TORCH_CHECK(v.is_floating_point(), name, ": expected a floating-point tensor");
-}
 
 // The query patch of head h at integer (t, y, x), in (pt, ps, ps, Ch) order.
 template <typename scalar_t, typename acc_t>
@@ -333,8 +329,8 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cpu(const at::Tensor& queries, co
                            const at::Tensor& frames, const at::Tensor& offsets, int64_t ps,
                            int64_t pt, int64_t dilation, int64_t nheads, int64_t k, bool l2,
                            bool exclude_self) {
-  check_video(queries, "queries");
-  check_video(keys, "keys");
+  stnls::check_video(queries, "queries");
+  stnls::check_video(keys, "keys");
   stnls::check_patch_args(ps, pt, dilation);
   TORCH_CHECK(keys.sizes() == queries.sizes(), "keys: expected the shape of queries");
   TORCH_CHECK(keys.scalar_type() == queries.scalar_type(), "keys: expected the dtype of queries");
@@ -418,8 +414,8 @@ at::Tensor search_dists_cpu(const at::Tensor& queries, const at::Tensor& keys,
                             const at::Tensor& coords, const at::Tensor& kpos, int64_t ps,
                             int64_t pt, int64_t dilation, bool l2,
                             const std::optional<at::Tensor>& given) {
-  check_video(queries, "queries");
-  check_video(keys, "keys");
+  stnls::check_video(queries, "queries");
+  stnls::check_video(keys, "keys");
   stnls::check_patch_args(ps, pt, dilation);
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
@@ -531,8 +527,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cpu(
     const at::Tensor& grad, const at::Tensor& queries, const at::Tensor& keys,
     const at::Tensor& coords, const at::Tensor& kpos, int64_t ps, int64_t pt, int64_t dilation,
     bool l2, std::array<bool, 3> needs) {
-  check_video(queries, "queries");
-  check_video(keys, "keys");
+  stnls::check_video(queries, "queries");
+  stnls::check_video(keys, "keys");
   stnls::check_patch_args(ps, pt, dilation);
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
@@ -735,8 +731,8 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cpu(const at::Tensor& queries
                                at::IntArrayRef grid, int64_t stride0, int64_t ps, int64_t pt,
                                int64_t dilation, int64_t nheads, int64_t k, bool l2,
                                bool exclude_self) {
-  check_video(queries, "queries");
-  check_video(keys, "keys");
+  stnls::check_video(queries, "queries");
+  stnls::check_video(keys, "keys");
   stnls::check_patch_args(ps, pt, dilation);
   TORCH_CHECK(grid.size() == 7, "grid: expected (t0, y0, x0, T_r, nH, nW, stride1)");
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),

@@ -8,7 +8,7 @@
 //   accumulation, ps 3/5/7, 1 or 3 frames x channels) keeps them in registers;
 //   topk_pix_kernel takes single-pixel patches.
 //
-// Patch values are read with the arithmetic of csrc/include/patch.h (mirroring, x-then-y
+// Patch values are read with the arithmetic of csrc/include/patch_loc.h (mirroring, x-then-y
 // bilinear interpolation). Each top-k kernel returns the distances it selected by, summed in
 // its own fixed order; search_dists returns those (its `given`) and differentiates them.
 #include <ATen/ATen.h>
@@ -28,8 +28,10 @@
 #include <string>
 #include <type_traits>
 
-#include "../include/gather_host.h"
-#include "../include/patch.h"
+#include "../include/checks.h"
+#include "../include/dispatch.h"
+#include "../include/mirror.h"
+#include "../include/topk.h"
 
 namespace {
 
@@ -476,10 +478,12 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
   }
 }
 
-void check_video(const at::Tensor& v, const char* name) {
-  TORCH_CHECK(v.is_cuda(), name, ": expected a CUDA tensor");
-  TORCH_CHECK(v.dim() == 5 && v.is_contiguous(), name,
-              ": expected a contiguous channels-last video (B, T, H, W, C)");
+// queries and keys: channels-last videos (checks.h) on one CUDA device
+void check_videos(const at::Tensor& queries, const at::Tensor& keys) {
+  stnls::check_video(queries, "queries");
+  stnls::check_video(keys, "keys");
+  TORCH_CHECK(queries.is_cuda(), "queries: expected a CUDA tensor");
+  stnls::check_device(keys, queries, "keys");
 }
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
@@ -521,8 +525,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
                             const at::Tensor& frames, const at::Tensor& offsets, int64_t ps,
                             int64_t pt, int64_t dilation, int64_t nheads, int64_t k, bool l2,
                             bool exclude_self) {
-  check_video(queries, "queries");
-  check_video(keys, "keys");
+  check_videos(queries, keys);
   stnls::check_patch_args(ps, pt, dilation);
   TORCH_CHECK(k >= 1 && k <= 128, "k: the compiled CUDA search takes k <= 128, got ", k);
   const c10::cuda::CUDAGuard guard(queries.device());
@@ -1599,8 +1602,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cuda(const at::Tensor& querie
                                 at::IntArrayRef grid, int64_t stride0, int64_t ps, int64_t pt,
                                 int64_t dilation, int64_t nheads, int64_t k, bool l2,
                                 bool exclude_self) {
-  check_video(queries, "queries");
-  check_video(keys, "keys");
+  check_videos(queries, keys);
   stnls::check_patch_args(ps, pt, dilation);
   TORCH_CHECK(grid.size() == 7, "grid: expected (t0, y0, x0, T_r, nH, nW, stride1)");
   const int64_t Q = coords.size(0), nt = frames.size(1), ws = offsets.size(0);
@@ -1715,8 +1717,7 @@ at::Tensor search_dists_cuda(const at::Tensor& queries, const at::Tensor& keys,
                              const at::Tensor& coords, const at::Tensor& kpos, int64_t ps,
                              int64_t pt, int64_t dilation, bool l2,
                              const std::optional<at::Tensor>& given) {
-  check_video(queries, "queries");
-  check_video(keys, "keys");
+  check_videos(queries, keys);
   stnls::check_patch_args(ps, pt, dilation);
   const c10::cuda::CUDAGuard guard(queries.device());
   if (given.has_value()) return stnls::given_dists(*given, queries, kpos);
@@ -1810,8 +1811,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
     const at::Tensor& grad, const at::Tensor& queries, const at::Tensor& keys,
     const at::Tensor& coords, const at::Tensor& kpos, int64_t ps, int64_t pt, int64_t dilation,
     bool l2, std::array<bool, 3> needs) {
-  check_video(queries, "queries");
-  check_video(keys, "keys");
+  check_videos(queries, keys);
   stnls::check_patch_args(ps, pt, dilation);
   const c10::cuda::CUDAGuard guard(queries.device());
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
