@@ -64,7 +64,7 @@ def _extensions():
     use_cuda = has_cuda if want_cuda is None else want_cuda == "1"
     cxx = ["-O3", "-fopenmp", "-std=c++17"]
     if use_cuda:
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "**", "*.cu"), recursive=True))
         ext = CUDAExtension(
             "napari_stnls._C",
             sources,
