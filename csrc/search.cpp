@@ -1,23 +1,13 @@
-// Operator schemas of the search: one library namespace for the project, one kernel file per
-// device (cpu/, cuda/). Autograd and fake (shape-only) kernels are registered in Python
-// (napari_stnls/ops/_ext.py), so torch.compile sees through the ops.
+// Operator schemas of the search (kernels in cpu/search/, cuda/search/; fake kernels and
+// autograd in napari_stnls/ops/_ext.py).
 //
 // search_topk: the k best candidates of every query, their distances and ids (no gradient:
 //              the differentiable distances are search_dists').
 // search_dists: patch distances at given positions (differentiable in Python through
 //               search_dists_backward), or the distances search_topk already computed there.
-#include <Python.h>
 #include <torch/library.h>
 
-extern "C" {
-// An empty module: importing napari_stnls._C loads this library and registers the ops.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
-
-TORCH_LIBRARY(napari_stnls, m) {
+TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
   // queries/keys: channels-last videos (B, T, H, W, C); coords (Q, 3) int64; centres
   // (B, Q, nt, 2) float (search-grid centres, y then x); frames (Q, nt) int64; offsets (ws,)
   // the grid offsets in the centres' dtype. Returns the distances (B, nheads, Q, k) in
