@@ -19,11 +19,13 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
       "bool exclude_self) -> (Tensor, Tensor)");
   // The same top-k for whole-pixel search grids (integer centres and grid spacing), with
   // the queries on a regular grid: origin (t0, y0, x0) = grid[0..2], size (T_r, nH, nW) =
-  // grid[3..5], spacing stride0; grid[6] is the (integer) search-grid spacing stride1. The CUDA kernel shares work between the overlapping
-  // patches of a tile of queries (box sums per offset); other devices run search_topk.
+  // grid[3..5], spacing stride0; grid[6] is the (integer) search-grid spacing stride1. The
+  // kernels share work between the overlapping patches of a tile of queries (box sums per
+  // offset). grid is SymInt[] (sizes of the video): under torch.compile(dynamic=True) it
+  // stays symbolic instead of specialising the graph on each video size.
   m.def(
       "search_topk_box(Tensor queries, Tensor keys, Tensor coords, Tensor centres, "
-      "Tensor frames, Tensor offsets, int[7] grid, int stride0, int ps, int pt, int dilation, "
+      "Tensor frames, Tensor offsets, SymInt[7] grid, int stride0, int ps, int pt, int dilation, "
       "int nheads, int k, bool l2, bool exclude_self) -> (Tensor, Tensor)");
   // kpos (B, nheads, Q, k, 3) float or integer (t, y, x). Returns dists (B, nheads, Q, k)
   // in float32 (float64 for float64 videos): computed, or a copy of `given` (the distances
