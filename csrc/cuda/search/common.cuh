@@ -63,7 +63,9 @@ inline void check_videos(const at::Tensor& queries, const at::Tensor& keys) {
   stnls::check_device(keys, queries, "keys");
 }
 
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+inline unsigned blocks_for(int64_t n) {
+  return static_cast<unsigned>((n + kThreads - 1) / kThreads);
+}
 
 // The host entry points other files call (defined in topk.cu, pix.cu, stage.cu, slide.cu).
 std::tuple<at::Tensor, at::Tensor> search_topk_cuda(
