@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
+$(STAMP): setup.cfg setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*/*.cpp csrc/*/*.h csrc/*/*/*.h csrc/*/*.cu csrc/*/*/*.cu csrc/*/*.cuh csrc/*/*/*.cuh)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q "setuptools>=64" wheel

@@ -58,13 +58,15 @@ def _extensions():
         return [], {}
     here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    # one kernel file per device and op family: csrc/cpu/*.cpp and csrc/cpu/<family>/*.cpp, and
+    # the same under csrc/cuda/ (*.cu)
+    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "**", "*.cpp"), recursive=True))
     want_cuda = os.environ.get("NAPARI_STNLS_CUDA")
     has_cuda = torch.version.cuda is not None and CUDA_HOME is not None
     use_cuda = has_cuda if want_cuda is None else want_cuda == "1"
     cxx = ["-O3", "-fopenmp", "-std=c++17"]
     if use_cuda:
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "**", "*.cu"), recursive=True))
         ext = CUDAExtension(
             "napari_stnls._C",
             sources,

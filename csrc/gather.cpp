@@ -4,6 +4,10 @@
 // Videos are channels-last (B, T, H, W, C) and contiguous; inds (B, nheads, Q, K, 3) hold
 // (t, y, x) positions, integer (int32/int64: whole pixels) or floating (float32/float64:
 // bilinear in y and x, t integer-valued). Patches are (B, nheads, Q, K, pt, C/nheads, ps, ps).
+//
+// Video sizes (T, H, W, region, box) are SymInt: under torch.compile(dynamic=True) they stay
+// symbolic, where int would make Dynamo specialise the graph on each video size. The kernels
+// take them as int64_t (the dispatcher passes concrete values).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
@@ -19,13 +23,13 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
   // (B, T, H, W, C)), and of the weights (B, T, H, W, nheads). weights (B, nheads, Q, K) of
   // any floating dtype; None is 1. Outputs in the patches' dtype.
   m.def(
-      "scatter_patches(Tensor patches, Tensor inds, Tensor? weights, int T, int H, int W, "
+      "scatter_patches(Tensor patches, Tensor inds, Tensor? weights, SymInt T, SymInt H, SymInt W, "
       "int ps, int pt, int dilation) -> (Tensor, Tensor)");
   // Gradients w.r.t. patches, weights (zeros when weights is None) and inds given the
   // gradients of scatter_patches' two outputs (None: zero). needs = (patches, weights, inds).
   m.def(
       "scatter_patches_backward(Tensor? grad_video, Tensor? grad_counts, Tensor patches, "
-      "Tensor inds, Tensor? weights, int T, int H, int W, int ps, int pt, int dilation, "
+      "Tensor inds, Tensor? weights, SymInt T, SymInt H, SymInt W, int ps, int pt, int dilation, "
       "bool[3] needs) -> (Tensor, Tensor, Tensor)");
   // scatter_patches(gather_patches(video, inds), at, weights) without storing the patches:
   // outputs (B, T, H, W, C) and (B, T, H, W, nheads) in the video's dtype; at has inds' shape
@@ -42,6 +46,6 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
   // the video's dtype (only the box is allocated, so that a band of queries of a large video
   // costs the band's reach, not the video).
   m.def(
-      "aggregate_grid(Tensor video, Tensor inds, Tensor? weights, int[] region, int stride, "
-      "int[] box, int ps, int pt, int dilation) -> (Tensor, Tensor)");
+      "aggregate_grid(Tensor video, Tensor inds, Tensor? weights, SymInt[] region, int stride, "
+      "SymInt[] box, int ps, int pt, int dilation) -> (Tensor, Tensor)");
 }

@@ -1,23 +1,13 @@
-// Operator schemas of the search: one library namespace for the project, one kernel file per
-// device (cpu/, cuda/). Autograd and fake (shape-only) kernels are registered in Python
-// (napari_stnls/ops/_ext.py), so torch.compile sees through the ops.
+// Operator schemas of the search (kernels in cpu/search/, cuda/search/; fake kernels and
+// autograd in napari_stnls/ops/_ext.py).
 //
 // search_topk: the k best candidates of every query, their distances and ids (no gradient:
 //              the differentiable distances are search_dists').
 // search_dists: patch distances at given positions (differentiable in Python through
 //               search_dists_backward), or the distances search_topk already computed there.
-#include <Python.h>
 #include <torch/library.h>
 
-extern "C" {
-// An empty module: importing napari_stnls._C loads this library and registers the ops.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
-
-TORCH_LIBRARY(napari_stnls, m) {
+TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
   // queries/keys: channels-last videos (B, T, H, W, C); coords (Q, 3) int64; centres
   // (B, Q, nt, 2) float (search-grid centres, y then x); frames (Q, nt) int64; offsets (ws,)
   // the grid offsets in the centres' dtype. Returns the distances (B, nheads, Q, k) in
@@ -29,11 +19,13 @@ TORCH_LIBRARY(napari_stnls, m) {
       "bool exclude_self) -> (Tensor, Tensor)");
   // The same top-k for whole-pixel search grids (integer centres and grid spacing), with
   // the queries on a regular grid: origin (t0, y0, x0) = grid[0..2], size (T_r, nH, nW) =
-  // grid[3..5], spacing stride0; grid[6] is the (integer) search-grid spacing stride1. The CUDA kernel shares work between the overlapping
-  // patches of a tile of queries (box sums per offset); other devices run search_topk.
+  // grid[3..5], spacing stride0; grid[6] is the (integer) search-grid spacing stride1. The
+  // kernels share work between the overlapping patches of a tile of queries (box sums per
+  // offset). grid is SymInt[] (sizes of the video): under torch.compile(dynamic=True) it
+  // stays symbolic instead of specialising the graph on each video size.
   m.def(
       "search_topk_box(Tensor queries, Tensor keys, Tensor coords, Tensor centres, "
-      "Tensor frames, Tensor offsets, int[7] grid, int stride0, int ps, int pt, int dilation, "
+      "Tensor frames, Tensor offsets, SymInt[7] grid, int stride0, int ps, int pt, int dilation, "
       "int nheads, int k, bool l2, bool exclude_self) -> (Tensor, Tensor)");
   // kpos (B, nheads, Q, k, 3) float or integer (t, y, x). Returns dists (B, nheads, Q, k)
   // in float32 (float64 for float64 videos): computed, or a copy of `given` (the distances

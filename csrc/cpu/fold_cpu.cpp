@@ -11,7 +11,8 @@
 
 #include <vector>
 
-#include "../include/gather_host.h"
+#include "../include/checks.h"
+#include "../include/grid.h"
 
 namespace {
 

@@ -18,8 +18,12 @@
 #include <tuple>
 
 #include "../include/aggregate_grid.h"
-#include "../include/gather.h"
-#include "../include/gather_host.h"
+#include "../include/checks.h"
+#include "../include/dispatch.h"
+#include "../include/gather_args.h"
+#include "../include/grid.h"
+#include "../include/mirror.h"
+#include "../include/patch_io.h"
 
 namespace {
 
@@ -180,7 +184,7 @@ void scatter_into(const scalar_t* pat, const pos_t* pos, const acc_t* wts, acc_t
 
 at::Tensor gather_patches_cpu(const at::Tensor& video, const at::Tensor& inds_, int64_t ps,
                               int64_t pt, int64_t dilation) {
-  stnls::check_video_cl(video, "video");
+  stnls::check_video(video, "video");
   stnls::check_patch_args(ps, pt, dilation);
   const int64_t B = video.size(0);
   const at::Tensor inds = stnls::check_inds(inds_, B);
@@ -221,7 +225,7 @@ at::Tensor gather_patches_cpu(const at::Tensor& video, const at::Tensor& inds_, 
 std::tuple<at::Tensor, at::Tensor> gather_patches_backward_cpu(
     const at::Tensor& grad, const at::Tensor& video, const at::Tensor& inds_, int64_t ps,
     int64_t pt, int64_t dilation, std::array<bool, 2> needs) {
-  stnls::check_video_cl(video, "video");
+  stnls::check_video(video, "video");
   stnls::check_patch_args(ps, pt, dilation);
   const int64_t B = video.size(0);
   const at::Tensor inds = stnls::check_inds(inds_, B);

@@ -7,7 +7,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../include/gather_host.h"
+#include "../include/checks.h"
+#include "../include/grid.h"
 
 namespace {
 

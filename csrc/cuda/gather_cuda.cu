@@ -4,7 +4,7 @@
 // element. Scatters (scatter, gather's gradient w.r.t. the video, aggregate) run one thread per
 // patch element and add atomically (gpuAtomicAdd) into float32/float64 buffers, so their results may
 // differ run to run in the last bits. Reductions over a patch (the gradients w.r.t. positions
-// and weights) run one thread per patch. The arithmetic is that of csrc/include/gather.h,
+// and weights) run one thread per patch. The arithmetic is that of csrc/include/patch_io.h,
 // shared with the CPU kernels.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -20,8 +20,12 @@
 #include <type_traits>
 
 #include "../include/aggregate_grid.h"
-#include "../include/gather.h"
-#include "../include/gather_host.h"
+#include "../include/checks.h"
+#include "../include/dispatch.h"
+#include "../include/gather_args.h"
+#include "../include/grid.h"
+#include "../include/mirror.h"
+#include "../include/patch_io.h"
 
 namespace {
 
@@ -287,17 +291,12 @@ __global__ void scatter_reduce_grad_kernel(const scalar_t* __restrict__ gvid,
   }
 }
 
-void check_cuda(const at::Tensor& t, const at::Tensor& like, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), name, ": expected a tensor on ",
-              like.device(), ", got ", t.device());
-}
-
 at::Tensor gather_patches_cuda(const at::Tensor& video, const at::Tensor& inds_, int64_t ps,
                                int64_t pt, int64_t dilation) {
-  stnls::check_video_cl(video, "video");
+  stnls::check_video(video, "video");
   TORCH_CHECK(video.is_cuda(), "video: expected a CUDA tensor");
   stnls::check_patch_args(ps, pt, dilation);
-  check_cuda(inds_, video, "inds");
+  stnls::check_device(inds_, video, "inds");
   const c10::cuda::CUDAGuard guard(video.device());
   const at::Tensor inds = stnls::check_inds(inds_, video.size(0));
   const GDims d = stnls::dims_from(video, inds, ps, pt, dilation);
@@ -323,11 +322,11 @@ at::Tensor gather_patches_cuda(const at::Tensor& video, const at::Tensor& inds_,
 std::tuple<at::Tensor, at::Tensor> gather_patches_backward_cuda(
     const at::Tensor& grad, const at::Tensor& video, const at::Tensor& inds_, int64_t ps,
     int64_t pt, int64_t dilation, std::array<bool, 2> needs) {
-  stnls::check_video_cl(video, "video");
+  stnls::check_video(video, "video");
   TORCH_CHECK(video.is_cuda(), "video: expected a CUDA tensor");
   stnls::check_patch_args(ps, pt, dilation);
-  check_cuda(inds_, video, "inds");
-  check_cuda(grad, video, "grad");
+  stnls::check_device(inds_, video, "inds");
+  stnls::check_device(grad, video, "grad");
   const c10::cuda::CUDAGuard guard(video.device());
   const at::Tensor inds = stnls::check_inds(inds_, video.size(0));
   const GDims d = stnls::dims_from(video, inds, ps, pt, dilation);
@@ -375,8 +374,8 @@ std::tuple<at::Tensor, at::Tensor> scatter_patches_cuda(const at::Tensor& patche
                                                         int64_t T, int64_t H, int64_t W,
                                                         int64_t ps, int64_t pt, int64_t dilation) {
   TORCH_CHECK(patches.is_cuda(), "patches: expected a CUDA tensor");
-  check_cuda(inds_, patches, "inds");
-  if (weights.has_value() && weights->defined()) check_cuda(*weights, patches, "weights");
+  stnls::check_device(inds_, patches, "inds");
+  if (weights.has_value() && weights->defined()) stnls::check_device(*weights, patches, "weights");
   const c10::cuda::CUDAGuard guard(patches.device());
   const at::Tensor inds = stnls::check_inds(inds_, patches.dim() > 0 ? patches.size(0) : 0);
   const GDims d = stnls::scatter_dims(patches, inds, T, H, W, ps, pt, dilation);
@@ -412,8 +411,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scatter_patches_backward_cuda(
     int64_t T, int64_t H, int64_t W, int64_t ps, int64_t pt, int64_t dilation,
     std::array<bool, 3> needs) {
   TORCH_CHECK(patches.is_cuda(), "patches: expected a CUDA tensor");
-  check_cuda(inds_, patches, "inds");
-  if (weights.has_value() && weights->defined()) check_cuda(*weights, patches, "weights");
+  stnls::check_device(inds_, patches, "inds");
+  if (weights.has_value() && weights->defined()) stnls::check_device(*weights, patches, "weights");
   const c10::cuda::CUDAGuard guard(patches.device());
   const at::Tensor inds = stnls::check_inds(inds_, patches.dim() > 0 ? patches.size(0) : 0);
   const GDims d = stnls::scatter_dims(patches, inds, T, H, W, ps, pt, dilation);
@@ -426,14 +425,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scatter_patches_backward_cuda(
   const auto wdtype = w.has_value() ? weights->scalar_type() : patches.scalar_type();
   at::Tensor gvid, gcnt;
   if (grad_video.has_value() && grad_video->defined()) {
-    check_cuda(*grad_video, patches, "grad_video");
+    stnls::check_device(*grad_video, patches, "grad_video");
     TORCH_CHECK(grad_video->sizes() == at::IntArrayRef({d.B, T, H, W, d.C}),
                 "grad_video: expected (B, T, H, W, C), got ",
                 stnls::shape_str(grad_video->sizes()));
     gvid = grad_video->to(patches.scalar_type()).contiguous();
   }
   if (grad_counts.has_value() && grad_counts->defined()) {
-    check_cuda(*grad_counts, patches, "grad_counts");
+    stnls::check_device(*grad_counts, patches, "grad_counts");
     TORCH_CHECK(grad_counts->sizes() == at::IntArrayRef({d.B, T, H, W, d.nh}),
                 "grad_counts: expected (B, T, H, W, nheads), got ",
                 stnls::shape_str(grad_counts->sizes()));
@@ -481,9 +480,9 @@ std::tuple<at::Tensor, at::Tensor> aggregate_patches_cuda(const at::Tensor& vide
                                                           const std::optional<at::Tensor>& weights,
                                                           int64_t ps, int64_t pt, int64_t dilation) {
   TORCH_CHECK(video.is_cuda(), "video: expected a CUDA tensor");
-  check_cuda(inds, video, "inds");
-  check_cuda(at_pos, video, "at");
-  if (weights.has_value() && weights->defined()) check_cuda(*weights, video, "weights");
+  stnls::check_device(inds, video, "inds");
+  stnls::check_device(at_pos, video, "at");
+  if (weights.has_value() && weights->defined()) stnls::check_device(*weights, video, "weights");
   const c10::cuda::CUDAGuard guard(video.device());
   auto a = stnls::aggregate_args(video, inds, at_pos, weights, ps, pt, dilation);
   const GDims& d = a.d;
@@ -514,8 +513,8 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cuda(const at::Tensor& video,
                                                        at::IntArrayRef out_box, int64_t ps,
                                                        int64_t pt, int64_t dilation) {
   TORCH_CHECK(video.is_cuda(), "video: expected a CUDA tensor");
-  check_cuda(inds, video, "inds");
-  if (weights.has_value() && weights->defined()) check_cuda(*weights, video, "weights");
+  stnls::check_device(inds, video, "inds");
+  if (weights.has_value() && weights->defined()) stnls::check_device(*weights, video, "weights");
   const c10::cuda::CUDAGuard guard(video.device());
   auto a = stnls::aggregate_grid_args(video, inds, weights, region, stride, out_box, ps, pt,
                                       dilation);

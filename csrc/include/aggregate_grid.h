@@ -10,7 +10,7 @@
 // entries, column entries, k) in map order; the CPU kernel takes a whole output row per task
 // and runs over (time entries, row entries, grid column, k, patch column).
 //
-// The axis maps are built on the host (gather_host.h, axis_map / grid_maps): for an axis of
+// The axis maps are built on the host (grid.h, axis_map / grid_maps): for an axis of
 // n coordinates, map[0 .. n] are CSR offsets and map[n + 1 + e] are the entries, each
 // grid index * P + offset index (P = pt for time, ps in space), listing for coordinate u the
 // (grid index, offset) pairs whose mirrored position is u, in increasing code order.
@@ -18,7 +18,7 @@
 
 #include <cstdint>
 
-#include "gather.h"
+#include "patch_io.h"
 
 namespace stnls {
 

@@ -1,19 +1,20 @@
-// Reading and writing the patches of gather / scatter (csrc/{cpu,cuda}/gather_*): the
-// arithmetic shared by the CPU and CUDA kernels, written to match the pure-PyTorch reference
+// Reading and writing the patches of gather / scatter / aggregate (csrc/{cpu,cuda}/gather_*):
+// the arithmetic shared by the CPU and CUDA kernels, written to match the pure-PyTorch reference
 // (napari_stnls/ops/_patches.py) operation for operation:
 //   * a float position's fractional parts fy, fx and the weights 1 - fy, fy, 1 - fx, fx are
 //     computed in the position's dtype, then cast to the accumulation type (as the reference
 //     casts the weights to the values' dtype);
 //   * reading: wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11);
 //   * writing (the adjoint): corner (ry, cx) receives wx[cx] * (wy[ry] * value).
-// Pixels are mirrored with stnls::reflect (patch.h) in space and time.
+// Pixels are mirrored with stnls::reflect (mirror.h) in space and time.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
-#include "patch.h"
+#include "hd.h"
+#include "mirror.h"
 
 namespace stnls {
 

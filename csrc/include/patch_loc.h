@@ -1,33 +1,21 @@
-// Reading mirrored, possibly sub-pixel patches of a channels-last video (T, H, W, C): the
-// arithmetic shared by every kernel (CPU and CUDA) so that all of them compare exactly the
-// same patch values as the pure-PyTorch reference (napari_stnls/ops/_patches.py):
-//   * pixel indices outside 0..n-1 are mirrored without repeating the border (-1 -> 1);
-//   * frames past the end are mirrored about the last frame;
-//   * a sub-pixel value is wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11).
+// How the search reads a mirrored, possibly sub-pixel patch of a channels-last video
+// (T, H, W, C) (the CPU kernels; the CUDA ones read the same way, csrc/cuda/search/patch.cuh),
+// so that every kernel compares exactly the patch values of the pure-PyTorch reference
+// (napari_stnls/ops/_patches.py): a sub-pixel value is
+// wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11), mirrored as mirror.h says.
+// Also the largest patch the compiled kernels take (kMaxPs, kMaxPt), which sizes PatchLoc.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define STNLS_HD __host__ __device__ __forceinline__
-#else
-#define STNLS_HD inline
-#endif
+#include "hd.h"
+#include "mirror.h"
 
 namespace stnls {
 
 constexpr int kMaxPs = 32;  // compiled kernels handle ps <= kMaxPs and pt <= kMaxPt
 constexpr int kMaxPt = 8;
-
-STNLS_HD int64_t reflect(int64_t i, int64_t n) {
-  if (i >= 0 && i < n) return i;  // the common case: inside the frame
-  if (n == 1) return 0;
-  const int64_t period = 2 * (n - 1);
-  int64_t m = i % period;
-  if (m < 0) m += period;
-  return m >= n ? period - m : m;
-}
 
 // Where the pixels of one patch live: flat row bases ((frame * H + row) * W) per (dt, a) and
 // columns per b, for the top-left corner (0) and, at sub-pixel positions, the next row/column
@@ -116,43 +104,5 @@ struct PatchLoc {
     return t > v ? t - acc_t(1) : t;
   }
 };
-
-// Better-first comparison: smaller for L2, larger for products. Strict, so among equal
-// distances the candidate seen first (smaller id) stays first.
-template <typename acc_t>
-STNLS_HD bool better(acc_t a, acc_t b, bool l2) {
-  return l2 ? a < b : a > b;
-}
-
-// Insert (d, id) into the sorted top-k list (d[0..n), id[0..n)) of capacity k.
-template <typename acc_t, typename id_t, typename idv_t>
-STNLS_HD void topk_insert(acc_t* ds, id_t* ids, int& n, int k, acc_t d, idv_t id, bool l2) {
-  int pos;
-  if (n < k) {
-    pos = n++;
-  } else if (better(d, ds[k - 1], l2)) {
-    pos = k - 1;
-  } else {
-    return;
-  }
-  while (pos > 0 && better(d, ds[pos - 1], l2)) {
-    ds[pos] = ds[pos - 1];
-    ids[pos] = ids[pos - 1];
-    --pos;
-  }
-  ds[pos] = d;
-  ids[pos] = static_cast<id_t>(id);
-}
-
-// Writes a query's sorted list (ds, ids, n entries) as k distances and ids; entries past n
-// (never, for a window holding at least k candidates) get id 0 and the worst distance.
-template <typename acc_t, typename id_t>
-STNLS_HD void topk_write(const acc_t* ds, const id_t* ids, int n, int k, bool l2, acc_t* dout,
-                         int64_t* iout) {
-  for (int r = 0; r < k; ++r) {
-    dout[r] = r < n ? ds[r] : (l2 ? acc_t(INFINITY) : acc_t(-INFINITY));
-    iout[r] = r < n ? static_cast<int64_t>(ids[r]) : 0;
-  }
-}
 
 }  // namespace stnls

@@ -1,0 +1,89 @@
+// What the CUDA files of the search (csrc/cuda/search/) share. Nothing but the output is
+// materialised: candidates are streamed and each query keeps its k best in small sorted lists
+// (csrc/include/topk.cuh). The kernels, by file:
+// - topk.cu: topk_window_kernel (integer search-grid spacing, with or without flow), one warp
+//   per query, the window interpolated once into shared memory per frame; topk_kernel (any
+//   spacing), one thread per query reading every candidate's taps. Op search_topk.
+// - box.cu: topk_box_kernel (whole-pixel grids of queries), box sums shared by a tile of
+//   queries, and the choice between the whole-pixel kernels. Op search_topk_box.
+// - stage.cu: topk_stage_kernel, the box sums with the tile's pixels staged in shared memory.
+// - slide.cu: topk_slide_kernel (float accumulation, ps 3/5/7, 1 or 3 frames x channels), the
+//   box sums with the tile's pixels in registers.
+// - pix.cu: topk_pix_kernel, single-pixel patches.
+// - dists.cu: search_dists and search_dists_backward.
+//
+// Patch values are read with the arithmetic of csrc/include/patch_loc.h (mirroring, x-then-y
+// bilinear interpolation; patch.cuh here). Each top-k kernel returns the distances it
+// selected by, summed in its own fixed order; search_dists returns those (its `given`) and
+// differentiates them.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAStream.h>
+#include <ATen/cuda/Atomic.cuh>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cuda_runtime.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+
+#include "../../include/checks.h"
+#include "../../include/dispatch.h"
+#include "../../include/mirror.h"
+#include "../../include/topk.cuh"
+#include "../../include/topk.h"
+
+namespace stnls::search_cuda {
+
+constexpr int kThreads = 128;
+
+// acc += the per-pixel term of the distance between values x and y
+template <typename acc_t>
+__device__ __forceinline__ void term(acc_t& acc, acc_t x, acc_t y, bool l2) {
+  if (l2) {
+    const acc_t e = x - y;
+    acc += e * e;
+  } else {
+    acc += x * y;
+  }
+}
+
+// queries and keys: channels-last videos (checks.h) on one CUDA device
+inline void check_videos(const at::Tensor& queries, const at::Tensor& keys) {
+  stnls::check_video(queries, "queries");
+  stnls::check_video(keys, "keys");
+  TORCH_CHECK(queries.is_cuda(), "queries: expected a CUDA tensor");
+  stnls::check_device(keys, queries, "keys");
+}
+
+inline unsigned blocks_for(int64_t n) {
+  return static_cast<unsigned>((n + kThreads - 1) / kThreads);
+}
+
+// The host entry points other files call (defined in topk.cu, pix.cu, stage.cu, slide.cu).
+std::tuple<at::Tensor, at::Tensor> search_topk_cuda(
+    const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& coords,
+    const at::Tensor& centres, const at::Tensor& frames, const at::Tensor& offsets, int64_t ps,
+    int64_t pt, int64_t dilation, int64_t nheads, int64_t k, bool l2, bool exclude_self);
+std::tuple<at::Tensor, at::Tensor> search_topk_pix_cuda(
+    const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& centres,
+    const at::Tensor& frames, at::IntArrayRef grid, int64_t stride0, int64_t nheads, int64_t k,
+    bool l2, bool exclude_self, int64_t ws);
+std::tuple<at::Tensor, at::Tensor> search_topk_stage_cuda(
+    const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& centres,
+    const at::Tensor& frames, at::IntArrayRef grid, int64_t stride0, int64_t ps, int64_t pt,
+    int64_t dilation, int64_t nheads, int64_t k, bool l2, bool exclude_self, int64_t ws, int DH,
+    int DW, int64_t kcap, int64_t smem, int fast);
+std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(
+    const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& centres,
+    const at::Tensor& frames, at::IntArrayRef grid, int64_t ps, int64_t pt, int64_t nheads,
+    int64_t k, bool l2, bool exclude_self, int64_t ws);
+
+}  // namespace stnls::search_cuda

@@ -1,0 +1,174 @@
+// search_dists and search_dists_backward on CUDA: one thread per (batch, head, query,
+// neighbour), patches read as patch.cuh reads them.
+#include <torch/library.h>
+
+#include "common.cuh"
+#include "patch.cuh"
+
+namespace stnls::search_cuda {
+namespace {
+
+template <typename acc_t, typename pos_t>
+__device__ __forceinline__ Pos<acc_t> load_pos(const pos_t* p, bool need_both) {
+  const int64_t t = static_cast<int64_t>(llround(static_cast<double>(p[0])));
+  return make_pos<acc_t>(t, static_cast<acc_t>(p[1]), static_cast<acc_t>(p[2]), need_both);
+}
+
+template <typename scalar_t, typename acc_t, typename pos_t>
+__global__ void dists_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
+                             const int64_t* __restrict__ coords, const pos_t* __restrict__ kpos,
+                             int64_t B, int64_t T, int64_t H, int64_t W, int64_t C, int64_t nh,
+                             int64_t Q, int64_t K, int ps, int pt, int dil, bool l2,
+                             acc_t* __restrict__ out) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= B * nh * Q * K) return;
+  const int64_t q = (n / K) % Q, h = (n / (K * Q)) % nh, b = n / (K * Q * nh);
+  const int64_t Ch = C / nh, video = T * H * W * C;
+  const Pos<acc_t> qp =
+      make_pos<acc_t>(coords[q * 3], acc_t(coords[q * 3 + 1]), acc_t(coords[q * 3 + 2]), false);
+  const Pos<acc_t> kp = load_pos<acc_t>(kpos + n * 3, false);
+  out[n] = patch_distance(qdata + b * video, qp, kdata + b * video, kp, T, H, W, C, h * Ch, Ch, ps,
+                          pt, dil, l2);
+}
+
+at::Tensor search_dists_cuda(const at::Tensor& queries, const at::Tensor& keys,
+                             const at::Tensor& coords, const at::Tensor& kpos, int64_t ps,
+                             int64_t pt, int64_t dilation, bool l2,
+                             const std::optional<at::Tensor>& given) {
+  check_videos(queries, keys);
+  stnls::check_patch_args(ps, pt, dilation);
+  const c10::cuda::CUDAGuard guard(queries.device());
+  if (given.has_value()) return stnls::given_dists(*given, queries, kpos);
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  const int64_t nh = kpos.size(1), Q = kpos.size(2), K = kpos.size(3);
+  const auto acc_type = stnls::acc_type(queries);
+  auto dists = at::empty({B, nh, Q, K}, queries.options().dtype(acc_type));
+  const int64_t n = dists.numel();
+  if (n == 0) return dists;
+  const auto crd = coords.contiguous();
+  const auto pos = kpos.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
+                                  "search_dists_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using video_t = scalar_t;
+    AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_cuda_pos", [&] {
+      dists_kernel<video_t, acc_t, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          queries.data_ptr<video_t>(), keys.data_ptr<video_t>(), crd.data_ptr<int64_t>(),
+          pos.data_ptr<scalar_t>(), B, T, H, W, C, nh, Q, K, int(ps), int(pt), int(dilation), l2,
+          dists.data_ptr<acc_t>());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dists;
+}
+
+// One thread per (b, h, q, r): gradients of grad[n] * dist w.r.t. the query and key values
+// (atomic adds into float32/float64 buffers) and the key position.
+template <typename scalar_t, typename acc_t, typename pos_t>
+__global__ void dists_backward_kernel(const acc_t* __restrict__ grad, const scalar_t* __restrict__ qdata,
+                                      const scalar_t* __restrict__ kdata,
+                                      const int64_t* __restrict__ coords,
+                                      const pos_t* __restrict__ kpos, int64_t B, int64_t T, int64_t H,
+                                      int64_t W, int64_t C, int64_t nh, int64_t Q, int64_t K, int ps,
+                                      int pt, int dil, bool l2, bool need_q, bool need_k,
+                                      bool need_pos, acc_t* __restrict__ gq, acc_t* __restrict__ gk,
+                                      pos_t* __restrict__ gpos) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= B * nh * Q * K) return;
+  const int64_t q = (n / K) % Q, h = (n / (K * Q)) % nh, b = n / (K * Q * nh);
+  const int64_t Ch = C / nh, video = T * H * W * C, c0 = h * Ch;
+  const acc_t g = grad[n];
+  const Pos<acc_t> qp =
+      make_pos<acc_t>(coords[q * 3], acc_t(coords[q * 3 + 1]), acc_t(coords[q * 3 + 2]), false);
+  const Pos<acc_t> kp = load_pos<acc_t>(kpos + n * 3, need_pos);
+  const scalar_t* qv = qdata + b * video;
+  const scalar_t* kv = kdata + b * video;
+  acc_t* gqb = gq + b * video;
+  acc_t* gkb = gk + b * video;
+  acc_t gy = 0, gx = 0;
+  const acc_t wy0 = kp.sy ? acc_t(1) - kp.fy : acc_t(1), wx0 = kp.sx ? acc_t(1) - kp.fx : acc_t(1);
+  for (int dt = 0; dt < pt; ++dt)
+    for (int a = 0; a < ps; ++a)
+      for (int bb = 0; bb < ps; ++bb) {
+        const Px qo = locate(qp, dt, a, bb, T, H, W, ps, dil);
+        const Px ko = locate(kp, dt, a, bb, T, H, W, ps, dil);
+        for (int64_t c = c0; c < c0 + Ch; ++c) {
+          const acc_t qvl = value(qv, C, qp, qo, c);
+          const acc_t kvl = value(kv, C, kp, ko, c);
+          const acc_t dq = l2 ? acc_t(2) * (qvl - kvl) : kvl;
+          const acc_t dk = l2 ? -dq : qvl;
+          if (need_q) gpuAtomicAdd(&gqb[(qo.r0 + qo.c0) * C + c], g * dq);
+          if (need_k) {
+            const acc_t gv = g * dk;
+            gpuAtomicAdd(&gkb[(ko.r0 + ko.c0) * C + c], gv * wy0 * wx0);
+            if (kp.sx) gpuAtomicAdd(&gkb[(ko.r0 + ko.c1) * C + c], gv * wy0 * kp.fx);
+            if (kp.sy) {
+              gpuAtomicAdd(&gkb[(ko.r1 + ko.c0) * C + c], gv * kp.fy * wx0);
+              if (kp.sx) gpuAtomicAdd(&gkb[(ko.r1 + ko.c1) * C + c], gv * kp.fy * kp.fx);
+            }
+          }
+          if (need_pos) {
+            const acc_t v00 = static_cast<acc_t>(kv[(ko.r0 + ko.c0) * C + c]);
+            const acc_t v01 = static_cast<acc_t>(kv[(ko.r0 + ko.c1) * C + c]);
+            const acc_t v10 = static_cast<acc_t>(kv[(ko.r1 + ko.c0) * C + c]);
+            const acc_t v11 = static_cast<acc_t>(kv[(ko.r1 + ko.c1) * C + c]);
+            gy += g * dk * ((acc_t(1) - kp.fx) * (v10 - v00) + kp.fx * (v11 - v01));
+            gx += g * dk * ((acc_t(1) - kp.fy) * (v01 - v00) + kp.fy * (v11 - v10));
+          }
+        }
+      }
+  if (need_pos) {
+    gpos[n * 3 + 1] = static_cast<pos_t>(gy);
+    gpos[n * 3 + 2] = static_cast<pos_t>(gx);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& queries, const at::Tensor& keys,
+    const at::Tensor& coords, const at::Tensor& kpos, int64_t ps, int64_t pt, int64_t dilation,
+    bool l2, std::array<bool, 3> needs) {
+  check_videos(queries, keys);
+  stnls::check_patch_args(ps, pt, dilation);
+  const c10::cuda::CUDAGuard guard(queries.device());
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  const int64_t nh = kpos.size(1), Q = kpos.size(2), K = kpos.size(3);
+  const auto acc_type = stnls::acc_type(queries);
+  auto gq = at::zeros(queries.sizes(), queries.options().dtype(acc_type));
+  auto gk = at::zeros(keys.sizes(), keys.options().dtype(acc_type));
+  const bool sub = kpos.is_floating_point();
+  auto gpos = at::zeros(kpos.sizes(), kpos.options().dtype(sub ? kpos.scalar_type() : acc_type));
+  const int64_t n = B * nh * Q * K;
+  if (n > 0) {
+    const auto crd = coords.contiguous();
+    const auto pos = kpos.contiguous();
+    const auto g = grad.to(acc_type).contiguous();
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
+                                    "search_dists_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using video_t = scalar_t;
+      AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_backward_cuda_pos", [&] {
+        dists_backward_kernel<video_t, acc_t, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+            g.data_ptr<acc_t>(), queries.data_ptr<video_t>(), keys.data_ptr<video_t>(),
+            crd.data_ptr<int64_t>(), pos.data_ptr<scalar_t>(), B, T, H, W, C, nh, Q, K, int(ps),
+            int(pt), int(dilation), l2, needs[0], needs[1], needs[2] && sub,
+            gq.data_ptr<acc_t>(), gk.data_ptr<acc_t>(),
+            sub ? gpos.data_ptr<scalar_t>() : nullptr);
+      });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return {gq.to(queries.scalar_type()), gk.to(keys.scalar_type()), gpos};
+}
+
+}  // namespace
+
+}  // namespace stnls::search_cuda
+
+TORCH_LIBRARY_IMPL(napari_stnls, CUDA, m) {
+  m.impl("search_dists", &stnls::search_cuda::search_dists_cuda);
+  m.impl("search_dists_backward", &stnls::search_cuda::search_dists_backward_cuda);
+}

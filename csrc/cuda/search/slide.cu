@@ -1,0 +1,297 @@
+// The sliding kernel of whole-pixel grids (see common.cuh), chosen by box.cu.
+#include "common.cuh"
+#include "tile.cuh"
+
+namespace stnls::search_cuda {
+namespace {
+
+// Whole-pixel grids, sliding (topk_slide_kernel): ps 3, 5 or 7, stride0 = stride1 = dilation
+// = 1, float accumulation, k <= 16, 1 or 3 frames x channels per head (workload A). The box sums
+// of the staged kernel with the work spread so that nearly every value stays in registers:
+//  * a tile of TX x TY queries, TX = 32 - (ps - 1), TY = 8 (6 with three frames x channels):
+//    lane l of every warp holds column l of the tile's query pixels (TY + ps - 1 rows, with
+//    the halo) in registers for the whole search;
+//  * a warp takes one column offset dx and a chunk of kSlideRows row offsets dy: it holds the
+//    key column the lane meets at the first dy in registers and, from one dy to the next, the
+//    column slides down by one row, so each step loads one key row per lane;
+//  * each step (one offset for the whole tile) makes the difference column, its sums over
+//    every window of ps rows in registers, then the sums over ps columns across lanes with
+//    warp shuffles, and hands the tile's distances to the threads that keep each query's top
+//    k through shared memory (one block barrier per kSlideWarps offsets, double-buffered);
+//    those threads are spread evenly over the warps.
+// Every distance is summed in one fixed association that does not depend on where the query
+// sits in its tile: pair sums p(u) = e(u) + e(u + 1), then ((p(u) + p(u + 2)) + p(u + 4))
+// + e(u + 6) for ps = 7 (shorter for 5 and 3), down the columns and then along the rows. So
+// splitting the queries into batches changes no bit. The key pixels of a frame are staged in
+// shared memory as in the staged kernel (runs of fewer offsets where flows spread them).
+constexpr int kSlideWarps = 8, kSlideRows = 7;
+
+// TY rows of queries: fewer with 3 frames x channels, so that the query and key columns stay
+// in registers (at 128 registers ptxas spills none for one, and a few values for three)
+template <int PS, int PCN>
+struct SlideTile {
+  static constexpr int kTY = PCN == 1 ? 8 : 6, kTX = 32 - (PS - 1), kEY = kTY + PS - 1,
+                       kN = kTX * kTY;
+};
+
+// v[i] = the sum of e[i .. i + PS) in the association above, for i < TY
+template <int PS, int TY, int EY>
+__device__ __forceinline__ void slide_box_rows(const float (&e)[EY], float (&v)[TY]) {
+  static_assert(EY == TY + PS - 1, "rows of the difference column");
+  float p[EY - 1];
+#pragma unroll
+  for (int u = 0; u < EY - 1; ++u) p[u] = e[u] + e[u + 1];
+#pragma unroll
+  for (int i = 0; i < TY; ++i) {
+    if constexpr (PS == 3) v[i] = p[i] + e[i + 2];
+    if constexpr (PS == 5) v[i] = (p[i] + p[i + 2]) + e[i + 4];
+    if constexpr (PS == 7) v[i] = ((p[i] + p[i + 2]) + p[i + 4]) + e[i + 6];
+  }
+}
+
+// the same association along the lanes: lane l gets the sum of v over lanes l .. l + PS
+// (meaningful for l < 32 - (PS - 1))
+template <int PS>
+__device__ __forceinline__ float slide_box_lanes(float v) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const float p = v + __shfl_down_sync(kAll, v, 1);
+  if constexpr (PS == 3) return p + __shfl_down_sync(kAll, v, 2);
+  if constexpr (PS == 5) return (p + __shfl_down_sync(kAll, p, 2)) + __shfl_down_sync(kAll, v, 4);
+  return ((p + __shfl_down_sync(kAll, p, 2)) + __shfl_down_sync(kAll, p, 4)) +
+         __shfl_down_sync(kAll, v, 6);
+}
+
+// (two blocks per SM: 128 registers a thread)
+template <typename scalar_t, int KM, int PCN, int PS>
+__global__ void __launch_bounds__(kSlideWarps * 32, 2)
+    topk_slide_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
+                      const float* __restrict__ centres, const int64_t* __restrict__ frames,
+                      int64_t T, int64_t H, int64_t W, int64_t C, int64_t Q, int64_t nt, int ws,
+                      int64_t gt0, int64_t gy0, int64_t gx0, int64_t nH, int64_t nW, int64_t nh,
+                      int K, bool l2, bool exclude_self, int kcap, int64_t* __restrict__ out,
+                      float* __restrict__ dout) {
+  using Tile = SlideTile<PS, PCN>;
+  constexpr int TX = Tile::kTX, TY = Tile::kTY, EY = Tile::kEY, N = Tile::kN, r = PS / 2;
+  extern __shared__ __align__(16) unsigned char slide_smem[];
+  float* Ds = reinterpret_cast<float*>(slide_smem);  // 2 x kSlideWarps x N distances
+  float* Ks = Ds + 2 * kSlideWarps * N;               // PCN x KH x KP key pixels, <= kcap
+  __shared__ int2 offs[2][kSlideWarps];               // each warp's offset (dy, dx) of a step
+  __shared__ int gmin[2], gmax[2];
+
+  const int64_t bh = blockIdx.z, b = bh / nh, h = bh % nh;
+  const int64_t tr = blockIdx.y;
+  const int64_t tiles_x = (nW + TX - 1) / TX;
+  const int64_t tile_i = blockIdx.x / tiles_x, tile_j = blockIdx.x % tiles_x;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int tid = threadIdx.x;
+  // the threads that keep the tile's top-k lists: OW lanes of every warp (the lists' work is
+  // spread evenly over the warps, which meet at every round's barrier)
+  constexpr int OW = (N + kSlideWarps - 1) / kSlideWarps;
+  static_assert(OW <= 32, "owners per warp");
+  const int qi = warp * OW + lane;  // this thread's query in the tile
+  const int64_t gi = tile_i * TY + qi / TX, gj = tile_j * TX + qi % TX;
+  const bool active = lane < OW && qi < N && gi < nH && gj < nW;
+  const int64_t q = (tr * nH + gi) * nW + gj;
+  const int64_t t = gt0 + tr;
+  const int64_t qy = gy0 + gi, qx = gx0 + gj;
+  const int half = ws / 2, span = ws - 1;
+  const int64_t oy0 = gy0 + tile_i * TY - r, ox0 = gx0 + tile_j * TX - r;
+  const int Ch = static_cast<int>(C / nh);
+  const int64_t c0 = h * Ch, video = T * H * W * C;
+  const scalar_t* qv = qdata + b * video;
+  const scalar_t* kv = kdata + b * video;
+  const int64_t q_first = tr * nH * nW;
+
+  // column `lane` of the query tile and its halo, for the whole search
+  float Qr[PCN][EY];
+  {
+    const int64_t x = reflect(ox0 + lane, W);
+#pragma unroll
+    for (int pc = 0; pc < PCN; ++pc) {
+      const int dt = pc / Ch, c = pc - dt * Ch;
+      const int64_t fr = reflect(t + dt, T) * H;
+#pragma unroll
+      for (int u = 0; u < EY; ++u)
+        Qr[pc][u] = static_cast<float>(qv[((fr + reflect(oy0 + u, H)) * W + x) * C + c0 + c]);
+    }
+  }
+
+  TopK<float, int, KM> top;
+  int parity = 0;
+  for (int64_t f = 0; f < nt; ++f) {
+    const int64_t s = frames[q_first * nt + f];
+    int gy = 0, gx = 0;  // offset of this query's first candidate
+    if (active) window_start(centres + ((b * Q + q) * nt + f) * 2, half, 1, qy, qx, &gy, &gx);
+    int lo[2], hi[2];
+    block_extent(active, gy, gx, gmin, gmax, lo, hi);
+    const int ylo = lo[0], yhi = hi[0] + span;
+    const int xlo = lo[1], xhi = hi[1] + span;
+    if (ylo > yhi) continue;  // no active thread in this tile (uniform across the block)
+    // every window of the tile is the same: each offset of the union is in each one
+    const bool same = lo[0] == hi[0] && lo[1] == hi[1];
+    const int fw = static_cast<int>(f) * ws;
+    // runs of cy x cx offsets whose key pixels fit in kcap
+    const int ny = yhi - ylo + 1, nx = xhi - xlo + 1;
+    int cy = ny, cx = nx;
+    while (PCN * (EY + cy - 1) * odd_pitch(32 + cx - 1) > kcap) {
+      if (cy > 1)
+        cy = (cy + 1) / 2;
+      else
+        cx = (cx + 1) / 2;
+    }
+    for (int ya = ylo; ya <= yhi; ya += cy) {
+      const int my = min(cy, yhi - ya + 1);
+      for (int xa = xlo; xa <= xhi; xa += cx) {
+        const int mx = min(cx, xhi - xa + 1);
+        const int KH = EY + my - 1, KW = 32 + mx - 1, KP = odd_pitch(KW), KA = KH * KP;
+        // Every warp has passed a round barrier after its last read of Ks.
+        for (int e = tid; e < PCN * KH * KW; e += blockDim.x) {
+          const int pc = e / (KH * KW), pix = e - pc * (KH * KW), u = pix / KW, v = pix - u * KW;
+          const int dt = pc / Ch, c = pc - dt * Ch;
+          const int64_t fr = reflect(s + dt, T);
+          Ks[pc * KA + u * KP + v] = static_cast<float>(
+              kv[((fr * H + reflect(oy0 + ya + u, H)) * W + reflect(ox0 + xa + v, W)) * C + c0 +
+                 c]);
+        }
+        __syncthreads();  // Ks is staged
+        // items: one dx and kSlideRows dy each, one per warp per kSlideRows rounds
+        const int nitems = mx * ((my + kSlideRows - 1) / kSlideRows);
+        for (int ib = 0; ib < nitems; ib += kSlideWarps) {
+          const int it = ib + warp;
+          const bool has = it < nitems;  // uniform across the warp
+          const int ix = has ? it % mx : 0, iy0 = has ? (it / mx) * kSlideRows : 0;
+          const float* kc = Ks + lane + ix;
+          float Kr[PCN][EY];
+#pragma unroll
+          for (int pc = 0; pc < PCN; ++pc)
+#pragma unroll
+            for (int u = 0; u < EY; ++u) Kr[pc][u] = kc[pc * KA + min(iy0 + u, KH - 1) * KP];
+#pragma unroll
+          for (int st = 0; st < kSlideRows; ++st) {
+            if (st > 0) {  // slide the key column down one row (renaming once unrolled)
+              const int row = min(iy0 + st + EY - 1, KH - 1);
+#pragma unroll
+              for (int pc = 0; pc < PCN; ++pc) {
+#pragma unroll
+                for (int u = 0; u < EY - 1; ++u) Kr[pc][u] = Kr[pc][u + 1];
+                Kr[pc][EY - 1] = kc[pc * KA + row * KP];
+              }
+            }
+            const bool valid = has && iy0 + st < my;
+            if (valid) {
+              float e[EY];
+#pragma unroll
+              for (int u = 0; u < EY; ++u) {
+                float acc = 0.f;
+#pragma unroll
+                for (int pc = 0; pc < PCN; ++pc) term<float>(acc, Qr[pc][u], Kr[pc][u], l2);
+                e[u] = acc;
+              }
+              float v[TY];
+              slide_box_rows<PS, TY, EY>(e, v);
+              float* Dw = Ds + (parity * kSlideWarps + warp) * N;
+#pragma unroll
+              for (int i = 0; i < TY; ++i) {
+                const float d = slide_box_lanes<PS>(v[i]);
+                if (lane < TX) Dw[i * TX + lane] = d;
+              }
+            }
+            if (lane == 0)
+              offs[parity][warp] = valid ? make_int2(ya + iy0 + st, xa + ix) : make_int2(INT_MIN, 0);
+            __syncthreads();  // the round's distances are in Ds
+            if (active) {
+              const float* Dq = Ds + parity * kSlideWarps * N + qi;
+#pragma unroll 2
+              for (int w = 0; w < kSlideWarps; ++w) {
+                const float d = Dq[w * N];
+                // most candidates lose to the k-th best: no further look at them
+                if (top.n == K && (l2 ? d > top.worst_d : d < top.worst_d)) continue;
+                const int2 o = offs[parity][w];
+                if (o.x == INT_MIN) continue;
+                const int ii = o.x - gy, jj = o.y - gx;
+                if (!same && (static_cast<unsigned>(ii) > static_cast<unsigned>(span) ||
+                              static_cast<unsigned>(jj) > static_cast<unsigned>(span)))
+                  continue;
+                if (exclude_self && s == t && o.x == 0 && o.y == 0) continue;
+                top.insert(d, (fw + ii) * ws + jj, K, l2);
+              }
+            }
+            parity ^= 1;
+          }
+        }
+      }
+    }
+  }
+  if (active) top.write(dout + (bh * Q + q) * K, out + (bh * Q + q) * K, K, l2);
+}
+
+}  // namespace
+
+// Host side of topk_slide_kernel: float accumulation (not float64), k <= 16, ps 3, 5 or 7,
+// 1 or 3 frames x channels per head, unit spacings and dilation (checked by the caller).
+std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& queries,
+                                                          const at::Tensor& keys,
+                                                          const at::Tensor& centres,
+                                                          const at::Tensor& frames,
+                                                          at::IntArrayRef grid, int64_t ps,
+                                                          int64_t pt, int64_t nheads, int64_t k,
+                                                          bool l2, bool exclude_self, int64_t ws) {
+  const c10::cuda::CUDAGuard guard(queries.device());
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  const int64_t Q = grid[3] * grid[4] * grid[5], nt = frames.size(1);
+  const int64_t PC = pt * (C / nheads);
+  const auto st = queries.scalar_type();
+  TORCH_CHECK(k <= 16 && (ps == 3 || ps == 5 || ps == 7) && (PC == 1 || PC == 3) &&
+                  (st == at::kFloat || st == at::kHalf || st == at::kBFloat16),
+              "search_topk_slide_cuda: unsupported case");
+  auto ids = at::empty({B, nheads, Q, k}, frames.options());
+  auto dists = at::empty({B, nheads, Q, k}, queries.options().dtype(at::kFloat));
+  if (ids.numel() == 0) return {dists, ids};
+  const auto frm = frames.contiguous();
+  const auto cen = centres.to(at::kFloat).contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  // key pixels of a whole window of offsets and the spread of the border tiles' windows
+  constexpr int kcap = 16 * 1024;
+  // a generic lambda: only float, half and bfloat16 kernels are compiled (not float64)
+  auto run = [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    auto launch = [&](auto pcn, auto psn) {
+      constexpr int PS = decltype(psn)::value, PCN = decltype(pcn)::value;
+      using Tile = SlideTile<PS, PCN>;
+      constexpr int N = Tile::kN;
+      auto kern = topk_slide_kernel<scalar_t, 16, PCN, PS>;
+      const int smem = static_cast<int>((2 * kSlideWarps * N + kcap) * sizeof(float));
+      C10_CUDA_CHECK(
+          cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      const dim3 blocks = tile_blocks(grid, Tile::kTY, Tile::kTX, B * nheads);
+      kern<<<blocks, kSlideWarps * 32, smem, stream>>>(
+          queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), cen.data_ptr<float>(),
+          frm.data_ptr<int64_t>(), T, H, W, C, Q, nt, int(ws), grid[0], grid[1], grid[2],
+          grid[4], grid[5], nheads, int(k), l2, exclude_self, kcap, ids.data_ptr<int64_t>(),
+          dists.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    auto with_ps = [&](auto pcn) {
+      if (ps == 3)
+        launch(pcn, std::integral_constant<int, 3>{});
+      else if (ps == 5)
+        launch(pcn, std::integral_constant<int, 5>{});
+      else
+        launch(pcn, std::integral_constant<int, 7>{});
+    };
+    if (PC == 3)
+      with_ps(std::integral_constant<int, 3>{});
+    else
+      with_ps(std::integral_constant<int, 1>{});
+  };
+  if (queries.scalar_type() == at::kFloat)
+    run(float{});
+  else if (queries.scalar_type() == at::kHalf)
+    run(at::Half{});
+  else
+    run(at::BFloat16{});
+  return {dists, ids};
+}
+
+}  // namespace stnls::search_cuda

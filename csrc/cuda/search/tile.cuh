@@ -1,0 +1,59 @@
+// What the tiled kernels of whole-pixel grids (box.cu, stage.cu, slide.cu, pix.cu) share: where
+// a query's window starts, the extent of a tile's windows, the launch grid, and the staged
+// kernel's tile (box.cu sizes its shared memory).
+#pragma once
+
+#include "common.cuh"
+
+namespace stnls::search_cuda {
+
+// Offset (gy, gx) of the first candidate of a query's window from the query (qy, qx), for the
+// window centre c = (y, x) rounded to whole pixels.
+template <typename acc_t>
+__device__ __forceinline__ void window_start(const acc_t* c, int half, int s1, int64_t qy,
+                                             int64_t qx, int* gy, int* gx) {
+  *gy = static_cast<int>(llrint(static_cast<double>(c[0])) - half * s1 - qy);
+  *gx = static_cast<int>(llrint(static_cast<double>(c[1])) - half * s1 - qx);
+}
+
+// Block-wide minimum lo and maximum hi of (y, x) over the active threads, through the shared
+// pair gmin/gmax (lo = INT_MAX where no thread is active). Every thread of the block calls it;
+// its last barrier lets the next call reset gmin/gmax once everyone has read them.
+__device__ __forceinline__ void block_extent(bool active, int y, int x, int* gmin, int* gmax,
+                                             int* lo, int* hi) {
+  if (threadIdx.x == 0) {
+    gmin[0] = gmin[1] = INT_MAX;
+    gmax[0] = gmax[1] = INT_MIN;
+  }
+  __syncthreads();
+  if (active) {
+    atomicMin(&gmin[0], y);
+    atomicMin(&gmin[1], x);
+    atomicMax(&gmax[0], y);
+    atomicMax(&gmax[1], x);
+  }
+  __syncthreads();
+  lo[0] = gmin[0];
+  lo[1] = gmin[1];
+  hi[0] = gmax[0];
+  hi[1] = gmax[1];
+  __syncthreads();
+}
+
+// Launch grid of the tiled kernels: (tiles of ty x tx queries of a grid frame, grid frames,
+// batch x heads), for the query grid (t0, y0, x0, T_r, nH, nW, ...).
+inline dim3 tile_blocks(at::IntArrayRef grid, int64_t ty, int64_t tx, int64_t bh) {
+  TORCH_CHECK(grid[3] <= 65535 && bh <= 65535, "too many frames or batch x heads");
+  const int64_t tiles = ((grid[4] + ty - 1) / ty) * ((grid[5] + tx - 1) / tx);
+  return dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(grid[3]),
+              static_cast<unsigned>(bh));
+}
+
+// The staged kernel's tile (stage.cu)
+constexpr int kSY = 16, kSX = 16, kSW = 8;  // tile of kSY x kSX queries, kSW warps
+constexpr int kRP = 18;  // pitch of the row sums: the two half-warps of step 3 on other banks
+static_assert(kSX == 16 && kSY == 16, "steps 2 and 3 give each half-warp half of the tile");
+
+__host__ __device__ __forceinline__ int odd_pitch(int w) { return w | 1; }
+
+}  // namespace stnls::search_cuda
