@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._progress import Steps
+from .._util import Steps
 
 __all__ = ["compute_flows", "METHODS"]
 
@@ -62,7 +62,7 @@ def compute_flows(
     progress : callable, optional
         ``progress(done, total)`` after each flow field (``total = 2 * (T - 1)``).
     should_stop : callable, optional
-        Polled before each flow field; :class:`~napari_stnls._progress.Cancelled` is
+        Polled before each flow field; :class:`~napari_stnls._util.Cancelled` is
         raised when it returns True.
 
     Returns

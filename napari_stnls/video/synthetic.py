@@ -161,7 +161,7 @@ def sample_video(
 
     Examples
     --------
-    >>> from napari_stnls.data import sample_video
+    >>> from napari_stnls.video.synthetic import sample_video
     >>> from napari_stnls.ops import search, Region
     >>> vid = sample_video(n_frames=3, size=(32, 40))
     >>> vid.clean.shape, vid.fflow.shape
