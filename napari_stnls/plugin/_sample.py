@@ -1,6 +1,6 @@
 """The plugin's sample data (layer data tuples; no napari import).
 
-* ``astronaut``: :func:`napari_stnls.data.sample_video`, a real scene with known sub-pixel
+* ``astronaut``: :func:`napari_stnls.video.synthetic.sample_video`, a real scene with known sub-pixel
   motion: the noisy video (sigma = 20/255; the true flows in its metadata, which the Search
   and Denoise widgets use as the "computed" flow), the clean one, and the true forward flow
   as a Vectors layer.
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._reader import AXIS_LABELS, _AVIndex
-from .explore import flow_vectors
+from ..video.io import read_frames
+from ._reader import AXIS_LABELS
+from .model.search import flow_vectors
 
 __all__ = ["astronaut", "carphone", "bikes", "clip_path", "FLOWS_KEY", "SIGMA_KEY", "AXIS_LABELS"]
 
@@ -27,7 +28,7 @@ SIGMA = 20 / 255
 
 def astronaut(n_frames: int = 8, size: tuple[int, int] = (128, 160)) -> list[tuple]:
     """Noisy and clean sample video (T, H, W, 3) and its true flow, as layer data tuples."""
-    from .data import sample_video
+    from ..video.synthetic import sample_video
 
     vid = sample_video(n_frames=n_frames, size=size, sigma=SIGMA)
     flows = {"fflow": vid.fflow, "bflow": vid.bflow, "method": "true"}
@@ -56,9 +57,7 @@ def clip_path(name: str) -> Path:
 def _clip(file: str, label: str, n_frames: int, crop=None, seed: int = 0) -> list[tuple]:
     if importlib.util.find_spec("av") is None:
         raise ValueError(f"sample {label!r} needs PyAV to decode it: pip install av")
-    path = clip_path(file)
-    index = _AVIndex(path)
-    clean = index.read(path, 0, min(n_frames, len(index.pts))).astype(np.float32) / 255
+    clean = read_frames(clip_path(file), 0, n_frames).astype(np.float32) / 255
     if crop is not None:
         clean = clean[:, crop[0]:crop[1], crop[2]:crop[3]]
     clean = np.ascontiguousarray(clean)

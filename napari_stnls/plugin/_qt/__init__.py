@@ -1,6 +1,6 @@
 """The napari plugin's Qt code: one dock widget per module; everything they compute is in
-the Qt-free modules :mod:`napari_stnls.explore`, :mod:`napari_stnls.restore` and
-:mod:`napari_stnls.regions`."""
+the Qt-free modules :mod:`napari_stnls.plugin.model.search`,
+:mod:`napari_stnls.plugin.model.denoise` and :mod:`napari_stnls.plugin.model.regions`."""
 
 from .denoise import DenoiseWidget
 from .flow import FlowWidget

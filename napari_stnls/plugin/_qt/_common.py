@@ -12,10 +12,10 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
-from .._progress import Cancelled
+from ..._util import Cancelled
 from .._reader import AXIS_LABELS
 from .._sample import FLOWS_KEY
-from ..regions import Region, region_from_rectangle, validate_regions
+from ..model.regions import Region, region_from_rectangle, validate_regions
 
 DISPLAY_ONLY = "stnls_display_only"  # layer metadata: drawn by a widget for display, not input
 RESULTS_KEY = "stnls_search"  # video layer metadata: list of RegionResult, one per region searched

@@ -1,7 +1,7 @@
 """Denoise dock widget: restore a video, whole or in its regions, into a new layer; PSNR/SSIM.
 
 Lazy mode: a new layer backed by a dask array whose frames are denoised as napari displays
-them (:func:`napari_stnls.restore.denoise_lazy`), for videos too large to restore at once."""
+them (:func:`napari_stnls.plugin.model.denoise.denoise_lazy`), for videos too large to restore at once."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._sample import SIGMA_KEY
-from ..restore import (
+from ..model.denoise import (
     LAZY_METHODS,
     denoise_lazy,
     denoise_methods,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from qtpy.QtWidgets import QComboBox, QFormLayout, QSpinBox, QVBoxLayout, QWidget
 
 from .._sample import FLOWS_KEY
-from ..explore import compute_video_flows, flow_methods, flow_vectors
+from ..model.search import compute_video_flows, flow_methods, flow_vectors
 from ._common import LayerCombo, Runner, Status, is_video, set_layer, video_shape
 
 

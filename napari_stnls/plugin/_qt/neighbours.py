@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..explore import MAP_STATS, distance_map, gather_patches, mosaic, neighbours_at
+from ..model.search import MAP_STATS, distance_map, gather_patches, mosaic, neighbours_at
 from ._common import RESULTS_KEY, LayerCombo, Status, is_video, set_layer, video_shape
 
 

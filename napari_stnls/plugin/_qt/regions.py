@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._reader import AXIS_LABELS
-from ..regions import load_regions, rectangle_from_region, save_regions, validate_regions
+from ..model.regions import load_regions, rectangle_from_region, save_regions, validate_regions
 from ._common import DISPLAY_ONLY, LayerCombo, Status, is_regions_layer, is_video, regions_of, video_shape
 
 COLUMNS = ("t0", "t1", "y0", "y1", "x0", "x1")

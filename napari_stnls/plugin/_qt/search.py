@@ -14,7 +14,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..explore import SearchParams, distance_map, merge_results, search_regions
+from ..model.search import SearchParams, distance_map, merge_results, search_regions
 from ._common import (
     RESULTS_KEY,
     WHOLE_VIDEO,

@@ -1,6 +1,6 @@
 """A napari session on the sample: the README's ``make demo`` and the guide's screenshots.
 
-``python -m napari_stnls._qt.session`` (also the ``napari-stnls-gui`` command) opens napari
+``python -m napari_stnls.plugin._qt.session`` (also the ``napari-stnls-gui`` command) opens napari
 with the sample video loaded and the five widgets docked, then does what a user would:
 draws a region, searches it with the flow, picks a pixel to show its neighbours and
 denoises the region. With a display the window stays open; with none (no ``$DISPLAY``) the
@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from .._atomic import atomic_path
-from ..regions import Region
+from ..._util import atomic_path
+from ..model.regions import Region
 
 WIDGETS = ("Regions", "Optical flow", "Patch search", "Neighbours", "Denoise")
 REGION = Region(2, 5, 28, 92, 40, 120)  # the astronaut's face and helmet ring, frames 2..4
@@ -171,8 +171,9 @@ def main(argv=None) -> int:
             return 2
         print("[session] no display: running headless under xvfb-run")
         os.environ["NAPARI_STNLS_UNDER_XVFB"] = "1"
-        cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m", "napari_stnls._qt.session",
-               "--screenshot", args.screenshot, "--exit"] + (["--no-steps"] if args.no_steps else [])
+        cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m",
+               "napari_stnls.plugin._qt.session", "--screenshot", args.screenshot, "--exit"]
+        cmd += ["--no-steps"] if args.no_steps else []
         if args.screenshots:
             cmd += ["--screenshots", args.screenshots]
         os.execv(xvfb, cmd)

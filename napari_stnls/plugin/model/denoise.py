@@ -1,4 +1,4 @@
-"""Denoising for the napari plugin, without Qt: method registry, noise estimate, restore, quality.
+"""What the plugin's Denoise widget computes, without Qt: methods, noise estimate, denoising, quality.
 
 Wraps :mod:`napari_stnls.denoise` for videos in napari's layout (T, H, W[, C]): the input is
 never modified and the result is a new float32 array of the same shape.
@@ -11,22 +11,19 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ._progress import Cancelled, Steps
-from .explore import _check_flows, as_float_video, resolve_device
+from ..._util import Cancelled, Steps, resolve_device
+from ...denoise import METHODS
+from ...stream import denoise_dask
 from .regions import validate_regions
+from .search import as_float_video, check_flows
 
 __all__ = ["denoise_methods", "method_defaults", "estimate_noise_sigma", "denoise_video", "denoise_lazy",
            "LAZY_METHODS", "quality"]
 
 
 def denoise_methods() -> dict[str, Callable]:
-    """The denoisers by short name (``napari_stnls.denoise.METHODS`` when it exists)."""
-    from . import denoise
-
-    methods = getattr(denoise, "METHODS", None)
-    if isinstance(methods, dict) and methods:
-        return dict(methods)
-    return {"nlb": denoise.nl_bayes, "nlm": denoise.nl_means}
+    """The denoisers by short name (a copy of :data:`napari_stnls.denoise.METHODS`)."""
+    return dict(METHODS)
 
 
 def method_defaults(method: str) -> dict[str, object]:
@@ -94,7 +91,7 @@ def denoise_video(
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     progress, should_stop
-        See :mod:`napari_stnls._progress`.
+        See :mod:`napari_stnls._util`.
     **params
         Passed to the denoiser (``ps``, ``ws``, ``k``, ...).
 
@@ -117,7 +114,7 @@ def denoise_video(
     regs = None if regions is None else validate_regions(regions, shape)
     if regs is not None and not regs:
         raise ValueError("regions: empty list; pass None for the whole video")
-    fl = _check_flows(flows, shape)
+    fl = check_flows(flows, shape)
     dev = resolve_device(device)
     sig = inspect.signature(fn).parameters
     unknown = [p for p in params if p not in sig]
@@ -178,8 +175,6 @@ def denoise_lazy(video, method: str = "nlb", sigma: float = 20 / 255, *, flows=N
     -------
     dask.array.Array, float32, the shape of ``video``, chunked one frame per block.
     """
-    from . import stream
-
     if method not in LAZY_METHODS:
         raise ValueError(f"method: the lazy mode supports {LAZY_METHODS}, got {method!r}")
     if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma > 0:
@@ -191,11 +186,11 @@ def denoise_lazy(video, method: str = "nlb", sigma: float = 20 / 255, *, flows=N
     unknown = [p for p in params if p not in defaults]
     if unknown:
         raise ValueError(f"{unknown[0]}: not a parameter of the {method!r} denoiser")
-    fl = _check_flows(flows, shape)
+    fl = check_flows(flows, shape)
     dev = resolve_device(device)
     params = {k: v for k, v in params.items() if v is not None}
     try:
-        return stream.denoise_dask(video, method, tile=(1, int(shape[1]), int(shape[2])), flows=fl,
+        return denoise_dask(video, method, tile=(1, int(shape[1]), int(shape[2])), flows=fl,
                                    device=str(dev), sigma=float(sigma), **params)
     except TypeError as e:
         raise ValueError(str(e)) from e

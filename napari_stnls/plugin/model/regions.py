@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_path
-from .ops import Region
+from ..._util import atomic_path
+from ...ops import Region
 
 __all__ = [
     "Region",

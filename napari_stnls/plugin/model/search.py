@@ -1,10 +1,11 @@
-"""What the napari plugin does, without Qt: search per region, neighbours of a pixel, maps, flows.
+"""What the plugin's search widgets compute, without Qt: search per region, neighbours of a pixel,
+maps, flows.
 
 Every function here takes numpy (or dask, or memory-mapped) videos in napari's layout
 ``(T, H, W[, C])`` and returns numpy arrays, so it can be used and tested without napari.
 Long functions take ``progress(done, total)`` and ``should_stop()`` and raise
-:class:`~napari_stnls._progress.Cancelled` before returning anything when asked to stop
-(see :mod:`napari_stnls._progress`).
+:class:`~napari_stnls._util.Cancelled` before returning anything when asked to stop
+(see :mod:`napari_stnls._util`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ._progress import Cancelled, Steps
-from .ops import Region, gather, search
+from ..._util import Cancelled, Steps, resolve_device
+from ...ops import Region, gather, search
+from ...video import flow
 from .regions import validate_regions
 
 __all__ = [
@@ -38,25 +40,10 @@ __all__ = [
     "flow_vectors",
     "flow_methods",
     "compute_video_flows",
-    "resolve_device",
+    "check_flows",
 ]
 
 MAP_STATS = ("kth", "mean", "first")  # distance to the k-th / mean over K / to the best non-self
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None (CUDA when present), ``"cpu"``, ``"cuda"`` -> torch.device (ValueError otherwise)."""
-    if device is None or (isinstance(device, str) and device.lower() == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device.lower() if isinstance(device, str) else device)
-    except (TypeError, RuntimeError) as e:
-        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}") from e
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: CUDA was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
-    return dev
 
 
 def as_float_video(data, t0: int = 0, t1: int | None = None) -> np.ndarray:
@@ -212,7 +199,10 @@ def _frame_span(r: Region, T: int, wt: int) -> tuple[int, int]:
     return s0(r.t0), s0(r.t1 - 1) + nt
 
 
-def _check_flows(flows, shape) -> tuple[np.ndarray, np.ndarray] | None:
+def check_flows(flows, shape) -> tuple[np.ndarray, np.ndarray] | None:
+    """``flows`` (None or a pair of (T, 2, H, W) or (1, T, 2, H, W) arrays or tensors) as a
+    pair of float32 NumPy arrays (T, 2, H, W) of a video of napari ``shape`` (T, H, W[, C]),
+    or None; ValueError/TypeError naming ``flows`` otherwise."""
     if flows is None:
         return None
     if not isinstance(flows, tuple | list) or len(flows) != 2:
@@ -258,7 +248,7 @@ def search_regions(
     band_queries : int
         About this many queries are searched per step (one progress tick, one cancel check).
     progress, should_stop
-        See :mod:`napari_stnls._progress`.
+        See :mod:`napari_stnls._util`.
 
     Returns
     -------
@@ -274,7 +264,7 @@ def search_regions(
 
     Examples
     --------
-    >>> from napari_stnls.data import sample_video
+    >>> from napari_stnls.video.synthetic import sample_video
     >>> vid = sample_video(n_frames=3, size=(24, 32))
     >>> res = search_regions(vid.noisy, [(1, 2, 4, 12, 8, 16)],
     ...                      SearchParams(ps=3, ws=5, wt=1, k=4, stride0=2, device="cpu"))
@@ -292,7 +282,7 @@ def search_regions(
     regs = [Region(0, T, 0, H, 0, W)] if regions is None else validate_regions(regions, shape)
     if not regs:
         raise ValueError("regions: no region to search")
-    fl = _check_flows(flows, shape)
+    fl = check_flows(flows, shape)
     _int(band_queries, "band_queries", 1)
     device = resolve_device(params.device)
     plans = [(r, _bands(r, params.stride0, band_queries)) for r in regs]
@@ -353,7 +343,7 @@ def merge_results(old: Sequence[RegionResult] | None, new: Sequence[RegionResult
 
     Examples
     --------
-    >>> from napari_stnls.data import sample_video
+    >>> from napari_stnls.video.synthetic import sample_video
     >>> vid = sample_video(n_frames=3, size=(24, 32))
     >>> p = SearchParams(ps=3, ws=5, wt=1, k=4, stride0=2, device="cpu")
     >>> a, b = (1, 2, 4, 12, 8, 16), (0, 1, 0, 8, 0, 8)
@@ -375,7 +365,7 @@ def neighbours_at(results: Sequence[RegionResult], t: float, y: float, x: float)
 
     Examples
     --------
-    >>> from napari_stnls.data import sample_video
+    >>> from napari_stnls.video.synthetic import sample_video
     >>> vid = sample_video(n_frames=3, size=(24, 32))
     >>> res = search_regions(vid.noisy, [(1, 2, 4, 12, 8, 16)],
     ...                      SearchParams(ps=3, ws=5, wt=1, k=4, stride0=2, device="cpu"))
@@ -549,9 +539,7 @@ def flow_vectors(fflow, step: int = 8, scale: float = 1.0) -> np.ndarray:
 
 
 def flow_methods() -> tuple[str, ...]:
-    """The optical-flow methods available here (see :func:`napari_stnls.flow.compute_flows`)."""
-    from . import flow
-
+    """The optical-flow methods available here (see :func:`napari_stnls.video.flow.compute_flows`)."""
     return tuple(flow.METHODS)
 
 
@@ -564,11 +552,9 @@ def compute_video_flows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Forward and backward flows of a napari video, each (T, 2, H, W) float32 numpy.
 
-    Calls :func:`napari_stnls.flow.compute_flows`, passing ``should_stop`` to it when it
+    Calls :func:`napari_stnls.video.flow.compute_flows`, passing ``should_stop`` to it when it
     takes one, else checking between frames through ``progress``.
     """
-    from . import flow
-
     methods = flow_methods()
     if method not in methods:
         raise ValueError(f"method: expected one of {methods}, got {method!r}")
