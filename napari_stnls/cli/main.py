@@ -2,7 +2,9 @@
 ``napari-stnls denoise IN OUT --sigma S [--method nlb|nlm|skimage] [--region t0:t1,y0:y1,x0:x1 ...]
 [--flow tvl1|ilk|dis|none]``.
 
-Also reachable as ``python -m napari_stnls``. Exit status: 0 on success, 2 on bad
+The parser and the dispatch; each command lives in its own module (:mod:`.denoise`,
+:mod:`.demo`), imported only when it runs. Also reachable as ``python -m napari_stnls``.
+Exit status: 0 on success, 2 on bad
 arguments or when the output cannot be written, 130 when interrupted (Ctrl-C; nothing is
 written then).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
+from .. import __version__
 
 __all__ = ["main", "build_parser"]
 
@@ -30,7 +32,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-stnls",
-        description="Space-time non-local patch search for videos (PyTorch ops; napari plugin to come).",
+        description="Space-time non-local patch search for videos: the demo, and denoising of video files.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -81,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
             "is written atomically and never over the input."
         ),
     )
-    den.add_argument("input", metavar="IN", help="input video (.npy, .tif, .tiff, .mp4, .avi, .mov, .mkv)")
-    den.add_argument("output", metavar="OUT", help="output video (same types; video files as H.264, crf 1)")
+    den.add_argument("input", metavar="IN",
+                     help="input video (.npy, .tif, .tiff, .mp4, .avi, .mov, .mkv, .gif)")
+    den.add_argument("output", metavar="OUT",
+                     help="output video (the same types but .gif; video files as H.264, crf 1)")
     den.add_argument("--sigma", type=float, required=True,
                      help="noise standard deviation on the 0-255 scale (e.g. 20)")
     den.add_argument("--method", choices=("nlb", "nlm", "skimage"), default="nlb",
@@ -137,7 +141,9 @@ def main(argv=None) -> int:
     if args.command == "demo":
         return _demo(parser, args)
     if args.command == "denoise":
-        return _denoise(args)
+        from .denoise import run_denoise
+
+        return run_denoise(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover (argparse rejects it first)
     return 2  # pragma: no cover
 
@@ -157,127 +163,9 @@ def _demo(parser: argparse.ArgumentParser, args) -> int:
     except OSError as e:
         print(f"napari-stnls demo: error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
+    except (ValueError, ImportError) as e:  # ImportError: matplotlib missing, named with its extra
         print(f"napari-stnls demo: error: {e}", file=sys.stderr)
         return 2
     if args.quiet:
         print(format_report(res))
     return 0
-
-
-def _denoise(args) -> int:
-    import os
-
-    from .denoise import METHODS
-    from .io import read_video, write_video
-
-    def fail(msg: str) -> int:
-        print(f"napari-stnls denoise: error: {msg}", file=sys.stderr)
-        return 2
-
-    if not args.sigma > 0:
-        return fail(f"--sigma: expected a positive number on the 0-255 scale, got {args.sigma}")
-    if args.tile is not None:
-        return _denoise_tiled(args, fail)
-    if args.flow_files or args.max_flow is not None or args.overwrite:
-        return fail("--flow-files, --max-flow and --overwrite go with --tile")
-    both = os.path.exists(args.output) and os.path.exists(args.input)
-    if both and os.path.samefile(args.input, args.output):
-        return fail("OUT is the input file: refusing to overwrite the input")
-    if os.path.isdir(args.output):
-        return fail(f"OUT is a folder: {args.output}")
-    device = None if args.device == "auto" else args.device
-    try:
-        from .io import SUFFIXES
-
-        if os.path.splitext(args.output)[1].lower() not in SUFFIXES:
-            raise ValueError(f"output: unsupported file type; expected one of {SUFFIXES}")
-        video, scale = read_video(args.input)
-        flows = None
-        if args.flow != "none" and args.method != "skimage":
-            from .flow import compute_flows
-
-            if not args.quiet:
-                print(f"optical flow ({args.flow}) on {video.shape[0]} frames", file=sys.stderr)
-            flows = compute_flows(video, args.flow)
-        bar = None if args.quiet else _Bar("denoise")
-        method = METHODS[args.method]
-        out = method(video, args.sigma / 255.0, flows=flows, region=args.region, device=device, progress=bar)
-        if scale != 1.0:  # back to the input's integer scale
-            import numpy as np
-
-            dtype = {255.0: np.uint8, 65535.0: np.uint16}.get(scale, np.float32)
-            out = np.clip(np.rint(out * scale), 0, scale).astype(dtype)
-        write_video(args.output, out)
-    except ValueError as e:
-        return fail(str(e))
-    except OSError as e:
-        return fail(f"cannot write {args.output}: {e}")
-    except KeyboardInterrupt:
-        print("\nnapari-stnls denoise: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    if not args.quiet:
-        print(f"wrote {args.output}", file=sys.stderr)
-    return 0
-
-
-def _denoise_tiled(args, fail) -> int:
-    """``denoise --tile``: napari_stnls.stream.process, a progress bar over tiles."""
-    import os
-
-    import numpy as np
-
-    from . import stream
-
-    if args.method == "skimage":
-        return fail("--tile works with --method nlb or nlm")
-    if args.region:
-        return fail("--region and --tile cannot be combined")
-    both = os.path.exists(args.output) and os.path.exists(args.input)
-    if both and os.path.samefile(args.input, args.output):
-        return fail("OUT is the input: refusing to overwrite the input")
-    flows, max_flow = None, args.max_flow
-    if args.flow_files:
-        flows = tuple(args.flow_files)
-    elif args.flow != "none":
-        flows = args.flow
-        max_flow = 8.0 if max_flow is None else max_flow
-    try:
-        if os.path.splitext(args.input)[1].lower() in stream.VIDEO_SUFFIXES:
-            dtype = np.dtype(np.uint8)  # decoded as rgb24; no extra decoding pass to find out
-        else:
-            _, dtype = stream.open_video(args.input)
-        out_dtype = dtype if np.issubdtype(dtype, np.integer) else np.float32
-        bar = None if args.quiet else _Bar("tiles")
-        stream.process(args.input, args.output, args.method, tile=args.tile, flows=flows, max_flow=max_flow,
-                       device=None if args.device == "auto" else args.device, dtype=out_dtype,
-                       overwrite=args.overwrite, progress=bar, sigma=args.sigma / 255.0)
-    except (ValueError, TypeError) as e:
-        return fail(str(e))
-    except OSError as e:
-        return fail(f"cannot write {args.output}: {e}")
-    except KeyboardInterrupt:
-        print("\nnapari-stnls denoise: interrupted; the finished tiles are kept: run the same command "
-              "to resume", file=sys.stderr)
-        return 130
-    if not args.quiet:
-        print(f"wrote {args.output}", file=sys.stderr)
-    return 0
-
-
-class _Bar:
-    """A one-line text progress bar on stderr."""
-
-    def __init__(self, label: str):
-        self.label = label
-
-    def __call__(self, done: int, total: int) -> None:
-        width = 30
-        filled = int(width * done / max(total, 1))
-        end = "\n" if done >= total else ""
-        print(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end,
-              file=sys.stderr, flush=True)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
