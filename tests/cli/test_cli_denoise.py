@@ -8,9 +8,10 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
 from napari_stnls.cli import main
-from napari_stnls.data import sample_video
-from napari_stnls.flow import compute_flows
-from napari_stnls.io import read_video, write_video
+from napari_stnls.video import flow as video_flow
+from napari_stnls.video.flow import compute_flows
+from napari_stnls.video.io import read_video, write_video
+from napari_stnls.video.synthetic import sample_video
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_mp4_round_trip_through_the_command_line(tmp_path, sample):
 @pytest.mark.parametrize("method,flow", [
     ("skimage", "tvl1"),  # scikit-image's baseline computes no flow
     pytest.param("nlm", "dis", marks=pytest.mark.skipif(
-        "dis" not in __import__("napari_stnls.flow").flow.METHODS, reason="opencv-python-headless missing")),
+        "dis" not in video_flow.METHODS, reason="opencv-python-headless missing")),
 ])
 def test_other_methods_and_flows(tmp_path, sample, method, flow):
     src = tmp_path / "noisy.npy"
@@ -114,7 +115,7 @@ def test_other_methods_and_flows(tmp_path, sample, method, flow):
 
 
 def test_dis_without_opencv_fails_cleanly(tmp_path, sample, capsys, monkeypatch):
-    from napari_stnls import flow
+    from napari_stnls.video import flow
 
     monkeypatch.setattr(flow, "HAS_OPENCV", False)
     np.save(tmp_path / "in.npy", sample.noisy)
@@ -126,15 +127,15 @@ def test_dis_without_opencv_fails_cleanly(tmp_path, sample, capsys, monkeypatch)
 
 @pytest.mark.parametrize("when", ["compute", "write"])
 def test_ctrl_c_exits_non_zero_and_writes_nothing(tmp_path, sample, capsys, monkeypatch, when):
-    import napari_stnls.cli as cli
-    import napari_stnls.io as io
+    import napari_stnls.cli.denoise as cli_denoise
+    import napari_stnls.video.io as io
 
     np.save(tmp_path / "in.npy", sample.noisy)
     before = sorted(p.name for p in tmp_path.iterdir())
     if when == "compute":  # Ctrl-C arrives while the denoiser runs (seen at its first progress report)
         def interrupt(self, done, total):
             raise KeyboardInterrupt
-        monkeypatch.setattr(cli._Bar, "__call__", interrupt)
+        monkeypatch.setattr(cli_denoise.ProgressBar, "__call__", interrupt)
     else:  # ... or half-way through writing the output
         def half_save(path, arr):
             with open(path, "wb") as f:

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from napari_stnls import stream
 from napari_stnls.cli import main
 from napari_stnls.denoise import nl_means
+from napari_stnls.stream import methods as stream_methods
 
 
 def _video8(T=3, H=20, W=22):
@@ -65,7 +65,7 @@ def test_interrupted_cli_run_resumes(tmp_path, monkeypatch, capsys):
     np.save(tmp_path / "in.npy", v)
     args = ["denoise", str(tmp_path / "in.npy"), str(tmp_path / "o.zarr"), "--sigma", "20", "--method", "nlm",
             "--flow", "none", "--tile", "1,8,8", "--quiet"]
-    real, calls = stream._compute_tile, []
+    real, calls = stream_methods.compute_tile, []
 
     def interrupt_third(*a, **k):
         calls.append(1)
@@ -73,7 +73,7 @@ def test_interrupted_cli_run_resumes(tmp_path, monkeypatch, capsys):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(stream, "_compute_tile", interrupt_third)
+    monkeypatch.setattr(stream_methods, "compute_tile", interrupt_third)
     assert main(args) == 130
     assert "run the same command to resume" in capsys.readouterr().err
     assert json.loads((tmp_path / "o.zarr.tiles.json").read_text())["done"] == [0, 1]
@@ -82,7 +82,7 @@ def test_interrupted_cli_run_resumes(tmp_path, monkeypatch, capsys):
 
 
 def test_tiled_video_file_to_npy(tmp_path):
-    from napari_stnls.io import read_video, write_video
+    from napari_stnls.video.io import read_video, write_video
 
     rng = np.random.default_rng(1)
     write_video(tmp_path / "in.mp4", (rng.random((2, 16, 16, 3)) * 200).astype(np.uint8))

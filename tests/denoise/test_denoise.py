@@ -8,8 +8,8 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
-from napari_stnls.data import sample_video
 from napari_stnls.denoise import nl_means
+from napari_stnls.video.synthetic import sample_video
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_nl_bayes_regions_together_equal_one_by_one(sample):
 
 @pytest.mark.parametrize("name", ["nlm", "nlb", "skimage"])
 def test_cancel_raises_and_leaves_the_input_unchanged(sample, name):
-    from napari_stnls._progress import Cancelled
+    from napari_stnls._util import Cancelled
     from napari_stnls.denoise import METHODS
 
     polls, calls = [], []

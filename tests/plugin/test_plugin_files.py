@@ -11,16 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_stnls._reader import _AVIndex, napari_get_reader, open_video, read_layers
-from napari_stnls._sample import FLOWS_KEY, astronaut, bikes, carphone
-from napari_stnls.io import write_video
+from napari_stnls.plugin._reader import napari_get_reader, read_layers
+from napari_stnls.plugin._sample import FLOWS_KEY, astronaut, bikes, carphone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_npe2_validate_and_every_command_imports(tmp_path):
     npe2 = pytest.importorskip("npe2")
-    pm = npe2.PluginManifest.from_file(ROOT / "napari_stnls" / "napari.yaml")
+    pm = npe2.PluginManifest.from_file(ROOT / "napari_stnls" / "plugin" / "napari.yaml")
     assert pm.name == "napari-stnls"
     assert all(c.id.startswith("napari-stnls.") for c in pm.contributions.commands)
     pm.validate_imports()
@@ -39,9 +38,10 @@ def test_npe2_validate_and_every_command_imports(tmp_path):
 
 
 def test_manifest_is_package_data():
-    assert (ROOT / "napari_stnls" / "napari.yaml").is_file()
+    assert (ROOT / "napari_stnls" / "plugin" / "napari.yaml").is_file()
     cfg = (ROOT / "setup.cfg").read_text()
-    assert "napari-stnls = napari_stnls:napari.yaml" in cfg and "napari_stnls = napari.yaml" in cfg
+    assert "napari-stnls = napari_stnls.plugin:napari.yaml" in cfg
+    assert "napari_stnls.plugin = napari.yaml" in cfg
 
 
 def _video(T=12, H=24, W=32):
@@ -57,7 +57,7 @@ def test_reader_dispatch(tmp_path):
     assert napari_get_reader([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]) is None
 
 
-def test_read_npy_tiff(tmp_path):
+def test_read_layers_npy_tiff(tmp_path):
     import tifffile
 
     v = _video()
@@ -67,56 +67,8 @@ def test_read_npy_tiff(tmp_path):
     assert kind == "image" and kw["rgb"] and kw["name"] == "v"
     np.testing.assert_array_equal(np.asarray(data), v)
     assert isinstance(data, np.memmap) and not data.flags.writeable  # never loaded whole, never written
-    eager = open_video(tmp_path / "v.tif", lazy=False)
-    lazy = open_video(tmp_path / "v.tif", lazy=True, chunk_frames=5)
-    assert type(lazy).__module__.startswith("dask") and lazy.chunks[0] == (5, 5, 2)
-    np.testing.assert_array_equal(eager, v[..., 0])
-    np.testing.assert_array_equal(lazy[7:9].compute(), v[7:9, ..., 0])
     (data, kw, _), = read_layers([str(tmp_path / "v.tif")])
     assert not kw["rgb"] and data.shape == (12, 24, 32)
-
-
-def test_read_video_lazy_equals_eager(tmp_path):
-    pytest.importorskip("av")
-    v = _video(T=20)
-    path = write_video(tmp_path / "v.mp4", v)
-    eager = open_video(path, lazy=False)
-    assert eager.shape == (20, 24, 32, 3) and eager.dtype == np.uint8
-    assert np.abs(eager.astype(int) - v).mean() < 4  # near-lossless H.264
-    lazy = open_video(path, lazy=True, chunk_frames=6)
-    assert lazy.shape == eager.shape
-    np.testing.assert_array_equal(lazy[13:15].compute(), eager[13:15])
-    np.testing.assert_array_equal(lazy.compute(), eager)
-
-
-def test_lazy_reads_only_the_chunk_asked(tmp_path, monkeypatch):
-    pytest.importorskip("av")
-    path = write_video(tmp_path / "v.mp4", _video(T=24))
-    calls = []
-    real = _AVIndex.read
-    monkeypatch.setattr(_AVIndex, "read", lambda self, p, a, b: calls.append((a, b)) or real(self, p, a, b))
-    lazy = open_video(path, lazy=True, chunk_frames=8)
-    assert calls == []  # nothing decoded up front
-    lazy[17].compute()
-    assert calls == [(16, 24)]
-
-
-def test_read_gif_and_errors(tmp_path):
-    iio = pytest.importorskip("imageio.v3")
-    v = _video(T=4)
-    iio.imwrite(tmp_path / "v.gif", v, loop=0)
-    data = open_video(tmp_path / "v.gif")
-    assert data.shape[0] == 4 and data.shape[1:3] == (24, 32)
-    with pytest.raises(ValueError, match="no such file"):
-        open_video(tmp_path / "none.mp4")
-    with pytest.raises(ValueError, match="unsupported file type"):
-        open_video(tmp_path / "x.png")
-    (tmp_path / "bad.mp4").write_bytes(b"not a video")
-    with pytest.raises(ValueError, match="cannot read"):
-        open_video(tmp_path / "bad.mp4")
-    np.save(tmp_path / "flat.npy", np.zeros((4, 5)))
-    with pytest.raises(ValueError, match=r"expected frames \(T, H, W\)"):
-        open_video(tmp_path / "flat.npy")
 
 
 def test_sample_astronaut():

@@ -10,8 +10,8 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
 from napari_stnls import stream
-from napari_stnls.data import sample_video
 from napari_stnls.denoise import nl_bayes, nl_means
+from napari_stnls.video.synthetic import sample_video
 
 pytestmark = [
     pytest.mark.cuda,

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from napari_stnls import stream
-from napari_stnls._progress import Cancelled
+from napari_stnls._util import Cancelled
 from napari_stnls.denoise import nl_bayes, nl_means
 from napari_stnls.ops import Region, gather, search
+from napari_stnls.stream import methods as stream_methods
 
 NLM = dict(sigma=0.1, ps=3, ws=7, wt=1, k=4)
 
@@ -90,7 +91,7 @@ def test_nl_means_tiled_equals_whole_video_with_flows(tmp_path, tile):
     out = stream.process(v, tmp_path / "o.npy", "nl_means", tile=tile, flows=(ff, bf), device="cpu", **NLM)
     np.testing.assert_allclose(np.load(out), ref, atol=1e-5)
     # some crops are strictly inside the frame, so the interior-border logic is exercised
-    plan = [stream.tile_crop(stream._Spec("nlm", 3, 7, 1), t, v.shape[:3], (4, 7))
+    plan = [stream.tile_crop(stream.HaloSpec("nlm", 3, 7, 1), t, v.shape[:3], (4, 7))
             for t in stream.plan_tiles(v.shape[:3], tile)]
     assert any(c.y0 > 0 or c.x0 > 0 for c in plan) and any(c.y1 < 24 or c.x1 < 28 for c in plan)
 
@@ -109,7 +110,7 @@ def test_nl_bayes_tiled_equals_whole_video_with_flows(tmp_path):
     kw = dict(sigma=0.1, ps=3, ps2=5, pt=1, ws=5, wt=1, k=10, k2=26, stride0=2)
     ref = nl_bayes(v, flows=_torch_flows(ff, bf), device="cpu", **kw)
     tiles = stream.plan_tiles((3, 64, 64), (3, 32, 32))
-    spec = stream._Spec("nlb", 3, 5, 1, 2, ps2=5)
+    spec = stream.HaloSpec("nlb", 3, 5, 1, 2, ps2=5)
     crops = [stream.tile_crop(spec, t, (3, 64, 64), (3, 3)) for t in tiles]
     assert crops[0].y1 < 64 and crops[-1].y0 > 0  # the halo does not cover the whole frame
     out = stream.process(v, tmp_path / "o.zarr", "nl_bayes", tile=(3, 32, 32), flows=(ff, bf), max_flow=1.0,
@@ -124,7 +125,7 @@ def test_nl_bayes_tiled_in_time_with_patch_depth(tmp_path):
     kw = dict(sigma=0.1, ps=3, ps2=3, pt=2, ws=5, wt=1, k=19, k2=19)
     ref = nl_bayes(v, device="cpu", **kw)
     tiles = stream.plan_tiles((12, 12, 12), (2, 12, 12))
-    spec = stream._Spec("nlb", 3, 5, 1, 2, ps2=3, pt=2)
+    spec = stream.HaloSpec("nlb", 3, 5, 1, 2, ps2=3, pt=2)
     assert any(0 < stream.tile_crop(spec, t, (12, 12, 12), (0, 0)).t0 for t in tiles)
     assert any(stream.tile_crop(spec, t, (12, 12, 12), (0, 0)).t1 < 12 for t in tiles)
     out = stream.process(v, tmp_path / "o.npy", "nl_bayes", tile=(2, 12, 12), device="cpu", **kw)
@@ -156,7 +157,7 @@ def test_inputs_zarr_dask_uint8_and_video_file(tmp_path):
     import dask.array as da
     import zarr
 
-    from napari_stnls.io import read_video, write_video
+    from napari_stnls.video.io import read_video, write_video
 
     v8 = (_video(T=3, H=16, W=18, C=3) * 255).astype(np.uint8)
     ref = nl_means(v8.astype(np.float32) / 255, device="cpu", **NLM)
@@ -209,13 +210,13 @@ def test_resume_after_interruption_keeps_written_tiles(tmp_path, monkeypatch):
         np.testing.assert_allclose(part[sl], ref[sl], atol=1e-5)
 
     computed = []
-    real = stream._compute_tile
+    real = stream_methods.compute_tile
 
     def counting(kind, method, p, crop, tile, *a, **k):
         computed.append(tile)
         return real(kind, method, p, crop, tile, *a, **k)
 
-    monkeypatch.setattr(stream, "_compute_tile", counting)
+    monkeypatch.setattr(stream_methods, "compute_tile", counting)
     progress = []
     res = stream.process(v, out, "nlm", tile=(1, 12, 14), device="cpu",
                          progress=lambda d, t: progress.append((d, t)), **NLM)
@@ -246,7 +247,7 @@ def no_work(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("work was done before the error")
 
-    monkeypatch.setattr(stream, "_compute_tile", fail)
+    monkeypatch.setattr(stream_methods, "compute_tile", fail)
 
 
 def test_missing_or_read_only_output_fails_before_work(tmp_path, no_work):
@@ -325,13 +326,13 @@ def test_search_function_checks_its_output(tmp_path):
 
 
 def test_tile_crop_is_the_whole_video_for_one_tile():
-    spec = stream._Spec("nlb", 5, 11, 2, 2, ps2=5, pt=2)
+    spec = stream.HaloSpec("nlb", 5, 11, 2, 2, ps2=5, pt=2)
     whole = Region(0, 8, 0, 64, 0, 64)
     assert stream.tile_crop(spec, whole, (8, 64, 64), (3, 3)) == whole
 
 
 def test_per_tile_flows_are_computed_on_the_crop_and_clipped(tmp_path):
-    from napari_stnls.flow import compute_flows
+    from napari_stnls.video.flow import compute_flows
 
     v = _video(T=3, H=16, W=18)
     fl = tuple(f.clamp(-0.75, 0.75) for f in compute_flows(v[..., 0], "ilk"))

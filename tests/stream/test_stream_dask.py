@@ -8,6 +8,7 @@ import torch
 
 from napari_stnls import stream
 from napari_stnls.denoise import nl_bayes, nl_means
+from napari_stnls.stream import methods as stream_methods
 
 da = pytest.importorskip("dask.array")
 
@@ -52,13 +53,13 @@ def test_lazy_frames_compute_only_their_tiles(monkeypatch):
     v = _video(5, 16, 16)[..., 0]
     ref = nl_means(v, device="cpu", **NLM)
     seen = []
-    real = stream._compute_tile
+    real = stream_methods.compute_tile
 
     def counting(kind, method, p, crop, tile, *a, **k):
         seen.append(tile.t0)
         return real(kind, method, p, crop, tile, *a, **k)
 
-    monkeypatch.setattr(stream, "_compute_tile", counting)
+    monkeypatch.setattr(stream_methods, "compute_tile", counting)
     lazy = stream.denoise_dask(v, "nlm", **NLM)  # default: one tile per frame
     assert seen == [] and lazy.chunks[0] == (1,) * 5
     frame = lazy[3].compute(scheduler="synchronous")

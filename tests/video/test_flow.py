@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_stnls import flow
-from napari_stnls._progress import Cancelled
-from napari_stnls.data import sample_video
-from napari_stnls.flow import compute_flows
+from napari_stnls._util import Cancelled
+from napari_stnls.video import flow
+from napari_stnls.video.flow import compute_flows
+from napari_stnls.video.synthetic import sample_video
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from napari_stnls.data import SampleVideo, sample_video
+from napari_stnls.video.synthetic import SampleVideo, sample_video
 
 SIZE = (48, 64)
 

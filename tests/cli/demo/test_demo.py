@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from napari_stnls.cli import main
-from napari_stnls.demo import format_report, run_demo
+from napari_stnls.cli.demo import format_report, run_demo
 
 TINY = dict(size=(40, 48), n_frames=5, stride0=2)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -116,7 +116,7 @@ def test_cli_bad_size_is_a_clear_error(tmp_path, capsys):
 
 
 def test_python_dash_m(tmp_path):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     r = subprocess.run(
         [sys.executable, "-m", "napari_stnls", "demo", "--help"],
         cwd=root,

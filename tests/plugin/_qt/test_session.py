@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_stnls._qt._common import RESULTS_KEY  # noqa: E402
-from napari_stnls._qt.session import WIDGETS, dock_widgets, load_sample, run_steps, screenshot  # noqa: E402
-from napari_stnls.regions import Region  # noqa: E402
+from napari_stnls.plugin._qt._common import RESULTS_KEY  # noqa: E402
+from napari_stnls.plugin._qt.session import WIDGETS, dock_widgets, load_sample, run_steps, screenshot  # noqa: E402
+from napari_stnls.plugin.model.regions import Region  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_session_steps_and_screenshot(make_napari_viewer, tmp_path):
@@ -45,7 +45,7 @@ def test_session_steps_and_screenshot(make_napari_viewer, tmp_path):
 def test_headless_command_writes_a_screenshot(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     out = tmp_path / "shot.png"
-    cmd = [sys.executable, "-m", "napari_stnls._qt.session", "--no-steps", "--screenshot", str(out)]
+    cmd = [sys.executable, "-m", "napari_stnls.plugin._qt.session", "--no-steps", "--screenshot", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "running headless under xvfb-run" in r.stdout and out.read_bytes().startswith(b"\x89PNG")

@@ -11,13 +11,13 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari_stnls import explore  # noqa: E402
-from napari_stnls._qt import DenoiseWidget, FlowWidget, NeighboursWidget, RegionsWidget, SearchWidget  # noqa: E402
-from napari_stnls._qt._common import RESULTS_KEY  # noqa: E402
-from napari_stnls._qt.neighbours import PROJECTION  # noqa: E402
-from napari_stnls._sample import FLOWS_KEY, astronaut  # noqa: E402
-from napari_stnls.explore import SearchParams, search_regions  # noqa: E402
-from napari_stnls.regions import Region  # noqa: E402
+from napari_stnls.plugin._qt import DenoiseWidget, FlowWidget, NeighboursWidget, RegionsWidget, SearchWidget  # noqa: E402
+from napari_stnls.plugin._qt._common import RESULTS_KEY  # noqa: E402
+from napari_stnls.plugin._qt.neighbours import PROJECTION  # noqa: E402
+from napari_stnls.plugin._sample import FLOWS_KEY, astronaut  # noqa: E402
+from napari_stnls.plugin.model import search as model_search  # noqa: E402
+from napari_stnls.plugin.model.regions import Region  # noqa: E402
+from napari_stnls.plugin.model.search import SearchParams, search_regions  # noqa: E402
 
 T, H, W = 5, 40, 48
 REGION = Region(1, 3, 8, 28, 10, 34)
@@ -163,13 +163,13 @@ def test_search_with_flow_keeps_results_per_region(viewer, qtbot):
 
 def test_search_cancel_leaves_no_layer(viewer, qtbot, monkeypatch):
     with_regions(viewer, qtbot, [Region(0, T, 0, H, 0, W)])
-    real = explore.search
+    real = model_search.search
 
     def slow(*a, **k):  # 5 bands of 0.3 s: time to press Cancel after the first
         time.sleep(0.3)
         return real(*a, **k)
 
-    monkeypatch.setattr(explore, "search", slow)
+    monkeypatch.setattr(model_search, "search", slow)
     w = small_search(viewer, qtbot, flow="none")
     w.stride0.setValue(1)
     names = layer_names(viewer)
@@ -262,7 +262,7 @@ def test_flow_widget_cancel_and_no_video(viewer, qtbot):
 
 def test_reader_through_napari(make_napari_viewer, tmp_path):
     pytest.importorskip("av")
-    from napari_stnls.io import write_video
+    from napari_stnls.video.io import write_video
 
     v = np.random.default_rng(0).integers(0, 256, (6, 16, 20, 3), dtype=np.uint8)
     path = write_video(tmp_path / "clip.mp4", v)
@@ -432,17 +432,17 @@ def test_closed_widgets_stop_following_the_viewer(viewer, qtbot):
 
 
 def test_denoise_lazy_layer_computes_frames_on_view(viewer, qtbot, monkeypatch):
-    from napari_stnls import stream
+    from napari_stnls.stream import methods as stream_methods
 
     da = pytest.importorskip("dask.array")
     seen = []
-    real = stream._compute_tile
+    real = stream_methods.compute_tile
 
     def counting(kind, method, p, crop, tile, *a, **k):
         seen.append(tile.t0)
         return real(kind, method, p, crop, tile, *a, **k)
 
-    monkeypatch.setattr(stream, "_compute_tile", counting)
+    monkeypatch.setattr(stream_methods, "compute_tile", counting)
     noisy = viewer.layers["noisy"].data.copy()
     w = DenoiseWidget(viewer)
     qtbot.addWidget(w)

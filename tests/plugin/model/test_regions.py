@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_stnls.regions import (
+from napari_stnls.plugin.model.regions import (
     Region,
     load_regions,
     rectangle_from_region,

@@ -1,4 +1,4 @@
-"""The plugin's Qt-free logic: search per region, neighbours, maps, flows, denoising."""
+"""The plugin's Qt-free search model: search per region, neighbours, maps, flows."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_stnls.data import sample_video
-from napari_stnls.explore import (
+from napari_stnls.ops import Region, search
+from napari_stnls.plugin.model.search import (
     Cancelled,
     SearchParams,
     as_float_video,
@@ -20,8 +20,7 @@ from napari_stnls.explore import (
     neighbours_at,
     search_regions,
 )
-from napari_stnls.ops import Region, search
-from napari_stnls.restore import denoise_methods, denoise_video, estimate_noise_sigma, quality
+from napari_stnls.video.synthetic import sample_video
 
 P = SearchParams(ps=3, ws=5, wt=1, k=4, stride0=2, device="cpu")
 
@@ -194,44 +193,6 @@ def test_flow_vectors_and_flows(vid):
         compute_video_flows(vid.clean[:3], "ilk", should_stop=lambda: True)
     with pytest.raises(ValueError, match="method"):
         compute_video_flows(vid.clean[:3], "farneback")
-
-
-def test_denoise_video_regions_input_untouched(vid):
-    noisy = vid.noisy.copy()
-    assert set(denoise_methods()) >= {"nlb", "nlm"}
-    region = (1, 3, 8, 24, 10, 30)
-    out = denoise_video(noisy, "nlm", vid.sigma, regions=[region], flows=(vid.fflow, vid.bflow),
-                        device="cpu", ws=5, k=8)
-    np.testing.assert_array_equal(noisy, vid.noisy)  # input never modified
-    assert out.shape == noisy.shape and out.dtype == np.float32
-    mask = np.zeros(noisy.shape[:3], bool)
-    mask[1:3, 8:24, 10:30] = True
-    np.testing.assert_array_equal(out[~mask], noisy[~mask])  # outside: unchanged
-    q_in, q_out = quality(noisy, vid.clean, [region]), quality(out, vid.clean, [region])
-    assert q_out["psnr"] > q_in["psnr"] + 2 and q_out["ssim"] > q_in["ssim"]
-    with pytest.raises(Cancelled):
-        denoise_video(noisy, "nlm", vid.sigma, regions=[region], device="cpu", ws=5, k=8,
-                      should_stop=lambda: True)
-    with pytest.raises(ValueError, match="method"):
-        denoise_video(noisy, "bm3d", 0.1)
-    with pytest.raises(ValueError, match="sigma"):
-        denoise_video(noisy, "nlm", 0)
-    with pytest.raises(ValueError, match="wx: not a parameter"):
-        denoise_video(noisy, "nlm", 0.1, wx=3)
-    with pytest.raises(ValueError, match=r"regions\[0\]"):
-        denoise_video(noisy, "nlm", 0.1, regions=[(0, 1, 0, 99, 0, 1)])
-
-
-def test_estimate_sigma_and_quality(vid):
-    s = estimate_noise_sigma(vid.noisy)
-    assert abs(s - vid.sigma) < 0.3 * vid.sigma
-    u8 = (np.clip(vid.clean, 0, 1) * 255).round().astype(np.uint8)
-    q = quality(u8, vid.clean)
-    assert q["psnr"] > 45 and q["ssim"] > 0.99
-    assert type(q["psnr"]) is float and type(q["ssim"]) is float
-    assert quality(vid.clean, vid.clean)["psnr"] == float("inf")
-    with pytest.raises(ValueError, match="clean: shape"):
-        quality(vid.clean, vid.clean[:2])
 
 
 def test_search_regions_on_a_lazy_video_reads_only_the_frames_needed(vid):
