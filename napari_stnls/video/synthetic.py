@@ -198,16 +198,19 @@ def sample_video(
     def apply(A, q):  # A (2, 2) on (2, H, W)
         return np.einsum("ij,jhw->ihw", A, q)
 
-    # Frame t at q shows frame 0 at G_t^{-1}(q) = c + z^-t R(-t theta)(q - c - t v).
-    src = np.stack(
-        [
-            c[:, None, None] + apply(z ** (-t) * _rot(-t * theta), grid - (c + t * v)[:, None, None])
-            for t in range(T)
-        ]
-    )  # (T, 2, H, W), positions in frame-0 coordinates
+    def source(q):  # frame t at q shows frame 0 at G_t^{-1}(q) = c + z^-t R(-t theta)(q - c - t v)
+        return np.stack(
+            [
+                c[:, None, None] + apply(z ** (-t) * _rot(-t * theta), q - (c + t * v)[:, None, None])
+                for t in range(T)
+            ]
+        )  # (T, 2, h, w), positions in frame-0 coordinates
 
-    lo = src.reshape(T, 2, -1).min(axis=(0, 2))
-    hi = src.reshape(T, 2, -1).max(axis=(0, 2))
+    # the map is affine: its extremes over the frame are at the frame's corners, so the scene
+    # is checked before the (T, 2, H, W) positions are computed
+    corners = source(grid[:, :: H - 1, :: W - 1])
+    lo = corners.reshape(T, 2, -1).min(axis=(0, 2))
+    hi = corners.reshape(T, 2, -1).max(axis=(0, 2))
     for scale in (0.5, 1.0):
         scene = _scene(scale)
         Hs, Ws = scene.shape[:2]
@@ -226,6 +229,7 @@ def sample_video(
     off = centre - (lo + hi) / 2
     off = np.clip(off, _MARGIN - lo, np.array([Hs - 1, Ws - 1]) - _MARGIN - hi)
 
+    src = source(grid)
     clean = np.empty((T, H, W, 3), np.float32)
     for t in range(T):
         coords = src[t] + off[:, None, None]
