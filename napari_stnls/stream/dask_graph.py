@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -93,24 +91,13 @@ def denoise_dask(
     if tile is None:
         tile = (1, H, W)
 
-    class _Shape:  # what _plan needs of a video
-        pass
-
-    shim = _Shape()
-    shim.shape = (T, H, W, 1 if gray else dv.shape[3])
-    shim.reader = _Shape()
-    shim.reader.shape = tuple(dv.shape)
-    fl = FlowCrops(flows if isinstance(flows, str) or flows is None else tuple(
-        (f[0] if isinstance(f, torch.Tensor) and f.ndim == 5 else f) for f in flows), (T, H, W), max_flow)
-    plan = make_plan(shim, method, params, tile, fl)
+    fl = FlowCrops(flows, (T, H, W), max_flow)
+    plan = make_plan((T, H, W, 1 if gray else dv.shape[3]), tuple(dv.shape), method, params, tile, fl)
     dvf = dv.astype(np.float32) / scale if scale != 1.0 else dv.astype(np.float32)
     dflows = None
-    if fl.readers is not None:
-        dflows = [f if hasattr(f, "dask") else da.from_array(
-            np.load(f, mmap_mode="r") if isinstance(f, (str, Path)) else (
-                f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else f),
-            chunks=(1, 2, H, W), asarray=False) for f in (flows[0], flows[1])]
-        dflows = [f[0] if f.ndim == 5 else f for f in dflows]
+    if fl.readers is not None:  # each (T, 2, H, W): dask as given, else wrapped
+        dflows = [src if hasattr(src, "dask") else da.from_array(src, chunks=(1, 2, H, W), asarray=False)
+                  for src in (rd.source() for rd in fl.readers)]
     bound = fl.bound[0]
     blocks = {}
     for t in plan.tiles:

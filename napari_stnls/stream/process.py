@@ -74,10 +74,12 @@ class Plan:
         return fp
 
 
-def make_plan(video: VideoCrops, method, params, tile, flows: FlowCrops) -> Plan:
-    """The :class:`Plan` of ``method`` on ``video`` (anything with ``shape`` (T, H, W, C) and
-    ``reader.shape``) in tiles of ``tile``; raises on bad parameters before any work."""
-    T, H, W, C = video.shape
+def make_plan(shape: tuple[int, int, int, int], stored_shape: tuple[int, ...], method, params, tile,
+              flows: FlowCrops) -> Plan:
+    """The :class:`Plan` of ``method`` on a video of ``shape`` (T, H, W, C), stored as
+    ``stored_shape`` ((T, H, W) or (T, H, W, C): the denoisers' output shape), in tiles of
+    ``tile``; raises on bad parameters before any work."""
+    T, H, W, C = shape
     kind, spec, p = methods.resolve_method(method, params, C, T)
     _check_window(spec, (T, H, W))
     tile = _tile_arg(tile, (T, H, W))
@@ -88,7 +90,7 @@ def make_plan(video: VideoCrops, method, params, tile, flows: FlowCrops) -> Plan
         s = spec.stride0
         out_shape = (T, -(-H // s), -(-W // s), method.channels)
     else:
-        out_shape = video.reader.shape
+        out_shape = tuple(stored_shape)
     return Plan(kind, method, p, spec, (T, H, W), tile, tiles, out_shape, flows.chain(T, spec.wt))
 
 
@@ -183,7 +185,7 @@ def process(
     try:
         T, H, W, C = vid.shape
         fl = FlowCrops(flows, (T, H, W), max_flow)
-        plan = make_plan(vid, method, params, tile, fl)
+        plan = make_plan(vid.shape, vid.reader.shape, method, params, tile, fl)
         out_dtype = np.dtype(dtype if dtype is not None else np.float32)
         s = plan.spec.stride0 if plan.kind == "fn" else 1
         chunks = (plan.tile[0], -(-plan.tile[1] // s), -(-plan.tile[2] // s)) + tuple(plan.out_shape[3:])

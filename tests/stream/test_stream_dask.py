@@ -84,3 +84,14 @@ def test_npy_path_and_uint8(tmp_path):
     lazy = stream.denoise_dask(tmp_path / "v.npy", "nlm", tile=(2, 6, 14), **NLM)
     assert lazy.dtype == np.float32
     np.testing.assert_allclose(lazy.compute(scheduler="synchronous"), ref, atol=1e-5)
+    # flows as .npy and .zarr paths, read like the video
+    import zarr
+
+    ff, bf = _flows(3, 12, 14)
+    np.save(tmp_path / "ff.npy", ff)
+    zarr.open_array(str(tmp_path / "bf.zarr"), mode="w", shape=bf.shape, dtype=np.float32)[:] = bf
+    tfl = (torch.from_numpy(ff)[None], torch.from_numpy(bf)[None])
+    ref = nl_means(v8.astype(np.float32) / 255, flows=tfl, device="cpu", **NLM)
+    lazy = stream.denoise_dask(tmp_path / "v.npy", "nlm", tile=(2, 6, 14), flows=(tmp_path / "ff.npy",
+                               tmp_path / "bf.zarr"), **NLM)
+    np.testing.assert_allclose(lazy.compute(scheduler="synchronous"), ref, atol=1e-5)
