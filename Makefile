@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(PY) -m napari_stnls demo --out out/demo.png
 	# napari with the sample and the widgets docked, after a region -> flow -> search ->
 	# neighbours -> denoise session; without $$DISPLAY it runs headless under xvfb-run
-	$(PY) -m napari_stnls._qt.session --screenshot out/napari.png
+	$(PY) -m napari_stnls.plugin._qt.session --screenshot out/napari.png
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -27,7 +27,7 @@ from skimage.metrics import peak_signal_noise_ratio
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from napari_stnls.denoise import nl_bayes, nl_means, skimage_nl_means  # noqa: E402
-from napari_stnls.flow import compute_flows  # noqa: E402
+from napari_stnls.video.flow import compute_flows  # noqa: E402
 
 CLIPS = {"carphone": "carphone_pristine.mp4", "bikes": "bikes.mp4"}
 METHOD_NAMES = ("skimage_nlm_2d", "skimage_nlm_3d", "cbm3d", "nl_means_flow", "nl_bayes_flow")

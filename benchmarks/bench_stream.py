@@ -195,7 +195,7 @@ def main(argv=None) -> int:
 
 
 def _write(path: str, report: dict) -> None:
-    from napari_stnls._atomic import atomic_path
+    from napari_stnls._util import atomic_path
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -2,7 +2,7 @@
 
 Scenes: scikit-image photographs (astronaut, coffee, chelsea, rocket) moved by a known smooth
 motion (sub-pixel translation, small rotation and zoom, resampled with cubic splines, as
-napari_stnls.data.sample_video does) plus white Gaussian noise with a fixed seed. The flow
+napari_stnls.video.synthetic.sample_video does) plus white Gaussian noise with a fixed seed. The flow
 is TV-L1 computed on the noisy frames, as in real use. Each configuration is scored by the
 PSNR of the middle frame (restored in region mode, so a trial costs about one frame),
 averaged over the scenes. Prints one JSON line per trial on stdout.
@@ -28,7 +28,7 @@ from skimage.metrics import peak_signal_noise_ratio
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from napari_stnls.denoise import nl_bayes, nl_means, skimage_nl_means  # noqa: E402
-from napari_stnls.flow import compute_flows  # noqa: E402
+from napari_stnls.video.flow import compute_flows  # noqa: E402
 
 # photograph: (scale, centre (y, x) of the crop); rocket adds smooth sky and fast motion
 SCENES = {"astronaut": (0.5, (110, 150)), "coffee": (0.5, (90, 160)), "chelsea": (0.6, (80, 110)),

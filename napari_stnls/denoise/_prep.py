@@ -1,0 +1,75 @@
+"""Checks and conversions shared by the denoisers: input layouts, devices, regions, bands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .._util import resolve_device
+from ..ops import Region, as_region
+
+__all__ = ["to_video", "dilate", "split_bands", "prepare"]
+
+
+def to_video(video, name: str = "video") -> tuple[torch.Tensor, Callable]:
+    """(B, T, C, H, W) float tensor and a function that converts a result back."""
+    if isinstance(video, torch.Tensor):
+        if video.ndim != 5:
+            raise ValueError(f"{name}: expected a tensor of shape (B, T, C, H, W), got {tuple(video.shape)}")
+        if not video.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor (values in [0, 1]), got {video.dtype}")
+        return video, lambda x: x.to(video.dtype)
+    if isinstance(video, np.ndarray):
+        if video.ndim not in (3, 4):
+            raise ValueError(f"{name}: expected an array (T, H, W) or (T, H, W, C), got shape {video.shape}")
+        if not np.issubdtype(video.dtype, np.floating):
+            raise TypeError(f"{name}: expected floating-point values in [0, 1], got {video.dtype}")
+        gray = video.ndim == 3
+        arr = video[..., None] if gray else video
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(0, 3, 1, 2)[None]
+
+        def back(x: torch.Tensor) -> np.ndarray:
+            out = x[0].permute(0, 2, 3, 1).cpu().numpy().astype(video.dtype, copy=False)
+            return out[..., 0] if gray else out
+
+        return t, back
+    raise TypeError(f"{name}: expected a torch.Tensor (B, T, C, H, W) or a numpy array (T, H, W[, C]), "
+                    f"got {type(video).__name__}")
+
+
+def dilate(r: Region, pad: int, shape) -> Region:
+    """``r`` grown by ``pad`` pixels in y and x, clipped to the frame of ``shape`` (B, T, C, H, W)."""
+    _, T, _, H, W = shape
+    return Region(r.t0, r.t1, max(0, r.y0 - pad), min(H, r.y1 + pad), max(0, r.x0 - pad), min(W, r.x1 + pad))
+
+
+def split_bands(r: Region, pad: int, rows: int, shape) -> list[Region]:
+    """One-frame bands of at most ``rows`` rows covering ``r`` dilated by ``pad`` in y and x."""
+    q = dilate(r, pad, shape)
+    return [Region(t, t + 1, y, min(q.y1, y + rows), q.x0, q.x1)
+            for t in range(q.t0, q.t1) for y in range(q.y0, q.y1, rows)]
+
+
+def prepare(video, sigma, device, region, flows, band_rows):
+    """Checks and conversions shared by the denoisers.
+
+    Returns the input as a (B, T, C, H, W) tensor, the function converting a result back to
+    the input's type, the float32 copy on ``device``, the flows there, and the regions.
+    """
+    x, back = to_video(video)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma: expected a positive number on the video's scale, got {sigma!r}")
+    device = resolve_device(device)
+    if band_rows is not None and (not isinstance(band_rows, int) or band_rows <= 0):
+        raise ValueError(f"band_rows: expected a positive int, got {band_rows!r}")
+    regions = region if isinstance(region, list) else [region]
+    regions = [as_region(r, x.shape) for r in regions]
+    xd = x.to(device=device, dtype=torch.float32)
+    # channels-last in memory, as the compiled kernels read it: converted once here rather
+    # than copied by every band's search and aggregate (a no-op for napari layers and numpy)
+    xd = xd.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    if flows is not None:
+        flows = tuple(f.to(device=device, dtype=torch.float32) for f in flows)
+    return x, back, xd, flows, regions

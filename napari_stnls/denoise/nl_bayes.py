@@ -1,0 +1,241 @@
+"""Two-step video non-local Bayes along the optical flow (after Arias & Morel's VNLB)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from .._util import Steps
+from ..ops import Region, gather, scatter, search
+from ._prep import prepare, split_bands
+from .params import nl_bayes_params
+
+__all__ = ["nl_bayes"]
+
+
+# Orthonormal opponent colour transform: luminance carries most of the signal, and the
+# noise stays white with the same sigma in every channel.
+_OPP = torch.tensor([[1 / 3**0.5, 1 / 3**0.5, 1 / 3**0.5],
+                     [1 / 2**0.5, 0.0, -1 / 2**0.5],
+                     [1 / 6**0.5, -2 / 6**0.5, 1 / 6**0.5]])
+
+
+def _to_opp(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """(B, T, 3, H, W) RGB <-> orthonormal opponent space (Y, U, V)."""
+    m = _OPP.to(x)
+    return torch.einsum("dc,btchw->btdhw", m.T if inverse else m, x)
+
+
+def _eigh(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched ``torch.linalg.eigh`` of small matrices, fast on the CPU.
+
+    LAPACK's own threads slow small eigen-problems down (8x when the cores are busy), so
+    on the CPU each chunk of the batch is solved single-threaded, in parallel chunks.
+    On CUDA, PyTorch solves a batch of matrices larger than 32 x 32 one matrix at a time
+    (seen with torch 2.11+cu130 on an H100: ``nl_bayes`` on 10 CIF frames took minutes),
+    so such batches are solved on the CPU and the results copied back.
+    """
+    if cov.device.type == "cuda" and cov.shape[-1] > 32 and cov.shape[0] > 1:
+        vals, vecs = _eigh(cov.cpu())
+        return vals.to(cov.device), vecs.to(cov.device)
+    n = torch.get_num_threads()
+    if cov.device.type != "cpu" or cov.shape[0] < 2:
+        return torch.linalg.eigh(cov)
+
+    def one(c):
+        torch.set_num_threads(1)  # per calling thread for OpenMP/BLAS
+        return torch.linalg.eigh(c)
+
+    try:
+        if n == 1:
+            return one(cov)
+        with ThreadPoolExecutor(n) as ex:
+            parts = list(ex.map(one, cov.chunk(n)))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    finally:
+        torch.set_num_threads(n)
+
+
+def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_search, flows, stride0,
+                regions, rows, step, steps):
+    """One step of video non-local Bayes: group, estimate, aggregate every group patch.
+
+    Groups are searched on ``guide`` (its first channel only with ``luma_search``); the
+    Bayes estimate of each group's noisy patches uses the group's own covariance (step 1)
+    or the guide's (step 2), with each colour channel on its own unless ``couple``.
+    Eigen-directions whose signal variance is at most ``thresh * sigma^2`` are set to the
+    group mean (VNLB's variance threshold).
+    """
+    B, T, C, H, W = noisy.shape
+    pad = ps // 2
+    out = noisy.clone() if step == 1 else guide.clone()
+    var = sigma**2
+    key = guide[:, :, :1] if luma_search else guide
+    G = 1 if couple else C  # independent groups per reference patch
+    for r in regions:
+        agg = torch.zeros_like(noisy)
+        cnt = torch.zeros(B, T, 1, H, W, device=noisy.device)
+        for band in split_bands(r, pad + ws, rows, noisy.shape):  # groups of nearby references reach r
+            steps.check()
+            # whole-pixel positions: bilinear reading would lower the patches' noise
+            # variance below sigma^2, which the Wiener filter assumes
+            _, i = search(key, key, ps=ps, pt=pt, ws=ws, wt=wt, k=k, flows=flows, region=band,
+                          stride0=stride0, itype="int")
+
+            def groups(v, i=i):  # (B, 1, Q, K, pt, C, ps, ps) -> (B, Q, G, K, D)
+                p = gather(v, i, ps=ps, pt=pt)
+                p = p.permute(0, 1, 2, 5, 3, 4, 6, 7) if not couple else p.unsqueeze(3)
+                return p.reshape(B, p.shape[2], G, k, -1)
+
+            yn = groups(noisy)
+            mn = yn.mean(3, keepdim=True)
+            yc = yn - mn
+            if step == 1:
+                cov = yc.transpose(-1, -2) @ yc / (k - 1)
+                ev, U = _eigh(cov.flatten(0, 2))
+                ev, U = ev.view(*cov.shape[:-1]), U.view(cov.shape)
+                ev = ev - var
+            else:
+                yb = groups(guide)
+                yb = yb - yb.mean(3, keepdim=True)
+                cov = yb.transpose(-1, -2) @ yb / (k - 1)
+                ev, U = _eigh(cov.flatten(0, 2))
+                ev, U = ev.view(*cov.shape[:-1]), U.view(cov.shape)
+            gain = torch.where(ev > thresh * var, ev / (ev + var).clamp_min(1e-12), torch.zeros_like(ev))
+            # x = m + U diag(gain) U^T (y - m), for every patch of every group
+            est = mn + ((yc @ U) * gain.unsqueeze(3)) @ U.transpose(-1, -2)
+            Q = est.shape[1]
+            if couple:
+                est = est.reshape(B, 1, Q, k, pt, C, ps, ps)
+            else:
+                est = est.reshape(B, 1, Q, C, k, pt, ps, ps).permute(0, 1, 2, 4, 5, 3, 6, 7)
+            scatter(est, i, out=(agg, cnt), ps=ps, pt=pt)
+            steps.advance()
+        sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
+        covered = cnt[sl] > 0
+        out[sl] = torch.where(covered, agg[sl] / cnt[sl].clamp_min(1e-12), out[sl])
+    return out
+
+
+def nl_bayes(
+    video,
+    sigma: float,
+    *,
+    ps: int | None = None,
+    ps2: int | None = None,
+    pt: int | None = None,
+    ws: int | None = None,
+    wt: int | None = None,
+    k: int | None = None,
+    k2: int | None = None,
+    stride0: int | None = None,
+    thresh: float | None = None,
+    thresh2: float | None = None,
+    opponent: bool = True,
+    flows=None,
+    region=None,
+    device: str | torch.device | None = None,
+    band_rows: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
+    """Two-step video non-local Bayes (after Arias & Morel's VNLB), along the flow.
+
+    Colour videos are first taken to an orthonormal opponent space (Y, U, V), where the
+    noise keeps its sigma and Y carries most of the signal. Step 1 groups the ``k`` most
+    similar space-time patches (``ps x ps`` pixels over ``pt`` frames) of every reference
+    patch on a grid of spacing ``stride0``, matched on Y, and filters each channel of the
+    group on its own: with the eigen-decomposition of the group's covariance,
+    ``x = m + U diag(g) U^T (y - m)`` where ``g = l / (l + sigma^2)`` for the signal
+    variances ``l = lambda - sigma^2`` above ``thresh * sigma^2`` and 0 below. Every
+    filtered patch is aggregated (averaged where patches overlap). Step 2 searches again on
+    that basic estimate (all channels), takes its covariance as the oracle
+    (``l = lambda_basic``, threshold ``thresh2``) and filters all channels jointly with
+    ``k2`` patches of side ``ps2``.
+
+    Parameters
+    ----------
+    video, sigma, flows, region, device, band_rows, progress, should_stop
+        As for :func:`~napari_stnls.denoise.nl_means`.
+    ps, ps2, pt, ws, wt, k, k2, stride0, thresh, thresh2 : optional
+        Patch side in steps 1 and 2, frames per patch, search window side, temporal
+        radius, group sizes in steps 1 and 2, spacing of the reference patches, variance
+        thresholds in steps 1 and 2. None takes the value tuned for ``sigma``
+        (:func:`nl_bayes_params`).
+    opponent : bool
+        Work in the opponent colour space (3-channel videos only).
+
+    Returns
+    -------
+    Same type and layout as ``video``. Regions: each one is restored on its own (step 1 on
+    the region dilated by the reach of step 2's search, step 2 on the region), so its result
+    is the same whether it is given alone or with others (where regions overlap, the last
+    one listed gives the value); pixels outside every region are returned unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> clean = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (3, 24, 1))
+    >>> noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape).astype(np.float32)
+    >>> out = nl_bayes(noisy, 0.1, ws=7, device="cpu")
+    >>> bool(np.abs(out - clean).mean() < 0.5 * np.abs(noisy - clean).mean())
+    True
+    """
+    x, back, xd, flows, regions = prepare(video, sigma, device, region, flows, band_rows)
+    B, T, C, H, W = x.shape
+    p = nl_bayes_params(sigma, C)
+    given = dict(ps=ps, ps2=ps2, pt=pt, ws=ws, wt=wt, k=k, k2=k2, stride0=stride0)
+    for name, v in given.items():
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+            p[name] = v
+    for name, v in dict(thresh=thresh, thresh2=thresh2).items():
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
+            p[name] = float(v)
+    n_cand = min(T, 2 * p["wt"] + 1) * p["ws"] ** 2  # the most neighbours a window holds
+    p["k"], p["k2"] = min(p["k"], n_cand), min(p["k2"], n_cand)
+    opp = bool(opponent) and C == 3
+    if opp:
+        xd = _to_opp(xd)
+    cfg1 = dict(ps=p["ps"], k=p["k"], thresh=p["thresh"], couple=not opp, luma_search=opp)
+    cfg2 = dict(ps=p["ps2"], k=p["k2"], thresh=p["thresh2"], couple=True, luma_search=False)
+    ws, wt, s0, pt = p["ws"], p["wt"], p["stride0"], p["pt"]
+    # step 2 reads the basic estimate around the region: up to ws//2 + ps2 pixels (plus the
+    # flow) away in space and wt frames in time
+    reach = ws // 2 + p["ps2"]
+    regions1 = [Region(max(0, r.t0 - wt), min(T, r.t1 + wt), max(0, r.y0 - reach), min(H, r.y1 + reach),
+                       max(0, r.x0 - reach), min(W, r.x1 + reach)) for r in regions]
+
+    def plan(cfg, regs):
+        D = pt * cfg["ps"] ** 2 * (C if cfg["couple"] else 1)
+        G = 1 if cfg["couple"] else C
+        per_query = G * (cfg["k"] * D * 4 * 6 + D * D * 4 * 4)
+        rows = band_rows or max(s0, (256 * 2**20) // max(1, per_query * -(-W // s0)) * s0)
+        return rows, sum(len(split_bands(r, cfg["ps"] // 2 + ws, rows, x.shape)) for r in regs)
+
+    (rows1, n1), (rows2, n2) = plan(cfg1, regions1), plan(cfg2, regions)
+    steps = Steps(n1 + n2, progress, should_stop)
+    kw = dict(pt=pt, ws=ws, wt=wt, flows=flows, stride0=s0, steps=steps)
+    with torch.no_grad():
+        # Each region on its own, both steps: its result does not depend on the other
+        # regions (where regions overlap, the last one listed gives the value).
+        final = xd.clone()
+        for r, r1 in zip(regions, regions1, strict=True):
+            basic = _bayes_pass(xd, xd, sigma, step=1, regions=[r1], rows=rows1, **cfg1, **kw)
+            est = _bayes_pass(xd, basic, sigma, step=2, regions=[r], rows=rows2, **cfg2, **kw)
+            sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
+            final[sl] = est[sl]
+            del basic, est
+        if opp:
+            final = _to_opp(final, inverse=True)
+            # outside the regions: the input itself, bit for bit (no round trip through YUV)
+            keep = torch.ones(B, T, 1, H, W, dtype=torch.bool, device=final.device)
+            for r in regions:
+                keep[:, r.t0:r.t1, :, r.y0:r.y1, r.x0:r.x1] = False
+            final = torch.where(keep, x.to(final), final)
+    return back(final.to(x.device))

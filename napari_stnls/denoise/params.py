@@ -1,0 +1,100 @@
+"""The denoisers' default parameters per noise level, and the functions that read them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["NLB_SIGMAS", "NLB_TABLE", "NLM_TABLE", "SKIMAGE_H", "nl_bayes_params", "nl_means_params",
+           "skimage_h"]
+
+# Default parameters of nl_bayes per noise level (sigma on the 0-255 scale), tuned on
+# generated videos (benchmarks/tune_nlb.py), never on the benchmark clips.
+NLB_SIGMAS = (10.0, 20.0, 30.0, 40.0, 50.0)
+NLB_TABLE: dict[str, tuple[float, ...]] = {
+    "ps": (5, 5, 5, 5, 5),
+    "ps2": (5, 5, 5, 5, 5),
+    "pt": (2, 2, 2, 2, 2),
+    "ws": (15, 15, 15, 15, 15),
+    "wt": (2, 2, 2, 2, 2),
+    "k": (60, 60, 60, 60, 60),
+    "k2": (160, 160, 160, 160, 160),
+    "stride0": (2, 2, 2, 2, 2),
+    "thresh": (1.0, 1.0, 1.85, 2.7, 2.7),
+    "thresh2": (1.2, 1.2, 0.85, 0.5, 0.5),
+}
+# nl_means' defaults per noise level (NLB_SIGMAS), tuned the same way (--method nlm, four
+# scenes including a smooth, fast-moving one): 7x7 patches at every sigma, and more
+# neighbours from sigma 40 on.
+NLM_TABLE: dict[str, tuple[float, ...]] = {
+    "ps": (7, 7, 7, 7, 7),
+    "k": (16, 24, 24, 48, 48),
+}
+
+# skimage_nl_means' default h / sigma per noise level (NLB_SIGMAS), tuned on generated
+# videos with benchmarks/tune_nlb.py (--method skimage2d / skimage3d).
+SKIMAGE_H: dict[str, tuple[float, ...]] = {
+    "2d": (0.75, 0.6, 0.55, 0.5, 0.5),
+    "3d": (0.5, 0.4, 0.35, 0.3, 0.3),
+}
+
+
+def nl_means_params(sigma: float, frames: int, ws: int = 11, wt: int = 2) -> dict:
+    """The patch side ``ps`` and neighbour count ``k`` that ``nl_means`` uses for ``sigma``.
+
+    Interpolated in :data:`NLM_TABLE` (``ps`` made odd), ``k`` capped at the candidates of
+    a window of ``ws`` x ``ws`` pixels in ``min(frames, 2*wt+1)`` frames. Callers that split
+    a video (tiles, lazy frames) resolve them once on the whole video's ``frames``.
+
+    Examples
+    --------
+    >>> nl_means_params(10 / 255, frames=8), nl_means_params(40 / 255, frames=8)
+    ({'ps': 7, 'k': 16}, {'ps': 7, 'k': 48})
+    """
+    s255 = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
+    ps = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["ps"]))))
+    ps += 1 - ps % 2
+    k = int(round(float(np.interp(s255, NLB_SIGMAS, NLM_TABLE["k"]))))
+    if isinstance(ws, int) and isinstance(wt, int):  # at most the window's candidates
+        k = max(1, min(k, min(int(frames), 2 * wt + 1) * ws * ws))
+    return {"ps": ps, "k": k}
+
+
+def nl_bayes_params(sigma: float, channels: int = 3) -> dict:
+    """The default parameters of ``nl_bayes`` for noise ``sigma`` (on the [0, 1] scale).
+
+    Interpolated linearly (in sigma*255) between the rows of :data:`NLB_TABLE`, tuned on
+    generated videos (see ``benchmarks/tune_nlb.py``); clamped outside 10..50.
+
+    Examples
+    --------
+    >>> p = nl_bayes_params(20 / 255)
+    >>> sorted(p)
+    ['k', 'k2', 'ps', 'ps2', 'pt', 'stride0', 'thresh', 'thresh2', 'ws', 'wt']
+    """
+    s = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
+    out = {}
+    for name, values in NLB_TABLE.items():
+        v = float(np.interp(s, NLB_SIGMAS, values))
+        out[name] = v if name.startswith("thresh") else int(round(v))
+    for name in ("ps", "ps2", "ws"):  # odd sides
+        out[name] += 1 - out[name] % 2
+    d = out["pt"] * out["ps"] ** 2 * (1 if channels == 3 else channels)
+    out["k"] = max(out["k"], d + 1)
+    out["k2"] = max(out["k2"], out["pt"] * out["ps2"] ** 2 * channels + 1)
+    return out
+
+
+def skimage_h(sigma: float, mode: str = "2d") -> float:
+    """The filtering strength ``h`` :func:`~napari_stnls.denoise.skimage_nl_means` uses for ``sigma``.
+
+    ``f * sigma``, with ``f`` interpolated in sigma*255 from :data:`SKIMAGE_H` (``mode`` "2d"
+    or "3d"), clamped outside 10..50.
+
+    Examples
+    --------
+    >>> round(skimage_h(20 / 255, "2d") * 255, 6)
+    12.0
+    """
+    if mode not in SKIMAGE_H:
+        raise ValueError(f"mode: expected one of {tuple(SKIMAGE_H)}, got {mode!r}")
+    return float(np.interp(float(sigma) * 255, NLB_SIGMAS, SKIMAGE_H[mode])) * float(sigma)

@@ -1,0 +1,229 @@
+"""Neighbours dock widget: click a pixel, see its K matches, their patches and a per-pixel map."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..model.search import MAP_STATS, distance_map, gather_patches, mosaic, neighbours_at
+from ._common import RESULTS_KEY, LayerCombo, Status, is_video, set_layer, video_shape
+
+
+def to_pixmap(img: np.ndarray) -> QPixmap:
+    """uint8 (h, w, 3) -> QPixmap (copied)."""
+    img = np.ascontiguousarray(img[..., :3])
+    h, w, _ = img.shape
+    return QPixmap.fromImage(QImage(img.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy())
+
+
+PROJECTION = "neighbours (query frame)"
+EARLIER, SAME, LATER = (0.25, 0.6, 1.0), (1.0, 1.0, 1.0), (1.0, 0.45, 0.15)
+
+
+def offset_colours(offsets) -> np.ndarray:
+    """RGBA (K, 4) for frame offsets: blue before the query's frame, white on it, orange after,
+    stronger the further away (never so pale that a light frame hides it)."""
+    dt = np.asarray(offsets, np.float32)
+    a = np.where(dt == 0, 0.0, 0.5 + 0.5 * np.abs(dt) / max(1.0, float(np.abs(dt).max())))
+    end = np.where((dt < 0)[:, None], EARLIER, LATER)
+    rgb = (1 - a[:, None]) * np.asarray(SAME) + a[:, None] * end
+    return np.concatenate([rgb, np.ones((len(dt), 1))], 1).astype(np.float32)
+
+
+def offset_labels(offsets) -> list[str]:
+    """``"t"``, ``"t+1"``, ``"t-2"``: a match's frame relative to the query's."""
+    return ["t" if d == 0 else f"t{d:+d}" for d in (int(round(float(v))) for v in offsets)]
+
+
+class NeighboursWidget(QWidget):
+    """Pick a query pixel (click with 'pick' on, or type t, y, x) to show its neighbours: on their
+    own frames (``neighbours``), all together on the query's frame (``neighbours (query frame)``),
+    as arrows from the query and as a gallery of patches."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.video = LayerCombo(self.viewer, predicate=is_video)
+        self.pick = QCheckBox("pick with a mouse click")
+        self.pick.setChecked(True)
+        self.t, self.y, self.x = QSpinBox(), QSpinBox(), QSpinBox()
+        for sb in (self.t, self.y, self.x):
+            sb.setRange(0, 100000)
+        self.show_button = QPushButton("Show")
+        self.show_button.clicked.connect(lambda: self.show_at(self.t.value(), self.y.value(), self.x.value()))
+        self.zoom = QSpinBox()
+        self.zoom.setRange(1, 32)
+        self.zoom.setValue(8)
+        self.gallery = QWidget()
+        self.gallery_grid = QGridLayout(self.gallery)
+        self.gallery_grid.setSpacing(4)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.gallery)
+        scroll.setMinimumHeight(270)
+        self.stat = QComboBox()
+        self.stat.addItems(MAP_STATS)
+        self.stat.setToolTip("kth: distance to the k-th neighbour (how rare a patch is); mean: mean "
+                             "distance over the K; first: distance to the best match other than itself")
+        self.kth = QSpinBox()
+        self.kth.setRange(0, 1000)
+        self.kth.setSpecialValueText("last")
+        self.map_button = QPushButton("Make map")
+        self.map_button.clicked.connect(self.make_map)
+        self.status = Status()
+
+        form = QFormLayout()
+        form.addRow("video", self.video)
+        form.addRow("", self.pick)
+        pos = QHBoxLayout()
+        for label, sb in (("t", self.t), ("y", self.y), ("x", self.x)):
+            pos.addWidget(QLabel(label))
+            pos.addWidget(sb)
+        pos.addWidget(self.show_button)
+        form.addRow("pixel", pos)
+        form.addRow("gallery zoom", self.zoom)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(scroll)
+        mform = QFormLayout()
+        mrow = QHBoxLayout()
+        mrow.addWidget(self.stat)
+        mrow.addWidget(QLabel("k"))
+        mrow.addWidget(self.kth)
+        mrow.addWidget(self.map_button)
+        mform.addRow("per-pixel map", mrow)
+        lay.addLayout(mform)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        self.viewer.mouse_drag_callbacks.append(self._on_click)
+        self.destroyed.connect(self._disconnect)
+        self.neighbours = None
+
+    def _disconnect(self, *_):
+        if self._on_click in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(self._on_click)
+
+    def _on_click(self, viewer, event):
+        try:
+            picking = self.pick.isChecked()
+        except RuntimeError:  # the dock widget was closed and deleted
+            self._disconnect()
+            return
+        if not picking or getattr(event, "type", "mouse_press") != "mouse_press":
+            return
+        layer = self.video.layer()
+        if layer is None or RESULTS_KEY not in layer.metadata:
+            return
+        pos = np.asarray(layer.world_to_data(event.position))[-3:] if layer.ndim == 3 else None
+        if pos is None:
+            return
+        self.show_at(*pos)
+
+    def results(self):
+        layer = self.video.layer()
+        video_shape(layer)
+        res = layer.metadata.get(RESULTS_KEY)
+        if not res:
+            raise ValueError(f"neighbours: no search results for {layer.name!r}; run the Search widget first")
+        return layer, res
+
+    def show_at(self, t: float, y: float, x: float) -> None:
+        """Show the matches of the query nearest to pixel (t, y, x)."""
+        try:
+            layer, res = self.results()
+            nb = neighbours_at(res, t, y, x)
+        except ValueError as e:
+            self.status.error(str(e))
+            return
+        self.neighbours = nb
+        for sb, v in zip((self.t, self.y, self.x), nb.query, strict=True):
+            sb.blockSignals(True)
+            sb.setValue(int(v))
+            sb.blockSignals(False)
+        K = len(nb.dists)
+        rank = np.arange(K)
+        ps = nb.result.params.ps  # best match: a circle as wide as the patch; the K-th a third of it
+        sizes = np.linspace(ps, ps / 3, K) if K > 1 else np.array([float(ps)])
+        set_layer(self.viewer, "neighbours", nb.positions, "points",
+                  features={"distance": nb.dists, "rank": rank + 1}, face_color="distance",
+                  face_colormap="viridis", size=sizes, border_color="white", border_width=0.1,
+                  opacity=0.8)
+        q = np.asarray(nb.query, np.float32)
+        vec = np.stack([np.broadcast_to(q, nb.positions.shape), nb.positions - q], 1)
+        set_layer(self.viewer, "neighbour vectors", vec, "vectors", edge_color="orange", edge_width=0.4,
+                  vector_style="arrow")
+        # all K matches drawn on the query's frame too (rings at their (y, x), labelled and coloured
+        # by their frame offset), so they are seen without stepping through the frames
+        offsets = nb.positions[:, 0] - q[0]
+        on_query_frame = nb.positions.copy()
+        on_query_frame[:, 0] = q[0]
+        colours = offset_colours(offsets)
+        hexes = ["#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3]) for rgba in colours]
+        set_layer(self.viewer, PROJECTION, on_query_frame, "points",
+                  features={"frame": nb.positions[:, 0].astype(int), "offset": offsets.astype(int),
+                            "label": offset_labels(offsets), "rank": rank + 1, "colour": hexes},
+                  symbol="ring", size=2.5, face_color=colours, border_width=0,
+                  text={"string": "{label}", "size": 10, "color": {"feature": "colour"}, "anchor": "center",
+                        "translation": [0, -1.5, 1.5]})
+        self.viewer.layers.selection.active = layer
+        patches = gather_patches(layer.data, nb.positions, nb.result.params.ps)
+        self._fill_gallery(patches, nb)
+        self.status.info(f"query (t={nb.query[0]}, y={nb.query[1]}, x={nb.query[2]}): {K} matches in "
+                         f"frames {sorted({int(v) for v in nb.positions[:, 0]})}, all drawn on frame "
+                         f"{nb.query[0]} as rings labelled by frame (blue before, orange after)")
+
+    def _fill_gallery(self, patches, nb) -> None:
+        while self.gallery_grid.count():
+            item = self.gallery_grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        cols = 3
+        for n, (p, d, pos) in enumerate(zip(patches, nb.dists, nb.positions, strict=True)):
+            img = QLabel()
+            img.setPixmap(to_pixmap(mosaic(p[None], zoom=self.zoom.value(), gap=0)))
+            img.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            cap = QLabel(f"#{n + 1}  d={d:.4g}\nt={pos[0]:.0f} ({pos[1]:.1f}, {pos[2]:.1f})")
+            cap.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            cell = QWidget()
+            v = QVBoxLayout(cell)
+            v.setContentsMargins(0, 0, 0, 0)
+            v.addWidget(img)
+            v.addWidget(cap)
+            self.gallery_grid.addWidget(cell, n // cols, n % cols)
+
+    def gallery_captions(self) -> list[str]:
+        out = []
+        for i in range(self.gallery_grid.count()):
+            cell = self.gallery_grid.itemAt(i).widget()
+            labels = cell.findChildren(QLabel)
+            out.append(labels[-1].text())
+        return out
+
+    def make_map(self) -> None:
+        try:
+            layer, res = self.results()
+            kth = self.kth.value() or None
+            stat = self.stat.currentText()
+            m = distance_map(res, layer.data.shape, stat, kth=kth if stat == "kth" else None)
+        except ValueError as e:
+            self.status.error(str(e))
+            return
+        label = f"{stat}{'' if stat != 'kth' or kth is None else f' k={kth}'}"
+        set_layer(self.viewer, f"{layer.name} map ({label})", m, "image", colormap="inferno", opacity=0.6,
+                  blending="additive")
+        self.viewer.layers.selection.active = layer
+        self.status.info(f"map: {label}")

@@ -1,0 +1,119 @@
+"""The plugin's Qt-free denoise model: denoise_video, the noise estimate and quality, and
+denoise_lazy, the lazily denoised video (a dask array, one task per frame)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_stnls._util import Cancelled
+from napari_stnls.plugin.model import denoise as model_denoise
+from napari_stnls.plugin.model.denoise import denoise_methods, denoise_video, estimate_noise_sigma, quality
+from napari_stnls.stream import methods as stream_methods
+from napari_stnls.video.synthetic import sample_video
+
+da = pytest.importorskip("dask.array")
+
+
+@pytest.fixture(scope="module")
+def vid():
+    return sample_video(n_frames=6, size=(32, 40))
+
+
+def _video(T=4, H=20, W=24, C=None, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (T, H, W) if C is None else (T, H, W, C)
+    ramp = np.linspace(0, 0.6, W, dtype=np.float32)
+    ramp = ramp[:, None] if C else ramp
+    return (rng.random(shape, dtype=np.float32) * 0.3 + ramp).astype(np.float32)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The frames (t0 of each tile) that stream computes, in order."""
+    seen = []
+    real = stream_methods.compute_tile
+
+    def counting(kind, method, p, crop, tile, *a, **k):
+        seen.append(tile.t0)
+        return real(kind, method, p, crop, tile, *a, **k)
+
+    monkeypatch.setattr(stream_methods, "compute_tile", counting)
+    return seen
+
+
+@pytest.mark.parametrize("method, kw, C", [("nlm", dict(ws=5), None), ("nlm", {}, 3),
+                                           ("nlb", dict(ps=3, ws=5, k=8), None)])
+def test_lazy_equals_eager_and_computes_only_what_is_read(counted, method, kw, C):
+    v = _video(C=C)
+    before = v.copy()
+    rng = np.random.default_rng(1)
+    ff = rng.normal(0, 0.8, (4, 2, 20, 24)).astype(np.float32)
+    flows = (ff, -ff) if method == "nlm" else None
+    lazy = model_denoise.denoise_lazy(v, method, 0.1, flows=flows, device="cpu", **kw)
+    assert counted == []  # building the graph computes nothing
+    assert isinstance(lazy, da.Array) and lazy.shape == v.shape and lazy.dtype == np.float32
+    assert lazy.chunks[0] == (1,) * 4 and lazy.chunks[1:3] == ((20,), (24,))
+    got = lazy[2].compute(scheduler="synchronous")
+    assert counted == [2]  # one frame read, one frame computed
+    ref = model_denoise.denoise_video(v, method, 0.1, flows=flows, device="cpu", **kw)
+    np.testing.assert_allclose(got, ref[2], atol=1e-5)
+    np.testing.assert_allclose(lazy[[0, 3]].compute(scheduler="synchronous"), ref[[0, 3]], atol=1e-5)
+    assert sorted(counted) == [0, 2, 3]
+    np.testing.assert_array_equal(v, before)  # the input is never modified
+
+
+def test_lazy_dask_input_uint8_and_errors(counted):
+    v8 = (_video() * 255).astype(np.uint8)
+    lazy = model_denoise.denoise_lazy(da.from_array(v8, chunks=(1, 20, 24)), "nlm", 0.1, device="cpu", ws=5)
+    ref = model_denoise.denoise_video(v8, "nlm", 0.1, device="cpu", ws=5)
+    np.testing.assert_allclose(lazy[1].compute(scheduler="synchronous"), ref[1], atol=1e-5)
+    assert counted == [1]
+    with pytest.raises(ValueError, match="lazy mode supports"):
+        model_denoise.denoise_lazy(v8, "skimage", 0.1)
+    with pytest.raises(ValueError, match="sigma"):
+        model_denoise.denoise_lazy(v8, "nlm", 0)
+    with pytest.raises(ValueError, match="bogus: not a parameter"):
+        model_denoise.denoise_lazy(v8, "nlm", 0.1, bogus=3)
+    with pytest.raises(ValueError, match="flows: expected arrays"):
+        model_denoise.denoise_lazy(v8, "nlm", 0.1, flows=(np.zeros((4, 2, 5, 5)),) * 2)
+    with pytest.raises(ValueError, match="video: expected"):
+        model_denoise.denoise_lazy(np.zeros((4, 4)), "nlm", 0.1)
+
+
+def test_denoise_video_regions_input_untouched(vid):
+    noisy = vid.noisy.copy()
+    assert set(denoise_methods()) >= {"nlb", "nlm"}
+    region = (1, 3, 8, 24, 10, 30)
+    out = denoise_video(noisy, "nlm", vid.sigma, regions=[region], flows=(vid.fflow, vid.bflow),
+                        device="cpu", ws=5, k=8)
+    np.testing.assert_array_equal(noisy, vid.noisy)  # input never modified
+    assert out.shape == noisy.shape and out.dtype == np.float32
+    mask = np.zeros(noisy.shape[:3], bool)
+    mask[1:3, 8:24, 10:30] = True
+    np.testing.assert_array_equal(out[~mask], noisy[~mask])  # outside: unchanged
+    q_in, q_out = quality(noisy, vid.clean, [region]), quality(out, vid.clean, [region])
+    assert q_out["psnr"] > q_in["psnr"] + 2 and q_out["ssim"] > q_in["ssim"]
+    with pytest.raises(Cancelled):
+        denoise_video(noisy, "nlm", vid.sigma, regions=[region], device="cpu", ws=5, k=8,
+                      should_stop=lambda: True)
+    with pytest.raises(ValueError, match="method"):
+        denoise_video(noisy, "bm3d", 0.1)
+    with pytest.raises(ValueError, match="sigma"):
+        denoise_video(noisy, "nlm", 0)
+    with pytest.raises(ValueError, match="wx: not a parameter"):
+        denoise_video(noisy, "nlm", 0.1, wx=3)
+    with pytest.raises(ValueError, match=r"regions\[0\]"):
+        denoise_video(noisy, "nlm", 0.1, regions=[(0, 1, 0, 99, 0, 1)])
+
+
+def test_estimate_sigma_and_quality(vid):
+    s = estimate_noise_sigma(vid.noisy)
+    assert abs(s - vid.sigma) < 0.3 * vid.sigma
+    u8 = (np.clip(vid.clean, 0, 1) * 255).round().astype(np.uint8)
+    q = quality(u8, vid.clean)
+    assert q["psnr"] > 45 and q["ssim"] > 0.99
+    assert type(q["psnr"]) is float and type(q["ssim"]) is float
+    assert quality(vid.clean, vid.clean)["psnr"] == float("inf")
+    with pytest.raises(ValueError, match="clean: shape"):
+        quality(vid.clean, vid.clean[:2])
