@@ -1,7 +1,7 @@
 """The compiled CPU search backward (``search_dists_backward``) against the number of threads.
 
 The kernel runs one task per (batch, head) where there are at least a quarter as many pairs
-as threads, and otherwise splits the queries (see csrc/cpu/search_cpu.cpp). This times it on
+as threads, and otherwise splits the queries (see csrc/cpu/search/dists.cpp). This times it on
 one pair, 48x48 queries of frame 2 of a 5x3x256x256 video, K = 10, ps = 7, neighbours within
 10 pixels, with integer and with sub-pixel positions (the latter also gives the position
 gradients), for each thread count, in one process: the ratio to 1 thread is the speed-up.
