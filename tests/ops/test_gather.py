@@ -163,12 +163,10 @@ def test_gradcheck_gather_and_scatter(nheads, impl):
     )
 
 
-def test_gradients_match_the_reference(impl):
+def test_gradients_match_the_reference(compiled):
     """Whole and fractional positions (the position gradient is the one-sided derivative
     towards the next pixel at whole pixels, as in the reference)."""
-    backend, device = impl
-    if backend == "reference":
-        pytest.skip("compares a compiled backend with the reference")
+    backend, device = compiled
     v, t, yx, gen = _grad_case(device)
     yx = yx.detach().clone()
     yx[0, 0] = yx[0, 0].round()
@@ -352,22 +350,26 @@ def test_aggregate_gradients_compose_gather_and_scatter():
 
 
 def test_aggregate_without_gradients_never_stores_the_patches(monkeypatch):
-    """On the CPU with no gradient needed, aggregate runs the fused kernel, not gather."""
+    """On the CPU with no gradient needed, aggregate runs the fused kernel, not gather; with a
+    gradient, the compiled gather then scatter (backend None or "cpu"), or the reference's."""
     import sys
 
     G = sys.modules["napari_stnls.ops.gather"]  # the module (the package exports the function)
-
-    def no_gather(*a, **k):
-        raise AssertionError("gather called")
-
-    monkeypatch.setattr(G, "gather", no_gather)
+    gathered = []
+    for name, module in (("_gather_compiled", G), ("gather", G._reference)):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, name=name: gathered.append(name) or real(*a))
     v = torch.rand(1, 2, 3, 9, 9)
     inds = torch.randint(0, 2, (1, 1, 4, 2, 3))
     with torch.no_grad():
         G.aggregate(v.requires_grad_(), inds, ps=3)
     G.aggregate(v.detach(), inds, ps=3, backend="cpu")
-    with pytest.raises(AssertionError, match="gather called"):
-        G.aggregate(v, inds, ps=3)  # the video requires grad: composition
+    G.aggregate(v.detach(), inds, "queries", region=(0, 1, 0, 2, 0, 2), ps=3)
+    assert gathered == []
+    G.aggregate(v, inds, ps=3)  # the video requires grad: composition
+    G.aggregate(v, inds, ps=3, backend="cpu")
+    G.aggregate(v.detach(), inds, ps=3, backend="reference")
+    assert gathered == ["_gather_compiled", "_gather_compiled", "gather"]
 
 
 @pytest.mark.parametrize(

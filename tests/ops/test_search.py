@@ -519,14 +519,15 @@ def test_compiled_chunks_partition_the_query_grid(batch_size):
     """The compiled search runs queries in chunks of whole grid rows or frames: they cover
     every query once, in order, and each chunk's grid gives exactly its queries."""
     from napari_stnls.ops._region import grid_shape
-    from napari_stnls.ops.search import _compiled_chunks, _Params
+    from napari_stnls.ops._window import Params
+    from napari_stnls.ops.search import _compiled_chunks
 
     shape = (1, 6, 2, 30, 41)
     region, s0 = Region(1, 5, 2, 29, 3, 40), 3
     coords = query_coords(shape, region, s0)
     T_r, nH, nW = grid_shape(shape, region, s0)
-    P = _Params(shape, 3, 5, 1, 4, "l2", 1.0, 1, 1, 1, False, "float", s0,
-                (region.t0, region.y0, region.x0, T_r, nH, nW))
+    P = Params(shape, 3, 5, 1, 4, "l2", 1.0, 1, 1, 1, False, "float", s0,
+               (region.t0, region.y0, region.x0, T_r, nH, nW))
     chunks = _compiled_chunks(P, coords.shape[0], batch_size)
     assert chunks[0][0] == 0 and chunks[-1][1] == coords.shape[0]
     for (_, stop, _), (start, _, _) in zip(chunks, chunks[1:], strict=False):
