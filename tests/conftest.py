@@ -11,43 +11,55 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/oracle.py is importable as `oracle`
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-IMPLS = [("reference", "cpu"), ("cpu", "cpu"), ("reference", "cuda"), ("cuda", "cuda")]
+CUDA = torch.cuda.is_available()
+# CUDA cases exist only where a GPU is present (no skipped CUDA cases elsewhere)
+DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+IMPLS = [("reference", "cpu"), ("cpu", "cpu")] + ([("reference", "cuda"), ("cuda", "cuda")] if CUDA else [])
+# the tests that hold every backend to the float64 reference on the CPU leave that one out
+HELD = [p for p in IMPLS if p != ("reference", "cpu")]
 
 
 def pytest_collection_modifyitems(config, items):
     """Mark every test that runs on CUDA so `pytest -m cuda` selects them."""
     for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("device") == "cuda" or "cuda" in params.get("impl", ()):
+        params = getattr(getattr(item, "callspec", None), "params", {}).values()
+        if any(p == "cuda" or (isinstance(p, tuple) and "cuda" in p) for p in params):
             item.add_marker(pytest.mark.cuda)
+
+
+def _impl(param) -> tuple[str, torch.device]:
+    from napari_stnls.ops import _library
+
+    backend, device = param
+    if backend != "reference" and not _library.has_kernel("search", backend):
+        pytest.fail(f"the compiled {backend} kernels are not built: {_library.LOAD_ERROR}")
+    return backend, torch.device(device)
 
 
 @pytest.fixture(params=IMPLS, ids=[f"{b}-{d}" for b, d in IMPLS])
 def impl(request):
     """(backend, device) pairs: the reference on each device and each compiled backend.
 
-    A compiled backend that is missing from this build fails instead of skipping on the
-    CPU (`make test` builds it); CUDA cases skip only where there is no GPU.
+    A compiled backend that is missing from this build fails instead of skipping (`make test`
+    builds it).
     """
-    from napari_stnls.ops import _ext
-
-    backend, device = request.param
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU on this machine")
-    if backend == "cpu" and not _ext.available("cpu"):
-        pytest.fail(f"the compiled CPU kernels are not built: {_ext.LOAD_ERROR}")
-    if backend == "cuda" and not _ext.available("cuda"):
-        pytest.fail(f"the compiled CUDA kernels are not built: {_ext.LOAD_ERROR}")
-    return backend, torch.device(device)
+    return _impl(request.param)
 
 
-@pytest.fixture(params=["cpu", "cuda"])
+@pytest.fixture(params=HELD, ids=[f"{b}-{d}" for b, d in HELD])
+def impl_held_to_reference(request):
+    """The pairs of :func:`impl` but the reference on the CPU, which such a test holds them to."""
+    return _impl(request.param)
+
+
+@pytest.fixture(params=[p for p in IMPLS if p[0] != "reference"], ids=lambda p: f"{p[0]}-{p[1]}")
+def compiled(request):
+    """The compiled backends, each on its device (tests of the compiled operators themselves)."""
+    return _impl(request.param)
+
+
+@pytest.fixture(params=DEVICES)
 def device(request):
-    if request.param == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU on this machine")
     return torch.device(request.param)
 
 

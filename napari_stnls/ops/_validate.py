@@ -101,3 +101,8 @@ def inds(x: Any, video_shape, name: str = "inds") -> torch.Tensor:
                 f"video (t in 0..{T - 1}, y in [0, {H - 1}], x in [0, {W - 1}])"
             )
     return x
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels and the reference compute in: float64 for float64 tensors, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -1,35 +1,25 @@
-"""Unfold and fold on arbitrary rectangular space-time regions (reference backend).
+"""Unfold and fold on arbitrary rectangular space-time regions.
 
 ``iunfold`` reads the patches of a region's query grid with zeros outside the video,
 exactly like ``F.unfold`` with ``padding=dilation*(ps//2)``; ``ifold`` is its adjoint.
 Because patches near a region's border read (and fold into) pixels outside it, a video
 can be processed region by region with no edge effects.
+
+Each op validates its arguments, asks the guard (:func:`._library.use_compiled`) whether the
+compiled kernels run, and calls ``torch.ops.napari_stnls.*`` or the reference twin
+(:mod:`._reference.fold`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _ext
 from . import _validate as V
-from ._dispatch import register, resolve
-from ._region import as_region, grid_shape, query_coords
+from ._library import use_compiled
+from ._reference import fold as _reference
+from ._region import as_region, grid_shape
 
 __all__ = ["iunfold", "ifold"]
-
-
-def _pixel_index(coords: torch.Tensor, shape, ps: int, pt: int, dilation: int):
-    """Flat (t, y, x) index (Q, pt, ps, ps) into T*H*W of every patch pixel, and its validity."""
-    _, T, _, H, W = shape
-    dev = coords.device
-    offs = dilation * (torch.arange(ps, device=dev) - ps // 2)
-    t = coords[:, 0, None] + torch.arange(pt, device=dev)  # (Q, pt)
-    y = coords[:, 1, None] + offs  # (Q, ps)
-    x = coords[:, 2, None] + offs
-    t, y, x = t[:, :, None, None], y[:, None, :, None], x[:, None, None, :]
-    valid = (t < T) & (y >= 0) & (y < H) & (x >= 0) & (x < W)
-    flat = (t * H + y.clamp(0, H - 1)) * W + x.clamp(0, W - 1)
-    return torch.where(valid, flat, 0), valid
 
 
 def _check_common(ps, stride, dilation, pt):
@@ -39,51 +29,6 @@ def _check_common(ps, stride, dilation, pt):
         V.pos_int(dilation, "dilation"),
         V.pos_int(pt, "pt"),
     )
-
-
-def _iunfold_reference(video, region, stride, ps, pt, dilation):
-    B, T, C, H, W = video.shape
-    coords = query_coords(video.shape, region, stride, device=video.device)
-    Q = coords.shape[0]
-    flat, valid = _pixel_index(coords, video.shape, ps, pt, dilation)
-    v = video.permute(0, 2, 1, 3, 4).reshape(B, C, T * H * W)
-    out = v[:, :, flat.reshape(-1)].reshape(B, C, Q, pt, ps, ps)
-    out = out * valid.to(out.dtype)
-    return out.permute(0, 2, 3, 1, 4, 5).reshape(B, Q, pt * C * ps * ps)
-
-
-def _ifold_reference(patches, region, stride, out, ps, pt, dilation):
-    B, T, C, H, W = out.shape
-    coords = query_coords(out.shape, region, stride, device=out.device)
-    Q = coords.shape[0]
-    flat, valid = _pixel_index(coords, out.shape, ps, pt, dilation)
-    p = patches.reshape(B, Q, pt, C, ps, ps).permute(0, 3, 1, 2, 4, 5)  # (B, C, Q, pt, ps, ps)
-    p = (p * valid.to(p.dtype)).reshape(B, C, -1)
-    acc = torch.zeros(B, C, T * H * W, dtype=out.dtype, device=out.device)
-    acc.index_add_(2, flat.reshape(-1), p.to(out.dtype))
-    out.add_(acc.reshape(B, C, T, H, W).permute(0, 2, 1, 3, 4))
-    return out
-
-
-def _iunfold_compiled(video, region, stride, ps, pt, dilation):
-    """Compiled kernels (csrc/fold.cpp): one pass over the output, no index tensors."""
-    return _ext.ops.iunfold_patches(video, list(region), stride, ps, pt, dilation)
-
-
-def _ifold_compiled(patches, region, stride, out, ps, pt, dilation):
-    """Compiled kernels: a gather over the patches covering each pixel (deterministic, no
-    atomics), over the box of pixels the region's patches reach."""
-    B, T, C, H, W = out.shape
-    out.add_(_ext.ops.ifold_patches(patches, list(region), stride, T, H, W, ps, pt, dilation))
-    return out
-
-
-register("iunfold", "reference", _iunfold_reference)
-register("ifold", "reference", _ifold_reference)
-for _dev in ("cpu", "cuda"):
-    if _ext.available(_dev, "iunfold_patches"):
-        register("iunfold", _dev, _iunfold_compiled)
-        register("ifold", _dev, _ifold_compiled)
 
 
 def iunfold(
@@ -109,6 +54,8 @@ def iunfold(
     stride, dilation, pt : int
         Grid spacing, pixel spacing inside a patch, and frames per patch
         (frames t..t+pt-1; frames past the end read zeros).
+    backend : {None, "reference", "cpu", "cuda"}
+        As for :func:`~napari_stnls.ops.search` (the compiled kernels have no limits).
 
     Returns
     -------
@@ -126,7 +73,9 @@ def iunfold(
     V.video(video, "video")
     ps, stride, dilation, pt = _check_common(ps, stride, dilation, pt)
     region = as_region(region, video.shape)
-    return resolve("iunfold", backend, video.device)(video, region, stride, ps, pt, dilation)
+    if use_compiled("iunfold", backend, video.device):
+        return torch.ops.napari_stnls.iunfold_patches(video, list(region), stride, ps, pt, dilation)
+    return _reference.iunfold(video, region, stride, ps, pt, dilation)
 
 
 def ifold(
@@ -153,7 +102,7 @@ def ifold(
         (B, T, C, H, W) of the full video; a new zero video is made.
     out : Tensor, shape (B, T, C, H, W), optional
         A video to add into, in place (exactly one of ``shape`` and ``out``).
-    ps, stride, dilation, pt : int
+    ps, stride, dilation, pt, backend
         As for :func:`iunfold`.
 
     Returns
@@ -198,4 +147,8 @@ def ifold(
         out = torch.zeros(shape, dtype=patches.dtype, device=patches.device)
     elif out.device != patches.device:
         raise ValueError(f"out: expected device {patches.device} like patches, got {out.device}")
-    return resolve("ifold", backend, patches.device)(patches, region, stride, out, ps, pt, dilation)
+    if use_compiled("ifold", backend, patches.device):
+        # a gather over the patches covering each pixel (no atomics), over the box they reach
+        return out.add_(torch.ops.napari_stnls.ifold_patches(patches, list(region), stride, T, H, W, ps, pt,
+                                                             dilation))
+    return _reference.ifold(patches, region, stride, out, ps, pt, dilation)

@@ -3,49 +3,38 @@
 Naming follows PyTorch: *gather* reads at indices, *scatter* writes. (The SNAP paper's
 code uses the two words the other way round.) Patches are read exactly as search
 compares them: mirrored at the borders, bilinear at sub-pixel positions.
+
+Each op validates its arguments, asks the guard (:func:`._library.use_compiled`) whether the
+compiled kernels take the call, and calls ``torch.ops.napari_stnls.*`` or the reference twin
+(:mod:`._reference.gather`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
-from . import _ext
+from . import _determinism
 from . import _validate as V
-from ._dispatch import register, resolve
-from ._patches import channels_last, from_channels_last, patch_taps, read, reflect, write
+from ._library import use_compiled
+from ._reference import gather as _reference
+from ._reference.taps import reflect
 from ._region import as_region, grid_shape, query_coords
 
 __all__ = ["aggregate", "gather", "scatter"]
 
 
-def _gather_reference(video, inds, ps, pt, dilation):
-    B, T, C, H, W = video.shape
-    _, nh, Q, K, _ = inds.shape
-    flat = channels_last(video, nh)
-    taps = patch_taps(inds.reshape(B, nh, Q * K, 3), (T, H, W), ps, pt, dilation)
-    p = read(flat, taps).to(video.dtype)  # (B, nh, Q*K, pt, ps, ps, Ch)
-    return p.reshape(B, nh, Q, K, pt, ps, ps, -1).permute(0, 1, 2, 3, 4, 7, 5, 6)
+def _unsupported(op: str, ps: int, pt: int) -> str | None:
+    """Why the compiled ``op`` cannot take patches of ``ps`` x ``ps`` x ``pt``, or None."""
+    if ps > 32 or pt > 8:
+        return f"the compiled {op} takes ps <= 32 and pt <= 8 (got ps={ps}, pt={pt})"
+    return None
 
 
-def _scatter_reference(patches, inds, weights, out, counts, ps, pt, dilation):
-    B, T, C, H, W = out.shape
-    _, nh, Q, K, _ = inds.shape
-    taps = patch_taps(inds.reshape(B, nh, Q * K, 3), (T, H, W), ps, pt, dilation)
-    vals = patches.permute(0, 1, 2, 3, 4, 6, 7, 5).reshape(B, nh, Q * K, pt, ps, ps, -1)
-    if weights is None:
-        w = torch.ones(B, nh, Q * K, 1, 1, 1, 1, dtype=out.dtype, device=out.device)
-    else:
-        w = weights.reshape(B, nh, Q * K, 1, 1, 1, 1)
-    acc = torch.zeros(B, T * H * W, nh, C // nh, dtype=out.dtype, device=out.device)
-    write(acc, taps, vals * w)
-    cnt = torch.zeros(B, T * H * W, nh, 1, dtype=out.dtype, device=out.device)
-    write(cnt, taps, w)
-    out.add_(from_channels_last(acc, out.shape))
-    counts.add_(from_channels_last(cnt, (B, T, nh, H, W)))
-    return out, counts
+def _channels_last(video: torch.Tensor) -> torch.Tensor:
+    """(B, T, C, H, W) -> contiguous (B, T, H, W, C), as the compiled kernels take videos."""
+    return video.permute(0, 1, 3, 4, 2).contiguous()
 
 
 def _pos(inds: torch.Tensor) -> torch.Tensor:
@@ -56,48 +45,19 @@ def _pos(inds: torch.Tensor) -> torch.Tensor:
 
 
 def _gather_compiled(video, inds, ps, pt, dilation):
-    """Compiled kernels (csrc/gather.cpp): one pass over the output, no index tensors."""
-    v_cl = video.permute(0, 1, 3, 4, 2).contiguous()
-    return _ext.ops.gather_patches(v_cl, _pos(inds), ps, pt, dilation)
+    return torch.ops.napari_stnls.gather_patches(_channels_last(video), _pos(inds), ps, pt, dilation)
 
 
 def _scatter_compiled(patches, inds, weights, out, counts, ps, pt, dilation):
-    """Compiled kernels: deterministic on the CPU (no atomics), atomic adds on CUDA."""
+    """scatter_patches adds into new channels-last buffers (without atomics on the CPU, with
+    them on CUDA); they are added into ``out`` and ``counts``."""
     B, T, C, H, W = out.shape
     if weights is not None and not weights.is_floating_point():
         weights = weights.to(patches.dtype)
-    fn = _ext.ops.scatter_patches
-    if _ext.deterministic_cuda(patches):  # the CUDA kernel adds with atomics
-        fn = functools.partial(_ext.on_cpu, fn)
-    v_cl, c_cl = fn(patches, _pos(inds), weights, T, H, W, ps, pt, dilation)
+    v_cl, c_cl = _determinism.call("scatter_patches", patches, _pos(inds), weights, T, H, W, ps, pt, dilation)
     out.add_(v_cl.permute(0, 1, 4, 2, 3))
     counts.add_(c_cl.permute(0, 1, 4, 2, 3))
     return out, counts
-
-
-def _compiled_supports(ps: int, pt: int) -> bool:
-    return ps <= 32 and pt <= 8
-
-
-def _pick(op, backend, device, ps, pt):
-    """The implementation of ``op``; the compiled kernels take ps <= 32 and pt <= 8 only."""
-    impl = resolve(op, backend, device)
-    if impl in (_gather_compiled, _scatter_compiled) and not _compiled_supports(ps, pt):
-        if backend is not None:
-            raise ValueError(
-                f"backend: the compiled {op} takes ps <= 32 and pt <= 8 (got ps={ps}, pt={pt}); "
-                "use backend='reference'"
-            )
-        impl = _gather_reference if op == "gather" else _scatter_reference
-    return impl
-
-
-register("gather", "reference", _gather_reference)
-register("scatter", "reference", _scatter_reference)
-for _dev in ("cpu", "cuda"):
-    if _ext.available(_dev, "gather_patches"):
-        register("gather", _dev, _gather_compiled)
-        register("scatter", _dev, _scatter_compiled)
 
 
 def _grid_box(shape, region, stride0: int, ps: int, pt: int, dilation: int) -> tuple[int, ...]:
@@ -154,6 +114,9 @@ def gather(
         centre must lie inside the video.
     ps, pt, dilation : int
         Patch side, frames per patch and pixel spacing, as in search.
+    backend : {None, "reference", "cpu", "cuda"}
+        As for :func:`~napari_stnls.ops.search`; the compiled kernels take ``ps <= 32`` and
+        ``pt <= 8`` (beyond, None runs the reference and a compiled backend is a ValueError).
 
     Returns
     -------
@@ -175,7 +138,9 @@ def gather(
         raise ValueError(f"inds: expected device {video.device} like video, got {inds.device}")
     if inds.is_floating_point() and inds.dtype not in (torch.float32, torch.float64):
         inds = inds.float()
-    return _pick("gather", backend, video.device, ps, pt)(video, inds, ps, pt, dilation)
+    if use_compiled("gather", backend, video.device, _unsupported("gather", ps, pt)):
+        return _gather_compiled(video, inds, ps, pt, dilation)
+    return _reference.gather(video, inds, ps, pt, dilation)
 
 
 def scatter(
@@ -203,7 +168,7 @@ def scatter(
         ``(video, counts)`` to add into, in place.
     weights : Tensor, shape (B, nheads, Q, K), optional
         Weight of each patch (default 1).
-    ps, pt, dilation : int
+    ps, pt, dilation, backend
         As for :func:`gather`.
 
     Returns
@@ -262,8 +227,9 @@ def scatter(
         _check_counts(counts, cshape)
     if inds.is_floating_point() and inds.dtype not in (torch.float32, torch.float64):
         inds = inds.float()
-    impl = _pick("scatter", backend, patches.device, ps, pt)
-    return impl(patches, inds, weights, video, counts, ps, pt, dilation)
+    if use_compiled("scatter", backend, patches.device, _unsupported("scatter", ps, pt)):
+        return _scatter_compiled(patches, inds, weights, video, counts, ps, pt, dilation)
+    return _reference.scatter(patches, inds, weights, video, counts, ps, pt, dilation)
 
 
 def aggregate(
@@ -319,8 +285,8 @@ def aggregate(
     stride0 : int
         With ``at="queries"``: the query grid's spacing, as for search.
     backend : {None, "reference", "cpu", "cuda"}
-        The backend of gather and scatter; ``None`` picks the fused kernel of the video's
-        device when it is built.
+        As for :func:`gather`. The compiled backends run the fused kernel where no gradient
+        is needed, and their gather then scatter where one is.
 
     Returns
     -------
@@ -379,60 +345,53 @@ def aggregate(
             raise ValueError(
                 f"weights: expected shape (B, nheads, Q, K) = {(B, nh, Q, K)}, got {tuple(weights.shape)}"
             )
-    dev = video.device.type
-    op = "aggregate_grid" if grid else "aggregate_patches"
-    fused = (
-        backend in (None, dev)
-        and dev in ("cpu", "cuda")
-        and _ext.available(dev, op)
-        and _compiled_supports(ps, pt)
-        and not (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (video, inds, at, weights)
-            if isinstance(t, torch.Tensor)))
-    )
-    if grid and not fused:  # the grid's positions, for gather and scatter
-        at = query_coords(video.shape, region, stride0, device=video.device)
-        at = at.view(1, 1, Q, 1, 3).expand(B, nh, Q, K, 3)
-    if not fused:  # gather and scatter raise the errors of a backend that cannot run
-        p = gather(video, inds, ps=ps, pt=pt, dilation=dilation, backend=backend)
-        if out is None:
-            return scatter(p, at, shape=video.shape, weights=weights, ps=ps, pt=pt,
-                           dilation=dilation, backend=backend)
-        return scatter(p, at, out=out, weights=weights, ps=ps, pt=pt, dilation=dilation,
-                       backend=backend)
     cshape = (B, video.shape[1], 1 if nh == 1 else nh, *video.shape[3:])
     if out is not None:
-        acc, counts = _check_out(out)
-        if tuple(acc.shape) != tuple(video.shape):
-            raise ValueError(f"out[0] (video): expected shape {tuple(video.shape)}, got {tuple(acc.shape)}")
-        _check_counts(counts, cshape)
+        out = _check_out(out)
+        if tuple(out[0].shape) != tuple(video.shape):
+            raise ValueError(
+                f"out[0] (video): expected shape {tuple(video.shape)}, got {tuple(out[0].shape)}")
+        _check_counts(out[1], cshape)
+    if inds.is_floating_point() and inds.dtype not in (torch.float32, torch.float64):
+        inds = inds.float()
     if weights is not None and not weights.is_floating_point():
         weights = weights.to(video.dtype)
-    v_cl = video.permute(0, 1, 3, 4, 2).contiguous()
+    compiled = use_compiled("aggregate", backend, video.device, _unsupported("aggregate", ps, pt))
+    # the fused kernels have no backward: with a gradient, the compiled backends run their
+    # (differentiable) gather then scatter
+    fused = compiled and not (torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (video, inds, at, weights)))
+    if grid and not fused:  # the grid's positions, for gather and scatter
+        at = query_coords(video.shape, region, stride0, device=video.device).view(1, 1, Q, 1, 3)
+        at = at.expand(B, nh, Q, K, 3)
+    elif not grid and at.is_floating_point() and at.dtype not in (torch.float32, torch.float64):
+        at = at.float()
+    if out is None and not (fused and not grid):
+        out = (video.new_zeros(video.shape), video.new_zeros(cshape))
+    if not compiled:
+        return _reference.aggregate(video, inds, at, weights, *out, ps, pt, dilation)
+    if not fused:
+        return _scatter_compiled(_gather_compiled(video, inds, ps, pt, dilation), at, weights, *out, ps, pt,
+                                 dilation)
+    v_cl = _channels_last(video)
     if grid:  # fold form: no atomics, deterministic on every device; only the reached box
         box = _grid_box(video.shape, region, stride0, ps, pt, dilation)
-        o_cl, c_cl = _ext.ops.aggregate_grid(v_cl, _pos(inds), weights, list(region), stride0,
-                                             list(box), ps, pt, dilation)
+        o_cl, c_cl = torch.ops.napari_stnls.aggregate_grid(v_cl, _pos(inds), weights, list(region), stride0,
+                                                           list(box), ps, pt, dilation)
         sl = (slice(None), slice(box[0], box[1]), slice(None), slice(box[2], box[3]),
               slice(box[4], box[5]))
-        if out is None:
-            acc = video.new_zeros(video.shape)
-            counts = video.new_zeros(cshape)
-        acc[sl] += o_cl.permute(0, 1, 4, 2, 3)
-        counts[sl] += c_cl.permute(0, 1, 4, 2, 3)
-        return acc, counts
+        out[0][sl] += o_cl.permute(0, 1, 4, 2, 3)
+        out[1][sl] += c_cl.permute(0, 1, 4, 2, 3)
+        return out
     # one position dtype for both: float (bilinear) if either is, else int64
     if inds.is_floating_point() or at.is_floating_point():
         pdt = torch.float64 if torch.float64 in (inds.dtype, at.dtype) else torch.float32
     else:
         pdt = torch.int64
-    fn = _ext.ops.aggregate_patches
-    if _ext.deterministic_cuda(video):  # the CUDA kernel adds with atomics
-        fn = functools.partial(_ext.on_cpu, fn)
-    o_cl, c_cl = fn(v_cl, inds.to(pdt).contiguous(), at.to(pdt).contiguous(), weights, ps, pt,
-                    dilation)
+    o_cl, c_cl = _determinism.call("aggregate_patches", v_cl, inds.to(pdt).contiguous(),
+                                   at.to(pdt).contiguous(), weights, ps, pt, dilation)
     if out is None:
         return o_cl.permute(0, 1, 4, 2, 3).contiguous(), c_cl.permute(0, 1, 4, 2, 3).contiguous()
-    acc.add_(o_cl.permute(0, 1, 4, 2, 3))
-    counts.add_(c_cl.permute(0, 1, 4, 2, 3))
-    return acc, counts
+    out[0].add_(o_cl.permute(0, 1, 4, 2, 3))
+    out[1].add_(c_cl.permute(0, 1, 4, 2, 3))
+    return out

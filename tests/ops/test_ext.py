@@ -1,5 +1,6 @@
-"""The compiled kernels as PyTorch custom operators: opcheck, torch.compile, and the fallback
-when the compiled module is missing."""
+"""The compiled kernels as PyTorch custom operators: opcheck, torch.compile, the guard that
+picks them or the reference, the fallback when the compiled module is missing, and the
+deterministic mode."""
 
 from __future__ import annotations
 
@@ -11,29 +12,36 @@ import textwrap
 import pytest
 import torch
 
-from napari_stnls.ops import _ext, backend_info, gather, ifold, iunfold, scatter, search
-from napari_stnls.ops.search import _centres, _flat_flows, _offsets, _Params
+from napari_stnls.ops import (
+    _determinism,
+    _library,
+    _window,
+    backend_info,
+    gather,
+    ifold,
+    iunfold,
+    scatter,
+    search,
+)
 
-needs_ext = pytest.mark.skipif(_ext.LOAD_ERROR is not None, reason=f"not built: {_ext.LOAD_ERROR}")
+needs_ext = pytest.mark.skipif(_library.LOAD_ERROR is not None, reason=f"not built: {_library.LOAD_ERROR}")
 
 
 def _inputs(device, dtype=torch.float64, B=1, T=3, C=2, H=8, W=9, nheads=2, itype="float"):
     gen = torch.Generator().manual_seed(0)
     q = torch.rand(B, T, H, W, C, generator=gen, dtype=dtype).to(device)
     k = torch.rand(B, T, H, W, C, generator=gen, dtype=dtype).to(device)
-    P = _Params((B, T, C, H, W), 3, 3, 1, 4, "l2", 1.0, 1, 2, nheads, False, itype)
+    P = _window.Params((B, T, C, H, W), 3, 3, 1, 4, "l2", 1.0, 1, 2, nheads, False, itype)
     coords = torch.tensor([[0, 2, 3], [1, 4, 4], [2, 7, 8]], device=device)
     flows = tuple(0.7 * torch.randn(B, T, 2, H, W, generator=gen, dtype=dtype).to(device) for _ in range(2))
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    centres, frames = _centres(coords, _flat_flows(flows, P, acc), P, acc)
-    return q, k, coords, centres, frames, _offsets(P, acc, device), P
+    centres, frames = _window.centres(coords, *_window.flat_flows(flows, P, acc), P, acc)
+    return q, k, coords, centres, frames, _window.offsets(P, acc, device), P
 
 
 @needs_ext
-def test_opcheck(impl):
-    backend, device = impl
-    if backend == "reference":
-        pytest.skip("opcheck concerns the compiled operators")
+def test_opcheck(compiled):
+    backend, device = compiled
     q, k, coords, centres, frames, off, P = _inputs(device)
     args = (q, k, coords, centres, frames, off, P.ps, P.pt, P.dilation, P.nheads, P.k, True, False)
     torch.library.opcheck(torch.ops.napari_stnls.search_topk.default, args)
@@ -56,13 +64,11 @@ def test_opcheck(impl):
 
 
 @needs_ext
-def test_search_dists_rejects_given_distances_of_another_search(impl):
+def test_search_dists_rejects_given_distances_of_another_search(compiled):
     """search_dists' ``given`` (the top-k's own distances) must be this search's
     (B, nheads, Q, k) distances in the accumulation dtype: anything else is a clear error,
     and the given tensor is left as it was."""
-    backend, device = impl
-    if backend == "reference":
-        pytest.skip("given is an argument of the compiled operator")
+    backend, device = compiled
     q, k, coords, centres, frames, off, P = _inputs(device)
     found, ids = torch.ops.napari_stnls.search_topk(
         q, k, coords, centres, frames, off, P.ps, P.pt, P.dilation, P.nheads, P.k, True, False)
@@ -79,10 +85,8 @@ def test_search_dists_rejects_given_distances_of_another_search(impl):
 
 
 @needs_ext
-def test_torch_compile_fullgraph(impl):
-    backend, device = impl
-    if backend == "reference":
-        pytest.skip("the compiled backend is what must trace without graph breaks")
+def test_torch_compile_fullgraph(compiled):
+    backend, device = compiled
     torch._dynamo.reset()
     gen = torch.Generator().manual_seed(1)
     v = torch.rand(1, 3, 2, 10, 10, generator=gen).to(device)
@@ -116,10 +120,8 @@ def _patch_inputs(device, itype):
 
 @needs_ext
 @pytest.mark.parametrize("itype", ["float", "int32", "int64"])
-def test_opcheck_gather_scatter(itype, impl):
-    backend, device = impl
-    if backend == "reference":
-        pytest.skip("opcheck concerns the compiled operators")
+def test_opcheck_gather_scatter(itype, compiled):
+    backend, device = compiled
     video, inds, patches, weights, (T, H, W, ps, pt, dil) = _patch_inputs(device, itype)
     ops = torch.ops.napari_stnls
     fl = itype == "float"
@@ -154,10 +156,8 @@ def test_opcheck_gather_scatter(itype, impl):
 
 
 @needs_ext
-def test_opcheck_iunfold_ifold(impl):
-    backend, device = impl
-    if backend == "reference":
-        pytest.skip("opcheck concerns the compiled operators")
+def test_opcheck_iunfold_ifold(compiled):
+    backend, device = compiled
     gen = torch.Generator().manual_seed(3)
     v = torch.rand(2, 3, 2, 7, 8, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     region, stride, ps, pt, dil = [0, 2, 1, 6, 2, 8], 2, 3, 2, 2
@@ -168,10 +168,8 @@ def test_opcheck_iunfold_ifold(impl):
 
 
 @needs_ext
-def test_torch_compile_gather_scatter_fullgraph(impl):
-    backend, device = impl
-    if backend == "reference":
-        pytest.skip("the compiled backend is what must trace without graph breaks")
+def test_torch_compile_gather_scatter_fullgraph(compiled):
+    backend, device = compiled
     torch._dynamo.reset()
     gen = torch.Generator().manual_seed(4)
     v = torch.rand(1, 3, 4, 10, 10, generator=gen).to(device)
@@ -213,9 +211,20 @@ def test_fallback_when_the_compiled_module_is_missing():
             from napari_stnls.ops import backend_info, search
         msgs = [str(x.message) for x in w if "compiled kernels are not available" in str(x.message)]
         assert len(msgs) == 1, msgs
-        assert all(v == {"cpu": "reference", "cuda": "reference"} for v in backend_info().values())
+        info = backend_info()
+        assert "aggregate" in info and len(info) == 6, info
+        assert all(v == {"cpu": "reference", "cuda": "reference"} for v in info.values())
+        why = backend_info(reasons=True)["search"]["cpu"]["reason"]
+        assert "compiled kernels failed to load" in why and "simulated" in why, why
         v = torch.rand(1, 2, 1, 6, 6)
-        search(v, v, ps=3, ws=3, wt=1, k=2)
+        d, i = search(v, v, ps=3, ws=3, wt=1, k=2)
+        from napari_stnls.ops import aggregate, gather, ifold, iunfold, scatter
+        p = gather(v, i, ps=3)
+        scatter(p, i, shape=v.shape, ps=3)
+        aggregate(v, i, ps=3)
+        ifold(iunfold(v, ps=3), shape=v.shape, ps=3)
+        v.requires_grad_()
+        search(v, v, ps=3, ws=3, wt=1, k=2)[0].sum().backward()
         try:
             search(v, v, ps=3, ws=3, wt=1, k=2, backend="cpu")
         except ValueError as e:
@@ -256,8 +265,8 @@ def test_cpu_avx2_and_baseline_paths_give_the_same_bits(tmp_path):
     without AVX2 both runs take the baseline and the test checks nothing more than that.)"""
     import os
 
-    if not _ext.available("cpu"):
-        pytest.fail(f"the compiled CPU kernels are not built: {_ext.LOAD_ERROR}")
+    if not _library.has_kernel("search", "cpu"):
+        pytest.fail(f"the compiled CPU kernels are not built: {_library.LOAD_ERROR}")
     res = {}
     for flag in ("1", "0"):
         code = _ISA_CASES + f"torch.save(out, {str(tmp_path / flag)!r})\n"
@@ -299,14 +308,12 @@ _MESSAGE_CASES = textwrap.dedent(
 
 
 @needs_ext
-def test_error_messages_with_numbers_raise_instead_of_crashing(impl):
+def test_error_messages_with_numbers_raise_instead_of_crashing(compiled):
     """Formatting an integer into a kernel's error message must raise RuntimeError. With a
     static copy of the C++ runtime linked into the module beside torch's shared one, it
     crashed the interpreter (setup.py links the shared runtime; a subprocess keeps a crash
     from taking pytest down)."""
-    backend, device = impl
-    if backend == "reference":
-        pytest.skip("the messages of the compiled kernels")
+    backend, device = compiled
     r = subprocess.run([sys.executable, "-c", _MESSAGE_CASES, device.type], capture_output=True,
                        text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stdout + r.stderr)
@@ -325,9 +332,80 @@ def test_module_links_the_shared_cxx_runtime():
 
 def test_backend_info_reports_the_build():
     info = backend_info()
-    for op in ("search", "iunfold", "ifold", "gather", "scatter"):
-        assert info[op]["cpu"] == ("cpu" if _ext.available("cpu") else "reference"), op
-        assert info[op]["cuda"] == ("cuda" if _ext.available("cuda") else "reference"), op
+    why = backend_info(reasons=True)
+    assert set(info) == set(why) == {"search", "iunfold", "ifold", "gather", "scatter", "aggregate"}
+    for op in info:
+        for dev in ("cpu", "cuda"):
+            built = _library.has_kernel(op, dev)
+            assert info[op][dev] == (dev if built else "reference"), (op, dev)
+            assert why[op][dev]["backend"] == info[op][dev]
+            assert (why[op][dev]["reason"] is None) == built
+    if not _library.has_kernel("search", "cuda"):
+        assert why["aggregate"]["cuda"]["reason"] in (
+            "this build has no cuda kernel for aggregate",
+            f"the compiled kernels failed to load ({_library.LOAD_ERROR})",
+        )
+
+
+@needs_ext
+def test_the_guard_gives_each_reason_and_raises_for_a_compiled_backend_that_cannot_run(monkeypatch):
+    """One guard per call: the reference was asked for, no kernel for the device, or a case
+    the kernels do not take; with an explicit compiled backend, each is a ValueError that says
+    why. (The build failing to load is checked in a subprocess below.)"""
+    reason, use = _library.reference_reason, _library.use_compiled
+    assert use("search", None, "cpu") and use("aggregate", "cpu", torch.device("cpu"))
+    assert reason("gather", "reference", "cpu") == "backend='reference' was asked for"
+    assert reason("gather", None, "cpu", "ps too large") == "ps too large"
+    assert reason("ifold", None, "mps") == "this build has no mps kernel for ifold"
+    with pytest.raises(ValueError, match="backend: ps too large; use backend='reference'"):
+        use("gather", "cpu", "cpu", "ps too large")
+    with pytest.raises(ValueError, match="backend: 'cpu' cannot run search on tensors on meta"):
+        use("search", "cpu", "meta")
+    with pytest.raises(ValueError, match="backend: expected None or one of"):
+        use("search", "gpu", "cpu")
+    monkeypatch.setitem(_library._HAS_KERNEL, ("scatter", "cpu"), False)
+    assert reason("scatter", None, "cpu") == "this build has no cpu kernel for scatter"
+    with pytest.raises(ValueError, match="backend: 'cpu' is not available for scatter: this build has no"):
+        use("scatter", "cpu", "cpu")
+    assert backend_info(reasons=True)["scatter"]["cpu"] == {
+        "backend": "reference", "reason": "this build has no cpu kernel for scatter"}
+    v = torch.rand(1, 2, 2, 6, 6)
+    i = torch.tensor([[[[[0, 2, 2]]]]])
+    p = gather(v, i, ps=3)
+    torch.testing.assert_close(scatter(p, i, shape=v.shape, ps=3), scatter(p, i, shape=v.shape, ps=3,
+                                                                           backend="reference"))
+    monkeypatch.setenv("NAPARI_STNLS_BACKEND", "cpu")
+    assert backend_info()["search"] == {"cpu": "cpu", "cuda": "unavailable"}
+    assert "cannot run search on tensors on cuda" in backend_info(reasons=True)["search"]["cuda"]["reason"]
+    monkeypatch.setenv("NAPARI_STNLS_BACKEND", "reference")
+    assert reason("search", None, "cpu") == "backend='reference' was asked for"
+
+
+@needs_ext
+def test_each_op_asks_the_guard_once(monkeypatch):
+    """Every public op decides compiled or reference in one guard call, with its unsupported
+    case: ps > 32 or pt > 8 (and k > 128 on CUDA for search)."""
+    calls = []
+    real = _library.reference_reason
+
+    def spy(op, backend, device, unsupported=None):
+        calls.append((op, unsupported))
+        return real(op, backend, device, unsupported)
+
+    monkeypatch.setattr(_library, "reference_reason", spy)
+    from napari_stnls.ops import aggregate
+
+    v = torch.rand(1, 3, 2, 9, 9)
+    d, i = search(v, v, ps=3, ws=3, wt=1, k=2)
+    p = gather(v, i, ps=3)
+    scatter(p, i, shape=v.shape, ps=3)
+    aggregate(v, i, ps=3)
+    ifold(iunfold(v, ps=3), shape=v.shape, ps=3)
+    gather(v, i, ps=33)
+    assert [op for op, _ in calls] == ["search", "gather", "scatter", "aggregate", "iunfold", "ifold",
+                                       "gather"]
+    assert all(u is None for _, u in calls[:-1])
+    assert calls[-1][1] == "the compiled gather takes ps <= 32 and pt <= 8 (got ps=33, pt=1)"
 
 
 def _search_gather_scatter_grads(device):
@@ -363,7 +441,7 @@ def test_deterministic_mode_gives_bit_identical_results(device):
 @pytest.mark.parametrize(("batch_size", "itype"), [(None, "float"), (200, "float"), (None, "int")])
 def test_deterministic_flow_glue_gives_the_same_gradients(monkeypatch, batch_size, itype):
     """Deterministic mode on CUDA runs the flow glue (centres, then positions) on the CPU, each
-    step as one autograd node (_ext._OnCpu). Forced here on the CPU, in one chunk and in
+    step as one autograd node (_determinism._OnCpu). Forced here on the CPU, in one chunk and in
     several: the same dists, inds and gradients as the glue as ordinary autograd nodes."""
     gen = torch.Generator().manual_seed(7)
     v0 = torch.rand(1, 3, 3, 20, 22, generator=gen, dtype=torch.float64)
@@ -384,12 +462,12 @@ def test_deterministic_flow_glue_gives_the_same_gradients(monkeypatch, batch_siz
     def as_one_node(fn, *args):  # what on_cpu does with CUDA tensors, here on the CPU
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             nodes.append(1)
-            out = _ext._OnCpu.apply(fn, torch.device("cpu"), *args)
+            out = _determinism._OnCpu.apply(fn, torch.device("cpu"), *args)
             return out[0] if len(out) == 1 else out
         return fn(*args)
 
-    monkeypatch.setattr(_ext, "on_cpu", as_one_node)
-    monkeypatch.setattr(_ext, "deterministic_cuda", lambda *t: True)
+    monkeypatch.setattr(_determinism, "on_cpu", as_one_node)
+    monkeypatch.setattr(_determinism, "rerouted", lambda op, args: True)
     i_det, got = run()
     n_chunks = 1 if batch_size is None else (len(nodes) - 1) // 2
     # centres and positions in each chunk, then the scatter
@@ -403,7 +481,7 @@ def test_deterministic_flow_glue_gives_the_same_gradients(monkeypatch, batch_siz
 
 
 def test_on_cpu_node_gives_the_gradients_of_fn():
-    """_ext._OnCpu (on_cpu's one-node form): values and gradients of fn, gradients only to the
+    """_determinism._OnCpu (on_cpu's one-node form): values and gradients of fn, gradients only to the
     arguments that need them, None for unused outputs, and a graph that may be run twice."""
     gen = torch.Generator().manual_seed(2)
     x0, y0 = torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen,
@@ -413,7 +491,7 @@ def test_on_cpu_node_gives_the_gradients_of_fn():
         return (x * y).sin() * scale, x.sum(1), torch.arange(3)
 
     x, y = x0.clone().requires_grad_(), y0.clone()
-    a, b, n = _ext._OnCpu.apply(fn, torch.device("cpu"), x, y, 2.0)
+    a, b, n = _determinism._OnCpu.apply(fn, torch.device("cpu"), x, y, 2.0)
     assert not n.requires_grad and torch.equal(n, torch.arange(3))
     (a.square().sum() + b[0]).backward(retain_graph=True)
     xr = x0.clone().requires_grad_()
@@ -425,7 +503,8 @@ def test_on_cpu_node_gives_the_gradients_of_fn():
     a.sum().backward()  # only the first output this time; the graph was kept
     torch.testing.assert_close(x.grad - g, (torch.cos(x0 * y0) * y0 * 2.0).detach())
     assert y.grad is None
-    assert torch.autograd.gradcheck(lambda t: _ext._OnCpu.apply(fn, torch.device("cpu"), t, y0, 1.5)[:2],
+    node = _determinism._OnCpu.apply
+    assert torch.autograd.gradcheck(lambda t: node(fn, torch.device("cpu"), t, y0, 1.5)[:2],
                                     (x0.clone().requires_grad_(),))
 
 
@@ -455,24 +534,35 @@ def test_deterministic_aggregate_repeats_and_equals_the_cpu(device):
 
 def test_deterministic_fallback_is_for_cuda_tensors_only(device):
     x = torch.zeros(2, device=device)
-    assert not _ext.deterministic_cuda(x)  # not requested
+    assert not _determinism.rerouted("scatter_patches", (x,))  # not requested
     torch.use_deterministic_algorithms(True)
     try:
-        assert _ext.deterministic_cuda(x, 3) == (device.type == "cuda")
+        assert _determinism.rerouted("scatter_patches", (x, 3)) == (device.type == "cuda")
+        assert not _determinism.rerouted("gather_patches", (x,))  # no atomics
+        assert not _determinism.rerouted("aggregate_grid", (x,))  # fold form: no atomics
         if device.type == "cuda":
-            y = _ext.on_cpu(lambda a, s: (a + s, a.device.type), x, 1.0)
+            y = _determinism.on_cpu(lambda a, s: (a + s, a.device.type), x, 1.0)
             assert y[0].device == x.device and y[1] == "cpu" and bool((y[0] == 1).all())
+            z = _determinism.call("search_centres", x, fn=lambda a: a + float(a.device.type == "cpu"))
+            assert z.device == x.device and bool((z == 1).all())
     finally:
         torch.use_deterministic_algorithms(False)
 
 
 @needs_ext
-def test_torch_compile_search_gather_scatter_fullgraph(impl):
+def test_the_rerouted_operators_exist():
+    """Every compiled name in the deterministic reroute is an operator of this build."""
+    glue = {"search_centres", "search_positions"}
+    for op in _determinism.ATOMIC_ON_CUDA - glue:
+        assert hasattr(torch.ops.napari_stnls, op), op
+        assert any(op in ops for ops in _library.OPERATORS.values()), op
+
+
+@needs_ext
+def test_torch_compile_search_gather_scatter_fullgraph(compiled):
     """The whole non-local aggregation (search -> gather -> weighted scatter) traces as one
     graph, forward and backward, and matches eager mode."""
-    backend, device = impl
-    if backend == "reference":
-        pytest.skip("the compiled backend is what must trace without graph breaks")
+    backend, device = compiled
     from napari_stnls.ops import gather, scatter
 
     torch._dynamo.reset()

@@ -61,8 +61,8 @@ def test_gather_and_scatter_match_oracle(seed, impl):
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_matches_float64(seed, dtype, impl):
-    """float32 / half videos: close to the float64 result (the compiled kernels accumulate in
-    float32; the reference computes in the video's dtype)."""
+    """float32 / half videos: close to the float64 reference's result (the compiled kernels
+    accumulate in float32; the reference computes in the video's dtype)."""
     backend, device = impl
     v, inds, kw = _case(seed, device)
     if inds.is_floating_point():
@@ -70,10 +70,11 @@ def test_low_precision_matches_float64(seed, dtype, impl):
     tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
     p = gather(v.to(dtype), inds, backend=backend, **kw)
     assert p.dtype == dtype
-    torch.testing.assert_close(p.double(), gather(v.to(dtype).double(), inds, **kw), rtol=tol, atol=tol)
+    ref = gather(v.to(dtype).double(), inds, backend="reference", **kw)
+    torch.testing.assert_close(p.double(), ref, rtol=tol, atol=tol)
     out, counts = scatter(p, inds, shape=v.shape, backend=backend, **kw)
     assert out.dtype == counts.dtype == dtype
-    ro, rc = scatter(p.double(), inds, shape=v.shape, **kw)
+    ro, rc = scatter(p.double(), inds, shape=v.shape, backend="reference", **kw)
     scale = float(ro.abs().max()) + 1
     torch.testing.assert_close(out.double(), ro, rtol=tol, atol=tol * scale)
     torch.testing.assert_close(counts.double(), rc, rtol=tol, atol=tol * scale)
@@ -163,12 +164,10 @@ def test_gradcheck_gather_and_scatter(nheads, impl):
     )
 
 
-def test_gradients_match_the_reference(impl):
+def test_gradients_match_the_reference(compiled):
     """Whole and fractional positions (the position gradient is the one-sided derivative
     towards the next pixel at whole pixels, as in the reference)."""
-    backend, device = impl
-    if backend == "reference":
-        pytest.skip("compares a compiled backend with the reference")
+    backend, device = compiled
     v, t, yx, gen = _grad_case(device)
     yx = yx.detach().clone()
     yx[0, 0] = yx[0, 0].round()
@@ -352,22 +351,26 @@ def test_aggregate_gradients_compose_gather_and_scatter():
 
 
 def test_aggregate_without_gradients_never_stores_the_patches(monkeypatch):
-    """On the CPU with no gradient needed, aggregate runs the fused kernel, not gather."""
+    """On the CPU with no gradient needed, aggregate runs the fused kernel, not gather; with a
+    gradient, the compiled gather then scatter (backend None or "cpu"), or the reference's."""
     import sys
 
     G = sys.modules["napari_stnls.ops.gather"]  # the module (the package exports the function)
-
-    def no_gather(*a, **k):
-        raise AssertionError("gather called")
-
-    monkeypatch.setattr(G, "gather", no_gather)
+    gathered = []
+    for name, module in (("_gather_compiled", G), ("gather", G._reference)):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, name=name: gathered.append(name) or real(*a))
     v = torch.rand(1, 2, 3, 9, 9)
     inds = torch.randint(0, 2, (1, 1, 4, 2, 3))
     with torch.no_grad():
         G.aggregate(v.requires_grad_(), inds, ps=3)
     G.aggregate(v.detach(), inds, ps=3, backend="cpu")
-    with pytest.raises(AssertionError, match="gather called"):
-        G.aggregate(v, inds, ps=3)  # the video requires grad: composition
+    G.aggregate(v.detach(), inds, "queries", region=(0, 1, 0, 2, 0, 2), ps=3)
+    assert gathered == []
+    G.aggregate(v, inds, ps=3)  # the video requires grad: composition
+    G.aggregate(v, inds, ps=3, backend="cpu")
+    G.aggregate(v.detach(), inds, ps=3, backend="reference")
+    assert gathered == ["_gather_compiled", "_gather_compiled", "gather"]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from conftest import assert_knn_match
 
-from napari_stnls.ops import Region, grid_view, query_coords, search
+from napari_stnls.ops import Region, grid_shape, grid_view, query_coords, search
 
 
 def _smooth_flow(gen, B, T, H, W, amp, dtype=torch.float64):
@@ -61,9 +62,38 @@ def _random_case(seed):
     )
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_search_matches_oracle(seed, impl):
-    backend, device = impl
+def _whole_pixel(flow: torch.Tensor) -> torch.Tensor:
+    """``flow`` in multiples of 1/64: a query carried along it lands on the same position in
+    float32 and in float64, so whole-pixel windows round the same way in both."""
+    return torch.round(flow * 64) / 64
+
+
+def assert_rows_match_reference(d, i, v, flows, kw, **tol):
+    """``(d, i)``, a search of ``v`` along ``flows`` with the arguments ``kw`` (``region`` and
+    ``stride0`` among them), hold what the float64 reference finds, with a rank more so that a
+    tie at the k-th place is seen (tie-aware: :func:`assert_knn_match`). Checked on the first
+    and last frame of the query grid, on its first and last rows and the two rows either side
+    of the CUDA kernels' 16-row tiles, each across the whole width (border tiles included)."""
+    region, s0 = Region(*kw["region"]), kw.get("stride0", 1)
+    T_r, nH, _ = grid_shape(v.shape, region, s0)
+    k = d.shape[-1]
+    nt = min(v.shape[1], 2 * kw["wt"] + 1)
+    more = min(k + 1, nt * kw["ws"] ** 2 - int(kw.get("exclude_self", False)))
+    dg, ig = grid_view(d.cpu(), v.shape, region, s0), grid_view(i.cpu(), v.shape, region, s0)
+    vd = v.detach().cpu().double()
+    fd = None if flows is None else tuple(f.detach().cpu().double() for f in flows)
+    for t in sorted({0, T_r - 1}):
+        for r in sorted({0, min(15, nH - 1), min(16, nH - 1), nH - 1}):
+            y = region.y0 + r * s0
+            row = (region.t0 + t, region.t0 + t + 1, y, y + 1, region.x0, region.x1)
+            rd, ri = search(vd, vd, flows=fd, backend="reference", **{**kw, "region": row, "k": more})
+            assert_knn_match(dg[:, :, t, r], ig[:, :, t, r], rd.numpy(), ri.double().numpy(), **tol)
+
+
+@functools.cache
+def _oracle_case(seed):
+    """Random case ``seed``: its search arguments, videos and flows, and the oracle's answer
+    with a rank more (computed once for every backend)."""
     case = _random_case(seed)
     gen = torch.Generator().manual_seed(seed)
     shape = case.pop("shape")
@@ -73,29 +103,40 @@ def test_search_matches_oracle(seed, impl):
     flows = None
     if case.pop("flow"):
         flows = (_smooth_flow(gen, B, T, H, W, 1.7), _smooth_flow(gen, B, T, H, W, 1.7))
-    dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
-    d, i = search(q.to(device), k.to(device), flows=dev_flows, backend=backend, **case)
     ref_flows = None if flows is None else tuple(f.numpy() for f in flows)
     nt = min(T, 2 * case["wt"] + 1)
     more = dict(case, k=min(case["k"] + 1, nt * case["ws"] ** 2 - int(case["exclude_self"])))
-    rd, ri = oracle.search(q.numpy(), k.numpy(), flows=ref_flows, **more)
+    return case, q, k, flows, oracle.search(q.numpy(), k.numpy(), flows=ref_flows, **more)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_search_matches_oracle(seed, impl):
+    backend, device = impl
+    case, q, k, flows, (rd, ri) = _oracle_case(seed)
+    dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
+    d, i = search(q.to(device), k.to(device), flows=dev_flows, backend=backend, **case)
     assert i.dtype == (torch.int32 if case["itype"] == "int" else torch.float64)
     assert_knn_match(d, i, rd, ri)
     step = d[..., 1:] - d[..., :-1]  # returned distances are exactly sorted, best first
     assert bool((step >= 0).all() if case["dist"] == "l2" else (step <= 0).all())
 
 
-@pytest.mark.parametrize("dist", ["l2", "prod"])
-def test_search_float32_matches_oracle(dist, impl):
-    backend, device = impl
+@functools.cache
+def _float32_case(dist):
     gen = torch.Generator().manual_seed(1)
     q = torch.rand(1, 3, 3, 9, 9, generator=gen)
     flows = tuple(_smooth_flow(gen, 1, 3, 9, 9, 1.2, torch.float32) for _ in range(2))
     kw = dict(ps=3, ws=5, wt=1, k=5, dist=dist)
+    qn = q.double().numpy()
+    return q, flows, kw, oracle.search(qn, qn, flows=[f.double().numpy() for f in flows], **kw)
+
+
+@pytest.mark.parametrize("dist", ["l2", "prod"])
+def test_search_float32_matches_oracle(dist, impl):
+    backend, device = impl
+    q, flows, kw, (rd, ri) = _float32_case(dist)
     d, i = search(q.to(device), q.to(device), flows=tuple(f.to(device) for f in flows), backend=backend, **kw)
     assert d.dtype == torch.float32 and i.dtype == torch.float32
-    qn = q.double().numpy()
-    rd, ri = oracle.search(qn, qn, flows=[f.double().numpy() for f in flows], **kw)
     assert_knn_match(d, i, rd, ri, rtol=1e-5, atol=1e-5)
 
 
@@ -154,10 +195,12 @@ def test_batching_gives_identical_results_and_gradients(itype, impl):
 def test_flow_search_keeps_little_for_backward(impl):
     """With flows that need a gradient, what the graph keeps for the backward stays near the
     size of dists + inds: the flow chain is recomputed in the backward, not kept (it was
-    7.6x dists + inds). Same gradients as a plain autograd graph (checked by the gradchecks)."""
+    7.6x dists + inds), and so are the reference's patches. Same gradients as a plain autograd
+    graph (checked by the gradchecks). What is kept grows with the queries, k and the window's
+    frames, not with ws or ps (kept small here for speed)."""
     backend, device = impl
     gen = torch.Generator().manual_seed(5)
-    shape = (1, 6, 3, 40, 48)
+    shape = (1, 6, 3, 24, 40)
     v = torch.rand(shape, generator=gen).to(device).requires_grad_()
     flows = [(0.8 * torch.randn(shape[:2] + (2,) + shape[3:], generator=gen)).to(device).requires_grad_()
              for _ in range(2)]
@@ -168,17 +211,15 @@ def test_flow_search_keeps_little_for_backward(impl):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        d, i = search(v, v, ps=5, ws=9, wt=2, k=8, flows=flows, backend=backend, batch_size=600)
+        d, i = search(v, v, ps=3, ws=5, wt=2, k=8, flows=flows, backend=backend, batch_size=600)
     out = d.numel() * d.element_size() + i.numel() * i.element_size()
     assert sum(kept.values()) <= 1.6 * out
     d.sum().backward()
     assert flows[0].grad.abs().sum() > 0 and v.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("dist", ["l2", "prod"])
-@pytest.mark.parametrize("nheads", [1, 2])
-def test_gradcheck_videos_and_flows(dist, nheads, impl):
-    backend, device = impl
+def _gradcheck_search(dist, nheads, backend, device, fast_mode):
+    """gradcheck of dists and positions w.r.t. both videos and both flows."""
     gen = torch.Generator().manual_seed(5)
     B, T, C, H, W = 1, 3, 2, 9, 9
     q = torch.rand(B, T, C, H, W, generator=gen, dtype=torch.float64).to(device).requires_grad_()
@@ -192,7 +233,23 @@ def test_gradcheck_videos_and_flows(dist, nheads, impl):
         d, i = search(q, k, flows=(ff, bf), **kw)
         return d, i[..., 1:]
 
-    assert torch.autograd.gradcheck(fn, (q, k, *f), eps=1e-6, atol=1e-6)
+    return torch.autograd.gradcheck(fn, (q, k, *f), eps=1e-6, atol=1e-6, fast_mode=fast_mode)
+
+
+@pytest.mark.parametrize("dist", ["l2", "prod"])
+@pytest.mark.parametrize("nheads", [1, 2])
+def test_gradcheck_videos_and_flows(dist, nheads, impl):
+    """Fast gradcheck (a random projection of the Jacobian, against its finite difference)."""
+    backend, device = impl
+    assert _gradcheck_search(dist, nheads, backend, device, fast_mode=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dist", ["l2", "prod"])
+def test_gradcheck_videos_and_flows_every_entry(dist, impl):
+    """The whole Jacobian, entry by entry (about 40 s a case on 2 cores)."""
+    backend, device = impl
+    assert _gradcheck_search(dist, 2, backend, device, fast_mode=False)
 
 
 @pytest.mark.parametrize(("B", "nheads", "itype"), [(1, 1, "float"), (1, 1, "int"), (2, 2, "float")])
@@ -240,7 +297,7 @@ def test_cpu_backward_split_over_queries_passes_gradcheck():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(8)
-        assert torch.autograd.gradcheck(fn, (q, k, *f), eps=1e-6, atol=1e-6)
+        assert torch.autograd.gradcheck(fn, (q, k, *f), eps=1e-6, atol=1e-6, fast_mode=True)
     finally:
         torch.set_num_threads(threads)
 
@@ -436,11 +493,11 @@ def test_non_contiguous_and_half_inputs(impl):
 
 
 @pytest.mark.parametrize("itype,use_flow,stride0", [("float", False, 1), ("int", True, 1), ("int", False, 2)])
-def test_backends_agree_on_a_larger_video(impl, itype, use_flow, stride0):
-    """Many tiles of queries, border tiles and a region: every backend finds the same
-    neighbours as the compiled CPU kernel (the CUDA kernel shares box sums across a tile of
-    queries for whole-pixel grids, so this exercises tiles fully and partly inside the grid)."""
-    backend, device = impl
+def test_backends_agree_on_a_larger_video(impl_held_to_reference, itype, use_flow, stride0):
+    """Many tiles of queries, border tiles and a region: every backend finds the neighbours
+    of the float64 reference (the CUDA kernel shares box sums across a tile of queries for
+    whole-pixel grids, so this exercises tiles fully and partly inside the grid)."""
+    backend, device = impl_held_to_reference
     gen = torch.Generator().manual_seed(21)
     v = torch.rand(1, 4, 3, 37, 45, generator=gen, dtype=torch.float64)
     flows = None
@@ -448,10 +505,9 @@ def test_backends_agree_on_a_larger_video(impl, itype, use_flow, stride0):
         flows = tuple(_smooth_flow(gen, 1, 4, 37, 45, 2.5) for _ in range(2))
     kw = dict(ps=5, ws=7, wt=1, k=6, itype=itype, stride0=stride0, region=(1, 3, 2, 35, 0, 45),
               exclude_self=True, pt=2)
-    ref = search(v, v, flows=flows, backend="cpu", **kw)
     dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
     d, i = search(v.to(device), v.to(device), flows=dev_flows, backend=backend, **kw)
-    assert_knn_match(d, i, ref[0].numpy(), ref[1].double().numpy(), min_untied=0.9)
+    assert_rows_match_reference(d, i, v, flows, kw, min_untied=0.9)
 
 
 @pytest.mark.parametrize(
@@ -462,16 +518,15 @@ def test_backends_agree_on_a_larger_video(impl, itype, use_flow, stride0):
 def test_single_precision_whole_pixel_search(device, ps, C, pt, dist, dtype):
     """float32/float16/bfloat16 videos on whole-pixel grids (on CUDA, 1 or 3 frames x channels
     per head take the sliding kernel): many tiles, border tiles whose windows differ, a region
-    and exclude_self, against the float64 compiled CPU search of the same (rounded) video; and
+    and exclude_self, against the float64 reference search of the same (rounded) video; and
     splitting the queries into batches (tiles then start on other rows) changes no bit."""
     gen = torch.Generator().manual_seed(ps * 10 + C)
     v = torch.rand(1, 5, C, 45, 70, generator=gen).to(dtype)
     kw = dict(ps=ps, ws=9, wt=1, k=7, pt=pt, dist=dist, exclude_self=True, region=(0, 5, 1, 44, 2, 69))
     vd = v.to(device)
     d, i = search(vd, vd, **kw)
-    rd, ri = search(v.double(), v.double(), backend="cpu", **{**kw, "k": 8})  # a rank more: ties at k
     assert d.dtype == torch.float32
-    assert_knn_match(d, i, rd.numpy(), ri.double().numpy(), rtol=1e-5, atol=1e-4, min_untied=0.9)
+    assert_rows_match_reference(d, i, v, None, kw, rtol=1e-5, atol=1e-4, min_untied=0.9)
     for bs in (67 * 3, 67 * 11 + 5):
         d2, i2 = search(vd, vd, batch_size=bs, **kw)
         assert torch.equal(d2, d) and torch.equal(i2, i)
@@ -480,15 +535,14 @@ def test_single_precision_whole_pixel_search(device, ps, C, pt, dist, dtype):
 def test_single_precision_search_with_flows_that_spread_the_windows(device):
     """Whole-pixel flows that differ by tens of pixels within a tile of queries: the union of
     the tile's windows is staged in several runs (on CUDA), and each query still gets exactly
-    its own window's best candidates."""
+    its own window's best candidates (those of the float64 reference)."""
     gen = torch.Generator().manual_seed(5)
     v = torch.rand(1, 3, 3, 40, 60, generator=gen)
     flows = tuple((torch.rand(1, 3, 2, 40, 60, generator=gen) * 2 - 1) * 30 for _ in range(2))
     kw = dict(ps=7, ws=7, wt=1, k=5, itype="int")
+    kw = dict(kw, region=(0, 3, 0, 40, 0, 60))
     d, i = search(v.to(device), v.to(device), flows=tuple(f.to(device) for f in flows), **kw)
-    rd, ri = search(v.double(), v.double(), flows=tuple(f.double() for f in flows), backend="cpu",
-                    **{**kw, "k": 6})
-    assert_knn_match(d, i, rd.numpy(), ri.double().numpy(), rtol=1e-5, atol=1e-4, min_untied=0.9)
+    assert_rows_match_reference(d, i, v, flows, kw, rtol=1e-5, atol=1e-4, min_untied=0.9)
 
 
 @pytest.mark.parametrize(
@@ -499,17 +553,14 @@ def test_single_precision_search_with_flows_that_spread_the_windows(device):
 def test_single_precision_subpixel_search_keeps_the_k_best(device, ws, k, dist, exclude_self):
     """float32 search along sub-pixel flows (on CUDA a warp per query: one list for the warp
     up to k = 32, a list per lane merged at the end above; 4 or 7 candidates per lane and
-    step depending on ws), against the float64 compiled CPU search; batching changes no bit."""
+    step depending on ws), against the float64 reference search; batching changes no bit."""
     gen = torch.Generator().manual_seed(ws * 100 + k)
     v = torch.rand(1, 4, 3, 26, 31, generator=gen)
     flows = tuple(_smooth_flow(gen, 1, 4, 26, 31, 2.3, torch.float32) for _ in range(2))
     kw = dict(ps=5, ws=ws, wt=1, k=k, dist=dist, exclude_self=exclude_self, region=(0, 4, 2, 24, 1, 30))
     d, i = search(v.to(device), v.to(device), flows=tuple(f.to(device) for f in flows), **kw)
-    rd, ri = search(v.double(), v.double(), flows=tuple(f.double() for f in flows), backend="cpu",
-                    **{**kw, "k": k + 1})  # a rank more: ties at k
     assert d.shape[-1] == k and bool(torch.isfinite(d).all())
-    assert_knn_match(d, i, rd.numpy(), ri.double().numpy(), rtol=1e-5, atol=1e-4, min_untied=0.9,
-                     pos_atol=1e-4)
+    assert_rows_match_reference(d, i, v, flows, kw, rtol=1e-5, atol=1e-4, min_untied=0.9, pos_atol=1e-4)
     d2, i2 = search(v.to(device), v.to(device), flows=tuple(f.to(device) for f in flows), batch_size=97, **kw)
     assert torch.equal(d2, d) and torch.equal(i2, i)
 
@@ -518,15 +569,15 @@ def test_single_precision_subpixel_search_keeps_the_k_best(device, ws, k, dist, 
 def test_compiled_chunks_partition_the_query_grid(batch_size):
     """The compiled search runs queries in chunks of whole grid rows or frames: they cover
     every query once, in order, and each chunk's grid gives exactly its queries."""
-    from napari_stnls.ops._region import grid_shape
-    from napari_stnls.ops.search import _compiled_chunks, _Params
+    from napari_stnls.ops._window import Params
+    from napari_stnls.ops.search import _compiled_chunks
 
     shape = (1, 6, 2, 30, 41)
     region, s0 = Region(1, 5, 2, 29, 3, 40), 3
     coords = query_coords(shape, region, s0)
     T_r, nH, nW = grid_shape(shape, region, s0)
-    P = _Params(shape, 3, 5, 1, 4, "l2", 1.0, 1, 1, 1, False, "float", s0,
-                (region.t0, region.y0, region.x0, T_r, nH, nW))
+    P = Params(shape, 3, 5, 1, 4, "l2", 1.0, 1, 1, 1, False, "float", s0,
+               (region.t0, region.y0, region.x0, T_r, nH, nW))
     chunks = _compiled_chunks(P, coords.shape[0], batch_size)
     assert chunks[0][0] == 0 and chunks[-1][1] == coords.shape[0]
     for (_, stop, _), (start, _, _) in zip(chunks, chunks[1:], strict=False):
@@ -549,23 +600,23 @@ def test_compiled_chunks_partition_the_query_grid(batch_size):
         (130, 1, "prod", 1, 1.0, 0.0),  # more channels than the single-pixel kernel holds
     ],
 )
-def test_single_pixel_patches_on_larger_videos(impl, C, nheads, dist, stride0, stride1, flow_amp):
+def test_single_pixel_patches_on_larger_videos(impl_held_to_reference, C, nheads, dist, stride0, stride1,
+                                               flow_amp):
     """ps=1, pt=1 (attention-like search over feature maps): the CUDA backend stages the
     windows of a tile of queries in shared memory; every backend finds the neighbours of
-    the compiled CPU kernel, with and without whole-pixel flows."""
-    backend, device = impl
+    the float64 reference, with and without whole-pixel flows."""
+    backend, device = impl_held_to_reference
     gen = torch.Generator().manual_seed(C)
     v = torch.rand(1, 4, C, 29, 70, generator=gen)
     flows = None
     if flow_amp:
-        flows = tuple(_smooth_flow(gen, 1, 4, 29, 70, flow_amp, torch.float32) for _ in range(2))
+        flows = tuple(_whole_pixel(_smooth_flow(gen, 1, 4, 29, 70, flow_amp, torch.float32))
+                      for _ in range(2))
     kw = dict(ps=1, ws=7, wt=1, k=10, dist=dist, itype="int", stride0=stride0, stride1=stride1,
               nheads=nheads, exclude_self=True, region=(0, 4, 1, 29, 3, 70))
-    ref = search(v, v, flows=flows, backend="cpu", **dict(kw, k=11))  # k+1: ties at the k-th
     dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
     d, i = search(v.to(device), v.to(device), flows=dev_flows, backend=backend, **kw)
-    assert_knn_match(d, i, ref[0].double().numpy(), ref[1].double().numpy(), rtol=1e-5, atol=1e-5,
-                     min_untied=0.9)
+    assert_rows_match_reference(d, i, v, flows, kw, rtol=1e-5, atol=1e-5, min_untied=0.9)
 
 
 @pytest.mark.parametrize(
@@ -577,24 +628,22 @@ def test_single_pixel_patches_on_larger_videos(impl, C, nheads, dist, stride0, s
         (torch.float32, 3, 1, 1, 1, 17, 0.0),  # k past the register lists: the box kernel
     ],
 )
-def test_whole_pixel_box_search_with_spread_windows(impl, dtype, ps, pt, stride0, dilation, k,
-                                                    flow_amp):
+def test_whole_pixel_box_search_with_spread_windows(impl_held_to_reference, dtype, ps, pt, stride0,
+                                                    dilation, k, flow_amp):
     """Whole-pixel grids with ps > 1 (the box-sum kernels on CUDA): with flows that differ from
     pixel to pixel, the windows of a tile of queries spread far apart, and the CUDA kernel
-    stages their key pixels in several runs; every backend finds the compiled CPU kernel's
+    stages their key pixels in several runs; every backend finds the float64 reference's
     neighbours."""
-    backend, device = impl
+    backend, device = impl_held_to_reference
     gen = torch.Generator().manual_seed(ps * 10 + pt)
     v = torch.rand(1, 4, 3, 41, 53, generator=gen, dtype=dtype)
     flows = None
     if flow_amp:
-        flows = tuple(torch.randn(1, 4, 2, 41, 53, generator=gen, dtype=dtype) * flow_amp
+        flows = tuple(_whole_pixel(torch.randn(1, 4, 2, 41, 53, generator=gen, dtype=dtype) * flow_amp)
                       for _ in range(2))
     kw = dict(ps=ps, pt=pt, ws=9, wt=1, k=k, itype="int", stride0=stride0, dilation=dilation,
               exclude_self=True, region=(0, 4, 2, 40, 0, 53))
-    ref = search(v, v, flows=flows, backend="cpu", **dict(kw, k=k + 1))  # k+1: ties at the k-th
     dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
     d, i = search(v.to(device), v.to(device), flows=dev_flows, backend=backend, **kw)
     tol = 1e-4 if dtype == torch.float32 else 1e-9
-    assert_knn_match(d, i, ref[0].double().numpy(), ref[1].double().numpy(), rtol=tol, atol=tol,
-                     min_untied=0.9)
+    assert_rows_match_reference(d, i, v, flows, kw, rtol=tol, atol=tol, min_untied=0.9)
