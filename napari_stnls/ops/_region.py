@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -78,7 +77,9 @@ def as_region(region, shape: Sequence[int], name: str = "region") -> Region:
         try:
             if isinstance(v, bool):
                 raise TypeError
-            out.append(operator.index(v))
+            # ints (and the sizes torch.compile(dynamic=True) traces as SymInt) are kept as they
+            # are: operator.index would make torch.compile specialise on their values
+            out.append(v if isinstance(v, (int, torch.SymInt)) else operator.index(v))
         except TypeError:
             raise TypeError(f"{name}: expected integers, got {vals}") from None
     r = Region(*out)
@@ -105,8 +106,8 @@ def grid_shape(shape: Sequence[int], region=None, stride0: int = 1) -> tuple[int
     _check_stride(stride0, "stride0")
     return (
         r.t1 - r.t0,
-        math.ceil((r.y1 - r.y0) / stride0),
-        math.ceil((r.x1 - r.x0) / stride0),
+        -(-(r.y1 - r.y0) // stride0),
+        -(-(r.x1 - r.x0) // stride0),
     )
 
 

@@ -20,8 +20,6 @@ The backward kernels that add with atomics on CUDA go through :func:`._determini
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import _determinism
@@ -39,7 +37,7 @@ def _pos_grad_dtype(inds: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
 
 def _grid_q(region, stride) -> int:
     t0, t1, y0, y1, x0, x1 = region
-    return (t1 - t0) * math.ceil((y1 - y0) / stride) * math.ceil((x1 - x0) / stride)
+    return (t1 - t0) * -(-(y1 - y0) // stride) * -(-(x1 - x0) // stride)
 
 
 def _register_search() -> None:

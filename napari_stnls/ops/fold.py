@@ -128,7 +128,7 @@ def ifold(
         V.video(out, "out")
         shape = tuple(out.shape)
     else:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(s if isinstance(s, (int, torch.SymInt)) else int(s) for s in shape)
         if len(shape) != 5 or min(shape) <= 0:
             raise ValueError(f"shape: expected a non-empty (B, T, C, H, W), got {shape}")
     if not patches.is_floating_point():

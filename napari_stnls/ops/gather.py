@@ -19,7 +19,6 @@ from . import _determinism
 from . import _validate as V
 from ._library import use_compiled
 from ._reference import gather as _reference
-from ._reference.taps import reflect
 from ._region import as_region, grid_shape, query_coords
 
 __all__ = ["aggregate", "gather", "scatter"]
@@ -61,17 +60,25 @@ def _scatter_compiled(patches, inds, weights, out, counts, ps, pt, dilation):
 
 
 def _grid_box(shape, region, stride0: int, ps: int, pt: int, dilation: int) -> tuple[int, ...]:
-    """(t0, t1, y0, y1, x0, x1): the smallest box holding every pixel that the (mirrored)
-    patches of the query grid of ``region`` and ``stride0`` reach."""
+    """(t0, t1, y0, y1, x0, x1): a box holding every pixel that the (mirrored) patches of the
+    query grid of ``region`` and ``stride0`` reach.
+
+    Per axis, the patches reach ``lo .. hi`` before mirroring. Mirroring maps ``-a`` to ``a``
+    and ``n-1+a`` to ``n-1-a``, so every reached pixel lies in
+    ``[min(lo, 2(n-1) - hi), max(hi, -lo)]`` clipped to the video (where a patch is mirrored
+    more than once, that is the whole axis). Plain integer arithmetic, so that under
+    ``torch.compile(dynamic=True)`` the box stays symbolic in the video's size.
+    """
     _, T, _, H, W = shape
-    r = ps // 2
-    space = dilation * (torch.arange(ps) - r)
+    r = dilation * (ps // 2)
+    lo_off, hi_off = -r, dilation * (ps - 1) - r
     out = []
-    for n, start, stop, step, offs in ((T, region.t0, region.t1, 1, torch.arange(pt)),
-                                       (H, region.y0, region.y1, stride0, space),
-                                       (W, region.x0, region.x1, stride0, space)):
-        u = reflect(torch.arange(start, stop, step)[:, None] + offs[None, :], n)
-        out += [int(u.min()), int(u.max()) + 1]
+    for n, start, stop, step, a, b in ((T, region.t0, region.t1, 1, 0, pt - 1),
+                                       (H, region.y0, region.y1, stride0, lo_off, hi_off),
+                                       (W, region.x0, region.x1, stride0, lo_off, hi_off)):
+        lo, hi = start + a, start + (stop - 1 - start) // step * step + b
+        out += [torch.sym_max(torch.sym_min(lo, 2 * (n - 1) - hi), 0),
+                torch.sym_min(torch.sym_max(hi, -lo), n - 1) + 1]
     return tuple(out)
 
 
@@ -197,7 +204,7 @@ def scatter(
         video, counts = _check_out(out)
         shape = tuple(video.shape)
     else:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(s if isinstance(s, (int, torch.SymInt)) else int(s) for s in shape)
         if len(shape) != 5 or min(shape) <= 0:
             raise ValueError(f"shape: expected a non-empty (B, T, C, H, W), got {shape}")
     B, T, C, H, W = shape

@@ -143,3 +143,64 @@ def test_opcheck_of_the_ops_with_symbolic_sizes(ops, device):
     torch.library.opcheck(ops.search_topk_box.default,
                           (video, video, coords, centres, frames, offsets, [0, 0, 0, T - 1, H, W, 1], 1,
                            PS, 1, DIL, 2, 4, True, False))
+
+
+def _public_case(T, H, W, device, seed=0):
+    """A (1, T, 4, H, W) video, sub-pixel positions of one head (Q = T*H*W, K = 3) and weights."""
+    gen = torch.Generator().manual_seed(seed)
+    video = torch.rand(1, T, 4, H, W, generator=gen, dtype=torch.float64)
+    shape = (1, 1, T * H * W, 3)
+    inds = torch.stack([torch.randint(0, T, shape, generator=gen).double(),
+                        (H - 1) * torch.rand(shape, generator=gen, dtype=torch.float64),
+                        (W - 1) * torch.rand(shape, generator=gen, dtype=torch.float64)], -1)
+    weights = torch.rand(shape, generator=gen, dtype=torch.float64)
+    return video.to(device), inds.to(device), weights.to(device)
+
+
+@pytest.mark.parametrize("which", ["fold", "aggregate_queries", "aggregate_inds", "gather_scatter"])
+def test_public_ops_do_not_recompile_for_another_video_size(which, compiled):
+    """The public ops keep the video's sizes symbolic too: their checks take the traced sizes
+    as they are, and aggregate's box is integer arithmetic, not a tensor reduction. (The
+    reference twins branch on values, so it is the compiled backends that must trace.)"""
+    from napari_stnls.ops import aggregate, gather, ifold, iunfold, scatter
+
+    backend, device = compiled
+    fns = {
+        "fold": lambda v, i, w: (ifold(iunfold(v, ps=PS, stride=STRIDE, backend=backend), shape=v.shape,
+                                       ps=PS, stride=STRIDE, backend=backend),),
+        "aggregate_queries": lambda v, i, w: aggregate(v, i, "queries", weights=w, ps=PS, backend=backend),
+        "aggregate_inds": lambda v, i, w: aggregate(v, i, weights=w, ps=PS, backend=backend),
+        "gather_scatter": lambda v, i, w: scatter(gather(v, i, ps=PS, backend=backend), i, shape=v.shape,
+                                                  weights=w, ps=PS, backend=backend),
+    }
+    cases = [_public_case(T, H, W, device, n) for n, (T, H, W) in enumerate(SIZES)]
+    assert _compile_once(fns[which], cases) == 1
+
+
+def test_aggregate_grid_box_holds_every_pixel_the_patches_reach():
+    """The box aggregate's fold-form kernels compute: on random videos, regions, strides, patch
+    sizes (even ones too), dilations and frames per patch, it holds every pixel that the
+    mirrored patches of the query grid reach (found by mirroring every patch pixel), and lies
+    inside the video."""
+    import random
+
+    from napari_stnls.ops import Region
+    from napari_stnls.ops._reference.taps import reflect
+    from napari_stnls.ops.gather import _grid_box
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        T, H, W = rng.randint(1, 6), rng.randint(1, 12), rng.randint(1, 12)
+        t0, y0, x0 = rng.randrange(T), rng.randrange(H), rng.randrange(W)
+        region = Region(t0, rng.randint(t0 + 1, T), y0, rng.randint(y0 + 1, H), x0, rng.randint(x0 + 1, W))
+        ps, pt, dil, stride = rng.randint(1, 9), rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 4)
+        box = _grid_box((1, T, 1, H, W), region, stride, ps, pt, dil)
+        space = dil * (torch.arange(ps) - ps // 2)
+        for axis, (n, lo, hi, step, offs) in enumerate((
+                (T, region.t0, region.t1, 1, torch.arange(pt)),
+                (H, region.y0, region.y1, stride, space),
+                (W, region.x0, region.x1, stride, space))):
+            reached = reflect(torch.arange(lo, hi, step)[:, None] + offs[None, :], n)
+            b0, b1 = box[2 * axis], box[2 * axis + 1]
+            assert 0 <= b0 <= int(reached.min()) and int(reached.max()) < b1 <= n, (
+                (T, H, W), region, stride, ps, pt, dil, axis, box)
