@@ -233,7 +233,12 @@ def _gradcheck_search(dist, nheads, backend, device, fast_mode):
         d, i = search(q, k, flows=(ff, bf), **kw)
         return d, i[..., 1:]
 
-    return torch.autograd.gradcheck(fn, (q, k, *f), eps=1e-6, atol=1e-6, fast_mode=fast_mode)
+    # On CUDA the backward adds with atomics, in an order that varies run to run: gradcheck's
+    # second backward may differ in the last bits (fast mode's random projection sums many
+    # terms into each entry). Deterministic mode is tested on its own.
+    nondet = 1e-12 if torch.device(device).type == "cuda" else 0.0
+    return torch.autograd.gradcheck(fn, (q, k, *f), eps=1e-6, atol=1e-6, fast_mode=fast_mode,
+                                    nondet_tol=nondet)
 
 
 @pytest.mark.parametrize("dist", ["l2", "prod"])
