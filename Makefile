@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both set everything up on a
 # fresh machine: a virtual environment in .venv, torch (the CPU build 2.13.0 where no torch
-# is present), and this package in editable mode with its test extras.
+# is present), the compiled kernels, and this package in editable mode with its test extras.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,12 +13,21 @@ setup: $(STAMP)
 
 $(STAMP): setup.cfg setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*/*.cpp csrc/*/*.h csrc/*/*/*.h csrc/*/*.cu csrc/*/*/*.cu csrc/*/*.cuh csrc/*/*/*.cuh)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q "setuptools>=64" wheel
-	# the napari plugin's tests run Qt under Xvfb: its system libraries, where missing (apt, as root)
-	@sh scripts/qt_system_deps.sh
-	# builds the C++ kernels (and CUDA ones where torch has CUDA) against the installed torch
-	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	@# Three jobs overlap: the Qt system libraries the plugin's tests need under Xvfb (apt, as
+	@# root, only those missing) install from the start; once torch is in, the C++ kernels (and
+	@# the CUDA ones where torch has CUDA) build in place against it while pip installs the
+	@# package in editable mode with its test extras, without a build of its own
+	@# (NAPARI_STNLS_BUILD=0): it finds the kernels built in place.
+	@sh scripts/qt_system_deps.sh > $(VENV)/apt.log 2>&1 & apt=$$!; \
+	{ $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0; } && \
+	$(PY) -m pip install -q "setuptools>=64" wheel || exit 1; \
+	echo "building the C++ kernels (log: $(VENV)/build.log) and installing the dependencies"; \
+	$(PY) setup.py -q build_ext --inplace > $(VENV)/build.log 2>&1 & build=$$!; \
+	NAPARI_STNLS_BUILD=0 $(PY) -m pip install -q --no-build-isolation -e '.[test]'; rc=$$?; \
+	wait $$apt; cat $(VENV)/apt.log; \
+	if ! wait $$build; then cat $(VENV)/build.log; echo "the C++ build failed (log above)"; exit 1; fi; \
+	exit $$rc
+	@$(PY) -c "from napari_stnls.ops import _library as l; assert l.LOAD_ERROR is None, l.LOAD_ERROR"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -27,9 +36,11 @@ demo: $(STAMP)
 	# neighbours -> denoise session; without $$DISPLAY it runs headless under xvfb-run
 	$(PY) -m napari_stnls.plugin._qt.session --screenshot out/napari.png
 
+# one pytest worker per core (pytest-xdist), each on one thread: 2 OpenMP threads per
+# worker on 2 cores spin against each other
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n auto
 
 # the cases marked slow (over 30 s on 2 cores), which `make test` leaves out
 test-slow: $(STAMP)
