@@ -64,7 +64,8 @@ def _extensions():
     want_cuda = os.environ.get("NAPARI_STNLS_CUDA")
     has_cuda = torch.version.cuda is not None and CUDA_HOME is not None
     use_cuda = has_cuda if want_cuda is None else want_cuda == "1"
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    # -g0: no debug info (Python's own CFLAGS ask for -g), a 10x smaller module and a faster build
+    cxx = ["-O3", "-g0", "-fopenmp", "-std=c++17"]
     if use_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "**", "*.cu"), recursive=True))
         ext = CUDAExtension(
