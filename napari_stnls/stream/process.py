@@ -144,8 +144,9 @@ def process(
         an error unless ``overwrite=True``.
     method : {"nl_bayes", "nl_means"} (or "nlb", "nlm") or SearchFunction
         ``params`` are the denoiser's keyword arguments (``sigma`` required, on the [0, 1]
-        scale; ``ps, ws, wt, k`` and ``h`` or ``stride0``); a :class:`SearchFunction`
-        carries its own.
+        scale of the video divided by its type's maximum; ``ps, ws, wt, k`` and ``h`` or
+        ``stride0``; ``data_range``, on that scale, estimated once on the whole video when
+        not given, as the in-memory call does); a :class:`SearchFunction` carries its own.
     tile : (frames, rows, columns), optional
         Output tile; None is the whole video. Peak memory grows with the tile plus its halo.
     flows : (fflow, bflow) or str, optional
@@ -185,6 +186,8 @@ def process(
     try:
         T, H, W, C = vid.shape
         fl = FlowCrops(flows, (T, H, W), max_flow)
+        if isinstance(method, str) and params.get("data_range") is None:
+            params = {**params, "data_range": vid.signal_range()}  # once, for every tile
         plan = make_plan(vid.shape, vid.reader.shape, method, params, tile, fl)
         out_dtype = np.dtype(dtype if dtype is not None else np.float32)
         s = plan.spec.stride0 if plan.kind == "fn" else 1
