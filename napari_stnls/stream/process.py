@@ -139,9 +139,11 @@ def process(
         ``cache_dir``.
     out : path (.zarr or .npy) or zarr array
         Where the result goes, tile by tile. A zarr store is created with one chunk per
-        tile. An existing ``out`` is resumed when its record (``OUT.tiles.json``, or the
-        zarr array's ``napari_stnls_tiles`` attribute) matches this call; otherwise it is
-        an error unless ``overwrite=True``.
+        tile. A path is written as ``OUT.partial`` and renamed to ``OUT`` when its last tile
+        is written, so an interrupted run never leaves an incomplete ``OUT``. An existing
+        ``OUT`` or ``OUT.partial`` is resumed when its record (``OUT.tiles.json``, or the zarr
+        array's ``napari_stnls_tiles`` attribute) matches this call; otherwise it is an
+        error unless ``overwrite=True``.
     method : {"nl_bayes", "nl_means"} (or "nlb", "nlm") or SearchFunction
         ``params`` are the denoiser's keyword arguments (``sigma`` required, on the [0, 1]
         scale of the video divided by its type's maximum; ``ps, ws, wt, k`` and ``h`` or
@@ -207,6 +209,7 @@ def process(
             values = _run_tile(plan, vid, fl, t, dev, should_stop)
             store.write(n, plan.out_index(t), _to_dtype(values, out_dtype, scale))
             steps.advance()
+        store.finish()
     finally:
         vid.close()
     return store.zarr if store.zarr is not None else store.path
