@@ -189,6 +189,7 @@ def to_video(array, axes: str | None = None) -> tuple[object, Callable]:
 
     Examples
     --------
+    >>> import numpy as np
     >>> v, back = to_video(np.zeros((6, 32, 40)), "ZYX")    # a z-stack: slices searched as frames
     >>> v.shape, back(v).shape
     ((1, 6, 32, 40, 1), (6, 32, 40))
