@@ -28,9 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .calibrate import Calibration, calibrate
 from .convert import range_frames, range_of_frames, resolve_range, signal_range
 from .nl_bayes import nl_bayes
 from .nl_means import nl_means
+from .noise import NOISE_MODELS, anscombe, anscombe_inverse, estimate_noise
 from .params import (
     COUPLED_CHANNELS,
     NLB_SIGMAS,
@@ -44,6 +46,7 @@ from .skimage import skimage_nl_means
 
 __all__ = ["nl_means", "nl_bayes", "skimage_nl_means", "METHODS", "nl_bayes_params", "nl_means_params",
            "signal_range", "range_frames", "range_of_frames", "resolve_range",
+           "estimate_noise", "anscombe", "anscombe_inverse", "NOISE_MODELS", "calibrate", "Calibration",
            "COUPLED_CHANNELS", "NLB_SIGMAS", "NLB_TABLE", "NLM_TABLE", "SKIMAGE_H"]
 
 METHODS: dict[str, Callable] = {"nlb": nl_bayes, "nlm": nl_means, "skimage": skimage_nl_means}

@@ -34,6 +34,7 @@ from ..ops import as_region
 from ..video.axes import Layout
 
 __all__ = ["signal_range", "range_frames", "range_of_frames", "resolve_range", "check_sigma", "run",
+           "run_gaussian",
            "RANGE_FRAMES", "RANGE_BLOCK",
            "RANGE_PERCENTILE"]
 
@@ -226,10 +227,72 @@ def _from_float(y: torch.Tensor, lo: float, span: float, like):
     return out.astype(dtype, copy=False)
 
 
-def run(core: Callable, video, sigma, *, axes: str | None = None, data_range=None, flows=None, region=None,
-        progress: Callable[[int, int], None] | None = None, should_stop: Callable[[], bool] | None = None,
-        units: tuple[str, ...] = (), **kwargs):
-    """Denoise ``video`` with ``core`` in the data's units, type and layout.
+def run(core: Callable, video, sigma, *, noise: str = "gaussian", gain: float | None = None, **kwargs):
+    """Denoise ``video`` with ``core`` under a noise model: ``"gaussian"`` (:func:`run_gaussian`),
+    or ``"poisson-gaussian"`` (variance ``gain * x + sigma^2``): the data is stabilised by the
+    generalised Anscombe transform (noise of variance about 1), denoised as Gaussian with
+    sigma 1, and taken back by the exact unbiased inverse
+    (:mod:`napari_stnls.denoise.noise`). ``kwargs`` as for :func:`run_gaussian` (those named
+    in ``units`` are then in the stabilised units, where the noise is 1).
+    """
+    from .noise import NOISE_MODELS
+
+    if noise not in NOISE_MODELS:
+        raise ValueError(f"noise: expected one of {NOISE_MODELS}, got {noise!r}")
+    if noise == "gaussian":
+        if gain is not None:
+            raise ValueError("gain: goes with noise='poisson-gaussian'")
+        return run_gaussian(core, video, sigma, **kwargs)
+    return _run_stabilised(core, video, sigma, gain, **kwargs)
+
+
+def _run_stabilised(core, video, sigma, gain, *, axes=None, data_range=None, region=None, **kwargs):
+    from .noise import anscombe, anscombe_inverse
+
+    if gain is None:
+        raise ValueError("gain: needed with noise='poisson-gaussian' (estimate_noise(video, "
+                         "model='poisson-gaussian') gives gain and sigma)")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(sigma)) or not float(sigma) >= 0:
+        raise ValueError(f"sigma: expected the read noise, a finite number >= 0 in the video's units, "
+                         f"got {sigma!r}")
+    is_tensor = isinstance(video, torch.Tensor)
+    canon = _canonical(video, axes)  # the type's and layout's errors first
+    _check_dtype(video.dtype)
+    a = video.detach().cpu().numpy() if is_tensor else np.asarray(video)
+    z = anscombe(a, gain, float(sigma))
+    if data_range is not None:
+        lo, hi = resolve_range(data_range)
+        ends = anscombe(np.array([max(lo, 0.0), max(hi, 0.0)]), gain, float(sigma))
+        data_range = (float(ends[0]), float(ends[1]))
+        if not data_range[1] > data_range[0]:
+            raise ValueError(f"data_range: expected a range above 0 with noise='poisson-gaussian', "
+                             f"got {(lo, hi)}")
+    zz = torch.from_numpy(z) if is_tensor else z
+    out_z = run_gaussian(core, zz, 1.0, axes=axes, data_range=data_range, region=region, **kwargs)
+    out = anscombe_inverse(out_z.numpy() if is_tensor else out_z, gain, float(sigma))
+    if np.issubdtype(a.dtype, np.integer):
+        info = np.iinfo(a.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    out = out.astype(a.dtype)
+    if region is not None:  # outside the regions: the input itself, bit for bit
+        N, T, H, W, C = canon.shape
+        keep = np.ones((N, T, H, W, C), bool)
+        for r in region if isinstance(region, list) else [region]:
+            r = as_region(r, (1, T, C, H, W))
+            keep[:, r.t0:r.t1, r.y0:r.y1, r.x0:r.x1] = False
+        keep = np.transpose(keep, (0, 1, 4, 2, 3)) if is_tensor and axes is None else \
+            Layout.of(a.shape, axes).from_video(keep)
+        out = np.where(keep, a, out)
+    if is_tensor:
+        return torch.from_numpy(np.ascontiguousarray(out)).to(video.device)
+    return out
+
+
+def run_gaussian(core: Callable, video, sigma, *, axes: str | None = None, data_range=None, flows=None,
+                 region=None, progress: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None, units: tuple[str, ...] = (), **kwargs):
+    """Denoise ``video`` with ``core`` in the data's units, type and layout (Gaussian noise).
 
     ``core(x, sigma, flows=..., region=..., progress=..., should_stop=..., **kwargs)`` takes
     a float32 (1, T, C, H, W) tensor whose signal spans about [0, 1] and ``sigma`` on that

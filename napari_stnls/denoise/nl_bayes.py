@@ -260,6 +260,8 @@ def nl_bayes(
     opponent: bool = True,
     axes: str | None = None,
     data_range=None,
+    noise: str = "gaussian",
+    gain: float | None = None,
     flows=None,
     region=None,
     device: str | torch.device | None = None,
@@ -288,7 +290,7 @@ def nl_bayes(
 
     Parameters
     ----------
-    video, sigma, axes, data_range, flows, region, device, band_rows, progress, should_stop
+    video, sigma, axes, data_range, noise, gain, flows, region, device, band_rows, progress, should_stop
         As for :func:`~napari_stnls.denoise.nl_means`: any real type, range and layout,
         ``sigma`` in the video's units.
     ps, ps2, pt, ws, wt, k, k2, stride0, thresh, thresh2 : optional
@@ -320,7 +322,7 @@ def nl_bayes(
     >>> nl_bayes(u8, 25.5, ws=7, device="cpu").dtype
     dtype('uint8')
     """
-    return run(_nl_bayes, video, sigma, axes=axes, data_range=data_range, flows=flows, region=region,
-               progress=progress, should_stop=should_stop, ps=ps, ps2=ps2, pt=pt, ws=ws, wt=wt, k=k, k2=k2,
-               stride0=stride0, thresh=thresh, thresh2=thresh2, opponent=opponent, device=device,
-               band_rows=band_rows)
+    return run(_nl_bayes, video, sigma, noise=noise, gain=gain, axes=axes, data_range=data_range,
+               flows=flows, region=region, progress=progress, should_stop=should_stop, ps=ps, ps2=ps2, pt=pt,
+               ws=ws, wt=wt, k=k, k2=k2, stride0=stride0, thresh=thresh, thresh2=thresh2, opponent=opponent,
+               device=device, band_rows=band_rows)

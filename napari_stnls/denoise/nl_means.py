@@ -26,6 +26,8 @@ def nl_means(
     h: float = 0.5,
     axes: str | None = None,
     data_range=None,
+    noise: str = "gaussian",
+    gain: float | None = None,
     flows=None,
     region=None,
     device: str | torch.device | None = None,
@@ -72,6 +74,14 @@ def nl_means(
         result equivariant: ``f(a*x + b, a*sigma) == a*f(x, sigma) + b``. A number ``r`` is
         ``(0, r)``; ``1.0`` computes on the values as they are (the behaviour of versions
         without this argument, for data in [0, 1]).
+    noise : {"gaussian", "poisson-gaussian"}
+        The noise model. ``"poisson-gaussian"``: variance ``gain * x + sigma^2`` at signal
+        ``x`` (photon counts: ``sigma`` is then the read noise, >= 0); the video is stabilised
+        by the generalised Anscombe transform, denoised with noise 1 and taken back by the
+        exact unbiased inverse (:mod:`napari_stnls.denoise.noise`).
+        :func:`~napari_stnls.denoise.estimate_noise` estimates ``gain`` and ``sigma``.
+    gain : float, optional
+        With ``noise="poisson-gaussian"``: the gain, in the video's units per photon.
     flows : (fflow, bflow), optional
         Each (B, T, 2, H, W) (B = 1, or one per video of a ``TZYX`` stack) or (T, 2, H, W),
         as for :func:`napari_stnls.ops.search`, in pixels along the searched axis.
@@ -116,9 +126,9 @@ def nl_means(
     >>> out.dtype, out.shape
     (dtype('uint16'), (3, 24, 32))
     """
-    return run(_nl_means, video, sigma, axes=axes, data_range=data_range, flows=flows, region=region,
-               progress=progress, should_stop=should_stop, ps=ps, ws=ws, wt=wt, k=k, h=h, device=device,
-               band_rows=band_rows)
+    return run(_nl_means, video, sigma, noise=noise, gain=gain, axes=axes, data_range=data_range,
+               flows=flows, region=region, progress=progress, should_stop=should_stop, ps=ps, ws=ws, wt=wt,
+               k=k, h=h, device=device, band_rows=band_rows)
 
 
 def _nl_means(

@@ -25,6 +25,8 @@ def skimage_nl_means(
     patch_distance: int = 6,
     axes: str | None = None,
     data_range=None,
+    noise: str = "gaussian",
+    gain: float | None = None,
     region=None,
     flows=None,
     device: str | torch.device | None = None,
@@ -39,9 +41,10 @@ def skimage_nl_means(
 
     Parameters
     ----------
-    video, sigma, axes, data_range
+    video, sigma, axes, data_range, noise, gain
         As for :func:`~napari_stnls.denoise.nl_means`: any real type, range and layout,
-        ``sigma`` in the video's units.
+        ``sigma`` in the video's units (``h`` too; with ``noise="poisson-gaussian"``, ``h`` is
+        in the stabilised units, where the noise is 1).
     mode : {"2d", "3d"}
         ``"2d"``: every frame on its own (square patches and windows); ``"3d"``: the
         (T, H, W) volume, with cubic patches and windows reaching ``patch_distance`` frames
@@ -79,9 +82,9 @@ def skimage_nl_means(
     """
     if h is not None and (isinstance(h, bool) or not isinstance(h, (int, float)) or not h > 0):
         raise ValueError(f"h: expected a positive number, got {h!r}")
-    return run(_skimage_nl_means, video, sigma, axes=axes, data_range=data_range, flows=flows, region=region,
-               progress=progress, should_stop=should_stop, units=("h",), mode=mode, h=h,
-               patch_size=patch_size, patch_distance=patch_distance, device=device)
+    return run(_skimage_nl_means, video, sigma, noise=noise, gain=gain, axes=axes, data_range=data_range,
+               flows=flows, region=region, progress=progress, should_stop=should_stop, units=("h",),
+               mode=mode, h=h, patch_size=patch_size, patch_distance=patch_distance, device=device)
 
 
 def _skimage_nl_means(
