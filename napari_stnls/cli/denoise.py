@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..denoise import METHODS, range_frames, range_of_frames, signal_range
+from ..denoise import METHODS, estimate_noise, range_frames, range_of_frames, signal_range
 from ..ops import as_region
 from ..stream import process
 from ..video.axes import Layout
@@ -35,7 +35,12 @@ class _Failed(Exception):
 def run_denoise(args) -> int:
     """``napari-stnls denoise``: the parsed arguments in, the exit status out."""
     try:
-        _check_sigma(args.sigma)
+        if args.noise == "gaussian" and args.gain is not None:
+            raise _Failed("--gain goes with --noise poisson-gaussian")
+        if args.gain is not None and not (math.isfinite(args.gain) and args.gain > 0):
+            raise _Failed(f"--gain: expected a finite number > 0, got {args.gain}")
+        if args.sigma is not None:
+            _check_sigma(args.sigma, zero=args.noise == "poisson-gaussian")
         if args.tile is not None:
             return _denoise_tiled(args)
         if args.flow_files or args.max_flow is not None or args.overwrite:
@@ -53,9 +58,10 @@ def _interrupted(what: str) -> int:
     return 130
 
 
-def _check_sigma(sigma: float) -> None:
-    if not (math.isfinite(sigma) and sigma > 0):
-        raise _Failed(f"--sigma: expected a finite number > 0 in the input's units, got {sigma}")
+def _check_sigma(sigma: float, zero: bool = False) -> None:
+    if not (math.isfinite(sigma) and (sigma >= 0 if zero else sigma > 0)):
+        raise _Failed(f"--sigma: expected a finite number {'>=' if zero else '>'} 0 in the input's units, "
+                      f"got {sigma}")
 
 
 def _check_sigma_range(sigma: float, dtype, float_range) -> None:
@@ -110,7 +116,24 @@ def _denoise_in_memory(args) -> int:
     if to_video_file and (layout.axes not in ("TYX", "TYXC") or C not in (1, 3)):
         raise _Failed(f"output: video files hold frames (T, H, W) or (T, H, W, 3); the input is "
                       f"{layout.axes!r} with shape {data.shape}: write .npy or .tif")
-    _check_sigma_range(args.sigma, data.dtype, lambda: signal_range(data, layout.axes))
+    sigma, gain = args.sigma, args.gain
+    if sigma is None or (args.noise == "poisson-gaussian" and gain is None):
+        try:
+            est = estimate_noise(data, layout.axes, args.noise)
+        except ValueError as e:
+            raise _Failed(f"{e} (give --sigma{' and --gain' if args.noise != 'gaussian' else ''})") from None
+        if args.noise == "gaussian":
+            sigma = est
+        else:
+            gain = est[0] if gain is None else gain
+            sigma = est[1] if sigma is None else sigma
+        if not args.quiet:
+            said = (f"sigma {sigma:.4g}" if args.noise == "gaussian"
+                    else f"gain {gain:.4g}, read noise {sigma:.4g}")
+            print(f"noise ({args.noise}): {said} in the input's units", file=sys.stderr)
+        if args.noise == "gaussian" and not sigma > 0:
+            raise _Failed("--sigma: the estimated noise is 0 (a noiseless or constant input?); give --sigma")
+    _check_sigma_range(sigma, data.dtype, lambda: signal_range(data, layout.axes))
     if args.flow == "dis":
         from ..video import flow
 
@@ -124,8 +147,9 @@ def _denoise_in_memory(args) -> int:
                 print(f"optical flow ({args.flow}) on {N * T} frames", file=sys.stderr)
             flows = _flows(data, layout, args.flow)
         bar = None if args.quiet else ProgressBar("denoise")
-        out = METHODS[args.method](data, args.sigma, axes=layout.axes, flows=flows, region=args.region,
-                                   device=device, progress=bar)
+        noise = {} if args.noise == "gaussian" else {"noise": args.noise, "gain": gain}
+        out = METHODS[args.method](data, sigma, axes=layout.axes, flows=flows, region=args.region,
+                                   device=device, progress=bar, **noise)
         write_video(args.output, out, fps=video_rate(args.input), lossless=args.lossless)
     except ValueError as e:
         raise _Failed(str(e)) from None
@@ -162,6 +186,9 @@ def _denoise_tiled(args) -> int:
         raise _Failed("--region and --tile cannot be combined")
     if args.lossless:
         raise _Failed("--lossless goes with a video output, not --tile")
+    if args.sigma is None or args.noise != "gaussian":
+        raise _Failed("--tile needs --sigma and Gaussian noise (the estimate and --noise poisson-gaussian "
+                      "work in memory)")
     _check_output(args.output, args.input, TILE_SUFFIXES)
     flows, max_flow = None, args.max_flow
     if args.flow_files:

@@ -1,6 +1,6 @@
 """Command line: ``napari-stnls demo [--out PATH] [--device cpu|cuda|auto]`` and
-``napari-stnls denoise IN OUT --sigma S [--axes TYX] [--method nlb|nlm|skimage]
-[--region t0:t1,y0:y1,x0:x1 ...] [--flow tvl1|ilk|dis|none] [--lossless]``.
+``napari-stnls denoise IN OUT [--sigma S] [--axes TYX] [--noise gaussian|poisson-gaussian [--gain G]]
+[--method nlb|nlm|skimage] [--region t0:t1,y0:y1,x0:x1 ...] [--flow tvl1|ilk|dis|none] [--lossless]``.
 
 The parser and the dispatch; each command lives in its own module (:mod:`.denoise`,
 :mod:`.demo`), imported only when it runs (after the Ctrl-C handler is in place, so that an
@@ -50,6 +50,9 @@ examples:
   # a 16-bit microscopy time-lapse (frames, rows, columns), noise of 150 counts:
   # sigma is in the data's own units, and the output is uint16 too
   napari-stnls denoise cells.tif cells_denoised.tif --axes TYX --sigma 150 --flow none
+
+  # the same with photon noise: Poisson-Gaussian, gain and read noise estimated from the data
+  napari-stnls denoise cells.tif cells_denoised.tif --axes TYX --noise poisson-gaussian --flow none
 
   # a two-channel z-stack: neighbouring slices are searched like neighbouring frames
   napari-stnls denoise stack.tif stack_denoised.tif --axes ZCYX --sigma 80 --flow none
@@ -121,9 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("output", metavar="OUT",
                      help="output (.npy, .tif, .tiff, or .mp4/.avi/.mov/.mkv: H.264 yuv420p at the input's "
                           "frame rate; .zarr or .npy with --tile)")
-    den.add_argument("--sigma", type=float, required=True,
+    den.add_argument("--sigma", type=float, default=None,
                      help="noise standard deviation in the input's own units: grey levels for 8-bit video "
-                          "(e.g. 20), counts for 16-bit data, the values themselves for float data")
+                          "(e.g. 20), counts for 16-bit data, the values themselves for float data; with "
+                          "--noise poisson-gaussian the read noise (>= 0); default: estimated from the data "
+                          "(printed; needed with --tile)")
+    den.add_argument("--noise", choices=("gaussian", "poisson-gaussian"), default="gaussian",
+                     help="noise model: gaussian (one sigma) or poisson-gaussian (variance gain * signal + "
+                          "sigma^2: photon counts; stabilised by the generalised Anscombe transform) "
+                          "(default: %(default)s)")
+    den.add_argument("--gain", type=float, default=None,
+                     help="with --noise poisson-gaussian: the gain, in the input's units per photon; "
+                          "default: estimated from the data")
     den.add_argument("--axes", default=None, metavar="AXES",
                      help="the input's layout over the letters T Z Y X C (e.g. YX, TYX, TYXC, ZYX, TZYX, "
                           "ZCYX); the searched axis is T, or Z without T; default: (T, H, W) or "

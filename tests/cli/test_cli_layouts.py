@@ -41,6 +41,35 @@ def test_uint16_time_lapse_keeps_its_type_and_units(tmp_path):
     np.testing.assert_array_equal(out, nl_means(noisy, 150.0, axes="TYX", device="cpu"))
 
 
+def test_estimated_noise_gaussian_and_poisson_gaussian(tmp_path, capsys):
+    from napari_stnls.denoise import estimate_noise
+
+    clean, noisy = _counts(T=4, H=48, W=48)
+    tifffile.imwrite(tmp_path / "cells.tif", noisy)
+    common = ["--method", "nlm", "--flow", "none", "--device", "cpu"]
+    args = ["denoise", str(tmp_path / "cells.tif"), str(tmp_path / "g.tif"), "--axes", "TYX"]
+    assert main([*args, *common]) == 0
+    err = capsys.readouterr().err
+    est = estimate_noise(noisy, "TYX")
+    assert f"noise (gaussian): sigma {est:.4g} in the input's units" in err and abs(est / 150 - 1) < 0.1
+    ref = nl_means(noisy, est, axes="TYX", device="cpu")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "g.tif"), ref)
+    rng = np.random.default_rng(1)
+    photons = (2.0 * rng.poisson(clean / 2.0) + rng.normal(0, 10, clean.shape)).clip(0).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "photons.tif", photons)
+    assert main(["denoise", str(tmp_path / "photons.tif"), str(tmp_path / "p.tif"), "--axes", "TYX",
+                 "--noise", "poisson-gaussian", *common]) == 0
+    assert "noise (poisson-gaussian): gain " in capsys.readouterr().err
+    out = tifffile.imread(tmp_path / "p.tif")  # (4 small frames: the estimated gain is within 25%)
+    err_in = np.abs(photons - clean).mean()
+    assert out.dtype == np.uint16 and np.abs(out - clean).mean() < 0.85 * err_in
+    assert main(["denoise", str(tmp_path / "photons.tif"), str(tmp_path / "p2.tif"), "--noise",
+                 "poisson-gaussian", "--gain", "2", "--sigma", "10", "--quiet", *common]) == 0
+    assert np.abs(tifffile.imread(tmp_path / "p2.tif") - clean).mean() < 0.7 * err_in
+    assert main(["denoise", str(tmp_path / "photons.tif"), str(tmp_path / "p3.tif"), "--noise",
+                 "poisson-gaussian", "--gain", "2", "--sigma", "0", "--quiet", *common]) == 0  # read noise 0
+
+
 def test_z_stack_with_channels_and_tzyx(tmp_path):
     _, a = _counts(T=4)
     stack = np.stack([a, a // 2], axis=1)  # (Z, C, Y, X)
@@ -107,6 +136,11 @@ def no_compute(monkeypatch):
     (["IN8", "out.tif", "--sigma", "20", "--tile", "1,8,8"], "unsupported file type"),
     (["IN8", "out.zarr", "--sigma", "300", "--tile", "1,8,8"], "--sigma: 300 is more than half"),
     (["INF", "out.zarr", "--sigma", "20", "--tile", "1,8,8"], "the data's range"),
+    (["IN8", "out.zarr", "--tile", "1,8,8"], "--tile needs --sigma"),
+    (["IN8", "out.npy", "--sigma", "20", "--gain", "2"], "--gain goes with --noise poisson-gaussian"),
+    (["IN8", "out.npy", "--noise", "poisson-gaussian", "--gain", "-1"], "--gain: expected a finite"),
+    (["IN8", "out.npy", "--sigma", "0"], "--sigma: expected a finite number > 0"),
+    (["IN8", "out.npy", "--noise", "poisson-gaussian", "--sigma", "-1"], "--sigma: expected a finite number"),
 ])
 def test_every_argument_is_checked_before_any_computation(tmp_path, monkeypatch, capsys, no_compute, args,
                                                           match):
@@ -135,6 +169,7 @@ def test_help_has_examples_and_the_microscopy_case(capsys):
         main(["denoise", "--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "--axes TYX --sigma 150" in out and "16-bit" in out
+    assert "--axes TYX --noise poisson-gaussian" in out and "estimated" in out
     assert "to come" not in out
 
 
