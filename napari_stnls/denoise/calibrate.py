@@ -19,6 +19,7 @@ import numpy as np
 
 from .._util import Steps
 from .convert import check_sigma, resolve_range
+from .frames import as_videos
 from .noise import NOISE_MODELS, estimate_noise
 
 __all__ = ["calibrate", "Calibration", "SIGMA_FACTORS"]
@@ -73,9 +74,7 @@ def _fmt(v) -> str:
 def _crop(video, axes, max_frames: int, max_side: int):
     """A central sub-video (T', H', W', C) of the first video of ``video`` (a z-slice's time
     series for TZYX), at most ``max_frames`` frames and ``max_side`` rows and columns."""
-    from .convert import _canonical
-
-    v = _canonical(video, axes)
+    v = as_videos(video, axes)
     n = v.shape[0] // 2
     T, H, W = v.shape[1:4]
     t0 = max(0, (T - max_frames) // 2)

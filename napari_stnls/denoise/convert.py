@@ -32,6 +32,8 @@ import torch
 
 from ..ops import as_region
 from ..video.axes import Layout
+from .frames import as_videos, sample_frames, spread_frames
+from .noise import NOISE_MODELS, anscombe, anscombe_inverse
 
 __all__ = ["signal_range", "range_frames", "range_of_frames", "resolve_range", "check_sigma", "run",
            "run_gaussian",
@@ -54,7 +56,7 @@ def check_sigma(sigma, name: str = "sigma") -> float:
 def range_frames(count: int) -> list[int]:
     """Which of ``count`` frames :func:`signal_range` reads: up to :data:`RANGE_FRAMES`, evenly
     spread (a video of N x T frames counts them n*T + t)."""
-    return [int(i) for i in np.unique(np.linspace(0, count - 1, min(count, RANGE_FRAMES)).round())]
+    return spread_frames(count, RANGE_FRAMES)
 
 
 def range_of_frames(frames) -> tuple[float, float]:
@@ -112,18 +114,12 @@ def signal_range(video, axes: str | None = None) -> tuple[float, float]:
     >>> bool(100 <= lo < 200 and 3900 < hi <= 4000)
     True
     """
-    return _signal_range(_canonical(video, axes))
+    return _signal_range(as_videos(video, axes))
 
 
 def _signal_range(v) -> tuple[float, float]:
     """:func:`signal_range` of a (N, T, H, W, C) array or tensor."""
-    T = v.shape[1]
-
-    def frame(i):
-        f = v[i // T, i % T]
-        return f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else f
-
-    return range_of_frames(frame(i) for i in range_frames(v.shape[0] * T))
+    return range_of_frames(sample_frames(v, RANGE_FRAMES))
 
 
 def resolve_range(data_range, canon=None) -> tuple[float, float]:
@@ -156,21 +152,6 @@ def _check_dtype(dtype, name: str = "video") -> None:
         ok = np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
     if not ok:
         raise TypeError(f"{name}: expected real pixel values (integers or floats), got {dtype}")
-
-
-def _canonical(video, axes):
-    """``video`` as (N, T, H, W, C) and its :class:`Layout` (None for a tensor in (B, T, C, H, W))."""
-    if isinstance(video, torch.Tensor):
-        if axes is None:
-            if video.ndim != 5:
-                raise ValueError(f"video: expected a tensor of shape (B, T, C, H, W) (or pass axes), got "
-                                 f"{tuple(video.shape)}")
-            return video.permute(0, 1, 3, 4, 2)
-        return Layout.of(video.shape, axes).to_video(video)
-    if not (hasattr(video, "shape") and hasattr(video, "dtype") and hasattr(video, "__array__")):
-        raise TypeError(f"video: expected a torch.Tensor (B, T, C, H, W) or a NumPy array (any layout "
-                        f"named by axes), got {type(video).__name__}")
-    return Layout.of(video.shape, axes).to_video(video)
 
 
 def _flows_for(flows, n: int, N: int, T: int, H: int, W: int):
@@ -235,8 +216,6 @@ def run(core: Callable, video, sigma, *, noise: str = "gaussian", gain: float | 
     (:mod:`napari_stnls.denoise.noise`). ``kwargs`` as for :func:`run_gaussian` (those named
     in ``units`` are then in the stabilised units, where the noise is 1).
     """
-    from .noise import NOISE_MODELS
-
     if noise not in NOISE_MODELS:
         raise ValueError(f"noise: expected one of {NOISE_MODELS}, got {noise!r}")
     if noise == "gaussian":
@@ -247,8 +226,6 @@ def run(core: Callable, video, sigma, *, noise: str = "gaussian", gain: float | 
 
 
 def _run_stabilised(core, video, sigma, gain, *, axes=None, data_range=None, region=None, **kwargs):
-    from .noise import anscombe, anscombe_inverse
-
     if gain is None:
         raise ValueError("gain: needed with noise='poisson-gaussian' (estimate_noise(video, "
                          "model='poisson-gaussian') gives gain and sigma)")
@@ -257,7 +234,7 @@ def _run_stabilised(core, video, sigma, gain, *, axes=None, data_range=None, reg
         raise ValueError(f"sigma: expected the read noise, a finite number >= 0 in the video's units, "
                          f"got {sigma!r}")
     is_tensor = isinstance(video, torch.Tensor)
-    canon = _canonical(video, axes)  # the type's and layout's errors first
+    canon = as_videos(video, axes)  # the type's and layout's errors first
     _check_dtype(video.dtype)
     a = video.detach().cpu().numpy() if is_tensor else np.asarray(video)
     z = anscombe(a, gain, float(sigma))
@@ -314,10 +291,10 @@ def run_gaussian(core: Callable, video, sigma, *, axes: str | None = None, data_
     is_tensor = isinstance(video, torch.Tensor)
     if is_tensor and axes is None:
         layout = None
-        canon = _canonical(video, None)
+        canon = as_videos(video, None)
     else:
         if not is_tensor:
-            _canonical(video, axes)  # the type's and layout's errors first
+            as_videos(video, axes)  # the type's and layout's errors first
             video = np.asarray(video)
         layout = Layout.of(video.shape, axes)
         canon = layout.to_video(video)

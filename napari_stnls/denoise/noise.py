@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from .frames import as_videos, sample_frames
+
 __all__ = ["anscombe", "anscombe_inverse", "estimate_noise", "NOISE_MODELS"]
 
 NOISE_MODELS = ("gaussian", "poisson-gaussian")
@@ -122,18 +124,6 @@ def anscombe_inverse(d, gain: float, sigma: float) -> np.ndarray:
     return out * gain
 
 
-def _frames_of(video, axes):
-    from .convert import _canonical, range_frames
-
-    v = _canonical(video, axes)
-    T = v.shape[1]
-    for i in range_frames(v.shape[0] * T):
-        f = v[i // T, i % T]
-        if hasattr(f, "detach"):
-            f = f.detach().cpu().numpy()
-        yield np.asarray(f, np.float64)
-
-
 def _details(frames):
     """At every pixel of every frame and channel, 3 pixels from the border or more: (local
     means, details, activity). The detail is the 3 x 3 neighbourhood weighted by
@@ -219,7 +209,7 @@ def estimate_noise(video, axes: str | None = None, model: str = "gaussian"):
     """
     if model not in NOISE_MODELS:
         raise ValueError(f"model: expected one of {NOISE_MODELS}, got {model!r}")
-    frames = list(_frames_of(video, axes))
+    frames = [f.astype(np.float64) for f in sample_frames(as_videos(video, axes), 16)]
     H, W = frames[0].shape[:2]
     if min(H, W) < 10:
         raise ValueError(f"video: frames of {H}x{W} pixels are too small to estimate the noise")
