@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import aggregate, search
+from ..ops import Region, aggregate, as_region, search
 from . import _checks as V
 
 __all__ = ["NonLocalAttention", "rescale_flows"]
@@ -101,8 +101,19 @@ class NonLocalAttention(nn.Module):
         scale = 1 / math.sqrt(n) if dist == "prod" else 1 / n
         self.log_scale = nn.Parameter(torch.full((nheads,), math.log(scale)))
 
-    def forward(self, x: torch.Tensor, flows=None) -> torch.Tensor:
-        """Attend.
+    def query_region(self, region, shape) -> Region:
+        """The queries whose patches reach ``region`` of a video of ``shape`` (B, T, C, H, W): the
+        region grown by the patch's reach (``dilation * (ps//2)`` pixels, ``pt - 1`` frames),
+        its origin moved back onto the whole video's query grid (multiples of ``stride0``)."""
+        _, T, _, H, W = shape
+        r = as_region(region, shape)
+        kw = self.search_kwargs
+        h, s, dt = kw["dilation"] * (kw["ps"] // 2), kw["stride0"], kw["pt"] - 1
+        return Region(max(0, r.t0 - dt), min(T, r.t1 + dt), max(0, r.y0 - h) // s * s, min(H, r.y1 + h),
+                      max(0, r.x0 - h) // s * s, min(W, r.x1 + h))
+
+    def forward(self, x: torch.Tensor, flows=None, region=None) -> torch.Tensor:
+        """Attend: the output projection of :meth:`attend`.
 
         Parameters
         ----------
@@ -110,26 +121,52 @@ class NonLocalAttention(nn.Module):
         flows : (Tensor, Tensor), optional
             ``(fflow, bflow)``, each (B, T, 2, h, w) in pixels of (h, w): any resolution, they
             are resampled and rescaled to (H, W) (:func:`rescale_flows`).
+        region : Region or 6-tuple, optional
+            Compute only this part of the output (None: all of it); see :meth:`attend`.
 
         Returns
         -------
-        Tensor, shape (B, T, dim, H, W)
+        Tensor, shape (B, T, dim, H, W), or the region's (B, t1-t0, dim, y1-y0, x1-x0)
+        """
+        out = self.attend(x, flows, region)
+        return self.proj(out.flatten(0, 1)).unflatten(0, out.shape[:2])
+
+    def attend(self, x: torch.Tensor, flows=None, region=None) -> torch.Tensor:
+        """The attention before the output projection: the projections to queries, keys and
+        values, the search, the softmax and the aggregation of the values.
+
+        With ``region``, only the queries whose patches reach the region are searched
+        (:meth:`query_region`; the keys and values are still the whole video's), and the
+        region's pixels are returned: the same bits as the region of the whole call on the
+        CPU (the search, softmax and aggregation of a pixel involve the same queries, in the
+        same order). (The 1x1 projections that :meth:`forward` adds may round differently on
+        another number of pixels, as PyTorch's convolution picks its algorithm by size.)
+
+        Returns
+        -------
+        Tensor, shape (B, T, dim, H, W), or the region's (B, t1-t0, dim, y1-y0, x1-x0)
         """
         if not isinstance(x, torch.Tensor) or x.ndim != 5 or x.shape[2] != self.dim:
-            raise ValueError(f"x: expected (B, T, dim={self.dim}, H, W), got {getattr(x, 'shape', x)!r}")
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected (B, T, dim={self.dim}, H, W), got {got}")
         B, T, C, H, W = x.shape
+        qreg = None if region is None else self.query_region(region, x.shape)
         q, k, v = self.to_qkv(x.flatten(0, 1)).unflatten(0, (B, T)).chunk(3, dim=2)
         kw = self.search_kwargs
-        dists, inds = search(q, k, flows=rescale_flows(flows, H, W), **kw)
+        dists, inds = search(q, k, flows=rescale_flows(flows, H, W), region=qreg, **kw)
         sim = dists if kw["dist"] == "prod" else -dists
         # in the distances' dtype: float32 for low-precision features, float64 for float64 ones
         weights = torch.softmax(sim * self.log_scale.to(sim.dtype).exp().view(1, -1, 1, 1), dim=-1)
         agg, counts = aggregate(v, inds, "queries", weights=weights.to(v.dtype), ps=kw["ps"], pt=kw["pt"],
-                                dilation=kw["dilation"], stride0=kw["stride0"], backend=kw["backend"])
+                                dilation=kw["dilation"], region=qreg, stride0=kw["stride0"],
+                                backend=kw["backend"])
+        if region is not None:
+            r = as_region(region, x.shape)
+            agg = agg[:, r.t0 : r.t1, :, r.y0 : r.y1, r.x0 : r.x1]
+            counts = counts[:, r.t0 : r.t1, :, r.y0 : r.y1, r.x0 : r.x1]
         if self.nheads > 1:
             counts = counts.repeat_interleave(C // self.nheads, dim=2)
-        out = agg / counts.clamp_min(1e-6)
-        return self.proj(out.flatten(0, 1)).unflatten(0, (B, T))
+        return agg / counts.clamp_min(1e-6)
 
     def extra_repr(self) -> str:
         kw = ", ".join(f"{k}={v!r}" for k, v in self.search_kwargs.items() if k != "nheads")
