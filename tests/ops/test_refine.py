@@ -362,3 +362,27 @@ _I = torch.zeros(1, 1, 84, 2, 3)
 def test_bad_input(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         refine(*args, **kwargs)
+
+
+def test_deterministic_mode_repeats_values_and_gradients(device):
+    """Under torch.use_deterministic_algorithms(True) refine's results and gradients repeat bit
+    for bit (on CUDA its atomic backward steps run on the CPU)."""
+    gen = torch.Generator().manual_seed(13)
+    v = torch.rand(1, 3, 2, 12, 12, generator=gen).to(device)
+    inds = _positions(gen, 1, 1, 432, 4, 3, 12, 12, "float", torch.float32).to(device)
+    inds[..., 1:] = (inds[..., 1:] + 0.3).clamp(max=11)
+
+    def run():
+        vv, ii = v.clone().requires_grad_(), inds.clone().requires_grad_()
+        d, i = refine(vv, vv, ii, ps=3, wr=3, k=6)
+        (d * torch.linspace(0, 1, 6, device=device)).sum().backward()
+        return [d, i, vv.grad, ii.grad]
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = run()
+        for _ in range(2):
+            assert all(torch.equal(a, b) for a, b in zip(run(), first, strict=True))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert bool(first[3].abs().sum() > 0)
