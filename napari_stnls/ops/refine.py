@@ -37,12 +37,8 @@ def _refine_compiled(queries, keys, inds, coords, P: _window.Params, batch_size)
     k_cl = q_cl if keys is queries else keys.permute(0, 1, 3, 4, 2).contiguous()
     centres = _reference.window_centres(inds, P, acc)
     l2 = P.dist == "l2"
-    Q = coords.shape[0]
-    step = Q if batch_size is None else batch_size
-    dists = out = None
-    for start in range(0, Q, step):
-        stop = min(Q, start + step)
-        crd, cen = coords[start:stop], centres[:, :, start:stop]
+
+    def chunk(crd, cen):
         found, ids = torch.ops.napari_stnls.refine_topk(
             q_cl, k_cl, crd, cen.detach().contiguous(), P.ws, P.ps, P.pt, P.dilation, P.k, l2, P.exclude_self)
         kpos = _determinism.call("refine_positions", cen, ids, P, fn=_reference.positions)
@@ -50,9 +46,15 @@ def _refine_compiled(queries, keys, inds, coords, P: _window.Params, batch_size)
         d = torch.ops.napari_stnls.search_dists(q_cl, k_cl, crd, kpos, P.ps, P.pt, P.dilation, l2, found)
         # entries past a query's distinct candidates keep the worst distance, with no gradient
         d = torch.where(torch.isinf(found), found, d)
-        i = kpos.to(torch.int32) if P.itype == "int" else kpos
-        if step >= Q:
-            return d, i
+        return d, (kpos.to(torch.int32) if P.itype == "int" else kpos)
+
+    if batch_size is None:  # one call (no loop over a size: torch.compile keeps it symbolic)
+        return chunk(coords, centres)
+    Q = coords.shape[0]
+    dists = out = None
+    for start in range(0, Q, batch_size):
+        stop = min(Q, start + batch_size)
+        d, i = chunk(coords[start:stop], centres[:, :, start:stop])
         if dists is None:  # written chunk by chunk (differentiably), never concatenated
             dists = d.new_empty(d.shape[:2] + (Q,) + d.shape[3:])
             out = i.new_empty(i.shape[:2] + (Q,) + i.shape[3:])

@@ -319,6 +319,31 @@ def test_torch_compile_fullgraph(compiled):
     torch.testing.assert_close(compiled_run(v, inds), eager)
 
 
+@needs_ext
+def test_torch_compile_dynamic_does_not_recompile_for_another_video_size(compiled):
+    """One graph for every video size (the sizes differ from each other and from every other
+    size of the inputs, so that Dynamo ties none of them to another)."""
+    import torch._dynamo.testing
+
+    backend, device = compiled
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+
+    def run(v, inds):
+        return refine(v, v, inds, ps=3, wr=5, k=4, stride0=2, backend=backend)
+
+    fn = torch.compile(run, fullgraph=True, dynamic=True, backend=counter)
+    gen = torch.Generator().manual_seed(14)
+    for T, H, W in [(6, 9, 11), (7, 13, 10)]:
+        v = torch.rand(1, T, 2, H, W, generator=gen).to(device)
+        Q = query_coords(v.shape, None, 2).shape[0]
+        inds = _positions(gen, 1, 1, Q, 2, T, H, W, "float", torch.float32).to(device)
+        got, want = fn(v, inds), run(v, inds)
+        assert torch.equal(got[1], want[1])
+        torch.testing.assert_close(got[0], want[0])
+    assert counter.frame_count == 1
+
+
 def test_backend_info_lists_refine():
     assert set(_library.backend_info()["refine"]) == {"cpu", "cuda"}
     assert _library.OPERATORS["refine"][0] == "refine_topk"
