@@ -143,6 +143,26 @@ def test_wr1_returns_the_given_positions_with_their_distances(impl):
     torch.testing.assert_close(d, d0, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("itype", ["float", "int"])
+def test_refine_around_the_queries_is_a_search_in_their_frame(itype, impl):
+    """A window of side ws around each query's own position holds search's candidates with
+    wt=0 and no flow (both move the window inside the frame the same way): the same answer,
+    for the oracles and for the ops."""
+    backend, device = impl
+    gen = torch.Generator().manual_seed(15)
+    v = torch.rand(1, 2, 2, 7, 8, generator=gen, dtype=torch.float64)
+    kw = dict(ps=3, k=6, dist="prod", stride0=2, itype=itype, exclude_self=True)
+    coords = query_coords(v.shape, None, 2).view(1, 1, -1, 1, 3)
+    sd, si = oracle.search(v.numpy(), v.numpy(), ws=5, wt=0, **kw)
+    rd, ri = oracle.refine(v.numpy(), v.numpy(), coords.numpy(), wr=5, **kw)
+    np.testing.assert_array_equal(ri, si)
+    np.testing.assert_allclose(rd, sd, rtol=1e-12)
+    d, i = refine(v.to(device), v.to(device), coords.to(device), wr=5, backend=backend, **kw)
+    d0, i0 = search(v.to(device), v.to(device), ws=5, wt=0, backend=backend, **kw)
+    assert torch.equal(i, i0)
+    torch.testing.assert_close(d, d0, rtol=1e-12, atol=1e-12)
+
+
 def test_refine_never_loses_a_given_whole_pixel_position(impl):
     """Whole-pixel positions stay among the candidates (the window holds its centre, moved in
     by at most wr//2), so the best distance never gets worse, and a larger window finds
