@@ -5,7 +5,11 @@ them (:func:`napari_stnls.plugin.model.denoise.denoise_lazy`), for videos too la
 
 from __future__ import annotations
 
-from napari.layers import Image, Shapes
+import weakref
+from functools import partial
+
+from napari.layers import Shapes
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -22,28 +26,77 @@ from qtpy.QtWidgets import (
 from .._sample import SIGMA_KEY
 from ..model.denoise import (
     LAZY_METHODS,
-    denoise_lazy,
+    denoise_background,
     denoise_methods,
     denoise_video,
+    describe_quality,
     estimate_noise_sigma,
     method_defaults,
     quality,
 )
+from ..model.lazy import BackgroundFrames
 from ._common import (
     NONE,
     WHOLE_VIDEO,
     LayerCombo,
     Runner,
     Status,
+    alive,
     flows_of,
     is_regions_layer,
-    is_video,
     regions_of,
     set_layer,
+    transforms_of,
+    video_combo,
 )
 from ._common import video_shape as _video_shape
 
 TUNABLE = ("ps", "ws", "k")
+
+
+class _FrameEvents(QObject):
+    """Carries a background frame's news from its thread to the GUI thread."""
+
+    ready = Signal(int)
+    failed = Signal(int, str)
+
+
+def _close_frames(frames: list) -> None:
+    for f in frames:
+        f.close()
+    frames.clear()
+
+
+def _close_removed(event) -> None:
+    """A lazy layer removed from the viewer: stop computing its frames."""
+    data = getattr(event.value, "data", None)
+    if isinstance(data, BackgroundFrames):
+        data.close()
+
+
+def _frame_ready(layer_ref, widget_ref, frames: BackgroundFrames, t: int) -> None:
+    """Frame t of a lazy layer is ready (GUI thread): redraw the layer if it shows that frame."""
+    layer = layer_ref()
+    if layer is None or layer.data is not frames:
+        frames.close()  # the layer is gone or holds other data: nothing to compute for
+        return
+    try:
+        layer.refresh()
+    except RuntimeError:  # the viewer was closed
+        frames.close()
+        return
+    widget = widget_ref()
+    if widget is not None and alive(widget.status):
+        left = frames.pending() + ([frames.computing] if frames.computing is not None else [])
+        widget.status.info(f"{layer.name}: frame {t} ready" + (
+            f"; computing frame {sorted(left)[0] if frames.computing is None else frames.computing}"
+            f" ({len(left)} queued)" if left else ""))
+
+
+def _frame_failed(widget_ref, name: str, t: int, msg: str) -> None:
+    widget = widget_ref()
+    if widget is not None and alive(widget.status):
+        widget.status.error(f"{name}: frame {t} failed: {msg}")
 
 
 class DenoiseWidget(QWidget):
@@ -53,7 +106,7 @@ class DenoiseWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.video = LayerCombo(self.viewer, predicate=is_video)
+        self.video = video_combo(self.viewer)
         self.method = QComboBox()
         self.method.addItems(tuple(denoise_methods()))
         self.sigma = QDoubleSpinBox()
@@ -75,11 +128,16 @@ class DenoiseWidget(QWidget):
             sb.setRange(0, 999)
             sb.setSpecialValueText("default")
             self.tunables[name] = sb
-        self.clean = LayerCombo(self.viewer, kinds=(Image,), extra=(NONE,), predicate=is_video)
+        self.clean = video_combo(self.viewer, extra=(NONE,))
         self.clean.setCurrentText(NONE)
         self.lazy = QCheckBox("lazy (compute frames on view)")
-        self.lazy.setToolTip("add a layer at once whose frames are denoised when napari shows them "
-                             f"(whole video; {', '.join(LAZY_METHODS)}); for large videos")
+        self.lazy.setToolTip("add a layer at once whose frames are denoised in the background when shown "
+                             "(the frame shown first, then the next ones; whole video; "
+                             f"{', '.join(LAZY_METHODS)}); black until ready; for large videos")
+        self.prefetch = 2  # lazy layers: frames after the one shown computed ahead
+        self._lazy_frames: list[BackgroundFrames] = []  # stopped when this widget is deleted
+        self.destroyed.connect(partial(_close_frames, self._lazy_frames))
+        self.viewer.layers.events.removed.connect(_close_removed)
         self.lazy.toggled.connect(self._lazy_changed)
         self.metrics = QLabel("")
         self.metrics.setWordWrap(True)
@@ -91,6 +149,7 @@ class DenoiseWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("video", self.video)
+        form.addRow("", self.video.note)
         form.addRow("method", self.method)
         srow = QHBoxLayout()
         srow.addWidget(self.sigma)
@@ -149,7 +208,7 @@ class DenoiseWidget(QWidget):
                 raise ValueError(f"lazy: supports the methods {', '.join(LAZY_METHODS)}; uncheck it for "
                                  f"{self.method.currentText()!r}")
             if not lazy and self.regions.currentText() != WHOLE_VIDEO:
-                regs = regions_of(self.regions.layer(), shape)
+                regs = regions_of(self.regions.layer(), layer)
                 if not regs:
                     raise ValueError("regions: the regions layer is empty; draw a rectangle or choose "
                                      f"{WHOLE_VIDEO}")
@@ -190,13 +249,13 @@ class DenoiseWidget(QWidget):
         def done(res):
             out, q = res
             where = "whole video" if regs is None else f"{len(regs)} region(s)"
-            set_layer(self.viewer, f"{layer.name} denoised ({method})", out, "image", rgb=layer.rgb,
+            set_layer(self.viewer, f"{layer.name} denoised ({method})", out, "image",
+                      once=dict(rgb=layer.rgb),
                       contrast_limits=(0.0, 1.0), metadata={"stnls_denoised_from": layer.name,
-                                                             "stnls_method": method, "stnls_sigma": sigma})
+                                                             "stnls_method": method, "stnls_sigma": sigma},
+                      **transforms_of(layer))
             if q is not None:
-                self.metrics.setText(
-                    f"{where} vs {clean.name!r}: PSNR {q[0]['psnr']:.2f} -> {q[1]['psnr']:.2f} dB, "
-                    f"SSIM {q[0]['ssim']:.3f} -> {q[1]['ssim']:.3f}")
+                self.metrics.setText(describe_quality(q[0], q[1], f"{where} vs {clean.name!r}: "))
             else:
                 self.metrics.setText("")
             self.status.info(f"denoised {where} with {method} (sigma {sigma * 255:.1f})")
@@ -204,20 +263,37 @@ class DenoiseWidget(QWidget):
         self.runner.start(fn, done, f"denoising ({method})")
 
     def _run_lazy(self, layer, method, sigma, flows, device, params) -> None:
-        """Add the lazily denoised layer: building the graph reads no pixel (only the flows'
-        bound), so it is quick; napari computes a frame when it displays it."""
+        """Add the lazily denoised layer. Building it reads no pixel (only the flows' bound), so
+        it is quick; then each frame is denoised in a background thread when it is shown (the
+        frame shown first, then the next ``prefetch`` ones), and the layer redrawn when it is
+        ready: the viewer never waits for a frame."""
         data = layer.data
+        name = f"{layer.name} denoised ({method}, lazy)"
+        events = _FrameEvents()
+        prefetch = self.prefetch
 
         def fn(progress, should_stop):
-            return denoise_lazy(data, method, sigma, flows=flows, device=device, **params)
+            return denoise_background(data, method, sigma, flows=flows, device=device, prefetch=prefetch,
+                                      on_ready=events.ready.emit,
+                                      on_error=lambda t, e: events.failed.emit(t, f"{type(e).__name__}: {e}"),
+                                      paused=True, **params)
 
-        def done(lazy):
-            set_layer(self.viewer, f"{layer.name} denoised ({method}, lazy)", lazy, "image", rgb=layer.rgb,
-                      contrast_limits=(0.0, 1.0), metadata={"stnls_denoised_from": layer.name,
-                                                             "stnls_method": method, "stnls_sigma": sigma,
-                                                             "stnls_lazy": True})
+        def done(frames):
+            frames.events = events  # kept alive as long as the frames that emit through it
+            self._lazy_frames.append(frames)
+            old = self.viewer.layers[name].data if name in self.viewer.layers else None
+            meta = {"stnls_denoised_from": layer.name, "stnls_method": method, "stnls_sigma": sigma,
+                    "stnls_lazy": True}
+            out = set_layer(self.viewer, name, frames, "image", once=dict(rgb=layer.rgb),
+                            contrast_limits=(0.0, 1.0), metadata=meta, **transforms_of(layer))
+            if isinstance(old, BackgroundFrames) and old is not frames:
+                old.close()
+            me = weakref.ref(self)
+            events.ready.connect(partial(_frame_ready, weakref.ref(out), me, frames))
+            events.failed.connect(partial(_frame_failed, me, name))
+            frames.resume()  # the layer is in place: its current frame first
             self.metrics.setText("")
-            self.status.info(f"lazy {method} layer added (sigma {sigma * 255:.1f}): each frame is denoised "
-                             "when shown")
+            self.status.info(f"lazy {method} layer added (sigma {sigma * 255:.1f}): frames are denoised "
+                             "in the background when shown, black until ready")
 
         self.runner.start(fn, done, f"building the lazy {method} layer")

@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     import napari
 
     viewer = napari.Viewer(title="napari-stnls: space-time non-local search")
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window.resize(1500, 950)
     load_sample(viewer)
     widgets = dock_widgets(viewer)
     from qtpy.QtWidgets import QApplication
