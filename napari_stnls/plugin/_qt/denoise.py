@@ -5,6 +5,7 @@ them (:func:`napari_stnls.plugin.model.denoise.denoise_lazy`), for videos too la
 
 from __future__ import annotations
 
+import time
 import weakref
 from functools import partial
 
@@ -52,6 +53,15 @@ from ._common import (
 from ._common import video_shape as _video_shape
 
 TUNABLE = ("ps", "ws", "k")
+
+
+def _duration(seconds: float) -> str:
+    """``"40 s"``, ``"3.5 min"``, ``"2.1 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class _FrameEvents(QObject):
@@ -144,6 +154,17 @@ class DenoiseWidget(QWidget):
         self.status = Status()
         self.runner = Runner(self.status, "Denoise")
         self.runner.run_button.clicked.connect(self.run)
+        self.preview_button = QPushButton("Preview frame")
+        self.preview_button.setToolTip("denoise only the frame shown (within the regions, if any), into a "
+                                       "preview layer, and estimate how long the whole run takes")
+        self.preview_button.clicked.connect(self.preview)
+        self.compare_button = QPushButton("Compare before/after")
+        self.compare_button.setCheckable(True)
+        self.compare_button.setToolTip("the input and the last result side by side (napari's grid: one "
+                                       "camera, so zoom and pan are shared); click again to go back")
+        self.compare_button.toggled.connect(self.compare)
+        self.last_output: tuple[str, str] | None = None  # (input, output) layer names of the last run
+        self._compare_state = None
         self.method.currentTextChanged.connect(self._method_changed)
         self.video.currentTextChanged.connect(self._video_changed)
 
@@ -166,6 +187,10 @@ class DenoiseWidget(QWidget):
         lay.addLayout(form)
         lay.addWidget(self.runner.row())
         lay.addWidget(self.runner.bar)
+        row = QHBoxLayout()
+        row.addWidget(self.preview_button)
+        row.addWidget(self.compare_button)
+        lay.addLayout(row)
         lay.addWidget(self.metrics)
         lay.addWidget(self.status)
         lay.addStretch(1)
@@ -199,11 +224,22 @@ class DenoiseWidget(QWidget):
         self.status.info(f"estimated sigma: {s * 255:.2f} / 255")
 
     def run(self) -> None:
+        self._start(preview=False)
+
+    def preview(self) -> None:
+        """Denoise the frame shown only (within the regions, when regions are chosen) into the
+        layer ``<video> preview (<method>)``, and say how long the whole run would take."""
+        self._start(preview=True)
+
+    def _current_frame(self, layer) -> int:
+        return int(round(float(layer.world_to_data(self.viewer.dims.point)[0])))
+
+    def _start(self, preview: bool) -> None:
         layer = self.video.layer()
         try:
             shape = _video_shape(layer)
             regs = None
-            lazy = self.lazy.isChecked()
+            lazy = self.lazy.isChecked() and not preview  # a preview is one frame, computed now
             if lazy and self.method.currentText() not in LAZY_METHODS:
                 raise ValueError(f"lazy: supports the methods {', '.join(LAZY_METHODS)}; uncheck it for "
                                  f"{self.method.currentText()!r}")
@@ -233,6 +269,9 @@ class DenoiseWidget(QWidget):
             self.status.error(str(e))
             return
         sigma, device, data = self.sigma.value() / 255, self.device.currentText(), layer.data
+        if preview:
+            self._run_preview(layer, method, sigma, regs, flows, device, params, shape)
+            return
         if lazy:
             self._run_lazy(layer, method, sigma, flows, device, params)
             return
@@ -249,7 +288,8 @@ class DenoiseWidget(QWidget):
         def done(res):
             out, q = res
             where = "whole video" if regs is None else f"{len(regs)} region(s)"
-            set_layer(self.viewer, f"{layer.name} denoised ({method})", out, "image",
+            self.last_output = (layer.name, f"{layer.name} denoised ({method})")
+            set_layer(self.viewer, self.last_output[1], out, "image",
                       once=dict(rgb=layer.rgb),
                       contrast_limits=(0.0, 1.0), metadata={"stnls_denoised_from": layer.name,
                                                              "stnls_method": method, "stnls_sigma": sigma},
@@ -261,6 +301,73 @@ class DenoiseWidget(QWidget):
             self.status.info(f"denoised {where} with {method} (sigma {sigma * 255:.1f})")
 
         self.runner.start(fn, done, f"denoising ({method})")
+
+    def _run_preview(self, layer, method, sigma, regs, flows, device, params, shape) -> None:
+        T, H, W = shape[:3]
+        t = min(max(self._current_frame(layer), 0), T - 1)
+        full = [(0, T, 0, H, 0, W)] if regs is None else [tuple(r) for r in regs]
+        part = []  # the job's pixels on frame t
+        for t0, t1, y0, y1, x0, x1 in full:
+            if t0 <= t < t1:
+                part.append((t, t + 1, y0, y1, x0, x1))
+        if not part:
+            self.status.error(f"preview: no region on frame {t}; go to a frame a region covers")
+            return
+        pixels = lambda rs: sum((r[1] - r[0]) * (r[3] - r[2]) * (r[5] - r[4]) for r in rs)  # noqa: E731
+        scale = pixels(full) / pixels(part)
+        data = layer.data
+
+        def fn(progress, should_stop):
+            start = time.perf_counter()
+            out = denoise_video(data, method, sigma, regions=part, flows=flows, device=device,
+                                progress=progress, should_stop=should_stop, **params)
+            return out, time.perf_counter() - start
+
+        def done(res):
+            out, seconds = res
+            name = f"{layer.name} preview ({method})"
+            set_layer(self.viewer, name, out, "image", once=dict(rgb=layer.rgb), contrast_limits=(0.0, 1.0),
+                      metadata={"stnls_denoised_from": layer.name, "stnls_method": method,
+                                "stnls_sigma": sigma, "stnls_preview_frame": t},
+                      **transforms_of(layer))
+            self.last_output = (layer.name, name)
+            whole = "the whole video" if regs is None else f"the {len(regs)} region(s)"
+            self.status.info(f"preview of frame {t} in {seconds:.1f} s; {whole} would take about "
+                             f"{_duration(seconds * scale)}")
+
+        self.runner.start(fn, done, f"preview ({method}, frame {t})")
+
+    def compare(self, on: bool) -> None:
+        """Show the input and the last result side by side (napari's grid mode, one shared camera),
+        every other layer hidden; off: back to the layers and the view as they were."""
+        if on:
+            pair = self.last_output
+            if pair is None or not all(n in self.viewer.layers for n in pair):
+                self.status.error("compare: no result to compare yet; run Denoise or Preview first")
+                self.compare_button.blockSignals(True)
+                self.compare_button.setChecked(False)
+                self.compare_button.blockSignals(False)
+                return
+            grid = self.viewer.grid
+            self._compare_state = ({layer.name: layer.visible for layer in self.viewer.layers},
+                                   grid.enabled, tuple(grid.shape), grid.stride)
+            for layer in self.viewer.layers:
+                layer.visible = layer.name in pair
+            grid.stride = 1
+            grid.shape = (1, 2)
+            grid.enabled = True
+            self.status.info(f"before/after: {pair[0]!r} and {pair[1]!r}, zoom and pan shared")
+            return
+        state, self._compare_state = self._compare_state, None
+        if state is None:
+            return
+        visible, enabled, shape, stride = state
+        grid = self.viewer.grid
+        grid.enabled, grid.shape, grid.stride = enabled, shape, stride
+        for layer in self.viewer.layers:
+            if layer.name in visible:
+                layer.visible = visible[layer.name]
+        self.status.info("back to the layers as they were")
 
     def _run_lazy(self, layer, method, sigma, flows, device, params) -> None:
         """Add the lazily denoised layer. Building it reads no pixel (only the flows' bound), so
@@ -292,6 +399,7 @@ class DenoiseWidget(QWidget):
             events.ready.connect(partial(_frame_ready, weakref.ref(out), me, frames))
             events.failed.connect(partial(_frame_failed, me, name))
             frames.resume()  # the layer is in place: its current frame first
+            self.last_output = (layer.name, name)
             self.metrics.setText("")
             self.status.info(f"lazy {method} layer added (sigma {sigma * 255:.1f}): frames are denoised "
                              "in the background when shown, black until ready")

@@ -299,3 +299,50 @@ def test_closing_the_viewer_during_a_job_cancels_it(make_napari_viewer, qtbot, m
     for _ in range(5):
         qtbot.wait(20)
     assert seen == ["stopped"] and not added  # stopped at its next check; nothing was added
+
+
+def test_duration_text():
+    from napari_stnls.plugin._qt.denoise import _duration
+
+    assert [_duration(s) for s in (4.4, 89, 150, 7200)] == ["4 s", "89 s", "2.5 min", "2.0 h"]
+
+
+# --- preview and before/after ---------------------------------------------------------------
+def test_preview_of_the_frame_shown_and_before_after_grid(viewer, qtbot):
+    r = RegionsWidget(viewer)
+    qtbot.addWidget(r)
+    r.video.setCurrentText("noisy")
+    r.set_regions([Region(1, 4, 8, 24, 10, 30)])
+    w = DenoiseWidget(viewer)
+    qtbot.addWidget(w)
+    w.video.setCurrentText("noisy")
+    w.method.setCurrentText("nlm")
+    w.regions.setCurrentText("regions")
+    w.flow.setCurrentText("none")
+    w.tunables["ws"].setValue(5)
+    w.device.setCurrentText("cpu")
+    w.compare_button.click()  # nothing to compare yet
+    assert not w.compare_button.isChecked() and "no result to compare yet" in w.status.text()
+    viewer.dims.set_point(0, 0)
+    w.preview_button.click()
+    assert "no region on frame 0" in w.status.text() and not w.runner.running
+    viewer.dims.set_point(0, 2)
+    w.preview_button.click()
+    qtbot.waitUntil(lambda: "noisy preview (nlm)" in viewer.layers and not w.runner.running, timeout=60_000)
+    noisy, out = viewer.layers["noisy"].data, viewer.layers["noisy preview (nlm)"].data
+    changed = np.argwhere((out != noisy).any(-1))
+    assert set(changed[:, 0]) == {2}  # only the frame shown, only inside the region
+    assert changed[:, 1].min() >= 8 and changed[:, 1].max() < 24 and changed[:, 2].min() >= 10
+    text = w.status.text()
+    assert "preview of frame 2 in" in text and "the 1 region(s) would take about" in text
+    took = float(w.status.text().split(" in ")[1].split(" s;")[0])
+    estimate = w.status.text().split("about ")[1]
+    if estimate.endswith(" s"):  # the region covers 3 frames: 3 times the preview
+        assert abs(float(estimate[:-2]) - 3 * took) <= 0.5 + 3 * 0.05
+    # before/after: only the input and the preview, side by side; then back as it was
+    visible = {layer.name: layer.visible for layer in viewer.layers}
+    w.compare_button.click()
+    assert viewer.grid.enabled and tuple(viewer.grid.shape) == (1, 2)
+    assert {layer.name for layer in viewer.layers if layer.visible} == {"noisy", "noisy preview (nlm)"}
+    w.compare_button.click()
+    assert not viewer.grid.enabled and {layer.name: layer.visible for layer in viewer.layers} == visible
