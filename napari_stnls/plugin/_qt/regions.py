@@ -225,7 +225,8 @@ class RegionsWidget(QWidget):
         notes = [f"regions[{i}]: {it.note}" for i, it in enumerate(items) if it.note]
         if errors:  # the shapes at fault are marked in the table; the others stay usable
             more = f" (and {len(errors) - 1} more, marked in red)" if len(errors) > 1 else ""
-            self.status.error(errors[0] + more)
+            if self.status.kind != "error" or self.status.text() != errors[0] + more:  # notified once
+                self.status.error(errors[0] + more)
             self._table_message = True
         elif notes:
             self.status.info("; ".join(notes))
