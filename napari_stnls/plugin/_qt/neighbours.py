@@ -175,7 +175,8 @@ class NeighboursWidget(QWidget):
         rank = np.arange(K)
         ps = nb.result.params.ps  # best match: a circle as wide as the patch; the K-th a third of it
         sizes = np.linspace(ps, ps / 3, K) if K > 1 else np.array([float(ps)])
-        place = transforms_of(layer)  # the overlays sit on the video, whatever its scale and offset
+        # the overlays sit on the video, whatever its scale and offset, and inside it
+        place = dict(transforms_of(layer), inside=True)
         set_layer(self.viewer, "neighbours", nb.positions, "points",
                   once=dict(face_colormap="viridis", border_color="white", border_width=0.1, opacity=0.8),
                   features={"distance": nb.dists, "rank": rank + 1}, face_color="distance", size=sizes,

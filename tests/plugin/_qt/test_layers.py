@@ -346,3 +346,13 @@ def test_preview_of_the_frame_shown_and_before_after_grid(viewer, qtbot):
     assert {layer.name for layer in viewer.layers if layer.visible} == {"noisy", "noisy preview (nlm)"}
     w.compare_button.click()
     assert not viewer.grid.enabled and {layer.name: layer.visible for layer in viewer.layers} == visible
+
+
+def test_gallery_uses_the_layer_contrast_limits(make_napari_viewer):
+    from napari_stnls.plugin._qt.neighbours import gallery_limits
+
+    v = make_napari_viewer()
+    u16 = v.add_image(np.zeros((2, 8, 8), np.uint16), contrast_limits=(0, 4095))  # 12-bit counts
+    assert gallery_limits(u16) == pytest.approx((0, 4095 / 65535))  # in the search's [0, 1] units
+    f = v.add_image(np.zeros((2, 8, 8), np.float32), contrast_limits=(-1.0, 3.0))
+    assert gallery_limits(f) == (-1.0, 3.0)
