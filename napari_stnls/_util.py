@@ -15,6 +15,7 @@ take two optional keyword arguments:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["atomic_path", "Cancelled", "Steps", "resolve_device"]
+__all__ = ["atomic_path", "atomic_dir", "Cancelled", "Steps", "resolve_device"]
 
 
 @contextmanager
@@ -56,15 +57,62 @@ def atomic_path(path, suffix: str | None = None, *, fsync: bool = False) -> Iter
         if fsync:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
+
+def _umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+@contextmanager
+def atomic_dir(path, suffix: str | None = None) -> Iterator[str]:
+    """A temporary folder beside ``path`` that replaces ``path`` when the block succeeds.
+
+    For outputs that are folders (zarr stores). The folder is created empty, ends with
+    ``suffix`` (default: ``path``'s own) and gets the usual mode (0777 less the umask). When
+    the block returns, an existing ``path`` (folder or file) is moved aside, the new folder
+    renamed to ``path`` and the old one removed; on any error, Ctrl-C included, the temporary
+    folder is removed and ``path`` is left as it was.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.zarr"
+    >>> with atomic_dir(out) as tmp:
+    ...     _ = (pathlib.Path(tmp) / "x").write_text("done")
+    >>> (out / "x").read_text(), sorted(p.name for p in out.parent.iterdir())
+    ('done', ['a.zarr'])
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix,
+                           dir=folder)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if os.path.lexists(path):  # a folder cannot be renamed over a folder that holds files
+            old = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=folder)
+            os.replace(path, os.path.join(old, "old"))
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:  # put the old one back
+                os.replace(os.path.join(old, "old"), path)
+                os.rmdir(old)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class Cancelled(Exception):
