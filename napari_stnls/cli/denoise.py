@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,15 @@ from ..ops import as_region
 from ..stream import process
 from ..video.axes import Layout
 from ..video.flow import compute_flows
-from ..video.io import VIDEO_SUFFIXES, WRITE_SUFFIXES, CropReader, open_video, video_rate, write_video
+from ..video.io import (
+    SUFFIXES,
+    VIDEO_SUFFIXES,
+    WRITE_SUFFIXES,
+    CropReader,
+    open_video,
+    video_rate,
+    write_video,
+)
 
 __all__ = ["run_denoise", "ProgressBar"]
 
@@ -35,6 +44,18 @@ class _Failed(Exception):
 def run_denoise(args) -> int:
     """``napari-stnls denoise``: the parsed arguments in, the exit status out."""
     try:
+        batch = args.out_dir is not None
+        if not batch:
+            if len(args.paths) != 2:
+                raise _Failed(f"expected IN OUT, or inputs and -o OUTDIR; got {len(args.paths)} path"
+                              f"{'s' if len(args.paths) != 1 else ''} and no -o")
+            args.input, args.output = args.paths
+            if Path(args.input).is_dir() and Path(args.input).suffix.lower() != ".zarr":
+                raise _Failed(f"IN is a folder: {args.input}; give -o OUTDIR to denoise its files")
+            for opt, given in (("--pattern", args.pattern is not None), ("--suffix", args.suffix != ""),
+                               ("--format", args.out_format is not None), ("--fail-fast", args.fail_fast)):
+                if given:
+                    raise _Failed(f"{opt} goes with -o OUTDIR (a batch)")
         if args.noise == "gaussian" and args.gain is not None:
             raise _Failed("--gain goes with --noise poisson-gaussian")
         if args.gain is not None and not (math.isfinite(args.gain) and args.gain > 0):
@@ -42,7 +63,13 @@ def run_denoise(args) -> int:
         if args.sigma is not None:
             _check_sigma(args.sigma, zero=args.noise == "poisson-gaussian")
         if args.tile is not None:
+            if batch:
+                raise _Failed("--tile denoises one file: IN OUT, without -o")
             return _denoise_tiled(args)
+        if batch:
+            if args.flow_files or args.max_flow is not None or args.overwrite:
+                raise _Failed("--flow-files, --max-flow and --overwrite go with --tile")
+            return _denoise_batch(args)
         if args.flow_files or args.max_flow is not None or args.overwrite:
             raise _Failed("--flow-files, --max-flow and --overwrite go with --tile")
         return _denoise_in_memory(args)
@@ -96,12 +123,26 @@ def _check_output(output: str, input_: str, allowed: tuple[str, ...]) -> None:
 
 
 def _denoise_in_memory(args) -> int:
-    _check_output(args.output, args.input, WRITE_SUFFIXES)
-    to_video_file = Path(args.output).suffix.lower() in VIDEO_SUFFIXES
+    try:
+        _denoise_file(args, args.input, args.output, quiet=args.quiet)
+    except KeyboardInterrupt:
+        return _interrupted("nothing was written")
+    if not args.quiet:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _check_file(args, input_: str, output: str, *, lazy: bool):
+    """Everything about one input and its output that needs no computation: the output's type
+    and folder, the input readable with ``--axes``, the regions inside it, a layout a video
+    output can hold. Returns ``(data, layout)`` (``data`` decoded unless ``lazy``)."""
+    _check_output(output, input_, WRITE_SUFFIXES)
+    to_video_file = Path(output).suffix.lower() in VIDEO_SUFFIXES
     if args.lossless and not to_video_file:
         raise _Failed(f"--lossless: goes with a video output {VIDEO_SUFFIXES[:-1]}")
     try:
-        data = np.asarray(open_video(args.input, lazy=False, axes=args.axes))
+        data = open_video(input_, lazy=lazy, axes=args.axes)
+        data = data if lazy else np.asarray(data)
     except ValueError as e:
         raise _Failed(str(e).replace("path:", "input:", 1)) from None
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
@@ -116,7 +157,14 @@ def _denoise_in_memory(args) -> int:
     if to_video_file and (layout.axes not in ("TYX", "TYXC") or C not in (1, 3)):
         raise _Failed(f"output: video files hold frames (T, H, W) or (T, H, W, 3); the input is "
                       f"{layout.axes!r} with shape {data.shape}: write .npy or .tif")
-    sigma, gain = args.sigma, args.gain
+    return data, layout
+
+
+def _denoise_file(args, input_: str, output: str, *, quiet: bool) -> str:
+    """Denoise one file in memory; returns what was estimated (``"sigma 12.3"``, or "")."""
+    data, layout = _check_file(args, input_, output, lazy=False)
+    N, T, H, W, C = layout.video_shape
+    sigma, gain, said = args.sigma, args.gain, ""
     if sigma is None or (args.noise == "poisson-gaussian" and gain is None):
         try:
             est = estimate_noise(data, layout.axes, args.noise)
@@ -127,38 +175,144 @@ def _denoise_in_memory(args) -> int:
         else:
             gain = est[0] if gain is None else gain
             sigma = est[1] if sigma is None else sigma
-        if not args.quiet:
-            said = (f"sigma {sigma:.4g}" if args.noise == "gaussian"
-                    else f"gain {gain:.4g}, read noise {sigma:.4g}")
+        said = (f"sigma {sigma:.4g}" if args.noise == "gaussian"
+                else f"gain {gain:.4g}, read noise {sigma:.4g}")
+        if not quiet:
             print(f"noise ({args.noise}): {said} in the input's units", file=sys.stderr)
         if args.noise == "gaussian" and not sigma > 0:
             raise _Failed("--sigma: the estimated noise is 0 (a noiseless or constant input?); give --sigma")
     _check_sigma_range(sigma, data.dtype, lambda: signal_range(data, layout.axes))
-    if args.flow == "dis":
-        from ..video import flow
-
-        if not flow.HAS_OPENCV:
-            raise _Failed("--flow dis needs OpenCV: pip install opencv-python-headless, or use tvl1 or ilk")
+    _check_flow(args)
     device = None if args.device == "auto" else args.device
     try:
         flows = None
         if args.flow != "none" and args.method != "skimage" and T > 1:
-            if not args.quiet:
+            if not quiet:
                 print(f"optical flow ({args.flow}) on {N * T} frames", file=sys.stderr)
             flows = _flows(data, layout, args.flow)
-        bar = None if args.quiet else ProgressBar("denoise")
+        bar = None if quiet else ProgressBar("denoise")
         noise = {} if args.noise == "gaussian" else {"noise": args.noise, "gain": gain}
         out = METHODS[args.method](data, sigma, axes=layout.axes, flows=flows, region=args.region,
                                    device=device, progress=bar, **noise)
-        write_video(args.output, out, fps=video_rate(args.input), lossless=args.lossless)
+        write_video(output, out, fps=video_rate(input_), lossless=args.lossless)
     except ValueError as e:
         raise _Failed(str(e)) from None
     except OSError as e:
-        raise _Failed(f"cannot write {args.output}: {e}") from None
-    except KeyboardInterrupt:
-        return _interrupted("nothing was written")
+        raise _Failed(f"cannot write {output}: {e}") from None
+    return said
+
+
+def _check_flow(args) -> None:
+    if args.flow == "dis" and args.method != "skimage":
+        from ..video import flow
+
+        if not flow.HAS_OPENCV:
+            raise _Failed("--flow dis needs OpenCV: pip install opencv-python-headless, or use tvl1 or ilk")
+
+
+# --- batch: denoise IN... -o OUTDIR ------------------------------------------------------------
+
+_BATCH_SUFFIX = {".gif": ".mp4", ".zarr": ".npy"}  # inputs whose type is not written in memory
+
+
+def _batch_inputs(paths: list[str], pattern: str | None) -> list[Path]:
+    """The input files: each path that is a file (or a ``.zarr`` store), and the files of each
+    folder matching ``pattern`` (default: every readable type), sorted; hidden files never."""
+    readable = SUFFIXES + (".zarr",)
+    inputs: list[Path] = []
+    folders = 0
+    for text in paths:
+        p = Path(text)
+        if not p.exists():
+            raise _Failed(f"input: no such file or folder: {text}")
+        if p.is_dir() and p.suffix.lower() != ".zarr":
+            folders += 1
+            try:
+                found = sorted(p.glob(pattern or "*"))
+            except ValueError as e:
+                raise _Failed(f"--pattern: {e}") from None
+            found = [f for f in found if f.suffix.lower() in readable and not f.name.startswith(".")
+                     and (f.is_file() or f.suffix.lower() == ".zarr")]
+            if not found:
+                what = f"matching {pattern!r}" if pattern else "of a readable type " + "/".join(readable)
+                raise _Failed(f"input: no files {what} in {text}")
+            inputs.extend(found)
+        else:
+            inputs.append(p)
+    if pattern is not None and folders == 0:
+        raise _Failed("--pattern goes with an input folder")
+    return inputs
+
+
+def _batch_outputs(inputs: list[Path], out_dir: str, suffix: str, out_format: str | None) -> list[Path]:
+    if not suffix == suffix.strip() or any(c in suffix for c in "/\\\0"):
+        raise _Failed(f"--suffix: expected text for a file name, got {suffix!r}")
+    folder = Path(out_dir)
+    if not folder.is_dir():
+        raise _Failed(f"-o: {'not a folder' if folder.exists() else 'folder does not exist'}: {out_dir}")
+    if not os.access(folder, os.W_OK):
+        raise _Failed(f"-o: folder is not writable: {out_dir}")
+    outputs, seen = [], {}
+    for p in inputs:
+        ext = "." + out_format if out_format else _BATCH_SUFFIX.get(p.suffix.lower(), p.suffix)
+        out = folder / f"{p.stem}{suffix}{ext}"
+        key = os.path.normcase(os.path.abspath(out))
+        if key in seen:
+            raise _Failed(f"-o: {seen[key]} and {p} would both be written to {out} (use --suffix, or "
+                          "separate runs)")
+        if out.exists() and os.path.samefile(out, p):
+            raise _Failed(f"-o: {out} is an input: refusing to overwrite it (use --suffix or another folder)")
+        seen[key] = p
+        outputs.append(out)
+    return outputs
+
+
+def _denoise_batch(args) -> int:
+    """``denoise IN... -o OUTDIR``: every input and output checked first, then one file after the other,
+    one line each; a failure is reported and the next file done (or, with ``--fail-fast``, the end)."""
+    inputs = _batch_inputs(args.paths, args.pattern)
+    outputs = _batch_outputs(inputs, args.out_dir, args.suffix, args.out_format)
+    _check_flow(args)
+    n = len(inputs)
+    width = len(str(n))
+    bad: dict[int, str] = {}
+    for i, (src, dst) in enumerate(zip(inputs, outputs, strict=True)):
+        try:
+            _check_file(args, str(src), str(dst), lazy=True)
+        except _Failed as e:
+            bad[i] = str(e)
+            print(f"[{i + 1:>{width}}/{n}] {src}: error: {e} (skipped)", file=sys.stderr)
+    if bad and args.fail_fast:
+        raise _Failed(f"{len(bad)} of {n} inputs cannot be denoised (above); nothing was done (--fail-fast)")
+    failed = list(bad)
+    done = 0
+    for i, (src, dst) in enumerate(zip(inputs, outputs, strict=True)):
+        if i in bad:
+            continue
+        start = time.perf_counter()
+        try:
+            said = _denoise_file(args, str(src), str(dst), quiet=True)
+        except _Failed as e:
+            failed.append(i)
+            print(f"[{i + 1:>{width}}/{n}] {src}: error: {e}", file=sys.stderr)
+            if args.fail_fast:
+                break
+            continue
+        except KeyboardInterrupt:
+            return _interrupted(f"{done} of {n} files written, {dst} not")
+        done += 1
+        if not args.quiet:
+            extra = f", {said} (estimated)" if said else ""
+            print(f"[{i + 1:>{width}}/{n}] {src} -> {dst}{extra}, {time.perf_counter() - start:.1f} s",
+                  file=sys.stderr)
+    if failed:
+        names = ", ".join(str(inputs[i]) for i in sorted(failed))
+        stopped = " (stopped: --fail-fast)" if args.fail_fast and done + len(failed) < n else ""
+        print(f"napari-stnls denoise: wrote {done} of {n} files into {args.out_dir}; failed: "
+              f"{names}{stopped}", file=sys.stderr)
+        return 1
     if not args.quiet:
-        print(f"wrote {args.output}", file=sys.stderr)
+        print(f"wrote {n} file{'s' if n != 1 else ''} into {args.out_dir}", file=sys.stderr)
     return 0
 
 

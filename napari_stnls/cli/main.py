@@ -1,13 +1,15 @@
 """Command line: ``napari-stnls demo [--out PATH] [--device cpu|cuda|auto]`` and
 ``napari-stnls denoise IN OUT [--sigma S] [--axes TYX] [--noise gaussian|poisson-gaussian [--gain G]]
-[--method nlb|nlm|skimage] [--region t0:t1,y0:y1,x0:x1 ...] [--flow tvl1|ilk|dis|none] [--lossless]``.
+[--method nlb|nlm|skimage] [--region t0:t1,y0:y1,x0:x1 ...] [--flow tvl1|ilk|dis|none] [--lossless]``,
+or in a batch ``napari-stnls denoise IN [IN ...] -o OUTDIR [--pattern GLOB] [--fail-fast] ...``.
 
 The parser and the dispatch; each command lives in its own module (:mod:`.denoise`,
 :mod:`.demo`), imported only when it runs (after the Ctrl-C handler is in place, so that an
 interrupt during ``import torch`` is handled too). Also reachable as ``python -m napari_stnls``.
 Exit status: 0 on success, 2 on bad arguments (all checked before any computation) or when
-the output cannot be written, 130 when interrupted (Ctrl-C, at any moment: one line on
-stderr, and nothing is left under the output's name).
+the output cannot be written, 1 when some files of a batch (``-o OUTDIR``) failed and the others
+were written, 130 when interrupted (Ctrl-C, at any moment: one line on stderr, and nothing is
+left under an output's name but the finished files of a batch).
 """
 
 from __future__ import annotations
@@ -59,7 +61,18 @@ examples:
 
   # larger than memory: tile by tile into a zarr store; run it again to resume
   napari-stnls denoise huge.npy restored.zarr --sigma 20 --tile 8,256,256 --flow-files ff.npy bf.npy
+
+  # a batch: two files, then every TIFF of a folder, into an existing folder (same names; one line
+  # per file; a file that fails is reported, the others are still done, and the exit status is 1)
+  napari-stnls denoise a.tif b.tif -o restored/ --sigma 20
+  napari-stnls denoise raw/ -o restored/ --pattern "*.tif" --axes TYX --noise poisson-gaussian --flow none
 """
+
+
+_OUT_FORMATS = ("npy", "tif", "tiff", "mp4", "avi", "mov", "mkv")
+
+DENOISE_USAGE = ("napari-stnls denoise [options] IN OUT\n"
+                 "       napari-stnls denoise [options] IN [IN ...] -o OUTDIR [--pattern GLOB]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,13 +130,31 @@ def build_parser() -> argparse.ArgumentParser:
             "temporary name and renamed when complete, never over the input."
         ),
         epilog=DENOISE_EXAMPLES,
+        usage=DENOISE_USAGE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    den.add_argument("input", metavar="IN",
-                     help="input (.npy, .tif, .tiff, .mp4, .avi, .mov, .mkv, .gif; .zarr with --tile)")
-    den.add_argument("output", metavar="OUT",
-                     help="output (.npy, .tif, .tiff, or .mp4/.avi/.mov/.mkv: H.264 yuv420p at the input's "
-                          "frame rate; .zarr or .npy with --tile)")
+    den.add_argument("paths", nargs="+", metavar="IN",
+                     help="IN OUT: one input (.npy, .tif, .tiff, .zarr, .mp4, .avi, .mov, .mkv, .gif) "
+                          "and its output (.npy, .tif, .tiff, or .mp4/.avi/.mov/.mkv: H.264 yuv420p at "
+                          "the input's frame rate; .zarr or .npy with --tile); with -o: any number of "
+                          "input files and folders")
+    den.add_argument("-o", "--out-dir", default=None, metavar="OUTDIR",
+                     help="batch: denoise every IN (files, and the files of folders matching --pattern) "
+                          "into this existing folder, each output named after its input (see --suffix, "
+                          "--format); a file that fails is reported and the others are still done (exit "
+                          "status 1), unless --fail-fast")
+    den.add_argument("--pattern", default=None, metavar="GLOB",
+                     help="batch: the files of an input folder to denoise, e.g. '*.tif' or '**/*.tif' "
+                          "(default: every file of a readable type; hidden files never)")
+    den.add_argument("--suffix", default="", metavar="TEXT",
+                     help="batch: added to each output's name, e.g. _denoised: a.tif -> "
+                          "OUTDIR/a_denoised.tif (default: none, the input's name)")
+    den.add_argument("--format", default=None, choices=_OUT_FORMATS, dest="out_format",
+                     help="batch: the outputs' type (default: the input's; .gif gives .mp4 and .zarr "
+                          "gives .npy)")
+    den.add_argument("--fail-fast", action="store_true",
+                     help="batch: stop at the first input that cannot be read or denoised (an input "
+                          "found bad when checked stops the batch before any computation)")
     den.add_argument("--sigma", type=float, default=None,
                      help="noise standard deviation in the input's own units: grey levels for 8-bit video "
                           "(e.g. 20), counts for 16-bit data, the values themselves for float data; with "
