@@ -242,6 +242,8 @@ class AxesBox(QComboBox):
     what is searched; a bad one gets the reason in red and is not kept.
     """
 
+    changed = Signal(str)  # a good axes string was applied (and kept in the layer's metadata)
+
     def __init__(self, combo: LayerCombo, parent=None):
         super().__init__(parent)
         self.combo = combo
@@ -306,6 +308,7 @@ class AxesBox(QComboBox):
         self.blockSignals(False)
         self._describe(layer, axes)
         self.combo.refresh()
+        self.changed.emit(axes)
         return axes
 
     def axes(self) -> str:

@@ -199,8 +199,7 @@ class DenoiseWidget(QWidget):
         self._compare_state = None
         self.method.currentTextChanged.connect(self._method_changed)
         self.video.currentTextChanged.connect(self._video_changed)
-        self.axes.activated.connect(self._video_changed)
-        self.axes.lineEdit().editingFinished.connect(self._video_changed)
+        self.axes.changed.connect(self._video_changed)
         self.noise.currentTextChanged.connect(self._noise_changed)
 
         form = QFormLayout()
@@ -292,7 +291,17 @@ class DenoiseWidget(QWidget):
         key = (layer.name, view.axes, model)
         data, axes = layer.data, view.axes
 
-        def returned(value):
+        def job():
+            try:
+                return "ok", estimate_noise_sigma(data, axes, model)
+            except (ValueError, ImportError) as e:  # reported in the widget, not raised in Qt's loop
+                return "error", e
+
+        def returned(out):
+            kind, value = out
+            if kind == "error":
+                errored(value)
+                return
             self._estimating = None
             if not alive(self.sigma) or self.video.layer() is not layer:
                 return
@@ -318,9 +327,8 @@ class DenoiseWidget(QWidget):
             if not auto:
                 self.status.error(msg)
 
-        worker = create_worker(estimate_noise_sigma, data, axes, model, _start_thread=False)
+        worker = create_worker(job, _start_thread=False)
         worker.returned.connect(returned)
-        worker.errored.connect(errored)
         self._estimating = worker
         self.noise_note.setText("estimating the noise...")
         worker.start()

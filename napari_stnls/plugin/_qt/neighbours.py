@@ -213,7 +213,8 @@ class NeighboursWidget(QWidget):
         set_layer(self.viewer, PROJECTION, view.to_layer(on_query_frame), "points",
                   once=dict(symbol="ring", size=2.5, border_width=0,
                             text={"string": "{label}", "size": 10, "color": {"feature": "colour"},
-                                  "anchor": "center", "translation": [0, -1.5, 1.5]}),
+                                  "anchor": "center",
+                                  "translation": [0.0] * (len(view.layer_axes) - 2) + [-1.5, 1.5]}),
                   features={"frame": nb.positions[:, 0].astype(int), "offset": offsets.astype(int),
                             "label": offset_labels(offsets), "rank": rank + 1, "colour": hexes},
                   face_color=colours, **place)
