@@ -156,7 +156,8 @@ class DenoiseWidget(QWidget):
         self.calibrate_button.setToolTip("pick the strength (sigma, 0.5 to 2 times the noise's) for this "
                                          "method by a self-supervised (J-invariant) loss on a crop")
         self.calibrate_button.clicked.connect(self.calibrate)
-        self._estimating = None  # the background noise estimate running, if any
+        self._estimating = None  # the latest background noise estimate, while it runs
+        self._running_estimates: set = set()  # every estimate still running (kept alive until finished)
         self._sigma_source = None  # the layer whose noise the sigma shown was set from
         self.regions = LayerCombo(self.viewer, kinds=(Shapes,), extra=(WHOLE_VIDEO,),
                                   predicate=is_regions_layer)
@@ -251,9 +252,7 @@ class DenoiseWidget(QWidget):
 
     def _noise_changed(self, *_):
         self.gain.setEnabled(self.noise.currentText() == "poisson-gaussian")
-        if self._sigma_source is not None:  # the estimate shown was of the other model
-            self._sigma_source = None
-            self._video_changed()
+        self._video_changed()  # the noise of the other model (unless set by hand since)
 
     def _video_changed(self, *_):
         """A new layer (or axes): its noise, from its metadata (the sample's known sigma) or
@@ -302,9 +301,9 @@ class DenoiseWidget(QWidget):
             if kind == "error":
                 errored(value)
                 return
-            self._estimating = None
-            if not alive(self.sigma) or self.video.layer() is not layer:
-                return
+            if not alive(self.sigma) or self.video.layer() is not layer or \
+                    self.noise.currentText() != model or self._estimating is not worker:
+                return  # another layer or model was chosen since: its own estimate follows
             self._sigma_source = key
             if model == "gaussian":
                 sigma, gain = float(value), None
@@ -319,16 +318,22 @@ class DenoiseWidget(QWidget):
                 self.status.info(text)
 
         def errored(e):
-            self._estimating = None
-            if not alive(self.sigma):
+            if not alive(self.sigma) or self._estimating is not worker:
                 return
             msg = f"noise estimate: {e}"
             self.noise_note.setText(msg)
             if not auto:
                 self.status.error(msg)
 
+        def finished():
+            self._running_estimates.discard(worker)  # referenced until its thread is done with it
+            if self._estimating is worker:
+                self._estimating = None
+
         worker = create_worker(job, _start_thread=False)
         worker.returned.connect(returned)
+        worker.finished.connect(finished)
+        self._running_estimates.add(worker)
         self._estimating = worker
         self.noise_note.setText("estimating the noise...")
         worker.start()
