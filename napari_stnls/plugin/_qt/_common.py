@@ -288,7 +288,8 @@ class AxesBox(QComboBox):
 
     def _describe(self, layer, axes: str) -> None:
         try:
-            self._say(f"searched: {VideoView(tuple(layer.data.shape), axes, bool(layer.rgb)).describe()}")
+            view = VideoView(tuple(layer.data.shape), axes, bool(layer.rgb))
+            self._say(f"searched: {view.describe(which=False)}")
         except ValueError as e:
             self._say(str(e), error=True)
 

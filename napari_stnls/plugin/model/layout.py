@@ -159,14 +159,15 @@ class VideoView:
         """The letters of the layer's dimensions as napari counts them (without an RGB C)."""
         return self.axes[:-1] if self.rgb else self.axes
 
-    def describe(self) -> str:
-        """What the widgets search, in a few words."""
+    def describe(self, which: bool = True) -> str:
+        """What the widgets search, in a few words (``which``: name the z-slice of a TZYX view)."""
         T = self.video_shape[0]
         if self.time is None:
             what = "one image (searched within the frame)"
         elif self.batch is not None:
-            what = (f"the time series of z-slice {self.z} (of {self.layout.size('Z')}; the one shown), "
-                    f"{T} frames")
+            nz = self.layout.size("Z")
+            what = (f"the time series of z-slice {self.z} (of {nz}), {T} frames" if which else
+                    f"the time series of the z-slice shown (of {nz}), {T} frames")
         elif self.time == "Z":
             what = f"the {T} z-slices, searched like frames"
         else:

@@ -76,7 +76,7 @@ def test_every_image_layer_is_listed_with_a_reason(viewer, qtbot):
         w.video.setCurrentText(name)
         assert w.axes.currentText() == axes and not w.video.note.isVisibleTo(w), name
     w.video.setCurrentText("zstack")
-    assert "the time series of z-slice 0 (of 4" in w.axes.note.text()  # what is searched, said
+    assert "the time series of the z-slice shown (of 4" in w.axes.note.text()  # what is searched, said
     w.video.setCurrentText("six")
     assert w.video.note.isVisibleTo(w) and "6-D data" in w.video.note.text() and "type its axes" in \
         w.video.note.text()
