@@ -10,6 +10,7 @@ import numpy as np
 from napari.layers import Image, Layer, Points, Shapes, Vectors
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from napari.utils.transforms import Affine
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
@@ -17,10 +18,13 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushBu
 from ..._util import Cancelled
 from .._reader import AXIS_LABELS
 from .._sample import FLOWS_KEY
+from ..model.layout import AXES_CHOICES, VideoView, check_axes, default_axes
 from ..model.regions import Region, region_from_rectangle, validate_regions
 
 DISPLAY_ONLY = "stnls_display_only"  # layer metadata: drawn by a widget for display, not input
 RESULTS_KEY = "stnls_search"  # video layer metadata: list of RegionResult, one per region searched
+VIEW_KEY = "stnls_search_view"  # video layer metadata: the VideoView the results are of
+AXES_KEY = "stnls_axes"  # image layer metadata: its axes string, as set in a widget's axes selector
 WHOLE_VIDEO = "(whole video)"
 NONE = "(none)"
 
@@ -115,7 +119,7 @@ class LayerCombo(QComboBox):
 
 
 def video_combo(viewer, extra: tuple[str, ...] = ()) -> LayerCombo:
-    """A combo box of every Image layer; those that are not videos yet are greyed, with the reason."""
+    """A combo box of every Image layer; those that cannot be used as a video are greyed, with the reason."""
     return LayerCombo(viewer, kinds=(Image,), extra=extra, problem=video_problem)
 
 
@@ -124,8 +128,23 @@ def is_regions_layer(layer) -> bool:
     return isinstance(layer, Shapes) and not layer.metadata.get(DISPLAY_ONLY)
 
 
-def video_problem(layer) -> str | None:
-    """Why an image layer cannot be used as a (T, Y, X[, C]) video, in one line; None when it can."""
+def layer_axes(layer) -> str:
+    """The axes string of an image layer: the one set in an axes selector (kept in its metadata),
+    else guessed from its axis labels, number of dimensions and ``rgb`` flag
+    (:func:`~napari_stnls.plugin.model.layout.default_axes`); ValueError naming ``axes``."""
+    shape = tuple(int(s) for s in layer.data.shape)
+    chosen = layer.metadata.get(AXES_KEY)
+    if chosen:
+        try:
+            return check_axes(chosen, shape, bool(layer.rgb))
+        except ValueError:
+            pass  # the data changed shape: guess again
+    return default_axes(shape, bool(layer.rgb), tuple(getattr(layer, "axis_labels", ()) or ()) or None)
+
+
+def video_problem(layer, axes: str | None = None) -> str | None:
+    """Why an image layer cannot be used as a video (with ``axes``, default :func:`layer_axes`), in
+    one line; None when it can."""
     if not isinstance(layer, Image):
         return "not an image layer"
     if getattr(layer, "multiscale", False):
@@ -134,44 +153,75 @@ def video_problem(layer) -> str | None:
     dtype = np.dtype(layer.data.dtype)
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype.kind == "b"):
         return f"{dtype} pixels are not supported (integers or floats)"
-    if layer.ndim == 2:
-        kind = f"an RGB image {shape}" if layer.rgb else f"a 2-D image {shape}"
-        return f"{kind} has no time axis; a video is (T, Y, X) or RGB (T, Y, X, C)"
-    if layer.ndim > 3:
-        return (f"{layer.ndim}-D data {shape} (e.g. (T, Z, Y, X) or channels first): only (T, Y, X) and "
-                "RGB (T, Y, X, C) layers for now")
-    if min(shape[1:3]) < 2:
-        return f"frames of {shape[1]} x {shape[2]} pixels are too small"
+    try:
+        view = VideoView(shape, layer_axes(layer) if axes is None else axes, bool(layer.rgb))
+    except ValueError as e:
+        return str(e)
+    H, W = view.video_shape[1:3]
+    if min(H, W) < 2:
+        return f"frames of {H} x {W} pixels are too small"
     return None
 
 
 def is_video(layer) -> bool:
-    """An Image layer holding (T, H, W) or (T, H, W, C) frames."""
+    """An Image layer that can be seen as a video (see :func:`video_problem`)."""
     return isinstance(layer, Image) and video_problem(layer) is None
 
 
-def video_shape(layer) -> tuple[int, ...]:
-    """napari's (T, H, W[, C]) shape of a video layer (ValueError if it is not one)."""
+def current_position(layer, viewer) -> np.ndarray | None:
+    """The viewer's current point in ``layer``'s data coordinates (None without a viewer)."""
+    if viewer is None or layer is None:
+        return None
+    return np.asarray(layer.world_to_data(viewer.dims.point), np.float64)[-layer.ndim:]
+
+
+def view_of(layer, viewer=None, axes: str | None = None) -> VideoView:
+    """The video a widget works on for ``layer`` (see :class:`~napari_stnls.plugin.model.layout.VideoView`):
+    its layout is ``axes`` (default :func:`layer_axes`); with a viewer, a TZYX layer's view is
+    the time series of the z-slice shown, and overlays go on the channel shown. ValueError
+    naming the problem."""
     if layer is None:
         raise ValueError("video: no video layer; open a video (File > Open) or a sample "
                          "(File > Open Sample > napari-stnls)")
-    why = video_problem(layer)
+    why = video_problem(layer, axes)
     if why is not None:
         raise ValueError(f"video: layer {layer.name!r} cannot be used: {why}")
-    return tuple(int(s) for s in layer.data.shape)
+    view = VideoView(tuple(layer.data.shape), layer_axes(layer) if axes is None else axes, bool(layer.rgb))
+    pos = current_position(layer, viewer)
+    if pos is None:
+        return view
+    la = view.layer_axes
+    z = view.z
+    if view.batch is not None:
+        z = int(np.clip(round(float(pos[la.index("Z")])), 0, view.layout.size("Z") - 1))
+    c = int(round(float(pos[la.index("C")]))) if "C" in la else 0
+    return VideoView(view.shape, view.axes, view.rgb, z=z, c=c)
 
 
-def transforms_of(layer) -> dict:
+def video_shape(layer, axes: str | None = None) -> tuple[int, ...]:
+    """The (T, H, W[, C]) shape of a layer's video (see :func:`view_of`; ValueError if it has none)."""
+    return view_of(layer, None, axes).video_shape
+
+
+def transforms_of(layer, offset=None) -> dict:
     """The keyword arguments that give a new layer ``layer``'s placement in the world (scale,
-    translate, rotate, shear, affine and units), so that its data coordinates are ``layer``'s."""
+    translate, rotate, shear, affine, units and axis labels), so that its data coordinates are
+    ``layer``'s; ``offset`` (in ``layer``'s data coordinates) shifts it, e.g. to one z-slice."""
     if layer is None:
         return {}
-    out = {"scale": tuple(layer.scale), "translate": tuple(layer.translate),
+    translate = np.asarray(layer.translate, np.float64)
+    if offset is not None and np.any(offset):
+        linear = Affine(scale=layer.scale, rotate=layer.rotate, shear=layer.shear).linear_matrix
+        translate = translate + linear @ np.asarray(offset, np.float64)
+    out = {"scale": tuple(layer.scale), "translate": tuple(float(v) for v in translate),
            "rotate": np.asarray(layer.rotate), "shear": np.asarray(layer.shear),
            "affine": np.asarray(layer.affine.affine_matrix)}
     units = getattr(layer, "units", None)
     if units is not None:
         out["units"] = tuple(units)
+    labels = getattr(layer, "axis_labels", None)
+    if labels is not None:
+        out["axis_labels"] = tuple(str(a) for a in labels)
     return out
 
 
@@ -183,10 +233,115 @@ def to_layer(src, dst, points) -> np.ndarray:
     return np.array([dst.world_to_data(src.data_to_world(p)) for p in pts], dtype=np.float64)
 
 
-def flows_of(layer):
-    """The (fflow, bflow) cached in a video layer's metadata, or None."""
+class AxesBox(QComboBox):
+    """The axes selector of a widget that takes a video: an editable list of layouts (``TYX``,
+    ``ZYX``, ``TZYX``, ...), pre-filled from the chosen layer (:func:`layer_axes`).
+
+    A string the user applies (Enter, or a pick from the list) is checked against the layer: a
+    good one is kept in the layer's metadata (every widget then reads it) and :attr:`note` says
+    what is searched; a bad one gets the reason in red and is not kept.
+    """
+
+    changed = Signal(str)  # a good axes string was applied (and kept in the layer's metadata)
+
+    def __init__(self, combo: LayerCombo, parent=None):
+        super().__init__(parent)
+        self.combo = combo
+        self.setEditable(True)
+        self.addItems(AXES_CHOICES)
+        self.setToolTip("the layer's axes, over T (time), Z (depth), Y, X, C (channels); T is searched, "
+                        "or Z without T; TZYX: the time series of the z-slice shown")
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
+        self.ok = True
+        self.activated.connect(lambda *_: self.apply(self.currentText()))
+        self.lineEdit().editingFinished.connect(lambda: self.apply(self.currentText()))
+        combo.currentTextChanged.connect(self.reload)
+        self.reload()
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.ok = not error
+        self.note.setStyleSheet("color: #e05050;" if error else "color: #909090;")
+        self.note.setText(text)
+
+    def reload(self, *_) -> None:
+        """Show the chosen layer's axes (a new layer, or its axes set in another widget)."""
+        try:
+            layer = self.combo.layer()
+        except RuntimeError:  # the dock widget was closed and deleted
+            return
+        if not isinstance(layer, Image):
+            self.blockSignals(True)
+            self.setEditText("")
+            self.blockSignals(False)
+            self._say("")
+            return
+        try:
+            axes = layer_axes(layer)
+        except ValueError as e:
+            self._say(str(e), error=True)
+            return
+        self.blockSignals(True)
+        self.setEditText(axes)
+        self.blockSignals(False)
+        self._describe(layer, axes)
+
+    def _describe(self, layer, axes: str) -> None:
+        try:
+            view = VideoView(tuple(layer.data.shape), axes, bool(layer.rgb))
+            self._say(f"searched: {view.describe(which=False)}")
+        except ValueError as e:
+            self._say(str(e), error=True)
+
+    def apply(self, text: str) -> str | None:
+        """Check ``text`` against the layer; keep it (returned) or say why not (None)."""
+        layer = self.combo.layer()
+        if not isinstance(layer, Image):
+            return None
+        try:
+            axes = check_axes(text, tuple(layer.data.shape), bool(layer.rgb))
+        except ValueError as e:
+            self._say(str(e), error=True)
+            return None
+        layer.metadata[AXES_KEY] = axes
+        self.blockSignals(True)
+        self.setEditText(axes)
+        self.blockSignals(False)
+        self._describe(layer, axes)
+        self.combo.refresh()
+        self.changed.emit(axes)
+        return axes
+
+    def axes(self) -> str:
+        """The axes typed, checked against the layer (ValueError naming ``axes``)."""
+        layer = self.combo.layer()
+        if layer is None:
+            raise ValueError("video: no video layer")
+        text = self.currentText()
+        axes = check_axes(text, tuple(layer.data.shape), bool(layer.rgb))
+        if layer.metadata.get(AXES_KEY) != axes:
+            self.apply(axes)
+        return axes
+
+
+def flows_of(layer, view: VideoView | None = None):
+    """The (fflow, bflow) cached in a video layer's metadata, or None; ValueError when they were
+    computed for another view of the layer (other axes, another z-slice)."""
     f = layer.metadata.get(FLOWS_KEY) if layer is not None else None
-    return None if not f else (f["fflow"], f["bflow"])
+    if not f:
+        return None
+    if view is not None:
+        axes, z = f.get("axes"), f.get("z", 0)
+        if (axes is not None and axes != view.axes) or (view.batch is not None and z != view.z):
+            where = f"axes {axes}" + (f", z-slice {z}" if view.batch is not None else "")
+            raise ValueError(f"flow: the cached flow of {layer.name!r} is for {where}; this is "
+                             f"{view.axes}" + (f", z-slice {view.z}" if view.batch is not None else "")
+                             + ": compute it again (Flow widget) or choose 'none'")
+        T, H, W = view.video_shape[:3]
+        if tuple(np.shape(f["fflow"])) != (T, 2, H, W):
+            raise ValueError(f"flow: the cached flow {tuple(np.shape(f['fflow']))} does not fit the video "
+                             f"{(T, H, W)}; compute it again or choose 'none'")
+    return f["fflow"], f["bflow"]
 
 
 SHAPE_NOTES = {"ellipse": "an ellipse", "polygon": "a polygon", "path": "a path", "line": "a line"}
@@ -207,11 +362,13 @@ class ShapeRegion:
     note: str | None = None
 
 
-def shape_regions(layer, video) -> list[ShapeRegion]:
-    """Every shape of the Shapes ``layer`` as a region of the video layer ``video``.
+def shape_regions(layer, video, view: VideoView | None = None) -> list[ShapeRegion]:
+    """Every shape of the Shapes ``layer`` as a region of the video layer ``video`` (seen as
+    ``view``, default :func:`view_of`).
 
-    A shape's vertices are carried from the Shapes layer's data coordinates to the video's
-    pixels through the world (so scale, translate and affine of both layers are honoured);
+    A shape's vertices are carried from the Shapes layer's data coordinates to the video
+    layer's through the world (so scale, translate and affine of both layers are honoured),
+    then to the view's (t, y, x) pixels;
     the region is their bounding box on the shape's frame, over the frame range stored in
     the layer's features (t0, t1; default one frame), clipped to the frame. A shape outside
     the video gets an ``error``, the others are unaffected.
@@ -220,13 +377,16 @@ def shape_regions(layer, video) -> list[ShapeRegion]:
         return []
     if not isinstance(layer, Shapes):
         raise ValueError(f"regions: layer {layer.name!r} is not a Shapes layer")
-    if layer.ndim < 3:
-        raise ValueError(f"regions: layer {layer.name!r} is 2D; draw the rectangles on the video's frames")
-    shape = video_shape(video)
+    view = view_of(video) if view is None else view
+    if layer.ndim < video.ndim:
+        raise ValueError(f"regions: layer {layer.name!r} has {layer.ndim} dimensions, the video "
+                         f"{video.name!r} {video.ndim} ({view.layer_axes}); draw the rectangles on a layer "
+                         "made for it (Regions widget: Draw rectangles)")
+    shape = view.video_shape
     feats = layer.features
     out = []
     for n, (v, kind) in enumerate(zip(layer.data, layer.shape_type, strict=True)):
-        v = to_layer(layer, video, np.asarray(v)[:, -3:] if layer.ndim == 3 else np.asarray(v))[:, -3:]
+        v = view.from_layer(to_layer(layer, video, np.asarray(v))[:, -video.ndim:])
         t = int(round(float(v[0, 0])))
         t0, t1 = t, t + 1
         if "t0" in feats and n < len(feats):
@@ -249,10 +409,10 @@ def shape_regions(layer, video) -> list[ShapeRegion]:
     return out
 
 
-def regions_of(layer, video) -> list[Region]:
+def regions_of(layer, video, view: VideoView | None = None) -> list[Region]:
     """The regions drawn on a Shapes layer (see :func:`shape_regions`), as the video's pixels;
     ValueError naming the first shape that cannot be used."""
-    items = shape_regions(layer, video)
+    items = shape_regions(layer, video, view)
     for it in items:
         if it.error is not None:
             raise ValueError(it.error)
@@ -435,7 +595,7 @@ def set_layer(viewer, name: str, data, kind: str, once: dict | None = None, insi
     labelled so (``AXIS_LABELS``).
     """
     once = dict(once or {})
-    once.setdefault("axis_labels", AXIS_LABELS)
+    once.setdefault("axis_labels", kwargs.pop("axis_labels", AXIS_LABELS))  # only when made
     cls = KINDS[kind]
     layer = viewer.layers[name] if name in viewer.layers else None
     if layer is not None and type(layer) is cls and _updatable(layer, data, {**once, **kwargs}):
@@ -450,7 +610,7 @@ def _updatable(layer, data, kwargs) -> bool:
     if isinstance(layer, Image):
         rgb = kwargs.get("rgb", layer.rgb)
         return bool(rgb) == bool(layer.rgb) and len(data.shape) == len(layer.data.shape)
-    return np.ndim(data) == np.ndim(layer.data) or len(layer.data) == 0
+    return np.shape(data)[-1:] == (layer.ndim,)
 
 
 def _same(a, b) -> bool:

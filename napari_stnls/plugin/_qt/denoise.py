@@ -1,4 +1,6 @@
-"""Denoise dock widget: restore a video, whole or in its regions, into a new layer; PSNR/SSIM.
+"""Denoise dock widget: restore a layer of any layout and pixel type, whole or in its regions,
+into a new layer of the same type, contrast limits and colormap; sigma in the data's units
+(estimated on the chosen layer, or calibrated); PSNR/SSIM.
 
 Lazy mode: a new layer backed by a dask array whose frames are denoised as napari displays
 them (:func:`napari_stnls.plugin.model.denoise.denoise_lazy`), for videos too large to restore at once."""
@@ -9,7 +11,9 @@ import time
 import weakref
 from functools import partial
 
+import numpy as np
 from napari.layers import Shapes
+from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -26,7 +30,11 @@ from qtpy.QtWidgets import (
 
 from .._sample import SIGMA_KEY
 from ..model.denoise import (
+    LAZY_AXES,
     LAZY_METHODS,
+    NOISE_MODELS,
+    calibrate_video,
+    check_noise,
     denoise_background,
     denoise_methods,
     denoise_video,
@@ -37,8 +45,10 @@ from ..model.denoise import (
 )
 from ..model.lazy import BackgroundFrames
 from ._common import (
+    AXES_KEY,
     NONE,
     WHOLE_VIDEO,
+    AxesBox,
     LayerCombo,
     Runner,
     Status,
@@ -49,8 +59,8 @@ from ._common import (
     set_layer,
     transforms_of,
     video_combo,
+    view_of,
 )
-from ._common import video_shape as _video_shape
 
 TUNABLE = ("ps", "ws", "k")
 
@@ -117,15 +127,38 @@ class DenoiseWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.video = video_combo(self.viewer)
+        self.axes = AxesBox(self.video)
         self.method = QComboBox()
         self.method.addItems(tuple(denoise_methods()))
+        self.noise = QComboBox()
+        self.noise.addItems(NOISE_MODELS)
+        self.noise.setToolTip("gaussian: the same noise everywhere; poisson-gaussian: photon noise, variance "
+                              "gain * value + sigma^2 (fluorescence, low light)")
         self.sigma = QDoubleSpinBox()
-        self.sigma.setRange(0.1, 255)
-        self.sigma.setDecimals(2)
+        self.sigma.setRange(0.0, 1e9)
+        self.sigma.setDecimals(4)
         self.sigma.setValue(20.0)
-        self.sigma.setToolTip("noise standard deviation on the 0-255 scale")
+        self.sigma.setToolTip("noise standard deviation in the data's units (counts for integer data); "
+                              "the read noise with poisson-gaussian")
+        self.gain = QDoubleSpinBox()
+        self.gain.setRange(1e-6, 1e9)
+        self.gain.setDecimals(4)
+        self.gain.setValue(1.0)
+        self.gain.setToolTip("poisson-gaussian: the data's units per photon "
+                             "(variance = gain * value + sigma^2)")
+        self.noise_note = QLabel("")
+        self.noise_note.setWordWrap(True)
+        self.noise_note.setStyleSheet("color: #909090;")
         self.estimate_button = QPushButton("Estimate")
-        self.estimate_button.clicked.connect(self.estimate)
+        self.estimate_button.setToolTip("estimate the noise of the layer (no clean reference needed)")
+        self.estimate_button.clicked.connect(lambda: self.estimate(auto=False))
+        self.calibrate_button = QPushButton("Calibrate")
+        self.calibrate_button.setToolTip("pick the strength (sigma, 0.5 to 2 times the noise's) for this "
+                                         "method by a self-supervised (J-invariant) loss on a crop")
+        self.calibrate_button.clicked.connect(self.calibrate)
+        self._estimating = None  # the latest background noise estimate, while it runs
+        self._running_estimates: set = set()  # every estimate still running (kept alive until finished)
+        self._sigma_source = None  # the layer whose noise the sigma shown was set from
         self.regions = LayerCombo(self.viewer, kinds=(Shapes,), extra=(WHOLE_VIDEO,),
                                   predicate=is_regions_layer)
         self.flow = QComboBox()
@@ -167,15 +200,23 @@ class DenoiseWidget(QWidget):
         self._compare_state = None
         self.method.currentTextChanged.connect(self._method_changed)
         self.video.currentTextChanged.connect(self._video_changed)
+        self.axes.changed.connect(self._video_changed)
+        self.noise.currentTextChanged.connect(self._noise_changed)
 
         form = QFormLayout()
         form.addRow("video", self.video)
         form.addRow("", self.video.note)
+        form.addRow("axes", self.axes)
+        form.addRow("", self.axes.note)
         form.addRow("method", self.method)
+        form.addRow("noise", self.noise)
         srow = QHBoxLayout()
         srow.addWidget(self.sigma)
         srow.addWidget(self.estimate_button)
-        form.addRow("sigma (0-255)", srow)
+        srow.addWidget(self.calibrate_button)
+        form.addRow("sigma", srow)
+        form.addRow("gain", self.gain)
+        form.addRow("", self.noise_note)
         form.addRow("regions", self.regions)
         form.addRow("flow", self.flow)
         for name, sb in self.tunables.items():
@@ -195,6 +236,7 @@ class DenoiseWidget(QWidget):
         lay.addWidget(self.status)
         lay.addStretch(1)
         self._method_changed()
+        self._noise_changed()
         self._video_changed()
 
     def _method_changed(self, *_):
@@ -208,20 +250,145 @@ class DenoiseWidget(QWidget):
         self.regions.setEnabled(not lazy)
         self.clean.setEnabled(not lazy)
 
-    def _video_changed(self, *_):
-        layer = self.video.layer()
-        if layer is not None and SIGMA_KEY in layer.metadata:
-            self.sigma.setValue(float(layer.metadata[SIGMA_KEY]) * 255)
+    def _noise_changed(self, *_):
+        self.gain.setEnabled(self.noise.currentText() == "poisson-gaussian")
+        self._video_changed()  # the noise of the other model (unless set by hand since)
 
-    def estimate(self) -> None:
+    def _video_changed(self, *_):
+        """A new layer (or axes): its noise, from its metadata (the sample's known sigma) or
+        estimated in the background, becomes the sigma shown."""
+        layer = self.video.layer()
+        if layer is None:
+            return
+        key = (layer.name, self.axes.currentText(), self.noise.currentText())
+        if key == self._sigma_source:
+            return
+        if SIGMA_KEY in layer.metadata and self.noise.currentText() == "gaussian":
+            self._sigma_source = key
+            self.sigma.setValue(float(layer.metadata[SIGMA_KEY]))
+            self.noise_note.setText(f"sigma {self.sigma.value():.4g} from the layer's metadata")
+            return
+        self.estimate(auto=True)
+
+    @property
+    def estimating(self) -> bool:
+        """Whether a noise estimate is running (in a background thread)."""
+        return self._estimating is not None
+
+    def estimate(self, auto: bool = False) -> None:
+        """Estimate the chosen layer's noise in a background thread (see
+        :func:`napari_stnls.denoise.estimate_noise`) and set sigma (and gain) to it. ``auto``: on a
+        change of layer; a failure then only shows in the note under sigma."""
+        layer = self.video.layer()
+        model = self.noise.currentText()
         try:
-            _video_shape(self.video.layer())
-            s = estimate_noise_sigma(self.video.layer().data)
-        except (ValueError, ImportError) as e:  # ImportError: PyWavelets missing
+            view = view_of(layer, None, self.axes.axes())
+        except ValueError as e:
+            if not auto:
+                self.status.error(str(e))
+            return
+        key = (layer.name, view.axes, model)
+        data, axes = layer.data, view.axes
+
+        def job():
+            try:
+                return "ok", estimate_noise_sigma(data, axes, model)
+            except (ValueError, ImportError) as e:  # reported in the widget, not raised in Qt's loop
+                return "error", e
+
+        def returned(out):
+            kind, value = out
+            if kind == "error":
+                errored(value)
+                return
+            if not alive(self.sigma) or self.video.layer() is not layer or \
+                    self.noise.currentText() != model or self._estimating is not worker:
+                return  # another layer or model was chosen since: its own estimate follows
+            self._sigma_source = key
+            if model == "gaussian":
+                sigma, gain = float(value), None
+            else:
+                gain, sigma = (float(v) for v in value)
+                self.gain.setValue(gain)
+            self.sigma.setValue(sigma)
+            text = f"estimated noise: sigma {sigma:.4g}" + ("" if gain is None else f", gain {gain:.4g}") + \
+                   f" ({model}, the layer's units)"
+            self.noise_note.setText(text)
+            if not auto:
+                self.status.info(text)
+
+        def errored(e):
+            if not alive(self.sigma) or self._estimating is not worker:
+                return
+            msg = f"noise estimate: {e}"
+            self.noise_note.setText(msg)
+            if not auto:
+                self.status.error(msg)
+
+        def finished():
+            self._running_estimates.discard(worker)  # referenced until its thread is done with it
+            if self._estimating is worker:
+                self._estimating = None
+
+        worker = create_worker(job, _start_thread=False)
+        worker.returned.connect(returned)
+        worker.finished.connect(finished)
+        self._running_estimates.add(worker)
+        self._estimating = worker
+        self.noise_note.setText("estimating the noise...")
+        worker.start()
+
+    def _noise_kw(self) -> dict:
+        """noise, sigma and gain from the widget, checked (ValueError naming the one at fault)."""
+        noise = self.noise.currentText()
+        sigma = float(self.sigma.value())
+        gain = float(self.gain.value()) if noise == "poisson-gaussian" else None
+        check_noise(noise, sigma, gain)
+        return {"noise": noise, "sigma": sigma, "gain": gain}
+
+    def calibrate(self) -> None:
+        """Choose sigma for the method by the J-invariant loss, in the worker (progress, Cancel);
+        the sigma chosen is set in the widget and the status says what was chosen."""
+        layer = self.video.layer()
+        try:
+            view = view_of(layer, self.viewer, self.axes.axes())
+            nk = self._noise_kw()
+            method = self.method.currentText()
+            params = self._params(method)
+        except ValueError as e:
             self.status.error(str(e))
             return
-        self.sigma.setValue(max(0.1, s * 255))
-        self.status.info(f"estimated sigma: {s * 255:.2f} / 255")
+        data, device = layer.data, self.device.currentText()
+
+        def fn(progress, should_stop):
+            return calibrate_video(data, method, nk["sigma"], axes=view.axes, noise=nk["noise"],
+                                   gain=nk["gain"], device=device, progress=progress, should_stop=should_stop,
+                                   **params)
+
+        def done(c):
+            chosen = float(c.params["sigma"])
+            self.sigma.setValue(chosen)
+            losses = ", ".join(f"{cand['sigma']:.4g}: {loss:.4g}" for cand, loss in c.losses)
+            self.status.info(f"calibrated {method}: sigma {chosen:.4g} ({chosen / nk['sigma']:.2g} x "
+                             f"{nk['sigma']:.4g}), the lowest J-invariant loss of sigma {losses}")
+
+        self.runner.start(fn, done, f"calibrating ({method})")
+
+    def _params(self, method: str) -> dict:
+        defaults = method_defaults(method)
+        params = {n: sb.value() for n, sb in self.tunables.items() if sb.value() and n in defaults}
+        if "ps" in params and params["ps"] % 2 == 0:
+            raise ValueError(f"ps: expected an odd patch size, got {params['ps']}")
+        if "ws" in params and params["ws"] % 2 == 0:
+            raise ValueError(f"ws: expected an odd window size, got {params['ws']}")
+        return params
+
+    def _output_style(self, layer) -> dict:
+        """The input's look for an output layer: contrast limits and colormap (not for RGB)."""
+        style = {"contrast_limits": tuple(float(v) for v in layer.contrast_limits)}
+        if not layer.rgb:
+            style["colormap"] = layer.colormap
+        return style
 
     def run(self) -> None:
         self._start(preview=False)
@@ -231,58 +398,64 @@ class DenoiseWidget(QWidget):
         layer ``<video> preview (<method>)``, and say how long the whole run would take."""
         self._start(preview=True)
 
-    def _current_frame(self, layer) -> int:
-        return int(round(float(layer.world_to_data(self.viewer.dims.point)[0])))
-
     def _start(self, preview: bool) -> None:
         layer = self.video.layer()
         try:
-            shape = _video_shape(layer)
+            view = view_of(layer, self.viewer, self.axes.axes())
             regs = None
             lazy = self.lazy.isChecked() and not preview  # a preview is one frame, computed now
             if lazy and self.method.currentText() not in LAZY_METHODS:
                 raise ValueError(f"lazy: supports the methods {', '.join(LAZY_METHODS)}; uncheck it for "
                                  f"{self.method.currentText()!r}")
+            if lazy and view.axes not in LAZY_AXES:
+                raise ValueError(f"lazy: supports the layouts {', '.join(LAZY_AXES)}; uncheck it for "
+                                 f"{view.axes}")
+            if lazy and self.noise.currentText() != "gaussian":
+                raise ValueError("lazy: supports gaussian noise only; uncheck it for poisson-gaussian")
             if not lazy and self.regions.currentText() != WHOLE_VIDEO:
-                regs = regions_of(self.regions.layer(), layer)
+                regs = regions_of(self.regions.layer(), layer, view)
                 if not regs:
                     raise ValueError("regions: the regions layer is empty; draw a rectangle or choose "
                                      f"{WHOLE_VIDEO}")
             flows = None
             if self.flow.currentText() == "computed":
-                flows = flows_of(layer)
+                flows = flows_of(layer, view)
                 if flows is None:
                     raise ValueError(f"flow: no flow computed for {layer.name!r}; run the Flow widget first "
                                      "or choose 'none'")
+                if not view.whole and not preview:
+                    raise ValueError(f"flow: {view.axes} is denoised z-slice by z-slice and the flow is of "
+                                     "one z-slice; choose 'none' (or Preview: it restores the slice shown)")
             clean = None if lazy else self.clean.layer()
-            if clean is not None and tuple(clean.data.shape) != shape:
+            if clean is not None and tuple(clean.data.shape) != tuple(layer.data.shape):
                 raise ValueError(f"clean reference: {clean.name!r} has shape {tuple(clean.data.shape)}, "
-                                 f"the video {shape}")
+                                 f"the video {tuple(layer.data.shape)}")
             method = self.method.currentText()
-            defaults = method_defaults(method)
-            params = {n: sb.value() for n, sb in self.tunables.items() if sb.value() and n in defaults}
-            if "ps" in params and params["ps"] % 2 == 0:
-                raise ValueError(f"ps: expected an odd patch size, got {params['ps']}")
-            if "ws" in params and params["ws"] % 2 == 0:
-                raise ValueError(f"ws: expected an odd window size, got {params['ws']}")
+            params = self._params(method)
+            nk = self._noise_kw()
         except ValueError as e:
             self.status.error(str(e))
             return
-        sigma, device, data = self.sigma.value() / 255, self.device.currentText(), layer.data
+        device = self.device.currentText()
         if preview:
-            self._run_preview(layer, method, sigma, regs, flows, device, params, shape)
+            self._run_preview(layer, view, method, nk, regs, flows, device, params)
             return
         if lazy:
-            self._run_lazy(layer, method, sigma, flows, device, params)
+            self._run_lazy(layer, method, nk["sigma"], flows, device, params)
             return
+        data = layer.data
         clean_data = None if clean is None else clean.data
+        limits = tuple(float(v) for v in layer.contrast_limits)
 
         def fn(progress, should_stop):
-            out = denoise_video(data, method, sigma, regions=regs, flows=flows, device=device,
-                                progress=progress, should_stop=should_stop, **params)
+            out = denoise_video(data, method, nk["sigma"], axes=view.axes, noise=nk["noise"], gain=nk["gain"],
+                                regions=regs, flows=flows, device=device, progress=progress,
+                                should_stop=should_stop, **params)
             q = None
-            if clean_data is not None:
-                q = (quality(data, clean_data, regs), quality(out, clean_data, regs))
+            if clean_data is not None:  # on the video the widgets show (a TZYX stack: the z-slice shown)
+                c = view.video(np.asarray(clean_data))
+                q = (quality(view.video(np.asarray(data)), c, regs, limits),
+                     quality(view.video(out), c, regs, limits))
             return out, q
 
         def done(res):
@@ -290,21 +463,30 @@ class DenoiseWidget(QWidget):
             where = "whole video" if regs is None else f"{len(regs)} region(s)"
             self.last_output = (layer.name, f"{layer.name} denoised ({method})")
             set_layer(self.viewer, self.last_output[1], out, "image",
-                      once=dict(rgb=layer.rgb),
-                      contrast_limits=(0.0, 1.0), metadata={"stnls_denoised_from": layer.name,
-                                                             "stnls_method": method, "stnls_sigma": sigma},
+                      once=dict(rgb=layer.rgb), **self._output_style(layer),
+                      metadata={"stnls_denoised_from": layer.name, "stnls_method": method,
+                                "stnls_sigma": nk["sigma"], "stnls_noise": nk["noise"],
+                                "stnls_gain": nk["gain"], AXES_KEY: view.axes},
                       **transforms_of(layer))
             if q is not None:
-                self.metrics.setText(describe_quality(q[0], q[1], f"{where} vs {clean.name!r}: "))
+                on = "" if view.whole else f" (z-slice {view.z})"
+                self.metrics.setText(describe_quality(q[0], q[1], f"{where}{on} vs {clean.name!r}: "))
             else:
                 self.metrics.setText("")
-            self.status.info(f"denoised {where} with {method} (sigma {sigma * 255:.1f})")
+            self.status.info(f"denoised {where} of {view.axes} with {method} ({self._noise_text(nk)})")
 
         self.runner.start(fn, done, f"denoising ({method})")
 
-    def _run_preview(self, layer, method, sigma, regs, flows, device, params, shape) -> None:
-        T, H, W = shape[:3]
-        t = min(max(self._current_frame(layer), 0), T - 1)
+    @staticmethod
+    def _noise_text(nk: dict) -> str:
+        if nk["noise"] == "gaussian":
+            return f"sigma {nk['sigma']:.4g}"
+        return f"poisson-gaussian, gain {nk['gain']:.4g}, sigma {nk['sigma']:.4g}"
+
+    def _run_preview(self, layer, view, method, nk, regs, flows, device, params) -> None:
+        """The frame shown (of the z-slice shown) only, within the regions if any."""
+        T, H, W = view.video_shape[:3]
+        t = int(min(max(round(float(view.from_layer(self._position(layer))[0, 0])), 0), T - 1))
         full = [(0, T, 0, H, 0, W)] if regs is None else [tuple(r) for r in regs]
         part = []  # the job's pixels on frame t
         for t0, t1, y0, y1, x0, x1 in full:
@@ -314,28 +496,36 @@ class DenoiseWidget(QWidget):
             self.status.error(f"preview: no region on frame {t}; go to a frame a region covers")
             return
         pixels = lambda rs: sum((r[1] - r[0]) * (r[3] - r[2]) * (r[5] - r[4]) for r in rs)  # noqa: E731
-        scale = pixels(full) / pixels(part)
-        data = layer.data
+        scale = pixels(full) / pixels(part) * view.layout.size(view.batch)
+        data = view.video(layer.data)
+        axes = "TYXC" if data.ndim == 4 else "TYX"
 
         def fn(progress, should_stop):
             start = time.perf_counter()
-            out = denoise_video(data, method, sigma, regions=part, flows=flows, device=device,
-                                progress=progress, should_stop=should_stop, **params)
+            out = denoise_video(data, method, nk["sigma"], axes=axes, noise=nk["noise"], gain=nk["gain"],
+                                regions=part, flows=flows, device=device, progress=progress,
+                                should_stop=should_stop, **params)
             return out, time.perf_counter() - start
 
         def done(res):
             out, seconds = res
             name = f"{layer.name} preview ({method})"
-            set_layer(self.viewer, name, out, "image", once=dict(rgb=layer.rgb), contrast_limits=(0.0, 1.0),
+            img, offset = view.embed(out)
+            set_layer(self.viewer, name, img, "image", once=dict(rgb=layer.rgb), **self._output_style(layer),
                       metadata={"stnls_denoised_from": layer.name, "stnls_method": method,
-                                "stnls_sigma": sigma, "stnls_preview_frame": t},
-                      **transforms_of(layer))
+                                "stnls_sigma": nk["sigma"], "stnls_preview_frame": t},
+                      **transforms_of(layer, offset))
             self.last_output = (layer.name, name)
             whole = "the whole video" if regs is None else f"the {len(regs)} region(s)"
+            if not view.whole:
+                whole += f" of all {view.layout.size(view.batch)} z-slices"
             self.status.info(f"preview of frame {t} in {seconds:.1f} s; {whole} would take about "
                              f"{_duration(seconds * scale)}")
 
         self.runner.start(fn, done, f"preview ({method}, frame {t})")
+
+    def _position(self, layer) -> np.ndarray:
+        return np.asarray(layer.world_to_data(self.viewer.dims.point), np.float64)[-layer.ndim:]
 
     def compare(self, on: bool) -> None:
         """Show the input and the last result side by side (napari's grid mode, one shared camera),
@@ -369,7 +559,7 @@ class DenoiseWidget(QWidget):
                 layer.visible = visible[layer.name]
         self.status.info("back to the layers as they were")
 
-    def _run_lazy(self, layer, method, sigma, flows, device, params) -> None:
+    def _run_lazy(self, layer, method, sigma, flows, device, params) -> None:  # sigma: the data's units
         """Add the lazily denoised layer. Building it reads no pixel (only the flows' bound), so
         it is quick; then each frame is denoised in a background thread when it is shown (the
         frame shown first, then the next ``prefetch`` ones), and the layer redrawn when it is
@@ -392,7 +582,7 @@ class DenoiseWidget(QWidget):
             meta = {"stnls_denoised_from": layer.name, "stnls_method": method, "stnls_sigma": sigma,
                     "stnls_lazy": True}
             out = set_layer(self.viewer, name, frames, "image", once=dict(rgb=layer.rgb),
-                            contrast_limits=(0.0, 1.0), metadata=meta, **transforms_of(layer))
+                            **self._output_style(layer), metadata=meta, **transforms_of(layer))
             if isinstance(old, BackgroundFrames) and old is not frames:
                 old.close()
             me = weakref.ref(self)
@@ -401,7 +591,7 @@ class DenoiseWidget(QWidget):
             frames.resume()  # the layer is in place: its current frame first
             self.last_output = (layer.name, name)
             self.metrics.setText("")
-            self.status.info(f"lazy {method} layer added (sigma {sigma * 255:.1f}): frames are denoised "
+            self.status.info(f"lazy {method} layer added (sigma {sigma:.4g}): frames are denoised "
                              "in the background when shown, black until ready")
 
         self.runner.start(fn, done, f"building the lazy {method} layer")

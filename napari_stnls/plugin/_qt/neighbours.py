@@ -1,6 +1,13 @@
-"""Neighbours dock widget: click a pixel, see its K matches, their patches and a per-pixel map."""
+"""Neighbours dock widget: click a pixel, see its K matches, their patches and a per-pixel map.
+
+The matches are those of the last search of the layer (of the view it searched: a TZYX
+stack's z-slice, a z-stack's slices, ...); the overlays are drawn on the layer's own axes and
+the gallery's patches with the layer's contrast limits (the channel shown for non-RGB
+channels)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 from qtpy.QtCore import Qt
@@ -20,7 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..model.search import MAP_STATS, distance_map, gather_patches, mosaic, neighbours_at
-from ._common import RESULTS_KEY, Status, set_layer, transforms_of, video_combo, video_shape
+from ._common import RESULTS_KEY, VIEW_KEY, Status, set_layer, transforms_of, video_combo, view_of
 
 
 def to_pixmap(img: np.ndarray) -> QPixmap:
@@ -31,14 +38,10 @@ def to_pixmap(img: np.ndarray) -> QPixmap:
 
 
 def gallery_limits(layer) -> tuple[float, float]:
-    """The range of pixel values the gallery maps to black..white: the layer's contrast limits
-    in [0, 1] units of the search (integers are divided by their type's maximum)."""
+    """The pixel values the gallery shows black and white: the layer's contrast limits (in the
+    data's units, whatever its type), as napari shows the layer."""
     lo, hi = (float(v) for v in layer.contrast_limits)
-    dtype = np.dtype(layer.data.dtype)
-    if np.issubdtype(dtype, np.integer):
-        m = float(np.iinfo(dtype).max)
-        lo, hi = lo / m, hi / m
-    return lo, hi
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
 PROJECTION = "neighbours (query frame)"
@@ -141,14 +144,27 @@ class NeighboursWidget(QWidget):
         layer = self.video.layer()
         if layer is None or RESULTS_KEY not in layer.metadata:
             return
-        pos = np.asarray(layer.world_to_data(event.position))[-3:] if layer.ndim == 3 else None
-        if pos is None:
+        pos = np.asarray(layer.world_to_data(event.position), np.float64)[-layer.ndim:]
+        try:
+            view = self.view(layer)
+            z = view.slice_of(pos)
+            if z is not None and z != view.z:
+                raise ValueError(f"neighbours: z-slice {view.z} of {layer.name!r} was searched, this click "
+                                 f"is on z-slice {z}; search this slice or go back to {view.z}")
+        except ValueError as e:
+            self.status.error(str(e))
             return
-        self.show_at(*pos)
+        self.show_at(*view.from_layer(pos)[0])
+
+    def view(self, layer):
+        """The view of ``layer`` its search results are of (with the channel shown now)."""
+        view = layer.metadata.get(VIEW_KEY)
+        now = view_of(layer, self.viewer, None if view is None else view.axes)
+        return now if view is None else replace(view, c=now.c)
 
     def results(self):
         layer = self.video.layer()
-        video_shape(layer)
+        view_of(layer)
         res = layer.metadata.get(RESULTS_KEY)
         if not res:
             raise ValueError(f"neighbours: no search results for {layer.name!r}; run the Search widget first")
@@ -162,6 +178,7 @@ class NeighboursWidget(QWidget):
         """
         try:
             layer, res = self.results()
+            view = self.view(layer)
             nb = neighbours_at(res, t, y, x)
         except ValueError as e:
             self.status.error(str(e))
@@ -177,12 +194,13 @@ class NeighboursWidget(QWidget):
         sizes = np.linspace(ps, ps / 3, K) if K > 1 else np.array([float(ps)])
         # the overlays sit on the video, whatever its scale and offset, and inside it
         place = dict(transforms_of(layer), inside=True)
-        set_layer(self.viewer, "neighbours", nb.positions, "points",
+        set_layer(self.viewer, "neighbours", view.to_layer(nb.positions), "points",
                   once=dict(face_colormap="viridis", border_color="white", border_width=0.1, opacity=0.8),
                   features={"distance": nb.dists, "rank": rank + 1}, face_color="distance", size=sizes,
                   **place)
         q = np.asarray(nb.query, np.float32)
-        vec = np.stack([np.broadcast_to(q, nb.positions.shape), nb.positions - q], 1)
+        vec = np.stack([view.to_layer(np.broadcast_to(q, nb.positions.shape)),
+                        view.to_layer(nb.positions - q, displacement=True)], 1)
         set_layer(self.viewer, "neighbour vectors", vec, "vectors",
                   once=dict(edge_color="orange", edge_width=0.4, vector_style="arrow"), **place)
         # all K matches drawn on the query's frame too (rings at their (y, x), labelled and coloured
@@ -192,17 +210,21 @@ class NeighboursWidget(QWidget):
         on_query_frame[:, 0] = q[0]
         colours = offset_colours(offsets)
         hexes = ["#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3]) for rgba in colours]
-        set_layer(self.viewer, PROJECTION, on_query_frame, "points",
+        set_layer(self.viewer, PROJECTION, view.to_layer(on_query_frame), "points",
                   once=dict(symbol="ring", size=2.5, border_width=0,
                             text={"string": "{label}", "size": 10, "color": {"feature": "colour"},
-                                  "anchor": "center", "translation": [0, -1.5, 1.5]}),
+                                  "anchor": "center",
+                                  "translation": [0.0] * (len(view.layer_axes) - 2) + [-1.5, 1.5]}),
                   features={"frame": nb.positions[:, 0].astype(int), "offset": offsets.astype(int),
                             "label": offset_labels(offsets), "rank": rank + 1, "colour": hexes},
                   face_color=colours, **place)
         if self.viewer.layers.selection.active is not layer:
             self.viewer.layers.selection.active = layer
-        patches = gather_patches(layer.data, nb.positions, nb.result.params.ps)
-        self._fill_gallery(patches, nb, gallery_limits(layer))
+        patches = gather_patches(view.video(layer.data), nb.positions, nb.result.params.ps,
+                                 data_range=gallery_limits(layer))  # black and white as napari shows them
+        if not layer.rgb and patches.shape[-1] > 1:  # the channel shown
+            patches = patches[..., view.c:view.c + 1]
+        self._fill_gallery(patches, nb)
         self.status.info(f"query (t={nb.query[0]}, y={nb.query[1]}, x={nb.query[2]}): {K} matches in "
                          f"frames {sorted({int(v) for v in nb.positions[:, 0]})}, all drawn on frame "
                          f"{nb.query[0]} as rings labelled by frame (blue before, orange after)")
@@ -242,12 +264,14 @@ class NeighboursWidget(QWidget):
             layer, res = self.results()
             kth = self.kth.value() or None
             stat = self.stat.currentText()
-            m = distance_map(res, layer.data.shape, stat, kth=kth if stat == "kth" else None)
+            view = self.view(layer)
+            m = distance_map(res, view.video_shape, stat, kth=kth if stat == "kth" else None)
         except ValueError as e:
             self.status.error(str(e))
             return
         label = f"{stat}{'' if stat != 'kth' or kth is None else f' k={kth}'}"
-        set_layer(self.viewer, f"{layer.name} map ({label})", m, "image", colormap="inferno", opacity=0.6,
-                  blending="additive", **transforms_of(layer))
+        img, offset = view.embed(m)
+        set_layer(self.viewer, f"{layer.name} map ({label})", img, "image", colormap="inferno", opacity=0.6,
+                  blending="additive", **transforms_of(layer, offset))
         self.viewer.layers.selection.active = layer
         self.status.info(f"map: {label}")

@@ -34,6 +34,7 @@ from ._common import (
     transforms_of,
     video_combo,
     video_shape,
+    view_of,
 )
 
 COLUMNS = ("t0", "t1", "y0", "y1", "x0", "x1")
@@ -116,16 +117,28 @@ class RegionsWidget(QWidget):
         the video's pixels, whatever the video's scale and offset)."""
         layer = self.shapes.layer()
         if layer is None and create:
+            video = self.video.layer()
             layer = self.viewer.add_shapes(
-                ndim=3, name=LAYER_NAME, axis_labels=AXIS_LABELS, edge_color="#ffcc00",
+                ndim=3 if video is None else video.ndim, name=LAYER_NAME, edge_color="#ffcc00",
                 face_color="transparent", edge_width=1.5,
                 features=pd.DataFrame({"t0": pd.Series(dtype=int), "t1": pd.Series(dtype=int)}),
-                **transforms_of(self.video.layer()),
+                **self._place(video),
             )
             layer.feature_defaults = {"t0": -1, "t1": -1}
             self.shapes.refresh()
             self.shapes.setCurrentText(layer.name)
         return layer
+
+    @staticmethod
+    def _place(video) -> dict:
+        """A layer's placement on the video (its axes, scale and offset)."""
+        place = transforms_of(video)
+        place.setdefault("axis_labels", AXIS_LABELS)
+        return place
+
+    def _view(self):
+        """The video layer as the widgets see it (its axes; the z-slice and channel shown)."""
+        return view_of(self.video.layer(), self.viewer)
 
     def _watch_layer(self, *_):
         layer = self.shapes.layer()
@@ -149,8 +162,8 @@ class RegionsWidget(QWidget):
 
     def _rectangles(self, layer, regs) -> list[np.ndarray]:
         """The rectangles of ``regs`` (video pixels) in ``layer``'s data coordinates."""
-        video = self.video.layer()
-        return [to_layer(video, layer, rectangle_from_region(r)) for r in regs]
+        video, view = self.video.layer(), self._view()
+        return [to_layer(video, layer, view.to_layer(rectangle_from_region(r))) for r in regs]
 
     def set_regions(self, regions) -> None:
         """Replace the layer's shapes by the rectangles of ``regions`` (checked against the video first)."""
@@ -246,15 +259,22 @@ class RegionsWidget(QWidget):
         name = self.frames_layer_name()
         if name is None:
             return
+        try:
+            view = self._view()
+        except ValueError:
+            return
         rects = []
         for r in regs:
             base = rectangle_from_region(r)
             for t in range(r.t0 + 1, r.t1):
                 rect = base.copy()
                 rect[:, 0] = t
-                rects.append(rect)
+                rects.append(view.to_layer(rect))
         shown = self.viewer.layers[name] if name in self.viewer.layers else None
-        place = transforms_of(self.video.layer())
+        if shown is not None and shown.ndim != len(view.layer_axes):  # the video's layout changed
+            self.viewer.layers.remove(shown)
+            shown = None
+        place = self._place(self.video.layer())
         if shown is not None:
             shown.data = []
             if rects:
@@ -264,7 +284,7 @@ class RegionsWidget(QWidget):
                     setattr(shown, key, place[key])
         elif rects:
             active = self.viewer.layers.selection.active
-            self.viewer.add_shapes(rects, shape_type="rectangle", ndim=3, name=name, axis_labels=AXIS_LABELS,
+            self.viewer.add_shapes(rects, shape_type="rectangle", ndim=len(view.layer_axes), name=name,
                                    edge_color="#ffcc00", face_color="transparent", edge_width=1.0,
                                    opacity=0.45, metadata={DISPLAY_ONLY: True}, **place)
             if active is not None:  # keep drawing on the regions layer
@@ -311,10 +331,13 @@ class RegionsWidget(QWidget):
 
     def current_frame(self) -> int:
         """The frame shown, in the video's pixels (the slider is in world units)."""
-        video = self.video.layer()
-        if video is None or self.viewer.dims.ndim < 3:
+        try:
+            view = self._view()
+        except ValueError:
             return 0
-        return int(round(float(video.world_to_data(self.viewer.dims.point)[0])))
+        video = self.video.layer()
+        pos = np.asarray(video.world_to_data(self.viewer.dims.point), np.float64)[-video.ndim:]
+        return int(round(float(view.from_layer(pos)[0, 0])))
 
     def add_default(self):
         try:

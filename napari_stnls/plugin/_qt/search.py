@@ -1,4 +1,8 @@
-"""Search dock widget: K nearest space-time patches of every query of the chosen regions."""
+"""Search dock widget: K nearest space-time patches of every query of the chosen regions.
+
+A layer of any layout is searched as the video its axes make of it (a z-stack slice to slice,
+a TZYX stack in the z-slice shown; see :mod:`napari_stnls.plugin.model.layout`), with its
+values mapped to [0, 1] by the layer's contrast limits, whatever its pixel type."""
 
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ from qtpy.QtWidgets import (
 from ..model.search import SearchParams, distance_map, merge_results, search_regions
 from ._common import (
     RESULTS_KEY,
+    VIEW_KEY,
     WHOLE_VIDEO,
+    AxesBox,
     LayerCombo,
     Runner,
     Status,
@@ -27,7 +33,7 @@ from ._common import (
     set_layer,
     transforms_of,
     video_combo,
-    video_shape,
+    view_of,
 )
 
 FLOW_CHOICES = ("none", "computed")
@@ -51,6 +57,7 @@ class SearchWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.video = video_combo(self.viewer)
+        self.axes = AxesBox(self.video)
         self.regions = LayerCombo(self.viewer, kinds=(Shapes,), extra=(WHOLE_VIDEO,),
                                   predicate=is_regions_layer)
         self.flow = QComboBox()
@@ -78,6 +85,8 @@ class SearchWidget(QWidget):
         form = QFormLayout()
         form.addRow("video", self.video)
         form.addRow("", self.video.note)
+        form.addRow("axes", self.axes)
+        form.addRow("", self.axes.note)
         form.addRow("regions", self.regions)
         form.addRow("flow", self.flow)
         for name in ("ps", "ws", "wt", "k", "stride0", "stride1", "dist"):
@@ -100,10 +109,11 @@ class SearchWidget(QWidget):
     def run(self) -> None:
         layer = self.video.layer()
         try:
-            shape = video_shape(layer)
+            view = view_of(layer, self.viewer, self.axes.axes())
+            shape = view.video_shape
             regs = None
             if self.regions.currentText() != WHOLE_VIDEO:
-                regs = regions_of(self.regions.layer(), layer)
+                regs = regions_of(self.regions.layer(), layer, view)
                 if not regs:
                     raise ValueError("regions: the regions layer is empty; draw a rectangle "
                                      f"or choose {WHOLE_VIDEO}")
@@ -111,37 +121,41 @@ class SearchWidget(QWidget):
             params.check(shape)
             flows = None
             if self.flow.currentText() == "computed":
-                flows = flows_of(layer)
+                flows = flows_of(layer, view)
                 if flows is None:
                     raise ValueError(f"flow: no flow computed for {layer.name!r}; run the Flow widget "
                                      "first or choose 'none'")
-                if tuple(flows[0].shape) != (shape[0], 2, *shape[1:3]):
-                    raise ValueError(f"flow: the cached flow {tuple(flows[0].shape)} does not fit the video")
         except (ValueError, TypeError) as e:
             self.status.error(str(e))
             return
-        data = layer.data
+        data = view.video(layer.data)
+        limits = tuple(float(v) for v in layer.contrast_limits)
         flow_name = (layer.metadata.get("stnls_flows") or {}).get("method", "flow")
 
         def fn(progress, should_stop):
-            return search_regions(data, regs, params, flows=flows, flow_name=flow_name,
+            return search_regions(data, regs, params, flows=flows, flow_name=flow_name, data_range=limits,
                                   progress=progress, should_stop=should_stop)
 
         def done(new):
-            # a region searched again replaces its results; the other regions' are kept
-            results = merge_results(layer.metadata.get(RESULTS_KEY), new)
-            dmap = distance_map(results, shape, "kth")
+            # a region searched again replaces its results; the other regions' are kept (those of
+            # the same view: another z-slice's or layout's results are dropped)
+            old = layer.metadata.get(VIEW_KEY)
+            same = old is not None and (old.axes, old.z) == (view.axes, view.z)
+            results = merge_results(layer.metadata.get(RESULTS_KEY) if same else None, new)
+            dmap, offset = view.embed(distance_map(results, shape, "kth"))
             layer.metadata[RESULTS_KEY] = results
+            layer.metadata[VIEW_KEY] = view
             vals = np.concatenate([r.dists[..., -1].ravel() for r in results])
             lo, hi = (float(v) for v in np.percentile(vals, [2, 98]))
             set_layer(self.viewer, f"{layer.name} search", dmap, "image", colormap="magma", opacity=0.7,
                       blending="additive", contrast_limits=(lo, hi if hi > lo else lo + 1e-6),
-                      metadata={RESULTS_KEY: results, "stnls_video": layer.name}, **transforms_of(layer))
+                      metadata={RESULTS_KEY: results, "stnls_video": layer.name},
+                      **transforms_of(layer, offset))
             self.viewer.layers.selection.active = layer
             nq = sum(r.dists.shape[0] * r.dists.shape[1] * r.dists.shape[2] for r in new)
             kept = len(results) - len(new)
-            self.status.info(f"{nq} queries in {len(new)} region(s), flow: {new[0].flow}; "
-                             "map: distance to the k-th neighbour"
+            self.status.info(f"{nq} queries in {len(new)} region(s) of {view.axes} ({view.describe()}), "
+                             f"flow: {new[0].flow}; map: distance to the k-th neighbour"
                              + (f"; kept the results of {kept} other region(s)" if kept else ""))
 
         self.runner.start(fn, done, "searching")

@@ -1,7 +1,8 @@
 """What the plugin's Denoise widget computes, without Qt: methods, noise estimate, denoising, quality.
 
-Wraps :mod:`napari_stnls.denoise` for videos in napari's layout (T, H, W[, C]): the input is
-never modified and the result is a new float32 array of the same shape.
+Wraps :mod:`napari_stnls.denoise` for layers of any layout (an ``axes`` string, default
+(T, H, W[, C])) and pixel type: ``sigma`` is in the data's own units, the input is never
+modified and the result is a new array of the input's shape and type.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..._util import Cancelled, Steps, resolve_device
-from ...denoise import METHODS
+from ..._util import Cancelled, resolve_device
+from ...denoise import METHODS, NOISE_MODELS, calibrate, estimate_noise
+from ...denoise.convert import check_sigma
 from ...stream import denoise_dask
+from .layout import VideoView
 from .lazy import BackgroundFrames
 from .regions import validate_regions
 from .search import as_float_video, check_flows
 
 __all__ = ["denoise_methods", "method_defaults", "estimate_noise_sigma", "denoise_video", "denoise_lazy",
-           "denoise_background", "LAZY_METHODS", "quality", "describe_quality"]
+           "denoise_background", "calibrate_video", "check_noise", "LAZY_METHODS", "LAZY_AXES",
+           "NOISE_MODELS", "quality", "describe_quality"]
 
 
 def denoise_methods() -> dict[str, Callable]:
@@ -41,33 +45,62 @@ def _method(method: str) -> Callable:
     return methods[method]
 
 
-def estimate_noise_sigma(video, max_frames: int = 5) -> float:
-    """Noise standard deviation of a video on the [0, 1] scale (scikit-image's ``estimate_sigma``,
-    wavelet based), the median over up to ``max_frames`` frames spread over the video.
+def estimate_noise_sigma(video, axes: str | None = None, model: str = "gaussian"):
+    """The noise of a video in its own units (:func:`napari_stnls.denoise.estimate_noise`):
+    ``sigma``, or ``(gain, sigma)`` for ``model="poisson-gaussian"``.
 
     Examples
     --------
     >>> import numpy as np
-    >>> noisy = np.random.default_rng(0).normal(0.5, 0.1, (3, 64, 64)).astype(np.float32)
-    >>> round(estimate_noise_sigma(noisy), 2)
-    0.1
+    >>> noisy = np.random.default_rng(0).normal(1000, 40, (3, 64, 64)).astype(np.uint16)
+    >>> round(estimate_noise_sigma(noisy) / 10)
+    4
     """
-    from skimage.restoration import estimate_sigma
+    return estimate_noise(video, axes, model)
 
-    T = int(video.shape[0])
-    ts = np.unique(np.linspace(0, T - 1, min(T, max(1, int(max_frames)))).round().astype(int))
-    vals = []
-    for t in ts:
-        f = as_float_video(video, int(t), int(t) + 1)[0]
-        vals.append(float(estimate_sigma(f, channel_axis=-1, average_sigmas=True)))
-    return float(np.median(vals))
+
+def check_noise(noise: str, sigma, gain) -> dict:
+    """The denoisers' noise keywords, checked (``sigma`` > 0 for Gaussian noise, >= 0 as the read
+    noise of Poisson-Gaussian noise, with ``gain`` > 0)."""
+    if noise not in NOISE_MODELS:
+        raise ValueError(f"noise: expected one of {NOISE_MODELS}, got {noise!r}")
+    if noise == "gaussian":
+        check_sigma(sigma)
+        if gain is not None:
+            raise ValueError("gain: goes with noise='poisson-gaussian'")
+        return {}
+    def number(v) -> bool:
+        return not isinstance(v, bool) and isinstance(v, int | float | np.number) and bool(np.isfinite(v))
+
+    if not (number(sigma) and sigma >= 0):
+        raise ValueError(f"sigma: expected the read noise, a finite number >= 0 in the data's units, "
+                         f"got {sigma!r}")
+    if not (number(gain) and gain > 0):
+        raise ValueError(f"gain: expected a finite number > 0 (the data's units per photon), got {gain!r}")
+    return {"noise": noise, "gain": float(gain)}
+
+
+def _layout(video, axes: str | None) -> VideoView:
+    shape = getattr(video, "shape", None)
+    if shape is None:
+        raise TypeError(f"video: expected an array, got {type(video).__name__}")
+    return VideoView(tuple(shape), axes if axes is not None else _default(shape))
+
+
+def _default(shape) -> str:
+    from ...video.axes import infer_axes
+
+    return infer_axes(tuple(shape))
 
 
 def denoise_video(
     video,
     method: str = "nlb",
-    sigma: float = 20 / 255,
+    sigma: float = 20.0,
     *,
+    axes: str | None = None,
+    noise: str = "gaussian",
+    gain: float | None = None,
     regions: Sequence | None = None,
     flows=None,
     device: str = "auto",
@@ -75,18 +108,25 @@ def denoise_video(
     should_stop: Callable[[], bool] | None = None,
     **params,
 ) -> np.ndarray:
-    """Denoise a napari video, whole or only in ``regions``.
+    """Denoise a layer's data, whole or only in ``regions``.
 
     Parameters
     ----------
-    video : array, shape (T, H, W) or (T, H, W, C)
-        Integer data is scaled to [0, 1]; never modified.
+    video : array, any real type, in the layout ``axes`` names
+        Never modified; read whole (a lazy array is computed).
     method : str
         A key of :func:`denoise_methods` (``"nlb"``, ``"nlm"``, ``"skimage"``).
     sigma : float
-        Noise standard deviation on the [0, 1] scale.
+        Noise standard deviation in the data's units (the read noise with
+        ``noise="poisson-gaussian"``).
+    axes : str, optional
+        ``"YX"``, ``"TYX"``, ``"TYXC"``, ``"ZYX"``, ``"TZYX"``, ...; default (T, H, W[, C]).
+        With T and Z, every z-slice's time series is denoised.
+    noise, gain
+        ``"gaussian"``, or ``"poisson-gaussian"`` with ``gain`` (variance ``gain*x + sigma^2``).
     regions : list of Region or 6-tuples, optional
-        Restore only these (pixels outside are copied); None is the whole video.
+        Restore only these (pixels outside are copied), in the frames (T, or Z without T)
+        and pixels of the video; with T and Z, in every z-slice. None is the whole video.
     flows : (fflow, bflow), optional
         Each (T, 2, H, W), channel 0 = dx.
     device : str
@@ -98,8 +138,8 @@ def denoise_video(
 
     Returns
     -------
-    ndarray float32, the shape of ``video``
-        A new array.
+    ndarray, the shape and type of ``video``
+        A new array (integers rounded and clipped to their type's range).
 
     Raises
     ------
@@ -107,11 +147,9 @@ def denoise_video(
         When ``should_stop()`` returned True; nothing is returned.
     """
     fn = _method(method)
-    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma > 0:
-        raise ValueError(f"sigma: expected a positive number on the [0, 1] scale, got {sigma!r}")
-    shape = getattr(video, "shape", None)
-    if shape is None or len(shape) not in (3, 4):
-        raise ValueError(f"video: expected an array (T, H, W) or (T, H, W, C), got shape {shape}")
+    noise_kw = check_noise(noise, sigma, gain)
+    view = _layout(video, axes)
+    shape = view.video_shape
     regs = None if regions is None else validate_regions(regions, shape)
     if regs is not None and not regs:
         raise ValueError("regions: empty list; pass None for the whole video")
@@ -121,30 +159,48 @@ def denoise_video(
     unknown = [p for p in params if p not in sig]
     if unknown:
         raise ValueError(f"{unknown[0]}: not a parameter of the {method!r} denoiser")
-    frames = as_float_video(video)
-    x = frames[..., 0] if len(shape) == 3 else frames
+    x = np.asarray(video)
     if fl is not None:
         import torch
 
         fl = tuple(torch.from_numpy(np.ascontiguousarray(f))[None] for f in fl)
-    kw = dict(flows=fl, region=regs, device=dev, progress=progress, **params)
-    if "should_stop" in sig:
-        return fn(x, sigma, should_stop=should_stop, **kw)
-    # a denoiser without should_stop: one call per region, checking in between
-    steps = Steps(len(regs or [None]), None, should_stop)
-    out = x.copy()
-    for r in regs or [None]:
-        steps.check()
-        res = fn(x, sigma, **{**kw, "region": r})
-        sl = slice(None) if r is None else (slice(r.t0, r.t1), slice(r.y0, r.y1), slice(r.x0, r.x1))
-        out[sl] = res[sl]
-        steps.advance()
+    kw = dict(axes=view.axes, flows=fl, region=regs, device=dev, progress=progress, **noise_kw, **params)
+    out = fn(x, float(sigma), should_stop=should_stop, **kw)
     if should_stop is not None and should_stop():
         raise Cancelled("stopped by the caller")
     return out
 
 
+def calibrate_video(video, method: str = "nlb", sigma: float | None = None, *, axes: str | None = None,
+                    noise: str = "gaussian", gain: float | None = None, device: str = "auto",
+                    progress: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None, **params):
+    """:func:`napari_stnls.denoise.calibrate` for a layer's data: the denoising strength (``sigma``
+    from 0.5 to 2 times the noise's) chosen by the J-invariant loss on a central crop.
+
+    Returns
+    -------
+    Calibration
+        ``.params["sigma"]`` is the chosen sigma in the data's units; ``str()`` says what was
+        chosen and the losses.
+    """
+    _method(method)
+    if sigma is not None:
+        check_noise(noise, sigma, gain)
+    view = _layout(video, axes)
+    dev = str(resolve_device(device))
+    return calibrate(np.asarray(video), method, sigma, axes=view.axes, noise=noise, gain=gain, device=dev,
+                     progress=progress, should_stop=should_stop, **params)
+
+
 LAZY_METHODS = ("nlb", "nlm")  # the denoisers napari_stnls.stream can tile
+LAZY_AXES = ("TYX", "TYXC", "ZYX", "ZYXC")  # layouts whose data is one video (T, H, W[, C]) as it is
+
+
+def _unit(dtype) -> float:
+    """The value the stream maps to 1: an integer type's maximum, 1 for floats."""
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 
 def denoise_lazy(video, method: str = "nlb", sigma: float = 20 / 255, *, flows=None, device: str = "auto",
@@ -163,7 +219,7 @@ def denoise_lazy(video, method: str = "nlb", sigma: float = 20 / 255, *, flows=N
     method : str
         One of :data:`LAZY_METHODS` (``"nlb"``, ``"nlm"``).
     sigma : float
-        Noise standard deviation on the [0, 1] scale.
+        Noise standard deviation on the [0, 1] scale (integers divided by their type's maximum).
     flows : (fflow, bflow), optional
         Each (T, 2, H, W), channel 0 = dx; their bound is read once now.
     device : str
@@ -204,30 +260,41 @@ def denoise_background(video, method: str = "nlb", sigma: float = 20 / 255, *, f
     """The whole video denoised frame by frame in a background thread, as an array whose reads
     never wait (:class:`~napari_stnls.plugin.model.lazy.BackgroundFrames`).
 
-    Each frame is frame t of :func:`denoise_lazy` (same arguments), computed when it is first
-    read (the frame read last first, then the ``prefetch`` frames after it); until then it
-    reads as zeros. ``on_ready(t)`` / ``on_error(t, exc)`` are called from the background
-    thread. ``paused``: nothing is computed until ``resume()`` (see ``BackgroundFrames``).
+    Each frame is frame t of :func:`denoise_lazy`, computed when it is first read (the frame
+    read last first, then the ``prefetch`` frames after it), in the video's units and type;
+    until then it reads as zeros. Unlike :func:`denoise_lazy`, ``sigma`` is in the video's own
+    units (as for :func:`denoise_video`). ``on_ready(t)`` / ``on_error(t, exc)`` are called
+    from the background thread. ``paused``: nothing is computed until ``resume()`` (see
+    ``BackgroundFrames``).
 
     Returns
     -------
-    BackgroundFrames, float32, the shape of ``video``
+    BackgroundFrames, the shape and type of ``video``
     """
-    lazy = denoise_lazy(video, method, sigma, flows=flows, device=device, **params)
+    check_sigma(sigma)
+    dtype = np.dtype(video.dtype)
+    unit = _unit(dtype)
+    lazy = denoise_lazy(video, method, float(sigma) / unit, flows=flows, device=device, **params)
 
     def compute(t: int) -> np.ndarray:
-        return np.asarray(lazy[t].compute(scheduler="synchronous"), dtype=np.float32)
+        y = np.asarray(lazy[t].compute(scheduler="synchronous"), dtype=np.float32)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            return np.clip(np.rint(y.astype(np.float64) * unit), info.min, info.max).astype(dtype)
+        return y.astype(dtype, copy=False)
 
-    return BackgroundFrames(compute, lazy.shape, np.float32, prefetch=prefetch, on_ready=on_ready,
+    return BackgroundFrames(compute, lazy.shape, dtype, prefetch=prefetch, on_ready=on_ready,
                             on_error=on_error, paused=paused)
 
 
-def quality(result, clean, regions: Sequence | None = None) -> dict[str, float]:
+def quality(result, clean, regions: Sequence | None = None, data_range=None) -> dict[str, float]:
     """PSNR (dB) and SSIM of ``result`` against ``clean``, over ``regions`` (default everywhere).
 
-    Both are (T, H, W[, C]) on the [0, 1] scale (integers are scaled). PSNR is over all
-    pixels of the regions; SSIM is scikit-image's per frame and region crop, averaged
-    weighted by pixel count (windows shrink to fit small crops; NaN below 3 pixels).
+    Both are (T, H, W[, C]), mapped to [0, 1] by ``data_range`` ``(lo, hi)`` (e.g. the layer's
+    contrast limits; default: integers divided by their type's maximum, floats as they are),
+    so PSNR's peak is ``hi - lo``. PSNR is over all pixels of the regions; SSIM is
+    scikit-image's per frame and region crop, averaged weighted by pixel count (windows
+    shrink to fit small crops; NaN below 3 pixels).
 
     Examples
     --------
@@ -238,8 +305,8 @@ def quality(result, clean, regions: Sequence | None = None) -> dict[str, float]:
     """
     from skimage.metrics import structural_similarity
 
-    a = as_float_video(result)
-    b = as_float_video(clean)
+    a = as_float_video(result, data_range=data_range)
+    b = as_float_video(clean, data_range=data_range)
     if a.shape != b.shape:
         raise ValueError(f"clean: shape {b.shape[:-1] if b.shape[-1] == 1 else b.shape} differs from the "
                          f"result's {a.shape[:-1] if a.shape[-1] == 1 else a.shape}")

@@ -46,13 +46,36 @@ __all__ = [
 MAP_STATS = ("kth", "mean", "first")  # distance to the k-th / mean over K / to the best non-self
 
 
-def as_float_video(data, t0: int = 0, t1: int | None = None) -> np.ndarray:
-    """Frames ``t0..t1-1`` of a napari video as float32 (T', H, W, C) in [0, 1] (a new array).
+def check_range(data_range) -> tuple[float, float] | None:
+    """``data_range`` (None or a pair ``(lo, hi)`` of finite numbers, ``hi > lo``) checked."""
+    if data_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in data_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"data_range: expected None or a pair (lo, hi), got {data_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(f"data_range: expected finite values with hi > lo, got {data_range!r}")
+    return lo, hi
 
-    Integer data is divided by its type's maximum (255 for uint8), floats are kept as
-    they are, (T, H, W) gains a channel axis. Only the frames asked for are read, so a
-    lazy (dask) or memory-mapped video is never loaded whole. The input is never modified.
+
+def as_float_video(data, t0: int = 0, t1: int | None = None, data_range=None) -> np.ndarray:
+    """Frames ``t0..t1-1`` of a napari video as float32 (T', H, W, C) (a new array).
+
+    With ``data_range`` ``(lo, hi)`` (e.g. a layer's contrast limits), values of any type
+    become ``(x - lo) / (hi - lo)``: what is shown black is 0, white 1. Without it, integer
+    data is divided by its type's maximum (255 for uint8) and floats are kept as they are.
+    (T, H, W) gains a channel axis. Only the frames asked for are read, so a lazy (dask) or
+    memory-mapped video is never loaded whole. The input is never modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> v = np.full((1, 2, 2), 1100, np.uint16)
+    >>> float(as_float_video(v, data_range=(100, 2100))[0, 0, 0, 0])
+    0.5
     """
+    rng = check_range(data_range)
     shape = getattr(data, "shape", None)
     if shape is None or len(shape) not in (3, 4):
         raise ValueError(f"video: expected an array (T, H, W) or (T, H, W, C), got shape {shape}")
@@ -61,7 +84,12 @@ def as_float_video(data, t0: int = 0, t1: int | None = None) -> np.ndarray:
     if not 0 <= t0 < t1 <= T:
         raise ValueError(f"frames: expected 0 <= t0 < t1 <= {T}, got {t0}..{t1}")
     arr = np.asarray(data[t0:t1])
-    if arr.dtype == bool:
+    if rng is not None and arr.dtype != bool:
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise TypeError(f"video: unsupported pixel type {arr.dtype}")
+        lo, hi = rng
+        arr = ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+    elif arr.dtype == bool:
         arr = arr.astype(np.float32)
     elif np.issubdtype(arr.dtype, np.integer):
         arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
@@ -227,6 +255,7 @@ def search_regions(
     flows=None,
     flow_name: str = "flow",
     band_queries: int = 4096,
+    data_range=None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[RegionResult]:
@@ -247,6 +276,10 @@ def search_regions(
         Recorded in the results (``"none"`` when ``flows`` is None).
     band_queries : int
         About this many queries are searched per step (one progress tick, one cancel check).
+    data_range : (lo, hi), optional
+        The values mapped to 0 and 1 before the search (:func:`as_float_video`; the plugin
+        passes the layer's contrast limits), so that distances are on the scale shown, for
+        any pixel type. Recorded in each result's ``extra["data_range"]``.
     progress, should_stop
         See :mod:`napari_stnls._util`.
 
@@ -284,6 +317,7 @@ def search_regions(
         raise ValueError("regions: no region to search")
     fl = check_flows(flows, shape)
     _int(band_queries, "band_queries", 1)
+    rng = check_range(data_range)
     device = resolve_device(params.device)
     plans = [(r, _bands(r, params.stride0, band_queries)) for r in regs]
     steps = Steps(sum(len(b) for _, b in plans), progress, should_stop)
@@ -292,7 +326,7 @@ def search_regions(
         for r, bands in plans:
             steps.check()
             ta, tb = _frame_span(r, T, params.wt)
-            vid = torch.from_numpy(as_float_video(video, ta, tb)).permute(0, 3, 1, 2)[None].to(device)
+            vid = torch.from_numpy(as_float_video(video, ta, tb, rng)).permute(0, 3, 1, 2)[None].to(device)
             fw = None
             if fl is not None:
                 fw = tuple(torch.from_numpy(np.ascontiguousarray(f[ta:tb]))[None].to(device) for f in fl)
@@ -315,7 +349,7 @@ def search_regions(
                 inds[it, iy:iy + bh] = pos
                 steps.advance()
             results.append(RegionResult(r, params.stride0, dists, inds, params,
-                                        "none" if fl is None else flow_name))
+                                        "none" if fl is None else flow_name, {"data_range": rng}))
     return results
 
 
@@ -381,7 +415,7 @@ def neighbours_at(results: Sequence[RegionResult], t: float, y: float, x: float)
                      "search a region that holds it first")
 
 
-def gather_patches(video, positions, ps: int) -> np.ndarray:
+def gather_patches(video, positions, ps: int, data_range=None) -> np.ndarray:
     """The ``ps x ps`` patches of ``video`` centred at ``positions`` (with search's mirroring
     and bilinear reading).
 
@@ -391,6 +425,8 @@ def gather_patches(video, positions, ps: int) -> np.ndarray:
     positions : array (K, 3)
         (t, y, x); y and x may be fractional, t whole.
     ps : int
+    data_range : (lo, hi), optional
+        Values mapped to 0 and 1 (see :func:`as_float_video`), e.g. the layer's contrast limits.
 
     Returns
     -------
@@ -415,7 +451,7 @@ def gather_patches(video, positions, ps: int) -> np.ndarray:
     x0 = max(0, int(np.floor(pos[:, 2].min())) - m)
     x1 = min(W, int(np.ceil(pos[:, 2].max())) + m + 1)
     frames = video[ta:tb, y0:y1, x0:x1]
-    vid = torch.from_numpy(as_float_video(frames)).permute(0, 3, 1, 2)[None]
+    vid = torch.from_numpy(as_float_video(frames, data_range=data_range)).permute(0, 3, 1, 2)[None]
     p = pos.copy()
     p[:, 0] -= ta
     p[:, 1] -= y0
@@ -430,6 +466,7 @@ def mosaic(patches: np.ndarray, zoom: int = 8, gap: int = 2, columns: int | None
     Parameters
     ----------
     patches : array (K, ps, ps[, C]) in [0, 1]
+        C is 1 (grey), 3 or 4 (colour; alpha dropped); other channel counts show the first.
     zoom, gap : int
         Enlargement and the white gap between tiles, in pixels.
     columns : int, optional
@@ -444,8 +481,8 @@ def mosaic(patches: np.ndarray, zoom: int = 8, gap: int = 2, columns: int | None
         p = p[..., None]
     if p.ndim != 4 or len(p) == 0:
         raise ValueError(f"patches: expected (K, ps, ps[, C]), got shape {np.shape(patches)}")
-    if p.shape[-1] == 1:
-        p = np.repeat(p, 3, axis=-1)
+    if p.shape[-1] not in (3, 4):
+        p = np.repeat(p[..., :1], 3, axis=-1)
     p = p[..., :3]
     K, h, w, _ = p.shape
     zoom, gap = _int(zoom, "zoom", 1), _int(gap, "gap", 0)

@@ -63,23 +63,39 @@ def small_search(viewer, qtbot, video="noisy", regions="regions"):
 def test_every_image_layer_is_listed_with_a_reason(viewer, qtbot):
     viewer.add_image(np.zeros((H, W), np.float32), name="still")
     viewer.add_image(np.zeros((3, 4, H, W), np.uint16), name="zstack")
+    viewer.add_image(np.zeros((2, 1, 2, 3, H, W), np.uint16), name="six")
     viewer.add_image(np.zeros((T, H, W), np.uint16), name="gray")
     w = SearchWidget(viewer)
     qtbot.addWidget(w)
     items = [w.video.itemText(i) for i in range(w.video.count())]
-    assert items == ["clean", "noisy", "still", "zstack", "gray"]  # none silently dropped
+    assert items == ["clean", "noisy", "still", "zstack", "six", "gray"]  # none silently dropped
     assert w.video.currentText() == "gray" and not w.video.note.isVisibleTo(w)  # topmost usable
-    w.video.setCurrentText("still")
-    assert w.video.note.isVisibleTo(w) and "has no time axis" in w.video.note.text()
-    w.runner.run_button.click()
-    assert w.status.kind == "error" and "'still' cannot be used: a 2-D image (40, 48) has no time axis" \
-        in w.status.text()
+    assert w.axes.currentText() == "TYX"
+    # the axes selector is pre-filled from the layer's dimensions
+    for name, axes in (("still", "YX"), ("zstack", "TZYX"), ("noisy", "TYXC")):
+        w.video.setCurrentText(name)
+        assert w.axes.currentText() == axes and not w.video.note.isVisibleTo(w), name
     w.video.setCurrentText("zstack")
-    assert "4-D data (3, 4, 40, 48)" in w.video.note.text() and "(T, Z, Y, X)" in w.video.note.text()
+    assert "the time series of the z-slice shown (of 4" in w.axes.note.text()  # what is searched, said
+    w.video.setCurrentText("six")
+    assert w.video.note.isVisibleTo(w) and "6-D data" in w.video.note.text() and "type its axes" in \
+        w.video.note.text()
+    w.runner.run_button.click()
+    assert w.status.kind == "error" and "axes" in w.status.text()
+    assert w.axes.apply("TQYX") is None and "letters ['Q']" in w.axes.note.text()  # a clear message
+    assert w.axes.apply("TZYX") is None and "6 dimensions" in w.axes.note.text()
+    assert w.axes.apply("tzcayx".replace("a", "")) is None  # 5 letters for 6 dimensions
+    viewer.layers["six"].data = np.zeros((2, 3, H, W), np.uint16)
+    w.video.refresh()
+    assert w.axes.apply("zcyx") == "ZCYX" and not w.video.note.isVisibleTo(w)  # kept in the layer
+    assert viewer.layers["six"].metadata["stnls_axes"] == "ZCYX"
     for cls in (RegionsWidget, FlowWidget, NeighboursWidget, DenoiseWidget):
         other = cls(viewer)
         qtbot.addWidget(other)
         assert [other.video.itemText(i) for i in range(other.video.count())] == items, cls.__name__
+        if hasattr(other, "axes"):
+            other.video.setCurrentText("six")
+            assert other.axes.currentText() == "ZCYX", cls.__name__  # every widget reads it
     # a layer added later is listed too, usable or not
     viewer.add_image(np.zeros((2, 8, 8, 3), np.uint8), name="later", rgb=True)
     assert w.video.findText("later") >= 0
@@ -353,6 +369,6 @@ def test_gallery_uses_the_layer_contrast_limits(make_napari_viewer):
 
     v = make_napari_viewer()
     u16 = v.add_image(np.zeros((2, 8, 8), np.uint16), contrast_limits=(0, 4095))  # 12-bit counts
-    assert gallery_limits(u16) == pytest.approx((0, 4095 / 65535))  # in the search's [0, 1] units
+    assert gallery_limits(u16) == (0, 4095)  # the data's units, as napari shows the layer
     f = v.add_image(np.zeros((2, 8, 8), np.float32), contrast_limits=(-1.0, 3.0))
     assert gallery_limits(f) == (-1.0, 3.0)

@@ -359,11 +359,12 @@ def test_denoise_regions_new_layer_and_metrics(viewer, qtbot):
     w = DenoiseWidget(viewer)
     qtbot.addWidget(w)
     w.video.setCurrentText("noisy")
-    assert w.sigma.value() == pytest.approx(20, abs=0.01)  # from the sample's metadata
-    w.sigma.setValue(5)
+    assert w.sigma.value() == pytest.approx(20 / 255, abs=1e-4)  # the sample's metadata, its units
+    w.sigma.setValue(0.02)
     w.estimate_button.click()
-    assert abs(w.sigma.value() - 20) < 6
-    w.sigma.setValue(20)
+    qtbot.waitUntil(lambda: not w.estimating, timeout=20_000)
+    assert abs(w.sigma.value() - 20 / 255) < 6 / 255 and "estimated noise: sigma" in w.status.text()
+    w.sigma.setValue(20 / 255)
     w.method.setCurrentText("nlm")
     w.regions.setCurrentText("regions")
     w.flow.setCurrentText("computed")

@@ -66,8 +66,10 @@ def test_lazy_equals_eager_and_computes_only_what_is_read(counted, method, kw, C
 def test_lazy_dask_input_uint8_and_errors(counted):
     v8 = (_video() * 255).astype(np.uint8)
     lazy = model_denoise.denoise_lazy(da.from_array(v8, chunks=(1, 20, 24)), "nlm", 0.1, device="cpu", ws=5)
-    ref = model_denoise.denoise_video(v8, "nlm", 0.1, device="cpu", ws=5)
-    np.testing.assert_allclose(lazy[1].compute(scheduler="synchronous"), ref[1], atol=1e-5)
+    ref = model_denoise.denoise_video(v8, "nlm", 0.1 * 255, device="cpu", ws=5)  # the data's units
+    assert ref.dtype == np.uint8
+    got = lazy[1].compute(scheduler="synchronous") * 255  # the lazy stream is on the [0, 1] scale
+    assert np.abs(got - ref[1].astype(np.float64)).max() <= 0.51  # the same, rounded to integers
     assert counted == [1]
     with pytest.raises(ValueError, match="lazy mode supports"):
         model_denoise.denoise_lazy(v8, "skimage", 0.1)
@@ -146,3 +148,46 @@ def test_denoise_background_frames_equal_the_lazy_ones(vid):
         np.testing.assert_array_equal(frames[2], np.asarray(lazy[2]))
     finally:
         frames.close()
+
+
+@pytest.mark.parametrize("dtype, scale, offset", [(np.uint16, 4000, 300), (np.float32, 500, -200)])
+def test_denoise_video_keeps_type_and_units_any_layout(dtype, scale, offset):
+    """sigma in the data's units: the same as the [0, 1] video's result mapped (equivariance), in
+    the input's type, for a TYX time-lapse and the same frames as a ZYX stack or a TZYX stack."""
+    v = _video(T=3, H=16, W=20)
+    x = (v * scale + offset).astype(dtype)
+    kw = dict(device="cpu", ws=5, k=6)
+    unit = ((x.astype(np.float64) - offset) / scale).astype(np.float32)  # the same values on [0, 1]
+    ref = denoise_video(unit, "nlm", 0.1, **kw).astype(np.float64) * scale + offset
+    for axes, data in (("TYX", x), ("ZYX", x), ("TZYX", np.stack([x, x], 1))):
+        out = denoise_video(data, "nlm", 0.1 * scale, axes=axes, **kw)
+        assert out.dtype == dtype and out.shape == data.shape
+        got = out if axes != "TZYX" else out[:, 1]
+        np.testing.assert_allclose(got.astype(np.float64), ref, atol=0.51 if dtype == np.uint16 else 1e-2)
+    with pytest.raises(ValueError, match="axes"):
+        denoise_video(x, "nlm", 10.0, axes="TYXC")
+    with pytest.raises(ValueError, match="gain"):
+        denoise_video(x, "nlm", 10.0, noise="poisson-gaussian")
+
+
+def test_background_frames_in_the_data_units(vid):
+    from napari_stnls.plugin.model.denoise import denoise_background
+
+    u16 = (np.clip(vid.noisy[:3], 0, 1) * 60000).astype(np.uint16)
+    frames = denoise_background(u16, "nlm", vid.sigma * 60000, prefetch=0, ps=3, ws=5, k=4, device="cpu")
+    try:
+        assert frames.dtype == np.uint16 and frames.wait(1, timeout=60)
+        ref = denoise_video(u16, "nlm", vid.sigma * 60000, ps=3, ws=5, k=4, device="cpu")
+        assert np.abs(frames[1].astype(np.int64) - ref[1]).max() <= 1
+    finally:
+        frames.close()
+
+
+def test_calibrate_video_picks_a_sigma_in_the_data_units():
+    from napari_stnls.plugin.model.denoise import calibrate_video
+
+    rng = np.random.default_rng(0)
+    clean = np.tile(np.sin(np.linspace(0, 6, 24)) * 1000 + 2000, (3, 24, 1))
+    noisy = (clean + rng.normal(0, 200, clean.shape)).astype(np.uint16)
+    c = calibrate_video(noisy, "nlm", 200.0, axes="ZYX", ws=5, k=8, device="cpu", masks=2)
+    assert 100 <= c.params["sigma"] <= 400 and len(c.losses) == 5
