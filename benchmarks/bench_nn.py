@@ -207,18 +207,20 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def run_cuda(impl: str, p: dict, device, args) -> dict:
+    res = None
     try:
         _, _, step = make_case(impl, p, device)
         times, mem = timed(step, device, args.warmup, args.repeats, args.long_call, cuda_mem=True)
+        res = {"status": "ok", "times": times, **mem}
     except Exception as e:
         if not _is_oom(e):
             raise
-        gc.collect()
-        torch.cuda.empty_cache()
-        return {"status": "failed", "reason": f"out of memory: {type(e).__name__}: {str(e).splitlines()[0]}"}
+        res = {"status": "failed", "reason": f"out of memory: {type(e).__name__}: {str(e).splitlines()[0]}"}
+    step = None
+    # outside the except block: the exception's frames, which hold the case's tensors, are gone
     gc.collect()
     torch.cuda.empty_cache()
-    return {"status": "ok", "times": times, **mem}
+    return res
 
 
 def _cpu_child(conn, impl: str, p: dict, args: dict) -> None:
