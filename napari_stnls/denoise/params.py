@@ -18,7 +18,9 @@ NLB_TABLE: dict[str, tuple[float, ...]] = {
     "wt": (2, 2, 2, 2, 2),
     "k": (60, 60, 60, 60, 60),
     "k2": (160, 160, 160, 160, 160),
-    "stride0": (2, 2, 2, 2, 2),
+    "stride0": (4, 4, 4, 4, 4),
+    "skip": (0.0, 0.0, 0.0, 0.0, 0.0),
+    "skip2": (0.0, 0.0, 0.0, 0.0, 0.0),
     "thresh": (1.0, 1.0, 1.85, 2.7, 2.7),
     "thresh2": (1.2, 1.2, 0.85, 0.5, 0.5),
 }
@@ -69,13 +71,13 @@ def nl_bayes_params(sigma: float, channels: int = 3) -> dict:
     --------
     >>> p = nl_bayes_params(20 / 255)
     >>> sorted(p)
-    ['k', 'k2', 'ps', 'ps2', 'pt', 'stride0', 'thresh', 'thresh2', 'ws', 'wt']
+    ['k', 'k2', 'ps', 'ps2', 'pt', 'skip', 'skip2', 'stride0', 'thresh', 'thresh2', 'ws', 'wt']
     """
     s = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
     out = {}
     for name, values in NLB_TABLE.items():
         v = float(np.interp(s, NLB_SIGMAS, values))
-        out[name] = v if name.startswith("thresh") else int(round(v))
+        out[name] = v if name.startswith(("thresh", "skip")) else int(round(v))
     for name in ("ps", "ps2", "ws"):  # odd sides
         out[name] += 1 - out[name] % 2
     d = out["pt"] * out["ps"] ** 2 * (1 if channels == 3 else channels)
