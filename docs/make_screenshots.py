@@ -1,8 +1,8 @@
 """Take the user guide's screenshots (docs/images/*.png) from a real napari session.
 
 Runs :mod:`napari_stnls.plugin._qt.session` on the sample: one picture when the widgets are
-docked, then one per step (Regions, Optical flow, Patch search, Neighbours, Denoise). Without a
-display it re-runs itself under ``xvfb-run``. Usage::
+docked, then one per step (Regions, Optical flow, Patch search, Neighbours, Denoise, Compare).
+Without a display it re-runs itself under ``xvfb-run``. Usage::
 
     .venv/bin/python docs/make_screenshots.py
 """

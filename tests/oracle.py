@@ -22,6 +22,7 @@ __all__ = [
     "read_patch",
     "chain_flow",
     "search",
+    "refine",
     "iunfold",
     "ifold",
     "gather",
@@ -378,6 +379,103 @@ def search(
                     dists[bi, h, qi, ki] = d
                     inds[bi, h, qi, ki] = (s, ky, kx)
     return dists, inds
+
+
+# --------------------------------------------------------------------------
+# refine
+# --------------------------------------------------------------------------
+
+
+def _distance(qpatch: np.ndarray, kpatch: np.ndarray, dist: str) -> float:
+    d = 0.0
+    for v1, v2 in zip(qpatch.ravel(), kpatch.ravel(), strict=True):
+        d += (float(v1) - float(v2)) ** 2 if dist == "l2" else float(v1) * float(v2)
+    return d
+
+
+def refine(
+    queries: np.ndarray,
+    keys: np.ndarray,
+    inds: np.ndarray,
+    *,
+    ps: int,
+    wr: int,
+    k: int | None = None,
+    dist: str = "l2",
+    pt: int = 1,
+    dilation: int = 1,
+    nheads: int = 1,
+    stride0: int = 1,
+    region: Any = None,
+    itype: str = "float",
+    exclude_self: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force refinement around given positions.
+
+    ``inds`` (B, nheads or 1, Q, K_in, 3) holds K_in positions per query of the grid.
+    Around each one, a wr x wr window of whole-pixel offsets, its centre moved inside the
+    frame as search moves its window; a position reached from several windows counts once.
+    Returns the k best (default K_in) by (distance, t, y, x): dists (B, nheads, Q, k)
+    float64 and inds (B, nheads, Q, k, 3) float64. A query with fewer than k distinct
+    candidates gets the worst distance and the position of its first window's first
+    candidate in the remaining entries.
+    """
+    queries = np.asarray(queries, dtype=np.float64)
+    keys = np.asarray(keys, dtype=np.float64)
+    inds = np.asarray(inds, dtype=np.float64)
+    B, T, C, H, W = keys.shape
+    if wr % 2 != 1 or wr > min(H, W):
+        raise ValueError("wr: must be odd and fit in the frame")
+    qc = query_coords(keys.shape, region, stride0)
+    Q = qc.shape[0]
+    K_in = inds.shape[3]
+    if inds.shape[:3] not in ((B, nheads, Q), (B, 1, Q)) or inds.shape[4] != 3:
+        raise ValueError("inds: bad shape")
+    k = K_in if k is None else k
+    if k > K_in * wr * wr - (1 if exclude_self else 0):
+        raise ValueError("k too large")
+    Ch = C // nheads
+    r = wr // 2
+    worst = math.inf if dist == "l2" else -math.inf
+    dists = np.zeros((B, nheads, Q, k), dtype=np.float64)
+    out = np.zeros((B, nheads, Q, k, 3), dtype=np.float64)
+    for bi in range(B):
+        for h in range(nheads):
+            chans = list(range(h * Ch, (h + 1) * Ch))
+            for qi in range(Q):
+                t, qy, qx = (int(v) for v in qc[qi])
+                qpatch = read_patch(queries[bi], t, qy, qx, ps, pt, dilation, chans)
+                seen: set[tuple[float, float, float]] = set()
+                cands: list[tuple[float, float, float, float]] = []
+                first = None
+                for j in range(K_in):
+                    s, y, x = (float(v) for v in inds[bi, h if inds.shape[1] > 1 else 0, qi, j])
+                    cy = _clampf(y, 0.0, H - 1.0)
+                    cx = _clampf(x, 0.0, W - 1.0)
+                    if itype == "int":
+                        cy, cx = float(np.round(cy)), float(np.round(cx))
+                    cy = _clampf(cy, r, H - 1 - r)
+                    cx = _clampf(cx, r, W - 1 - r)
+                    for dy in range(-r, r + 1):
+                        for dx in range(-r, r + 1):
+                            pos = (s, cy + dy, cx + dx)
+                            if first is None:
+                                first = pos
+                            is_self = s == t and abs(pos[1] - qy) < 1e-4 and abs(pos[2] - qx) < 1e-4
+                            if exclude_self and is_self:
+                                continue
+                            if pos in seen:
+                                continue
+                            seen.add(pos)
+                            kpatch = read_patch(keys[bi], int(s), pos[1], pos[2], ps, pt, dilation, chans)
+                            cands.append((_distance(qpatch, kpatch, dist), *pos))
+                sign = 1.0 if dist == "l2" else -1.0
+                best = sorted(cands, key=lambda c: (sign * c[0], c[1], c[2], c[3]))[:k]
+                best += [(worst, *first)] * (k - len(best))
+                for ki, (d, s, ky, kx) in enumerate(best):
+                    dists[bi, h, qi, ki] = d
+                    out[bi, h, qi, ki] = (s, ky, kx)
+    return dists, out
 
 
 # --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "napari_stnls"
 # rank of each layer: a module may import its own layer and those of lower rank
-LAYERS = {"ops": 0, "video": 1, "denoise": 2, "stream": 3, "plugin": 4, "cli": 4}
+LAYERS = {"ops": 0, "video": 1, "denoise": 2, "nn": 2, "stream": 3, "plugin": 4, "cli": 4}
 ANYWHERE = {"_util"}  # importable by every layer; it imports nothing of the package itself
 ENTRY = {"__init__", "__main__", "flow", "data"}  # the package's own files: entry points and re-exports
 QT = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "magicgui", "vispy")

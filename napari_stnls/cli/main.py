@@ -1,17 +1,19 @@
 """Command line: ``napari-stnls demo [--out PATH] [--device cpu|cuda|auto]`` and
-``napari-stnls denoise IN OUT --sigma S [--method nlb|nlm|skimage] [--region t0:t1,y0:y1,x0:x1 ...]
-[--flow tvl1|ilk|dis|none]``.
+``napari-stnls denoise IN OUT [--sigma S] [--axes TYX] [--noise gaussian|poisson-gaussian [--gain G]]
+[--method nlb|nlm|skimage] [--region t0:t1,y0:y1,x0:x1 ...] [--flow tvl1|ilk|dis|none] [--lossless]``.
 
 The parser and the dispatch; each command lives in its own module (:mod:`.denoise`,
-:mod:`.demo`), imported only when it runs. Also reachable as ``python -m napari_stnls``.
-Exit status: 0 on success, 2 on bad
-arguments or when the output cannot be written, 130 when interrupted (Ctrl-C; nothing is
-written then).
+:mod:`.demo`), imported only when it runs (after the Ctrl-C handler is in place, so that an
+interrupt during ``import torch`` is handled too). Also reachable as ``python -m napari_stnls``.
+Exit status: 0 on success, 2 on bad arguments (all checked before any computation) or when
+the output cannot be written, 130 when interrupted (Ctrl-C, at any moment: one line on
+stderr, and nothing is left under the output's name).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .. import __version__
@@ -29,8 +31,39 @@ def _positive_int(text: str) -> int:
     return v
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``napari-stnls denoise: error: ...`` and status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+DENOISE_EXAMPLES = """\
+examples:
+  # an 8-bit video, noise of 20 grey levels; the output keeps the input's frame rate
+  napari-stnls denoise noisy.mp4 restored.mp4 --sigma 20
+
+  # only two regions of a TIFF, with NL-means and the ILK flow
+  napari-stnls denoise noisy.tif restored.tif --sigma 20 --method nlm --flow ilk \\
+      --region 0:5,100:300,200:400 --region 8:12,0:64,0:64
+
+  # a 16-bit microscopy time-lapse (frames, rows, columns), noise of 150 counts:
+  # sigma is in the data's own units, and the output is uint16 too
+  napari-stnls denoise cells.tif cells_denoised.tif --axes TYX --sigma 150 --flow none
+
+  # the same with photon noise: Poisson-Gaussian, gain and read noise estimated from the data
+  napari-stnls denoise cells.tif cells_denoised.tif --axes TYX --noise poisson-gaussian --flow none
+
+  # a two-channel z-stack: neighbouring slices are searched like neighbouring frames
+  napari-stnls denoise stack.tif stack_denoised.tif --axes ZCYX --sigma 80 --flow none
+
+  # larger than memory: tile by tile into a zarr store; run it again to resume
+  napari-stnls denoise huge.npy restored.zarr --sigma 20 --tile 8,256,256 --flow-files ff.npy bf.npy
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="napari-stnls",
         description="Space-time non-local patch search for videos: the demo, and denoising of video files.",
     )
@@ -76,19 +109,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     den = sub.add_parser(
         "denoise",
-        help="restore a video (or regions of it) with non-local patch methods along the flow",
+        help="restore a video, image stack or regions of it with non-local patch methods along the flow",
         description=(
-            "Denoise a video file (.npy, multi-page TIFF or .mp4/.avi/.mov/.mkv; frames (T, H, W[, C])) "
-            "with video non-local Bayes or NL-means whose search follows the optical flow. The output "
-            "is written atomically and never over the input."
+            "Denoise a video or image stack (.npy, TIFF, .zarr or .mp4/.avi/.mov/.mkv) of any pixel type "
+            "(8 or 16 bits, float) and layout (--axes) with video non-local Bayes or NL-means, whose search "
+            "follows the optical flow. The output has the input's type and layout; it is written under a "
+            "temporary name and renamed when complete, never over the input."
         ),
+        epilog=DENOISE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     den.add_argument("input", metavar="IN",
-                     help="input video (.npy, .tif, .tiff, .mp4, .avi, .mov, .mkv, .gif)")
+                     help="input (.npy, .tif, .tiff, .mp4, .avi, .mov, .mkv, .gif; .zarr with --tile)")
     den.add_argument("output", metavar="OUT",
-                     help="output video (the same types but .gif; video files as H.264, crf 1)")
-    den.add_argument("--sigma", type=float, required=True,
-                     help="noise standard deviation on the 0-255 scale (e.g. 20)")
+                     help="output (.npy, .tif, .tiff, or .mp4/.avi/.mov/.mkv: H.264 yuv420p at the input's "
+                          "frame rate; .zarr or .npy with --tile)")
+    den.add_argument("--sigma", type=float, default=None,
+                     help="noise standard deviation in the input's own units: grey levels for 8-bit video "
+                          "(e.g. 20), counts for 16-bit data, the values themselves for float data; with "
+                          "--noise poisson-gaussian the read noise (>= 0); default: estimated from the data "
+                          "(printed; needed with --tile)")
+    den.add_argument("--noise", choices=("gaussian", "poisson-gaussian"), default="gaussian",
+                     help="noise model: gaussian (one sigma) or poisson-gaussian (variance gain * signal + "
+                          "sigma^2: photon counts; stabilised by the generalised Anscombe transform) "
+                          "(default: %(default)s)")
+    den.add_argument("--gain", type=float, default=None,
+                     help="with --noise poisson-gaussian: the gain, in the input's units per photon; "
+                          "default: estimated from the data")
+    den.add_argument("--axes", default=None, metavar="AXES",
+                     help="the input's layout over the letters T Z Y X C (e.g. YX, TYX, TYXC, ZYX, TZYX, "
+                          "ZCYX); the searched axis is T, or Z without T; default: (T, H, W) or "
+                          "(T, H, W, C)")
     den.add_argument("--method", choices=("nlb", "nlm", "skimage"), default="nlb",
                      help="nlb: two-step video non-local Bayes; nlm: NL-means; skimage: scikit-image's "
                           "NL-means per frame, no flow (default: %(default)s)")
@@ -99,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: %(default)s)")
     den.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="where to compute (default: %(default)s)")
+    den.add_argument("--lossless", action="store_true",
+                     help="video output near-lossless (H.264 yuv444p, crf 0; about twice the size) instead "
+                          "of yuv420p at crf 17")
     den.add_argument("--quiet", action="store_true", help="no progress bar")
     den.add_argument("--tile", type=_tile, default=None, metavar="T,H,W",
                      help="stream tile by tile (bounded memory): IN a video file, .npy (memory-mapped) or "
@@ -134,18 +188,40 @@ def _region(text: str) -> tuple[int, int, int, int, int, int]:
         raise argparse.ArgumentTypeError(f"expected t0:t1,y0:y1,x0:x1 with integers, got {text!r}") from None
 
 
+def _interrupt_once(signum, frame):
+    """SIGINT: a KeyboardInterrupt the first time; later ones are ignored while it unwinds (the
+    cleanup of temporary files is not itself interrupted)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``napari-stnls`` console script; returns the exit status."""
+    """Entry point of the ``napari-stnls`` console script; returns the exit status.
+
+    Ctrl-C at any moment, the imports included, ends it with one line on stderr and status 130.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _demo(parser, args)
-    if args.command == "denoise":
-        from .denoise import run_denoise
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGINT, _interrupt_once)
+    except ValueError:  # not the main thread: the default handling stays
+        pass
+    try:
+        if args.command == "demo":
+            return _demo(parser, args)
+        if args.command == "denoise":
+            from .denoise import run_denoise  # imports torch: after the handler
 
-        return run_denoise(args)
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover (argparse rejects it first)
-    return 2  # pragma: no cover
+            return run_denoise(args)
+        parser.error(f"unknown command {args.command!r}")  # pragma: no cover (argparse rejects it first)
+        return 2  # pragma: no cover
+    except KeyboardInterrupt:
+        print(f"napari-stnls {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _demo(parser: argparse.ArgumentParser, args) -> int:

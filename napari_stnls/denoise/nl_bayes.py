@@ -10,7 +10,8 @@ import torch
 from .._util import Steps
 from ..ops import Region, gather, scatter, search
 from ._prep import prepare, split_bands
-from .params import nl_bayes_params
+from .convert import run
+from .params import COUPLED_CHANNELS, nl_bayes_params
 
 __all__ = ["nl_bayes"]
 
@@ -220,7 +221,7 @@ def _bands(r: Region, reach: int, rows: int, shape, stride0: int) -> list[Region
     return split_bands(r, reach, -(-rows // stride0) * stride0, shape)
 
 
-def nl_bayes(
+def _nl_bayes(
     video,
     sigma: float,
     *,
@@ -316,8 +317,10 @@ def nl_bayes(
     opp = bool(opponent) and C == 3
     if opp:
         xd = _to_opp(xd)
-    cfg1 = dict(ps=p["ps"], k=p["k"], thresh=p["thresh"], skip=p["skip"], couple=not opp, luma_search=opp)
-    cfg2 = dict(ps=p["ps2"], k=p["k2"], thresh=p["thresh2"], skip=p["skip2"], couple=True, luma_search=False)
+    joint = C <= COUPLED_CHANNELS  # more channels: each filtered on its own (covariances grow as C^2)
+    cfg1 = dict(ps=p["ps"], k=p["k"], thresh=p["thresh"], skip=p["skip"], couple=not opp and joint,
+                luma_search=opp)
+    cfg2 = dict(ps=p["ps2"], k=p["k2"], thresh=p["thresh2"], skip=p["skip2"], couple=joint, luma_search=False)
     ws, wt, s0, pt = p["ws"], p["wt"], p["stride0"], p["pt"]
     # step 2 reads the basic estimate around the region: up to ws//2 + ps2 pixels (plus the
     # flow) away in space and wt frames in time
@@ -353,3 +356,101 @@ def nl_bayes(
                 keep[:, r.t0:r.t1, :, r.y0:r.y1, r.x0:r.x1] = False
             final = torch.where(keep, x.to(final), final)
     return back(final.to(x.device))
+
+
+def nl_bayes(
+    video,
+    sigma: float,
+    *,
+    ps: int | None = None,
+    ps2: int | None = None,
+    pt: int | None = None,
+    ws: int | None = None,
+    wt: int | None = None,
+    k: int | None = None,
+    k2: int | None = None,
+    stride0: int | None = None,
+    thresh: float | None = None,
+    thresh2: float | None = None,
+    opponent: bool = True,
+    axes: str | None = None,
+    data_range=None,
+    noise: str = "gaussian",
+    gain: float | None = None,
+    flows=None,
+    region=None,
+    device: str | torch.device | None = None,
+    band_rows: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    skip: float | None = None,
+    skip2: float | None = None,
+):
+    """Two-step video non-local Bayes (after Arias & Morel's VNLB), along the flow.
+
+    Step 1 groups the ``k`` most similar space-time patches (``ps x ps`` pixels over ``pt``
+    frames) of every reference patch on a grid of spacing ``stride0`` and filters each
+    group with the eigen-decomposition of its covariance: ``x = m + U diag(g) U^T (y - m)``
+    where ``g = l / (l + sigma^2)`` for the signal variances ``l = lambda - sigma^2`` above
+    ``thresh * sigma^2`` and 0 below. Every filtered patch is aggregated (averaged where
+    patches overlap). Step 2 searches again on that basic estimate, takes its covariance as
+    the oracle (``l = lambda_basic``, threshold ``thresh2``) and filters with ``k2`` patches
+    of side ``ps2``.
+
+    Channels: three-channel (colour) videos are first taken to an orthonormal opponent space
+    (Y, U, V), where the noise keeps its sigma; step 1 matches on Y and filters each channel
+    on its own, step 2 matches on and filters all channels jointly. Any other number of
+    channels (two-channel fluorescence, RGBA, ...) gets no colour transform: both steps
+    search on all channels together, and each group is filtered on all channels jointly up
+    to :data:`~napari_stnls.denoise.params.COUPLED_CHANNELS` channels, channel by channel
+    above (the joint covariances grow as C^2).
+
+    References are processed frame after frame, and from the second frame of a step on, a
+    reference whose pixel the groups of the earlier frames already estimated at least
+    ``skip * ps * ps * pt`` times (``skip2 * ps2 * ps2 * pt`` in step 2) is skipped: VNLB's
+    "paste trick", decided frame by frame so that the result does not depend on how the
+    work is cut into bands (nor on the number of threads).
+
+    Parameters
+    ----------
+    video, sigma, axes, data_range, noise, gain, flows, region, device, band_rows, progress, should_stop
+        As for :func:`~napari_stnls.denoise.nl_means`: any real type, range and layout,
+        ``sigma`` in the video's units.
+    ps, ps2, pt, ws, wt, k, k2, stride0, thresh, thresh2 : optional
+        Patch side in steps 1 and 2, frames per patch, search window side, temporal
+        radius, group sizes in steps 1 and 2, spacing of the reference patches, variance
+        thresholds in steps 1 and 2. None takes the value tuned for the noise relative to
+        the data's range (:func:`~napari_stnls.denoise.nl_bayes_params` of
+        ``sigma / (hi - lo)``).
+    opponent : bool
+        Work in the opponent colour space (3-channel videos only).
+    skip, skip2 : float, optional
+        How many patches' worth of estimates a pixel needs from earlier frames' groups for
+        its reference to be skipped, in steps 1 and 2 (0: none is). None takes the value
+        tuned for the noise (:func:`~napari_stnls.denoise.nl_bayes_params`). Tiles of a
+        video (``napari_stnls.stream``) equal the whole video's result only without skipping.
+
+    Returns
+    -------
+    The type, dtype, shape and layout of ``video`` (integers rounded and clipped). Regions:
+    each one is restored on its own (step 1 on the region dilated by the reach of step 2's
+    search, step 2 on the region), so its result is the same whether it is given alone or
+    with others (where regions overlap, the last one listed gives the value); pixels outside
+    every region are returned unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> clean = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (3, 24, 1))
+    >>> noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape).astype(np.float32)
+    >>> out = nl_bayes(noisy, 0.1, ws=7, device="cpu")
+    >>> bool(np.abs(out - clean).mean() < 0.5 * np.abs(noisy - clean).mean())
+    True
+    >>> u8 = np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)   # the same in grey levels
+    >>> nl_bayes(u8, 25.5, ws=7, device="cpu").dtype
+    dtype('uint8')
+    """
+    return run(_nl_bayes, video, sigma, noise=noise, gain=gain, axes=axes, data_range=data_range,
+               flows=flows, region=region, progress=progress, should_stop=should_stop, ps=ps, ps2=ps2, pt=pt,
+               ws=ws, wt=wt, k=k, k2=k2, stride0=stride0, thresh=thresh, thresh2=thresh2, opponent=opponent,
+               device=device, band_rows=band_rows, skip=skip, skip2=skip2)

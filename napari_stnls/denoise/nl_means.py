@@ -9,12 +9,129 @@ import torch
 from .._util import Steps
 from ..ops import aggregate, search
 from ._prep import prepare, split_bands
+from .convert import run
 from .params import nl_means_params
 
 __all__ = ["nl_means"]
 
 
 def nl_means(
+    video,
+    sigma: float,
+    *,
+    ps: int | None = None,
+    ws: int = 11,
+    wt: int = 2,
+    k: int | None = None,
+    h: float = 0.5,
+    axes: str | None = None,
+    data_range=None,
+    noise: str = "gaussian",
+    gain: float | None = None,
+    flows=None,
+    region=None,
+    device: str | torch.device | None = None,
+    band_rows: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
+    """Space-time NL-means along the optical flow.
+
+    Every query patch is replaced by the weighted mean of its ``k`` nearest space-time
+    patches (search -> weights -> aggregate), and overlapping patches are averaged. All
+    channels are searched and weighted together, whatever their number.
+
+    Parameters
+    ----------
+    video : ndarray in the layout ``axes`` names, or Tensor (B, T, C, H, W)
+        Noisy video of any real type (uint8, uint16, other integers, float16/32/64) and any
+        value range. It is never modified.
+    sigma : float
+        Noise standard deviation in the video's own units: 20 for uint8 data whose noise is
+        20 grey levels, 0.08 for float data in [0, 1] with that noise, 150 for uint16 counts.
+        A finite number > 0.
+    ps, ws, wt, k
+        Patch side, search-window side, temporal radius and number of neighbours
+        (see :func:`napari_stnls.ops.search`). ``ps`` and ``k`` default to the values
+        tuned for the noise relative to the data's range
+        (:data:`~napari_stnls.denoise.params.NLM_TABLE`, keyed by ``sigma / (hi - lo) * 255``:
+        ``ps`` 7; ``k`` 16 at 10, 24 at 20-30 and 48 from 40 on, interpolated between).
+    h : float
+        Filtering strength: a neighbour at normalised distance ``d`` (squared patch
+        difference divided by ``ps*ps*C*sigma^2``) gets weight ``exp(-max(d - 2, 0) / h^2)``;
+        two noisy copies of the same patch have ``d`` close to 2.
+    axes : str, optional
+        The array's layout over the letters ``T Z Y X C`` (``"YX"``, ``"TYX"``, ``"TYXC"``,
+        ``"ZYX"``, ``"TZYX"``, ``"CTYX"``, ...; see :mod:`napari_stnls.video.axes`). The searched
+        axis is T, or Z without T; with both, each z-slice's time series is denoised on its
+        own; an image is a video of one frame. Default: inferred from the number of
+        dimensions ((H, W), (T, H, W), (T, H, W, C) with C <= 4). Tensors are (B, T, C, H, W)
+        when ``axes`` is None.
+    data_range : float or (lo, hi), optional
+        The range of the signal, in the video's units: the default parameters follow
+        ``sigma`` relative to it, and the computation runs on ``(x - lo) / (hi - lo)``.
+        Default: estimated (:func:`~napari_stnls.denoise.signal_range`), which makes the
+        result equivariant: ``f(a*x + b, a*sigma) == a*f(x, sigma) + b``. A number ``r`` is
+        ``(0, r)``; ``1.0`` computes on the values as they are (the behaviour of versions
+        without this argument, for data in [0, 1]).
+    noise : {"gaussian", "poisson-gaussian"}
+        The noise model. ``"poisson-gaussian"``: variance ``gain * x + sigma^2`` at signal
+        ``x`` (photon counts: ``sigma`` is then the read noise, >= 0); the video is stabilised
+        by the generalised Anscombe transform, denoised with noise 1 and taken back by the
+        exact unbiased inverse (:mod:`napari_stnls.denoise.noise`).
+        :func:`~napari_stnls.denoise.estimate_noise` estimates ``gain`` and ``sigma``.
+    gain : float, optional
+        With ``noise="poisson-gaussian"``: the gain, in the video's units per photon.
+    flows : (fflow, bflow), optional
+        Each (B, T, 2, H, W) (B = 1, or one per video of a ``TZYX`` stack) or (T, 2, H, W),
+        as for :func:`napari_stnls.ops.search`, in pixels along the searched axis.
+    region : Region or 6-tuple or list of them, optional
+        Restore only these regions ``(t0, t1, y0, y1, x0, x1)`` (t along the searched axis;
+        the same in every z-slice and batch entry); pixels outside every region are returned
+        unchanged, bit for bit. A pixel's value depends only on the patches that cover it,
+        so the result inside a region is the same as when the whole video is processed.
+    device : str or torch.device, optional
+        Where to compute; default: CUDA when available, else the CPU.
+    band_rows : int, optional
+        Rows of queries processed at once (bounds memory); default from a 256 MiB budget.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each band of queries.
+    should_stop : callable, optional
+        Polled before each band; when it returns True, :class:`~napari_stnls._util.Cancelled`
+        is raised and no result is returned.
+
+    Returns
+    -------
+    The type, dtype, shape and layout of ``video`` (integers rounded and clipped to their
+    type's range).
+
+    Raises
+    ------
+    Cancelled
+        When ``should_stop()`` returned True.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> clean = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (3, 24, 1))
+    >>> noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape).astype(np.float32)
+    >>> out = nl_means(noisy, 0.1, ws=7, k=8, device="cpu")
+    >>> out.shape, bool(np.abs(out - clean).mean() < np.abs(noisy - clean).mean())
+    ((3, 24, 32), True)
+
+    16-bit counts, sigma in counts, a z-stack searched slice to slice:
+
+    >>> counts = np.clip(np.rint(noisy * 3000 + 200), 0, None).astype(np.uint16)
+    >>> out = nl_means(counts, 300, axes="ZYX", ws=7, k=8, device="cpu")
+    >>> out.dtype, out.shape
+    (dtype('uint16'), (3, 24, 32))
+    """
+    return run(_nl_means, video, sigma, noise=noise, gain=gain, axes=axes, data_range=data_range,
+               flows=flows, region=region, progress=progress, should_stop=should_stop, ps=ps, ws=ws, wt=wt,
+               k=k, h=h, device=device, band_rows=band_rows)
+
+
+def _nl_means(
     video,
     sigma: float,
     *,
@@ -30,57 +147,8 @@ def nl_means(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ):
-    """Space-time NL-means along the optical flow.
-
-    Parameters
-    ----------
-    video : Tensor (B, T, C, H, W) or ndarray (T, H, W[, C])
-        Noisy video with values in [0, 1]. It is never modified.
-    sigma : float
-        Noise standard deviation on the same scale (sigma=20 on the 0-255 scale is 20/255).
-    ps, ws, wt, k
-        Patch side, search-window side, temporal radius and number of neighbours
-        (see :func:`napari_stnls.ops.search`). ``ps`` and ``k`` default to the values
-        tuned for ``sigma`` (:data:`~napari_stnls.denoise.params.NLM_TABLE`: ``ps`` 7; ``k`` 16
-        at sigma 10/255, 24 at 20-30/255 and 48 from 40/255 on, interpolated between).
-    h : float
-        Filtering strength: a neighbour at normalised distance ``d`` (squared patch
-        difference divided by ``ps*ps*C*sigma^2``) gets weight ``exp(-max(d - 2, 0) / h^2)``;
-        two noisy copies of the same patch have ``d`` close to 2.
-    flows : (Tensor, Tensor), optional
-        ``(fflow, bflow)``, each (B, T, 2, H, W), as for search.
-    region : Region or 6-tuple or list of them, optional
-        Restore only these regions; pixels outside every region are returned unchanged.
-        A pixel's value depends only on the patches that cover it, so the result inside a
-        region is the same as when the whole video is processed.
-    device : str or torch.device, optional
-        Where to compute; default: CUDA when available, else the CPU.
-    band_rows : int, optional
-        Rows of queries processed at once (bounds memory); default from a 256 MiB budget.
-    progress : callable, optional
-        Called as ``progress(done, total)`` after each band of queries.
-    should_stop : callable, optional
-        Polled before each band; when it returns True, :class:`~napari_stnls._util.Cancelled`
-        is raised and no result is returned.
-
-    Returns
-    -------
-    Same type and layout as ``video``.
-
-    Raises
-    ------
-    Cancelled
-        When ``should_stop()`` returned True.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> clean = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (3, 24, 1))
-    >>> noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape).astype(np.float32)
-    >>> out = nl_means(noisy, 0.1, ws=7, k=8, device="cpu")
-    >>> out.shape, bool(np.abs(out - clean).mean() < np.abs(noisy - clean).mean())
-    ((3, 24, 32), True)
-    """
+    """:func:`nl_means` on a float (B, T, C, H, W) tensor (or (T, H, W[, C]) float array)
+    whose signal spans about [0, 1], ``sigma`` on that scale; returns the same type."""
     x, back, xd, flows, regions = prepare(video, sigma, device, region, flows, band_rows)
     tuned = nl_means_params(sigma, x.shape[1], ws, wt)
     ps = tuned["ps"] if ps is None else ps

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NLB_SIGMAS", "NLB_TABLE", "NLM_TABLE", "SKIMAGE_H", "nl_bayes_params", "nl_means_params",
+__all__ = ["COUPLED_CHANNELS", "NLB_SIGMAS", "NLB_TABLE", "NLM_TABLE", "SKIMAGE_H", "nl_bayes_params",
+           "nl_means_params",
            "skimage_h"]
 
-# Default parameters of nl_bayes per noise level (sigma on the 0-255 scale), tuned on
+# nl_bayes filters the channels of a group jointly up to this many (but 3, which it takes to
+# an opponent colour space and filters one by one in step 1), one by one above.
+COUPLED_CHANNELS = 4
+
+# Default parameters of nl_bayes per noise level (sigma relative to the signal's range, times
+# 255: sigma on the 0-255 scale for 8-bit data that fills its range), tuned on
 # generated videos (benchmarks/tune_nlb.py), never on the benchmark clips.
 NLB_SIGMAS = (10.0, 20.0, 30.0, 40.0, 50.0)
 NLB_TABLE: dict[str, tuple[float, ...]] = {
@@ -41,7 +47,8 @@ SKIMAGE_H: dict[str, tuple[float, ...]] = {
 
 
 def nl_means_params(sigma: float, frames: int, ws: int = 11, wt: int = 2) -> dict:
-    """The patch side ``ps`` and neighbour count ``k`` that ``nl_means`` uses for ``sigma``.
+    """The patch side ``ps`` and neighbour count ``k`` that ``nl_means`` uses for ``sigma``
+    relative to the signal's range (``sigma / (hi - lo)``).
 
     Interpolated in :data:`NLM_TABLE` (``ps`` made odd), ``k`` capped at the candidates of
     a window of ``ws`` x ``ws`` pixels in ``min(frames, 2*wt+1)`` frames. Callers that split
@@ -62,7 +69,8 @@ def nl_means_params(sigma: float, frames: int, ws: int = 11, wt: int = 2) -> dic
 
 
 def nl_bayes_params(sigma: float, channels: int = 3) -> dict:
-    """The default parameters of ``nl_bayes`` for noise ``sigma`` (on the [0, 1] scale).
+    """The default parameters of ``nl_bayes`` for noise ``sigma`` relative to the signal's range
+    (``sigma / (hi - lo)``: the [0, 1] scale), for a video of ``channels`` channels.
 
     Interpolated linearly (in sigma*255) between the rows of :data:`NLB_TABLE`, tuned on
     generated videos (see ``benchmarks/tune_nlb.py``); clamped outside 10..50.
@@ -80,9 +88,10 @@ def nl_bayes_params(sigma: float, channels: int = 3) -> dict:
         out[name] = v if name.startswith(("thresh", "skip")) else int(round(v))
     for name in ("ps", "ps2", "ws"):  # odd sides
         out[name] += 1 - out[name] % 2
-    d = out["pt"] * out["ps"] ** 2 * (1 if channels == 3 else channels)
+    joint = channels if channels <= COUPLED_CHANNELS else 1  # values per pixel of a filtered patch
+    d = out["pt"] * out["ps"] ** 2 * (1 if channels == 3 else joint)
     out["k"] = max(out["k"], d + 1)
-    out["k2"] = max(out["k2"], out["pt"] * out["ps2"] ** 2 * channels + 1)
+    out["k2"] = max(out["k2"], out["pt"] * out["ps2"] ** 2 * joint + 1)
     return out
 
 

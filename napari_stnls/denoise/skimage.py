@@ -9,6 +9,7 @@ import torch
 from .._util import Steps
 from ..ops import Region
 from ._prep import dilate, prepare
+from .convert import run
 from .params import skimage_h
 
 __all__ = ["skimage_nl_means"]
@@ -22,6 +23,10 @@ def skimage_nl_means(
     h: float | None = None,
     patch_size: int = 5,
     patch_distance: int = 6,
+    axes: str | None = None,
+    data_range=None,
+    noise: str = "gaussian",
+    gain: float | None = None,
     region=None,
     flows=None,
     device: str | torch.device | None = None,
@@ -32,20 +37,21 @@ def skimage_nl_means(
 
     The baseline the other denoisers are compared with: :func:`skimage.restoration.denoise_nl_means`
     in fast mode, with the noise variance subtracted from the patch distances
-    (``sigma`` passed on), colour channels searched together.
+    (``sigma`` passed on), all channels searched together (any number).
 
     Parameters
     ----------
-    video : Tensor (B, T, C, H, W) or ndarray (T, H, W[, C])
-        Noisy video with values in [0, 1]. It is never modified.
-    sigma : float
-        Noise standard deviation on the same scale.
+    video, sigma, axes, data_range, noise, gain
+        As for :func:`~napari_stnls.denoise.nl_means`: any real type, range and layout,
+        ``sigma`` in the video's units (``h`` too; with ``noise="poisson-gaussian"``, ``h`` is
+        in the stabilised units, where the noise is 1).
     mode : {"2d", "3d"}
         ``"2d"``: every frame on its own (square patches and windows); ``"3d"``: the
         (T, H, W) volume, with cubic patches and windows reaching ``patch_distance`` frames
         before and after (no motion compensation).
     h : float, optional
-        Filtering strength; default ``f * sigma`` with ``f`` interpolated in sigma*255 from
+        Filtering strength, in the video's units; default ``f * sigma`` with ``f``
+        interpolated in ``sigma / (hi - lo) * 255`` from
         :data:`~napari_stnls.denoise.params.SKIMAGE_H` (tuned on generated videos: 0.75 at
         sigma 10 down to 0.5 at 40 in 2-D, 0.5 down to 0.3 in 3-D).
     patch_size, patch_distance : int
@@ -63,7 +69,7 @@ def skimage_nl_means(
 
     Returns
     -------
-    Same type and layout as ``video``.
+    The type, dtype, shape and layout of ``video`` (integers rounded and clipped).
 
     Examples
     --------
@@ -74,6 +80,29 @@ def skimage_nl_means(
     >>> out.shape, bool(np.abs(out - clean).mean() < np.abs(noisy - clean).mean())
     ((3, 24, 32), True)
     """
+    if h is not None and (isinstance(h, bool) or not isinstance(h, (int, float)) or not h > 0):
+        raise ValueError(f"h: expected a positive number, got {h!r}")
+    return run(_skimage_nl_means, video, sigma, noise=noise, gain=gain, axes=axes, data_range=data_range,
+               flows=flows, region=region, progress=progress, should_stop=should_stop, units=("h",),
+               mode=mode, h=h, patch_size=patch_size, patch_distance=patch_distance, device=device)
+
+
+def _skimage_nl_means(
+    video,
+    sigma: float,
+    *,
+    mode: str = "2d",
+    h=None,
+    patch_size: int = 5,
+    patch_distance: int = 6,
+    region=None,
+    flows=None,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
+    """:func:`skimage_nl_means` on a float (B, T, C, H, W) tensor (or (T, H, W[, C]) float
+    array) whose signal spans about [0, 1], ``sigma`` and ``h`` on that scale."""
     from skimage.restoration import denoise_nl_means
 
     x, back, _, _, regions = prepare(video, sigma, "cpu", region, None, None)

@@ -15,7 +15,7 @@ import torch
 __all__ = ["ATOMIC_ON_CUDA", "call", "on_cpu", "rerouted"]
 
 # The steps whose CUDA form adds with atomics, so that their last bits vary run to run:
-# four compiled kernels, and two steps of the search's PyTorch glue whose CUDA backward
+# four compiled kernels, and three steps of the search's and refine's PyTorch glue whose CUDA backward
 # (indexing) adds with atomics (measured: the flows' gradient then varied on an H100).
 ATOMIC_ON_CUDA = frozenset({
     "search_dists_backward",  # the search's gradient to the videos
@@ -24,6 +24,7 @@ ATOMIC_ON_CUDA = frozenset({
     "aggregate_patches",  # (aggregate_grid works in fold form, with no atomics)
     "search_centres",  # the flow chaining
     "search_positions",  # candidate ids -> positions
+    "refine_positions",  # refine's candidate ids -> positions (gradient to the given positions)
 })
 
 

@@ -17,7 +17,7 @@ import torch
 __all__ = ["BACKENDS", "ENV", "LOAD_ERROR", "OPS", "backend_info", "has_kernel", "reference_reason",
            "use_compiled"]
 
-OPS = ("search", "iunfold", "ifold", "gather", "scatter", "aggregate")
+OPS = ("search", "refine", "iunfold", "ifold", "gather", "scatter", "aggregate")
 BACKENDS = ("reference", "cpu", "cuda")
 ENV = "NAPARI_STNLS_BACKEND"
 
@@ -37,6 +37,7 @@ except (ImportError, OSError) as e:  # missing build, or built against another t
 # The operators each public op calls (forward, backward, and the kernels it chooses between).
 OPERATORS = {
     "search": ("search_topk", "search_topk_box", "search_dists", "search_dists_backward"),
+    "refine": ("refine_topk", "search_dists", "search_dists_backward"),
     "iunfold": ("iunfold_patches", "ifold_patches"),
     "ifold": ("ifold_patches", "iunfold_patches"),
     "gather": ("gather_patches", "gather_patches_backward"),
@@ -145,12 +146,12 @@ def backend_info(reasons: bool = False) -> dict[str, dict[str, str]] | dict[str,
     Returns
     -------
     dict
-        ``{op: {"cpu": name, "cuda": name}}`` for the six ops (search, iunfold, ifold, gather,
-        scatter, aggregate), ``name`` being "reference", "cpu" or "cuda", or "unavailable"
+        ``{op: {"cpu": name, "cuda": name}}`` for the seven ops (search, refine, iunfold, ifold,
+        gather, scatter, aggregate), ``name`` being "reference", "cpu" or "cuda", or "unavailable"
         where ``NAPARI_STNLS_BACKEND`` names a compiled backend that cannot run there. With
         ``reasons=True``, each value is ``{"backend": name, "reason": why}`` instead, ``why``
         being None where the compiled kernels run. The calls that the compiled kernels do not
-        take (search with ps > 32, pt > 8, or k > 128 on CUDA; gather, scatter and aggregate
+        take (search and refine with ps > 32, pt > 8, or k > 128 on CUDA; gather, scatter and aggregate
         with ps > 32 or pt > 8) run the reference in any case.
 
     Examples

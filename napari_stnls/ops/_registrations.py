@@ -4,6 +4,8 @@ traces them, and autograd, each through its own backward operator.
 The schemas and the CPU/CUDA kernels are in ``csrc/``. Registered once, at import of
 ``napari_stnls.ops``, where the compiled module has loaded.
 
+* ``refine_topk`` returns ids and distances like the search's top-k, with no gradient
+  (refine's distances are ``search_dists``').
 * ``search_dists`` is differentiable w.r.t. both videos and float positions through
   ``search_dists_backward``; ``search_topk`` and ``search_topk_box`` return ids and the
   distances they selected by, with no gradient.
@@ -53,6 +55,11 @@ def _register_search() -> None:
     def _(queries, keys, coords, centres, frames, offsets, grid, stride0, ps, pt, dilation, nheads, k, l2,
           exclude_self):
         return topk_fake(queries, coords, nheads, k)
+
+    @torch.library.register_fake("napari_stnls::refine_topk")
+    def _(queries, keys, coords, centres, wr, ps, pt, dilation, k, l2, exclude_self):
+        shape = (queries.shape[0], centres.shape[1], coords.shape[0], k)
+        return queries.new_empty(shape, dtype=acc_dtype(queries.dtype)), coords.new_empty(shape)
 
     @torch.library.register_fake("napari_stnls::search_dists")
     def _(queries, keys, coords, kpos, ps, pt, dilation, l2, given=None):

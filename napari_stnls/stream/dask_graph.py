@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from .._util import resolve_device
+from ..denoise import range_frames, range_of_frames
 from . import methods
 from .process import make_plan
 from .sources import FlowCrops, VideoCrops
@@ -57,7 +58,8 @@ def denoise_dask(
         (T, H, W) or (T, H, W, C); integer pixels are scaled to [0, 1].
     method, params, flows, max_flow
         As for :func:`process`. Without ``max_flow``, the bound is computed from the flows
-        now (one pass).
+        now (one pass); without ``data_range``, the video's range is computed now from up
+        to 16 of its frames.
     tile : (frames, rows, columns), optional
         The output chunks; default one frame (1, H, W).
     device : str, optional
@@ -92,8 +94,12 @@ def denoise_dask(
         tile = (1, H, W)
 
     fl = FlowCrops(flows, (T, H, W), max_flow)
-    plan = make_plan((T, H, W, 1 if gray else dv.shape[3]), tuple(dv.shape), method, params, tile, fl)
     dvf = dv.astype(np.float32) / scale if scale != 1.0 else dv.astype(np.float32)
+    if isinstance(method, str) and params.get("data_range") is None:
+        # once, on the whole video (the frames it needs are computed now), for every tile
+        frames = dask.compute(*[dvf[t] for t in range_frames(T)], scheduler="synchronous")
+        params = {**params, "data_range": range_of_frames(f if f.ndim == 3 else f[..., None] for f in frames)}
+    plan = make_plan((T, H, W, 1 if gray else dv.shape[3]), tuple(dv.shape), method, params, tile, fl)
     dflows = None
     if fl.readers is not None:  # each (T, 2, H, W): dask as given, else wrapped
         dflows = [src if hasattr(src, "dask") else da.from_array(src, chunks=(1, 2, H, W), asarray=False)

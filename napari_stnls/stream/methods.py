@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .._util import Cancelled
-from ..denoise import nl_bayes, nl_bayes_params, nl_means, nl_means_params
+from ..denoise import nl_bayes, nl_bayes_params, nl_means, nl_means_params, resolve_range
 from ..ops import Region, gather, search
 from .tiling import HaloSpec
 
@@ -76,7 +76,8 @@ class SearchFunction:
 
 METHOD_NAMES = {"nlm": "nlm", "nl_means": "nlm", "nlb": "nlb", "nl_bayes": "nlb"}
 NLM_DEFAULTS = dict(ps=None, ws=11, wt=2, k=None, h=0.5)  # ps, k: nl_means_params
-NLB_KEYS = ("ps", "ps2", "pt", "ws", "wt", "k", "k2", "stride0", "thresh", "thresh2", "opponent")
+NLB_KEYS = ("ps", "ps2", "pt", "ws", "wt", "k", "k2", "stride0", "thresh", "thresh2", "opponent",
+            "data_range")
 
 
 def resolve_method(method, params: dict, channels: int, frames: int):
@@ -84,6 +85,9 @@ def resolve_method(method, params: dict, channels: int, frames: int):
 
     For NL-Bayes, ``params`` keeps only what was given (``nl_bayes`` picks the rest for
     ``sigma`` the same way on every crop), and the spec holds the resolved values.
+    ``data_range`` (``(lo, hi)``, in the units of ``sigma``) must be resolved on the whole
+    video by the caller: the default parameters follow ``sigma / (hi - lo)``, and each crop
+    is mapped with the same ``(lo, hi)``.
     """
     if isinstance(method, SearchFunction):
         if params:
@@ -96,13 +100,18 @@ def resolve_method(method, params: dict, channels: int, frames: int):
     kind = METHOD_NAMES[method]
     if "sigma" not in params:
         raise TypeError(f"{method}: missing the keyword argument sigma (noise level on the [0, 1] scale)")
-    keys = set(NLM_DEFAULTS) if kind == "nlm" else set(NLB_KEYS)
+    keys = set(NLM_DEFAULTS) | {"data_range"} if kind == "nlm" else set(NLB_KEYS)
     unknown = set(params) - keys - {"sigma"}
     if unknown:
         raise TypeError(f"{method}: unexpected keyword arguments {sorted(unknown)}")
     sigma = params["sigma"]
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise ValueError(f"sigma: expected a positive number on the [0, 1] scale, got {sigma!r}")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < float("inf"):
+        raise ValueError(f"sigma: expected a positive, finite number on the [0, 1] scale, got {sigma!r}")
+    if params.get("data_range") is None:
+        raise TypeError(f"{method}: data_range (lo, hi) must be resolved on the whole video")
+    lo, hi = resolve_range(params["data_range"])
+    params = {**params, "data_range": [lo, hi]}  # a list: the same after a JSON round trip (resuming)
+    rel = sigma / (hi - lo)  # the noise relative to the signal's range: what the tables follow
     ints = ("ps", "ws", "wt", "k") if kind == "nlm" else ("ps", "ps2", "pt", "ws", "wt", "k", "k2", "stride0")
     for name in ints:
         v = params.get(name)
@@ -112,12 +121,12 @@ def resolve_method(method, params: dict, channels: int, frames: int):
     if kind == "nlm":
         p = {**NLM_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
         # resolved once on the whole video, as nl_means does, so every tile uses the same
-        tuned = nl_means_params(sigma, frames, p["ws"], p["wt"])
+        tuned = nl_means_params(rel, frames, p["ws"], p["wt"])
         p = {**tuned, **{k: v for k, v in p.items() if v is not None}}
         spec = HaloSpec(kind, p["ps"], p["ws"], p["wt"])
     else:
         p = dict(params)
-        q = nl_bayes_params(sigma, channels) | {k: v for k, v in params.items() if v is not None}
+        q = nl_bayes_params(rel, channels) | {k: v for k, v in params.items() if v is not None}
         spec = HaloSpec(kind, q["ps"], q["ws"], q["wt"], q["stride0"], ps2=q["ps2"], pt=q["pt"])
     if spec.ws % 2 == 0:
         raise ValueError(f"ws: expected an odd window side, got {spec.ws}")
@@ -135,7 +144,7 @@ def compute_tile(kind, method, p, crop: Region, tile: Region, v: np.ndarray, flo
                    tile.x0 - crop.x0, tile.x1 - crop.x0)
     sl = (slice(local.t0, local.t1), slice(local.y0, local.y1), slice(local.x0, local.x1))
     if kind == "nlm":
-        kw = {k: p[k] for k in ("ps", "ws", "wt", "k", "h")}
+        kw = {k: p[k] for k in ("ps", "ws", "wt", "k", "h", "data_range")}
         out = nl_means(v, p["sigma"], flows=flows, region=local, device=device, should_stop=should_stop, **kw)
         return out[sl]
     if kind == "nlb":

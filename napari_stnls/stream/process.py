@@ -139,13 +139,16 @@ def process(
         ``cache_dir``.
     out : path (.zarr or .npy) or zarr array
         Where the result goes, tile by tile. A zarr store is created with one chunk per
-        tile. An existing ``out`` is resumed when its record (``OUT.tiles.json``, or the
-        zarr array's ``napari_stnls_tiles`` attribute) matches this call; otherwise it is
-        an error unless ``overwrite=True``.
+        tile. A path is written as ``OUT.partial`` and renamed to ``OUT`` when its last tile
+        is written, so an interrupted run never leaves an incomplete ``OUT``. An existing
+        ``OUT`` or ``OUT.partial`` is resumed when its record (``OUT.tiles.json``, or the zarr
+        array's ``napari_stnls_tiles`` attribute) matches this call; otherwise it is an
+        error unless ``overwrite=True``.
     method : {"nl_bayes", "nl_means"} (or "nlb", "nlm") or SearchFunction
         ``params`` are the denoiser's keyword arguments (``sigma`` required, on the [0, 1]
-        scale; ``ps, ws, wt, k`` and ``h`` or ``stride0``); a :class:`SearchFunction`
-        carries its own.
+        scale of the video divided by its type's maximum; ``ps, ws, wt, k`` and ``h`` or
+        ``stride0``; ``data_range``, on that scale, estimated once on the whole video when
+        not given, as the in-memory call does); a :class:`SearchFunction` carries its own.
     tile : (frames, rows, columns), optional
         Output tile; None is the whole video. Peak memory grows with the tile plus its halo.
     flows : (fflow, bflow) or str, optional
@@ -185,6 +188,8 @@ def process(
     try:
         T, H, W, C = vid.shape
         fl = FlowCrops(flows, (T, H, W), max_flow)
+        if isinstance(method, str) and params.get("data_range") is None:
+            params = {**params, "data_range": vid.signal_range()}  # once, for every tile
         plan = make_plan(vid.shape, vid.reader.shape, method, params, tile, fl)
         out_dtype = np.dtype(dtype if dtype is not None else np.float32)
         s = plan.spec.stride0 if plan.kind == "fn" else 1
@@ -204,6 +209,7 @@ def process(
             values = _run_tile(plan, vid, fl, t, dev, should_stop)
             store.write(n, plan.out_index(t), _to_dtype(values, out_dtype, scale))
             steps.advance()
+        store.finish()
     finally:
         vid.close()
     return store.zarr if store.zarr is not None else store.path

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..denoise import range_frames, range_of_frames
 from ..ops import Region
 from ..video.io import VIDEO_SUFFIXES, CropReader, decode_to_npy
 
@@ -68,6 +69,12 @@ class VideoCrops:
         if self.scale != 1.0:
             a /= self.scale
         return a
+
+    def signal_range(self) -> tuple[float, float]:
+        """:func:`~napari_stnls.denoise.signal_range` of the whole video, on the [0, 1] scale of
+        :meth:`read`, reading only the frames it needs (the same numbers as on the array)."""
+        T, H, W, _ = self.shape
+        return range_of_frames(self.read(Region(t, t + 1, 0, H, 0, W))[0] for t in range_frames(T))
 
     def close(self) -> None:
         """Remove the decoded temporary file, if any."""

@@ -1,4 +1,10 @@
-"""Where the tiles go: a zarr or ``.npy`` output and its record of finished tiles (resuming)."""
+"""Where the tiles go: a zarr or ``.npy`` output and its record of finished tiles (resuming).
+
+An output path ``OUT`` is written as ``OUT.partial`` until its last tile is in, then renamed
+to ``OUT``: an interrupted run never leaves an incomplete store under the final name. The
+record ``OUT.tiles.json`` says which tiles are done; the same call resumes from
+``OUT.partial`` (or finds ``OUT`` complete: nothing to do).
+"""
 
 from __future__ import annotations
 
@@ -32,7 +38,11 @@ def _atomic_json(path: Path, obj) -> None:
 
 
 class TileStore:
-    """An output store (``.zarr`` or ``.npy`` path, or a zarr array) and its record of tiles."""
+    """An output store (``.zarr`` or ``.npy`` path, or a zarr array) and its record of tiles.
+
+    A path is written under :attr:`partial` (``OUT.partial``) and renamed to ``OUT`` by
+    :meth:`finish`; :attr:`path` is where the data is now.
+    """
 
     def __init__(self, out, shape, dtype, chunks, fingerprint: dict, overwrite: bool):
         self.fingerprint = fingerprint
@@ -51,6 +61,8 @@ class TileStore:
             self.done = set(rec.get("done", [])) if rec.get("fingerprint") == fingerprint else set()
             return
         path = Path(out)
+        self.final = path
+        self.partial = path.with_name(path.name + ".partial")
         self.path = path
         self.kind = path.suffix.lower()
         if self.kind not in (".zarr", ".npy"):
@@ -67,31 +79,51 @@ class TileStore:
                 rec = json.loads(self.record.read_text())
             except (OSError, ValueError):
                 rec = None
-        if path.exists():
-            if not _writable(path) or (path.is_dir() and any(not _writable(p) for p in path.iterdir())):
-                raise ValueError(f"out: {path} is read-only")
-            resumable = rec is not None and rec.get("fingerprint") == fingerprint
+        resumable = rec is not None and rec.get("fingerprint") == fingerprint
+        for where in (path, self.partial):  # the finished output, else an unfinished one
+            if not where.exists():
+                continue
+            if not _writable(where) or (where.is_dir() and any(not _writable(p) for p in where.iterdir())):
+                raise ValueError(f"out: {where} is read-only")
             if not resumable and not overwrite:
-                why = "another run's output" if rec is not None else "not an unfinished output of this call"
-                raise ValueError(f"out: {path} exists and is {why}; pass overwrite=True (--overwrite) to "
-                                 "replace it")
+                if where == path:
+                    why = "another run's output" if rec is not None else \
+                        "not an unfinished output of this call"
+                    raise ValueError(f"out: {path} exists and is {why}; pass overwrite=True (--overwrite) to "
+                                     "replace it")
+                why = "another run's" if rec is not None else "an unrecorded"
+                raise ValueError(f"out: {where} is {why} unfinished output; pass overwrite=True "
+                                 "(--overwrite) to replace it")
             if resumable and not overwrite:
+                self.path = where
                 self.done = set(rec.get("done", []))
                 self._open()
                 return
-            self._remove()
+        for where in (path, self.partial):
+            self._remove(where)
+        self.path = self.partial
         self._create(shape, dtype, chunks)
         self.done = set()
         self._save()
 
-    def _remove(self) -> None:
-        if self.path.is_dir():
-            shutil.rmtree(self.path)
-        elif self.path.exists():
-            self.path.unlink()
+    @staticmethod
+    def _remove(where: Path) -> None:
+        if where.is_dir():
+            shutil.rmtree(where)
+        elif where.exists():
+            where.unlink()
+
+    def finish(self) -> None:
+        """Rename ``OUT.partial`` to ``OUT`` once every tile is written (nothing for a zarr array
+        or an output already complete)."""
+        if self.record is None or self.path == self.final:
+            return
+        os.replace(self.partial, self.final)
+        self.path = self.final
+        self._open()
 
     def _create(self, shape, dtype, chunks) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             if self.kind == ".npy":
                 mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))

@@ -14,24 +14,30 @@ Readable: ``.npy`` (memory-mapped), ``.zarr`` stores, multi-page TIFF, and video
   time, and :func:`decode_to_npy`, a video file decoded frame by frame into a ``.npy``
   (tile-by-tile processing, bounded memory).
 * :func:`write_video`: atomically (a temporary file in the same folder, then a rename), so an
-  interrupted write never leaves a partial output behind.
+  interrupted write never leaves a partial output behind; video files as H.264 in yuv420p
+  (what players expect) at the frame rate given (:func:`video_rate` reads a file's), or
+  near-lossless (``lossless=True``: yuv444p, crf 0).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from .._util import atomic_path
+from .axes import parse_axes
 
 __all__ = [
     "open_video",
     "read_video",
     "read_frames",
     "write_video",
+    "video_rate",
+    "DEFAULT_RATE",
     "CropReader",
     "decode_to_npy",
     "AVIndex",
@@ -47,6 +53,7 @@ SUFFIXES = (".npy", ".tif", ".tiff") + VIDEO_SUFFIXES  # the files read here (za
 WRITE_SUFFIXES = (".npy", ".tif", ".tiff", ".mp4", ".avi", ".mov", ".mkv")
 LAZY_BYTES = 512 * 2**20  # decoded size above which open_video reads TIFF and video files lazily
 CHUNK_FRAMES = 8
+DEFAULT_RATE = Fraction(25)  # frames per second of a video file written from frames without a rate
 
 
 def _av(name: str):
@@ -74,8 +81,9 @@ def _check_frames(shape, path, name: str) -> None:
                          f"got {tuple(shape)}")
 
 
-def _open(path, lazy: bool | None, chunk_frames: int, name: str):
-    """The file's frames in their stored type and layout (checked, not squeezed)."""
+def _open(path, lazy: bool | None, chunk_frames: int, name: str, axes: str | None = None):
+    """The file's frames in their stored type and layout (checked against ``axes``, or as
+    (T, H, W[, C]) frames without; not squeezed)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix != ".zarr":
@@ -106,11 +114,14 @@ def _open(path, lazy: bool | None, chunk_frames: int, name: str):
         if isinstance(e, ValueError) and str(e).startswith(f"{name}:"):
             raise
         raise ValueError(f"{name}: cannot read {path}: {e}") from e
-    _check_frames(arr.shape, path, name)
+    if axes is None:
+        _check_frames(arr.shape, path, name)
+    else:
+        parse_axes(axes, arr.shape)
     return arr
 
 
-def open_video(path, lazy: bool | None = None, chunk_frames: int = CHUNK_FRAMES):
+def open_video(path, lazy: bool | None = None, chunk_frames: int = CHUNK_FRAMES, axes: str | None = None):
     """Open a video file or store as an array (T, H, W[, C]) in its stored type (uint8 for video files).
 
     Parameters
@@ -125,20 +136,24 @@ def open_video(path, lazy: bool | None = None, chunk_frames: int = CHUNK_FRAMES)
         stores read when indexed (unless ``lazy=False``).
     chunk_frames : int
         Frames per dask chunk.
+    axes : str, optional
+        The stored layout (:mod:`napari_stnls.video.axes`, e.g. ``"TZYX"``): any number of
+        dimensions is then accepted, checked against it, and returned as stored.
 
     Returns
     -------
     ndarray, numpy memmap, zarr array or dask array
-        (T, H, W) or (T, H, W, C); a single-channel (T, H, W, 1) file gives (T, H, W).
+        (T, H, W) or (T, H, W, C); a single-channel (T, H, W, 1) file gives (T, H, W). With
+        ``axes``: the stored shape.
 
     Raises
     ------
     ValueError
         Naming ``path``: an unsupported type, a missing, unreadable or corrupt file, frames
-        of another shape.
+        of another shape; naming ``axes`` when they do not fit the stored shape.
     """
-    arr = _open(path, lazy, chunk_frames, "path")
-    if arr.ndim == 4 and arr.shape[-1] == 1:
+    arr = _open(path, lazy, chunk_frames, "path", axes)
+    if axes is None and arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     return arr
 
@@ -393,10 +408,33 @@ class CropReader:
         return self.array if self.npy is None else np.load(self.npy, mmap_mode="r", allow_pickle=False)
 
 
-def write_video(path, video: np.ndarray) -> Path:
-    """Write ``video`` (T, H, W[, C]) to ``path`` atomically; returns the path.
+def video_rate(path) -> Fraction | None:
+    """The average frame rate of a video file (e.g. ``Fraction(30000, 1001)``), or None for
+    other files, or when PyAV is missing or the file says none."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES or importlib.util.find_spec("av") is None:
+        return None
+    import av
 
-    ``.npy`` and TIFF keep the array's type; video files are H.264 (floats taken in [0, 1]).
+    try:
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            rate = s.average_rate or s.guessed_rate
+    except Exception:
+        return None
+    return Fraction(rate) if rate else None
+
+
+def write_video(path, video: np.ndarray, *, fps: float | Fraction | None = None, lossless: bool = False,
+                name: str = "output") -> Path:
+    """Write ``video`` to ``path`` atomically; returns the path.
+
+    ``.npy`` and TIFF keep the array's type and shape (any layout). Video files take frames
+    (T, H, W[, C]) with C 1 or 3 and are H.264: 8 bits per channel (floats are taken in
+    [0, 1], other integer types scaled by their maximum), odd heights and widths cropped by
+    one pixel; yuv420p at crf 17 (what players expect), or with ``lossless`` yuv444p at
+    crf 0 (lossless but for the RGB to YUV rounding); at ``fps`` frames per second (default
+    :data:`DEFAULT_RATE`; :func:`video_rate` reads a file's).
     """
     path = Path(path)
     suffix = _suffix(path, "output", WRITE_SUFFIXES)
@@ -405,11 +443,17 @@ def write_video(path, video: np.ndarray) -> Path:
         raise ValueError(f"output: folder does not exist: {folder}")
     if not os.access(folder, os.W_OK):
         raise ValueError(f"output: folder is not writable: {folder}")
+    rate = _rate(fps)
+    if suffix in VIDEO_SUFFIXES:
+        shape = tuple(np.shape(video))
+        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3)):
+            raise ValueError(f"{name}: video files hold frames (T, H, W) or (T, H, W, 3), got shape {shape}; "
+                             "write .npy or .tif for other layouts")
     with atomic_path(path, suffix) as tmp:
         if suffix == ".npy":
             np.save(tmp, np.asarray(video))
         elif suffix in VIDEO_SUFFIXES:
-            _write_av(tmp, np.asarray(video))
+            _write_av(tmp, np.asarray(video), rate, lossless)
         else:
             import tifffile
 
@@ -417,21 +461,36 @@ def write_video(path, video: np.ndarray) -> Path:
     return path
 
 
-def _write_av(path: str, video: np.ndarray, fps: int = 25) -> None:
-    """Write frames with H.264 (near-lossless, crf 1, yuv444p); floats are taken in [0, 1]."""
+def _rate(fps) -> Fraction:
+    if fps is None:
+        return DEFAULT_RATE
+    try:
+        rate = Fraction(fps).limit_denominator(1_000_000)
+    except (TypeError, ValueError):
+        raise ValueError(f"fps: expected a positive number, got {fps!r}") from None
+    if not rate > 0:
+        raise ValueError(f"fps: expected a positive number, got {fps!r}")
+    return rate
+
+
+def _write_av(path: str, video: np.ndarray, fps: Fraction = DEFAULT_RATE, lossless: bool = False) -> None:
+    """Write frames with H.264: yuv420p at crf 17, or yuv444p at crf 0 (``lossless``); floats
+    are taken in [0, 1], integers other than uint8 scaled by their type's maximum."""
     av = _av("output")
     frames = video if video.ndim == 4 else video[..., None]
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, axis=-1)
     if np.issubdtype(frames.dtype, np.floating):
         frames = np.clip(np.rint(frames * 255), 0, 255)
+    elif frames.dtype != np.uint8:
+        frames = np.clip(np.rint(frames.astype(np.float64) * (255 / np.iinfo(frames.dtype).max)), 0, 255)
     frames = frames[..., :3].astype(np.uint8)
     T, H, W, _ = frames.shape
     with av.open(path, mode="w", format="mp4" if path.endswith(".mp4") else None) as container:
         stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = W - W % 2, H - H % 2  # the codec needs even sizes
-        stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": "1"}
+        stream.width, stream.height = W - W % 2, H - H % 2  # yuv420p needs even sizes (cropped for both)
+        stream.pix_fmt = "yuv444p" if lossless else "yuv420p"
+        stream.options = {"crf": "0" if lossless else "17"}
         for f in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: stream.height, : stream.width]),
                                                format="rgb24")

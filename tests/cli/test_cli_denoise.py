@@ -13,6 +13,8 @@ from napari_stnls.video.flow import compute_flows
 from napari_stnls.video.io import read_video, write_video
 from napari_stnls.video.synthetic import sample_video
 
+S20 = str(20 / 255)  # sigma 20/255 in the units of the float sample (values in [0, 1])
+
 
 @pytest.fixture(scope="module")
 def sample():
@@ -23,7 +25,7 @@ def test_npy_round_trip_denoises(tmp_path, sample):
     src = tmp_path / "noisy.npy"
     np.save(src, sample.noisy)
     before = src.read_bytes()
-    args = ["--sigma", "20", "--flow", "none", "--method", "nlm", "--device", "cpu", "--quiet"]
+    args = ["--sigma", S20, "--flow", "none", "--method", "nlm", "--device", "cpu", "--quiet"]
     assert main(["denoise", str(src), str(tmp_path / "out.npy"), *args]) == 0
     out = np.load(tmp_path / "out.npy")
     assert out.shape == sample.noisy.shape and out.dtype == np.float32
@@ -88,7 +90,7 @@ def test_bad_region_syntax_is_an_argparse_error(capsys):
 
 def test_mp4_round_trip_through_the_command_line(tmp_path, sample):
     src = tmp_path / "noisy.mp4"
-    write_video(src, np.clip(sample.noisy, 0, 1))
+    write_video(src, np.clip(sample.noisy, 0, 1), lossless=True)
     back, scale = read_video(src)
     assert back.shape == sample.noisy.shape and scale == 255.0
     assert psnr(np.clip(sample.noisy, 0, 1), back, data_range=1.0) > 40  # near-lossless H.264
@@ -107,7 +109,7 @@ def test_mp4_round_trip_through_the_command_line(tmp_path, sample):
 def test_other_methods_and_flows(tmp_path, sample, method, flow):
     src = tmp_path / "noisy.npy"
     np.save(src, sample.noisy)
-    args = ["--sigma", "20", "--flow", flow, "--method", method, "--device", "cpu", "--quiet"]
+    args = ["--sigma", S20, "--flow", flow, "--method", method, "--device", "cpu", "--quiet"]
     assert main(["denoise", str(src), str(tmp_path / "out.npy"), *args]) == 0
     out = np.load(tmp_path / "out.npy")
     before_db = psnr(sample.clean, sample.noisy, data_range=1)
@@ -119,7 +121,7 @@ def test_dis_without_opencv_fails_cleanly(tmp_path, sample, capsys, monkeypatch)
 
     monkeypatch.setattr(flow, "HAS_OPENCV", False)
     np.save(tmp_path / "in.npy", sample.noisy)
-    assert main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), "--sigma", "20",
+    assert main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), "--sigma", S20,
                  "--flow", "dis", "--quiet"]) == 2
     assert "opencv-python-headless" in capsys.readouterr().err
     assert not (tmp_path / "out.npy").exists()
@@ -142,7 +144,7 @@ def test_ctrl_c_exits_non_zero_and_writes_nothing(tmp_path, sample, capsys, monk
                 f.write(b"partial")
             raise KeyboardInterrupt
         monkeypatch.setattr(io.np, "save", half_save)
-    assert main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), "--sigma", "20",
+    assert main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), "--sigma", S20,
                  "--flow", "none", "--method", "nlm", "--device", "cpu"]) == 130
     assert "interrupted; nothing was written" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -75,10 +75,40 @@ def test_interrupted_cli_run_resumes(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(stream_methods, "compute_tile", interrupt_third)
     assert main(args) == 130
-    assert "run the same command to resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "kept in" in err and "o.zarr.partial: run the same command to resume" in err
+    assert err.count("\n") == 1
     assert json.loads((tmp_path / "o.zarr.tiles.json").read_text())["done"] == [0, 1]
+    # never under the final name
+    assert not (tmp_path / "o.zarr").exists() and (tmp_path / "o.zarr.partial").is_dir()
     assert main(args) == 0
     assert len(calls) == 3 + 6  # the two finished tiles were not recomputed
+    assert (tmp_path / "o.zarr").is_dir() and not (tmp_path / "o.zarr.partial").exists()
+
+
+def test_interrupted_npy_output_is_recognisably_partial(tmp_path, monkeypatch):
+    v = _video8(T=2, H=16, W=16)
+    np.save(tmp_path / "in.npy", v)
+    args = ["denoise", str(tmp_path / "in.npy"), str(tmp_path / "o.npy"), "--sigma", "20", "--method", "nlm",
+            "--flow", "none", "--tile", "1,8,8", "--quiet"]
+    real = stream_methods.compute_tile
+    calls = []
+
+    def interrupt_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(stream_methods, "compute_tile", interrupt_second)
+    assert main(args) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy", "o.npy.partial", "o.npy.tiles.json"]
+    # another call's leftover is not resumed silently
+    assert main(args[:4] + ["30"] + args[5:]) == 2
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy", "o.npy", "o.npy.tiles.json"]
+    ref = nl_means(v.astype(np.float32) / 255, 20 / 255, device="cpu")
+    assert np.abs(np.load(tmp_path / "o.npy").astype(int) - np.rint(ref * 255)).max() <= 1
 
 
 def test_tiled_video_file_to_npy(tmp_path):

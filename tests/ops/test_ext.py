@@ -212,13 +212,14 @@ def test_fallback_when_the_compiled_module_is_missing():
         msgs = [str(x.message) for x in w if "compiled kernels are not available" in str(x.message)]
         assert len(msgs) == 1, msgs
         info = backend_info()
-        assert "aggregate" in info and len(info) == 6, info
+        assert "aggregate" in info and "refine" in info and len(info) == 7, info
         assert all(v == {"cpu": "reference", "cuda": "reference"} for v in info.values())
         why = backend_info(reasons=True)["search"]["cpu"]["reason"]
         assert "compiled kernels failed to load" in why and "simulated" in why, why
         v = torch.rand(1, 2, 1, 6, 6)
         d, i = search(v, v, ps=3, ws=3, wt=1, k=2)
-        from napari_stnls.ops import aggregate, gather, ifold, iunfold, scatter
+        from napari_stnls.ops import aggregate, gather, ifold, iunfold, refine, scatter
+        refine(v, v, i, ps=3)
         p = gather(v, i, ps=3)
         scatter(p, i, shape=v.shape, ps=3)
         aggregate(v, i, ps=3)
@@ -333,7 +334,7 @@ def test_module_links_the_shared_cxx_runtime():
 def test_backend_info_reports_the_build():
     info = backend_info()
     why = backend_info(reasons=True)
-    assert set(info) == set(why) == {"search", "iunfold", "ifold", "gather", "scatter", "aggregate"}
+    assert set(info) == set(why) == {"search", "refine", "iunfold", "ifold", "gather", "scatter", "aggregate"}
     for op in info:
         for dev in ("cpu", "cuda"):
             built = _library.has_kernel(op, dev)
@@ -552,7 +553,7 @@ def test_deterministic_fallback_is_for_cuda_tensors_only(device):
 @needs_ext
 def test_the_rerouted_operators_exist():
     """Every compiled name in the deterministic reroute is an operator of this build."""
-    glue = {"search_centres", "search_positions"}
+    glue = {"search_centres", "search_positions", "refine_positions"}
     for op in _determinism.ATOMIC_ON_CUDA - glue:
         assert hasattr(torch.ops.napari_stnls, op), op
         assert any(op in ops for ops in _library.OPERATORS.values()), op

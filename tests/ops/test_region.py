@@ -74,7 +74,7 @@ def test_bad_stride_and_shape():
 
 def test_backend_info_and_environment_default(monkeypatch):
     info = backend_info()
-    assert set(info) == {"search", "iunfold", "ifold", "gather", "scatter", "aggregate"}
+    assert set(info) == {"search", "refine", "iunfold", "ifold", "gather", "scatter", "aggregate"}
     assert all(set(v) == {"cpu", "cuda"} for v in info.values())
     v = torch.rand(1, 2, 1, 6, 6)
     ref = search(v, v, ps=3, ws=3, wt=1, k=2, backend="reference")

@@ -92,3 +92,17 @@ def test_sample_clips():
     assert kw["name"] == "carphone noisy"
     (clean, _, _), _ = bikes(n_frames=2)
     assert clean.shape == (2, 272, 640, 3)
+
+
+def test_no_private_napari_api():
+    """napari's private attributes (``viewer.window._qt_window``, ``layer._type_string``...) change
+    without notice (``_type_string`` goes in napari 0.10): the plugin uses the public API only."""
+    import re
+
+    owners = "viewer|window|layer|layers|qt_viewer|canvas|dims|camera|grid|event"
+    private = re.compile(rf"(\b({owners})|\])\._[a-z]\w*")
+    found = []
+    for path in sorted((ROOT / "napari_stnls" / "plugin").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            found += [f"{path.relative_to(ROOT)}:{n}: {m.group(0)}" for m in private.finditer(line)]
+    assert not found, found

@@ -203,7 +203,8 @@ def test_resume_after_interruption_keeps_written_tiles(tmp_path, monkeypatch):
     assert rec["done"] == [0, 1, 2, 3, 4]
     import zarr
 
-    part = zarr.open_array(str(out), mode="r")[:]
+    assert not out.exists()  # an unfinished output never has the final name
+    part = zarr.open_array(str(tmp_path / "o.zarr.partial"), mode="r")[:]
     for n in rec["done"]:  # what was written is there
         t = tiles[n]
         sl = (slice(t.t0, t.t1), slice(t.y0, t.y1), slice(t.x0, t.x1))
@@ -223,6 +224,8 @@ def test_resume_after_interruption_keeps_written_tiles(tmp_path, monkeypatch):
     assert computed == tiles[5:]
     assert progress[0] == (5, 12) and progress[-1] == (12, 12)
     np.testing.assert_allclose(res[:], ref, atol=1e-5)
+    assert out.exists() and not (tmp_path / "o.zarr.partial").exists()  # renamed when complete
+    np.testing.assert_allclose(zarr.open_array(str(out), mode="r")[:], ref, atol=1e-5)
     computed.clear()
     stream.process(v, out, "nlm", tile=(1, 12, 14), device="cpu", **NLM)  # finished: nothing to do
     assert computed == []

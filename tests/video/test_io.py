@@ -60,7 +60,7 @@ def test_open_npy_and_zarr(tmp_path):
 def test_open_video_file_lazy_equals_eager(tmp_path):
     pytest.importorskip("av")
     v = _video(T=20)
-    path = write_video(tmp_path / "v.mp4", v)
+    path = write_video(tmp_path / "v.mp4", v, lossless=True)
     eager = open_video(path, lazy=False)
     assert eager.shape == (20, 24, 32, 3) and eager.dtype == np.uint8
     assert np.abs(eager.astype(int) - v).mean() < 4  # near-lossless H.264

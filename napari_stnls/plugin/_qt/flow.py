@@ -6,7 +6,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QSpinBox, QVBoxLayout, QWidge
 
 from .._sample import FLOWS_KEY
 from ..model.search import compute_video_flows, flow_methods, flow_vectors
-from ._common import LayerCombo, Runner, Status, is_video, set_layer, video_shape
+from ._common import Runner, Status, set_layer, transforms_of, video_combo, video_shape
 
 
 class FlowWidget(QWidget):
@@ -15,7 +15,7 @@ class FlowWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.video = LayerCombo(self.viewer, predicate=is_video)
+        self.video = video_combo(self.viewer)
         self.method = QComboBox()
         self.method.addItems(flow_methods())
         self.step = QSpinBox()
@@ -28,6 +28,7 @@ class FlowWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("video", self.video)
+        form.addRow("", self.video.note)
         form.addRow("method", self.method)
         form.addRow("grid step", self.step)
         lay = QVBoxLayout(self)
@@ -55,7 +56,7 @@ class FlowWidget(QWidget):
             fflow, bflow = flows
             layer.metadata[FLOWS_KEY] = {"fflow": fflow, "bflow": bflow, "method": method}
             set_layer(self.viewer, f"{layer.name} flow", flow_vectors(fflow, step=step, scale=3.0), "vectors",
-                      edge_color="cyan", edge_width=0.5, vector_style="arrow")
+                      edge_color="cyan", edge_width=0.5, vector_style="arrow", **transforms_of(layer))
             self.viewer.layers.selection.active = layer
             self.status.info(f"flow ({method}) cached for Search and Denoise; vectors shown x3")
 

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..model.search import MAP_STATS, distance_map, gather_patches, mosaic, neighbours_at
-from ._common import RESULTS_KEY, LayerCombo, Status, is_video, set_layer, video_shape
+from ._common import RESULTS_KEY, Status, set_layer, transforms_of, video_combo, video_shape
 
 
 def to_pixmap(img: np.ndarray) -> QPixmap:
@@ -28,6 +28,17 @@ def to_pixmap(img: np.ndarray) -> QPixmap:
     img = np.ascontiguousarray(img[..., :3])
     h, w, _ = img.shape
     return QPixmap.fromImage(QImage(img.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy())
+
+
+def gallery_limits(layer) -> tuple[float, float]:
+    """The range of pixel values the gallery maps to black..white: the layer's contrast limits
+    in [0, 1] units of the search (integers are divided by their type's maximum)."""
+    lo, hi = (float(v) for v in layer.contrast_limits)
+    dtype = np.dtype(layer.data.dtype)
+    if np.issubdtype(dtype, np.integer):
+        m = float(np.iinfo(dtype).max)
+        lo, hi = lo / m, hi / m
+    return lo, hi
 
 
 PROJECTION = "neighbours (query frame)"
@@ -57,7 +68,7 @@ class NeighboursWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.video = LayerCombo(self.viewer, predicate=is_video)
+        self.video = video_combo(self.viewer)
         self.pick = QCheckBox("pick with a mouse click")
         self.pick.setChecked(True)
         self.t, self.y, self.x = QSpinBox(), QSpinBox(), QSpinBox()
@@ -88,6 +99,7 @@ class NeighboursWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("video", self.video)
+        form.addRow("", self.video.note)
         form.addRow("", self.pick)
         pos = QHBoxLayout()
         for label, sb in (("t", self.t), ("y", self.y), ("x", self.x)):
@@ -112,6 +124,7 @@ class NeighboursWidget(QWidget):
         self.viewer.mouse_drag_callbacks.append(self._on_click)
         self.destroyed.connect(self._disconnect)
         self.neighbours = None
+        self._cells: list[tuple[QLabel, QLabel, QWidget]] = []
 
     def _disconnect(self, *_):
         if self._on_click in self.viewer.mouse_drag_callbacks:
@@ -142,7 +155,11 @@ class NeighboursWidget(QWidget):
         return layer, res
 
     def show_at(self, t: float, y: float, x: float) -> None:
-        """Show the matches of the query nearest to pixel (t, y, x)."""
+        """Show the matches of the query nearest to pixel (t, y, x) (the video's pixels).
+
+        The three overlay layers and the gallery are updated in place (never removed and
+        added again), so a click is drawn in a few tens of milliseconds.
+        """
         try:
             layer, res = self.results()
             nb = neighbours_at(res, t, y, x)
@@ -158,14 +175,16 @@ class NeighboursWidget(QWidget):
         rank = np.arange(K)
         ps = nb.result.params.ps  # best match: a circle as wide as the patch; the K-th a third of it
         sizes = np.linspace(ps, ps / 3, K) if K > 1 else np.array([float(ps)])
+        # the overlays sit on the video, whatever its scale and offset, and inside it
+        place = dict(transforms_of(layer), inside=True)
         set_layer(self.viewer, "neighbours", nb.positions, "points",
-                  features={"distance": nb.dists, "rank": rank + 1}, face_color="distance",
-                  face_colormap="viridis", size=sizes, border_color="white", border_width=0.1,
-                  opacity=0.8)
+                  once=dict(face_colormap="viridis", border_color="white", border_width=0.1, opacity=0.8),
+                  features={"distance": nb.dists, "rank": rank + 1}, face_color="distance", size=sizes,
+                  **place)
         q = np.asarray(nb.query, np.float32)
         vec = np.stack([np.broadcast_to(q, nb.positions.shape), nb.positions - q], 1)
-        set_layer(self.viewer, "neighbour vectors", vec, "vectors", edge_color="orange", edge_width=0.4,
-                  vector_style="arrow")
+        set_layer(self.viewer, "neighbour vectors", vec, "vectors",
+                  once=dict(edge_color="orange", edge_width=0.4, vector_style="arrow"), **place)
         # all K matches drawn on the query's frame too (rings at their (y, x), labelled and coloured
         # by their frame offset), so they are seen without stepping through the frames
         offsets = nb.positions[:, 0] - q[0]
@@ -174,44 +193,49 @@ class NeighboursWidget(QWidget):
         colours = offset_colours(offsets)
         hexes = ["#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3]) for rgba in colours]
         set_layer(self.viewer, PROJECTION, on_query_frame, "points",
+                  once=dict(symbol="ring", size=2.5, border_width=0,
+                            text={"string": "{label}", "size": 10, "color": {"feature": "colour"},
+                                  "anchor": "center", "translation": [0, -1.5, 1.5]}),
                   features={"frame": nb.positions[:, 0].astype(int), "offset": offsets.astype(int),
                             "label": offset_labels(offsets), "rank": rank + 1, "colour": hexes},
-                  symbol="ring", size=2.5, face_color=colours, border_width=0,
-                  text={"string": "{label}", "size": 10, "color": {"feature": "colour"}, "anchor": "center",
-                        "translation": [0, -1.5, 1.5]})
-        self.viewer.layers.selection.active = layer
+                  face_color=colours, **place)
+        if self.viewer.layers.selection.active is not layer:
+            self.viewer.layers.selection.active = layer
         patches = gather_patches(layer.data, nb.positions, nb.result.params.ps)
-        self._fill_gallery(patches, nb)
+        self._fill_gallery(patches, nb, gallery_limits(layer))
         self.status.info(f"query (t={nb.query[0]}, y={nb.query[1]}, x={nb.query[2]}): {K} matches in "
                          f"frames {sorted({int(v) for v in nb.positions[:, 0]})}, all drawn on frame "
                          f"{nb.query[0]} as rings labelled by frame (blue before, orange after)")
 
-    def _fill_gallery(self, patches, nb) -> None:
-        while self.gallery_grid.count():
-            item = self.gallery_grid.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
+    def _fill_gallery(self, patches, nb, limits=(0.0, 1.0)) -> None:
+        """One cell per match (image and caption), made once and then updated in place."""
         cols = 3
-        for n, (p, d, pos) in enumerate(zip(patches, nb.dists, nb.positions, strict=True)):
-            img = QLabel()
-            img.setPixmap(to_pixmap(mosaic(p[None], zoom=self.zoom.value(), gap=0)))
+        while len(self._cells) > len(patches):
+            img, cap, cell = self._cells.pop()
+            self.gallery_grid.removeWidget(cell)
+            cell.deleteLater()
+        while len(self._cells) < len(patches):
+            n = len(self._cells)
+            img, cap, cell = QLabel(), QLabel(), QWidget()
             img.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            cap = QLabel(f"#{n + 1}  d={d:.4g}\nt={pos[0]:.0f} ({pos[1]:.1f}, {pos[2]:.1f})")
             cap.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            cell = QWidget()
             v = QVBoxLayout(cell)
             v.setContentsMargins(0, 0, 0, 0)
             v.addWidget(img)
             v.addWidget(cap)
             self.gallery_grid.addWidget(cell, n // cols, n % cols)
+            self._cells.append((img, cap, cell))
+        lo, hi = limits
+        p = (np.asarray(patches, np.float32) - lo) / (hi - lo if hi > lo else 1.0)
+        tiles = mosaic(p, zoom=self.zoom.value(), gap=0, columns=1)  # all tiles at once, one below the other
+        th = tiles.shape[0] // max(1, len(patches))
+        for n, (d, pos) in enumerate(zip(nb.dists, nb.positions, strict=True)):
+            img, cap, _ = self._cells[n]
+            img.setPixmap(to_pixmap(tiles[n * th:(n + 1) * th]))
+            cap.setText(f"#{n + 1}  d={d:.4g}\nt={pos[0]:.0f} ({pos[1]:.1f}, {pos[2]:.1f})")
 
     def gallery_captions(self) -> list[str]:
-        out = []
-        for i in range(self.gallery_grid.count()):
-            cell = self.gallery_grid.itemAt(i).widget()
-            labels = cell.findChildren(QLabel)
-            out.append(labels[-1].text())
-        return out
+        return [cap.text() for _, cap, _ in self._cells]
 
     def make_map(self) -> None:
         try:
@@ -224,6 +248,6 @@ class NeighboursWidget(QWidget):
             return
         label = f"{stat}{'' if stat != 'kth' or kth is None else f' k={kth}'}"
         set_layer(self.viewer, f"{layer.name} map ({label})", m, "image", colormap="inferno", opacity=0.6,
-                  blending="additive")
+                  blending="additive", **transforms_of(layer))
         self.viewer.layers.selection.active = layer
         self.status.info(f"map: {label}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from napari.layers import Shapes
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -19,11 +21,24 @@ from qtpy.QtWidgets import (
 )
 
 from .._reader import AXIS_LABELS
-from ..model.regions import load_regions, rectangle_from_region, save_regions, validate_regions
-from ._common import DISPLAY_ONLY, LayerCombo, Status, is_regions_layer, is_video, regions_of, video_shape
+from ..model.regions import Region, load_regions, rectangle_from_region, save_regions, validate_regions
+from ._common import (
+    DISPLAY_ONLY,
+    LayerCombo,
+    ShapeRegion,
+    Status,
+    is_regions_layer,
+    regions_of,
+    shape_regions,
+    to_layer,
+    transforms_of,
+    video_combo,
+    video_shape,
+)
 
 COLUMNS = ("t0", "t1", "y0", "y1", "x0", "x1")
 LAYER_NAME = "regions"
+BAD, NOTE = "#7a2a2a", "#6a5a20"  # table rows: a shape that cannot be used; one taken as its bounding box
 
 
 class RegionsWidget(QWidget):
@@ -33,7 +48,8 @@ class RegionsWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._syncing = False
-        self.video = LayerCombo(self.viewer, predicate=is_video)
+        self._table_message = False
+        self.video = video_combo(self.viewer)
         self.shapes = LayerCombo(self.viewer, kinds=(Shapes,), predicate=is_regions_layer)
         self.status = Status()
 
@@ -68,6 +84,7 @@ class RegionsWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("video", self.video)
+        form.addRow("", self.video.note)
         form.addRow("regions layer", self.shapes)
         frames = QHBoxLayout()
         frames.addWidget(self.t0)
@@ -89,17 +106,21 @@ class RegionsWidget(QWidget):
         lay.addStretch(1)
 
         self.shapes.currentTextChanged.connect(self._watch_layer)
+        self.video.currentTextChanged.connect(self._sync_table)
         self._watched = None
         self._watch_layer()
 
     # --- the Shapes layer -------------------------------------------------------------
     def layer(self, create: bool = False) -> Shapes | None:
+        """The regions layer; made when ``create`` (placed on the video: its data coordinates are
+        the video's pixels, whatever the video's scale and offset)."""
         layer = self.shapes.layer()
         if layer is None and create:
             layer = self.viewer.add_shapes(
                 ndim=3, name=LAYER_NAME, axis_labels=AXIS_LABELS, edge_color="#ffcc00",
                 face_color="transparent", edge_width=1.5,
                 features=pd.DataFrame({"t0": pd.Series(dtype=int), "t1": pd.Series(dtype=int)}),
+                **transforms_of(self.video.layer()),
             )
             layer.feature_defaults = {"t0": -1, "t1": -1}
             self.shapes.refresh()
@@ -118,20 +139,53 @@ class RegionsWidget(QWidget):
         self._sync_table()
 
     def regions(self):
-        """The regions of the Shapes layer, checked against the video (ValueError otherwise)."""
-        return regions_of(self.layer(), video_shape(self.video.layer()))
+        """The regions of the Shapes layer in the video's pixels (ValueError naming the first
+        shape that cannot be used)."""
+        return regions_of(self.layer(), self.video.layer())
+
+    def shape_regions(self) -> list[ShapeRegion]:
+        """Every shape of the regions layer as a region, or the reason it cannot be one."""
+        return shape_regions(self.layer(), self.video.layer())
+
+    def _rectangles(self, layer, regs) -> list[np.ndarray]:
+        """The rectangles of ``regs`` (video pixels) in ``layer``'s data coordinates."""
+        video = self.video.layer()
+        return [to_layer(video, layer, rectangle_from_region(r)) for r in regs]
 
     def set_regions(self, regions) -> None:
-        """Replace the layer's rectangles by ``regions`` (checked against the video first)."""
+        """Replace the layer's shapes by the rectangles of ``regions`` (checked against the video first)."""
         regs = validate_regions(regions, video_shape(self.video.layer()))
         layer = self.layer(create=True)
         self._syncing = True
         try:
             layer.data = []
             if regs:
-                layer.add_rectangles([rectangle_from_region(r) for r in regs])
+                layer.add_rectangles(self._rectangles(layer, regs))
             layer.features = pd.DataFrame({"t0": [r.t0 for r in regs], "t1": [r.t1 for r in regs]})
             layer.feature_defaults = {"t0": -1, "t1": -1}  # a new rectangle: one frame, its own
+        finally:
+            self._syncing = False
+        self._sync_table()
+
+    def _replace_rows(self, rows: dict[int, Region]) -> None:
+        """Replace the shapes of some rows by the rectangles of their (checked) regions; the
+        other shapes are kept as they are."""
+        shape = video_shape(self.video.layer())
+        rows = {i: validate_regions([r], shape)[0] for i, r in rows.items()}
+        layer = self.layer()
+        data = [np.asarray(v) for v in layer.data]
+        types = list(layer.shape_type)
+        feats = layer.features.copy()
+        if "t0" not in feats:
+            feats["t0"], feats["t1"] = -1, -1
+        for i, r in rows.items():
+            data[i] = self._rectangles(layer, [r])[0]
+            types[i] = "rectangle"
+            feats.loc[feats.index[i], ["t0", "t1"]] = [r.t0, r.t1]
+        self._syncing = True
+        try:
+            layer.data = list(zip(data, types, strict=True))
+            layer.features = feats
         finally:
             self._syncing = False
         self._sync_table()
@@ -146,20 +200,41 @@ class RegionsWidget(QWidget):
             if self._watched is not None:
                 self._watched.events.data.disconnect(self._sync_table)
             return
-        try:
-            regs = self.regions() if self.layer() is not None and self.video.layer() is not None else []
-        except ValueError as e:
-            self.status.error(str(e))
-            regs = []
+        items, problem = [], None
+        if self.layer() is not None and self.video.layer() is not None:
+            try:
+                items = self.shape_regions()
+            except ValueError as e:
+                problem = str(e)
         self._syncing = True
         try:
-            self.table.setRowCount(len(regs))
-            for i, r in enumerate(regs):
-                for j, v in enumerate(r):
-                    self.table.setItem(i, j, QTableWidgetItem(str(int(v))))
+            self.table.setRowCount(len(items))
+            for i, it in enumerate(items):
+                values = it.region if it.region is not None else it.bounds
+                tip = it.error or it.note or ""
+                colour = BAD if it.error else NOTE if it.note else None
+                for j, v in enumerate(values):
+                    cell = QTableWidgetItem(str(int(v)))
+                    cell.setToolTip(tip)
+                    if colour is not None:
+                        cell.setBackground(QColor(colour))
+                    self.table.setItem(i, j, cell)
         finally:
             self._syncing = False
-        self._show_frames(regs)
+        errors = [it.error for it in items if it.error] + ([problem] if problem else [])
+        notes = [f"regions[{i}]: {it.note}" for i, it in enumerate(items) if it.note]
+        if errors:  # the shapes at fault are marked in the table; the others stay usable
+            more = f" (and {len(errors) - 1} more, marked in red)" if len(errors) > 1 else ""
+            if self.status.kind != "error" or self.status.text() != errors[0] + more:  # notified once
+                self.status.error(errors[0] + more)
+            self._table_message = True
+        elif notes:
+            self.status.info("; ".join(notes))
+            self._table_message = True
+        elif self._table_message:  # the shape at fault is gone, and its message with it
+            self.status.info(f"{len(items)} region(s)")
+            self._table_message = False
+        self._show_frames([it.region for it in items if it.region is not None])
 
     def frames_layer_name(self) -> str | None:
         layer = self.layer()
@@ -167,7 +242,7 @@ class RegionsWidget(QWidget):
 
     def _show_frames(self, regs) -> None:
         """Draw each region's rectangle, dimmed, on the frames t0+1..t1-1 of its range (a
-        display-only layer: the rectangle to edit is the one on frame t0)."""
+        display-only layer placed on the video: the rectangle to edit is the one on frame t0)."""
         name = self.frames_layer_name()
         if name is None:
             return
@@ -179,40 +254,47 @@ class RegionsWidget(QWidget):
                 rect[:, 0] = t
                 rects.append(rect)
         shown = self.viewer.layers[name] if name in self.viewer.layers else None
+        place = transforms_of(self.video.layer())
         if shown is not None:
             shown.data = []
             if rects:
                 shown.add_rectangles(rects)
+            for key in ("scale", "translate"):
+                if key in place and tuple(getattr(shown, key)) != tuple(place[key]):
+                    setattr(shown, key, place[key])
         elif rects:
             active = self.viewer.layers.selection.active
             self.viewer.add_shapes(rects, shape_type="rectangle", ndim=3, name=name, axis_labels=AXIS_LABELS,
                                    edge_color="#ffcc00", face_color="transparent", edge_width=1.0,
-                                   opacity=0.45, metadata={DISPLAY_ONLY: True})
+                                   opacity=0.45, metadata={DISPLAY_ONLY: True}, **place)
             if active is not None:  # keep drawing on the regions layer
                 self.viewer.layers.selection.active = active
 
-    def table_regions(self):
-        rows = []
-        for i in range(self.table.rowCount()):
-            vals = []
-            for j, c in enumerate(COLUMNS):
-                item = self.table.item(i, j)
-                text = item.text().strip() if item is not None else ""
-                try:
-                    vals.append(int(text))
-                except ValueError:
-                    raise ValueError(f"regions[{i}].{c}: expected a whole number, got {text!r}") from None
-            rows.append(tuple(vals))
-        return rows
+    def table_row(self, i: int) -> tuple[int, ...]:
+        vals = []
+        for j, c in enumerate(COLUMNS):
+            item = self.table.item(i, j)
+            text = item.text().strip() if item is not None else ""
+            try:
+                vals.append(int(text))
+            except ValueError:
+                raise ValueError(f"regions[{i}].{c}: expected a whole number, got {text!r}") from None
+        return tuple(vals)
 
-    def _table_edited(self, *_):
+    def table_regions(self):
+        return [self.table_row(i) for i in range(self.table.rowCount())]
+
+    def _table_edited(self, item=None):
         if self._syncing:
             return
+        rows = [item.row()] if item is not None else list(range(self.table.rowCount()))
         try:
-            self.set_regions(self.table_regions())
+            self._replace_rows({i: self.table_row(i) for i in rows})
             self.status.info(f"{self.table.rowCount()} region(s)")
         except ValueError as e:
-            self.status.error(str(e))
+            i = rows[0]
+            msg = str(e).replace("regions[0]", f"regions[{i}]") if len(rows) == 1 else str(e)
+            self.status.error(msg)
             self._sync_table()  # back to the layer's regions: nothing changed
 
     # --- buttons ------------------------------------------------------------------------
@@ -228,15 +310,22 @@ class RegionsWidget(QWidget):
         self.status.info("draw rectangles on the frame; the table follows")
 
     def current_frame(self) -> int:
-        return int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim >= 3 else 0
+        """The frame shown, in the video's pixels (the slider is in world units)."""
+        video = self.video.layer()
+        if video is None or self.viewer.dims.ndim < 3:
+            return 0
+        return int(round(float(video.world_to_data(self.viewer.dims.point)[0])))
 
     def add_default(self):
         try:
             T, H, W = video_shape(self.video.layer())[:3]
-            regs = self.regions() if self.layer() is not None else []
-            t = min(self.current_frame(), T - 1)
-            regs.append((t, t + 1, H // 4, H - H // 4, W // 4, W - W // 4))
-            self.set_regions(regs)
+            t = min(max(self.current_frame(), 0), T - 1)
+            reg = Region(t, t + 1, H // 4, H - H // 4, W // 4, W - W // 4)
+            if self.layer() is None:
+                self.set_regions([reg])
+                return
+            layer = self.layer()
+            layer.add_rectangles(self._rectangles(layer, [reg]))
         except ValueError as e:
             self.status.error(str(e))
 
@@ -245,19 +334,18 @@ class RegionsWidget(QWidget):
 
     def remove_selected(self):
         rows = self.selected_rows()
-        try:
-            regs = [r for i, r in enumerate(self.regions()) if i not in rows]
-            self.set_regions(regs)
-        except ValueError as e:
-            self.status.error(str(e))
+        layer = self.layer()
+        if layer is None or not rows:
+            return
+        layer.selected_data = set(rows)
+        layer.remove_selected()
 
     def apply_frames(self):
         rows = self.selected_rows() or list(range(self.table.rowCount()))
         try:
-            regs = self.regions()
+            items = self.shape_regions()
             t0, t1 = self.t0.value(), self.t1.value()
-            regs = [(t0, t1, *r[2:]) if i in rows else r for i, r in enumerate(regs)]
-            self.set_regions(regs)
+            self._replace_rows({i: (t0, t1, *(items[i].region or items[i].bounds)[2:]) for i in rows})
         except ValueError as e:
             self.status.error(str(e))
 

@@ -23,9 +23,10 @@ from ._common import (
     Status,
     flows_of,
     is_regions_layer,
-    is_video,
     regions_of,
     set_layer,
+    transforms_of,
+    video_combo,
     video_shape,
 )
 
@@ -49,7 +50,7 @@ class SearchWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.video = LayerCombo(self.viewer, predicate=is_video)
+        self.video = video_combo(self.viewer)
         self.regions = LayerCombo(self.viewer, kinds=(Shapes,), extra=(WHOLE_VIDEO,),
                                   predicate=is_regions_layer)
         self.flow = QComboBox()
@@ -76,6 +77,7 @@ class SearchWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("video", self.video)
+        form.addRow("", self.video.note)
         form.addRow("regions", self.regions)
         form.addRow("flow", self.flow)
         for name in ("ps", "ws", "wt", "k", "stride0", "stride1", "dist"):
@@ -101,7 +103,7 @@ class SearchWidget(QWidget):
             shape = video_shape(layer)
             regs = None
             if self.regions.currentText() != WHOLE_VIDEO:
-                regs = regions_of(self.regions.layer(), shape)
+                regs = regions_of(self.regions.layer(), layer)
                 if not regs:
                     raise ValueError("regions: the regions layer is empty; draw a rectangle "
                                      f"or choose {WHOLE_VIDEO}")
@@ -134,7 +136,7 @@ class SearchWidget(QWidget):
             lo, hi = (float(v) for v in np.percentile(vals, [2, 98]))
             set_layer(self.viewer, f"{layer.name} search", dmap, "image", colormap="magma", opacity=0.7,
                       blending="additive", contrast_limits=(lo, hi if hi > lo else lo + 1e-6),
-                      metadata={RESULTS_KEY: results, "stnls_video": layer.name})
+                      metadata={RESULTS_KEY: results, "stnls_video": layer.name}, **transforms_of(layer))
             self.viewer.layers.selection.active = layer
             nq = sum(r.dists.shape[0] * r.dists.shape[1] * r.dists.shape[2] for r in new)
             kept = len(results) - len(new)

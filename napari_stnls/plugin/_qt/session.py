@@ -20,6 +20,7 @@ from ..._util import atomic_path
 from ..model.regions import Region
 
 WIDGETS = ("Regions", "Optical flow", "Patch search", "Neighbours", "Denoise")
+STEPS = (*WIDGETS, "Compare")  # the steps of run_steps: one per widget, then before/after
 REGION = Region(2, 5, 28, 92, 40, 120)  # the astronaut's face and helmet ring, frames 2..4
 PIXEL = (3, 60, 86)  # a query on the helmet's edge
 
@@ -63,9 +64,10 @@ def load_sample(viewer, n_frames: int = 8, size=(128, 160)) -> None:
 
 def run_steps(viewer, widgets: dict, *, region: Region = REGION, pixel=PIXEL, on_step=None,
               log=print) -> None:
-    """Region -> flow-guided search -> neighbours of ``pixel`` -> denoise the region.
+    """Region -> flow-guided search -> neighbours of ``pixel`` -> denoise the region -> compare
+    before and after.
 
-    ``on_step(name)`` is called after each step (e.g. to take a screenshot).
+    ``on_step(name)`` is called after each step of :data:`STEPS` (e.g. to take a screenshot).
     """
     step = on_step or (lambda name: None)
     reg = widgets["Regions"][1]
@@ -100,7 +102,8 @@ def run_steps(viewer, widgets: dict, *, region: Region = REGION, pixel=PIXEL, on
     nb.show_at(*pixel)
     viewer.layers["noisy search"].visible = False
     camera = getattr(viewer, "scene", viewer).camera  # napari 0.9 moved it to viewer.scene
-    camera.center = tuple(float(v) for v in pixel[1:])  # zoom in on the query
+    world = viewer.layers["noisy"].data_to_world(pixel)  # the camera is in world units
+    camera.center = tuple(float(v) for v in world[1:])  # zoom in on the query
     camera.zoom = 6 * camera.zoom
     log(f"[session] neighbours: {nb.status.text()}")
     step("Neighbours")
@@ -119,6 +122,13 @@ def run_steps(viewer, widgets: dict, *, region: Region = REGION, pixel=PIXEL, on
             viewer.layers[name].visible = False
     log(f"[session] denoise: {den.status.text()} {den.metrics.text()}")
     step("Denoise")
+
+    den.compare_button.click()  # before/after side by side, then back
+    viewer.reset_view()
+    log(f"[session] compare: {den.status.text()}")
+    step("Compare")
+    den.compare_button.click()
+    viewer.reset_view()
 
 
 def show_only(widgets: dict, name: str) -> None:
@@ -181,7 +191,7 @@ def main(argv=None) -> int:
     import napari
 
     viewer = napari.Viewer(title="napari-stnls: space-time non-local search")
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window.resize(1500, 950)
     load_sample(viewer)
     widgets = dock_widgets(viewer)
     from qtpy.QtWidgets import QApplication
@@ -195,7 +205,7 @@ def main(argv=None) -> int:
 
         def on_step(name):
             if args.screenshots:
-                show_only(widgets, name)
+                show_only(widgets, name if name in widgets else "Denoise")
                 slug = name.lower().replace(" ", "_")
                 print(f"[session] screenshot: {screenshot(viewer, Path(args.screenshots) / f'{slug}.png')}")
 

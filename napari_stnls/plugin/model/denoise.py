@@ -14,11 +14,12 @@ import numpy as np
 from ..._util import Cancelled, Steps, resolve_device
 from ...denoise import METHODS
 from ...stream import denoise_dask
+from .lazy import BackgroundFrames
 from .regions import validate_regions
 from .search import as_float_video, check_flows
 
 __all__ = ["denoise_methods", "method_defaults", "estimate_noise_sigma", "denoise_video", "denoise_lazy",
-           "LAZY_METHODS", "quality"]
+           "denoise_background", "LAZY_METHODS", "quality", "describe_quality"]
 
 
 def denoise_methods() -> dict[str, Callable]:
@@ -196,6 +197,31 @@ def denoise_lazy(video, method: str = "nlb", sigma: float = 20 / 255, *, flows=N
         raise ValueError(str(e)) from e
 
 
+def denoise_background(video, method: str = "nlb", sigma: float = 20 / 255, *, flows=None,
+                       device: str = "auto", prefetch: int = 2, on_ready: Callable[[int], None] | None = None,
+                       on_error: Callable[[int, BaseException], None] | None = None,
+                       paused: bool = False, **params) -> BackgroundFrames:
+    """The whole video denoised frame by frame in a background thread, as an array whose reads
+    never wait (:class:`~napari_stnls.plugin.model.lazy.BackgroundFrames`).
+
+    Each frame is frame t of :func:`denoise_lazy` (same arguments), computed when it is first
+    read (the frame read last first, then the ``prefetch`` frames after it); until then it
+    reads as zeros. ``on_ready(t)`` / ``on_error(t, exc)`` are called from the background
+    thread. ``paused``: nothing is computed until ``resume()`` (see ``BackgroundFrames``).
+
+    Returns
+    -------
+    BackgroundFrames, float32, the shape of ``video``
+    """
+    lazy = denoise_lazy(video, method, sigma, flows=flows, device=device, **params)
+
+    def compute(t: int) -> np.ndarray:
+        return np.asarray(lazy[t].compute(scheduler="synchronous"), dtype=np.float32)
+
+    return BackgroundFrames(compute, lazy.shape, np.float32, prefetch=prefetch, on_ready=on_ready,
+                            on_error=on_error, paused=paused)
+
+
 def quality(result, clean, regions: Sequence | None = None) -> dict[str, float]:
     """PSNR (dB) and SSIM of ``result`` against ``clean``, over ``regions`` (default everywhere).
 
@@ -237,3 +263,29 @@ def quality(result, clean, regions: Sequence | None = None) -> dict[str, float]:
             num += float(s) * n
             den += n
     return {"psnr": psnr, "ssim": num / den if den else float("nan")}
+
+
+SSIM_MIN_SIDE = 3  # SSIM needs a window of at least 3 x 3 pixels
+
+
+def describe_quality(before: dict, after: dict, where: str = "") -> str:
+    """One line: PSNR and SSIM before -> after, each a number or the reason there is none.
+
+    ``before`` and ``after`` are :func:`quality` results. PSNR of identical images is
+    written ``inf``; SSIM of regions all narrower than 3 pixels has no number, and says so.
+
+    Examples
+    --------
+    >>> describe_quality({"psnr": 20.0, "ssim": float("nan")}, {"psnr": 25.5, "ssim": float("nan")})
+    'PSNR 20.00 -> 25.50 dB, SSIM: none (every region is narrower than 3 pixels, its smallest window)'
+    """
+    def num(v, fmt):
+        return "inf" if v == float("inf") else format(v, fmt)
+
+    psnr = f"PSNR {num(before['psnr'], '.2f')} -> {num(after['psnr'], '.2f')} dB"
+    if np.isnan(before["ssim"]) or np.isnan(after["ssim"]):
+        ssim = (f"SSIM: none (every region is narrower than {SSIM_MIN_SIDE} pixels, its smallest "
+                "window)")
+    else:
+        ssim = f"SSIM {before['ssim']:.3f} -> {after['ssim']:.3f}"
+    return f"{where}{psnr}, {ssim}"

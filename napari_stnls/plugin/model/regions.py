@@ -108,7 +108,8 @@ def region_from_rectangle(vertices, t1: int | None = None, shape: Sequence[int] 
     t1 : int, optional
         End of the frame range (exclusive); default one frame: ``t + 1``.
     shape : (T, H, W, ...), optional
-        Clip the rectangle to the frame (rows and columns) when given.
+        Clip the rectangle to the frame (rows and columns) when given; a rectangle with no
+        pixel inside the frame is a ValueError.
     t0 : int, optional
         Start of the frame range; default the rectangle's frame.
 
@@ -137,6 +138,9 @@ def region_from_rectangle(vertices, t1: int | None = None, shape: Sequence[int] 
     y1, x1 = max(y1, y0 + 1), max(x1, x0 + 1)
     if shape is not None:
         H, W = int(shape[1]), int(shape[2])
+        if y1 <= 0 or x1 <= 0 or y0 >= H or x0 >= W:
+            raise ValueError(f"rectangle: rows {y0}..{y1 - 1}, columns {x0}..{x1 - 1} lie outside the "
+                             f"{H} x {W} frame")
         y0, x0 = max(0, y0), max(0, x0)
         y1, x1 = min(H, y1), min(W, x1)
     return Region(t, int(t + 1 if t1 is None else t1), int(y0), int(y1), int(x0), int(x1))

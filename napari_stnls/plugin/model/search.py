@@ -405,9 +405,21 @@ def gather_patches(video, positions, ps: int) -> np.ndarray:
     if t.min() < 0 or t.max() >= T:
         raise ValueError(f"positions: frame outside the video (0..{T - 1})")
     ta, tb = int(t.min()), int(t.max()) + 1
-    vid = torch.from_numpy(as_float_video(video, ta, tb)).permute(0, 3, 1, 2)[None]
+    # only the pixels the patches reach are read: a crop around them, ps//2 + 2 wider on each
+    # side (bilinear reading); a crop side that is not the frame's border is never reached, so
+    # mirroring at the frame's borders is unchanged
+    H, W = int(video.shape[1]), int(video.shape[2])
+    m = ps // 2 + 2
+    y0 = max(0, int(np.floor(pos[:, 1].min())) - m)
+    y1 = min(H, int(np.ceil(pos[:, 1].max())) + m + 1)
+    x0 = max(0, int(np.floor(pos[:, 2].min())) - m)
+    x1 = min(W, int(np.ceil(pos[:, 2].max())) + m + 1)
+    frames = video[ta:tb, y0:y1, x0:x1]
+    vid = torch.from_numpy(as_float_video(frames)).permute(0, 3, 1, 2)[None]
     p = pos.copy()
     p[:, 0] -= ta
+    p[:, 1] -= y0
+    p[:, 2] -= x0
     patches = gather(vid, torch.from_numpy(p).view(1, 1, -1, 1, 3), ps=ps)  # (1, 1, K, 1, 1, C, ps, ps)
     return patches[0, 0, :, 0, 0].permute(0, 2, 3, 1).numpy().copy()
 

@@ -13,7 +13,14 @@ import pytest
 pytest.importorskip("napari")
 
 from napari_stnls.plugin._qt._common import RESULTS_KEY  # noqa: E402
-from napari_stnls.plugin._qt.session import WIDGETS, dock_widgets, load_sample, run_steps, screenshot  # noqa: E402
+from napari_stnls.plugin._qt.session import (  # noqa: E402
+    STEPS,
+    WIDGETS,
+    dock_widgets,
+    load_sample,
+    run_steps,
+    screenshot,
+)
 from napari_stnls.plugin.model.regions import Region  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -27,7 +34,8 @@ def test_session_steps_and_screenshot(make_napari_viewer, tmp_path):
     seen = []
     run_steps(viewer, widgets, region=Region(1, 3, 8, 28, 10, 34), pixel=(2, 16, 22), on_step=seen.append,
               log=lambda *a: None)
-    assert seen == list(WIDGETS)
+    assert seen == list(STEPS)
+    assert not viewer.grid.enabled  # the before/after view was left
     for name in ("regions", "noisy flow", "noisy search", "neighbours", "neighbour vectors",
                  "noisy denoised (nlm)"):
         assert name in viewer.layers, name

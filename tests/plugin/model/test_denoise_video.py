@@ -117,3 +117,32 @@ def test_estimate_sigma_and_quality(vid):
     assert quality(vid.clean, vid.clean)["psnr"] == float("inf")
     with pytest.raises(ValueError, match="clean: shape"):
         quality(vid.clean, vid.clean[:2])
+
+
+def test_quality_on_tiny_regions_is_a_number_or_a_reason(vid):
+    from napari_stnls.plugin.model.denoise import describe_quality
+
+    noisy = vid.noisy
+    one = [(1, 2, 5, 6, 7, 8)]  # one pixel
+    q0, q1 = quality(noisy, vid.clean, one), quality(vid.clean, vid.clean, one)
+    assert np.isfinite(q0["psnr"]) and q1["psnr"] == float("inf") and np.isnan(q0["ssim"])
+    text = describe_quality(q0, q1, "1 region(s): ")
+    assert "nan" not in text.lower() and text.startswith(f"1 region(s): PSNR {q0['psnr']:.2f} -> inf dB")
+    assert "SSIM: none (every region is narrower than 3 pixels" in text
+    q2 = quality(noisy, vid.clean, [(1, 2, 5, 8, 7, 10)])  # 3 x 3: SSIM has a number
+    assert "SSIM 0." in describe_quality(q2, q2) or "SSIM 1." in describe_quality(q2, q2)
+
+
+def test_denoise_background_frames_equal_the_lazy_ones(vid):
+    from napari_stnls.plugin.model.denoise import denoise_background, denoise_lazy
+
+    kw = dict(ps=3, ws=5, k=4, device="cpu")
+    lazy = denoise_lazy(vid.noisy, "nlm", vid.sigma, **kw)
+    ready = []
+    frames = denoise_background(vid.noisy, "nlm", vid.sigma, prefetch=0, on_ready=ready.append, **kw)
+    try:
+        assert frames.shape == vid.noisy.shape and frames.dtype == np.float32
+        assert frames.wait(2, timeout=60) and ready == [2]
+        np.testing.assert_array_equal(frames[2], np.asarray(lazy[2]))
+    finally:
+        frames.close()

@@ -101,3 +101,13 @@ def test_load_bad_files(tmp_path):
     (tmp_path / "y.json").write_text('{"format": "other", "regions": []}')
     with pytest.raises(ValueError, match="not a regions file"):
         load_regions(tmp_path / "y.json")
+
+
+def test_rectangle_outside_the_frame_is_refused():
+    v = np.array([[1, 70, 5], [1, 70, 9], [1, 90, 9], [1, 90, 5]], np.float64)  # below a 60-row frame
+    with pytest.raises(ValueError, match="rows 70..89, columns 5..8 lie outside the 60 x 60 frame"):
+        region_from_rectangle(v, shape=(4, 60, 60))
+    v[:, 1] -= 100
+    with pytest.raises(ValueError, match="outside"):
+        region_from_rectangle(v, shape=(4, 60, 60))
+    assert region_from_rectangle(v) == Region(1, 2, -30, -10, 5, 9)  # without a shape: not checked

@@ -207,3 +207,29 @@ def test_search_regions_on_a_lazy_video_reads_only_the_frames_needed(vid):
     (b,) = search_regions(u8, [(4, 5, 0, 16, 0, 16)], p)
     np.testing.assert_array_equal(a.dists, b.dists)
     assert sorted(set(read)) == [3, 4, 5]  # frame 4 and its window, not the whole video
+
+
+@pytest.mark.parametrize("ps", [3, 7])
+def test_gather_patches_reads_a_crop_with_the_frames_mirroring(vid, ps):
+    from napari_stnls.ops import gather
+
+    # at the borders (mirrored), fractional, inside, over three frames
+    pos = np.array([[0, 0, 0], [1, 31, 39], [2, 0.4, 38.6], [2, 15.5, 20.25], [1, 30.7, 1.2]], np.float32)
+    got = gather_patches(vid.noisy, pos, ps=ps)
+    full = torch.from_numpy(vid.noisy[:3]).permute(0, 3, 1, 2)[None]
+    want = gather(full, torch.from_numpy(pos).view(1, 1, -1, 1, 3), ps=ps)[0, 0, :, 0, 0].permute(0, 2, 3, 1)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
+    # one patch reads only its neighbourhood of its frame
+    reads = []
+
+    class Spy:
+        shape, dtype = vid.noisy.shape, vid.noisy.dtype
+
+        def __getitem__(self, key):
+            reads.append(key)
+            return vid.noisy[key]
+
+    gather_patches(Spy(), np.array([[4, 16, 20]], np.float32), ps=ps)
+    (key,) = reads
+    assert key[0] == slice(4, 5)
+    assert key[1].stop - key[1].start <= ps + 6 and key[2].stop - key[2].start <= ps + 6
