@@ -9,14 +9,16 @@ Needs the ``bench`` extra (``pip install -e '.[bench]'``). Prints JSON and write
 Every method's time is wall-clock seconds (``<method>_s``), with the CPU seconds of this
 process (``<method>_cpu_s``) and the share of the machine other processes used meanwhile
 (``<method>_other_load``, from /proc/stat): on a shared machine compare within a row.
-``--baseline-src`` adds ``nl_bayes_flow_baseline``: the ``nl_bayes`` of another checkout (a
-``git worktree`` of an earlier commit, its kernels built in place), run in a subprocess on
+``--baseline-src`` adds ``nl_bayes_flow_baseline``: the ``nl_bayes`` of another checkout (an
+earlier commit extracted with ``git archive``, with kernels), run in a subprocess on
 the same noisy frames and flows, so that before and after come from one run. Each row
 then holds ``ratios``: times over CBM3D's and PSNR differences from it.
 
+    python benchmarks/bench_quality.py --quick              # everything runs (about a minute)
     python benchmarks/bench_quality.py --sigmas 20 --clips carphone --frames 10
     python benchmarks/bench_quality.py --clips bikes --sigmas 20 --methods nl_bayes_flow,cbm3d
-    git worktree add /tmp/base <commit> && cp napari_stnls/_C*.so /tmp/base/napari_stnls/
+    mkdir /tmp/base && git archive <commit> | tar -x -C /tmp/base
+    cp napari_stnls/_C*.so /tmp/base/napari_stnls/     # the same kernels (or build them there)
     python benchmarks/bench_quality.py --frames 8 --sigmas 20 --methods cbm3d,nl_bayes_flow \
         --baseline-src /tmp/base --device cpu --threads 2
 """
@@ -105,7 +107,7 @@ from napari_stnls.denoise import nl_bayes
 z = np.load(inp)
 flows = (torch.from_numpy(z["fflow"]), torch.from_numpy(z["bflow"]))
 t, c = time.perf_counter(), time.process_time()
-res = nl_bayes(z["noisy"], float(z["sigma"]), flows=flows, device=device)
+res = nl_bayes(z["noisy"], float(z["sigma"]), flows=flows, device=device, data_range=1.0)
 if device == "cuda":
     torch.cuda.synchronize()
 np.savez(out, out=res, s=time.perf_counter() - t, cpu_s=time.process_time() - c)
@@ -135,11 +137,12 @@ def run(clip: str, sigma: float, frames: int, device: str, methods: list[str], f
         flows = compute_flows(noisy, flow)
         res[f"flow_{flow}_s"] = time.perf_counter() - t
     fns = {
-        "skimage_nlm_2d": lambda: skimage_nl_means(noisy, s, mode="2d"),
-        "skimage_nlm_3d": lambda: skimage_nl_means(noisy, s, mode="3d"),
+        # the clips' range is known ([0, 1]: sigma on the 0-255 scale), not estimated
+        "skimage_nlm_2d": lambda: skimage_nl_means(noisy, s, mode="2d", data_range=1.0),
+        "skimage_nlm_3d": lambda: skimage_nl_means(noisy, s, mode="3d", data_range=1.0),
         "cbm3d": lambda: cbm3d(noisy, s),
-        "nl_means_flow": lambda: nl_means(noisy, s, flows=flows, device=device),
-        "nl_bayes_flow": lambda: nl_bayes(noisy, s, flows=flows, device=device),
+        "nl_means_flow": lambda: nl_means(noisy, s, flows=flows, device=device, data_range=1.0),
+        "nl_bayes_flow": lambda: nl_bayes(noisy, s, flows=flows, device=device, data_range=1.0),
         "nl_bayes_flow_baseline": lambda: nl_bayes_baseline(noisy, s, flows, device),
     }
     if BASELINE_SRC and "nl_bayes_flow" in methods:
@@ -179,9 +182,12 @@ def run(clip: str, sigma: float, frames: int, device: str, methods: list[str], f
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clips", default="carphone", help="comma-separated: carphone,bikes")
-    p.add_argument("--sigmas", default="10,20,30,40,50", help="comma-separated, 0-255 scale")
-    p.add_argument("--frames", type=int, default=10)
+    p.add_argument("--clips", help="comma-separated: carphone,bikes (default carphone)")
+    p.add_argument("--sigmas", help="comma-separated, 0-255 scale (default 10,20,30,40,50)")
+    p.add_argument("--frames", type=int, help="the first frames of each clip (default 10)")
+    p.add_argument("--quick", action="store_true",
+                   help="a check that everything runs, in about a minute on 2 cores: carphone, 3 frames, "
+                        "sigma 20, every method (what is given explicitly wins)")
     p.add_argument("--methods", default=",".join(METHOD_NAMES),
                    help=f"comma-separated subset of {','.join(METHOD_NAMES)}")
     p.add_argument("--flow", default="tvl1", help="flow for the *_flow methods: tvl1, ilk or dis")
@@ -193,6 +199,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out")
     a = p.parse_args()
+    quick = dict(clips="carphone", sigmas="20", frames=3)
+    full = dict(clips="carphone", sigmas="10,20,30,40,50", frames=10)
+    for name, v in (quick if a.quick else full).items():
+        if getattr(a, name) is None:
+            setattr(a, name, v)
+    if a.frames < 2:
+        p.error(f"--frames: expected at least 2, got {a.frames}")
     global CLIPS_NPZ, BASELINE_SRC
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -212,6 +225,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if a.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "frames": a.frames,
+        "quick": a.quick,
         "baseline_src": BASELINE_SRC,
         "load_average_start": list(os.getloadavg()),
         "results": [],

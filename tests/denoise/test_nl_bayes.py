@@ -184,3 +184,38 @@ def test_skipping_in_a_batch_treats_each_video_on_its_own(sample):
 def test_skip_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         nl_bayes(np.zeros((3, 8, 8), np.float32), 0.1, device="cpu", **kwargs)
+
+
+def test_skipping_gives_the_same_result_on_any_number_of_threads(sample):
+    kw = dict(KW, skip=1, skip2=1)
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = nl_bayes(sample.noisy, 20 / 255, **kw)
+        torch.set_num_threads(2)
+        two = nl_bayes(sample.noisy, 20 / 255, **kw)
+    finally:
+        torch.set_num_threads(n0)
+    assert np.array_equal(one, two)
+
+
+def test_skipping_reports_every_band_and_cancel_leaves_nothing_behind(sample):
+    import threading
+
+    from napari_stnls._util import Cancelled
+
+    kw = dict(KW, skip=1, skip2=1, band_rows=4)  # several bands per frame, some skipped whole
+    calls = []
+    nl_bayes(sample.noisy, 20 / 255, progress=lambda d, t: calls.append((d, t)), **kw)
+    assert calls[-1][0] == calls[-1][1] and [d for d, _ in calls] == list(range(1, len(calls) + 1))
+    polls = []
+
+    def stop():
+        polls.append(1)
+        return len(polls) > len(calls) // 2  # in the middle of step 1 or 2, after skipped bands
+
+    noisy, n0, threads = sample.noisy.copy(), torch.get_num_threads(), threading.active_count()
+    with pytest.raises(Cancelled):
+        nl_bayes(sample.noisy, 20 / 255, should_stop=stop, **kw)
+    assert np.array_equal(sample.noisy, noisy)
+    assert torch.get_num_threads() == n0 and threading.active_count() == threads
