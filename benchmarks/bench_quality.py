@@ -14,7 +14,7 @@ earlier commit extracted with ``git archive``, with kernels), run in a subproces
 the same noisy frames and flows, so that before and after come from one run. Each row
 then holds ``ratios``: times over CBM3D's and PSNR differences from it.
 
-    python benchmarks/bench_quality.py --quick              # everything runs (about a minute)
+    python benchmarks/bench_quality.py --quick              # everything runs (under a minute)
     python benchmarks/bench_quality.py --sigmas 20 --clips carphone --frames 10
     python benchmarks/bench_quality.py --clips bikes --sigmas 20 --methods nl_bayes_flow,cbm3d
     mkdir /tmp/base && git archive <commit> | tar -x -C /tmp/base
@@ -186,7 +186,7 @@ def main() -> None:
     p.add_argument("--sigmas", help="comma-separated, 0-255 scale (default 10,20,30,40,50)")
     p.add_argument("--frames", type=int, help="the first frames of each clip (default 10)")
     p.add_argument("--quick", action="store_true",
-                   help="a check that everything runs, in about a minute on 2 cores: carphone, 3 frames, "
+                   help="a check that everything runs, in under a minute on 2 cores: carphone, 3 frames, "
                         "sigma 20, every method (what is given explicitly wins)")
     p.add_argument("--methods", default=",".join(METHOD_NAMES),
                    help=f"comma-separated subset of {','.join(METHOD_NAMES)}")
