@@ -113,9 +113,10 @@ def main() -> None:
                 if "h_factor" in kw:  # skimage's h is on the intensity scale: h = factor * sigma
                     kw["h"] = kw.pop("h_factor") * s / 255
                 if a.method.startswith("skimage"):
-                    return skimage_nl_means(n, s / 255, region=r, mode=a.method[-2:], **kw)
+                    return skimage_nl_means(n, s / 255, region=r, mode=a.method[-2:], data_range=1.0, **kw)
                 den = nl_bayes if a.method == "nlb" else nl_means
-                return den(n, s / 255, flows=f, region=r, device="cpu", **kw)
+                # the scenes' range is [0, 1]: sigma on the scale the tables are tuned on
+                return den(n, s / 255, flows=f, region=r, device="cpu", data_range=1.0, **kw)
 
             t0, c0 = time.perf_counter(), time.process_time()
             db = score(data, fn, t_mid)
