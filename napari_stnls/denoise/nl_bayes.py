@@ -59,8 +59,86 @@ def _eigh(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         torch.set_num_threads(n)
 
 
+def _group_filter(yn: torch.Tensor, yb: torch.Tensor | None, var: float, thresh: float) -> torch.Tensor:
+    """Bayes estimates of the patches of groups, with VNLB's thresholded Wiener filter.
+
+    Parameters
+    ----------
+    yn : Tensor, shape (N, K, D)
+        The noisy patches (``D`` values each) of ``N`` groups of ``K``.
+    yb : Tensor, shape (N, K, D), optional
+        The same patches in the basic estimate (step 2), whose covariance is taken as the
+        signal's; None (step 1): the noisy covariance minus ``var``.
+    var : float
+        The noise variance.
+    thresh : float
+        Eigen-directions whose signal variance is at most ``thresh * var`` are set to the
+        group mean.
+
+    Returns
+    -------
+    Tensor, shape (N, K, D)
+        ``m + U diag(g) U^T (y - m)`` with ``g = l / (l + var)`` above the threshold, 0 below.
+    """
+    K = yn.shape[1]
+    mn = yn.mean(1, keepdim=True)
+    yc = yn - mn
+    c = yc if yb is None else yb - yb.mean(1, keepdim=True)
+    cov = c.transpose(-1, -2) @ c / (K - 1)
+    shift = var if yb is None else 0.0
+    out = mn.expand_as(yn).clone()
+    # a covariance is positive semi-definite, so its largest eigenvalue is at most its Frobenius
+    # norm: a group whose norm is at most the threshold keeps no direction (its estimate is
+    # its mean) and needs no eigen-decomposition (half the groups of step 2 from sigma 40/255)
+    live = (cov.flatten(1).norm(dim=1) > thresh * var + shift).nonzero().squeeze(1)
+    if len(live) == 0:
+        return out
+    ev, U = _eigh(cov[live])
+    ev = ev - shift
+    gain = torch.where(ev > thresh * var, ev / (ev + var).clamp_min(1e-12), torch.zeros_like(ev))
+    # eigh sorts the eigenvalues up: only the last R directions, those of the group with the
+    # most kept, can have a gain (a low-rank product: R is often a tenth of D)
+    R = int((gain > 0).sum(-1).max())
+    if R > 0:
+        Ur = U[..., -R:]
+        out[live] += ((yc[live] @ Ur) * gain[..., None, -R:]) @ Ur.transpose(-1, -2)
+    return out
+
+
+def _filter(yn: torch.Tensor, yb: torch.Tensor | None, var: float, thresh: float) -> torch.Tensor:
+    """:func:`_group_filter` of a batch of groups; on the CPU in chunks of a fixed size, each
+    one single-threaded, spread over torch's threads.
+
+    Small eigen-problems gain nothing from LAPACK's threads (they slow them down, 8x when
+    the cores are busy) and PyTorch solves a batch one matrix after the other, so the cores
+    take whole chunks: covariances, eigen-decompositions and estimates. The chunks do not
+    depend on the number of threads, so neither does the result.
+    """
+    N, K, D = yn.shape
+    if yn.device.type != "cpu" or N == 0:
+        return _group_filter(yn, yb, var, thresh)
+    size = max(8, 2**28 // (D**3 + K * D * D))  # some 20-40 ms of work
+    parts = [(yn[j:j + size], None if yb is None else yb[j:j + size]) for j in range(0, N, size)]
+    n0 = torch.get_num_threads()
+    n = min(n0, len(parts))
+
+    def one(part):
+        torch.set_num_threads(1)  # for the calling thread's OpenMP and MKL
+        return _group_filter(part[0], part[1], var, thresh)
+
+    try:
+        if n <= 1:
+            out = [one(q) for q in parts]
+        else:
+            with ThreadPoolExecutor(n) as ex:
+                out = list(ex.map(one, parts))
+    finally:
+        torch.set_num_threads(n0)
+    return torch.cat(out)
+
+
 def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_search, flows, stride0,
-                regions, rows, step, steps):
+                skip, regions, rows, step, steps):
     """One step of video non-local Bayes: group, estimate, aggregate every group patch.
 
     Groups are searched on ``guide`` (its first channel only with ``luma_search``); the
@@ -68,6 +146,12 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
     or the guide's (step 2), with each colour channel on its own unless ``couple``.
     Eigen-directions whose signal variance is at most ``thresh * sigma^2`` are set to the
     group mean (VNLB's variance threshold).
+
+    The references (a grid of spacing ``stride0``) run frame after frame. With ``skip > 0``
+    a reference is skipped when the groups of the earlier frames already estimated its pixel
+    at least ``skip * ps * ps * pt`` times (``skip`` patches' worth: VNLB's "paste trick"
+    at the scale of frames). Which references run depends only on the earlier frames, never
+    on the bands, so the result is the same for any ``rows``.
     """
     B, T, C, H, W = noisy.shape
     pad = ps // 2
@@ -75,15 +159,36 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
     var = sigma**2
     key = guide[:, :, :1] if luma_search else guide
     G = 1 if couple else C  # independent groups per reference patch
+    need = skip * ps * ps * pt
     for r in regions:
         agg = torch.zeros_like(noisy)
         cnt = torch.zeros(B, T, 1, H, W, device=noisy.device)
-        for band in split_bands(r, pad + ws, rows, noisy.shape):  # groups of nearby references reach r
+        frame, done = -1, None
+        for band in _bands(r, pad + ws, rows, noisy.shape, stride0):  # groups of nearby references reach r
             steps.check()
+            w = None
+            if skip > 0:
+                if band.t0 != frame:  # what the groups of the earlier frames estimated in this one
+                    frame, done = band.t0, cnt[:, band.t0, 0].clone()
+                todo = done[:, band.y0:band.y1:stride0, band.x0:band.x1:stride0] < need  # (B, nH, nW)
+                on_y, on_x = todo.any(2).any(0).nonzero(), todo.any(1).any(0).nonzero()
+                if len(on_y) == 0:
+                    steps.advance()
+                    continue
+                # search the bounding box of the references to do, then keep those
+                a0, a1, b0, b1 = int(on_y[0]), int(on_y[-1]) + 1, int(on_x[0]), int(on_x[-1]) + 1
+                todo = todo[:, a0:a1, b0:b1].reshape(B, -1)
+                band = Region(band.t0, band.t1, band.y0 + a0 * stride0, band.y0 + (a1 - 1) * stride0 + 1,
+                              band.x0 + b0 * stride0, band.x0 + (b1 - 1) * stride0 + 1)
             # whole-pixel positions: bilinear reading would lower the patches' noise
             # variance below sigma^2, which the Wiener filter assumes
             _, i = search(key, key, ps=ps, pt=pt, ws=ws, wt=wt, k=k, flows=flows, region=band,
                           stride0=stride0, itype="int")
+            if skip > 0:
+                keep = todo.any(0)  # done for the videos of the batch that need it, weighted 0 in the others
+                i = i[:, :, keep]
+                if not bool(todo[:, keep].all()):
+                    w = todo[:, keep].to(noisy.dtype)[:, None, :, None].expand(B, 1, -1, k).contiguous()
 
             def groups(v, i=i):  # (B, 1, Q, K, pt, C, ps, ps) -> (B, Q, G, K, D)
                 p = gather(v, i, ps=ps, pt=pt)
@@ -91,33 +196,29 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
                 return p.reshape(B, p.shape[2], G, k, -1)
 
             yn = groups(noisy)
-            mn = yn.mean(3, keepdim=True)
-            yc = yn - mn
-            if step == 1:
-                cov = yc.transpose(-1, -2) @ yc / (k - 1)
-                ev, U = _eigh(cov.flatten(0, 2))
-                ev, U = ev.view(*cov.shape[:-1]), U.view(cov.shape)
-                ev = ev - var
-            else:
-                yb = groups(guide)
-                yb = yb - yb.mean(3, keepdim=True)
-                cov = yb.transpose(-1, -2) @ yb / (k - 1)
-                ev, U = _eigh(cov.flatten(0, 2))
-                ev, U = ev.view(*cov.shape[:-1]), U.view(cov.shape)
-            gain = torch.where(ev > thresh * var, ev / (ev + var).clamp_min(1e-12), torch.zeros_like(ev))
-            # x = m + U diag(gain) U^T (y - m), for every patch of every group
-            est = mn + ((yc @ U) * gain.unsqueeze(3)) @ U.transpose(-1, -2)
-            Q = est.shape[1]
+            Q = yn.shape[1]
+            yb = None if step == 1 else groups(guide).flatten(0, 2)
+            est = _filter(yn.flatten(0, 2), yb, var, thresh)
             if couple:
                 est = est.reshape(B, 1, Q, k, pt, C, ps, ps)
             else:
                 est = est.reshape(B, 1, Q, C, k, pt, ps, ps).permute(0, 1, 2, 4, 5, 3, 6, 7)
-            scatter(est, i, out=(agg, cnt), ps=ps, pt=pt)
+            scatter(est, i, out=(agg, cnt), weights=w, ps=ps, pt=pt)
             steps.advance()
         sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
         covered = cnt[sl] > 0
         out[sl] = torch.where(covered, agg[sl] / cnt[sl].clamp_min(1e-12), out[sl])
     return out
+
+
+def _bands(r: Region, reach: int, rows: int, shape, stride0: int) -> list[Region]:
+    """The one-frame bands of references of one pass over ``r``, in the order they run.
+
+    References lie on the grid of spacing ``stride0`` over ``r`` dilated by ``reach`` (those
+    whose groups can reach ``r``); each band holds ``rows`` rows, rounded up to whole grid
+    rows so that the grid never depends on ``rows``.
+    """
+    return split_bands(r, reach, -(-rows // stride0) * stride0, shape)
 
 
 def _nl_bayes(
@@ -141,6 +242,8 @@ def _nl_bayes(
     band_rows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    skip: float | None = None,
+    skip2: float | None = None,
 ):
     """Two-step video non-local Bayes (after Arias & Morel's VNLB), along the flow.
 
@@ -156,6 +259,12 @@ def _nl_bayes(
     (``l = lambda_basic``, threshold ``thresh2``) and filters all channels jointly with
     ``k2`` patches of side ``ps2``.
 
+    References are processed frame after frame, and from the second frame of a step on, a
+    reference whose pixel the groups of the earlier frames already estimated at least
+    ``skip * ps * ps * pt`` times (``skip2 * ps2 * ps2 * pt`` in step 2) is skipped: VNLB's
+    "paste trick", decided frame by frame so that the result does not depend on how the
+    work is cut into bands (nor on the number of threads). 0 processes every reference.
+
     Parameters
     ----------
     video, sigma, flows, region, device, band_rows, progress, should_stop
@@ -167,6 +276,11 @@ def _nl_bayes(
         (:func:`nl_bayes_params`).
     opponent : bool
         Work in the opponent colour space (3-channel videos only).
+    skip, skip2 : float, optional
+        How many patches' worth of estimates a pixel needs from earlier frames' groups for
+        its reference to be skipped, in steps 1 and 2 (0: none is). None takes the value
+        tuned for ``sigma``. Tiles of a video (``napari_stnls.stream``) equal the whole
+        video's result only without skipping.
 
     Returns
     -------
@@ -193,7 +307,7 @@ def _nl_bayes(
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
             p[name] = v
-    for name, v in dict(thresh=thresh, thresh2=thresh2).items():
+    for name, v in dict(thresh=thresh, thresh2=thresh2, skip=skip, skip2=skip2).items():
         if v is not None:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
@@ -204,8 +318,9 @@ def _nl_bayes(
     if opp:
         xd = _to_opp(xd)
     joint = C <= COUPLED_CHANNELS  # more channels: each filtered on its own (covariances grow as C^2)
-    cfg1 = dict(ps=p["ps"], k=p["k"], thresh=p["thresh"], couple=not opp and joint, luma_search=opp)
-    cfg2 = dict(ps=p["ps2"], k=p["k2"], thresh=p["thresh2"], couple=joint, luma_search=False)
+    cfg1 = dict(ps=p["ps"], k=p["k"], thresh=p["thresh"], skip=p["skip"], couple=not opp and joint,
+                luma_search=opp)
+    cfg2 = dict(ps=p["ps2"], k=p["k2"], thresh=p["thresh2"], skip=p["skip2"], couple=joint, luma_search=False)
     ws, wt, s0, pt = p["ws"], p["wt"], p["stride0"], p["pt"]
     # step 2 reads the basic estimate around the region: up to ws//2 + ps2 pixels (plus the
     # flow) away in space and wt frames in time
@@ -218,7 +333,7 @@ def _nl_bayes(
         G = 1 if cfg["couple"] else C
         per_query = G * (cfg["k"] * D * 4 * 6 + D * D * 4 * 4)
         rows = band_rows or max(s0, (256 * 2**20) // max(1, per_query * -(-W // s0)) * s0)
-        return rows, sum(len(split_bands(r, cfg["ps"] // 2 + ws, rows, x.shape)) for r in regs)
+        return rows, sum(len(_bands(r, cfg["ps"] // 2 + ws, rows, x.shape, s0)) for r in regs)
 
     (rows1, n1), (rows2, n2) = plan(cfg1, regions1), plan(cfg2, regions)
     steps = Steps(n1 + n2, progress, should_stop)
@@ -268,6 +383,8 @@ def nl_bayes(
     band_rows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    skip: float | None = None,
+    skip2: float | None = None,
 ):
     """Two-step video non-local Bayes (after Arias & Morel's VNLB), along the flow.
 
@@ -288,6 +405,12 @@ def nl_bayes(
     to :data:`~napari_stnls.denoise.params.COUPLED_CHANNELS` channels, channel by channel
     above (the joint covariances grow as C^2).
 
+    References are processed frame after frame, and from the second frame of a step on, a
+    reference whose pixel the groups of the earlier frames already estimated at least
+    ``skip * ps * ps * pt`` times (``skip2 * ps2 * ps2 * pt`` in step 2) is skipped: VNLB's
+    "paste trick", decided frame by frame so that the result does not depend on how the
+    work is cut into bands (nor on the number of threads).
+
     Parameters
     ----------
     video, sigma, axes, data_range, noise, gain, flows, region, device, band_rows, progress, should_stop
@@ -301,6 +424,11 @@ def nl_bayes(
         ``sigma / (hi - lo)``).
     opponent : bool
         Work in the opponent colour space (3-channel videos only).
+    skip, skip2 : float, optional
+        How many patches' worth of estimates a pixel needs from earlier frames' groups for
+        its reference to be skipped, in steps 1 and 2 (0: none is). None takes the value
+        tuned for the noise (:func:`~napari_stnls.denoise.nl_bayes_params`). Tiles of a
+        video (``napari_stnls.stream``) equal the whole video's result only without skipping.
 
     Returns
     -------
@@ -325,4 +453,4 @@ def nl_bayes(
     return run(_nl_bayes, video, sigma, noise=noise, gain=gain, axes=axes, data_range=data_range,
                flows=flows, region=region, progress=progress, should_stop=should_stop, ps=ps, ps2=ps2, pt=pt,
                ws=ws, wt=wt, k=k, k2=k2, stride0=stride0, thresh=thresh, thresh2=thresh2, opponent=opponent,
-               device=device, band_rows=band_rows)
+               device=device, band_rows=band_rows, skip=skip, skip2=skip2)

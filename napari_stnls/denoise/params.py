@@ -24,7 +24,13 @@ NLB_TABLE: dict[str, tuple[float, ...]] = {
     "wt": (2, 2, 2, 2, 2),
     "k": (60, 60, 60, 60, 60),
     "k2": (160, 160, 160, 160, 160),
-    "stride0": (2, 2, 2, 2, 2),
+    # references every 4 pixels and, from sigma 20 on, VNLB's skipping of references already
+    # covered by a patch's worth of estimates: 4-10x faster than every 2 pixels without
+    # skipping. Chosen (unlike the rest) on carphone, the benchmark clip, to stay within 0.1 dB
+    # of every 2 pixels at every sigma (docs/benchmarks.md; skipping at sigma 10 cost 0.12 dB)
+    "stride0": (4, 4, 4, 4, 4),
+    "skip": (0.0, 1.0, 1.0, 1.0, 1.0),
+    "skip2": (0.0, 1.0, 1.0, 1.0, 1.0),
     "thresh": (1.0, 1.0, 1.85, 2.7, 2.7),
     "thresh2": (1.2, 1.2, 0.85, 0.5, 0.5),
 }
@@ -77,13 +83,13 @@ def nl_bayes_params(sigma: float, channels: int = 3) -> dict:
     --------
     >>> p = nl_bayes_params(20 / 255)
     >>> sorted(p)
-    ['k', 'k2', 'ps', 'ps2', 'pt', 'stride0', 'thresh', 'thresh2', 'ws', 'wt']
+    ['k', 'k2', 'ps', 'ps2', 'pt', 'skip', 'skip2', 'stride0', 'thresh', 'thresh2', 'ws', 'wt']
     """
     s = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
     out = {}
     for name, values in NLB_TABLE.items():
         v = float(np.interp(s, NLB_SIGMAS, values))
-        out[name] = v if name.startswith("thresh") else int(round(v))
+        out[name] = v if name.startswith(("thresh", "skip")) else int(round(v))
     for name in ("ps", "ps2", "ws"):  # odd sides
         out[name] += 1 - out[name] % 2
     joint = channels if channels <= COUPLED_CHANNELS else 1  # values per pixel of a filtered patch

@@ -149,7 +149,10 @@ def compute_tile(kind, method, p, crop: Region, tile: Region, v: np.ndarray, flo
         return out[sl]
     if kind == "nlb":
         kw = {k: p[k] for k in NLB_KEYS if k in p}
-        out = nl_bayes(v, p["sigma"], flows=flows, device=device, should_stop=should_stop, **kw)
+        # no skipping of references: which ones nl_bayes skips depends on the frames before,
+        # which a crop does not hold, so every tile equals the whole video's result
+        out = nl_bayes(v, p["sigma"], flows=flows, device=device, should_stop=should_stop, skip=0, skip2=0,
+                       **kw)
         return out[sl]
     return _compute_fn(method, crop, tile, local, v, flows, device, should_stop)
 

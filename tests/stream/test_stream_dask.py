@@ -35,7 +35,7 @@ def test_local_cluster_equals_in_memory():
     ff, bf = _flows(6, 24, 26)
     tfl = (torch.from_numpy(ff)[None], torch.from_numpy(bf)[None])
     ref_m = nl_means(v, flows=tfl, device="cpu", **NLM)
-    ref_b = nl_bayes(v[..., 0], 0.1, ps=3, ws=5, wt=1, k=12, stride0=2, device="cpu")
+    ref_b = nl_bayes(v[..., 0], 0.1, ps=3, ws=5, wt=1, k=12, stride0=2, skip=0, skip2=0, device="cpu")
     dv = da.from_array(v, chunks=(2, 12, 13, 3))
     lazy_m = stream.denoise_dask(dv, "nl_means", tile=(2, 10, 9), flows=(da.from_array(ff), bf), **NLM)
     lazy_b = stream.denoise_dask(dv[..., 0], "nl_bayes", tile=(3, 24, 13), sigma=0.1, ps=3, ws=5, wt=1, k=12,

@@ -1,0 +1,221 @@
+"""nl_bayes' internals: the group filter against float64 ``eigh``, and the skipping of
+references (fewer groups, deterministic, regions untouched outside, batches independent)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio as psnr
+
+from napari_stnls.denoise import nl_bayes
+from napari_stnls.video.synthetic import sample_video
+
+NLB = sys.modules["napari_stnls.denoise.nl_bayes"]  # the module (the package exports the function)
+
+
+def _reference_filter(yn, yb, var, thresh):
+    """The thresholded Wiener filter of every group, in float64, from its definition:
+    ``m + U diag(g) U^T (y - m)`` with the full eigen-decomposition."""
+    yn = yn.double()
+    m = yn.mean(1, keepdim=True)
+    c = yn - m if yb is None else yb.double() - yb.double().mean(1, keepdim=True)
+    ev, U = torch.linalg.eigh(c.mT @ c / (yn.shape[1] - 1))
+    lam = ev - var if yb is None else ev
+    g = torch.where(lam > thresh * var, lam / (lam + var), torch.zeros_like(lam))
+    return m + (yn - m) @ U @ torch.diag_embed(g) @ U.mT, lam
+
+
+def _groups(n, k, d, rank, var, seed):
+    """``n`` groups of ``k`` patches: a low-rank signal (variances 4 to 40 var) plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(n, d, d, generator=g, dtype=torch.float64))[0][..., :rank]
+    amp = torch.linspace(2, 6.3, rank, dtype=torch.float64) * var**0.5
+    signal = (torch.randn(n, k, rank, generator=g, dtype=torch.float64) * amp) @ basis.mT
+    clean = 0.5 + signal
+    return clean, clean + var**0.5 * torch.randn(n, k, d, generator=g, dtype=torch.float64)
+
+
+def _mid_gap(lam, near):
+    """A threshold (in units of var) between two eigenvalues, near ``near``: no eigenvalue
+    is within rounding of it, so float32 and float64 keep the same directions."""
+    v = torch.sort(lam.flatten()).values
+    i = int(torch.searchsorted(v, torch.tensor(near, dtype=v.dtype)))
+    lo, hi = max(1, i - 20), min(len(v) - 1, i + 20)
+    gaps = v[lo:hi + 1] - v[lo - 1:hi]
+    j = int(gaps.argmax()) + lo
+    assert gaps.max() > 1e-3
+    return float((v[j - 1] + v[j]) / 2)
+
+
+@pytest.mark.parametrize("step", [1, 2])
+def test_group_filter_matches_float64_eigh(step):
+    var = (20 / 255) ** 2
+    clean, noisy = _groups(24, 60, 50, 6, var, seed=step)
+    guide = None if step == 1 else clean + 0.3 * (noisy - clean)  # a basic estimate: some noise left
+    _, lam = _reference_filter(noisy, guide, var, 0.0)
+    thresh = _mid_gap(lam[10:] / var, 1.0 if step == 1 else 1.2)
+    if step == 2:
+        # flat groups keep no direction (their estimate is their mean, without eigh); faint
+        # ones keep one, although their covariance's norm is close to the threshold
+        g = torch.Generator().manual_seed(7)
+        guide[:5] = guide[:5].mean(1, keepdim=True)
+        z = torch.randn(5, 60, 1, generator=g, dtype=torch.float64)
+        z = (z - z.mean(1, keepdim=True)) / z.std(1, keepdim=True)
+        u = torch.nn.functional.normalize(torch.randn(5, 1, 50, generator=g, dtype=torch.float64), dim=-1)
+        guide[5:10] = guide[5:10].mean(1, keepdim=True) + (1.6 * thresh * var) ** 0.5 * z * u
+    ref, lam = _reference_filter(noisy, guide, var, thresh)
+    # the eigenvalues the float32 solver sees (but for the flat groups: on covariances of
+    # about 1e-31, MKL's float32 eigh can return NaN, which the filter never asks it for)
+    c = noisy - noisy.mean(1, keepdim=True) if guide is None else guide - guide.mean(1, keepdim=True)
+    cov = c.mT @ c / 59
+    ev32, _ = NLB._eigh(cov[5:].float())
+    np.testing.assert_allclose(ev32.double() - (var if step == 1 else 0), lam[5:], atol=2e-5)
+    kept = (lam > thresh * var).sum(-1)
+    assert int(kept.max()) < 50 and int(kept[10:].min()) > 0  # the low-rank product drops directions
+    if step == 2:
+        assert int(kept[:5].max()) == 0 and kept[5:10].tolist() == [1] * 5
+        assert float(cov[5:10].flatten(1).norm(dim=1).max()) < 2 * thresh * var  # what a looser bound drops
+    out = NLB._group_filter(noisy.float(), None if guide is None else guide.float(), var, thresh)
+    assert out.dtype == torch.float32 and out.shape == noisy.shape and bool(out.isfinite().all())
+    np.testing.assert_allclose(out.double(), ref, atol=2e-5)
+    # the filter does what it is for: closer to the clean patches than the noisy ones are
+    err, noise = float(((out[10:].double() - clean[10:]) ** 2).mean()), float(((noisy - clean) ** 2).mean())
+    assert err < 0.5 * noise, (err, noise)
+
+
+def test_group_filter_with_nothing_kept_returns_the_group_mean():
+    clean, noisy = _groups(4, 30, 12, 2, 0.01, seed=3)
+    out = NLB._group_filter(noisy.float(), None, 0.01, 1e6)
+    torch.testing.assert_close(out, noisy.float().mean(1, keepdim=True).expand_as(out))
+
+
+def test_chunked_filter_is_the_same_on_any_number_of_threads():
+    clean, noisy = _groups(700, 40, 27, 4, 0.01, seed=4)  # several chunks
+    yn, yb = noisy.float(), clean.float()
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = NLB._filter(yn, yb, 0.01, 0.5)
+        torch.set_num_threads(2)
+        two = NLB._filter(yn, yb, 0.01, 0.5)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(n0)
+    assert torch.equal(one, two)
+    torch.testing.assert_close(one, NLB._group_filter(yn, yb, 0.01, 0.5), atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return sample_video(n_frames=4, size=(32, 40), sigma=20 / 255, seed=2)
+
+
+# small patches and groups: what is checked does not depend on their size
+KW = dict(device="cpu", data_range=1.0, ws=7, wt=1, ps=3, ps2=3, pt=2, k=20, k2=30, stride0=2)
+
+
+def test_skipping_processes_fewer_groups_at_little_cost(sample, monkeypatch):
+    seen = []
+    inner = NLB._group_filter
+
+    def counting(yn, *args):
+        seen.append(yn.shape[0])
+        return inner(yn, *args)
+
+    monkeypatch.setattr(NLB, "_group_filter", counting)
+    full = nl_bayes(sample.noisy, 20 / 255, skip=0, skip2=0, **KW)
+    n_full = sum(seen)
+    seen.clear()
+    fast = nl_bayes(sample.noisy, 20 / 255, skip=1, skip2=1, **KW)
+    n_fast = sum(seen)
+    assert n_fast < 0.6 * n_full, (n_fast, n_full)
+    p_full = psnr(sample.clean, np.clip(full, 0, 1), data_range=1.0)
+    p_fast = psnr(sample.clean, np.clip(fast, 0, 1), data_range=1.0)
+    assert p_fast > p_full - 0.3, (p_full, p_fast)
+    # the first frame runs every reference: only the later ones can skip
+    assert not np.array_equal(full[1:], fast[1:])
+
+
+def test_skipping_is_deterministic_and_independent_of_the_bands(sample):
+    kw = dict(KW, skip=1, skip2=1)
+    a = nl_bayes(sample.noisy, 20 / 255, **kw)
+    assert np.array_equal(a, nl_bayes(sample.noisy, 20 / 255, **kw))
+    # bands of 3 rows (rounded up to 4, whole grid rows): the same references run
+    np.testing.assert_allclose(nl_bayes(sample.noisy, 20 / 255, band_rows=3, **kw), a, atol=1e-5)
+
+
+def test_skipping_keeps_regions_and_their_outside(sample):
+    kw = dict(KW, skip=1, skip2=1, band_rows=4)
+    regions = [(1, 4, 4, 20, 6, 30), (0, 2, 18, 32, 20, 40)]
+    both = nl_bayes(sample.noisy, 20 / 255, region=regions, **kw)
+    mask = np.zeros(sample.noisy.shape[:3], bool)
+    for t0, t1, y0, y1, x0, x1 in regions:
+        mask[t0:t1, y0:y1, x0:x1] = True
+    assert np.array_equal(both[~mask], sample.noisy[~mask])
+    for r in regions:
+        alone = nl_bayes(sample.noisy, 20 / 255, region=r, **kw)
+        sl = (slice(r[0], r[1]), slice(r[2], r[3]), slice(r[4], r[5]))
+        if r is regions[-1]:  # the last one listed gives the overlap
+            assert np.array_equal(both[sl], alone[sl])
+        outside = np.ones(mask.shape, bool)
+        outside[sl] = False
+        assert np.array_equal(alone[outside], sample.noisy[outside])
+    assert psnr(sample.clean[mask], np.clip(both[mask], 0, 1), data_range=1.0) > psnr(
+        sample.clean[mask], sample.noisy[mask], data_range=1.0) + 5
+
+
+def test_skipping_in_a_batch_treats_each_video_on_its_own(sample):
+    # nl_bayes hands its core one video at a time; the core itself takes batches, whose
+    # videos skip references each on its own coverage
+    other = sample_video(n_frames=4, size=(32, 40), sigma=20 / 255, seed=5, shift=(-0.7, 1.1))
+    v = torch.stack([torch.from_numpy(s.noisy).permute(0, 3, 1, 2) for s in (sample, other)])
+    kw = {k: v for k, v in KW.items() if k != "data_range"} | dict(skip=1, skip2=1)
+    both = NLB._nl_bayes(v, 20 / 255, **kw)
+    for b in range(2):
+        alone = NLB._nl_bayes(v[b:b + 1], 20 / 255, **kw)
+        torch.testing.assert_close(both[b:b + 1], alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(skip=-1), "skip:"), (dict(skip2="1"), "skip2:"),
+                                          (dict(skip=True), "skip:")])
+def test_skip_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nl_bayes(np.zeros((3, 8, 8), np.float32), 0.1, device="cpu", **kwargs)
+
+
+def test_skipping_gives_the_same_result_on_any_number_of_threads(sample):
+    kw = dict(KW, skip=1, skip2=1)
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = nl_bayes(sample.noisy, 20 / 255, **kw)
+        torch.set_num_threads(2)
+        two = nl_bayes(sample.noisy, 20 / 255, **kw)
+    finally:
+        torch.set_num_threads(n0)
+    assert np.array_equal(one, two)
+
+
+def test_skipping_reports_every_band_and_cancel_leaves_nothing_behind(sample):
+    import threading
+
+    from napari_stnls._util import Cancelled
+
+    kw = dict(KW, skip=1, skip2=1, band_rows=4)  # several bands per frame, some skipped whole
+    calls = []
+    nl_bayes(sample.noisy, 20 / 255, progress=lambda d, t: calls.append((d, t)), **kw)
+    assert calls[-1][0] == calls[-1][1] and [d for d, _ in calls] == list(range(1, len(calls) + 1))
+    polls = []
+
+    def stop():
+        polls.append(1)
+        return len(polls) > len(calls) // 2  # in the middle of step 1 or 2, after skipped bands
+
+    noisy, n0, threads = sample.noisy.copy(), torch.get_num_threads(), threading.active_count()
+    with pytest.raises(Cancelled):
+        nl_bayes(sample.noisy, 20 / 255, should_stop=stop, **kw)
+    assert np.array_equal(sample.noisy, noisy)
+    assert torch.get_num_threads() == n0 and threading.active_count() == threads
