@@ -6,7 +6,8 @@
 // torch.linalg.eigh). Returns (values (N, D), vectors (N, D, D)) in cov's dtype, the values in
 // ascending order and vectors[n, :, j] the unit eigenvector of values[n, j]. Sweeps stop once
 // the off-diagonal Frobenius norm is at most tol times the matrix's, or after max_sweeps.
-// threads: CUDA threads per matrix (0: chosen from D); the CPU kernel ignores it.
+// threads: CUDA threads per matrix (0: chosen from D; raised to at least D / 2); the CPU kernel
+// ignores it.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {

@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <climits>
 #include <limits>
 #include <tuple>
@@ -115,7 +116,7 @@ __global__ void __launch_bounds__(1024) eigh_jacobi_kernel(const T* __restrict__
     off = 2 * block_reduce<T, false>(off, red);
     if (!rotated || off <= tol * tol * tot) break;  // the same decision in every thread
     for (int r = 0; r < n - 1; ++r) {
-      if (tid < m) {
+      if (tid < m) {  // the host gives at least m threads
         jac::prepare_pair(A, ld, D, n, r, tid, eps, st);
         if (st.s[tid] != T(0)) last_rotated = sweep;
       }
@@ -167,7 +168,11 @@ std::tuple<at::Tensor, at::Tensor> eigh_jacobi_cuda(const at::Tensor& cov_, int6
   if (N == 0 || D == 0) return {vals, vecs};
   TORCH_CHECK(N <= INT_MAX, "cov: at most ", INT_MAX, " matrices per call, got ", N);
   TORCH_CHECK(D <= 4096, "cov: D <= 4096, got ", D);
-  const int nt = threads > 0 ? static_cast<int>(threads) : default_threads(static_cast<int>(D));
+  // at least one thread per pair (m = ceil(D / 2)), in whole warps (a loop over the pairs
+  // would take the kernel from 32 to 53 registers)
+  const int pairs = static_cast<int>((D + 1) / 2);
+  int nt = threads > 0 ? static_cast<int>(threads) : default_threads(static_cast<int>(D));
+  nt = std::max(nt, (pairs + 31) / 32 * 32);
   int optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
                                         c10::cuda::current_device()));

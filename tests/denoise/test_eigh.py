@@ -223,3 +223,13 @@ def test_method_choice():
     assert torch.equal(v, torch.full((1, 4), 2.0))
     assert not jacobi_available("cpu", 4, torch.float16)
     assert _shared_bytes(150, 4) <= 227 * 1024 < _shared_bytes(150, 8)
+
+
+@pytest.mark.parametrize("threads", [32, 1024])
+def test_thread_counts(dev, threads):
+    """Any thread count per matrix gives the solution (on CUDA, fewer threads than pairs are
+    raised to one per pair; the CPU twin ignores the count)."""
+    gen = torch.Generator().manual_seed(8)
+    cov, _ = _covariances(2, 150, 160, gen)
+    vals, vecs = torch.ops.napari_stnls.eigh_jacobi(cov.float().to(dev), 15, 1e-6, threads)
+    _check(cov, vals, vecs, rtol=2e-5)
