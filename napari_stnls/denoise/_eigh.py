@@ -16,7 +16,7 @@ import functools
 
 import torch
 
-from ..ops import _library  # noqa: F401  (loads the compiled module)
+from .. import ops  # noqa: F401  (loads the compiled module and registers the fake kernel)
 
 __all__ = ["batched_eigh", "jacobi_available"]
 
@@ -27,7 +27,7 @@ _DEFAULTS = {torch.float32: (15, 1e-6), torch.float64: (20, 1e-14)}
 
 
 def _has_op(device_type: str) -> bool:
-    if _library.LOAD_ERROR is not None or not hasattr(torch.ops.napari_stnls, "eigh_jacobi"):
+    if not hasattr(torch.ops.napari_stnls, "eigh_jacobi"):  # no build, or one older than the solver
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     has = torch._C._dispatch_has_kernel_for_dispatch_key
@@ -143,6 +143,7 @@ def batched_eigh(
         if _has_op(cov.device.type):
             why = f"{D} x {D} {cov.dtype} matrices exceed the GPU's shared memory per block"
         else:
-            why = _library.LOAD_ERROR or f"this build has no {cov.device.type} kernel for eigh_jacobi"
+            why = (f"this build has no {cov.device.type} kernel for eigh_jacobi (or none at all: "
+                   "see napari_stnls.ops.backend_info(reasons=True))")
         raise ValueError(f"method: 'jacobi' cannot run here: {why}")
     return torch.ops.napari_stnls.eigh_jacobi(cov, sweeps, tolerance, 0)
