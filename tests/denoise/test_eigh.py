@@ -17,6 +17,16 @@ from napari_stnls.denoise._eigh import _has_op, _shared_bytes, batched_eigh, jac
 SIZES = [1, 2, 7, 50, 147, 150]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """LAPACK's threads slow small eigen-problems down by orders of magnitude on a busy
+    machine (a float64 eigh of two 150 x 150 matrices: 2.6 s on 2 threads, 7 ms on one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=DEVICES)
 def dev(request):
     """A device whose compiled Jacobi solver is built (a missing one fails: `make test` builds it)."""
