@@ -36,8 +36,13 @@ def _eigh(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     on the CPU each chunk of the batch is solved single-threaded, in parallel chunks.
     On CUDA, PyTorch solves a batch of matrices larger than 32 x 32 one matrix at a time
     (seen with torch 2.11+cu130 on an H100: ``nl_bayes`` on 10 CIF frames took minutes),
-    so such batches are solved on the CPU and the results copied back.
+    so CUDA batches go to the compiled batched Jacobi solver (:func:`._eigh.batched_eigh`),
+    or, in a build without it, to the CPU and back.
     """
+    from ._eigh import batched_eigh, jacobi_available
+
+    if cov.device.type == "cuda" and jacobi_available(cov.device, cov.shape[-1], cov.dtype):
+        return batched_eigh(cov, method="jacobi")
     if cov.device.type == "cuda" and cov.shape[-1] > 32 and cov.shape[0] > 1:
         vals, vecs = _eigh(cov.cpu())
         return vals.to(cov.device), vecs.to(cov.device)

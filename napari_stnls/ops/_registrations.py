@@ -16,6 +16,8 @@ The schemas and the CPU/CUDA kernels are in ``csrc/``. Registered once, at impor
   are for inference only: with a gradient, aggregate runs gather then scatter.
 * ``iunfold_patches`` and ``ifold_patches`` are each other's adjoint, so each one's backward
   is the other and they are differentiable to any order.
+* ``eigh_jacobi`` (the denoisers' batched eigen-solver, ``napari_stnls.denoise._eigh``) has a
+  fake kernel and no gradient.
 
 The backward kernels that add with atomics on CUDA go through :func:`._determinism.call`.
 """
@@ -204,7 +206,16 @@ def _register_fold() -> None:
     torch.library.register_autograd("napari_stnls::ifold_patches", ifold_backward, setup_context=ifold_setup)
 
 
+def _register_eigh() -> None:
+    # the batched Jacobi eigen-solver of napari_stnls.denoise._eigh (no autograd)
+    @torch.library.register_fake("napari_stnls::eigh_jacobi")
+    def _(cov, max_sweeps, tol, threads):
+        return cov.new_empty(cov.shape[:2]), cov.new_empty(cov.shape)
+
+
 if LOAD_ERROR is None:
     _register_search()
     _register_gather_scatter()
     _register_fold()
+    if hasattr(ops, "eigh_jacobi"):  # a build older than the solver has none
+        _register_eigh()

@@ -1,0 +1,245 @@
+"""The batched Jacobi eigen-solver (napari_stnls.denoise._eigh) against float64 LAPACK.
+
+Each case is solved in float32 (and float64) by the compiled Jacobi solver on each device
+(its CPU twin here, the CUDA kernel where a GPU is present) and compared with
+``torch.linalg.eigh`` in float64 on the CPU: eigenvalues, the reconstruction U diag(l) U^T,
+orthonormality, and the thresholded Wiener filter nl_bayes applies to a group of patches.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEVICES
+
+from napari_stnls.denoise._eigh import _has_op, _shared_bytes, batched_eigh, jacobi_available
+
+SIZES = [1, 2, 7, 50, 147, 150]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """LAPACK's threads slow small eigen-problems down by orders of magnitude on a busy
+    machine (a float64 eigh of two 150 x 150 matrices: 2.6 s on 2 threads, 7 ms on one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(params=DEVICES)
+def dev(request):
+    """A device whose compiled Jacobi solver is built (a missing one fails: `make test` builds it)."""
+    d = torch.device(request.param)
+    if not _has_op(d.type):
+        pytest.fail(f"the compiled eigh_jacobi is not built for {d.type}")
+    return d
+
+
+def _n(D: int, dev: torch.device) -> int:
+    """Matrices per case: the CPU twin is slow on large D (one core, O(D^3) per sweep)."""
+    if dev.type == "cuda":
+        return 64
+    return 2 if D > 100 else 6
+
+
+def _covariances(N, D, K, gen):
+    """Sample covariances of K correlated patches (rank min(K - 1, D)), float64."""
+    mix = torch.randn(N, D, D, generator=gen, dtype=torch.float64) / D**0.5
+    scales = torch.logspace(0, -2, D, dtype=torch.float64)  # a decaying spectrum, like patches'
+    y = torch.randn(N, K, D, generator=gen, dtype=torch.float64) * scales @ mix
+    yc = y - y.mean(1, keepdim=True)
+    return yc.mT @ yc / (K - 1), y
+
+
+def _with_spectrum(values, gen):
+    """Q diag(values) Q^T with a random orthogonal Q (values (N, D), float64)."""
+    N, D = values.shape
+    q, _ = torch.linalg.qr(torch.randn(N, D, D, generator=gen, dtype=torch.float64))
+    return q @ torch.diag_embed(values) @ q.mT
+
+
+def _check(cov64, vals, vecs, *, rtol):
+    """Eigenvalues close to float64's, reconstruction close to the input, vectors orthonormal,
+    values ascending (all relative to each matrix's Frobenius norm)."""
+    N, D, _ = cov64.shape
+    assert vals.shape == (N, D) and vecs.shape == (N, D, D)
+    l, u = vals.double().cpu(), vecs.double().cpu()
+    assert torch.isfinite(l).all() and torch.isfinite(u).all()
+    ref = torch.linalg.eigh(cov64)[0]
+    nrm = torch.linalg.matrix_norm(cov64).clamp_min(1e-300)
+    assert ((l - ref).abs().amax(-1) <= rtol * nrm + 1e-300).all(), ((l - ref).abs().amax(-1) / nrm).max()
+    rec = torch.linalg.matrix_norm(u @ torch.diag_embed(l) @ u.mT - cov64)
+    assert (rec <= 10 * rtol * nrm + 1e-300).all(), (rec / nrm).max()
+    eye = torch.eye(D, dtype=torch.float64)
+    assert (u.mT @ u - eye).abs().max() <= 10 * rtol, (u.mT @ u - eye).abs().max()
+    assert (l.diff(dim=-1) >= 0).all()
+
+
+@pytest.mark.parametrize("D", SIZES)
+def test_random_covariances(dev, D):
+    """Full-rank sample covariances (K > D patches) with a decaying spectrum."""
+    gen = torch.Generator().manual_seed(D)
+    cov, _ = _covariances(_n(D, dev), D, 2 * D + 2, gen)
+    vals, vecs = batched_eigh(cov.float().to(dev), method="jacobi")
+    assert vals.dtype == vecs.dtype == torch.float32 and vals.device.type == dev.type
+    _check(cov, vals, vecs, rtol=2e-5)
+
+
+@pytest.mark.parametrize("D", SIZES)
+def test_rank_deficient(dev, D):
+    """Covariances of fewer patches than dimensions (K < D: many zero eigenvalues)."""
+    gen = torch.Generator().manual_seed(100 + D)
+    cov, _ = _covariances(_n(D, dev), D, max(2, D // 3), gen)
+    vals, vecs = batched_eigh(cov.float().to(dev), method="jacobi")
+    _check(cov, vals, vecs, rtol=2e-5)
+
+
+@pytest.mark.parametrize("D", SIZES)
+def test_repeated_eigenvalues(dev, D):
+    """Spectra of a few values, each repeated many times (eigenvectors are not unique there)."""
+    gen = torch.Generator().manual_seed(200 + D)
+    N = _n(D, dev)
+    levels = torch.tensor([0.0, 1.0, 1.0, 3.0, 7.5], dtype=torch.float64)
+    values = levels[torch.randint(0, 5, (N, D), generator=gen)]
+    cov = _with_spectrum(values, gen)
+    vals, vecs = batched_eigh(cov.float().to(dev), method="jacobi")
+    _check(cov, vals, vecs, rtol=2e-5)
+
+
+@pytest.mark.parametrize("D", SIZES)
+def test_zero_and_diagonal(dev, D):
+    """Zero matrices give zero eigenvalues and orthonormal vectors; a diagonal matrix (no
+    rotation at all) is sorted, its vectors the permuted identity."""
+    zeros = torch.zeros(3, D, D, device=dev)
+    vals, vecs = batched_eigh(zeros, method="jacobi")
+    assert (vals == 0).all()
+    assert torch.allclose(vecs.mT @ vecs, torch.eye(D, device=dev))
+    d = torch.randperm(D, generator=torch.Generator().manual_seed(D)).float() - D / 2
+    vals, vecs = batched_eigh(torch.diag(d)[None].to(dev), method="jacobi")
+    assert torch.equal(vals[0].cpu(), d.sort().values)
+    assert torch.equal(vecs[0].cpu(), torch.eye(D)[:, d.argsort()])
+
+
+@pytest.mark.parametrize("D", [7, 50])
+def test_float64(dev, D):
+    """float64 matrices are solved in float64, to float64 accuracy."""
+    gen = torch.Generator().manual_seed(300 + D)
+    cov, _ = _covariances(_n(D, dev), D, D // 2 + 2, gen)
+    vals, vecs = batched_eigh(cov.to(dev), method="jacobi")
+    assert vals.dtype == torch.float64
+    _check(cov, vals, vecs, rtol=1e-12)
+
+
+@pytest.mark.parametrize("D", [50, 150])
+@pytest.mark.parametrize("step", [1, 2])
+def test_thresholded_wiener_filter(dev, D, step):
+    """nl_bayes's estimate m + U diag(g) U^T (y - m), g = l / (l + var) where l > thresh * var
+    (step 1: l the eigenvalues of the noisy covariance minus var), else 0, matches float64's.
+    An eigenvalue within a small band of the threshold may fall on either side: there the
+    float64 estimate takes the solver's decision."""
+    gen = torch.Generator().manual_seed(400 + D + step)
+    N, K = (32 if dev.type == "cuda" else 3), (60 if D == 50 else 160)
+    _, y = _covariances(N, D, K, gen)
+    var, thresh = 1e-3, (1.0 if step == 1 else 1.2)
+    y = y + var**0.5 * torch.randn(y.shape, generator=gen, dtype=torch.float64)  # noisy patches
+    yc = y - y.mean(1, keepdim=True)
+    cov = yc.mT @ yc / (K - 1)
+
+    def estimate(vals, vecs, keep=None):
+        ev = vals - var if step == 1 else vals
+        if keep is None:
+            keep = ev > thresh * var
+        gain = torch.where(keep, ev / (ev + var), torch.zeros_like(ev))
+        m = y.mean(1, keepdim=True)
+        return m + ((y - m) @ vecs * gain.unsqueeze(1)) @ vecs.mT, keep
+
+    vals, vecs = batched_eigh(cov.float().to(dev), method="jacobi")
+    got, keep = estimate(vals.double().cpu(), vecs.double().cpu())
+    l64, u64 = torch.linalg.eigh(cov)
+    ev64 = l64 - var if step == 1 else l64
+    band = (ev64 - thresh * var).abs() <= 1e-5 * torch.linalg.matrix_norm(cov)[:, None]
+    keep64 = ev64 > thresh * var
+    assert not ((keep != keep64) & ~band).any(), "an eigenvalue outside the band crossed the threshold"
+    ref, _ = estimate(l64, u64, torch.where(band, keep, keep64))
+    assert keep64.any() and (~keep64).any(), "every gain on one side: the test would say little"
+    err = torch.linalg.matrix_norm(got - ref) / torch.linalg.matrix_norm(ref)
+    assert err.max() < 1e-4, err.max()
+
+
+def test_empty_and_non_contiguous(dev):
+    """No matrices, or matrices of size 0, give empty results; a non-contiguous input is read
+    as its values, and no input is modified."""
+    v, u = batched_eigh(torch.zeros(0, 5, 5, device=dev), method="jacobi")
+    assert v.shape == (0, 5) and u.shape == (0, 5, 5)
+    v, u = batched_eigh(torch.zeros(4, 0, 0, device=dev), method="jacobi")
+    assert v.shape == (4, 0) and u.shape == (4, 0, 0)
+    gen = torch.Generator().manual_seed(5)
+    cov, _ = _covariances(4, 7, 20, gen)
+    x = cov.float().to(dev).mT  # symmetric, so the same matrices, as a transposed view
+    keep = x.clone()
+    vals, vecs = batched_eigh(x, method="jacobi")
+    assert torch.equal(x, keep)
+    _check(cov, vals, vecs, rtol=2e-5)
+
+
+def test_lower_triangle_only(dev):
+    """Only the lower triangle is read, as by torch.linalg.eigh."""
+    gen = torch.Generator().manual_seed(6)
+    cov, _ = _covariances(3, 9, 30, gen)
+    junk = cov.tril() + torch.randn(cov.shape, generator=gen, dtype=torch.float64).triu(1)
+    vals, vecs = batched_eigh(junk.float().to(dev), method="jacobi")
+    _check(cov, vals, vecs, rtol=2e-5)
+
+
+def test_bad_input():
+    """Each bad argument raises a clear error naming it, before any work."""
+    ok = torch.eye(3)[None]
+    with pytest.raises(TypeError, match="cov: expected a torch.Tensor"):
+        batched_eigh(ok.numpy())
+    with pytest.raises(TypeError, match="cov: expected float32 or float64"):
+        batched_eigh(ok.int())
+    with pytest.raises(TypeError, match="cov: expected float32 or float64"):
+        batched_eigh(ok.half())
+    with pytest.raises(ValueError, match=r"cov: expected \(N, D, D\) square"):
+        batched_eigh(torch.eye(3))
+    with pytest.raises(ValueError, match=r"cov: expected \(N, D, D\) square"):
+        batched_eigh(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="method"):
+        batched_eigh(ok, method="qr")
+    with pytest.raises(ValueError, match="max_sweeps"):
+        batched_eigh(ok, max_sweeps=-1)
+    with pytest.raises(ValueError, match="tol"):
+        batched_eigh(ok, tol=float("nan"))
+
+
+@pytest.mark.skipif(not _has_op("cpu"), reason="needs the compiled module")
+def test_operator_checks_and_opcheck():
+    """The operator itself names the bad argument, and its fake kernel matches (opcheck)."""
+    op = torch.ops.napari_stnls.eigh_jacobi
+    with pytest.raises(RuntimeError, match="cov: expected square"):
+        op(torch.zeros(2, 3, 4), 10, 1e-6, 0)
+    with pytest.raises(RuntimeError, match="threads"):
+        op(torch.zeros(2, 3, 3), 10, 1e-6, 33)
+    cov, _ = _covariances(3, 6, 10, torch.Generator().manual_seed(7))
+    torch.library.opcheck(op.default, (cov.float(), 15, 1e-6, 0))
+
+
+def test_method_choice():
+    """LAPACK on the CPU by default (the twin only on request); the kernel's shared memory
+    need: D = 150 float32 fits an H100's 227 KB, float64 does not."""
+    cov = torch.eye(4)[None] * 2
+    v, _ = batched_eigh(cov)
+    assert torch.equal(v, torch.full((1, 4), 2.0))
+    assert not jacobi_available("cpu", 4, torch.float16)
+    assert _shared_bytes(150, 4) <= 227 * 1024 < _shared_bytes(150, 8)
+
+
+@pytest.mark.parametrize("threads", [32, 1024])
+def test_thread_counts(dev, threads):
+    """Any thread count per matrix gives the solution (on CUDA, fewer threads than pairs are
+    raised to one per pair; the CPU twin ignores the count)."""
+    gen = torch.Generator().manual_seed(8)
+    cov, _ = _covariances(2, 150, 160, gen)
+    vals, vecs = torch.ops.napari_stnls.eigh_jacobi(cov.float().to(dev), 15, 1e-6, threads)
+    _check(cov, vals, vecs, rtol=2e-5)
