@@ -7,6 +7,8 @@ them (:func:`napari_stnls.plugin.model.denoise.denoise_lazy`), for videos too la
 
 from __future__ import annotations
 
+import atexit
+
 import time
 import weakref
 from functools import partial
@@ -73,6 +75,22 @@ def _duration(seconds: float) -> str:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
 
+
+
+# Noise estimates still running, referenced here rather than by their widget: a widget closed
+# (or the viewer quitting) while its estimate runs must not let the worker, and the Qt object
+# its thread signals through, be collected before the thread is done with them.
+# Closing the viewer removes its layers, which may start one more estimate as the widget goes:
+# the interpreter's exit waits for those threads (at exit, before the set above is cleared).
+_RUNNING_ESTIMATES: set = set()
+
+
+@atexit.register
+def _wait_for_estimates() -> None:
+    if _RUNNING_ESTIMATES:
+        from qtpy.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(60_000)
 
 class _FrameEvents(QObject):
     """Carries a background frame's news from its thread to the GUI thread."""
@@ -157,7 +175,6 @@ class DenoiseWidget(QWidget):
                                          "method by a self-supervised (J-invariant) loss on a crop")
         self.calibrate_button.clicked.connect(self.calibrate)
         self._estimating = None  # the latest background noise estimate, while it runs
-        self._running_estimates: set = set()  # every estimate still running (kept alive until finished)
         self._sigma_source = None  # the layer whose noise the sigma shown was set from
         self.regions = LayerCombo(self.viewer, kinds=(Shapes,), extra=(WHOLE_VIDEO,),
                                   predicate=is_regions_layer)
@@ -326,14 +343,14 @@ class DenoiseWidget(QWidget):
                 self.status.error(msg)
 
         def finished():
-            self._running_estimates.discard(worker)  # referenced until its thread is done with it
+            _RUNNING_ESTIMATES.discard(worker)  # referenced until its thread is done with it
             if self._estimating is worker:
                 self._estimating = None
 
         worker = create_worker(job, _start_thread=False)
         worker.returned.connect(returned)
         worker.finished.connect(finished)
-        self._running_estimates.add(worker)
+        _RUNNING_ESTIMATES.add(worker)
         self._estimating = worker
         self.noise_note.setText("estimating the noise...")
         worker.start()
