@@ -8,7 +8,6 @@ them (:func:`napari_stnls.plugin.model.denoise.denoise_lazy`), for videos too la
 from __future__ import annotations
 
 import atexit
-
 import time
 import weakref
 from functools import partial
