@@ -114,7 +114,10 @@ def test_equals_plain_attention_over_the_chosen_neighbours_along_the_flow(impl):
     from napari_stnls.ops import search
 
     q, k, _ = block.to_qkv(x.flatten(0, 1)).unflatten(0, (B, T)).chunk(3, dim=2)
-    _, inds = search(q, k, flows=flows, **block.search_kwargs)
+    # the block's own search, on its device (its backend may run only there)
+    dev_flows = tuple(f.to(device) for f in flows)
+    _, inds = search(q.to(device), k.to(device), flows=dev_flows, **block.search_kwargs)
+    inds = inds.cpu()
     assert bool((inds[..., 1:] != inds[..., 1:].round()).any())  # sub-pixel positions
 
     def cands(b, h, t, y, x):
