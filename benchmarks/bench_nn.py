@@ -41,12 +41,10 @@ Prints one JSON object (device, versions, every case) and writes it atomically t
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -69,8 +67,7 @@ from bench_ops import (  # noqa: E402
     _reset_peak_rss,
     _status_kib,
     code_state,
-    cpu_model,
-    device_name,
+    report_header,
     sync,
 )
 from torch import nn  # noqa: E402
@@ -358,17 +355,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"bench_nn: the two blocks disagree by {agreement:.3g} on a small case; "
                          "not timing them")
     report: dict[str, Any] = {
-        "benchmark": "napari_stnls.nn: one training step of NonLocalAttention vs the unfold approach",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device": str(device),
-        "device_name": device_name(device),
-        "cpu_model": cpu_model(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "quick": args.quick,
+        **report_header("napari_stnls.nn: one training step of NonLocalAttention vs the unfold approach",
+                        device, args.quick),
         "code": code_state(),
         "params": base,
         "agreement_max_abs_diff": agreement,

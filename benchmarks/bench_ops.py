@@ -109,6 +109,23 @@ def code_state() -> dict:
     return state
 
 
+def report_header(name: str, device: torch.device, quick: bool) -> dict:
+    """The first keys of a benchmark's JSON: what ran, when, and on which machine."""
+    return {
+        "benchmark": name,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu_model": cpu_model(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "quick": quick,
+    }
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -1105,17 +1122,7 @@ def main(argv=None) -> dict:
     _CACHE_DIR = tempfile.mkdtemp(prefix="bench_ops_")
     t0 = time.perf_counter()
     report: dict[str, Any] = {
-        "benchmark": "napari_stnls.ops",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device": str(device),
-        "device_name": device_name(device),
-        "cpu_model": cpu_model(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "quick": args.quick,
+        **report_header("napari_stnls.ops", device, args.quick),
         "cropped_regions": crop,
         "backends_requested": backends,
         "code": code_state(),
