@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import multiprocessing as mp
 import os
 import resource
 import statistics
@@ -68,6 +67,7 @@ from bench_ops import (  # noqa: E402
     _status_kib,
     code_state,
     report_header,
+    run_child,
     sync,
 )
 from torch import nn  # noqa: E402
@@ -266,29 +266,13 @@ def run_cpu(impl: str, p: dict, args) -> dict:
     if impl == "unfold" and unfolded_bytes(p) > args.cpu_mem_limit * GIB:
         return {"status": "failed", "reason": f"not run: the unfolded candidates alone need "
                 f"{unfolded_bytes(p) / GIB:.1f} GiB > --cpu-mem-limit {args.cpu_mem_limit:g} GiB"}
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    old = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MALLOC_MMAP_THRESHOLD)
-    try:
-        names = ("threads", "cpu_mem_limit", "warmup", "repeats", "long_call")
-        child_args = {k: getattr(args, k) for k in names}
-        proc = ctx.Process(target=_cpu_child, args=(send, impl, p, child_args))
-        proc.start()
-    finally:
-        if old is None:
-            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-        else:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = old
-    send.close()
-    try:
-        res = recv.recv()
-    except EOFError:
+    names = ("threads", "cpu_mem_limit", "warmup", "repeats", "long_call")
+    res, code = run_child(_cpu_child, (impl, p, {k: getattr(args, k) for k in names}))
+    if res is None:
         res = {"status": "failed",
                "reason": "the case's process died without a result (killed: out of memory?)"}
-    proc.join()
-    if proc.exitcode not in (0, None) and res.get("status") == "ok":
-        res = {"status": "failed", "reason": f"the case's process exited with code {proc.exitcode}"}
+    if code not in (0, None) and res.get("status") == "ok":
+        res = {"status": "failed", "reason": f"the case's process exited with code {code}"}
     return res
 
 

@@ -905,15 +905,16 @@ def _memory_child(conn, builder: str, params: dict, backend: str, threads: int, 
         conn.close()
 
 
-def cpu_memory(case: Case, backend: str, threads: int) -> dict:
+def run_child(target, args: tuple) -> tuple[dict | None, int | None]:
+    """Run ``target(conn, *args)`` in a spawned process whose glibc returns freed memory at once
+    (``MALLOC_MMAP_THRESHOLD_``, so that its peak RSS is the case's own); returns what it sent
+    through ``conn`` (None if it died first) and its exit code."""
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
     old = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MALLOC_MMAP_THRESHOLD)
     try:
-        proc = ctx.Process(
-            target=_memory_child, args=(send, case.builder, case.params, backend, threads, _CACHE_DIR)
-        )
+        proc = ctx.Process(target=target, args=(send, *args))
         proc.start()
     finally:
         if old is None:
@@ -924,10 +925,17 @@ def cpu_memory(case: Case, backend: str, threads: int) -> dict:
     try:
         res = recv.recv()
     except EOFError:
-        res = {"memory_error": "memory child exited without a result"}
+        res = None
     proc.join()
-    if proc.exitcode not in (0, None):
-        res.setdefault("memory_error", f"memory child exit code {proc.exitcode}")
+    return res, proc.exitcode
+
+
+def cpu_memory(case: Case, backend: str, threads: int) -> dict:
+    res, code = run_child(_memory_child, (case.builder, case.params, backend, threads, _CACHE_DIR))
+    if res is None:
+        res = {"memory_error": "memory child exited without a result"}
+    if code not in (0, None):
+        res.setdefault("memory_error", f"memory child exit code {code}")
     return res
 
 
