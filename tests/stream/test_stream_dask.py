@@ -28,6 +28,7 @@ def _flows(T, H, W, dx=2.0, dy=-1.0, seed=1):
     return ff, -ff[:, :, :, ::-1].copy()
 
 
+@pytest.mark.slow  # about 10 s on 2 cores (a cluster of worker processes): make test-slow
 def test_local_cluster_equals_in_memory():
     from distributed import Client, LocalCluster
 
