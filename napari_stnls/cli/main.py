@@ -226,6 +226,17 @@ def _interrupt_once(signum, frame):
     raise KeyboardInterrupt
 
 
+_PENDING: list[int] = []
+
+
+def _interrupt_later(signum, frame):
+    """SIGINT while the command's modules import: noted, acted on once they are in. (A
+    KeyboardInterrupt raised inside a C extension's import, numpy's say, comes out as an
+    ImportError with a long traceback.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _PENDING.append(signum)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``napari-stnls`` console script; returns the exit status.
 
@@ -234,19 +245,26 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = None
+    _PENDING.clear()
     try:
-        previous = signal.signal(signal.SIGINT, _interrupt_once)
+        previous = signal.signal(signal.SIGINT, _interrupt_later)
     except ValueError:  # not the main thread: the default handling stays
         pass
     try:
         if args.command == "demo":
-            return _demo(parser, args)
-        if args.command == "denoise":
-            from .denoise import run_denoise  # imports torch: after the handler
-
-            return run_denoise(args)
-        parser.error(f"unknown command {args.command!r}")  # pragma: no cover (argparse rejects it first)
-        return 2  # pragma: no cover
+            from . import demo as command  # the imports (torch) under the deferring handler
+        elif args.command == "denoise":
+            from . import denoise as command
+        else:  # pragma: no cover (argparse rejects it first)
+            parser.error(f"unknown command {args.command!r}")
+            return 2
+        if previous is not None:
+            if _PENDING:
+                raise KeyboardInterrupt
+            signal.signal(signal.SIGINT, _interrupt_once)
+        if args.command == "demo":
+            return _demo(parser, args, command)
+        return command.run_denoise(args)
     except KeyboardInterrupt:
         print(f"napari-stnls {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -255,11 +273,9 @@ def main(argv=None) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
-def _demo(parser: argparse.ArgumentParser, args) -> int:
-    from .demo import format_report, run_demo
-
+def _demo(parser: argparse.ArgumentParser, args, demo) -> int:
     try:
-        res = run_demo(
+        res = demo.run_demo(
             args.out,
             device=args.device,
             progress=not args.quiet,
@@ -274,5 +290,5 @@ def _demo(parser: argparse.ArgumentParser, args) -> int:
         print(f"napari-stnls demo: error: {e}", file=sys.stderr)
         return 2
     if args.quiet:
-        print(format_report(res))
+        print(demo.format_report(res))
     return 0
