@@ -50,6 +50,7 @@ def test_session_steps_and_screenshot(make_napari_viewer, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s.png"]
 
 
+@pytest.mark.slow  # a fresh napari in a fresh X server: 10 s of the 2-core CI's 5 minutes
 def test_headless_command_writes_a_screenshot(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     out = tmp_path / "shot.png"
