@@ -18,7 +18,7 @@ import torch
 
 from .. import ops  # noqa: F401  (loads the compiled module and registers the fake kernel)
 
-__all__ = ["batched_eigh", "jacobi_available"]
+__all__ = ["batched_eigh", "jacobi_available", "top_eigh"]
 
 METHODS = ("jacobi", "lapack")
 # default (max_sweeps, tol) per dtype: the Jacobi sweeps stop once the off-diagonal Frobenius
@@ -147,3 +147,62 @@ def batched_eigh(
                    "see napari_stnls.ops.backend_info(reasons=True))")
         raise ValueError(f"method: 'jacobi' cannot run here: {why}")
     return torch.ops.napari_stnls.eigh_jacobi(cov, sweeps, tolerance, 0)
+
+
+def _orthonormal(z: torch.Tensor, rel: float) -> torch.Tensor:
+    """Orthonormal columns spanning ``z`` (N, D, r), through the eigen-decomposition of its
+    (r x r) Gram matrix; directions whose Gram eigenvalue is under ``rel`` times the largest
+    (numerically absent) become zero columns."""
+    z = z / z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+    lam, v = batched_eigh(z.mT @ z)
+    inv = torch.where(lam > rel * lam[:, -1:], lam.clamp_min(torch.finfo(z.dtype).tiny).rsqrt(),
+                      torch.zeros_like(lam))
+    return z @ (v * inv[:, None])
+
+
+def top_eigh(cov: torch.Tensor, rank: int = 32, iters: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``rank`` largest eigenpairs of a batch of symmetric positive semi-definite
+    matrices, approximately, by subspace iteration and a Rayleigh-Ritz step: ``iters``
+    products with ``cov`` of a ``(D, rank)`` block, each followed by orthonormalisation, then
+    the eigen-decomposition of the ``rank x rank`` projection (:func:`batched_eigh`).
+
+    A GPU solves a batch of 32 x 32 problems and matrix products far faster than full
+    ``D x D`` eigen-decompositions (``nl_bayes``'s D = 150 groups, whose filter keeps the few
+    directions above a threshold: a median of 2 of 150 on carphone at sigma 20). The start
+    block is a fixed Gaussian one (seed 0), so the result is deterministic. Eigenvalues are
+    Ritz values (at most the true ones); directions past ``rank`` are not seen, so a caller
+    that needs every eigenvalue above some level must check that the smallest Ritz value
+    returned is below it.
+
+    Parameters
+    ----------
+    cov : Tensor, shape (N, D, D)
+        Symmetric positive semi-definite matrices, float32 or float64.
+    rank : int
+        Eigenpairs wanted (at most D).
+    iters : int
+        Subspace iterations (>= 1).
+
+    Returns
+    -------
+    values : Tensor, shape (N, rank)
+        Ascending.
+    vectors : Tensor, shape (N, D, rank)
+        Orthonormal columns (a zero column where ``cov`` has fewer than ``rank`` numerically
+        non-zero directions; its value is 0).
+    """
+    if cov.ndim != 3 or cov.shape[1] != cov.shape[2]:
+        raise ValueError(f"cov: expected (N, D, D) square matrices, got shape {tuple(cov.shape)}")
+    D = cov.shape[-1]
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= D:
+        raise ValueError(f"rank: expected an int in 1..{D}, got {rank!r}")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters: expected an int >= 1, got {iters!r}")
+    rel = 1e-6 if cov.dtype == torch.float32 else 1e-13
+    start = torch.randn(D, rank, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = cov @ start.to(cov)
+    for _ in range(iters):
+        z = cov @ _orthonormal(z, rel)
+    q = _orthonormal(_orthonormal(z, rel), rel)
+    values, s = batched_eigh(q.mT @ cov @ q)
+    return values, q @ s

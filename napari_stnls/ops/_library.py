@@ -151,8 +151,8 @@ def backend_info(reasons: bool = False) -> dict[str, dict[str, str]] | dict[str,
         where ``NAPARI_STNLS_BACKEND`` names a compiled backend that cannot run there. With
         ``reasons=True``, each value is ``{"backend": name, "reason": why}`` instead, ``why``
         being None where the compiled kernels run. The calls that the compiled kernels do not
-        take (search and refine with ps > 32, pt > 8, or k > 128 on CUDA; gather, scatter and aggregate
-        with ps > 32 or pt > 8) run the reference in any case.
+        take (search and refine with ps > 32 or pt > 8, search with k > 256 and refine with k > 128
+        on CUDA; gather, scatter and aggregate with ps > 32 or pt > 8) run the reference in any case.
 
     Examples
     --------

@@ -26,8 +26,8 @@ __all__ = ["search", "search_memory_per_query"]
 
 def _unsupported(ps: int, pt: int, k: int, device: torch.device) -> str | None:
     """Why the compiled search cannot take this call, or None."""
-    if ps > 32 or pt > 8 or (device.type == "cuda" and k > 128):
-        return (f"the compiled search takes ps <= 32 and pt <= 8, and k <= 128 on CUDA "
+    if ps > 32 or pt > 8 or (device.type == "cuda" and k > 256):
+        return (f"the compiled search takes ps <= 32 and pt <= 8, and k <= 256 on CUDA "
                 f"(got ps={ps}, pt={pt}, k={k})")
     return None
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import DEVICES
 
-from napari_stnls.denoise._eigh import _has_op, _shared_bytes, batched_eigh, jacobi_available
+from napari_stnls.denoise._eigh import _has_op, _shared_bytes, batched_eigh, jacobi_available, top_eigh
 
 SIZES = [1, 2, 7, 50, 147, 150]
 
@@ -243,3 +243,74 @@ def test_thread_counts(dev, threads):
     cov, _ = _covariances(2, 150, 160, gen)
     vals, vecs = torch.ops.napari_stnls.eigh_jacobi(cov.float().to(dev), 15, 1e-6, threads)
     _check(cov, vals, vecs, rtol=2e-5)
+
+
+def _patches_with_spectrum(spectrum, K, gen):
+    """(N, K, D) float64 patches whose sample covariance (centred, / (K - 1)) has exactly the
+    eigenvalues ``spectrum`` (N, D), along random orthonormal directions."""
+    N, D = spectrum.shape
+    z = torch.randn(N, K, D, generator=gen, dtype=torch.float64)
+    z = z - z.mean(1, keepdim=True)
+    lam, v = torch.linalg.eigh(z.mT @ z / (K - 1))
+    z = z @ v * lam.rsqrt()[:, None]  # sample covariance: the identity
+    q, _ = torch.linalg.qr(torch.randn(N, D, D, generator=gen, dtype=torch.float64))
+    return z * spectrum.sqrt()[:, None] @ q.mT + torch.rand(N, 1, D, generator=gen, dtype=torch.float64)
+
+
+def test_top_eigh_finds_the_largest_eigenpairs(dev):
+    """Subspace iteration (top_eigh) against float64 LAPACK: the largest eigenvalues and their
+    directions of covariances with a decaying spectrum, a zero matrix (zero values, no NaN)."""
+    gen = torch.Generator().manual_seed(7)
+    N, D = (16 if dev.type == "cuda" else 3), 150
+    spectrum = torch.cat([torch.logspace(0, -1, 12, dtype=torch.float64).expand(N, 12),
+                          1e-3 * torch.rand(N, D - 12, generator=gen, dtype=torch.float64)], 1)
+    y = _patches_with_spectrum(spectrum, 160, gen)
+    yc = y - y.mean(1, keepdim=True)
+    cov = yc.mT @ yc / 159
+    vals, vecs = top_eigh(cov.float().to(dev), 32, 4)
+    assert vals.shape == (N, 32) and vecs.shape == (N, D, 32)
+    l64, u64 = torch.linalg.eigh(cov)
+    top = vals.double().cpu()[:, -12:]
+    torch.testing.assert_close(top, l64[:, -12:], rtol=1e-4, atol=1e-6)
+    overlap = (vecs.double().cpu()[..., -12:] * u64[..., -12:]).sum(1).abs()
+    assert overlap.min() > 1 - 1e-4, overlap.min()
+    v0, u0 = top_eigh(torch.zeros(2, 70, 70, device=dev), 32, 2)
+    assert bool((v0 == 0).all()) and bool(torch.isfinite(u0).all())
+
+
+def test_top_eigh_bad_input():
+    with pytest.raises(ValueError, match="rank"):
+        top_eigh(torch.eye(5)[None], 6)
+    with pytest.raises(ValueError, match="iters"):
+        top_eigh(torch.eye(5)[None], 2, 0)
+    with pytest.raises(ValueError, match="cov"):
+        top_eigh(torch.eye(5), 2)
+
+
+def test_group_filter_on_the_top_eigenpairs_matches_float64(dev, monkeypatch):
+    """nl_bayes's step-2 filter of D = 150 groups through top_eigh (the GPU path, run here on
+    ``dev``) equals the float64 filter from full eigen-decompositions: groups keeping a few
+    directions, none, and more than the subspace holds well (decomposed in full). No
+    eigenvalue lies near the threshold, so no direction may fall on the other side."""
+    import importlib
+
+    nb = importlib.import_module("napari_stnls.denoise.nl_bayes")
+    monkeypatch.setattr(nb, "_TOP_DEVICES", (dev.type,))
+    gen = torch.Generator().manual_seed(11)
+    var, thresh, D, K = 1e-3, 1.2, 150, 160
+    level = thresh * var
+    kept = [3, 0, 12, 40, 29]  # directions above the level per group (40: past the block)
+    spectrum = torch.stack([torch.cat([level * (3 + 20 * torch.rand(r, generator=gen, dtype=torch.float64)),
+                                       level * 0.3 * torch.rand(D - r, generator=gen, dtype=torch.float64)])
+                            for r in kept])
+    yb = _patches_with_spectrum(spectrum, K, gen)
+    yn = yb + var**0.5 * torch.randn(yb.shape, generator=gen, dtype=torch.float64)
+    got = nb._group_filter(yn.float().to(dev), yb.float().to(dev), var, thresh).double().cpu()
+    cb = yb - yb.mean(1, keepdim=True)
+    l64, u64 = torch.linalg.eigh(cb.mT @ cb / (K - 1))
+    assert ((l64 > level).sum(-1) == torch.tensor(kept)).all()
+    gain = torch.where(l64 > level, l64 / (l64 + var), torch.zeros_like(l64))
+    m = yn.mean(1, keepdim=True)
+    ref = m + ((yn - m) @ u64 * gain[:, None]) @ u64.mT
+    err = torch.linalg.matrix_norm(got - ref) / torch.linalg.matrix_norm(yn - m)  # of the group's spread
+    assert err.max() < 1e-4, err

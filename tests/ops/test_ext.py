@@ -385,7 +385,7 @@ def test_the_guard_gives_each_reason_and_raises_for_a_compiled_backend_that_cann
 @needs_ext
 def test_each_op_asks_the_guard_once(monkeypatch):
     """Every public op decides compiled or reference in one guard call, with its unsupported
-    case: ps > 32 or pt > 8 (and k > 128 on CUDA for search)."""
+    case: ps > 32 or pt > 8 (and k > 256 on CUDA for search)."""
     calls = []
     real = _library.reference_reason
 

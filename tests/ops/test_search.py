@@ -631,6 +631,8 @@ def test_single_pixel_patches_on_larger_videos(impl_held_to_reference, C, nheads
         (torch.float32, 5, 1, 1, 1, 10, 20.0),  # rough flows: windows spread past the key runs
         (torch.float64, 3, 2, 2, 2, 16, 9.0),
         (torch.float32, 3, 1, 1, 1, 17, 0.0),  # k past the register lists: the box kernel
+        (torch.float32, 5, 2, 4, 1, 60, 9.0),  # nl_bayes's groups (spaced queries, large k)
+        (torch.float32, 5, 2, 4, 1, 160, 9.0),  # and its second step's (k past 128)
     ],
 )
 def test_whole_pixel_box_search_with_spread_windows(impl_held_to_reference, dtype, ps, pt, stride0,
@@ -651,4 +653,6 @@ def test_whole_pixel_box_search_with_spread_windows(impl_held_to_reference, dtyp
     dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
     d, i = search(v.to(device), v.to(device), flows=dev_flows, backend=backend, **kw)
     tol = 1e-4 if dtype == torch.float32 else 1e-9
-    assert_rows_match_reference(d, i, v, flows, kw, rtol=tol, atol=tol, min_untied=0.9)
+    # with k in the tens, float32 distances of random patches lie within tol of a neighbour's
+    # more often: fewer ranks are untied (the distances are checked at every rank)
+    assert_rows_match_reference(d, i, v, flows, kw, rtol=tol, atol=tol, min_untied=0.9 if k < 32 else 0.5)

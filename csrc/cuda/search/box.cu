@@ -177,7 +177,18 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cuda(const at::Tensor& querie
   const int DH = int((kTY - 1) * stride0 + dilation * (ps - 1) + 1);
   const int DW = int((kTX - 1) * stride0 + dilation * (ps - 1) + 1);
   const size_t smem = acc_bytes * size_t(DH) * size_t(DW + kTX);
-  if (k > 128 || smem > 48 * 1024)  // tile does not fit: the per-query kernel
+  // The per-query kernel where the tile does not fit, and, by default, for a spaced query grid
+  // with large k: a tile of spaced queries spans stride0 times more pixels, so its offsets
+  // cover the union of more windows (with a flow, far more), and each thread's list of k > 16
+  // lives in local memory. (nl_bayes's first step on an H100, stride0 4, k 60, with a flow:
+  // 64 ms a frame in the box kernel.) NAPARI_STNLS_CUDA_BOX=1 keeps the box kernel wherever it
+  // fits, =0 never uses it (to time one against the other).
+  static const int box_mode = [] {
+    const char* e = std::getenv("NAPARI_STNLS_CUDA_BOX");
+    return e && std::string(e) == "1" ? 1 : e && std::string(e) == "0" ? 0 : -1;
+  }();
+  const bool box = box_mode == 1 || (box_mode == -1 && !(stride0 > 1 && k > 16));
+  if (!box || k > 128 || smem > 48 * 1024)
     return search_topk_cuda(queries, keys, coords, centres, frames, offsets, ps, pt, dilation,
                             nheads, k, l2, exclude_self);
   const c10::cuda::CUDAGuard guard(queries.device());

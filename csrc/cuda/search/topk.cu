@@ -252,6 +252,17 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
 // need no clamp, and of the 8 pitches from there it takes the one whose 32 lanes fall into
 // the fewest same-bank groups of a load (the first of the best): a pitch of 32 would put a
 // whole column of rows into one bank.
+// The list capacities of the per-query kernels: dispatch_kmax's, and 256 for larger k (the
+// groups of nl_bayes's second step: k = 160), where each lane keeps its own list.
+constexpr int64_t kMaxK = 256;
+template <typename F>
+void dispatch_k(int64_t k, F&& f) {
+  if (k > 128)
+    f(std::integral_constant<int, 256>{});
+  else
+    stnls::dispatch_kmax(k, f);
+}
+
 int64_t window_pitch(int64_t L, int64_t ws, int nc) {
   const int64_t g = (ws + nc - 1) / nc, items = ws * g;
   int64_t best = 0, best_cost = LLONG_MAX;
@@ -287,7 +298,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
                             bool exclude_self) {
   check_videos(queries, keys);
   stnls::check_patch_args(ps, pt, dilation);
-  TORCH_CHECK(k >= 1 && k <= 128, "k: the compiled CUDA search takes k <= 128, got ", k);
+  TORCH_CHECK(k >= 1 && k <= kMaxK, "k: the compiled CUDA search takes k <= ", kMaxK, ", got ", k);
   const c10::cuda::CUDAGuard guard(queries.device());
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
@@ -343,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
             T, H, W, C, Q, nt, int(ws), int(ps), int(pt), int(dilation), nheads, int(k), l2,
             exclude_self, int(L), int(LP), ids.data_ptr<int64_t>(), dists.data_ptr<acc_t>());
       };
-      stnls::dispatch_kmax(k, launch);
+      dispatch_k(k, launch);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
@@ -356,7 +367,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
           Q, nt, ws, int(ps), int(pt), int(dilation), nheads, int(k), l2, exclude_self,
           ids.data_ptr<int64_t>(), dists.data_ptr<acc_t>());
     };
-    stnls::dispatch_kmax(k, launch);
+    dispatch_k(k, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dists, ids};
