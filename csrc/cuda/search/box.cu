@@ -21,6 +21,13 @@ namespace {
 // order, so a thread sees its own candidates in ascending id order (ties keep the first).
 constexpr int kTY = 16, kTX = 16;
 
+// The smallest stride0 that takes the warp-per-query kernel instead of the box kernels.
+constexpr int64_t kStridedMin = 2;
+int64_t strided_min() {
+  const char* e = std::getenv("NAPARI_STNLS_CUDA_STRIDED");
+  return e && *e ? std::atoll(e) : kStridedMin;
+}
+
 template <typename scalar_t, typename acc_t, int KMAX>
 __global__ void __launch_bounds__(kTY* kTX)
     topk_box_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
@@ -134,6 +141,17 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cuda(const at::Tensor& querie
     return search_topk_pix_cuda(queries, keys, centres, frames, grid, stride0, nheads, k, l2,
                                 exclude_self, ws);
   if (nt * ws * ws >= INT_MAX || s1 < 1)  // ids past int, or a sub-pixel grid
+    return search_topk_cuda(queries, keys, coords, centres, frames, offsets, ps, pt, dilation,
+                            nheads, k, l2, exclude_self);
+  // Strided query grids: the box kernels fill a difference image over every pixel of a tile of
+  // queries and its halo for every offset, so they do the work of every pixel whatever
+  // stride0 (at stride0 = 4 more than the whole dense search), and a tile of 16 x 16 strided
+  // queries leaves the GPU with few blocks. A warp per query (topk_window_kernel, topk.cu:
+  // the query patch and the window in shared memory, distances summed directly) does work
+  // proportional to the queries. It takes stride0 >= strided_min() (measured: see
+  // docs/api.md); NAPARI_STNLS_CUDA_STRIDED=N moves that bound to N (0: never), read on every
+  // call so that one process can time both paths.
+  if (const int64_t smin = strided_min(); smin > 0 && stride0 >= smin)
     return search_topk_cuda(queries, keys, coords, centres, frames, offsets, ps, pt, dilation,
                             nheads, k, l2, exclude_self);
   // NAPARI_STNLS_CUDA_SLIDE=0 turns the sliding kernel off (to time it against the staged one)
