@@ -57,7 +57,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from napari_stnls.ops import aggregate, gather, ifold, iunfold, scatter, search  # noqa: E402
 
-WORKLOADS = ("small", "a", "b", "gather_scatter", "gather_scatter_a", "fold", "memory_scaling", "baselines")
+WORKLOADS = ("small", "a", "b", "gather_scatter", "gather_scatter_a", "fold", "memory_scaling", "baselines",
+             "w1", "w2", "w3", "w4")
 OPS = ("search", "gather", "scatter", "iunfold", "ifold")
 MIB = 2**20
 MALLOC_MMAP_THRESHOLD = 128 * 1024  # set in the CPU memory child so freed blocks leave RSS
@@ -368,43 +369,46 @@ def _check_interior(region, H: int, W: int, ws: int) -> None:
         raise ValueError(f"baselines need interior queries (>= ws//2 = {r} from the border), got {region}")
 
 
-def baseline_unfold_cdist(video, region, ps, ws, wt, k, tile=16):
+def baseline_unfold_cdist(video, region, ps, ws, wt, k, tile=16, stride0=1):
     """Top-k L2 distances by unfolding candidate blocks and a matmul per query tile.
 
-    For each tile of query rows/cols and each window frame: unfold the (tile + ws - 1)^2
-    candidate patches, distances ||q||^2 + ||c||^2 - 2 q.c, mask candidates outside each
-    query's own ws x ws window, then top-k over all frames. Mirrored padding, as search.
+    For each tile of query rows/cols (queries ``stride0`` apart) and each window frame: unfold
+    the candidate patches the tile's windows cover, distances ||q||^2 + ||c||^2 - 2 q.c, mask
+    candidates outside each query's own ws x ws window, then top-k over all frames. Mirrored
+    padding, as search.
     """
     v = video[0]
     T, C, H, W = v.shape
     _check_interior(region, H, W, ws)
     t0, t1, y0, y1, x0, x1 = region
-    p, r = ps // 2, ws // 2
+    p, r, s = ps // 2, ws // 2, stride0
     vpad = F.pad(v, (p, p, p, p), mode="reflect")
     masks: dict[tuple[int, int], torch.Tensor] = {}
     out = []
     for t in range(t0, t1):
         rows = []
         frames = _window_frames(t, T, wt)
-        for ty in range(y0, y1, tile):
-            th = min(tile, y1 - ty)
+        for ty in range(y0, y1, tile * s):
+            th = min(tile, -(-(y1 - ty) // s))
             cols = []
-            for tx in range(x0, x1, tile):
-                tw = min(tile, x1 - tx)
+            for tx in range(x0, x1, tile * s):
+                tw = min(tile, -(-(x1 - tx) // s))
                 if (th, tw) not in masks:
-                    i = torch.arange(th, device=v.device)
-                    j = torch.arange(tw, device=v.device)
-                    a = torch.arange(th + 2 * r, device=v.device)
-                    b = torch.arange(tw + 2 * r, device=v.device)
-                    my = (a[None, :] >= i[:, None]) & (a[None, :] <= i[:, None] + 2 * r)  # (th, th+2r)
+                    i = torch.arange(th, device=v.device) * s
+                    j = torch.arange(tw, device=v.device) * s
+                    a = torch.arange((th - 1) * s + 2 * r + 1, device=v.device)
+                    b = torch.arange((tw - 1) * s + 2 * r + 1, device=v.device)
+                    my = (a[None, :] >= i[:, None]) & (a[None, :] <= i[:, None] + 2 * r)
                     mx = (b[None, :] >= j[:, None]) & (b[None, :] <= j[:, None] + 2 * r)
                     masks[(th, tw)] = ~(my[:, None, :, None] & mx[None, :, None, :]).reshape(th * tw, -1)
                 mask = masks[(th, tw)]
-                q = F.unfold(vpad[t : t + 1, :, ty : ty + th + 2 * p, tx : tx + tw + 2 * p], ps)[0].T
+                hq, wq = (th - 1) * s + 1, (tw - 1) * s + 1
+                qblk = vpad[t : t + 1, :, ty : ty + hq + 2 * p, tx : tx + wq + 2 * p]
+                q = F.unfold(qblk, ps, stride=s)[0].T
                 qn = (q * q).sum(1)
                 ds = []
-                for s in frames:
-                    blk = vpad[s : s + 1, :, ty - r : ty + th + r + 2 * p, tx - r : tx + tw + r + 2 * p]
+                for f in frames:
+                    blk = vpad[f : f + 1, :, ty - r : ty + hq + r + 2 * p, tx - r : tx + wq + r + 2 * p]
                     c = F.unfold(blk, ps)[0].T
                     d = (qn[:, None] + (c * c).sum(1)[None, :]).addmm_(q, c.T, alpha=-2).clamp_min_(0)
                     ds.append(d.masked_fill_(mask, math.inf))
@@ -415,11 +419,12 @@ def baseline_unfold_cdist(video, region, ps, ws, wt, k, tile=16):
     return torch.cat(out, 0)
 
 
-def baseline_shift_boxfilter(video, region, ps, ws, wt, k):
+def baseline_shift_boxfilter(video, region, ps, ws, wt, k, stride0=1):
     """Top-k L2 distances by shifting: for each integer offset (dt, dy, dx) of the window,
     the squared-difference image of the query frame and the shifted key frame, summed
-    over ps x ps by a box filter (avg_pool2d with divisor 1), merged into a running top-k
-    (one merge per (frame, dy) with all ws dx offsets at once). Mirrored padding."""
+    over ps x ps by a box filter (avg_pool2d with divisor 1, stride ``stride0``: the queries'
+    grid), merged into a running top-k (one merge per (frame, dy) with all ws dx offsets at
+    once). Mirrored padding."""
     v = video[0]
     T, C, H, W = v.shape
     _check_interior(region, H, W, ws)
@@ -427,7 +432,6 @@ def baseline_shift_boxfilter(video, region, ps, ws, wt, k):
     p, r = ps // 2, ws // 2
     P = p + r
     vpad = F.pad(v, (P, P, P, P), mode="reflect")
-    hr, wr = y1 - y0, x1 - x0
     out = []
     for t in range(t0, t1):
         qc = vpad[t, :, y0 - p + P : y1 + p + P, x0 - p + P : x1 + p + P]  # (C, hr+2p, wr+2p)
@@ -439,8 +443,8 @@ def baseline_shift_boxfilter(video, region, ps, ws, wt, k):
                     [vpad[s, :, ys, x0 - p + P + dx : x1 + p + P + dx] for dx in range(-r, r + 1)]
                 )  # (ws, C, hr+2p, wr+2p)
                 d2 = ((kc - qc) ** 2).sum(1, keepdim=True)
-                box = F.avg_pool2d(d2, ps, stride=1, divisor_override=1)  # (ws, 1, hr, wr)
-                d = box.reshape(ws, hr * wr).T
+                box = F.avg_pool2d(d2, ps, stride=stride0, divisor_override=1)  # (ws, 1, nh, nw)
+                d = box.reshape(ws, -1).T
                 best = d if best is None else torch.cat([best, d], 1)
                 if best.shape[1] > k:
                     best = best.topk(k, dim=1, largest=False).values
@@ -455,13 +459,14 @@ def build_baseline(p: dict, device: torch.device, backend: str) -> Prepared:
     video = make_video(p["video_shape"], device, seed=p["seed"])
     region = tuple(p["region"])
     fn = _BASELINES[p["method"]]
-    kw = {"ps": p["ps"], "ws": p["ws"], "wt": p["wt"], "k": p["k"]}
+    kw = {"ps": p["ps"], "ws": p["ws"], "wt": p["wt"], "k": p["k"], "stride0": p.get("stride0", 1)}
     if "tile" in p:
         kw["tile"] = p["tile"]
     check = {}
     if p.get("check"):
         with torch.no_grad():
-            ref, _ = search(video, video, region=region, backend="reference", **kw_search(p))
+            ref, _ = search(video, video, region=region, backend=p.get("check_backend", "reference"),
+                            **kw_search(p))
             mine = fn(video, region, **kw)
         ref = ref[0, 0]
         diff = float((mine - ref).abs().max())
@@ -473,7 +478,7 @@ def build_baseline(p: dict, device: torch.device, backend: str) -> Prepared:
 
 
 def kw_search(p: dict) -> dict:
-    return {"ps": p["ps"], "ws": p["ws"], "wt": p["wt"], "k": p["k"]}
+    return {"ps": p["ps"], "ws": p["ws"], "wt": p["wt"], "k": p["k"], "stride0": p.get("stride0", 1)}
 
 
 BUILDERS: dict[str, Callable[[dict, torch.device, str], Prepared]] = {
@@ -507,6 +512,58 @@ def _aggregate_cases(name: str, p: dict, flow: str, full: int | None = None) -> 
              dict(p, at="each query's own position (non-local means): fold form"),
              f"aggregate_queries_{flow}", full),
     ]
+
+
+# issue 25's workloads: (video shape, search arguments, whether the flow case and the L2
+# baselines apply); every one with B=1 and no flow unless stated
+ISSUE25 = {
+    "w1": ((1, 3, 3, 512, 512), dict(ps=7, ws=21, wt=1, k=10, dist="l2", stride0=4), False, True),
+    "w2": ((1, 5, 3, 256, 256), dict(ps=7, ws=21, wt=2, k=10, dist="l2", stride0=1), False, True),
+    "w3": ((1, 5, 3, 540, 960), dict(ps=7, ws=21, wt=2, k=10, dist="l2", stride0=1), True, True),
+    "w4": ((1, 5, 64, 256, 256), dict(ps=1, ws=9, wt=2, k=10, dist="prod", stride0=1), False, False),
+}
+
+
+def _issue25_cases(name: str, quick: bool, crop: bool) -> list[Case]:
+    """Issue 25's workload ``name``: search with ``itype`` "int" and "float", forward and
+    forward+backward (``dists.sum()``, gradients to the video, and to the flows where there
+    are flows), without flow (and, for w3, with the smooth sub-pixel flow), then the two
+    plain-PyTorch baselines where they apply (L2, no flow) on the interior queries (at least
+    ``ws//2`` from the border, every frame). With ``crop`` (the CPU default), queries are a
+    centre region of 32x32 queries of the middle frame (8x8 with ``quick``), for the
+    baselines too."""
+    shape, S, with_flow, baselines = ISSUE25[name]
+    _, T, _, H, W = shape
+    s0, r = S["stride0"], S["ws"] // 2
+    region = None
+    interior = (0, T, r, H - r, r, W - r)
+    if crop:
+        n = (8 if quick else 32) * s0
+        region = interior = centre_region(T, H, W, T // 2, n, n)
+    full = region_queries(None, shape, s0)
+    cases: list[Case] = []
+    for flow in ("none", "smooth") if with_flow else ("none",):
+        for itype in ("int", "float"):
+            for mode in ("fwd", "fwd_bwd"):
+                p = dict(S, seed=0, video_shape=shape, region=region, flow=flow, itype=itype, mode=mode,
+                         n_queries=region_queries(region, shape, s0), full_queries=full)
+                if flow == "smooth":
+                    p["flow_desc"] = "bilinear upsampling of Gaussian noise (64-pixel cells), max |v| = 3 px"
+                if mode == "fwd_bwd":
+                    p["loss"] = "dists.sum(), grads to video" + (" and flows" if flow == "smooth" else "")
+                op = "search" if mode == "fwd" else "search_fwd_bwd"
+                cases.append(Case(name, op, "search", "search", p, f"{op}_{flow}_{itype}",
+                                  full if crop else None))
+    if baselines:
+        base = dict(S, seed=0, video_shape=shape, region=interior,
+                    n_queries=region_queries(interior, shape, s0),
+                    comparison="top-k distances vs the compiled search (backend=None), interior queries",
+                    check_backend=None, check=True)
+        cases.append(Case(name, "unfold+cdist", None, "baseline",
+                          dict(base, method="unfold+cdist", tile=16 if crop else 32), "baseline"))
+        cases.append(Case(name, "shift+boxfilter", None, "baseline",
+                          dict(base, method="shift+boxfilter"), "baseline"))
+    return cases
 
 
 def workload_cases(name: str, device: torch.device, quick: bool, crop: bool) -> list[Case]:
@@ -727,6 +784,8 @@ def workload_cases(name: str, device: torch.device, quick: bool, crop: bool) -> 
                 "search",
             )
         )
+    elif name in ISSUE25:
+        cases += _issue25_cases(name, quick, crop)
     else:
         raise ValueError(f"unknown workload {name!r}; expected one of {WORKLOADS}")
     return cases

@@ -3,6 +3,7 @@
 //
 // search_topk: the k best candidates of every query, their distances and ids (no gradient:
 //              the differentiable distances are search_dists').
+// search_positions_int: the ids' whole-pixel positions (itype="int"), written by one kernel.
 // search_dists: patch distances at given positions (differentiable in Python through
 //               search_dists_backward), or the distances search_topk already computed there.
 #include <torch/library.h>
@@ -27,6 +28,13 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
       "search_topk_box(Tensor queries, Tensor keys, Tensor coords, Tensor centres, "
       "Tensor frames, Tensor offsets, SymInt[7] grid, int stride0, int ps, int pt, int dilation, "
       "int nheads, int k, bool l2, bool exclude_self) -> (Tensor, Tensor)");
+  // The whole-pixel positions (itype="int") of the ids search_topk(_box) returned: ids
+  // (B, nheads, Q, k) int64, centres (B, Q, nt, 2) integer-valued floats, frames (Q, nt)
+  // int64, the search grid's side ws and (integer) spacing stride1. Returns kpos
+  // (B, nheads, Q, k, 3) int32 (t, y, x).
+  m.def(
+      "search_positions_int(Tensor ids, Tensor centres, Tensor frames, int ws, int stride1) -> "
+      "Tensor");
   // kpos (B, nheads, Q, k, 3) float or integer (t, y, x). Returns dists (B, nheads, Q, k)
   // in float32 (float64 for float64 videos): computed, or a copy of `given` (the distances
   // search_topk returned for these positions, which its kernels summed in their own order).
@@ -40,9 +48,10 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
       "(Tensor, Tensor, Tensor)");
 }
 
-// The top-k's distances carry no gradient (search_dists gives them one): its outputs are
-// plain tensors, with no autograd node to warn about.
+// The top-k's distances and the int positions carry no gradient (search_dists gives the
+// distances one): their outputs are plain tensors, with no autograd node to warn about.
 TORCH_LIBRARY_IMPL(napari_stnls, Autograd, m) {
   m.impl("search_topk", torch::CppFunction::makeFallthrough());
   m.impl("search_topk_box", torch::CppFunction::makeFallthrough());
+  m.impl("search_positions_int", torch::CppFunction::makeFallthrough());
 }

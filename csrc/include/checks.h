@@ -63,6 +63,27 @@ inline at::Tensor check_inds(const at::Tensor& inds, int64_t B) {
 
 // search_dists with `given`: a copy of the distances search_topk returned at these positions,
 // after checking that they are the (B, nheads, Q, k) distances of this search.
+// search_positions_int's arguments: ids (B, nheads, Q, k) int64, centres (B, Q, nt, 2) float,
+// frames (Q, nt) int64, all on one device; ws >= 1, stride1 >= 1
+inline void check_positions_args(const at::Tensor& ids, const at::Tensor& centres,
+                                 const at::Tensor& frames, int64_t ws, int64_t stride1) {
+  TORCH_CHECK(ids.dim() == 4 && ids.scalar_type() == at::kLong,
+              "ids: expected (B, nheads, Q, k) int64, got ", ids.scalar_type(), " ",
+              stnls::shape_str(ids.sizes()));
+  TORCH_CHECK(frames.dim() == 2 && frames.scalar_type() == at::kLong && frames.size(0) == ids.size(2),
+              "frames: expected (Q, nt) int64 with Q = ", ids.size(2), ", got ",
+              stnls::shape_str(frames.sizes()));
+  TORCH_CHECK(centres.dim() == 4 && centres.is_floating_point() && centres.size(0) == ids.size(0) &&
+                  centres.size(1) == ids.size(2) && centres.size(2) == frames.size(1) &&
+                  centres.size(3) == 2,
+              "centres: expected (B, Q, nt, 2) floats matching ids and frames, got ",
+              stnls::shape_str(centres.sizes()));
+  TORCH_CHECK(centres.device() == ids.device() && frames.device() == ids.device(),
+              "centres, frames: expected the device of ids, ", ids.device());
+  TORCH_CHECK(ws >= 1 && stride1 >= 1, "ws, stride1: expected positive integers, got ", ws, ", ",
+              stride1);
+}
+
 inline at::Tensor given_dists(const at::Tensor& given, const at::Tensor& queries,
                               const at::Tensor& kpos) {
   const auto acc = acc_type(queries);

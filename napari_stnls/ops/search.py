@@ -3,9 +3,9 @@
 ``search`` validates its arguments, asks the guard (:func:`._library.use_compiled`) whether
 the compiled kernels take the call, and runs them (:func:`_search_compiled`: the queries in
 chunks, the window centres chained along the flows in PyTorch, then
-``torch.ops.napari_stnls.search_topk`` or ``search_topk_box`` and ``search_dists``) or the
-reference twin (:mod:`._reference.search`). See docs/api.md for the full definition (window,
-flow chaining, borders, ties).
+``torch.ops.napari_stnls.search_topk`` or ``search_topk_box``, ``search_positions_int`` for
+``itype="int"``, and ``search_dists``) or the reference twin (:mod:`._reference.search`).
+See docs/api.md for the full definition (window, flow chaining, borders, ties).
 """
 
 from __future__ import annotations
@@ -96,12 +96,16 @@ def _search_compiled(queries, keys, flows, coords, P: _window.Params, batch_size
             off = _window.offsets(Pc, acc, torch.device("cpu"))
             found, ids = torch.ops.napari_stnls.search_topk(q_cl, k_cl, crd, centres.detach(), frames, off,
                                                             *args)
-        kpos = _determinism.call("search_positions", centres, frames, ids, Pc, fn=_window.positions)
+        if P.itype == "int":  # whole pixels, no gradient: one kernel writes the int32 positions
+            kpos = torch.ops.napari_stnls.search_positions_int(ids, centres.detach(), frames, Pc.ws,
+                                                               int(Pc.stride1))
+        else:
+            kpos = _determinism.call("search_positions", centres, frames, ids, Pc, fn=_window.positions)
         del ids, centres, frames
         # the top-k kernels' own distances, differentiable as search_dists at kpos
         d = torch.ops.napari_stnls.search_dists(q_cl, k_cl, crd, kpos, P.ps, P.pt, P.dilation, l2, found)
         del found
-        i = kpos.to(torch.int32) if P.itype == "int" else kpos
+        i = kpos
         if len(chunks) == 1:
             return d, i
         if dists is None:  # written chunk by chunk (differentiably), never concatenated

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -53,6 +54,11 @@ def test_opcheck(compiled):
         torch.ops.napari_stnls.search_topk_box.default,
         (q, k, c3, cen3, fr3, off, grid, 1, P.ps, P.pt, P.dilation, P.nheads, P.k, True, False),
     )
+    Pi = replace(P, itype="int")
+    pos = torch.ops.napari_stnls.search_positions_int(ids, cen3, fr3, P.ws, 1)
+    torch.library.opcheck(torch.ops.napari_stnls.search_positions_int.default, (ids, cen3, fr3, P.ws, 1))
+    assert pos.dtype == torch.int32 and pos.shape == (*ids.shape, 3)
+    assert torch.equal(pos.long(), _window.positions(cen3, fr3, ids, Pi))  # the PyTorch glue it replaces
     kpos = torch.stack([frames[:, :1].expand(-1, 4).float().double().expand(1, 2, 3, 4),
                         1.3 + ids.double() % 5, 2.6 + ids.double() % 4], -1).contiguous()
     qg, kg, pg = q.clone().requires_grad_(), k.clone().requires_grad_(), kpos.clone().requires_grad_()
@@ -470,9 +476,11 @@ def test_deterministic_flow_glue_gives_the_same_gradients(monkeypatch, batch_siz
     monkeypatch.setattr(_determinism, "on_cpu", as_one_node)
     monkeypatch.setattr(_determinism, "rerouted", lambda op, args: True)
     i_det, got = run()
-    n_chunks = 1 if batch_size is None else (len(nodes) - 1) // 2
-    # centres and positions in each chunk, then the scatter
-    assert len(nodes) == 2 * n_chunks + 1 and (batch_size is None or n_chunks > 1)
+    # centres and positions in each chunk (with itype="int" a kernel writes the positions: no
+    # glue), then the scatter
+    per_chunk = 2 if itype == "float" else 1
+    n_chunks = 1 if batch_size is None else (len(nodes) - 1) // per_chunk
+    assert len(nodes) == per_chunk * n_chunks + 1 and (batch_size is None or n_chunks > 1)
     for a, b in zip(ref, got, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     if itype == "float":

@@ -656,3 +656,65 @@ def test_whole_pixel_box_search_with_spread_windows(impl_held_to_reference, dtyp
     # with k in the tens, float32 distances of random patches lie within tol of a neighbour's
     # more often: fewer ranks are untied (the distances are checked at every rank)
     assert_rows_match_reference(d, i, v, flows, kw, rtol=tol, atol=tol, min_untied=0.9 if k < 32 else 0.5)
+
+
+# Strided query grids (stride0 > 1): on CUDA a warp per query instead of the box kernels, on the
+# CPU box sums over the rows and columns the strided patches cover. Each case against the loop
+# oracle (with a rank more, tie-aware), for every backend.
+STRIDED = {
+    # W1's shape of search (issue 25), scaled down: float32, 3 channels, ps=7 > stride0=4
+    "w1": dict(shape=(1, 1, 3, 18, 21), dtype=torch.float32, flow=None,
+               kw=dict(ps=7, ws=5, wt=1, k=10, stride0=4, itype="int")),
+    # whole-pixel flows, a region, two heads, dilation, exclude_self, batch of two, prod
+    "flow_region": dict(shape=(2, 3, 2, 17, 18), dtype=torch.float64, flow="whole",
+                        kw=dict(ps=3, ws=5, wt=1, k=6, stride0=3, nheads=2, dilation=2, dist="prod",
+                                exclude_self=True, region=(1, 2, 2, 15, 1, 16), itype="int")),
+    # stride0 > ps: rows and columns in no patch; pt=2; k past the warp's one list (per-lane lists)
+    "sparse_k40": dict(shape=(1, 3, 2, 19, 22), dtype=torch.float64, flow=None,
+                       kw=dict(ps=3, ws=5, wt=1, k=40, stride0=5, pt=2, exclude_self=True, itype="float")),
+    # sub-pixel flows with strided queries (interpolated windows), float positions, stride1=2
+    "subpixel": dict(shape=(1, 3, 1, 20, 21), dtype=torch.float32, flow="sub",
+                     kw=dict(ps=5, ws=5, wt=1, k=8, stride0=2, stride1=2.0, region=(1, 2, 1, 19, 0, 21))),
+    # float32, ws=7 and k <= 32: seven candidates per lane and step, summed sliding; flows
+    "seven": dict(shape=(1, 2, 1, 16, 18), dtype=torch.float32, flow="whole",
+                  kw=dict(ps=3, ws=7, wt=1, k=12, stride0=2, region=(0, 1, 0, 16, 0, 18), itype="int")),
+}
+
+
+@functools.cache
+def _strided_oracle(name):
+    c = STRIDED[name]
+    gen = torch.Generator().manual_seed(len(name))
+    B, T, C, H, W = c["shape"]
+    v = torch.rand(c["shape"], generator=gen, dtype=torch.float64).to(c["dtype"])
+    flows = None
+    if c["flow"] is not None:
+        flows = tuple(_smooth_flow(gen, B, T, H, W, 2.5) for _ in range(2))
+        if c["flow"] == "whole":
+            flows = tuple(_whole_pixel(f) for f in flows)
+        flows = tuple(f.to(c["dtype"]) for f in flows)
+    kw = c["kw"]
+    nt = min(T, 2 * kw["wt"] + 1)
+    more = dict(kw, k=min(kw["k"] + 1, nt * kw["ws"] ** 2 - int(kw.get("exclude_self", False))))
+    ref_flows = None if flows is None else tuple(f.double().numpy() for f in flows)
+    return v, flows, oracle.search(v.double().numpy(), v.double().numpy(), flows=ref_flows, **more)
+
+
+@pytest.mark.parametrize("name", list(STRIDED))
+def test_strided_queries_match_oracle(name, compiled):
+    """Strided query grids with and without flows (whole-pixel and sub-pixel), regions,
+    dilation, heads, pt, exclude_self and both distances: the compiled kernels find the k
+    best of the loop oracle, the ties in its order; and the distances' gradient reaches the
+    video."""
+    backend, device = compiled
+    v, flows, (rd, ri) = _strided_oracle(name)
+    kw = STRIDED[name]["kw"]
+    single = v.dtype == torch.float32
+    vd = v.to(device).requires_grad_(True)
+    dev_flows = None if flows is None else tuple(f.to(device) for f in flows)
+    d, i = search(vd, vd, flows=dev_flows, backend=backend, **kw)
+    assert i.dtype == (torch.int32 if kw.get("itype") == "int" else v.dtype)
+    tol = dict(rtol=1e-5, atol=1e-4, pos_atol=1e-4) if single else {}
+    assert_knn_match(d, i, rd, ri, min_untied=0.9, **tol)
+    d.sum().backward()
+    assert vd.grad is not None and bool(torch.isfinite(vd.grad).all()) and bool(vd.grad.abs().sum() > 0)

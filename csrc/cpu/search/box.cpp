@@ -44,6 +44,9 @@ inline acc_t distance_run(const scalar_t* x, const scalar_t* y, int64_t n, bool 
 // is a box sum of one difference image, each video mirrored on its own absolute coordinates;
 // so a candidate costs O(C) instead of O(ps^2 C). Offsets are visited in ascending (dy, dx)
 // order, so each query sees its candidates in ascending id order (ties keep the first).
+// With strided queries (stride0 > dilation, or stride0 > ps) some rows and columns of the
+// tile lie in no query's patch: the difference image and its row sums skip them, so the work
+// is that of the queries' own patch pixels, never more than every pixel's.
 std::tuple<at::Tensor, at::Tensor> search_topk_box_cpu(const at::Tensor& queries, const at::Tensor& keys,
                                const at::Tensor& coords, const at::Tensor& centres,
                                const at::Tensor& frames, const at::Tensor& offsets,
@@ -86,6 +89,8 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cpu(const at::Tensor& queries
       std::vector<int64_t> bi(TY * TX * k), ryq(DH), rxq(DW), ryk(DH), rxk(DW);
       std::vector<int> cnt(TY * TX);
       std::vector<int64_t> gy(TY * TX), gx(TY * TX);
+      std::vector<int64_t> urow, vcol;  // the rows and columns of D some query's patch covers
+      std::vector<char> used(std::max(DH, DW));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t tile_j = task % tiles_x, tile_i = (task / tiles_x) % tiles_y;
         const int64_t tr = (task / (tiles_x * tiles_y)) % nTr;
@@ -96,6 +101,14 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cpu(const at::Tensor& queries
         // the part of the difference image this tile's queries use (thin regions: a few rows)
         const int64_t dh = (ny - 1) * s0 + dilation * (ps - 1) + 1;
         const int64_t dw = (nx - 1) * s0 + dilation * (ps - 1) + 1;
+        for (auto [n, len, list] : {std::tuple{ny, dh, &urow}, std::tuple{nx, dw, &vcol}}) {
+          std::fill(used.begin(), used.begin() + len, 0);
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t a = 0; a < ps; ++a) used[i * s0 + dilation * a] = 1;
+          list->clear();
+          for (int64_t u = 0; u < len; ++u)
+            if (used[u]) list->push_back(u);
+        }
         const scalar_t* qv = qdata + b * video;
         const scalar_t* kv = kdata + b * video;
         for (int64_t u = 0; u < DH; ++u) ryq[u] = stnls::reflect(py0 - dilation * r + u, H);
@@ -117,20 +130,18 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cpu(const at::Tensor& queries
               xhi = std::max(xhi, gx[n] + (ws - 1) * s1);
             }
           for (int64_t dy = ylo; dy <= yhi; ++dy) {
-            for (int64_t u = 0; u < dh; ++u)
-              ryk[u] = stnls::reflect(py0 - dilation * r + u + dy, H);
+            for (const int64_t u : urow) ryk[u] = stnls::reflect(py0 - dilation * r + u + dy, H);
             for (int64_t dx = xlo; dx <= xhi; ++dx) {
-              for (int64_t v = 0; v < dw; ++v)
-                rxk[v] = stnls::reflect(px0 - dilation * r + v + dx, W);
+              for (const int64_t v : vcol) rxk[v] = stnls::reflect(px0 - dilation * r + v + dx, W);
               // 1. the difference image over the tile and its halo
               for (int64_t dt = 0; dt < pt; ++dt) {
                 const int64_t fq = stnls::reflect(t + dt, T), fk = stnls::reflect(s + dt, T);
-                for (int64_t u = 0; u < dh; ++u) {
+                for (const int64_t u : urow) {
                   const scalar_t* xr = qv + (fq * H + ryq[u]) * W * C + c0;
                   const scalar_t* yr = kv + (fk * H + ryk[u]) * W * C + c0;
                   acc_t* Du = D.data() + u * DW;
                   if (Ch == 3 && l2) {  // the common case, the same sums as distance_run
-                    for (int64_t v = 0; v < dw; ++v) {
+                    for (const int64_t v : vcol) {
                       const scalar_t* x = xr + rxq[v] * C;
                       const scalar_t* y = yr + rxk[v] * C;
                       const acc_t e0 = static_cast<acc_t>(x[0]) - static_cast<acc_t>(y[0]);
@@ -140,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cpu(const at::Tensor& queries
                       Du[v] = dt == 0 ? acc_t(0) + run : Du[v] + run;
                     }
                   } else {
-                    for (int64_t v = 0; v < dw; ++v) {
+                    for (const int64_t v : vcol) {
                       const acc_t run = distance_run<acc_t>(xr + rxq[v] * C, yr + rxk[v] * C, Ch, l2);
                       Du[v] = dt == 0 ? acc_t(0) + run : Du[v] + run;
                     }
@@ -148,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cpu(const at::Tensor& queries
                 }
               }
               // 2. sums along rows, 3. along columns, then each query's top-k
-              for (int64_t u = 0; u < dh; ++u)
+              for (const int64_t u : urow)
                 for (int64_t jx = 0; jx < nx; ++jx) {
                   const acc_t* row = D.data() + u * DW + jx * s0;
                   acc_t acc = 0;

@@ -21,6 +21,13 @@ namespace {
 // order, so a thread sees its own candidates in ascending id order (ties keep the first).
 constexpr int kTY = 16, kTX = 16;
 
+// The smallest stride0 that takes the warp-per-query kernel instead of the box kernels.
+constexpr int64_t kStridedMin = 2;
+int64_t strided_min() {
+  const char* e = std::getenv("NAPARI_STNLS_CUDA_STRIDED");
+  return e && *e ? std::atoll(e) : kStridedMin;
+}
+
 template <typename scalar_t, typename acc_t, int KMAX>
 __global__ void __launch_bounds__(kTY* kTX)
     topk_box_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
@@ -136,6 +143,17 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cuda(const at::Tensor& querie
   if (nt * ws * ws >= INT_MAX || s1 < 1)  // ids past int, or a sub-pixel grid
     return search_topk_cuda(queries, keys, coords, centres, frames, offsets, ps, pt, dilation,
                             nheads, k, l2, exclude_self);
+  // Strided query grids: the box kernels fill a difference image over every pixel of a tile of
+  // queries and its halo for every offset, so they do the work of every pixel whatever
+  // stride0 (at stride0 = 4 more than the whole dense search), and a tile of 16 x 16 strided
+  // queries leaves the GPU with few blocks. A warp per query (topk_window_kernel, topk.cu:
+  // the query patch and the window in shared memory, distances summed directly) does work
+  // proportional to the queries. It takes stride0 >= strided_min() (measured: see
+  // docs/api.md); NAPARI_STNLS_CUDA_STRIDED=N moves that bound to N (0: never), read on every
+  // call so that one process can time both paths.
+  if (const int64_t smin = strided_min(); smin > 0 && stride0 >= smin)
+    return search_topk_cuda(queries, keys, coords, centres, frames, offsets, ps, pt, dilation,
+                            nheads, k, l2, exclude_self);
   // NAPARI_STNLS_CUDA_SLIDE=0 turns the sliding kernel off (to time it against the staged one)
   static const bool slide_on = [] {
     const char* e = std::getenv("NAPARI_STNLS_CUDA_SLIDE");
@@ -177,18 +195,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cuda(const at::Tensor& querie
   const int DH = int((kTY - 1) * stride0 + dilation * (ps - 1) + 1);
   const int DW = int((kTX - 1) * stride0 + dilation * (ps - 1) + 1);
   const size_t smem = acc_bytes * size_t(DH) * size_t(DW + kTX);
-  // The per-query kernel where the tile does not fit, and, by default, for a spaced query grid
-  // with large k: a tile of spaced queries spans stride0 times more pixels, so its offsets
-  // cover the union of more windows (with a flow, far more), and each thread's list of k > 16
-  // lives in local memory. (nl_bayes's first step on an H100, stride0 4, k 60, with a flow:
-  // 64 ms a frame in the box kernel.) NAPARI_STNLS_CUDA_BOX=1 keeps the box kernel wherever it
-  // fits, =0 never uses it (to time one against the other).
-  static const int box_mode = [] {
-    const char* e = std::getenv("NAPARI_STNLS_CUDA_BOX");
-    return e && std::string(e) == "1" ? 1 : e && std::string(e) == "0" ? 0 : -1;
-  }();
-  const bool box = box_mode == 1 || (box_mode == -1 && !(stride0 > 1 && k > 16));
-  if (!box || k > 128 || smem > 48 * 1024)
+  if (k > 128 || smem > 48 * 1024)  // tile does not fit: the per-query kernel
     return search_topk_cuda(queries, keys, coords, centres, frames, offsets, ps, pt, dilation,
                             nheads, k, l2, exclude_self);
   const c10::cuda::CUDAGuard guard(queries.device());
