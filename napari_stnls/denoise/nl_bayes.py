@@ -9,9 +9,9 @@ import torch
 
 from .._util import Steps
 from ..ops import Region, gather, scatter, search
-from ._prep import prepare, split_bands
+from ._prep import band_budget, prepare, split_bands
 from .convert import run
-from .params import COUPLED_CHANNELS, nl_bayes_params
+from .params import COUPLED_CHANNELS, NLB_GPU_STRIDE0, nl_bayes_params
 
 __all__ = ["nl_bayes"]
 
@@ -338,6 +338,8 @@ def _nl_bayes(
     x, back, xd, flows, regions = prepare(video, sigma, device, region, flows, band_rows)
     B, T, C, H, W = x.shape
     p = nl_bayes_params(sigma, C)
+    if xd.device.type == "cuda":
+        p["stride0"] = NLB_GPU_STRIDE0
     given = dict(ps=ps, ps2=ps2, pt=pt, ws=ws, wt=wt, k=k, k2=k2, stride0=stride0)
     for name, v in given.items():
         if v is not None:
@@ -365,12 +367,7 @@ def _nl_bayes(
     regions1 = [Region(max(0, r.t0 - wt), min(T, r.t1 + wt), max(0, r.y0 - reach), min(H, r.y1 + reach),
                        max(0, r.x0 - reach), min(W, r.x1 + reach)) for r in regions]
 
-    # working memory of a band: 256 MiB on the CPU; on a GPU an eighth of its free memory
-    # (within 256 MiB .. 8 GiB), since a GPU needs whole frames of groups at once to be busy
-    # (on an H100, 10 CIF frames: 2.66 s in bands of 256 MiB, 1.34 s in whole frames)
-    budget = 256 * 2**20
-    if xd.device.type == "cuda":
-        budget = min(max(torch.cuda.mem_get_info(xd.device)[0] // 8, budget), 8 * 2**30)
+    budget = band_budget(xd.device)
 
     def plan(cfg, regs):
         D = pt * cfg["ps"] ** 2 * (C if cfg["couple"] else 1)
@@ -465,7 +462,8 @@ def nl_bayes(
         radius, group sizes in steps 1 and 2, spacing of the reference patches, variance
         thresholds in steps 1 and 2. None takes the value tuned for the noise relative to
         the data's range (:func:`~napari_stnls.denoise.nl_bayes_params` of
-        ``sigma / (hi - lo)``).
+        ``sigma / (hi - lo)``), but ``stride0`` on a GPU, which affords denser references:
+        :data:`~napari_stnls.denoise.params.NLB_GPU_STRIDE0` (3).
     opponent : bool
         Work in the opponent colour space (3-channel videos only).
     skip, skip2 : float, optional

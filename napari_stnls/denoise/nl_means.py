@@ -8,7 +8,7 @@ import torch
 
 from .._util import Steps
 from ..ops import aggregate, search
-from ._prep import prepare, split_bands
+from ._prep import band_budget, prepare, split_bands
 from .convert import run
 from .params import nl_means_params
 
@@ -93,7 +93,8 @@ def nl_means(
     device : str or torch.device, optional
         Where to compute; default: CUDA when available, else the CPU.
     band_rows : int, optional
-        Rows of queries processed at once (bounds memory); default from a 256 MiB budget.
+        Rows of queries processed at once (bounds memory); default from a budget of 256 MiB
+        on the CPU, an eighth of the free memory (at most 8 GiB) on a GPU.
     progress : callable, optional
         Called as ``progress(done, total)`` after each band of queries.
     should_stop : callable, optional
@@ -157,7 +158,7 @@ def _nl_means(
         raise ValueError(f"h: expected a positive number, got {h!r}")
     B, T, C, H, W = x.shape
     per_row = W * k * ps * ps * C * 4 * 4  # gathered patches and their weighted copy, float32
-    rows = band_rows or max(1, (256 * 2**20) // max(1, per_row))
+    rows = band_rows or max(1, band_budget(xd.device) // max(1, per_row))
     pad = ps // 2
     # Each region is aggregated on its own from every query whose patch covers one of its
     # pixels (the region dilated by the patch radius), so overlapping regions never count a
