@@ -1,9 +1,10 @@
 // What the CUDA files of the search (csrc/cuda/search/) share. Nothing but the output is
 // materialised: candidates are streamed and each query keeps its k best in small sorted lists
 // (csrc/include/topk.cuh). The kernels, by file:
-// - topk.cu: topk_window_kernel (integer search-grid spacing, with or without flow), one warp
-//   per query, the window interpolated once into shared memory per frame; topk_kernel (any
-//   spacing), one thread per query reading every candidate's taps. Op search_topk.
+// - topk.cu: topk_window_kernel (integer search-grid spacing, with or without flow, and the
+//   strided whole-pixel grids box.cu sends it), one warp per query, the window interpolated
+//   once into shared memory per frame; topk_kernel (any spacing), one thread per query
+//   reading every candidate's taps. Op search_topk; and search_positions_int.
 // - box.cu: topk_box_kernel (whole-pixel grids of queries), box sums shared by a tile of
 //   queries, and the choice between the whole-pixel kernels. Op search_topk_box.
 // - stage.cu: topk_stage_kernel, the box sums with the tile's pixels staged in shared memory.
