@@ -178,10 +178,12 @@ def test_ctrl_c_during_the_imports_is_one_line_and_130(monkeypatch, capsys, tmp_
 
     real = builtins.__import__
 
-    def interrupted(name, *a, **k):
-        if name == "denoise" and a[3:] and a[3] == 1:  # `from .denoise import run_denoise` (imports torch)
-            raise KeyboardInterrupt
-        return real(name, *a, **k)
+    def interrupted(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 1 and fromlist and "denoise" in fromlist:  # `from . import denoise` (imports torch)
+            handler = signal.getsignal(signal.SIGINT)  # Ctrl-C arrives during the import
+            assert callable(handler)
+            handler(signal.SIGINT, None)
+        return real(name, globals, locals, fromlist, level)
 
     monkeypatch.delitem(sys.modules, "napari_stnls.cli.denoise")
     before = signal.getsignal(signal.SIGINT)  # a pytest-xdist worker may start with SIGINT ignored
