@@ -202,13 +202,28 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
                 sets = [(ps, pt, base & ~f), (ps_fast, pt_fast, base & f)]
                 sets = [q for q in sets if bool(q[2].any())]
             for ps_, pt_, sel in sets:
-                _group_pass(noisy, guide, key, band, sel, agg, cnt, ps=ps_, pt=pt_, ws=ws, wt=wt, k=k, G=G,
+                sub, sel = (band, sel) if fast is None else _shrink(band, sel, stride0)
+                _group_pass(noisy, guide, key, sub, sel, agg, cnt, ps=ps_, pt=pt_, ws=ws, wt=wt, k=k, G=G,
                             couple=couple, flows=flows, stride0=stride0, var=var, thresh=thresh, step=step)
             steps.advance()
         sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
         covered = cnt[sl] > 0
         out[sl] = torch.where(covered, agg[sl] / cnt[sl].clamp_min(1e-12), out[sl])
     return out
+
+
+def _shrink(band: Region, sel: torch.Tensor, stride0: int) -> tuple[Region, torch.Tensor]:
+    """The bounding box of the references of ``band`` (grid of spacing ``stride0``) where
+    ``sel`` (B, Q) is True, and ``sel`` cut to it: each set of references is searched only
+    there (a query's neighbours do not depend on the other queries)."""
+    B = sel.shape[0]
+    nW = len(range(band.x0, band.x1, stride0))
+    m = sel.reshape(B, -1, nW)
+    on_y, on_x = m.any(2).any(0).nonzero(), m.any(1).any(0).nonzero()
+    a0, a1, b0, b1 = int(on_y[0]), int(on_y[-1]) + 1, int(on_x[0]), int(on_x[-1]) + 1
+    sub = Region(band.t0, band.t1, band.y0 + a0 * stride0, band.y0 + (a1 - 1) * stride0 + 1,
+                 band.x0 + b0 * stride0, band.x0 + (b1 - 1) * stride0 + 1)
+    return sub, m[:, a0:a1, b0:b1].reshape(B, -1)
 
 
 def _group_pass(noisy, guide, key, band, sel, agg, cnt, *, ps, pt, ws, wt, k, G, couple, flows, stride0, var,
