@@ -353,8 +353,9 @@ def _nl_bayes(
         References at pixels whose forward or backward flow is longer than ``fast_motion``
         pixels a frame, or whose flows disagree (forward-backward error over ``FB_TOL`` = 1
         pixel: occlusions, wrong flow), use patches of side ``ps_fast`` over ``pt_fast``
-        frames in both steps. None takes the value tuned for ``sigma``; ``float("inf")``
-        turns it off. Without ``flows`` no reference is fast.
+        frames in both steps. None takes the table's value for ``sigma`` (``inf``, off,
+        at every sigma for now; 3 gains on fast motion, see docs/benchmarks.md). Without
+        ``flows`` no reference is fast.
 
     Returns
     -------
@@ -521,8 +522,10 @@ def nl_bayes(
         (:func:`~napari_stnls.video.flow.flow_consistency`: occlusions, wrong flow), use
         patches of side ``ps_fast`` over ``pt_fast`` frames in both steps (space-time
         patches are straight in time, so under fast motion their second frame holds other
-        content). None takes the value tuned for the noise; ``float("inf")`` turns it off.
-        Without ``flows`` no reference is fast.
+        content). None takes the table's value for the noise: ``float("inf")`` (off) at
+        every sigma for now; ``fast_motion=3`` gained 0.1-0.2 dB on fast camera motion but
+        lost 0.19 dB on a clip whose flows are wrong where it stands still
+        (docs/benchmarks.md). Without ``flows`` no reference is fast.
 
     Returns
     -------

@@ -32,9 +32,11 @@ NLB_TABLE: dict[str, tuple[float, ...]] = {
     "skip": (0.0, 1.0, 1.0, 1.0, 1.0),
     "skip2": (0.0, 1.0, 1.0, 1.0, 1.0),
     # references where the flow is longer than fast_motion pixels a frame or fails the
-    # forward-backward check use one-frame patches of side ps_fast (both steps): tuned on
-    # crops of real fast motion and generated scenes, never the benchmark clips
-    "fast_motion": (3.0, 3.0, 3.0, 3.0, 3.0),
+    # forward-backward check use one-frame patches of side ps_fast (both steps). Off by
+    # default: 3 px gained 0.13-0.21 dB on crops of real fast motion and 0.10-0.18 dB on
+    # bunny_pan, but lost 0.19 dB on bikes at sigma 30, whose TV-L1 flows on the noisy frames
+    # exceed 3 px even where the scene stands still (docs/benchmarks.md)
+    "fast_motion": (float("inf"),) * 5,
     "ps_fast": (7, 7, 7, 7, 7),
     "pt_fast": (1, 1, 1, 1, 1),
     "thresh": (1.0, 1.0, 1.85, 2.7, 2.7),
