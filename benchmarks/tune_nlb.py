@@ -9,6 +9,7 @@ averaged over the scenes. Prints one JSON line per trial on stdout.
 
     python benchmarks/tune_nlb.py --sigmas 20 --grid '{"thresh": [0.5, 1.0, 2.7]}'
     python benchmarks/tune_nlb.py --sigmas 20,40 --configs '[{}, {"pt": 1}, {"opponent": false}]'
+    python benchmarks/tune_nlb.py --sigmas 30 --motion-scale 4 --grid '{"fast_motion": [3, 1e9]}'
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ def make_scene(name: str, T: int, size: tuple[int, int], motion: tuple[float, fl
     return np.clip(np.stack(frames), 0, 1).astype(np.float32)
 
 
-def dataset(sigma: float, T: int, size) -> list[tuple[np.ndarray, np.ndarray, tuple]]:
+def dataset(sigma: float, T: int, size, motion_scale: float = 1.0) -> list[tuple]:
+    """(clean, noisy, flows) of every scene, its motion multiplied by ``motion_scale``."""
     out = []
     for j, (name, motion) in enumerate(zip(SCENES, MOTIONS, strict=True)):
-        clean = make_scene(name, T, size, motion)
+        dx, dy, deg = motion
+        clean = make_scene(name, T, size, (dx * motion_scale, dy * motion_scale, deg * motion_scale))
         noise = np.random.default_rng(100 + j).normal(0, sigma / 255, clean.shape)
         noisy = (clean + noise).astype(np.float32)
         out.append((clean, noisy, compute_flows(noisy, "tvl1")))
@@ -94,6 +97,8 @@ def main() -> None:
     p.add_argument("--whole", action="store_true",
                    help="score every frame of the whole video restored at once (what the skipping of "
                         "references changes) instead of the middle frame in region mode")
+    p.add_argument("--motion-scale", type=float, default=1.0,
+                   help="multiply every scene's motion (4: fast motion, 3-11 px a frame)")
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -105,7 +110,7 @@ def main() -> None:
         configs = [dict(zip(names, c, strict=True)) for c in itertools.product(*[grid[n] for n in names])]
     t_mid = None if a.whole else a.frames // 2
     for s in (float(v) for v in a.sigmas.split(",")):
-        data = dataset(s, a.frames, tuple(a.size))
+        data = dataset(s, a.frames, tuple(a.size), a.motion_scale)
         noisy_db = score(data, lambda n, f, r: n, t_mid)
         for kw in configs:
             def fn(n, f, r, kw=kw, s=s):

@@ -9,11 +9,16 @@ import torch
 
 from .._util import Steps
 from ..ops import Region, gather, scatter, search
+from ..video.flow import flow_consistency
 from ._prep import band_budget, prepare, split_bands
 from .convert import run
 from .params import COUPLED_CHANNELS, NLB_GPU_STRIDE0, nl_bayes_params
 
 __all__ = ["nl_bayes"]
+
+# Forward-backward flow error (pixels) above which a reference counts as "fast" (unreliable
+# flow, occlusion): see _fast_refs.
+FB_TOL = 1.0
 
 
 # Orthonormal opponent colour transform: luminance carries most of the signal, and the
@@ -175,7 +180,7 @@ def _filter(yn: torch.Tensor, yb: torch.Tensor | None, var: float, thresh: float
 
 
 def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_search, flows, stride0,
-                skip, regions, rows, step, steps):
+                skip, regions, rows, step, steps, fast=None, ps_fast=None, pt_fast=None):
     """One step of video non-local Bayes: group, estimate, aggregate every group patch.
 
     Groups are searched on ``guide`` (its first channel only with ``luma_search``); the
@@ -189,9 +194,13 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
     at least ``skip * ps * ps * pt`` times (``skip`` patches' worth: VNLB's "paste trick"
     at the scale of frames). Which references run depends only on the earlier frames, never
     on the bands, so the result is the same for any ``rows``.
+
+    ``fast`` (B, T, H, W) bool, optional, marks the pixels whose references use patches of
+    side ``ps_fast`` over ``pt_fast`` frames instead (where the motion is fast or the flow
+    unreliable: see :func:`_fast_refs`); each reference is processed once, with one of them.
     """
     B, T, C, H, W = noisy.shape
-    pad = ps // 2
+    pad = ps // 2 if fast is None else max(ps, ps_fast) // 2
     out = noisy.clone() if step == 1 else guide.clone()
     var = sigma**2
     key = guide[:, :, :1] if luma_search else guide
@@ -203,7 +212,7 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
         frame, done = -1, None
         for band in _bands(r, pad + ws, rows, noisy.shape, stride0):  # groups of nearby references reach r
             steps.check()
-            w = None
+            todo = None
             if skip > 0:
                 if band.t0 != frame:  # what the groups of the earlier frames estimated in this one
                     frame, done = band.t0, cnt[:, band.t0, 0].clone()
@@ -217,35 +226,86 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
                 todo = todo[:, a0:a1, b0:b1].reshape(B, -1)
                 band = Region(band.t0, band.t1, band.y0 + a0 * stride0, band.y0 + (a1 - 1) * stride0 + 1,
                               band.x0 + b0 * stride0, band.x0 + (b1 - 1) * stride0 + 1)
-            # whole-pixel positions: bilinear reading would lower the patches' noise
-            # variance below sigma^2, which the Wiener filter assumes
-            _, i = search(key, key, ps=ps, pt=pt, ws=ws, wt=wt, k=k, flows=flows, region=band,
-                          stride0=stride0, itype="int")
-            if skip > 0:
-                keep = todo.any(0)  # done for the videos of the batch that need it, weighted 0 in the others
-                i = i[:, :, keep]
-                if not bool(todo[:, keep].all()):
-                    w = todo[:, keep].to(noisy.dtype)[:, None, :, None].expand(B, 1, -1, k).contiguous()
-
-            def groups(v, i=i):  # (B, 1, Q, K, pt, C, ps, ps) -> (B, Q, G, K, D)
-                p = gather(v, i, ps=ps, pt=pt)
-                p = p.permute(0, 1, 2, 5, 3, 4, 6, 7) if not couple else p.unsqueeze(3)
-                return p.reshape(B, p.shape[2], G, k, -1)
-
-            yn = groups(noisy)
-            Q = yn.shape[1]
-            yb = None if step == 1 else groups(guide).flatten(0, 2)
-            est = _filter(yn.flatten(0, 2), yb, var, thresh)
-            if couple:
-                est = est.reshape(B, 1, Q, k, pt, C, ps, ps)
-            else:
-                est = est.reshape(B, 1, Q, C, k, pt, ps, ps).permute(0, 1, 2, 4, 5, 3, 6, 7)
-            scatter(est, i, out=(agg, cnt), weights=w, ps=ps, pt=pt)
+            if fast is None:
+                sets = [(ps, pt, todo)]
+            else:  # the references of fast pixels with their own patches, the others as before
+                f = fast[:, band.t0, band.y0:band.y1:stride0, band.x0:band.x1:stride0].reshape(B, -1)
+                base = torch.ones_like(f) if todo is None else todo
+                sets = [(ps, pt, base & ~f), (ps_fast, pt_fast, base & f)]
+                sets = [q for q in sets if bool(q[2].any())]
+            for ps_, pt_, sel in sets:
+                sub, sel = (band, sel) if fast is None else _shrink(band, sel, stride0)
+                _group_pass(noisy, guide, key, sub, sel, agg, cnt, ps=ps_, pt=pt_, ws=ws, wt=wt, k=k, G=G,
+                            couple=couple, flows=flows, stride0=stride0, var=var, thresh=thresh, step=step)
             steps.advance()
         sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
         covered = cnt[sl] > 0
         out[sl] = torch.where(covered, agg[sl] / cnt[sl].clamp_min(1e-12), out[sl])
     return out
+
+
+def _shrink(band: Region, sel: torch.Tensor, stride0: int) -> tuple[Region, torch.Tensor]:
+    """The bounding box of the references of ``band`` (grid of spacing ``stride0``) where
+    ``sel`` (B, Q) is True, and ``sel`` cut to it: each set of references is searched only
+    there (a query's neighbours do not depend on the other queries)."""
+    B = sel.shape[0]
+    nW = len(range(band.x0, band.x1, stride0))
+    m = sel.reshape(B, -1, nW)
+    on_y, on_x = m.any(2).any(0).nonzero(), m.any(1).any(0).nonzero()
+    a0, a1, b0, b1 = int(on_y[0]), int(on_y[-1]) + 1, int(on_x[0]), int(on_x[-1]) + 1
+    sub = Region(band.t0, band.t1, band.y0 + a0 * stride0, band.y0 + (a1 - 1) * stride0 + 1,
+                 band.x0 + b0 * stride0, band.x0 + (b1 - 1) * stride0 + 1)
+    return sub, m[:, a0:a1, b0:b1].reshape(B, -1)
+
+
+def _group_pass(noisy, guide, key, band, sel, agg, cnt, *, ps, pt, ws, wt, k, G, couple, flows, stride0, var,
+                thresh, step):
+    """Search, filter and aggregate the groups of the references of ``band`` (all of them, or
+    those where ``sel`` (B, Q) is True: the others are left out, or weighted 0 in a video of
+    the batch that does not need them) into ``agg`` and ``cnt``."""
+    B, _, C = noisy.shape[:3]
+    # whole-pixel positions: bilinear reading would lower the patches' noise
+    # variance below sigma^2, which the Wiener filter assumes
+    _, i = search(key, key, ps=ps, pt=pt, ws=ws, wt=wt, k=k, flows=flows, region=band,
+                  stride0=stride0, itype="int")
+    w = None
+    if sel is not None:
+        keep = sel.any(0)  # done for the videos of the batch that need it, weighted 0 in the others
+        i = i[:, :, keep]
+        if not bool(sel[:, keep].all()):
+            w = sel[:, keep].to(noisy.dtype)[:, None, :, None].expand(B, 1, -1, k).contiguous()
+
+    def groups(v, i=i):  # (B, 1, Q, K, pt, C, ps, ps) -> (B, Q, G, K, D)
+        p = gather(v, i, ps=ps, pt=pt)
+        p = p.permute(0, 1, 2, 5, 3, 4, 6, 7) if not couple else p.unsqueeze(3)
+        return p.reshape(B, p.shape[2], G, k, -1)
+
+    yn = groups(noisy)
+    Q = yn.shape[1]
+    yb = None if step == 1 else groups(guide).flatten(0, 2)
+    est = _filter(yn.flatten(0, 2), yb, var, thresh)
+    if couple:
+        est = est.reshape(B, 1, Q, k, pt, C, ps, ps)
+    else:
+        est = est.reshape(B, 1, Q, C, k, pt, ps, ps).permute(0, 1, 2, 4, 5, 3, 6, 7)
+    scatter(est, i, out=(agg, cnt), weights=w, ps=ps, pt=pt)
+
+
+def _fast_refs(flows, fast_motion: float) -> torch.Tensor | None:
+    """Where references use the patches of fast motion: (B, T, H, W) bool, or None for none.
+
+    A pixel is "fast" where its forward or backward flow is longer than ``fast_motion``
+    pixels, or where the flows fail the forward-backward check by more than
+    :data:`FB_TOL` pixels (:func:`~napari_stnls.video.flow.flow_consistency`: occlusions,
+    wrong flow). Space-time patches are straight in time (the same pixels in frames t and
+    t+1), so under fast or unreliable motion their second frame holds other content and
+    fewer of them match; one-frame patches do not depend on it.
+    """
+    if flows is None or not fast_motion < float("inf"):
+        return None
+    f, b = flows
+    mag = torch.maximum(f.norm(dim=2), b.norm(dim=2))
+    return (mag > fast_motion) | (flow_consistency(f, b) > FB_TOL)
 
 
 def _bands(r: Region, reach: int, rows: int, shape, stride0: int) -> list[Region]:
@@ -281,6 +341,9 @@ def _nl_bayes(
     should_stop: Callable[[], bool] | None = None,
     skip: float | None = None,
     skip2: float | None = None,
+    fast_motion: float | None = None,
+    ps_fast: int | None = None,
+    pt_fast: int | None = None,
 ):
     """Two-step video non-local Bayes (after Arias & Morel's VNLB), along the flow.
 
@@ -318,6 +381,13 @@ def _nl_bayes(
         its reference to be skipped, in steps 1 and 2 (0: none is). None takes the value
         tuned for ``sigma``. Tiles of a video (``napari_stnls.stream``) equal the whole
         video's result only without skipping.
+    fast_motion, ps_fast, pt_fast : optional
+        References at pixels whose forward or backward flow is longer than ``fast_motion``
+        pixels a frame, or whose flows disagree (forward-backward error over ``FB_TOL`` = 1
+        pixel: occlusions, wrong flow), use patches of side ``ps_fast`` over ``pt_fast``
+        frames in both steps. None takes the table's value for ``sigma`` (``inf``, off,
+        at every sigma for now; 3 gains on fast motion, see docs/benchmarks.md). Without
+        ``flows`` no reference is fast.
 
     Returns
     -------
@@ -340,13 +410,15 @@ def _nl_bayes(
     p = nl_bayes_params(sigma, C)
     if xd.device.type == "cuda":
         p["stride0"] = NLB_GPU_STRIDE0
-    given = dict(ps=ps, ps2=ps2, pt=pt, ws=ws, wt=wt, k=k, k2=k2, stride0=stride0)
+    given = dict(ps=ps, ps2=ps2, pt=pt, ws=ws, wt=wt, k=k, k2=k2, stride0=stride0, ps_fast=ps_fast,
+                 pt_fast=pt_fast)
     for name, v in given.items():
         if v is not None:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
             p[name] = v
-    for name, v in dict(thresh=thresh, thresh2=thresh2, skip=skip, skip2=skip2).items():
+    numbers = dict(thresh=thresh, thresh2=thresh2, skip=skip, skip2=skip2, fast_motion=fast_motion)
+    for name, v in numbers.items():
         if v is not None:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
@@ -361,9 +433,13 @@ def _nl_bayes(
                 luma_search=opp)
     cfg2 = dict(ps=p["ps2"], k=p["k2"], thresh=p["thresh2"], skip=p["skip2"], couple=joint, luma_search=False)
     ws, wt, s0, pt = p["ws"], p["wt"], p["stride0"], p["pt"]
+    fast = _fast_refs(flows, p["fast_motion"])
+    if fast is not None and not bool(fast.any()):
+        fast = None
+    ps2_max = p["ps2"] if fast is None else max(p["ps2"], p["ps_fast"])
     # step 2 reads the basic estimate around the region: up to ws//2 + ps2 pixels (plus the
     # flow) away in space and wt frames in time
-    reach = ws // 2 + p["ps2"]
+    reach = ws // 2 + ps2_max
     regions1 = [Region(max(0, r.t0 - wt), min(T, r.t1 + wt), max(0, r.y0 - reach), min(H, r.y1 + reach),
                        max(0, r.x0 - reach), min(W, r.x1 + reach)) for r in regions]
 
@@ -374,11 +450,13 @@ def _nl_bayes(
         G = 1 if cfg["couple"] else C
         per_query = G * (cfg["k"] * D * 4 * 6 + D * D * 4 * 4)
         rows = band_rows or max(s0, budget // max(1, per_query * -(-W // s0)) * s0)
-        return rows, sum(len(_bands(r, cfg["ps"] // 2 + ws, rows, x.shape, s0)) for r in regs)
+        pad = cfg["ps"] // 2 if fast is None else max(cfg["ps"], p["ps_fast"]) // 2
+        return rows, sum(len(_bands(r, pad + ws, rows, x.shape, s0)) for r in regs)
 
     (rows1, n1), (rows2, n2) = plan(cfg1, regions1), plan(cfg2, regions)
     steps = Steps(n1 + n2, progress, should_stop)
-    kw = dict(pt=pt, ws=ws, wt=wt, flows=flows, stride0=s0, steps=steps)
+    kw = dict(pt=pt, ws=ws, wt=wt, flows=flows, stride0=s0, steps=steps, fast=fast, ps_fast=p["ps_fast"],
+              pt_fast=p["pt_fast"])
     with torch.no_grad():
         # Each region on its own, both steps: its result does not depend on the other
         # regions (where regions overlap, the last one listed gives the value).
@@ -426,6 +504,9 @@ def nl_bayes(
     should_stop: Callable[[], bool] | None = None,
     skip: float | None = None,
     skip2: float | None = None,
+    fast_motion: float | None = None,
+    ps_fast: int | None = None,
+    pt_fast: int | None = None,
 ):
     """Two-step video non-local Bayes (after Arias & Morel's VNLB), along the flow.
 
@@ -471,6 +552,17 @@ def nl_bayes(
         its reference to be skipped, in steps 1 and 2 (0: none is). None takes the value
         tuned for the noise (:func:`~napari_stnls.denoise.nl_bayes_params`). Tiles of a
         video (``napari_stnls.stream``) equal the whole video's result only without skipping.
+    fast_motion, ps_fast, pt_fast : optional
+        Patches for fast or unreliable motion: references at pixels whose forward or backward
+        flow is longer than ``fast_motion`` pixels a frame, or whose flows fail the
+        forward-backward check by more than 1 pixel
+        (:func:`~napari_stnls.video.flow.flow_consistency`: occlusions, wrong flow), use
+        patches of side ``ps_fast`` over ``pt_fast`` frames in both steps (space-time
+        patches are straight in time, so under fast motion their second frame holds other
+        content). None takes the table's value for the noise: ``float("inf")`` (off) at
+        every sigma for now; ``fast_motion=3`` gained 0.1-0.2 dB on fast camera motion but
+        lost 0.19 dB on a clip whose flows are wrong where it stands still
+        (docs/benchmarks.md). Without ``flows`` no reference is fast.
 
     Returns
     -------
@@ -495,4 +587,5 @@ def nl_bayes(
     return run(_nl_bayes, video, sigma, noise=noise, gain=gain, axes=axes, data_range=data_range,
                flows=flows, region=region, progress=progress, should_stop=should_stop, ps=ps, ps2=ps2, pt=pt,
                ws=ws, wt=wt, k=k, k2=k2, stride0=stride0, thresh=thresh, thresh2=thresh2, opponent=opponent,
-               device=device, band_rows=band_rows, skip=skip, skip2=skip2)
+               device=device, band_rows=band_rows, skip=skip, skip2=skip2, fast_motion=fast_motion,
+               ps_fast=ps_fast, pt_fast=pt_fast)

@@ -30,6 +30,14 @@ NLB_TABLE: dict[str, tuple[float, ...]] = {
     "stride0": (4, 4, 4, 4, 4),
     "skip": (0.0, 1.0, 1.0, 1.0, 1.0),
     "skip2": (0.0, 1.0, 1.0, 1.0, 1.0),
+    # references where the flow is longer than fast_motion pixels a frame or fails the
+    # forward-backward check use one-frame patches of side ps_fast (both steps). Off by
+    # default: 3 px gained 0.13-0.21 dB on crops of real fast motion and 0.10-0.18 dB on
+    # bunny_pan, but lost 0.19 dB on bikes at sigma 30, whose TV-L1 flows on the noisy frames
+    # exceed 3 px even where the scene stands still (docs/benchmarks.md)
+    "fast_motion": (float("inf"),) * 5,
+    "ps_fast": (7, 7, 7, 7, 7),
+    "pt_fast": (1, 1, 1, 1, 1),
     "thresh": (1.0, 1.0, 1.85, 2.7, 2.7),
     "thresh2": (1.2, 1.2, 0.85, 0.5, 0.5),
 }
@@ -85,20 +93,22 @@ def nl_bayes_params(sigma: float, channels: int = 3) -> dict:
     Examples
     --------
     >>> p = nl_bayes_params(20 / 255)
-    >>> sorted(p)
-    ['k', 'k2', 'ps', 'ps2', 'pt', 'skip', 'skip2', 'stride0', 'thresh', 'thresh2', 'ws', 'wt']
+    >>> sorted(p)  # doctest: +NORMALIZE_WHITESPACE
+    ['fast_motion', 'k', 'k2', 'ps', 'ps2', 'ps_fast', 'pt', 'pt_fast', 'skip', 'skip2', 'stride0', 'thresh',
+     'thresh2', 'ws', 'wt']
     """
     s = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
     out = {}
     for name, values in NLB_TABLE.items():
         v = float(np.interp(s, NLB_SIGMAS, values))
-        out[name] = v if name.startswith(("thresh", "skip")) else int(round(v))
-    for name in ("ps", "ps2", "ws"):  # odd sides
+        out[name] = v if name.startswith(("thresh", "skip", "fast")) else int(round(v))
+    for name in ("ps", "ps2", "ps_fast", "ws"):  # odd sides
         out[name] += 1 - out[name] % 2
     joint = channels if channels <= COUPLED_CHANNELS else 1  # values per pixel of a filtered patch
     d = out["pt"] * out["ps"] ** 2 * (1 if channels == 3 else joint)
-    out["k"] = max(out["k"], d + 1)
-    out["k2"] = max(out["k2"], out["pt"] * out["ps2"] ** 2 * joint + 1)
+    d_fast = out["pt_fast"] * out["ps_fast"] ** 2
+    out["k"] = max(out["k"], d + 1, d_fast * (1 if channels == 3 else joint) + 1)
+    out["k2"] = max(out["k2"], max(out["pt"] * out["ps2"] ** 2, d_fast) * joint + 1)
     return out
 
 

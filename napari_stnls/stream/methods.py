@@ -150,9 +150,10 @@ def compute_tile(kind, method, p, crop: Region, tile: Region, v: np.ndarray, flo
     if kind == "nlb":
         kw = {k: p[k] for k in NLB_KEYS if k in p}
         # no skipping of references: which ones nl_bayes skips depends on the frames before,
-        # which a crop does not hold, so every tile equals the whole video's result
+        # which a crop does not hold, so every tile equals the whole video's result; nor the
+        # patches of fast motion (the forward-backward check reads the flows beyond the halo)
         out = nl_bayes(v, p["sigma"], flows=flows, device=device, should_stop=should_stop, skip=0, skip2=0,
-                       **kw)
+                       fast_motion=float("inf"), **kw)
         return out[sl]
     return _compute_fn(method, crop, tile, local, v, flows, device, should_stop)
 

@@ -18,7 +18,7 @@ import torch
 
 from .._util import Steps
 
-__all__ = ["compute_flows", "METHODS"]
+__all__ = ["compute_flows", "flow_consistency", "METHODS"]
 
 HAS_OPENCV = importlib.util.find_spec("cv2") is not None
 METHODS: tuple[str, ...] = ("tvl1", "ilk") + (("dis",) if HAS_OPENCV else ())
@@ -108,3 +108,74 @@ def compute_flows(
         bflow[t + 1, 0], bflow[t + 1, 1] = v[1], v[0]
         steps.advance()
     return torch.from_numpy(fflow)[None], torch.from_numpy(bflow)[None]
+
+
+def _sample(field: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``field`` (N, 2, H, W) read bilinearly at the positions ``at`` (N, 2, H, W) (channel
+    0 = x, 1 = y, in pixels), and whether each position lies inside the frame."""
+    N, _, H, W = field.shape
+    x, y = at[:, 0], at[:, 1]
+    inside = (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)
+    grid = torch.stack([2 * x / max(W - 1, 1) - 1, 2 * y / max(H - 1, 1) - 1], -1)  # (N, H, W, 2)
+    out = torch.nn.functional.grid_sample(field, grid, mode="bilinear", padding_mode="border",
+                                          align_corners=True)
+    return out, inside
+
+
+def flow_consistency(fflow: torch.Tensor, bflow: torch.Tensor) -> torch.Tensor:
+    """Forward-backward inconsistency of a pair of flows: where the flow is wrong or the
+    content is occluded in the next or previous frame.
+
+    For a pixel p of frame t, the forward error is ``|fflow[t](p) + bflow[t+1](q)|`` with
+    ``q = p + fflow[t](p)`` (going to frame t+1 and back should return to p; ``bflow`` read
+    bilinearly at q), and the backward error ``|bflow[t](p) + fflow[t-1](p + bflow[t](p))|``.
+    A round trip that leaves the frame counts as infinite (the content is not in the next
+    frame). The result is the larger of the two (only the forward error in frame 0, only
+    the backward one in frame T-1; 0 for a single frame).
+
+    Parameters
+    ----------
+    fflow, bflow : Tensor, each (B, T, 2, H, W)
+        Forward and backward flows in pixels, channel 0 = dx, as :func:`compute_flows`
+        returns them.
+
+    Returns
+    -------
+    Tensor, shape (B, T, H, W)
+        The error in pixels (float32 or the flows' float dtype).
+
+    Examples
+    --------
+    >>> from napari_stnls.video.synthetic import sample_video
+    >>> vid = sample_video(n_frames=3, size=(24, 32), shift=(1.5, -0.5), rotation=0, zoom=1)
+    >>> _, _, (f, b) = vid.to_torch()
+    >>> err = flow_consistency(f, b)
+    >>> tuple(err.shape), bool(err[:, :, 4:-4, 4:-4].max() < 1e-4)
+    ((1, 3, 24, 32), True)
+    """
+    for name, f in (("fflow", fflow), ("bflow", bflow)):
+        if not isinstance(f, torch.Tensor) or f.ndim != 5 or f.shape[2] != 2:
+            raise ValueError(f"{name}: expected a tensor (B, T, 2, H, W), got "
+                             f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__}")
+    if fflow.shape != bflow.shape:
+        raise ValueError(f"bflow: expected the shape of fflow {tuple(fflow.shape)}, got {tuple(bflow.shape)}")
+    B, T, _, H, W = fflow.shape
+    dtype = fflow.dtype if fflow.is_floating_point() else torch.float32
+    f, b = fflow.to(dtype), bflow.to(dtype)
+    err = torch.zeros(B, T, H, W, dtype=dtype, device=f.device)
+    if T < 2:
+        return err
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=dtype, device=f.device),
+                            torch.arange(W, dtype=dtype, device=f.device), indexing="ij")
+    grid = torch.stack([xs, ys])  # (2, H, W), (x, y)
+
+    def round_trip(there: torch.Tensor, back: torch.Tensor) -> torch.Tensor:  # (N, 2, H, W) each
+        ret, inside = _sample(back, grid + there)
+        e = (there + ret).norm(dim=1)
+        return torch.where(inside, e, torch.full_like(e, float("inf")))
+
+    fwd = round_trip(f[:, :-1].flatten(0, 1), b[:, 1:].flatten(0, 1)).view(B, T - 1, H, W)
+    bwd = round_trip(b[:, 1:].flatten(0, 1), f[:, :-1].flatten(0, 1)).view(B, T - 1, H, W)
+    err[:, :-1] = fwd
+    err[:, 1:] = torch.maximum(err[:, 1:], bwd)
+    return err

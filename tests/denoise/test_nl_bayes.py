@@ -219,3 +219,53 @@ def test_skipping_reports_every_band_and_cancel_leaves_nothing_behind(sample):
         nl_bayes(sample.noisy, 20 / 255, should_stop=stop, **kw)
     assert np.array_equal(sample.noisy, noisy)
     assert torch.get_num_threads() == n0 and threading.active_count() == threads
+
+
+@pytest.fixture(scope="module")
+def moving():
+    """A scene translating 4 px a frame with its exact flows: every reference is fast at a
+    threshold of 3 px, none at 6 (beyond the round trips that leave the frame)."""
+    v = sample_video(n_frames=3, size=(24, 32), sigma=20 / 255, seed=3, shift=(4.0, 0.0), rotation=0, zoom=1)
+    return v, (torch.from_numpy(v.fflow)[None], torch.from_numpy(v.bflow)[None])
+
+
+def test_fast_references_follow_the_flow_length_and_consistency(moving):
+    v, flows = moving
+    assert NLB._fast_refs(None, 3.0) is None and NLB._fast_refs(flows, float("inf")) is None
+    assert bool(NLB._fast_refs(flows, 3.0).all())
+    slow = NLB._fast_refs(flows, 6.0)[0]
+    # only the content that leaves the frame (the last 4 columns going forward, the first 4
+    # going backward) fails the forward-backward check
+    expect = torch.zeros(3, 24, 32, dtype=torch.bool)
+    expect[:2, :, -4:] = True
+    expect[1:, :, :4] = True
+    assert torch.equal(slow, expect)
+
+
+def test_fast_references_with_the_same_patches_change_nothing(moving):
+    # which references are fast only picks their patches: with the same patches for both, the
+    # result is the one without any fast reference (up to the order of the sums)
+    v, flows = moving
+    kw = dict(KW, flows=flows, skip=1, skip2=1)
+    off = nl_bayes(v.noisy, 20 / 255, fast_motion=float("inf"), **kw)
+    same = nl_bayes(v.noisy, 20 / 255, fast_motion=5.0, ps_fast=3, pt_fast=2, **kw)
+    np.testing.assert_allclose(same, off, atol=1e-5)
+    other = nl_bayes(v.noisy, 20 / 255, fast_motion=3.0, ps_fast=5, pt_fast=1, **kw)
+    assert not np.allclose(other, off, atol=1e-3)
+    assert psnr(v.clean, np.clip(other, 0, 1), data_range=1.0) > psnr(v.clean, v.noisy, data_range=1.0) + 5
+
+
+def test_fast_references_keep_the_outside_of_a_region(moving):
+    v, flows = moving
+    r = (1, 2, 4, 20, 6, 26)
+    out = nl_bayes(v.noisy, 20 / 255, region=r, flows=flows, fast_motion=3.0, ps_fast=5, pt_fast=1, **KW)
+    outside = np.ones(v.noisy.shape[:3], bool)
+    outside[1:2, 4:20, 6:26] = False
+    assert np.array_equal(out[outside], v.noisy[outside])
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(fast_motion=-1), "fast_motion:"),
+                                          (dict(ps_fast=0), "ps_fast:"), (dict(pt_fast=1.5), "pt_fast:")])
+def test_fast_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nl_bayes(np.zeros((3, 8, 8), np.float32), 0.1, device="cpu", **kwargs)
