@@ -629,13 +629,28 @@ def update_layer(layer, data, inside: bool = False, **kwargs) -> None:
     (features first, so that properties naming a feature find it).
 
     ``inside``: the new data lies within the extent of the other layers, so the viewer's
-    dimensions (slider ranges) cannot change; the layer's ``data`` event, on which napari
-    recomputes them (about a third of the time of a click's update), is not sent.
+    dimensions (slider ranges) cannot change (an overlay updated on a click). Then the
+    layer's events are held back while its data and properties change (napari would redraw
+    the layer, recompute the viewer's dimensions, update the thumbnail and repaint the layer
+    list once per property) and one refresh redraws it with everything set; a change of
+    placement (scale, translate, ...) is still announced, before.
     """
-    if inside:
-        with layer.events.data.blocker():
-            layer.data = data
-    else:
+    if not inside:
+        _set_properties(layer, data, kwargs)
+        return
+    placement = {k: kwargs.pop(k) for k in _PLACEMENT if k in kwargs}
+    _set_properties(layer, None, placement)
+    with layer.events.blocker_all():
+        _set_properties(layer, data, kwargs)
+    layer.refresh()
+
+
+_PLACEMENT = ("scale", "translate", "rotate", "shear", "affine", "units")
+
+
+def _set_properties(layer, data, kwargs: dict) -> None:
+    """``layer.data = data`` (unless None), then the properties in ``kwargs`` that differ."""
+    if data is not None:
         layer.data = data
     if "features" in kwargs:
         layer.features = kwargs["features"]
@@ -645,8 +660,8 @@ def update_layer(layer, data, inside: bool = False, **kwargs) -> None:
         if key == "metadata":
             layer.metadata.update(value)
             continue
-        if key in ("scale", "translate", "rotate", "shear", "affine", "units", "opacity", "blending",
-                   "contrast_limits", "colormap", "size") and _same_prop(layer, key, value):
+        if key in (*_PLACEMENT, "opacity", "blending", "contrast_limits", "colormap", "size") and \
+                _same_prop(layer, key, value):
             continue
         setattr(layer, key, value)
 
