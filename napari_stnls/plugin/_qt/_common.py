@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from napari.layers import Image, Layer, Points, Shapes, Vectors
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from napari.utils.transforms import Affine
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
@@ -499,11 +500,28 @@ class Runner(QObject):
     def _alive(self) -> bool:
         return not self._gone and alive(self.bar) and alive(self.status)
 
+    def _set_bar(self, maximum: int, value: int) -> None:
+        """Range (0, maximum) and value of the progress bar, drawn with the next repaint.
+
+        QProgressBar repaints itself at once on a new value (``repaint()``, not ``update()``),
+        and in a window holding napari's OpenGL canvas that is a repaint of the whole window,
+        the canvas included (tens of ms, and hundreds right after a layer was added, when the
+        canvas draws the new layer for the first time). With updates held while the values
+        change, the bar is drawn with the rest of the window, in the next repaint.
+        """
+        bar = self.bar
+        bar.setUpdatesEnabled(False)
+        try:
+            bar.setRange(0, maximum)
+            bar.setValue(value)
+        finally:
+            bar.setUpdatesEnabled(True)
+        bar.update()
+
     def _progress(self, done: int, total: int) -> None:
         if not self._alive():
             return
-        self.bar.setRange(0, max(1, total))
-        self.bar.setValue(done)
+        self._set_bar(max(1, total), done)
         if self._activity is None:  # the same progress in napari's activity dock
             from napari.utils import progress
 
@@ -531,6 +549,13 @@ class Runner(QObject):
                 return "error", e
 
         def returned(out):
+            # applied in a later turn of the event loop than the worker's end: whatever the
+            # worker did last while holding the GIL (e.g. a garbage collection) and adding
+            # the results (often a new layer, ~0.1 s) then freeze the viewer one after the
+            # other rather than together
+            QTimer.singleShot(0, partial(apply, out))
+
+        def apply(out):
             if not self._alive():  # the widget was closed while its job ran: nothing to show
                 return
             kind, value = out
@@ -549,10 +574,10 @@ class Runner(QObject):
 
         worker = self.worker = create_worker(job, _start_thread=False)
         worker.returned.connect(returned)
-        worker.finished.connect(self._finished)
+        worker.finished.connect(lambda: QTimer.singleShot(0, self._finished))  # after apply
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.bar.setRange(0, 0)  # busy until the first tick
+        self._set_bar(0, 0)  # busy until the first tick
         self.status.info(f"{label}...")
         worker.start()
 
@@ -573,8 +598,7 @@ class Runner(QObject):
             return
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        self.bar.setRange(0, 1)
-        self.bar.setValue(1 if self._complete else 0)  # full when done, empty when cancelled or failed
+        self._set_bar(1, 1 if self._complete else 0)  # full when done, empty when cancelled or failed
         self._complete = False
 
 
