@@ -522,11 +522,11 @@ class Runner(QObject):
         if not self._alive():
             return
         self._set_bar(max(1, total), done)
-        if self._activity is None:  # the same progress in napari's activity dock
-            from napari.utils import progress
-
-            self._activity = progress(total=max(1, total), desc=self._label)
-        self._activity.update(done - self._activity.n)
+        activity = self._activity  # the same progress in napari's activity dock
+        if activity is not None and activity.n != done:
+            if activity.total != max(1, total):
+                activity.total = max(1, total)
+            activity.update(done - activity.n)
 
     def start(self, fn: Callable, on_done: Callable, label: str = "working") -> None:
         if self.running:
@@ -579,6 +579,13 @@ class Runner(QObject):
         self.cancel_button.setEnabled(True)
         self._set_bar(0, 0)  # busy until the first tick
         self.status.info(f"{label}...")
+        # made here, once: napari's progress widgets process Qt's events when they change, so
+        # one made on the first tick could be made again by the ticks queued behind it, and
+        # those never closed kept napari's activity indicator animating (a whole-window
+        # repaint several times a second) long after the job
+        from napari.utils import progress
+
+        self._activity = progress(total=0, desc=label)
         worker.start()
 
     def cancel(self) -> None:
