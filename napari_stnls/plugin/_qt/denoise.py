@@ -14,6 +14,11 @@ import time
 import weakref
 from functools import partial
 
+# dask's array graphs, and dask.distributed (which dask imports to build such a graph when
+# it is installed), are imported with the plugin: ~250 modules, ~50,000 long-lived objects
+# that, imported by the first lazy Denoise job, set off a full garbage collection (0.15-0.4 s
+# holding the GIL: the viewer stops) just as the job ended and its layer was added
+import dask.array  # noqa: F401
 import numpy as np
 from napari.layers import Shapes
 from napari.qt.threading import create_worker
@@ -30,6 +35,11 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+try:
+    import distributed  # noqa: F401
+except ImportError:  # dask works without it
+    pass
 
 from .._sample import SIGMA_KEY
 from ..model.denoise import (
@@ -603,11 +613,11 @@ class DenoiseWidget(QWidget):
             frames = denoise_background(data, method, sigma, flows=flows, device=device, prefetch=prefetch,
                                         on_ready=events.ready.emit, on_error=failed, paused=True, **params)
             if len(sys.modules) > modules + 50:
-                # the first build of a session imports dask's graph machinery (dask.array,
-                # distributed: ~250 modules, ~50,000 long-lived objects), after which Python
-                # runs a full garbage collection (~0.1-0.3 s, holding the GIL: the viewer
-                # stops) in whichever thread allocates next, typically just as the viewer
-                # adds and first draws the new layer; run here, it stops the viewer alone
+                # a build that imported many modules (tens of thousands of long-lived
+                # objects) is followed by a full garbage collection (0.1-0.4 s holding the
+                # GIL: the viewer stops) in whichever thread allocates next, typically just
+                # as the viewer adds and first draws the new layer; run here, it stops the
+                # viewer alone (dask's modules are imported with the plugin for that reason)
                 gc.collect()
             return frames
 
