@@ -74,6 +74,10 @@ def denoise_dask(
     import dask
     import dask.array as da
 
+    # the synchronous scheduler as a function: named ("synchronous"), dask imports the whole
+    # of dask.distributed (~200 modules, ~0.5 s) to look for a client first
+    from dask.local import get_sync
+
     vid = VideoCrops(video) if not hasattr(video, "dask") else None
     if vid is not None:
         if vid.decoded:
@@ -97,7 +101,7 @@ def denoise_dask(
     dvf = dv.astype(np.float32) / scale if scale != 1.0 else dv.astype(np.float32)
     if isinstance(method, str) and params.get("data_range") is None:
         # once, on the whole video (the frames it needs are computed now), for every tile
-        frames = dask.compute(*[dvf[t] for t in range_frames(T)], scheduler="synchronous")
+        frames = dask.compute(*[dvf[t] for t in range_frames(T)], scheduler=get_sync)
         params = {**params, "data_range": range_of_frames(f if f.ndim == 3 else f[..., None] for f in frames)}
     plan = make_plan((T, H, W, 1 if gray else dv.shape[3]), tuple(dv.shape), method, params, tile, fl)
     dflows = None

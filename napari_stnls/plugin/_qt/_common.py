@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from napari.layers import Image, Layer, Points, Shapes, Vectors
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from napari.utils.transforms import Affine
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
@@ -499,16 +500,33 @@ class Runner(QObject):
     def _alive(self) -> bool:
         return not self._gone and alive(self.bar) and alive(self.status)
 
+    def _set_bar(self, maximum: int, value: int) -> None:
+        """Range (0, maximum) and value of the progress bar, drawn with the next repaint.
+
+        QProgressBar repaints itself at once on a new value (``repaint()``, not ``update()``),
+        and in a window holding napari's OpenGL canvas that is a repaint of the whole window,
+        the canvas included (tens of ms, and hundreds right after a layer was added, when the
+        canvas draws the new layer for the first time). With updates held while the values
+        change, the bar is drawn with the rest of the window, in the next repaint.
+        """
+        bar = self.bar
+        bar.setUpdatesEnabled(False)
+        try:
+            bar.setRange(0, maximum)
+            bar.setValue(value)
+        finally:
+            bar.setUpdatesEnabled(True)
+        bar.update()
+
     def _progress(self, done: int, total: int) -> None:
         if not self._alive():
             return
-        self.bar.setRange(0, max(1, total))
-        self.bar.setValue(done)
-        if self._activity is None:  # the same progress in napari's activity dock
-            from napari.utils import progress
-
-            self._activity = progress(total=max(1, total), desc=self._label)
-        self._activity.update(done - self._activity.n)
+        self._set_bar(max(1, total), done)
+        activity = self._activity  # the same progress in napari's activity dock
+        if activity is not None and activity.n != done:
+            if activity.total != max(1, total):
+                activity.total = max(1, total)
+            activity.update(done - activity.n)
 
     def start(self, fn: Callable, on_done: Callable, label: str = "working") -> None:
         if self.running:
@@ -531,6 +549,13 @@ class Runner(QObject):
                 return "error", e
 
         def returned(out):
+            # applied in a later turn of the event loop than the worker's end: whatever the
+            # worker did last while holding the GIL (e.g. a garbage collection) and adding
+            # the results (often a new layer, ~0.1 s) then freeze the viewer one after the
+            # other rather than together
+            QTimer.singleShot(0, partial(apply, out))
+
+        def apply(out):
             if not self._alive():  # the widget was closed while its job ran: nothing to show
                 return
             kind, value = out
@@ -549,11 +574,18 @@ class Runner(QObject):
 
         worker = self.worker = create_worker(job, _start_thread=False)
         worker.returned.connect(returned)
-        worker.finished.connect(self._finished)
+        worker.finished.connect(lambda: QTimer.singleShot(0, self._finished))  # after apply
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.bar.setRange(0, 0)  # busy until the first tick
+        self._set_bar(0, 0)  # busy until the first tick
         self.status.info(f"{label}...")
+        # made here, once: napari's progress widgets process Qt's events when they change, so
+        # one made on the first tick could be made again by the ticks queued behind it, and
+        # those never closed kept napari's activity indicator animating (a whole-window
+        # repaint several times a second) long after the job
+        from napari.utils import progress
+
+        self._activity = progress(total=0, desc=label)
         worker.start()
 
     def cancel(self) -> None:
@@ -573,8 +605,7 @@ class Runner(QObject):
             return
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        self.bar.setRange(0, 1)
-        self.bar.setValue(1 if self._complete else 0)  # full when done, empty when cancelled or failed
+        self._set_bar(1, 1 if self._complete else 0)  # full when done, empty when cancelled or failed
         self._complete = False
 
 
@@ -629,13 +660,28 @@ def update_layer(layer, data, inside: bool = False, **kwargs) -> None:
     (features first, so that properties naming a feature find it).
 
     ``inside``: the new data lies within the extent of the other layers, so the viewer's
-    dimensions (slider ranges) cannot change; the layer's ``data`` event, on which napari
-    recomputes them (about a third of the time of a click's update), is not sent.
+    dimensions (slider ranges) cannot change (an overlay updated on a click). Then the
+    layer's events are held back while its data and properties change (napari would redraw
+    the layer, recompute the viewer's dimensions, update the thumbnail and repaint the layer
+    list once per property) and one refresh redraws it with everything set; a change of
+    placement (scale, translate, ...) is still announced, before.
     """
-    if inside:
-        with layer.events.data.blocker():
-            layer.data = data
-    else:
+    if not inside:
+        _set_properties(layer, data, kwargs)
+        return
+    placement = {k: kwargs.pop(k) for k in _PLACEMENT if k in kwargs}
+    _set_properties(layer, None, placement)
+    with layer.events.blocker_all():
+        _set_properties(layer, data, kwargs)
+    layer.refresh()
+
+
+_PLACEMENT = ("scale", "translate", "rotate", "shear", "affine", "units")
+
+
+def _set_properties(layer, data, kwargs: dict) -> None:
+    """``layer.data = data`` (unless None), then the properties in ``kwargs`` that differ."""
+    if data is not None:
         layer.data = data
     if "features" in kwargs:
         layer.features = kwargs["features"]
@@ -645,8 +691,8 @@ def update_layer(layer, data, inside: bool = False, **kwargs) -> None:
         if key == "metadata":
             layer.metadata.update(value)
             continue
-        if key in ("scale", "translate", "rotate", "shear", "affine", "units", "opacity", "blending",
-                   "contrast_limits", "colormap", "size") and _same_prop(layer, key, value):
+        if key in (*_PLACEMENT, "opacity", "blending", "contrast_limits", "colormap", "size") and \
+                _same_prop(layer, key, value):
             continue
         setattr(layer, key, value)
 

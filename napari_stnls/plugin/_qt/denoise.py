@@ -8,14 +8,21 @@ them (:func:`napari_stnls.plugin.model.denoise.denoise_lazy`), for videos too la
 from __future__ import annotations
 
 import atexit
+import gc
+import sys
 import time
 import weakref
 from functools import partial
 
+# dask's array graphs, and dask.distributed (which dask imports to build such a graph when
+# it is installed), are imported with the plugin: ~250 modules, ~50,000 long-lived objects
+# that, imported by the first lazy Denoise job, set off a full garbage collection (0.15-0.4 s
+# holding the GIL: the viewer stops) just as the job ended and its layer was added
+import dask.array  # noqa: F401
 import numpy as np
 from napari.layers import Shapes
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,6 +35,11 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+try:
+    import distributed  # noqa: F401
+except ImportError:  # dask works without it
+    pass
 
 from .._sample import SIGMA_KEY
 from ..model.denoise import (
@@ -64,6 +76,7 @@ from ._common import (
 )
 
 TUNABLE = ("ps", "ws", "k")
+SHOW_AFTER_MS = 50  # a new lazy layer is shown this long after it was added (see DenoiseWidget._run_lazy)
 
 
 def _duration(seconds: float) -> str:
@@ -128,6 +141,15 @@ def _frame_ready(layer_ref, widget_ref, frames: BackgroundFrames, t: int) -> Non
         widget.status.info(f"{layer.name}: frame {t} ready" + (
             f"; computing frame {sorted(left)[0] if frames.computing is None else frames.computing}"
             f" ({len(left)} queued)" if left else ""))
+
+
+def _show(layer_ref) -> None:
+    layer = layer_ref()
+    if layer is not None:
+        try:
+            layer.visible = True
+        except RuntimeError:  # the viewer was closed
+            pass
 
 
 def _frame_failed(widget_ref, name: str, t: int, msg: str) -> None:
@@ -586,19 +608,34 @@ class DenoiseWidget(QWidget):
         prefetch = self.prefetch
 
         def fn(progress, should_stop):
-            return denoise_background(data, method, sigma, flows=flows, device=device, prefetch=prefetch,
-                                      on_ready=events.ready.emit,
-                                      on_error=lambda t, e: events.failed.emit(t, f"{type(e).__name__}: {e}"),
-                                      paused=True, **params)
+            modules = len(sys.modules)
+            failed = lambda t, e: events.failed.emit(t, f"{type(e).__name__}: {e}")  # noqa: E731
+            frames = denoise_background(data, method, sigma, flows=flows, device=device, prefetch=prefetch,
+                                        on_ready=events.ready.emit, on_error=failed, paused=True, **params)
+            if len(sys.modules) > modules + 50:
+                # a build that imported many modules (tens of thousands of long-lived
+                # objects) is followed by a full garbage collection (0.1-0.4 s holding the
+                # GIL: the viewer stops) in whichever thread allocates next, typically just
+                # as the viewer adds and first draws the new layer; run here, it stops the
+                # viewer alone (dask's modules are imported with the plugin for that reason)
+                gc.collect()
+            return frames
 
         def done(frames):
             frames.events = events  # kept alive as long as the frames that emit through it
             self._lazy_frames.append(frames)
-            old = self.viewer.layers[name].data if name in self.viewer.layers else None
+            new = name not in self.viewer.layers
+            old = None if new else self.viewer.layers[name].data
             meta = {"stnls_denoised_from": layer.name, "stnls_method": method, "stnls_sigma": sigma,
                     "stnls_lazy": True}
-            out = set_layer(self.viewer, name, frames, "image", once=dict(rgb=layer.rgb),
+            # a new layer is added hidden and shown a moment later: napari adding it, then
+            # painting its row and controls, then drawing it on the canvas for the first time
+            # (a texture and shaders, in software OpenGL here) are each ~0.1 s; together
+            # they froze the viewer for over 0.2 s
+            out = set_layer(self.viewer, name, frames, "image", once=dict(rgb=layer.rgb, visible=not new),
                             **self._output_style(layer), metadata=meta, **transforms_of(layer))
+            if new:
+                QTimer.singleShot(SHOW_AFTER_MS, partial(_show, weakref.ref(out)))
             if isinstance(old, BackgroundFrames) and old is not frames:
                 old.close()
             me = weakref.ref(self)

@@ -7,9 +7,11 @@ channels)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import numpy as np
+from napari.utils.colormaps import ensure_colormap
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
@@ -45,6 +47,7 @@ def gallery_limits(layer) -> tuple[float, float]:
 
 
 PROJECTION = "neighbours (query frame)"
+OVERLAYS = ("neighbours", "neighbour vectors", PROJECTION)  # the layers a click updates
 EARLIER, SAME, LATER = (0.25, 0.6, 1.0), (1.0, 1.0, 1.0), (1.0, 0.45, 0.15)
 
 
@@ -56,6 +59,18 @@ def offset_colours(offsets) -> np.ndarray:
     end = np.where((dt < 0)[:, None], EARLIER, LATER)
     rgb = (1 - a[:, None]) * np.asarray(SAME) + a[:, None] * end
     return np.concatenate([rgb, np.ones((len(dt), 1))], 1).astype(np.float32)
+
+
+def distance_colours(dists) -> np.ndarray:
+    """RGBA (K, 4): viridis over this query's distances, from the smallest (dark) to the largest.
+
+    Computed here rather than by napari from the ``distance`` feature: napari keeps the
+    colour range of the first query for all the next ones, and recolouring from a
+    feature costs a click several milliseconds.
+    """
+    d = np.asarray(dists, np.float64)
+    span = float(d.max() - d.min()) if d.size else 0.0
+    return ensure_colormap("viridis").map((d - d.min()) / span if span > 0 else np.zeros_like(d))
 
 
 def offset_labels(offsets) -> list[str]:
@@ -194,30 +209,31 @@ class NeighboursWidget(QWidget):
         sizes = np.linspace(ps, ps / 3, K) if K > 1 else np.array([float(ps)])
         # the overlays sit on the video, whatever its scale and offset, and inside it
         place = dict(transforms_of(layer), inside=True)
-        set_layer(self.viewer, "neighbours", view.to_layer(nb.positions), "points",
-                  once=dict(face_colormap="viridis", border_color="white", border_width=0.1, opacity=0.8),
-                  features={"distance": nb.dists, "rank": rank + 1}, face_color="distance", size=sizes,
-                  **place)
-        q = np.asarray(nb.query, np.float32)
-        vec = np.stack([view.to_layer(np.broadcast_to(q, nb.positions.shape)),
-                        view.to_layer(nb.positions - q, displacement=True)], 1)
-        set_layer(self.viewer, "neighbour vectors", vec, "vectors",
-                  once=dict(edge_color="orange", edge_width=0.4, vector_style="arrow"), **place)
-        # all K matches drawn on the query's frame too (rings at their (y, x), labelled and coloured
-        # by their frame offset), so they are seen without stepping through the frames
-        offsets = nb.positions[:, 0] - q[0]
-        on_query_frame = nb.positions.copy()
-        on_query_frame[:, 0] = q[0]
-        colours = offset_colours(offsets)
-        hexes = ["#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3]) for rgba in colours]
-        set_layer(self.viewer, PROJECTION, view.to_layer(on_query_frame), "points",
-                  once=dict(symbol="ring", size=2.5, border_width=0,
-                            text={"string": "{label}", "size": 10, "color": {"feature": "colour"},
-                                  "anchor": "center",
-                                  "translation": [0.0] * (len(view.layer_axes) - 2) + [-1.5, 1.5]}),
-                  features={"frame": nb.positions[:, 0].astype(int), "offset": offsets.astype(int),
-                            "label": offset_labels(offsets), "rank": rank + 1, "colour": hexes},
-                  face_color=colours, **place)
+        with self._layer_list_held():
+            set_layer(self.viewer, "neighbours", view.to_layer(nb.positions), "points",
+                      once=dict(border_color="white", border_width=0.1, opacity=0.8),
+                      features={"distance": nb.dists, "rank": rank + 1},
+                      face_color=distance_colours(nb.dists), size=sizes, **place)
+            q = np.asarray(nb.query, np.float32)
+            vec = np.stack([view.to_layer(np.broadcast_to(q, nb.positions.shape)),
+                            view.to_layer(nb.positions - q, displacement=True)], 1)
+            set_layer(self.viewer, "neighbour vectors", vec, "vectors",
+                      once=dict(edge_color="orange", edge_width=0.4, vector_style="arrow"), **place)
+            # all K matches drawn on the query's frame too (rings at their (y, x), labelled and coloured
+            # by their frame offset), so they are seen without stepping through the frames
+            offsets = nb.positions[:, 0] - q[0]
+            on_query_frame = nb.positions.copy()
+            on_query_frame[:, 0] = q[0]
+            colours = offset_colours(offsets)
+            hexes = ["#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3]) for rgba in colours]
+            set_layer(self.viewer, PROJECTION, view.to_layer(on_query_frame), "points",
+                      once=dict(symbol="ring", size=2.5, border_width=0,
+                                text={"string": "{label}", "size": 10, "color": {"feature": "colour"},
+                                      "anchor": "center",
+                                      "translation": [0.0] * (len(view.layer_axes) - 2) + [-1.5, 1.5]}),
+                      features={"frame": nb.positions[:, 0].astype(int), "offset": offsets.astype(int),
+                                "label": offset_labels(offsets), "rank": rank + 1, "colour": hexes},
+                      face_color=colours, **place)
         if self.viewer.layers.selection.active is not layer:
             self.viewer.layers.selection.active = layer
         patches = gather_patches(view.video(layer.data), nb.positions, nb.result.params.ps,
@@ -228,6 +244,20 @@ class NeighboursWidget(QWidget):
         self.status.info(f"query (t={nb.query[0]}, y={nb.query[1]}, x={nb.query[2]}): {K} matches in "
                          f"frames {sorted({int(v) for v in nb.positions[:, 0]})}, all drawn on frame "
                          f"{nb.query[0]} as rings labelled by frame (blue before, orange after)")
+
+    def _layer_list_held(self):
+        """While the overlays are updated on a click: napari's layer list does not hear of it.
+
+        Each change of an overlay would otherwise reach the layer list (a model ``dataChanged``
+        per property), which repaints the list in a second pass of the event loop after the
+        canvas, a whole-window repaint that costs about as much as drawing the canvas. The
+        list shows the overlays' names, visibility and thumbnails, none of which a click
+        changes (a thumbnail is a few points). Layers being added (the first click) are
+        announced as usual.
+        """
+        if all(name in self.viewer.layers for name in OVERLAYS):
+            return self.viewer.layers.events.blocker()
+        return contextlib.nullcontext()
 
     def _fill_gallery(self, patches, nb, limits=(0.0, 1.0)) -> None:
         """One cell per match (image and caption), made once and then updated in place."""

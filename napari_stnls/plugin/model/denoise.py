@@ -275,9 +275,10 @@ def denoise_background(video, method: str = "nlb", sigma: float = 20 / 255, *, f
     dtype = np.dtype(video.dtype)
     unit = _unit(dtype)
     lazy = denoise_lazy(video, method, float(sigma) / unit, flows=flows, device=device, **params)
+    from dask.local import get_sync  # named ("synchronous"), dask would import dask.distributed
 
     def compute(t: int) -> np.ndarray:
-        y = np.asarray(lazy[t].compute(scheduler="synchronous"), dtype=np.float32)
+        y = np.asarray(lazy[t].compute(scheduler=get_sync), dtype=np.float32)
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
             return np.clip(np.rint(y.astype(np.float64) * unit), info.min, info.max).astype(dtype)

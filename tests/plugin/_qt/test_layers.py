@@ -12,6 +12,8 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from napari.utils.colormaps import ensure_colormap  # noqa: E402
+
 from napari_stnls._util import Cancelled  # noqa: E402
 from napari_stnls.plugin._qt import (  # noqa: E402
     DenoiseWidget,
@@ -266,6 +268,10 @@ def test_neighbours_layers_and_gallery_are_updated_in_place(viewer, qtbot):
     res = viewer.layers["noisy"].metadata[RESULTS_KEY][0]
     np.testing.assert_array_equal(layers[0].data, res.inds[res.query_index(1, 9, 30)])
     np.testing.assert_array_equal(layers[0].features["distance"], res.dists[res.query_index(1, 9, 30)])
+    # coloured over this query's distances (napari kept the first query's range)
+    d = layers[0].features["distance"].to_numpy()
+    ends = ensure_colormap("viridis").map(np.array([0.0, 1.0]))
+    np.testing.assert_allclose(layers[0].face_color[[d.argmin(), d.argmax()]], ends, atol=1e-6)
     assert list(layers[2].text.values) == list(layers[2].features["label"])
     assert w.gallery_captions()[0].startswith("#1  d=0")
 

@@ -161,6 +161,20 @@ def test_search_with_flow_keeps_results_per_region(viewer, qtbot):
     assert "kept the results of 1 other region(s)" in w.status.text()
 
 
+def test_a_finished_job_leaves_no_activity_in_napari(viewer, qtbot):
+    """Progress ticks queued behind the first once made more activities in napari's dock
+    (its widgets process Qt's events), never closed: the activity indicator kept animating."""
+    from napari.utils import progress
+
+    with_regions(viewer, qtbot, [Region(0, T, 0, H, 0, W)])
+    w = small_search(viewer, qtbot, flow="none")
+    w.stride0.setValue(1)
+    w.runner.run_button.click()
+    wait_done(qtbot, w)
+    assert RESULTS_KEY in viewer.layers["noisy"].metadata and w.runner._activity is None
+    assert [str(p) for p in progress._all_instances] == []
+
+
 def test_search_cancel_leaves_no_layer(viewer, qtbot, monkeypatch):
     with_regions(viewer, qtbot, [Region(0, T, 0, H, 0, W)])
     real = model_search.search
