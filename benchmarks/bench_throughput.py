@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
     flows = (fflow, bflow)
     print(f"flow ({a.flow}, CPU): {res['flow_s']:.2f} s", flush=True)
     for name in names:
-        times, out = timed(lambda f=methods[name]: f(noisy, sigma, flows=flows, device=device, data_range=1.0),
-                           device, a.repeats)
+        def call(f=methods[name]):
+            return f(noisy, sigma, flows=flows, device=device, data_range=1.0)
+
+        times, out = timed(call, device, a.repeats)
         s = statistics.median(times)
         res["methods"][name] = {"times": times, "seconds": s, "frames_per_s": len(clean) / s,
                                 "psnr": psnr(clean, out)}
