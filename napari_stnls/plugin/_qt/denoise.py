@@ -18,7 +18,7 @@ from functools import partial
 # it is installed), are imported with the plugin: ~250 modules, ~50,000 long-lived objects
 # that, imported by the first lazy Denoise job, set off a full garbage collection (0.15-0.4 s
 # holding the GIL: the viewer stops) just as the job ended and its layer was added
-import dask.array  # noqa: F401
+import dask.array
 import numpy as np
 from napari.layers import Shapes
 from napari.qt.threading import create_worker
@@ -35,11 +35,6 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-try:
-    import distributed  # noqa: F401
-except ImportError:  # dask works without it
-    pass
 
 from .._sample import SIGMA_KEY
 from ..model.denoise import (
@@ -74,6 +69,10 @@ from ._common import (
     video_combo,
     view_of,
 )
+
+# dask imports dask.distributed (where installed) the first time it resolves a scheduler by
+# name: a one-element compute does it here rather than in the first lazy job
+dask.array.zeros(1, chunks=1).sum().compute(scheduler="synchronous")
 
 TUNABLE = ("ps", "ws", "k")
 SHOW_AFTER_MS = 50  # a new lazy layer is shown this long after it was added (see DenoiseWidget._run_lazy)
