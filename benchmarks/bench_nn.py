@@ -61,14 +61,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from bench_ops import (  # noqa: E402
     MALLOC_MMAP_THRESHOLD,
-    _machine_busy,
-    _own_cpu,
     _reset_peak_rss,
     _status_kib,
     code_state,
     report_header,
     run_child,
-    sync,
+    time_fn,
 )
 from torch import nn  # noqa: E402
 
@@ -164,40 +162,6 @@ def check_agreement(p: dict, device: torch.device) -> float:
     return float((a - b)[..., h:-h, h:-h].abs().max())
 
 
-def timed(step, device, warmup: int, repeats: int, long_call: float, cuda_mem: bool):
-    """Warm up, then time up to ``repeats`` steps; on CUDA the peak memory of the first timed one."""
-    slow = False
-    for _ in range(warmup):
-        t = time.perf_counter()
-        step()
-        sync(device)
-        slow = slow or time.perf_counter() - t > long_call
-    times, mem = [], {}
-    busy0, own0, wall0 = _machine_busy(), _own_cpu(), time.perf_counter()
-    for i in range(repeats):
-        if cuda_mem and i == 0:
-            gc.collect()
-            sync(device)
-            torch.cuda.empty_cache()
-            base = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        t = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t)
-        if cuda_mem and i == 0:
-            mem = {"peak_bytes": torch.cuda.max_memory_allocated(device) - base,
-                   "memory_method": "torch.cuda.max_memory_allocated during the first timed step minus "
-                   "memory_allocated before it (input and weights)"}
-        if slow or times[0] > long_call:
-            break
-    busy1, own1, wall1 = _machine_busy(), _own_cpu(), time.perf_counter()
-    if busy0 is not None and busy1 is not None:
-        other = max(0.0, (busy1 - busy0) - (own1 - own0))
-        mem["other_cpu_load"] = other / ((os.cpu_count() or 1) * (wall1 - wall0))
-    return times, mem
-
-
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or (
         isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e)))
@@ -207,7 +171,7 @@ def run_cuda(impl: str, p: dict, device, args) -> dict:
     res = None
     try:
         _, _, step = make_case(impl, p, device)
-        times, mem = timed(step, device, args.warmup, args.repeats, args.long_call, cuda_mem=True)
+        times, mem = time_fn(step, device, args.warmup, args.repeats, args.long_call, cuda_mem=True)
         res = {"status": "ok", "times": times, **mem}
     except Exception as e:
         if not _is_oom(e):
@@ -249,7 +213,7 @@ def _cpu_child(conn, impl: str, p: dict, args: dict) -> None:
         method += f"; MALLOC_MMAP_THRESHOLD_={MALLOC_MMAP_THRESHOLD}"
         times, mem = [first], {}
         if first <= args["long_call"] and args["repeats"] > 1:
-            times, mem = timed(step, device, 0, args["repeats"], args["long_call"], cuda_mem=False)
+            times, mem = time_fn(step, device, 0, args["repeats"], args["long_call"], cuda_mem=False)
         conn.send({"status": "ok", "times": times, "peak_bytes": peak - before, "memory_method": method,
                    "rss_before_bytes": before, **mem})
     except BaseException as e:  # report, never hang the parent

@@ -63,6 +63,24 @@ def save_small(viewer, path: Path) -> None:
     print(f"[micro] {path} ({path.stat().st_size // 1024} KB)")
 
 
+def run_denoise(den):
+    """Run the Denoise widget, wait for it and print its status line."""
+    from napari_stnls.plugin._qt.session import wait_for
+
+    den.runner.run_button.click()
+    wait_for(den.runner)
+    print(f"[micro] {den.status.text()}")
+
+
+def compare_shot(viewer, den, t: int, path: Path) -> None:
+    """A screenshot of the before/after grid at frame ``t``, then the layers as they were."""
+    viewer.dims.set_point(0, t)
+    den.compare_button.click()
+    viewer.reset_view()
+    save_small(viewer, path)
+    den.compare_button.click()
+
+
 def main() -> int:
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         xvfb = shutil.which("xvfb-run")
@@ -101,17 +119,10 @@ def main() -> int:
     print(f"[micro] {den.status.text()}")
     save_small(viewer, images / "micro_calibrate.png")
 
-    den.runner.run_button.click()
-    wait_for(den.runner)
-    print(f"[micro] {den.status.text()}")
+    run_denoise(den)
     out = viewer.layers["cells denoised (nlm)"].data
-    err = lambda x: float(np.sqrt(np.mean((x.astype(np.float64) - clean) ** 2)))  # noqa: E731
-    print(f"[micro] RMSE to the clean cells: {err(noisy):.1f} -> {err(out):.1f} counts")
-    viewer.dims.set_point(0, 5)
-    den.compare_button.click()
-    viewer.reset_view()
-    save_small(viewer, images / "micro_compare.png")
-    den.compare_button.click()
+    print(f"[micro] RMSE to the clean cells: {err4(noisy, clean):.1f} -> {err4(out, clean):.1f} counts")
+    compare_shot(viewer, den, 5, images / "micro_compare.png")
 
     # a time-lapse of z-stacks: (T, Z, Y, X)
     for layer in list(viewer.layers):
@@ -130,16 +141,10 @@ def main() -> int:
     while den.estimating:
         QApplication.processEvents()
     den.regions.setCurrentText("(whole video)")
-    den.runner.run_button.click()
-    wait_for(den.runner)
-    print(f"[micro] {den.status.text()}")
+    run_denoise(den)
     out4 = viewer.layers["stack denoised (nlm)"].data
     print(f"[micro] stack RMSE: {err4(stack, clean4):.1f} -> {err4(out4, clean4):.1f} counts")
-    viewer.dims.set_point(0, 2)
-    den.compare_button.click()
-    viewer.reset_view()
-    save_small(viewer, images / "micro_tzyx.png")
-    den.compare_button.click()
+    compare_shot(viewer, den, 2, images / "micro_tzyx.png")
     viewer.close()
     return 0
 

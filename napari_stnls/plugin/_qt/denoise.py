@@ -12,7 +12,7 @@ import gc
 import sys
 import time
 import weakref
-from functools import partial
+from functools import cache, partial
 
 # dask's array graphs, and dask.distributed (which dask imports to build such a graph when
 # it is installed), are imported with the plugin: ~250 modules, ~50,000 long-lived objects
@@ -70,9 +70,13 @@ from ._common import (
     view_of,
 )
 
-# dask imports dask.distributed (where installed) the first time it resolves a scheduler by
-# name: a one-element compute does it here rather than in the first lazy job
-dask.array.zeros(1, chunks=1).sum().compute(scheduler="synchronous")
+
+@cache
+def _load_dask_schedulers() -> None:
+    """dask imports dask.distributed (where installed) the first time it resolves a scheduler
+    by name: a one-element compute does it when the first Denoise widget is made, rather than
+    in its first lazy job (whose end would then set off a full garbage collection)."""
+    dask.array.zeros(1, chunks=1).sum().compute(scheduler="synchronous")
 
 TUNABLE = ("ps", "ws", "k")
 SHOW_AFTER_MS = 50  # a new lazy layer is shown this long after it was added (see DenoiseWidget._run_lazy)
@@ -163,6 +167,7 @@ class DenoiseWidget(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
+        _load_dask_schedulers()
         self.viewer = napari_viewer
         self.video = video_combo(self.viewer)
         self.axes = AxesBox(self.video)
