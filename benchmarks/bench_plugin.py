@@ -79,6 +79,44 @@ class Heartbeat:
         self.timer.stop()
 
 
+class StallWatch:
+    """A thread that, while the GUI thread's heartbeat is over ``late`` seconds late, samples
+    the GUI thread's Python stack every ``every`` seconds: where the longest stalls were spent
+    (``--watch``; the sampling costs the GUI thread little, the GIL hand-over)."""
+
+    def __init__(self, beat: Heartbeat, late: float = 0.06, every: float = 0.01):
+        import threading
+
+        self.beat, self.late, self.every = beat, late, every
+        self.gui = threading.get_ident()
+        self.samples: dict[tuple[str, ...], int] = {}
+        self._on = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import traceback
+
+        while self._on:
+            time.sleep(self.every)
+            ticks = self.beat.ticks
+            if not ticks or time.perf_counter() - ticks[-1] < self.late:
+                continue
+            frame = sys._current_frames().get(self.gui)
+            if frame is None:
+                continue
+            stack = tuple(f"{Path(fs.filename).name}:{fs.lineno} {fs.name}"
+                          for fs in traceback.extract_stack(frame)[-14:])
+            self.samples[stack] = self.samples.get(stack, 0) + 1
+
+    def stop(self) -> list[dict]:
+        """The stacks seen most, with their number of samples."""
+        self._on = False
+        self.thread.join()
+        top = sorted(self.samples.items(), key=lambda kv: -kv[1])[:12]
+        return [{"samples": n, "stack": list(st)} for st, n in top]
+
+
 def pump(seconds: float = 0.0) -> None:
     """Process Qt events for at least ``seconds`` (once when 0)."""
     from qtpy.QtWidgets import QApplication
@@ -115,8 +153,113 @@ def add_video(viewer, n_frames: int, size: tuple[int, int], name: str = "noisy")
                             metadata={FLOWS_KEY: flows, SIGMA_KEY: 20 / 255})
 
 
-def clicks(n_frames: int, size: tuple[int, int], region, n_clicks: int, seed: int = 0, profile=None) -> dict:
-    """Latency of ``n_clicks`` clicks inside ``region`` after searching it."""
+class CpuShare:
+    """CPU time of the whole machine's other processes (all of them but this one) and of this
+    process, between ``start()`` and ``stop()``, from ``/proc`` (Linux): how much the
+    measurement was disturbed, more precisely than the load average."""
+
+    def __init__(self):
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def _read(self) -> tuple[float, float] | None:
+        try:
+            cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+            busy = sum(int(v) for v in cpu) - int(cpu[3]) - int(cpu[4])  # all but idle and iowait
+            own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+            mine = int(own[11]) + int(own[12])  # utime, stime of this process (all its threads)
+            return busy / self.hz, mine / self.hz
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def start(self) -> None:
+        self.t0, self.r0 = time.perf_counter(), self._read()
+
+    def stop(self) -> dict:
+        r1, wall = self._read(), time.perf_counter() - self.t0
+        if self.r0 is None or r1 is None:
+            return {}
+        busy, mine = r1[0] - self.r0[0], r1[1] - self.r0[1]
+        return {"wall_s": round(wall, 2), "this_process_cpu_s": round(mine, 2),
+                "other_processes_cpu_s": round(max(0.0, busy - mine), 2),
+                "other_processes_cores": round(max(0.0, busy - mine) / wall, 2) if wall > 0 else None}
+
+
+class GcPauses:
+    """Python's garbage collections while installed: (generation, seconds) of each."""
+
+    def __init__(self):
+        self.pauses: list[tuple[int, float]] = []
+        self._t = 0.0
+
+    def __call__(self, phase, info):
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.pauses.append((int(info["generation"]), time.perf_counter() - self._t))
+
+    def __enter__(self):
+        import gc
+
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        import gc
+
+        gc.callbacks.remove(self)
+
+    def take(self) -> list[tuple[int, float]]:
+        out, self.pauses = self.pauses, []
+        return out
+
+
+class CanvasClock:
+    """When napari's canvas last finished drawing (a callback after vispy's own on the draw
+    event), and how many times it drew, since ``reset()``."""
+
+    def __init__(self, viewer):
+        self.canvas = viewer.window._qt_viewer.canvas  # private: a benchmark's probe only
+        self.canvas._scene_canvas.events.draw.connect(self._drawn, position="last")
+        self.reset()
+
+    def _drawn(self, event=None):
+        self.last = time.perf_counter()
+        self.draws += 1
+
+    def reset(self):
+        self.last, self.draws = None, 0
+
+    def to_canvas(self, world_yx) -> tuple[float, float]:
+        """Canvas pixel (x, y) of a point of the displayed plane (world y, x)."""
+        view = self.canvas.view
+        xy = (view.transform * view.scene.transform).map([float(world_yx[1]), float(world_yx[0])])
+        return float(xy[0]), float(xy[1])
+
+    def native(self):
+        return self.canvas._scene_canvas.native
+
+
+def click_at(clock: CanvasClock, world_yx) -> None:
+    """A real left click (press and release through Qt, as a mouse would) at a world point."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+
+    x, y = clock.to_canvas(world_yx)
+    pt = QPoint(int(round(x)), int(round(y)))
+    native = clock.native()
+    QTest.mousePress(native, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pt)
+    QTest.mouseRelease(native, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pt)
+
+
+def summary(values: list[float], digits: int = 4) -> dict:
+    v = sorted(values)
+    return {"median": round(statistics.median(v), digits), "p90": round(v[int(0.9 * (len(v) - 1))], digits),
+            "max": round(v[-1], digits), "mean": round(statistics.fmean(v), digits)}
+
+
+def clicks(n_frames: int, size: tuple[int, int], region, n_clicks: int, seed: int = 0,
+           profile: str | None = None, watch: bool = False) -> dict:
+    """Latency of ``n_clicks`` clicks inside ``region`` after searching it (and of the first)."""
     import napari
 
     from napari_stnls.plugin._qt import NeighboursWidget, RegionsWidget, SearchWidget
@@ -137,65 +280,98 @@ def clicks(n_frames: int, size: tuple[int, int], region, n_clicks: int, seed: in
         search.regions.setCurrentText("regions")
         search.flow.setCurrentText("computed")
         search.device.setCurrentText("cpu")
+        nb.video.setCurrentText("noisy")
+        viewer.dims.set_current_step(0, region[0])
+        pump(0.5)
+        params = {k: getattr(search, k).value() for k in ("ps", "ws", "wt", "k", "stride0")}
+        beat = Heartbeat(10)
+        watcher = StallWatch(beat) if watch else None
         t0 = time.perf_counter()
         search.runner.run_button.click()
         wait_until(lambda: not search.runner.running, 600, "search")
         search_s = time.perf_counter() - t0
-        nb.video.setCurrentText("noisy")
+        pump(1.0)  # whatever the search's end set off (overlay layers made, first draws)
+        search_stall = beat.max_gap()
+        search_stalls = beat.stalls()
+        search_stacks = watcher.stop() if watcher else None
+        beat.stop()
         if "noisy search" in viewer.layers:
             viewer.layers["noisy search"].visible = False
         pump(0.3)
+        clock = CanvasClock(viewer)
         rng = np.random.default_rng(seed)
         t_r, y_r, x_r = (rng.integers(a, b, n_clicks + 1) for a, b in
                          ((region[0], region[1]), (region[2], region[3]), (region[4], region[5])))
-        times, cpu = [], []
-        prof = None
-        if profile:
-            import cProfile
+        rows = []
+        profiles = []
+        share = CpuShare()
+        load = [round(v, 2) for v in os.getloadavg()]
+        share.start()
+        with GcPauses() as gcp:
+            for n in range(n_clicks + 1):  # the first click is reported apart
+                t, y, x = int(t_r[n]), float(y_r[n]), float(x_r[n])
+                viewer.dims.set_current_step(0, t)
+                pump(0.1)
+                world = layer.data_to_world((t, y, x))
+                gcp.take()
+                clock.reset()
+                prof = None
+                if profile:
+                    import cProfile
 
-            prof = cProfile.Profile()
-        for n in range(n_clicks + 1):  # the first click (layers created) is reported apart
-            t, y, x = int(t_r[n]), float(y_r[n]), float(x_r[n])
-            viewer.dims.set_current_step(0, t)
-            pump(0.05)
-            world = layer.data_to_world((t, y, x))
-            event = _Press(tuple(float(v) for v in world))
-            if prof is not None and n > 0:
-                prof.enable()
-            start, cpu0 = time.perf_counter(), time.process_time()
-            for cb in list(viewer.mouse_drag_callbacks):
-                cb(viewer, event)
-            pump()
-            pump()
-            times.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - cpu0)
-            if prof is not None and n > 0:
-                prof.disable()
-            if n == 0:
-                assert "neighbours" in viewer.layers, "the click drew no neighbours"
-        if prof is not None:
-            prof.dump_stats(profile)
-        rest = times[1:]
-        return {"video": list((n_frames, *size, 3)), "region": list(region), "search_s": round(search_s, 3),
-                "first_click_s": round(times[0], 4), "clicks": len(rest),
-                "median_s": round(statistics.median(rest), 4), "max_s": round(max(rest), 4),
-                "cpu_median_s": round(statistics.median(cpu[1:]), 4), "cpu_max_s": round(max(cpu[1:]), 4),
-                "all_s": [round(v, 4) for v in rest]}
+                    prof = cProfile.Profile()
+                    prof.enable()
+                start, thread0, cpu0 = time.perf_counter(), time.thread_time(), time.process_time()
+                click_at(clock, world[-2:])
+                handled = time.perf_counter()
+                pump()
+                pump()
+                end = time.perf_counter()
+                thread_s, cpu_s = time.thread_time() - thread0, time.process_time() - cpu0
+                if prof is not None:
+                    prof.disable()
+                    profiles.append(prof)
+                q = nb.neighbours.query if nb.neighbours is not None else None
+                near = q is not None and q[0] == t and max(abs(q[1] - y), abs(q[2] - x)) <= params["stride0"]
+                if not near:
+                    raise AssertionError(f"click {n} at {(t, y, x)} showed the query {q}")
+                pauses = gcp.take()
+                rows.append({"wall_s": end - start, "handler_s": handled - start,
+                             "drawn_s": None if clock.last is None else clock.last - start,
+                             "draws": clock.draws, "gui_thread_cpu_s": thread_s, "process_cpu_s": cpu_s,
+                             "gc": [(g, round(s, 4)) for g, s in pauses]})
+        disturbance = share.stop()
+        if profile:
+            import pstats
+
+            slowest = sorted(range(1, len(rows)), key=lambda i: rows[i]["wall_s"])[-3:]
+            for tag, idx in (("first", [0]), ("slowest3", slowest)):
+                st = pstats.Stats(profiles[idx[0]])
+                for i in idx[1:]:
+                    st.add(profiles[i])
+                st.dump_stats(f"{profile}.{n_frames}x{size[0]}.{tag}.prof")
+        rest = rows[1:]
+        first = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[0].items()}
+        keys = ("wall_s", "handler_s", "gui_thread_cpu_s", "process_cpu_s")
+        return {"video": list((n_frames, *size, 3)), "region": list(region), "search_params": params,
+                "search_s": round(search_s, 3), "search_longest_stall_s": round(search_stall, 4),
+                "search_stalls_over_100ms": search_stalls, "search_stall_stacks": search_stacks,
+                "load_average_before": load,
+                "machine_during_clicks": disturbance, "profiled": bool(profile),
+                "first_click": first, "clicks": len(rest),
+                **{k: summary([r[k] for r in rest]) for k in keys},
+                "clicks_over_100ms": sum(r["wall_s"] > 0.1 for r in rest),
+                "gc_pauses": summary([s for r in rest for _, s in r["gc"]] or [0.0]) | {
+                    "count": sum(len(r["gc"]) for r in rest),
+                    "full": sum(g == 2 for r in rest for g, _ in r["gc"])},
+                "per_click": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+                              for r in rest]}
     finally:
         viewer.close()
 
 
-class _Press:
-    type = "mouse_press"
-
-    def __init__(self, position):
-        self.position = position
-        self.modifiers = ()
-        self.button = 1
-
-
 def lazy(n_frames: int, size: tuple[int, int], method: str, steps: list[int],
-         per_frame_timeout: float, params: dict | None = None) -> dict:
+         per_frame_timeout: float, params: dict | None = None, watch: bool = False) -> dict:
     """Longest event-loop stall while a lazy denoised layer is added and frames are stepped."""
     import napari
 
@@ -218,7 +394,11 @@ def lazy(n_frames: int, size: tuple[int, int], method: str, steps: list[int],
         viewer.dims.set_current_step(0, steps[0])
         pump(0.5)
         name = f"noisy denoised ({method}, lazy)"
+        share, load = CpuShare(), [round(v, 2) for v in os.getloadavg()]
+        gcp = GcPauses().__enter__()
         beat.reset()
+        watcher = StallWatch(beat) if watch else None
+        share.start()
         start = time.perf_counter()
         w.runner.run_button.click()
         wait_until(lambda: name in viewer.layers, 600, "the lazy layer")
@@ -238,7 +418,11 @@ def lazy(n_frames: int, size: tuple[int, int], method: str, steps: list[int],
                            "shown_after_s": round(time.perf_counter() - t0, 3)})
             print(f"  frame {t}: {frames[-1]} (stall so far {beat.max_gap():.2f} s)", flush=True)
         total = time.perf_counter() - start
+        gcp.__exit__()
         return {"video": list((n_frames, *size, 3)), "method": method, "params": params or {},
+                "load_average_before": load, "machine_during": share.stop(),
+                "gc_pauses_over_20ms": [(g, round(t, 3)) for g, t in gcp.pauses if t > 0.02],
+                "stall_stacks": watcher.stop() if watcher else None,
                 "layer_added_after_s": round(added_s, 3), "frames": frames, "total_s": round(total, 2),
                 "max_stall_s": round(beat.max_gap(), 4), "stalls_over_100ms": beat.stalls()}
     finally:
@@ -249,14 +433,20 @@ def lazy(n_frames: int, size: tuple[int, int], method: str, steps: list[int],
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/bench_plugin.json")
-    p.add_argument("--clicks", type=int, default=20, help="clicks per video (default %(default)s)")
+    p.add_argument("--clicks", type=int, default=40, help="clicks per video (default %(default)s)")
     p.add_argument("--method", default="nlm", help="the lazy layer's denoiser (default %(default)s)")
     p.add_argument("--params", default="ws=5,k=4",
                    help="the lazy denoiser's ps, ws, k, e.g. ws=5,k=4 (default %(default)s: a frame in "
                         "seconds, not minutes, on 2 cores); '' for the defaults")
     p.add_argument("--steps", default="0,1,2,5", help="frames shown in turn on the lazy layer")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: clicks, lazy")
-    p.add_argument("--profile", default=None, help="write a cProfile of the large video's clicks here")
+    p.add_argument("--profile", default=None,
+                   help="profile every click (cProfile, which slows them: not for timings) and write "
+                        "PREFIX.<video>.first.prof and PREFIX.<video>.slowest3.prof")
+    p.add_argument("--videos", default="sample,large",
+                   help="the clicks' videos: sample (8 x 128 x 160), large (20 x 512 x 512)")
+    p.add_argument("--watch", action="store_true",
+                   help="sample the GUI thread's stack during stalls (the search's end, the lazy layer)")
     args = p.parse_args(argv)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         xvfb = shutil.which("xvfb-run")
@@ -271,18 +461,27 @@ def main(argv=None) -> int:
     out = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "python": platform.python_version(), "load_average_start": [round(v, 2) for v in os.getloadavg()]}
     if "clicks" not in skip:
-        out["clicks"] = [
-            clicks(8, (128, 160), (2, 5, 28, 92, 40, 120), args.clicks),
-            clicks(20, (512, 512), (8, 12, 128, 384, 128, 384), args.clicks, profile=args.profile),
-        ]
+        videos = {"sample": (8, (128, 160), (2, 5, 28, 92, 40, 120)),
+                  "large": (20, (512, 512), (8, 12, 128, 384, 128, 384))}
+        out["clicks"] = [clicks(*videos[v], args.clicks, profile=args.profile, watch=args.watch)
+                         for v in filter(None, args.videos.split(","))]
         for c in out["clicks"]:
-            print(f"clicks on {c['video']}: median {c['median_s'] * 1e3:.1f} ms, "
-                  f"max {c['max_s'] * 1e3:.1f} ms (first {c['first_click_s'] * 1e3:.0f} ms)", flush=True)
+            w, cpu, f = c["wall_s"], c["gui_thread_cpu_s"], c["first_click"]
+            print(f"clicks on {c['video']} (load {c['load_average_before'][0]}, other processes "
+                  f"{c['machine_during_clicks'].get('other_processes_cores')} cores): wall median "
+                  f"{w['median'] * 1e3:.0f} ms, p90 {w['p90'] * 1e3:.0f}, max {w['max'] * 1e3:.0f}; GUI "
+                  f"thread CPU median {cpu['median'] * 1e3:.0f} ms, max {cpu['max'] * 1e3:.0f}; "
+                  f"{c['clicks_over_100ms']} of {c['clicks']} over 100 ms; first click "
+                  f"{f['wall_s'] * 1e3:.0f} ms; search's longest stall "
+                  f"{c['search_longest_stall_s'] * 1e3:.0f} ms", flush=True)
     if "lazy" not in skip:
         steps = [int(s) for s in args.steps.split(",")]
         params = {k: int(v) for k, v in (kv.split("=") for kv in filter(None, args.params.split(",")))}
-        out["lazy"] = lazy(20, (512, 512), args.method, steps, per_frame_timeout=600, params=params)
-        print(f"lazy {args.method}: longest stall {out['lazy']['max_stall_s'] * 1e3:.0f} ms; "
+        out["lazy"] = lazy(20, (512, 512), args.method, steps, per_frame_timeout=600, params=params,
+                           watch=args.watch)
+        print(f"lazy {args.method} (load {out['lazy']['load_average_before'][0]}, other processes "
+              f"{out['lazy']['machine_during'].get('other_processes_cores')} cores): longest stall "
+              f"{out['lazy']['max_stall_s'] * 1e3:.0f} ms; "
               f"frames {out['lazy']['frames']}", flush=True)
     out["load_average_end"] = [round(v, 2) for v in os.getloadavg()]  # other work on the machine
     path = Path(args.out)

@@ -12,7 +12,7 @@ from napari.layers import Image, Layer, Points, Shapes, Vectors
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from napari.utils.transforms import Affine
-from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
@@ -449,6 +449,65 @@ def alive(widget) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+TURN_GAP_MS = 30  # between the steps of in_turns: time for the repaint a step set off
+
+
+class _CloseWatch(QObject):
+    """Notes when a top-level window is closed (its close event), before Qt deletes it."""
+
+    def __init__(self, window):
+        super().__init__(window)
+        self.closed = False
+        window.installEventFilter(self)
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.Close:
+            self.closed = True
+        return False
+
+
+def window_open(widget) -> bool:
+    """Whether ``widget`` exists and its window (napari's, once docked) has not been closed."""
+    if not alive(widget):
+        return False
+    window = widget.window()
+    watch = window.findChild(_CloseWatch, "", Qt.FindChildOption.FindDirectChildrenOnly)
+    if watch is None:
+        _CloseWatch(window)
+        return True
+    return not watch.closed
+
+
+def in_turns(steps, owner, gap_ms: int = TURN_GAP_MS) -> None:
+    """Run each callable of ``steps`` in its own turn of Qt's event loop, ``gap_ms`` apart,
+    while the widget ``owner`` and its window are open.
+
+    Work that would block the viewer for longer than a frame when done at once (adding a
+    layer makes its controls and its row in the layer list, and it is drawn for the first
+    time in the next repaint, shaders compiled; each ~0.1 s in software OpenGL) is split so,
+    and the viewer repaints and takes input between the steps. The first step runs in the
+    next turn. A step that fails is reported (napari's notifications) and ends the sequence:
+    an exception escaping a Qt timer would abort the process.
+    """
+    steps = list(steps)
+    window_open(owner)  # watches the window from now on
+
+    def run(i: int) -> None:
+        if not window_open(owner):
+            return
+        try:
+            steps[i]()
+        except Exception as e:  # noqa: BLE001 (reported, not raised: see above)
+            if window_open(owner):
+                show_error(f"{type(e).__name__}: {e}")
+            return
+        if i + 1 < len(steps):
+            QTimer.singleShot(gap_ms, partial(run, i + 1))
+
+    if steps:
+        QTimer.singleShot(0, partial(run, 0))
 
 
 class Runner(QObject):
