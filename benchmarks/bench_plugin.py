@@ -26,6 +26,7 @@ import platform
 import shutil
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,15 +107,20 @@ class StallWatch:
             if frame is None:
                 continue
             stack = tuple(f"{Path(fs.filename).name}:{fs.lineno} {fs.name}"
-                          for fs in traceback.extract_stack(frame)[-14:])
+                          for fs in traceback.extract_stack(frame)[-40:])
             self.samples[stack] = self.samples.get(stack, 0) + 1
 
     def stop(self) -> list[dict]:
-        """The stacks seen most, with their number of samples."""
+        """The frames seen most in the samples (each counted once per sample it is in)."""
         self._on = False
         self.thread.join()
-        top = sorted(self.samples.items(), key=lambda kv: -kv[1])[:12]
-        return [{"samples": n, "stack": list(st)} for st, n in top]
+        counts: dict[str, int] = {}
+        for stack, n in self.samples.items():
+            for frame in set(stack):
+                counts[frame] = counts.get(frame, 0) + n
+        total = sum(self.samples.values())
+        top = sorted(counts.items(), key=lambda kv: -kv[1])[:40]
+        return [{"samples": total}] + [{"frame": f, "samples": n} for f, n in top]
 
 
 def pump(seconds: float = 0.0) -> None:
@@ -189,13 +195,16 @@ class GcPauses:
 
     def __init__(self):
         self.pauses: list[tuple[int, float]] = []
+        self.where: list[tuple[float, str]] = []  # when (from the start) and in which thread
         self._t = 0.0
+        self.t0 = time.perf_counter()
 
     def __call__(self, phase, info):
         if phase == "start":
             self._t = time.perf_counter()
         else:
             self.pauses.append((int(info["generation"]), time.perf_counter() - self._t))
+            self.where.append((round(self._t - self.t0, 3), threading.current_thread().name))
 
     def __enter__(self):
         import gc
@@ -209,7 +218,7 @@ class GcPauses:
         gc.callbacks.remove(self)
 
     def take(self) -> list[tuple[int, float]]:
-        out, self.pauses = self.pauses, []
+        out, self.pauses, self.where = self.pauses, [], []
         return out
 
 
@@ -397,6 +406,7 @@ def lazy(n_frames: int, size: tuple[int, int], method: str, steps: list[int],
         share, load = CpuShare(), [round(v, 2) for v in os.getloadavg()]
         gcp = GcPauses().__enter__()
         beat.reset()
+        gcp.t0 = beat.ticks[0]
         watcher = StallWatch(beat) if watch else None
         share.start()
         start = time.perf_counter()
@@ -421,7 +431,8 @@ def lazy(n_frames: int, size: tuple[int, int], method: str, steps: list[int],
         gcp.__exit__()
         return {"video": list((n_frames, *size, 3)), "method": method, "params": params or {},
                 "load_average_before": load, "machine_during": share.stop(),
-                "gc_pauses_over_20ms": [(g, round(t, 3)) for g, t in gcp.pauses if t > 0.02],
+                "gc_pauses_over_20ms": [(g, round(t, 3), *w) for (g, t), w in
+                                        zip(gcp.pauses, gcp.where, strict=True) if t > 0.02],
                 "stall_stacks": watcher.stop() if watcher else None,
                 "layer_added_after_s": round(added_s, 3), "frames": frames, "total_s": round(total, 2),
                 "max_stall_s": round(beat.max_gap(), 4), "stalls_over_100ms": beat.stalls()}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -480,34 +483,76 @@ def window_open(widget) -> bool:
     return not watch.closed
 
 
-def in_turns(steps, owner, gap_ms: int = TURN_GAP_MS) -> None:
-    """Run each callable of ``steps`` in its own turn of Qt's event loop, ``gap_ms`` apart,
-    while the widget ``owner`` and its window are open.
+_TURNS: deque = deque()  # (owner, iterator of steps): the sequences of in_turns, first come first run
+_TURN_DUE = [False]  # whether the next step is scheduled
+
+
+def in_turns(steps, owner) -> None:
+    """Run each callable of ``steps`` in its own turn of Qt's event loop, while the widget
+    ``owner`` and its window are open.
 
     Work that would block the viewer for longer than a frame when done at once (adding a
     layer makes its controls and its row in the layer list, and it is drawn for the first
     time in the next repaint, shaders compiled; each ~0.1 s in software OpenGL) is split so,
-    and the viewer repaints and takes input between the steps. The first step runs in the
-    next turn. A step that fails is reported (napari's notifications) and ends the sequence:
-    an exception escaping a Qt timer would abort the process.
+    and the viewer repaints and takes input between the steps. The steps of every sequence
+    (of all the widgets) run one at a time, :data:`TURN_GAP_MS` after the previous one ended,
+    the sequences in the order they came. A step that fails is reported (napari's
+    notifications) and ends its sequence: an exception escaping a Qt timer would abort the
+    process.
     """
-    steps = list(steps)
     window_open(owner)  # watches the window from now on
+    _TURNS.append((owner, iter(list(steps))))
+    _next_turn()
 
-    def run(i: int) -> None:
-        if not window_open(owner):
-            return
+
+def _next_turn() -> None:
+    if _TURNS and not _TURN_DUE[0]:
+        _TURN_DUE[0] = True
+        QTimer.singleShot(TURN_GAP_MS, _run_turn)
+
+
+def _run_turn() -> None:
+    _TURN_DUE[0] = False
+    while _TURNS:
+        owner, steps = _TURNS[0]
+        step = next(steps, None) if window_open(owner) else None
+        if step is None:
+            _TURNS.popleft()
+            continue
         try:
-            steps[i]()
-        except Exception as e:  # noqa: BLE001 (reported, not raised: see above)
+            step()
+        except Exception as e:  # noqa: BLE001 (reported, not raised: see in_turns)
+            _TURNS.popleft()
             if window_open(owner):
                 show_error(f"{type(e).__name__}: {e}")
-            return
-        if i + 1 < len(steps):
-            QTimer.singleShot(gap_ms, partial(run, i + 1))
+        break
+    _next_turn()
 
-    if steps:
-        QTimer.singleShot(0, partial(run, 0))
+
+_WATCHED_LAYER_LISTS: weakref.WeakSet = weakref.WeakSet()  # those that unfreeze the heap on a removal
+
+
+def settle_heap(viewer=None) -> None:
+    """Move every object the garbage collector tracks now out of its sight (``gc.freeze()``),
+    until a layer of ``viewer`` is removed.
+
+    The viewer holds hundreds of thousands of long-lived Python objects (napari, Qt, vispy,
+    torch, dask and their modules). Python's full collections walk all of them, 0.15-0.4 s
+    here holding the GIL, in whichever thread allocates at that moment: the viewer stops.
+    Frozen objects are still freed when no longer referenced; only reference cycles among
+    them wait, and a removed layer (napari's layers are such cycles, with their data) is
+    one: so a layer's removal unfreezes everything first, and napari's own collection on
+    removal then frees it as before. Called when a job starts and after a job imported many
+    modules; cheap (no collection is run).
+    """
+    gc.freeze()
+    if viewer is not None and viewer.layers not in _WATCHED_LAYER_LISTS:
+        _WATCHED_LAYER_LISTS.add(viewer.layers)
+        viewer.layers.events.removed.connect(_unfreeze, position="first")  # before napari's collection
+
+
+def _unfreeze(event=None) -> None:
+    gc.unfreeze()
 
 
 class Runner(QObject):
@@ -521,9 +566,10 @@ class Runner(QObject):
 
     progressed = Signal(int, int)
 
-    def __init__(self, status: Status, run_text: str = "Run", parent=None):
+    def __init__(self, status: Status, run_text: str = "Run", parent=None, viewer=None):
         super().__init__(parent)
         self.status = status
+        self.viewer = viewer  # its layers' removal unfreezes the heap (see settle_heap)
         self.run_button = QPushButton(run_text)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -645,6 +691,7 @@ class Runner(QObject):
         from napari.utils import progress
 
         self._activity = progress(total=0, desc=label)
+        settle_heap(self.viewer)  # what exists now (the viewer, its layers) is not walked by collections
         worker.start()
 
     def cancel(self) -> None:

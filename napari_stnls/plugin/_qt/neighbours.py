@@ -14,7 +14,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 from napari.utils.colormaps import ensure_colormap
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -60,7 +60,6 @@ def gallery_limits(layer) -> tuple[float, float]:
 
 PROJECTION = "neighbours (query frame)"
 OVERLAYS = ("neighbours", "neighbour vectors", PROJECTION)  # the layers a click updates
-PREPARE_AFTER_MS = 150  # the overlays are made this long after a search's map was added
 EARLIER, SAME, LATER = (0.25, 0.6, 1.0), (1.0, 1.0, 1.0), (1.0, 0.45, 0.15)
 
 
@@ -167,10 +166,9 @@ class NeighboursWidget(QWidget):
         self.viewer.layers.events.inserted.disconnect(self._on_inserted)
 
     def _on_inserted(self, event) -> None:
-        """A search's distance map was added: its video has results, make the overlays ready
-        (after the Search widget's own steps: two first draws in one repaint would add up)."""
+        """A search's distance map was added: its video has results, make the overlays ready."""
         if RESULTS_KEY in getattr(event.value, "metadata", {}):
-            QTimer.singleShot(PREPARE_AFTER_MS, self.prepare)
+            self.prepare()
 
     def prepare(self) -> None:
         """Make the overlay layers (empty) and the gallery's cells before the first click, once

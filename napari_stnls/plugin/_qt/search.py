@@ -91,7 +91,7 @@ class SearchWidget(QWidget):
         self.device = QComboBox()
         self.device.addItems(("auto", "cpu", "cuda"))
         self.status = Status()
-        self.runner = Runner(self.status, "Search")
+        self.runner = Runner(self.status, "Search", viewer=self.viewer)
         self.runner.run_button.clicked.connect(self.run)
 
         form = QFormLayout()
