@@ -295,7 +295,8 @@ def clicks(n_frames: int, size: tuple[int, int], region, n_clicks: int, seed: in
         params = {k: getattr(search, k).value() for k in ("ps", "ws", "wt", "k", "stride0")}
         beat = Heartbeat(10)
         watcher = StallWatch(beat) if watch else None
-        t0 = time.perf_counter()
+        search_gc = GcPauses().__enter__()
+        search_gc.t0 = t0 = time.perf_counter()
         search.runner.run_button.click()
         wait_until(lambda: not search.runner.running, 600, "search")
         search_s = time.perf_counter() - t0
@@ -303,6 +304,7 @@ def clicks(n_frames: int, size: tuple[int, int], region, n_clicks: int, seed: in
         search_stall = beat.max_gap()
         search_stalls = beat.stalls()
         search_stacks = watcher.stop() if watcher else None
+        search_gc.__exit__()
         beat.stop()
         if "noisy search" in viewer.layers:
             viewer.layers["noisy search"].visible = False
@@ -365,6 +367,8 @@ def clicks(n_frames: int, size: tuple[int, int], region, n_clicks: int, seed: in
         return {"video": list((n_frames, *size, 3)), "region": list(region), "search_params": params,
                 "search_s": round(search_s, 3), "search_longest_stall_s": round(search_stall, 4),
                 "search_stalls_over_100ms": search_stalls, "search_stall_stacks": search_stacks,
+                "search_gc_over_20ms": [(g, round(t, 3), *w) for (g, t), w in
+                                        zip(search_gc.pauses, search_gc.where, strict=True) if t > 0.02],
                 "load_average_before": load,
                 "machine_during_clicks": disturbance, "profiled": bool(profile),
                 "first_click": first, "clicks": len(rest),

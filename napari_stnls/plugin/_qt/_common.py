@@ -679,7 +679,8 @@ class Runner(QObject):
 
         worker = self.worker = create_worker(job, _start_thread=False)
         worker.returned.connect(returned)
-        worker.finished.connect(lambda: QTimer.singleShot(0, self._finished))  # after apply
+        # after apply, in a turn of its own (napari's activity dock relaid out as its progress closes)
+        worker.finished.connect(lambda: QTimer.singleShot(TURN_GAP_MS, self._finished))
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._set_bar(0, 0)  # busy until the first tick

@@ -21,7 +21,7 @@ import dask.array
 import numpy as np
 from napari.layers import Shapes
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -61,6 +61,7 @@ from ._common import (
     Status,
     alive,
     flows_of,
+    in_turns,
     is_regions_layer,
     regions_of,
     set_layer,
@@ -79,7 +80,6 @@ def _load_dask_schedulers() -> None:
     dask.array.zeros(1, chunks=1).sum().compute(scheduler="synchronous")
 
 TUNABLE = ("ps", "ws", "k")
-SHOW_AFTER_MS = 50  # a new lazy layer is shown this long after it was added (see DenoiseWidget._run_lazy)
 
 
 def _duration(seconds: float) -> str:
@@ -637,7 +637,7 @@ class DenoiseWidget(QWidget):
             out = set_layer(self.viewer, name, frames, "image", once=dict(rgb=layer.rgb, visible=not new),
                             **self._output_style(layer), metadata=meta, **transforms_of(layer))
             if new:
-                QTimer.singleShot(SHOW_AFTER_MS, partial(_show, weakref.ref(out)))
+                in_turns([partial(_show, weakref.ref(out))], self)
             if isinstance(old, BackgroundFrames) and old is not frames:
                 old.close()
             me = weakref.ref(self)

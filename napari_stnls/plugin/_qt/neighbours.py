@@ -193,10 +193,16 @@ class NeighboursWidget(QWidget):
         self._preparing = True
         added = []
 
-        def add(spec):
+        def add(spec):  # hidden: its first draw (shaders compiled) is a turn of its own, show()
             name, data, kind, once, kwargs = spec
             if name not in self.viewer.layers:  # a click may have made it meanwhile
+                once = {**once, "visible": False}
                 added.append(set_layer(self.viewer, name, data, kind, once=once, **kwargs))
+
+        def show(name):
+            for out in added:
+                if out.name == name and out in self.viewer.layers:
+                    out.visible = True
 
         def finish():
             self._preparing = False
@@ -205,7 +211,8 @@ class NeighboursWidget(QWidget):
             if len(self._cells) < k:
                 self._make_cells(k)
 
-        in_turns([*(partial(add, spec) for spec in missing), finish], self)
+        steps = [partial(add, spec) for spec in missing] + [partial(show, spec[0]) for spec in missing]
+        in_turns([*steps, finish], self)
 
     def _on_click(self, viewer, event):
         try:
