@@ -505,6 +505,11 @@ def in_turns(steps, owner) -> None:
     _next_turn()
 
 
+def turns_pending() -> bool:
+    """Whether steps of :func:`in_turns` are still to run (e.g. a search's map still to be shown)."""
+    return bool(_TURNS)
+
+
 def _next_turn() -> None:
     if _TURNS and not _TURN_DUE[0]:
         _TURN_DUE[0] = True
