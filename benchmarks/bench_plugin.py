@@ -267,8 +267,9 @@ def summary(values: list[float], digits: int = 4) -> dict:
 
 
 def clicks(n_frames: int, size: tuple[int, int], region, n_clicks: int, seed: int = 0,
-           profile: str | None = None, watch: bool = False) -> dict:
-    """Latency of ``n_clicks`` clicks inside ``region`` after searching it (and of the first)."""
+           profile: str | None = None, watch: bool = False, hide: tuple[str, ...] = ()) -> dict:
+    """Latency of ``n_clicks`` clicks inside ``region`` after searching it (and of the first);
+    the layers named in ``hide`` are hidden before the clicks."""
     import napari
 
     from napari_stnls.plugin._qt import NeighboursWidget, RegionsWidget, SearchWidget
@@ -300,7 +301,12 @@ def clicks(n_frames: int, size: tuple[int, int], region, n_clicks: int, seed: in
         search.runner.run_button.click()
         wait_until(lambda: not search.runner.running, 600, "search")
         search_s = time.perf_counter() - t0
-        pump(1.0)  # whatever the search's end set off (overlay layers made, first draws)
+        try:  # the steps the widgets split over event-loop turns (the map shown, overlays made)
+            from napari_stnls.plugin._qt._common import turns_pending
+        except ImportError:  # a version of the plugin without them
+            turns_pending = bool
+        wait_until(lambda: not turns_pending(), 60, "the search's last steps")
+        pump(0.5)  # their first draws
         search_stall = beat.max_gap()
         search_stalls = beat.stalls()
         search_stacks = watcher.stop() if watcher else None
@@ -308,6 +314,9 @@ def clicks(n_frames: int, size: tuple[int, int], region, n_clicks: int, seed: in
         beat.stop()
         if "noisy search" in viewer.layers:
             viewer.layers["noisy search"].visible = False
+        for name in hide:  # as a user would, with the layer list's eye
+            if name in viewer.layers:
+                viewer.layers[name].visible = False
         pump(0.3)
         clock = CanvasClock(viewer)
         rng = np.random.default_rng(seed)
@@ -365,6 +374,7 @@ def clicks(n_frames: int, size: tuple[int, int], region, n_clicks: int, seed: in
         first = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[0].items()}
         keys = ("wall_s", "handler_s", "gui_thread_cpu_s", "process_cpu_s")
         return {"video": list((n_frames, *size, 3)), "region": list(region), "search_params": params,
+                "hidden": list(hide),
                 "search_s": round(search_s, 3), "search_longest_stall_s": round(search_stall, 4),
                 "search_stalls_over_100ms": search_stalls, "search_stall_stacks": search_stacks,
                 "search_gc_over_20ms": [(g, round(t, 3), *w) for (g, t), w in
@@ -460,6 +470,8 @@ def main(argv=None) -> int:
                         "PREFIX.<video>.first.prof and PREFIX.<video>.slowest3.prof")
     p.add_argument("--videos", default="sample,large",
                    help="the clicks' videos: sample (8 x 128 x 160), large (20 x 512 x 512)")
+    p.add_argument("--hide", default="",
+                   help="comma-separated layers hidden before the clicks, e.g. 'neighbour vectors'")
     p.add_argument("--watch", action="store_true",
                    help="sample the GUI thread's stack during stalls (the search's end, the lazy layer)")
     args = p.parse_args(argv)
@@ -478,7 +490,8 @@ def main(argv=None) -> int:
     if "clicks" not in skip:
         videos = {"sample": (8, (128, 160), (2, 5, 28, 92, 40, 120)),
                   "large": (20, (512, 512), (8, 12, 128, 384, 128, 384))}
-        out["clicks"] = [clicks(*videos[v], args.clicks, profile=args.profile, watch=args.watch)
+        hide = tuple(filter(None, args.hide.split(",")))
+        out["clicks"] = [clicks(*videos[v], args.clicks, profile=args.profile, watch=args.watch, hide=hide)
                          for v in filter(None, args.videos.split(","))]
         for c in out["clicks"]:
             w, cpu, f = c["wall_s"], c["gui_thread_cpu_s"], c["first_click"]
