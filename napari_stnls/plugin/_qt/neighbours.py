@@ -191,11 +191,13 @@ class NeighboursWidget(QWidget):
         if not missing and len(self._cells) >= k:
             return
         self._preparing = True
-        added = []
+        added, selected = [], []  # selected: the layer selected before the first was added
 
         def add(spec):  # hidden: its first draw (shaders compiled) is a turn of its own, show()
             name, data, kind, once, kwargs = spec
             if name not in self.viewer.layers:  # a click may have made it meanwhile
+                if not selected:
+                    selected.append(self.viewer.layers.selection.active)
                 once = {**once, "visible": False}
                 added.append(set_layer(self.viewer, name, data, kind, once=once, **kwargs))
 
@@ -206,8 +208,9 @@ class NeighboursWidget(QWidget):
 
         def finish():
             self._preparing = False
-            if self.viewer.layers.selection.active in added and layer in self.viewer.layers:
-                self.viewer.layers.selection.active = layer  # adding a layer selects it
+            before = selected[0] if selected else None
+            if self.viewer.layers.selection.active in added and before in self.viewer.layers:
+                self.viewer.layers.selection.active = before  # adding a layer selects it
             if len(self._cells) < k:
                 self._make_cells(k)
 
