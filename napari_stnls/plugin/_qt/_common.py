@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -12,7 +15,7 @@ from napari.layers import Image, Layer, Points, Shapes, Vectors
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from napari.utils.transforms import Affine
-from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
@@ -451,6 +454,112 @@ def alive(widget) -> bool:
     return True
 
 
+TURN_GAP_MS = 30  # between the steps of in_turns: time for the repaint a step set off
+
+
+class _CloseWatch(QObject):
+    """Notes when a top-level window is closed (its close event), before Qt deletes it."""
+
+    def __init__(self, window):
+        super().__init__(window)
+        self.closed = False
+        window.installEventFilter(self)
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.Close:
+            self.closed = True
+        return False
+
+
+def window_open(widget) -> bool:
+    """Whether ``widget`` exists and its window (napari's, once docked) has not been closed."""
+    if not alive(widget):
+        return False
+    window = widget.window()
+    watch = window.findChild(_CloseWatch, "", Qt.FindChildOption.FindDirectChildrenOnly)
+    if watch is None:
+        _CloseWatch(window)
+        return True
+    return not watch.closed
+
+
+_TURNS: deque = deque()  # (owner, iterator of steps): the sequences of in_turns, first come first run
+_TURN_DUE = [False]  # whether the next step is scheduled
+
+
+def in_turns(steps, owner) -> None:
+    """Run each callable of ``steps`` in its own turn of Qt's event loop, while the widget
+    ``owner`` and its window are open.
+
+    Work that would block the viewer for longer than a frame when done at once (adding a
+    layer makes its controls and its row in the layer list, and it is drawn for the first
+    time in the next repaint, shaders compiled; each ~0.1 s in software OpenGL) is split so,
+    and the viewer repaints and takes input between the steps. The steps of every sequence
+    (of all the widgets) run one at a time, :data:`TURN_GAP_MS` after the previous one ended,
+    the sequences in the order they came. A step that fails is reported (napari's
+    notifications) and ends its sequence: an exception escaping a Qt timer would abort the
+    process.
+    """
+    window_open(owner)  # watches the window from now on
+    _TURNS.append((owner, iter(list(steps))))
+    _next_turn()
+
+
+def turns_pending() -> bool:
+    """Whether steps of :func:`in_turns` are still to run (e.g. a search's map still to be shown)."""
+    return bool(_TURNS)
+
+
+def _next_turn() -> None:
+    if _TURNS and not _TURN_DUE[0]:
+        _TURN_DUE[0] = True
+        QTimer.singleShot(TURN_GAP_MS, _run_turn)
+
+
+def _run_turn() -> None:
+    _TURN_DUE[0] = False
+    while _TURNS:
+        owner, steps = _TURNS[0]
+        step = next(steps, None) if window_open(owner) else None
+        if step is None:
+            _TURNS.popleft()
+            continue
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 (reported, not raised: see in_turns)
+            _TURNS.popleft()
+            if window_open(owner):
+                show_error(f"{type(e).__name__}: {e}")
+        break
+    _next_turn()
+
+
+_WATCHED_LAYER_LISTS: weakref.WeakSet = weakref.WeakSet()  # those that unfreeze the heap on a removal
+
+
+def settle_heap(viewer=None) -> None:
+    """Move every object the garbage collector tracks now out of its sight (``gc.freeze()``),
+    until a layer of ``viewer`` is removed.
+
+    The viewer holds hundreds of thousands of long-lived Python objects (napari, Qt, vispy,
+    torch, dask and their modules). Python's full collections walk all of them, 0.15-0.4 s
+    here holding the GIL, in whichever thread allocates at that moment: the viewer stops.
+    Frozen objects are still freed when no longer referenced; only reference cycles among
+    them wait, and a removed layer (napari's layers are such cycles, with their data) is
+    one: so a layer's removal unfreezes everything first, and napari's own collection on
+    removal then frees it as before. Called when a job starts and after a job imported many
+    modules; cheap (no collection is run).
+    """
+    gc.freeze()
+    if viewer is not None and viewer.layers not in _WATCHED_LAYER_LISTS:
+        _WATCHED_LAYER_LISTS.add(viewer.layers)
+        viewer.layers.events.removed.connect(_unfreeze, position="first")  # before napari's collection
+
+
+def _unfreeze(event=None) -> None:
+    gc.unfreeze()
+
+
 class Runner(QObject):
     """Runs ``fn(progress=, should_stop=)`` in a napari worker thread, with a progress bar and a
     Cancel button; ``on_done(result)`` is called in the GUI thread only when it completes.
@@ -462,9 +571,10 @@ class Runner(QObject):
 
     progressed = Signal(int, int)
 
-    def __init__(self, status: Status, run_text: str = "Run", parent=None):
+    def __init__(self, status: Status, run_text: str = "Run", parent=None, viewer=None):
         super().__init__(parent)
         self.status = status
+        self.viewer = viewer  # its layers' removal unfreezes the heap (see settle_heap)
         self.run_button = QPushButton(run_text)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -574,7 +684,8 @@ class Runner(QObject):
 
         worker = self.worker = create_worker(job, _start_thread=False)
         worker.returned.connect(returned)
-        worker.finished.connect(lambda: QTimer.singleShot(0, self._finished))  # after apply
+        # after apply, in a turn of its own (napari's activity dock relaid out as its progress closes)
+        worker.finished.connect(lambda: QTimer.singleShot(TURN_GAP_MS, self._finished))
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._set_bar(0, 0)  # busy until the first tick
@@ -586,6 +697,7 @@ class Runner(QObject):
         from napari.utils import progress
 
         self._activity = progress(total=0, desc=label)
+        settle_heap(self.viewer)  # what exists now (the viewer, its layers) is not walked by collections
         worker.start()
 
     def cancel(self) -> None:

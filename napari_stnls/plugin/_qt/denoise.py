@@ -8,7 +8,6 @@ them (:func:`napari_stnls.plugin.model.denoise.denoise_lazy`), for videos too la
 from __future__ import annotations
 
 import atexit
-import gc
 import sys
 import time
 import weakref
@@ -22,7 +21,7 @@ import dask.array
 import numpy as np
 from napari.layers import Shapes
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -62,9 +61,11 @@ from ._common import (
     Status,
     alive,
     flows_of,
+    in_turns,
     is_regions_layer,
     regions_of,
     set_layer,
+    settle_heap,
     transforms_of,
     video_combo,
     view_of,
@@ -79,7 +80,6 @@ def _load_dask_schedulers() -> None:
     dask.array.zeros(1, chunks=1).sum().compute(scheduler="synchronous")
 
 TUNABLE = ("ps", "ws", "k")
-SHOW_AFTER_MS = 50  # a new lazy layer is shown this long after it was added (see DenoiseWidget._run_lazy)
 
 
 def _duration(seconds: float) -> str:
@@ -227,7 +227,7 @@ class DenoiseWidget(QWidget):
         self.metrics = QLabel("")
         self.metrics.setWordWrap(True)
         self.status = Status()
-        self.runner = Runner(self.status, "Denoise")
+        self.runner = Runner(self.status, "Denoise", viewer=self.viewer)
         self.runner.run_button.clicked.connect(self.run)
         self.preview_button = QPushButton("Preview frame")
         self.preview_button.setToolTip("denoise only the frame shown (within the regions, if any), into a "
@@ -617,12 +617,10 @@ class DenoiseWidget(QWidget):
             frames = denoise_background(data, method, sigma, flows=flows, device=device, prefetch=prefetch,
                                         on_ready=events.ready.emit, on_error=failed, paused=True, **params)
             if len(sys.modules) > modules + 50:
-                # a build that imported many modules (tens of thousands of long-lived
-                # objects) is followed by a full garbage collection (0.1-0.4 s holding the
-                # GIL: the viewer stops) in whichever thread allocates next, typically just
-                # as the viewer adds and first draws the new layer; run here, it stops the
-                # viewer alone (dask's modules are imported with the plugin for that reason)
-                gc.collect()
+                # a build that imported many modules (tens of thousands of long-lived objects)
+                # would set off a full garbage collection of the whole heap (0.1-0.4 s holding
+                # the GIL: the viewer stops) just as the viewer adds and first draws the layer
+                settle_heap()
             return frames
 
         def done(frames):
@@ -639,7 +637,7 @@ class DenoiseWidget(QWidget):
             out = set_layer(self.viewer, name, frames, "image", once=dict(rgb=layer.rgb, visible=not new),
                             **self._output_style(layer), metadata=meta, **transforms_of(layer))
             if new:
-                QTimer.singleShot(SHOW_AFTER_MS, partial(_show, weakref.ref(out)))
+                in_turns([partial(_show, weakref.ref(out))], self)
             if isinstance(old, BackgroundFrames) and old is not frames:
                 old.close()
             me = weakref.ref(self)

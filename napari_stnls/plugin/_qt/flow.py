@@ -25,7 +25,7 @@ class FlowWidget(QWidget):
         self.step.setValue(8)
         self.step.setToolTip("spacing of the displayed vectors, pixels")
         self.status = Status()
-        self.runner = Runner(self.status, "Compute flow")
+        self.runner = Runner(self.status, "Compute flow", viewer=self.viewer)
         self.runner.run_button.clicked.connect(self.run)
 
         form = QFormLayout()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
+import pandas as pd
 from napari.utils.colormaps import ensure_colormap
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
@@ -29,7 +31,17 @@ from qtpy.QtWidgets import (
 )
 
 from ..model.search import MAP_STATS, distance_map, gather_patches, mosaic, neighbours_at
-from ._common import RESULTS_KEY, VIEW_KEY, Status, set_layer, transforms_of, video_combo, view_of
+from ._common import (
+    RESULTS_KEY,
+    VIEW_KEY,
+    Status,
+    in_turns,
+    set_layer,
+    transforms_of,
+    video_combo,
+    view_of,
+    window_open,
+)
 
 
 def to_pixmap(img: np.ndarray) -> QPixmap:
@@ -143,10 +155,67 @@ class NeighboursWidget(QWidget):
         self.destroyed.connect(self._disconnect)
         self.neighbours = None
         self._cells: list[tuple[QLabel, QLabel, QWidget]] = []
+        self._preparing = False
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
+        self.video.currentTextChanged.connect(lambda *_: self.prepare())
+        self.prepare()
 
     def _disconnect(self, *_):
         if self._on_click in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_click)
+        self.viewer.layers.events.inserted.disconnect(self._on_inserted)
+
+    def _on_inserted(self, event) -> None:
+        """A search's distance map was added: its video has results, make the overlays ready."""
+        if RESULTS_KEY in getattr(event.value, "metadata", {}):
+            self.prepare()
+
+    def prepare(self) -> None:
+        """Make the overlay layers (empty) and the gallery's cells before the first click, once
+        the chosen video has search results (that is, when a search ends or the widget opens).
+
+        A layer made on a click is most of a second (its controls, its row in the layer list,
+        its shaders compiled when first drawn): made here, one per turn of the event loop,
+        each turn is short and the first click only sets data as the others do. Layers that
+        exist already are left as they are.
+        """
+        if self._preparing or not window_open(self):
+            return
+        try:
+            layer, res = self.results()
+            view = self.view(layer)
+        except (ValueError, RuntimeError):
+            return
+        missing = [spec for spec in self._overlays(layer, view) if spec[0] not in self.viewer.layers]
+        k = res[-1].dists.shape[-1]
+        if not missing and len(self._cells) >= k:
+            return
+        self._preparing = True
+        added, selected = [], []  # selected: the layer selected before the first was added
+
+        def add(spec):  # hidden: its first draw (shaders compiled) is a turn of its own, show()
+            name, data, kind, once, kwargs = spec
+            if name not in self.viewer.layers:  # a click may have made it meanwhile
+                if not selected:
+                    selected.append(self.viewer.layers.selection.active)
+                once = {**once, "visible": False}
+                added.append(set_layer(self.viewer, name, data, kind, once=once, **kwargs))
+
+        def show(name):
+            for out in added:
+                if out.name == name and out in self.viewer.layers:
+                    out.visible = True
+
+        def finish():
+            self._preparing = False
+            before = selected[0] if selected else None
+            if self.viewer.layers.selection.active in added and before in self.viewer.layers:
+                self.viewer.layers.selection.active = before  # adding a layer selects it
+            if len(self._cells) < k:
+                self._make_cells(k)
+
+        steps = [partial(add, spec) for spec in missing] + [partial(show, spec[0]) for spec in missing]
+        in_turns([*steps, finish], self)
 
     def _on_click(self, viewer, event):
         try:
@@ -204,36 +273,9 @@ class NeighboursWidget(QWidget):
             sb.setValue(int(v))
             sb.blockSignals(False)
         K = len(nb.dists)
-        rank = np.arange(K)
-        ps = nb.result.params.ps  # best match: a circle as wide as the patch; the K-th a third of it
-        sizes = np.linspace(ps, ps / 3, K) if K > 1 else np.array([float(ps)])
-        # the overlays sit on the video, whatever its scale and offset, and inside it
-        place = dict(transforms_of(layer), inside=True)
         with self._layer_list_held():
-            set_layer(self.viewer, "neighbours", view.to_layer(nb.positions), "points",
-                      once=dict(border_color="white", border_width=0.1, opacity=0.8),
-                      features={"distance": nb.dists, "rank": rank + 1},
-                      face_color=distance_colours(nb.dists), size=sizes, **place)
-            q = np.asarray(nb.query, np.float32)
-            vec = np.stack([view.to_layer(np.broadcast_to(q, nb.positions.shape)),
-                            view.to_layer(nb.positions - q, displacement=True)], 1)
-            set_layer(self.viewer, "neighbour vectors", vec, "vectors",
-                      once=dict(edge_color="orange", edge_width=0.4, vector_style="arrow"), **place)
-            # all K matches drawn on the query's frame too (rings at their (y, x), labelled and coloured
-            # by their frame offset), so they are seen without stepping through the frames
-            offsets = nb.positions[:, 0] - q[0]
-            on_query_frame = nb.positions.copy()
-            on_query_frame[:, 0] = q[0]
-            colours = offset_colours(offsets)
-            hexes = ["#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3]) for rgba in colours]
-            set_layer(self.viewer, PROJECTION, view.to_layer(on_query_frame), "points",
-                      once=dict(symbol="ring", size=2.5, border_width=0,
-                                text={"string": "{label}", "size": 10, "color": {"feature": "colour"},
-                                      "anchor": "center",
-                                      "translation": [0.0] * (len(view.layer_axes) - 2) + [-1.5, 1.5]}),
-                      features={"frame": nb.positions[:, 0].astype(int), "offset": offsets.astype(int),
-                                "label": offset_labels(offsets), "rank": rank + 1, "colour": hexes},
-                      face_color=colours, **place)
+            for name, data, kind, once, kwargs in self._overlays(layer, view, nb):
+                set_layer(self.viewer, name, data, kind, once=once, **kwargs)
         if self.viewer.layers.selection.active is not layer:
             self.viewer.layers.selection.active = layer
         patches = gather_patches(view.video(layer.data), nb.positions, nb.result.params.ps,
@@ -244,6 +286,51 @@ class NeighboursWidget(QWidget):
         self.status.info(f"query (t={nb.query[0]}, y={nb.query[1]}, x={nb.query[2]}): {K} matches in "
                          f"frames {sorted({int(v) for v in nb.positions[:, 0]})}, all drawn on frame "
                          f"{nb.query[0]} as rings labelled by frame (blue before, orange after)")
+
+    def _overlays(self, layer, view, nb=None) -> list[tuple]:
+        """``(name, data, kind, once, kwargs)`` of :func:`set_layer` for each overlay of
+        :data:`OVERLAYS`: the matches ``nb`` (a :class:`~napari_stnls.plugin.model.search.Neighbours`)
+        on the video ``layer`` seen as ``view``, or, without ``nb``, empty layers made ahead of
+        the first click."""
+        ndim = len(view.layer_axes)
+        # the overlays sit on the video, whatever its scale and offset, and inside it
+        place = dict(transforms_of(layer), inside=True)
+        points_once = dict(border_color="white", border_width=0.1, opacity=0.8)
+        vectors_once = dict(edge_color="orange", edge_width=0.4, vector_style="arrow")
+        projection_once = dict(symbol="ring", size=2.5, border_width=0,
+                               text={"string": "{label}", "size": 10, "color": {"feature": "colour"},
+                                     "anchor": "center", "translation": [0.0] * (ndim - 2) + [-1.5, 1.5]})
+        if nb is None:
+            features = pd.DataFrame({"frame": np.zeros(0, int), "offset": np.zeros(0, int),
+                                     "label": np.zeros(0, object), "rank": np.zeros(0, int),
+                                     "colour": np.zeros(0, object)})
+            return [("neighbours", np.zeros((0, ndim)), "points", points_once,
+                     dict(features={"distance": np.zeros(0), "rank": np.zeros(0, int)}, **place)),
+                    ("neighbour vectors", np.zeros((0, 2, ndim)), "vectors", vectors_once, place),
+                    (PROJECTION, np.zeros((0, ndim)), "points", projection_once,
+                     dict(features=features, **place))]
+        K = len(nb.dists)
+        rank = np.arange(K)
+        ps = nb.result.params.ps  # best match: a circle as wide as the patch; the K-th a third of it
+        sizes = np.linspace(ps, ps / 3, K) if K > 1 else np.array([float(ps)])
+        q = np.asarray(nb.query, np.float32)
+        vec = np.stack([view.to_layer(np.broadcast_to(q, nb.positions.shape)),
+                        view.to_layer(nb.positions - q, displacement=True)], 1)
+        # all K matches drawn on the query's frame too (rings at their (y, x), labelled and coloured
+        # by their frame offset), so they are seen without stepping through the frames
+        offsets = nb.positions[:, 0] - q[0]
+        on_query_frame = nb.positions.copy()
+        on_query_frame[:, 0] = q[0]
+        colours = offset_colours(offsets)
+        hexes = ["#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3]) for rgba in colours]
+        return [("neighbours", view.to_layer(nb.positions), "points", points_once,
+                 dict(features={"distance": nb.dists, "rank": rank + 1},
+                      face_color=distance_colours(nb.dists), size=sizes, **place)),
+                ("neighbour vectors", vec, "vectors", vectors_once, place),
+                (PROJECTION, view.to_layer(on_query_frame), "points", projection_once,
+                 dict(features={"frame": nb.positions[:, 0].astype(int), "offset": offsets.astype(int),
+                                "label": offset_labels(offsets), "rank": rank + 1, "colour": hexes},
+                      face_color=colours, **place))]
 
     def _layer_list_held(self):
         """While the overlays are updated on a click: napari's layer list does not hear of it.
@@ -259,14 +346,14 @@ class NeighboursWidget(QWidget):
             return self.viewer.layers.events.blocker()
         return contextlib.nullcontext()
 
-    def _fill_gallery(self, patches, nb, limits=(0.0, 1.0)) -> None:
-        """One cell per match (image and caption), made once and then updated in place."""
+    def _make_cells(self, n_cells: int) -> None:
+        """``n_cells`` cells in the gallery (image and caption), the ones over that removed."""
         cols = 3
-        while len(self._cells) > len(patches):
+        while len(self._cells) > n_cells:
             img, cap, cell = self._cells.pop()
             self.gallery_grid.removeWidget(cell)
             cell.deleteLater()
-        while len(self._cells) < len(patches):
+        while len(self._cells) < n_cells:
             n = len(self._cells)
             img, cap, cell = QLabel(), QLabel(), QWidget()
             img.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -277,6 +364,10 @@ class NeighboursWidget(QWidget):
             v.addWidget(cap)
             self.gallery_grid.addWidget(cell, n // cols, n % cols)
             self._cells.append((img, cap, cell))
+
+    def _fill_gallery(self, patches, nb, limits=(0.0, 1.0)) -> None:
+        """One cell per match (image and caption), made once and then updated in place."""
+        self._make_cells(len(patches))
         lo, hi = limits
         p = (np.asarray(patches, np.float32) - lo) / (hi - lo if hi > lo else 1.0)
         tiles = mosaic(p, zoom=self.zoom.value(), gap=0, columns=1)  # all tiles at once, one below the other

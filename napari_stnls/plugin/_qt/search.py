@@ -6,6 +6,8 @@ values mapped to [0, 1] by the layer's contrast limits, whatever its pixel type.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from napari.layers import Shapes
 from qtpy.QtWidgets import (
@@ -28,6 +30,7 @@ from ._common import (
     Runner,
     Status,
     flows_of,
+    in_turns,
     is_regions_layer,
     regions_of,
     set_layer,
@@ -37,6 +40,15 @@ from ._common import (
 )
 
 FLOW_CHOICES = ("none", "computed")
+
+
+def _select(viewer, layer) -> None:
+    if layer in viewer.layers:
+        viewer.layers.selection.active = layer
+
+
+def _show(layer) -> None:
+    layer.visible = True
 
 
 def _spin(lo: int, hi: int, value: int, step: int = 1, tip: str = "") -> QSpinBox:
@@ -79,7 +91,7 @@ class SearchWidget(QWidget):
         self.device = QComboBox()
         self.device.addItems(("auto", "cpu", "cuda"))
         self.status = Status()
-        self.runner = Runner(self.status, "Search")
+        self.runner = Runner(self.status, "Search", viewer=self.viewer)
         self.runner.run_button.clicked.connect(self.run)
 
         form = QFormLayout()
@@ -147,11 +159,21 @@ class SearchWidget(QWidget):
             layer.metadata[VIEW_KEY] = view
             vals = np.concatenate([r.dists[..., -1].ravel() for r in results])
             lo, hi = (float(v) for v in np.percentile(vals, [2, 98]))
-            set_layer(self.viewer, f"{layer.name} search", dmap, "image", colormap="magma", opacity=0.7,
-                      blending="additive", contrast_limits=(lo, hi if hi > lo else lo + 1e-6),
-                      metadata={RESULTS_KEY: results, "stnls_video": layer.name},
-                      **transforms_of(layer, offset))
-            self.viewer.layers.selection.active = layer
+            name = f"{layer.name} search"
+            added = name not in self.viewer.layers
+            out = set_layer(self.viewer, name, dmap, "image", once=dict(visible=not added),
+                            colormap="magma", opacity=0.7, blending="additive",
+                            contrast_limits=(lo, hi if hi > lo else lo + 1e-6),
+                            metadata={RESULTS_KEY: results, "stnls_video": layer.name},
+                            **transforms_of(layer, offset))
+            # a new map is added hidden, the video selected again and the map shown, each in its
+            # own turn of the event loop: adding a layer (its controls and row in the layer list),
+            # changing the selected layer and the first draw of a layer are each ~0.1 s here
+            # (software OpenGL), and together they froze the viewer for up to half a second
+            steps = [partial(_select, self.viewer, layer)]
+            if added:
+                steps.append(partial(_show, out))
+            in_turns(steps, self)
             nq = sum(r.dists.shape[0] * r.dists.shape[1] * r.dists.shape[2] for r in new)
             kept = len(results) - len(new)
             self.status.info(f"{nq} queries in {len(new)} region(s) of {view.axes} ({view.describe()}), "

@@ -26,11 +26,14 @@ PIXEL = (3, 60, 86)  # a query on the helmet's edge
 
 
 def wait_for(runner, timeout: float = 600.0) -> None:
-    """Process Qt events until ``runner``'s job has finished (or raise TimeoutError)."""
+    """Process Qt events until ``runner``'s job has finished and its results are all shown (the
+    steps the widgets split over turns of the event loop), or raise TimeoutError."""
     from qtpy.QtWidgets import QApplication
 
+    from ._common import turns_pending
+
     end = time.monotonic() + timeout
-    while runner.running:
+    while runner.running or turns_pending():
         QApplication.processEvents()
         time.sleep(0.01)
         if time.monotonic() > end:

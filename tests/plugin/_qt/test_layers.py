@@ -3,6 +3,7 @@ layers, shapes that are not rectangles or lie outside the video, viewers closed 
 
 from __future__ import annotations
 
+import gc
 import time
 from types import SimpleNamespace
 
@@ -253,18 +254,26 @@ def test_neighbours_layers_and_gallery_are_updated_in_place(viewer, qtbot):
     s = small_search(viewer, qtbot)
     s.runner.run_button.click()
     qtbot.waitUntil(lambda: not s.runner.running, timeout=60_000)
+    assert gc.get_freeze_count() > 0  # the heap was frozen as the job started
     w = NeighboursWidget(viewer)
     qtbot.addWidget(w)
     w.video.setCurrentText("noisy")
-    w.show_at(2, 15, 21)
+    # the video has results: the overlays (empty, shown) and the gallery's cells are made
+    # ahead of the first click, one per turn of the event loop, and the video stays selected
+    qtbot.waitUntil(lambda: not w._preparing and len(w._cells) == 4, timeout=20_000)
     layers = [viewer.layers[n] for n in ("neighbours", "neighbour vectors", PROJECTION)]
+    assert all(len(la.data) == 0 and la.visible for la in layers)
+    assert viewer.layers.selection.active is viewer.layers["noisy"]
+    added, removed = [], []
+    viewer.layers.events.inserted.connect(added.append)
+    viewer.layers.events.removed.connect(removed.append)
+    w.show_at(2, 15, 21)
+    assert [viewer.layers[n] for n in ("neighbours", "neighbour vectors", PROJECTION)] == layers
     cells = [c[0] for c in w._cells]
     viewer.layers["neighbours"].visible = False  # the user's choices are kept
-    removed = []
-    viewer.layers.events.removed.connect(removed.append)
     w.show_at(1, 9, 30)
     assert [viewer.layers[n] for n in ("neighbours", "neighbour vectors", PROJECTION)] == layers
-    assert not removed and [c[0] for c in w._cells] == cells and not layers[0].visible
+    assert not added and not removed and [c[0] for c in w._cells] == cells and not layers[0].visible
     res = viewer.layers["noisy"].metadata[RESULTS_KEY][0]
     np.testing.assert_array_equal(layers[0].data, res.inds[res.query_index(1, 9, 30)])
     np.testing.assert_array_equal(layers[0].features["distance"], res.dists[res.query_index(1, 9, 30)])
@@ -274,6 +283,24 @@ def test_neighbours_layers_and_gallery_are_updated_in_place(viewer, qtbot):
     np.testing.assert_allclose(layers[0].face_color[[d.argmin(), d.argmax()]], ends, atol=1e-6)
     assert list(layers[2].text.values) == list(layers[2].features["label"])
     assert w.gallery_captions()[0].startswith("#1  d=0")
+    viewer.layers.remove(viewer.layers["noisy search"])  # a removal unfreezes (napari collects then)
+    assert gc.get_freeze_count() == 0
+
+
+def test_in_turns_one_step_per_turn_until_the_window_closes(qtbot):
+    from qtpy.QtWidgets import QWidget
+
+    from napari_stnls.plugin._qt._common import in_turns
+
+    w, seen = QWidget(), []
+    qtbot.addWidget(w)
+    in_turns([lambda: seen.append(1), lambda: seen.append(2)], w)
+    in_turns([lambda: seen.append(3), lambda: 1 / 0, lambda: seen.append(4)], w)  # reported, not raised
+    in_turns([lambda: (seen.append(5), w.close()), lambda: seen.append(6)], w)
+    assert seen == []  # nothing at once
+    qtbot.waitUntil(lambda: 5 in seen, timeout=5_000)
+    qtbot.wait(100)
+    assert seen == [1, 2, 3, 5]  # in order; a failed step ends its sequence; the window closed: no more
 
 
 # --- closing the viewer during a job ----------------------------------------------------------
