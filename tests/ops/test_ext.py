@@ -70,6 +70,59 @@ def test_opcheck(compiled):
 
 
 @needs_ext
+@pytest.mark.parametrize(
+    ("ps", "pt", "C", "nheads", "dil", "K", "dist", "itype"),
+    [
+        (3, 2, 2, 1, 1, 5, "l2", "float"),  # 36 values a patch: on CUDA two per lane
+        (1, 1, 3, 1, 1, 10, "l2", "float"),  # 3 values: 8 neighbours at once, the last round partial
+        (2, 1, 2, 2, 2, 7, "prod", "float"),  # one value a head, dilated
+        (7, 1, 3, 1, 1, 10, "l2", "int"),
+        (5, 2, 4, 2, 1, 4, "prod", "int"),
+        (7, 1, 16, 1, 1, 3, "l2", "float"),  # 784 float64 values: more than CUDA's shared buffer
+    ],
+)
+def test_search_dists_backward_matches_the_reference(compiled, ps, pt, C, nheads, dil, K, dist, itype):
+    """The gradients of ``search_dists`` (to both videos and the float positions) against
+    autograd through the reference's distances, at random positions: sub-pixel and whole,
+    patches mirrored at every border, several queries sharing query and key pixels."""
+    from napari_stnls.ops._reference.search import _batch_dists
+    from napari_stnls.ops._reference.taps import channels_last
+
+    backend, device = compiled
+    gen = torch.Generator().manual_seed(ps * 1000 + C * 10 + K)
+    B, T, H, W, Q = 2, 3, 9, 11, 13
+    q, k = (torch.rand(B, T, C, H, W, generator=gen, dtype=torch.float64) for _ in range(2))
+    coords = torch.stack([torch.randint(0, n, (Q,), generator=gen) for n in (T, H, W)], -1)
+    t = torch.randint(0, T, (B, nheads, Q, K), generator=gen)
+    if itype == "float":
+        yx = torch.rand(B, nheads, Q, K, 2, generator=gen, dtype=torch.float64) * torch.tensor([H - 1, W - 1])
+        yx[:, :, :3] = yx[:, :, :3].round()  # whole-pixel positions among the sub-pixel ones
+        kpos = torch.cat([t.unsqueeze(-1).double(), yx], -1)
+    else:
+        kpos = torch.stack([t] + [torch.randint(0, n, t.shape, generator=gen) for n in (H, W)], -1).int()
+    w = torch.randn(B, nheads, Q, K, generator=gen, dtype=torch.float64)
+    fl = itype == "float"
+
+    qc, kc = (v.permute(0, 1, 3, 4, 2).contiguous().to(device).requires_grad_() for v in (q, k))
+    pc = kpos.to(device, copy=True).requires_grad_(fl)
+    d = torch.ops.napari_stnls.search_dists(qc, kc, coords.to(device), pc, ps, pt, dil, dist == "l2")
+    (d * w.to(device)).sum().backward()
+
+    P = _window.Params((B, T, C, H, W), ps, 3, 1, K, dist, 1.0, dil, pt, nheads, False, itype)
+    qr, kr, pr = q.clone().requires_grad_(), k.clone().requires_grad_(), kpos.clone().requires_grad_(fl)
+    dr = _batch_dists(channels_last(qr, nheads), channels_last(kr, nheads), coords, pr, P)
+    (dr * w).sum().backward()
+
+    torch.testing.assert_close(d.cpu(), dr, rtol=1e-12, atol=1e-12)
+    assert qr.grad.abs().sum() > 0 and kr.grad.abs().sum() > 0
+    torch.testing.assert_close(qc.grad.cpu().permute(0, 1, 4, 2, 3), qr.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(kc.grad.cpu().permute(0, 1, 4, 2, 3), kr.grad, rtol=1e-10, atol=1e-10)
+    if fl:
+        assert pr.grad[..., 1:].abs().sum() > 0
+        torch.testing.assert_close(pc.grad.cpu(), pr.grad, rtol=1e-10, atol=1e-10)
+
+
+@needs_ext
 def test_search_dists_rejects_given_distances_of_another_search(compiled):
     """search_dists' ``given`` (the top-k's own distances) must be this search's
     (B, nheads, Q, k) distances in the accumulation dtype: anything else is a clear error,

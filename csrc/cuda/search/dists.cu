@@ -64,10 +64,11 @@ at::Tensor search_dists_cuda(const at::Tensor& queries, const at::Tensor& keys,
   return dists;
 }
 
-// One thread per (b, h, q, r): gradients of grad[n] * dist w.r.t. the query and key values
+// The former backward (NAPARI_STNLS_CUDA_BWD=thread, for A/B timing): one thread per
+// (b, h, q, r); gradients of grad[n] * dist w.r.t. the query and key values
 // (atomic adds into float32/float64 buffers) and the key position.
 template <typename scalar_t, typename acc_t, typename pos_t>
-__global__ void dists_backward_kernel(const acc_t* __restrict__ grad, const scalar_t* __restrict__ qdata,
+__global__ void dists_backward_thread_kernel(const acc_t* __restrict__ grad, const scalar_t* __restrict__ qdata,
                                       const scalar_t* __restrict__ kdata,
                                       const int64_t* __restrict__ coords,
                                       const pos_t* __restrict__ kpos, int64_t B, int64_t T, int64_t H,
@@ -125,6 +126,122 @@ __global__ void dists_backward_kernel(const acc_t* __restrict__ grad, const scal
   }
 }
 
+// The backward: one warp per (b, h, q), recomputing only its k neighbours' patch
+// differences. The patch's n_el = pt*ps*ps*Ch elements (order dt, a, bb, c: a patch row's
+// values are neighbours in the channels-last video) go to groups of G lanes (G the power of
+// two >= n_el, at most 32; 32 / G groups, each taking every (32/G)-th neighbour), so a warp's
+// atomic adds into a key patch land on a few contiguous runs of addresses. Each lane owns the
+// same elements for every neighbour: the query patch's gradient is summed over the k
+// neighbours in shared memory and added once per element: k times fewer atomics than one add
+// per (neighbour, element), which also all hit one address at once when a warp held the k
+// neighbours of one query. (With a patch too large for the shared buffer, `cached` is false:
+// query values are read again and the query gradient is added per neighbour.) The position
+// gradient of a neighbour is a sum over its group's lanes (shuffles).
+template <typename scalar_t, typename acc_t, typename pos_t>
+__global__ void __launch_bounds__(kThreads) dists_backward_kernel(
+    const acc_t* __restrict__ grad, const scalar_t* __restrict__ qdata,
+    const scalar_t* __restrict__ kdata, const int64_t* __restrict__ coords,
+    const pos_t* __restrict__ kpos, int64_t B, int64_t T, int64_t H, int64_t W, int64_t C,
+    int64_t nh, int64_t Q, int64_t K, int ps, int pt, int dil, bool l2, bool need_q, bool need_k,
+    bool need_pos, int G, int J, bool cached, acc_t* __restrict__ gq, acc_t* __restrict__ gk,
+    pos_t* __restrict__ gpos) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
+  if (n >= B * nh * Q) return;  // uniform over the warp
+  // (cached) per warp: J * 32 query values, then J * 32 query-gradient sums; slot j of lane l
+  // holds element (l % G) + j * G
+  acc_t* qval = reinterpret_cast<acc_t*>(smem_raw) + static_cast<int64_t>(warp) * J * 64;
+  acc_t* qacc = qval + J * 32;
+  const int64_t q = n % Q, h = (n / Q) % nh, b = n / (Q * nh);
+  const int Ch = static_cast<int>(C / nh), n_el = pt * ps * ps * Ch;
+  const int64_t video = T * H * W * C, c0 = h * Ch;
+  const int gl = lane & (G - 1), group = lane / G, NG = 32 / G;
+  const Pos<acc_t> qp =
+      make_pos<acc_t>(coords[q * 3], acc_t(coords[q * 3 + 1]), acc_t(coords[q * 3 + 2]), false);
+  const scalar_t* qv = qdata + b * video;
+  const scalar_t* kv = kdata + b * video;
+  acc_t* gqb = gq + b * video;
+  acc_t* gkb = gk + b * video;
+  if (cached)
+    for (int j = 0; j < J; ++j) {
+      const int e = gl + j * G;
+      if (e < n_el) {
+        const int c = e % Ch, bb = (e / Ch) % ps, a = (e / Ch / ps) % ps, dt = e / Ch / ps / ps;
+        qval[j * 32 + lane] = value(qv, C, qp, locate(qp, dt, a, bb, T, H, W, ps, dil), c0 + c);
+        qacc[j * 32 + lane] = acc_t(0);
+      }
+    }
+  for (int64_t r0 = 0; r0 < K; r0 += NG) {
+    const int64_t r = r0 + group;
+    const bool live = r < K;
+    const int64_t nk = n * K + (live ? r : 0);
+    const acc_t g = live ? grad[nk] : acc_t(0);
+    const Pos<acc_t> kp = load_pos<acc_t>(kpos + nk * 3, need_pos);
+    const acc_t wy0 = kp.sy ? acc_t(1) - kp.fy : acc_t(1), wx0 = kp.sx ? acc_t(1) - kp.fx : acc_t(1);
+    acc_t gy = 0, gx = 0;
+    if (live)
+      for (int j = 0; j < J; ++j) {
+        const int e = gl + j * G;
+        if (e >= n_el) break;
+        const int c = e % Ch, bb = (e / Ch) % ps, a = (e / Ch / ps) % ps, dt = e / Ch / ps / ps;
+        const int64_t ch = c0 + c;
+        const Px ko = locate(kp, dt, a, bb, T, H, W, ps, dil);
+        const acc_t qvl = cached ? qval[j * 32 + lane]
+                                 : value(qv, C, qp, locate(qp, dt, a, bb, T, H, W, ps, dil), ch);
+        const acc_t kvl = value(kv, C, kp, ko, ch);
+        const acc_t dq = l2 ? acc_t(2) * (qvl - kvl) : kvl;
+        const acc_t dk = l2 ? -dq : qvl;
+        if (need_q) {
+          if (cached) {
+            qacc[j * 32 + lane] += g * dq;
+          } else {
+            const Px qo = locate(qp, dt, a, bb, T, H, W, ps, dil);
+            gpuAtomicAdd(&gqb[(qo.r0 + qo.c0) * C + ch], g * dq);
+          }
+        }
+        if (need_k) {
+          const acc_t gv = g * dk;
+          gpuAtomicAdd(&gkb[(ko.r0 + ko.c0) * C + ch], gv * wy0 * wx0);
+          if (kp.sx) gpuAtomicAdd(&gkb[(ko.r0 + ko.c1) * C + ch], gv * wy0 * kp.fx);
+          if (kp.sy) {
+            gpuAtomicAdd(&gkb[(ko.r1 + ko.c0) * C + ch], gv * kp.fy * wx0);
+            if (kp.sx) gpuAtomicAdd(&gkb[(ko.r1 + ko.c1) * C + ch], gv * kp.fy * kp.fx);
+          }
+        }
+        if (need_pos) {
+          const acc_t v00 = static_cast<acc_t>(kv[(ko.r0 + ko.c0) * C + ch]);
+          const acc_t v01 = static_cast<acc_t>(kv[(ko.r0 + ko.c1) * C + ch]);
+          const acc_t v10 = static_cast<acc_t>(kv[(ko.r1 + ko.c0) * C + ch]);
+          const acc_t v11 = static_cast<acc_t>(kv[(ko.r1 + ko.c1) * C + ch]);
+          gy += g * dk * ((acc_t(1) - kp.fx) * (v10 - v00) + kp.fx * (v11 - v01));
+          gx += g * dk * ((acc_t(1) - kp.fy) * (v01 - v00) + kp.fy * (v11 - v10));
+        }
+      }
+    if (need_pos) {  // need_pos is uniform over the warp: every lane shuffles
+      for (int o = G / 2; o > 0; o >>= 1) {
+        gy += __shfl_xor_sync(0xffffffffu, gy, o);
+        gx += __shfl_xor_sync(0xffffffffu, gx, o);
+      }
+      if (live && gl == 0) {
+        gpos[nk * 3 + 1] = static_cast<pos_t>(gy);
+        gpos[nk * 3 + 2] = static_cast<pos_t>(gx);
+      }
+    }
+  }
+  if (need_q && cached)
+    for (int j = 0; j < J; ++j) {
+      const int e = gl + j * G;
+      acc_t v = e < n_el ? qacc[j * 32 + lane] : acc_t(0);
+      for (int o = G; o < 32; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (group == 0 && e < n_el) {
+        const int c = e % Ch, bb = (e / Ch) % ps, a = (e / Ch / ps) % ps, dt = e / Ch / ps / ps;
+        const Px qo = locate(qp, dt, a, bb, T, H, W, ps, dil);
+        gpuAtomicAdd(&gqb[(qo.r0 + qo.c0) * C + c0 + c], v);
+      }
+    }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
     const at::Tensor& grad, const at::Tensor& queries, const at::Tensor& keys,
     const at::Tensor& coords, const at::Tensor& kpos, int64_t ps, int64_t pt, int64_t dilation,
@@ -146,15 +263,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
     const auto pos = kpos.contiguous();
     const auto g = grad.to(acc_type).contiguous();
     auto stream = c10::cuda::getCurrentCUDAStream();
+    // lanes per group (a power of two >= the patch's elements, at most 32) and slots a lane
+    const int n_el = static_cast<int>(pt * ps * ps * (C / nh));
+    int G = 1;
+    while (G < n_el && G < 32) G *= 2;
+    const int J = (n_el + G - 1) / G;
+    const int64_t warps = B * nh * Q, per_block = kThreads / 32;
+    const unsigned blocks = static_cast<unsigned>((warps + per_block - 1) / per_block);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
                                     "search_dists_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       using video_t = scalar_t;
+      // the query values and gradient sums in shared memory where they fit the default 48 KB
+      const int64_t need = per_block * J * 64 * static_cast<int64_t>(sizeof(acc_t));
+      const bool cached = need <= 48 * 1024;
+      const size_t smem = cached ? static_cast<size_t>(need) : 0;
+      const char* env = std::getenv("NAPARI_STNLS_CUDA_BWD");
+      const bool thread = env && std::string(env) == "thread";
       AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_backward_cuda_pos", [&] {
-        dists_backward_kernel<video_t, acc_t, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        if (thread) {
+          dists_backward_thread_kernel<video_t, acc_t, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+              g.data_ptr<acc_t>(), queries.data_ptr<video_t>(), keys.data_ptr<video_t>(),
+              crd.data_ptr<int64_t>(), pos.data_ptr<scalar_t>(), B, T, H, W, C, nh, Q, K, int(ps),
+              int(pt), int(dilation), l2, needs[0], needs[1], needs[2] && sub,
+              gq.data_ptr<acc_t>(), gk.data_ptr<acc_t>(),
+              sub ? gpos.data_ptr<scalar_t>() : nullptr);
+          return;
+        }
+        dists_backward_kernel<video_t, acc_t, scalar_t><<<blocks, kThreads, smem, stream>>>(
             g.data_ptr<acc_t>(), queries.data_ptr<video_t>(), keys.data_ptr<video_t>(),
             crd.data_ptr<int64_t>(), pos.data_ptr<scalar_t>(), B, T, H, W, C, nh, Q, K, int(ps),
-            int(pt), int(dilation), l2, needs[0], needs[1], needs[2] && sub,
+            int(pt), int(dilation), l2, needs[0], needs[1], needs[2] && sub, G, J, cached,
             gq.data_ptr<acc_t>(), gk.data_ptr<acc_t>(),
             sub ? gpos.data_ptr<scalar_t>() : nullptr);
       });

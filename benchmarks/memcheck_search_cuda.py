@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""A small run of the CUDA search's kernels, forward and backward, for compute-sanitizer:
+
+    compute-sanitizer --tool memcheck --error-exitcode 3 python benchmarks/memcheck_search_cuda.py
+
+``itype`` int and float, without and with a sub-pixel flow, L2 and product distances, one
+and two heads, deterministic mode off and on; then ``search_dists``' backward alone on
+patches of 3, 36 and 784 values a head (one group of lanes per neighbour or several, and the
+patch too large for the shared buffer), float32 and float64. Prints ``ok`` at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from napari_stnls.ops import search  # noqa: E402
+
+
+def main() -> None:
+    gen = torch.Generator().manual_seed(0)
+    B, T, C, H, W = 1, 4, 4, 23, 29
+    for det in (False, True):
+        torch.use_deterministic_algorithms(det)
+        for itype in ("int", "float"):
+            for flow in (False, True):
+                for dist, nheads in (("l2", 1), ("prod", 2)):
+                    v = torch.rand(B, T, C, H, W, generator=gen).cuda().requires_grad_()
+                    flows = None
+                    if flow:
+                        flows = tuple((1.7 * torch.randn(B, T, 2, H, W, generator=gen)).cuda()
+                                      .requires_grad_() for _ in range(2))
+                    d, i = search(v, v, ps=5, ws=7, wt=1, k=6, flows=flows, itype=itype, dist=dist,
+                                  nheads=nheads, backend="cuda")
+                    (d * torch.rand(d.shape, generator=gen).cuda()).sum().backward()
+                    torch.cuda.synchronize()
+    torch.use_deterministic_algorithms(False)
+    for dtype in (torch.float32, torch.float64):
+        for ps, C, nh in ((1, 3, 1), (3, 4, 2), (7, 16, 1)):
+            q = torch.rand(2, 3, 9, 11, C, generator=gen, dtype=dtype).cuda().requires_grad_()
+            coords = torch.stack([torch.randint(0, n, (13,), generator=gen) for n in (3, 9, 11)], -1).cuda()
+            t = torch.randint(0, 3, (2, nh, 13, 5, 1), generator=gen).to(dtype)
+            yx = torch.rand(2, nh, 13, 5, 2, generator=gen, dtype=dtype) * 8
+            kpos = torch.cat([t, yx], -1).cuda().requires_grad_()
+            d = torch.ops.napari_stnls.search_dists(q, q, coords, kpos, ps, 2, 1, True)
+            d.sum().backward()
+            torch.cuda.synchronize()
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
