@@ -15,12 +15,13 @@ $(STAMP): setup.cfg setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# Three jobs overlap: the Qt system libraries the plugin's tests need under Xvfb (apt, as
 	@# root, only those missing) install from the start; once torch is in, the C++ kernels (and
-	@# the CUDA ones where torch has CUDA) build in place against it while pip installs the
+	@# the CUDA ones where torch has CUDA) build in place against it (ninja: a compile job per
+	@# core; without it setuptools compiles one file after another) while pip installs the
 	@# package in editable mode with its test extras, without a build of its own
 	@# (NAPARI_STNLS_BUILD=0): it finds the kernels built in place.
 	@sh scripts/qt_system_deps.sh > $(VENV)/apt.log 2>&1 & apt=$$!; \
 	{ $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0; } && \
-	$(PY) -m pip install -q "setuptools>=64" wheel || exit 1; \
+	$(PY) -m pip install -q "setuptools>=64" wheel ninja || exit 1; \
 	echo "building the C++ kernels (log: $(VENV)/build.log) and installing the dependencies"; \
 	$(PY) setup.py -q build_ext --inplace > $(VENV)/build.log 2>&1 & build=$$!; \
 	NAPARI_STNLS_BUILD=0 $(PY) -m pip install -q --no-build-isolation -e '.[test]'; rc=$$?; \

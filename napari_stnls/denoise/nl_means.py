@@ -157,7 +157,10 @@ def _nl_means(
     if not isinstance(h, (int, float)) or not h > 0:
         raise ValueError(f"h: expected a positive number, got {h!r}")
     B, T, C, H, W = x.shape
-    per_row = W * k * ps * ps * C * 4 * 4  # gathered patches and their weighted copy, float32
+    # per query and neighbour: the distance, the weight and the position the search returns,
+    # with its working buffers (the search takes about 23 bytes a neighbour on 540p, issue 25);
+    # the aggregation is fused (no patch is gathered), so whole frames fit on a GPU
+    per_row = W * k * 64
     rows = band_rows or max(1, band_budget(xd.device) // max(1, per_row))
     pad = ps // 2
     # Each region is aggregated on its own from every query whose patch covers one of its

@@ -160,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cuda(const at::Tensor& querie
     return !(e && std::string(e) == "0");
   }();
   const int64_t PCh = pt * (queries.size(4) / nheads);
-  if (slide_on && k <= 16 && s1 == 1 && stride0 == 1 && dilation == 1 &&
+  if (slide_on && k <= 32 && s1 == 1 && stride0 == 1 && dilation == 1 &&
       (ps == 3 || ps == 5 || ps == 7) && (PCh == 1 || PCh == 3) &&
       queries.scalar_type() != at::kDouble)
     return search_topk_slide_cuda(queries, keys, centres, frames, grid, ps, pt, nheads, k, l2,

@@ -6,7 +6,8 @@ namespace stnls::search_cuda {
 namespace {
 
 // Whole-pixel grids, sliding (topk_slide_kernel): ps 3, 5 or 7, stride0 = stride1 = dilation
-// = 1, float accumulation, k <= 16, 1 or 3 frames x channels per head (workload A). The box sums
+// = 1, float accumulation, k <= 32 (lists of 16 or 32), 1 or 3 frames x channels per head
+// (workload A; nl_means's k = 24 at sigma 20..30). The box sums
 // of the staged kernel with the work spread so that nearly every value stays in registers:
 //  * a tile of TX x TY queries, TX = 32 - (ps - 1), TY = 8 (6 with three frames x channels):
 //    lane l of every warp holds column l of the tile's query pixels (TY + ps - 1 rows, with
@@ -227,7 +228,7 @@ __global__ void __launch_bounds__(kSlideWarps * 32, 2)
 
 }  // namespace
 
-// Host side of topk_slide_kernel: float accumulation (not float64), k <= 16, ps 3, 5 or 7,
+// Host side of topk_slide_kernel: float accumulation (not float64), k <= 32, ps 3, 5 or 7,
 // 1 or 3 frames x channels per head, unit spacings and dilation (checked by the caller).
 std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& queries,
                                                           const at::Tensor& keys,
@@ -242,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& quer
   const int64_t Q = grid[3] * grid[4] * grid[5], nt = frames.size(1);
   const int64_t PC = pt * (C / nheads);
   const auto st = queries.scalar_type();
-  TORCH_CHECK(k <= 16 && (ps == 3 || ps == 5 || ps == 7) && (PC == 1 || PC == 3) &&
+  TORCH_CHECK(k <= 32 && (ps == 3 || ps == 5 || ps == 7) && (PC == 1 || PC == 3) &&
                   (st == at::kFloat || st == at::kHalf || st == at::kBFloat16),
               "search_topk_slide_cuda: unsupported case");
   auto ids = at::empty({B, nheads, Q, k}, frames.options());
@@ -260,7 +261,10 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& quer
       constexpr int PS = decltype(psn)::value, PCN = decltype(pcn)::value;
       using Tile = SlideTile<PS, PCN>;
       constexpr int N = Tile::kN;
-      auto kern = topk_slide_kernel<scalar_t, 16, PCN, PS>;
+      // lists of 16 or 32: a list lives in local memory (indexed at run time) either way,
+      // and most candidates are rejected against the k-th distance held in registers
+      auto kern = k <= 16 ? topk_slide_kernel<scalar_t, 16, PCN, PS>
+                          : topk_slide_kernel<scalar_t, 32, PCN, PS>;
       const int smem = static_cast<int>((2 * kSlideWarps * N + kcap) * sizeof(float));
       C10_CUDA_CHECK(
           cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
