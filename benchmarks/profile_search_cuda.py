@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ for p in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(p))
 
 import torch  # noqa: E402
+from bench_eigh import cuda_time  # noqa: E402
 from bench_ops import make_flows, make_video  # noqa: E402
 
 from napari_stnls.ops import search  # noqa: E402
@@ -42,17 +42,8 @@ CASES = {
 
 
 def _events_ms(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    """Median milliseconds of fn() by CUDA events, after a warm-up (bench_eigh.cuda_time)."""
+    return cuda_time(fn, repeats) * 1000
 
 
 def run_case(shape, itype: str, flow: str | None, repeats: int, top: int) -> dict:
