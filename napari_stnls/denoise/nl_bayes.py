@@ -12,7 +12,7 @@ from ..ops import Region, gather, scatter, search
 from ..video.flow import flow_consistency
 from ._prep import band_budget, prepare, split_bands
 from .convert import run
-from .params import COUPLED_CHANNELS, NLB_GPU_STRIDE0, nl_bayes_params
+from .params import COUPLED_CHANNELS, nl_bayes_params
 
 __all__ = ["nl_bayes"]
 
@@ -408,8 +408,6 @@ def _nl_bayes(
     x, back, xd, flows, regions = prepare(video, sigma, device, region, flows, band_rows)
     B, T, C, H, W = x.shape
     p = nl_bayes_params(sigma, C)
-    if xd.device.type == "cuda":
-        p["stride0"] = NLB_GPU_STRIDE0
     given = dict(ps=ps, ps2=ps2, pt=pt, ws=ws, wt=wt, k=k, k2=k2, stride0=stride0, ps_fast=ps_fast,
                  pt_fast=pt_fast)
     for name, v in given.items():
@@ -543,8 +541,7 @@ def nl_bayes(
         radius, group sizes in steps 1 and 2, spacing of the reference patches, variance
         thresholds in steps 1 and 2. None takes the value tuned for the noise relative to
         the data's range (:func:`~napari_stnls.denoise.nl_bayes_params` of
-        ``sigma / (hi - lo)``), but ``stride0`` on a GPU, which affords denser references:
-        :data:`~napari_stnls.denoise.params.NLB_GPU_STRIDE0` (3).
+        ``sigma / (hi - lo)``).
     opponent : bool
         Work in the opponent colour space (3-channel videos only).
     skip, skip2 : float, optional

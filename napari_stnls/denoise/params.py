@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COUPLED_CHANNELS", "NLB_GPU_STRIDE0", "NLB_SIGMAS", "NLB_TABLE", "NLM_TABLE", "SKIMAGE_H",
+__all__ = ["COUPLED_CHANNELS", "NLB_SIGMAS", "NLB_TABLE", "NLM_TABLE", "SKIMAGE_H",
            "nl_bayes_params", "nl_means_params", "skimage_h"]
 
 # nl_bayes filters the channels of a group jointly up to this many (but 3, which it takes to
@@ -23,13 +23,14 @@ NLB_TABLE: dict[str, tuple[float, ...]] = {
     "wt": (2, 2, 2, 2, 2),
     "k": (60, 60, 60, 60, 60),
     "k2": (160, 160, 160, 160, 160),
-    # references every 4 pixels and, from sigma 20 on, VNLB's skipping of references already
-    # covered by a patch's worth of estimates: 4-10x faster than every 2 pixels without
-    # skipping. Chosen (unlike the rest) on carphone, the benchmark clip, to stay within 0.1 dB
-    # of every 2 pixels at every sigma (docs/benchmarks.md; skipping at sigma 10 cost 0.12 dB)
-    "stride0": (4, 4, 4, 4, 4),
-    "skip": (0.0, 1.0, 1.0, 1.0, 1.0),
-    "skip2": (0.0, 1.0, 1.0, 1.0, 1.0),
+    # references every 3 pixels, and VNLB's skipping of references already covered by a
+    # patch's worth of estimates, at every sigma: on generated videos (tune_nlb.py --whole, 4
+    # scenes of 6 frames) 0.16-0.18 dB above every 4 pixels with or without skipping, and above
+    # every 2 pixels without skipping, in about the time of every 4 pixels without skipping
+    # (docs/benchmarks.md); every 2 pixels with skipping adds 0.07 dB for 1.5x the time
+    "stride0": (3, 3, 3, 3, 3),
+    "skip": (1.0, 1.0, 1.0, 1.0, 1.0),
+    "skip2": (1.0, 1.0, 1.0, 1.0, 1.0),
     # references where the flow is longer than fast_motion pixels a frame or fails the
     # forward-backward check use one-frame patches of side ps_fast (both steps). Off by
     # default: 3 px gained 0.13-0.21 dB on crops of real fast motion and 0.10-0.18 dB on
@@ -44,10 +45,6 @@ NLB_TABLE: dict[str, tuple[float, ...]] = {
 # nl_means' defaults per noise level (NLB_SIGMAS), tuned the same way (--method nlm, four
 # scenes including a smooth, fast-moving one): 7x7 patches at every sigma, and more
 # neighbours from sigma 40 on.
-# The spacing of nl_bayes's references where the video is on a GPU, which affords denser
-# ones: on an H200, 10 carphone frames at sigma 20 in 0.32 s at 35.36 dB, against 0.30 s and
-# 35.30 dB every 4 pixels (the CPU's default, NLB_TABLE's stride0, chosen against CBM3D's time)
-NLB_GPU_STRIDE0 = 3
 NLM_TABLE: dict[str, tuple[float, ...]] = {
     "ps": (7, 7, 7, 7, 7),
     "k": (16, 24, 24, 48, 48),
