@@ -20,11 +20,11 @@ $(STAMP): setup.cfg setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp c
 	@# package in editable mode with its test extras, without a build of its own
 	@# (NAPARI_STNLS_BUILD=0): it finds the kernels built in place.
 	@sh scripts/qt_system_deps.sh > $(VENV)/apt.log 2>&1 & apt=$$!; \
-	{ $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0; } && \
+	{ $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-compile torch==2.13.0; } && \
 	$(PY) -m pip install -q "setuptools>=64" wheel ninja || exit 1; \
 	echo "building the C++ kernels (log: $(VENV)/build.log) and installing the dependencies"; \
 	$(PY) setup.py -q build_ext --inplace > $(VENV)/build.log 2>&1 & build=$$!; \
-	NAPARI_STNLS_BUILD=0 $(PY) -m pip install -q --no-build-isolation -e '.[test]'; rc=$$?; \
+	NAPARI_STNLS_BUILD=0 $(PY) -m pip install -q --no-compile --no-build-isolation -e '.[test]'; rc=$$?; \
 	wait $$apt; cat $(VENV)/apt.log; \
 	if ! wait $$build; then cat $(VENV)/build.log; echo "the C++ build failed (log above)"; exit 1; fi; \
 	exit $$rc
