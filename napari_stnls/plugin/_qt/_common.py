@@ -50,7 +50,9 @@ class LayerCombo(QComboBox):
         self.note.setWordWrap(True)
         self.note.setStyleSheet("color: #d0a040;")
         self.note.setVisible(False)
+        self._chosen = None  # weak reference to the layer last announced as chosen
         self.currentTextChanged.connect(self._show_note)
+        self.currentTextChanged.connect(self._remember)
         self.refresh()
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed,
                    viewer.layers.events.moved):
@@ -87,6 +89,7 @@ class LayerCombo(QComboBox):
         except RuntimeError:  # the dock widget was closed and deleted
             self._disconnect()
             return
+        before = self._chosen() if self._chosen is not None else None  # the layer chosen until now
         items = list(self.extra) + self.names()
         if items == [self.itemText(i) for i in range(self.count())]:
             self._show_note()
@@ -109,7 +112,12 @@ class LayerCombo(QComboBox):
             pick = usable or names
             self.setCurrentText(active.name if active is not None and active.name in pick else pick[-1])
         self.blockSignals(False)
-        self.currentTextChanged.emit(self.currentText())
+        if (self.currentText(), self.layer()) != (current, before):  # only a real change is announced
+            self.currentTextChanged.emit(self.currentText())
+
+    def _remember(self, *_):
+        layer = self.layer()
+        self._chosen = None if layer is None else weakref.ref(layer)
 
     def _show_note(self, *_):
         layer = self.layer()
@@ -726,7 +734,8 @@ KINDS = {"image": Image, "points": Points, "vectors": Vectors, "shapes": Shapes}
 _CONSTRUCTOR_ONLY = ("rgb", "name")
 
 
-def set_layer(viewer, name: str, data, kind: str, once: dict | None = None, inside: bool = False, **kwargs):
+def set_layer(viewer, name: str, data, kind: str, once: dict | None = None, inside: bool = False,
+              keep_selection: bool = False, **kwargs):
     """Update layer ``name`` (of that kind) in place, or add it; returns the layer.
 
     An existing layer keeps its place, its visibility and the user's changes to anything
@@ -746,7 +755,25 @@ def set_layer(viewer, name: str, data, kind: str, once: dict | None = None, insi
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
-    return getattr(viewer, f"add_{kind}")(data, name=name, **once, **kwargs)
+    add = partial(getattr(viewer, f"add_{kind}"), data, name=name, **once, **kwargs)
+    return add_keeping_selection(viewer, add) if keep_selection else add()
+
+
+def add_keeping_selection(viewer, add):
+    """``add()`` (a call adding one layer, returning it) with the viewer's layer selection as it
+    was: napari selects a new layer, which swaps the layer controls shown and repaints them
+    (tens of ms with software OpenGL); here no one is told of the passing change, since the
+    selection is back as it was before the events are let through."""
+    sel = viewer.layers.selection
+    active, chosen = sel.active, set(sel)
+    with sel.events.blocker_all():
+        layer = add()
+        if active is not None:
+            sel.active = active
+        else:
+            sel.clear()
+            sel.update(chosen)
+    return layer
 
 
 def _updatable(layer, data, kwargs) -> bool:
@@ -803,7 +830,8 @@ def _set_properties(layer, data, kwargs: dict) -> None:
         if key == "metadata":
             layer.metadata.update(value)
             continue
-        if key in (*_PLACEMENT, "opacity", "blending", "contrast_limits", "colormap", "size") and \
+        if key in (*_PLACEMENT, "opacity", "blending", "contrast_limits", "colormap", "size", "border_width",
+                   "symbol") and \
                 _same_prop(layer, key, value):
             continue
         setattr(layer, key, value)
@@ -815,6 +843,8 @@ def _same_prop(layer, key, value) -> bool:
         cur = cur.affine_matrix
     elif key == "colormap":
         return isinstance(value, str) and cur.name == value
+    elif key == "symbol":  # per point: Symbol enums against names
+        return not isinstance(value, str) and [str(v) for v in cur] == [str(v) for v in value]
     elif key == "units":
         return tuple(str(u) for u in cur) == tuple(str(u) for u in value)
     return _same(cur, value)

@@ -146,6 +146,12 @@ def _frame_ready(layer_ref, widget_ref, frames: BackgroundFrames, t: int) -> Non
             f" ({len(left)} queued)" if left else ""))
 
 
+def _select(viewer, layer_ref) -> None:
+    layer = layer_ref()
+    if layer is not None and layer in viewer.layers:
+        viewer.layers.selection.active = layer
+
+
 def _show(layer_ref) -> None:
     layer = layer_ref()
     if layer is not None:
@@ -630,14 +636,16 @@ class DenoiseWidget(QWidget):
             old = None if new else self.viewer.layers[name].data
             meta = {"stnls_denoised_from": layer.name, "stnls_method": method, "stnls_sigma": sigma,
                     "stnls_lazy": True}
-            # a new layer is added hidden and shown a moment later: napari adding it, then
-            # painting its row and controls, then drawing it on the canvas for the first time
-            # (a texture and shaders, in software OpenGL here) are each ~0.1 s; together
-            # they froze the viewer for over 0.2 s
+            # a new layer is added hidden and unselected, then shown and selected a moment later:
+            # napari adding it, then painting its row, then swapping the layer controls shown,
+            # then drawing it on the canvas for the first time (a texture and shaders, in
+            # software OpenGL here) are each ~0.1 s; together they froze the viewer for over 0.2 s
             out = set_layer(self.viewer, name, frames, "image", once=dict(rgb=layer.rgb, visible=not new),
-                            **self._output_style(layer), metadata=meta, **transforms_of(layer))
+                            keep_selection=True, **self._output_style(layer), metadata=meta,
+                            **transforms_of(layer))
             if new:
-                in_turns([partial(_show, weakref.ref(out))], self)
+                in_turns([partial(_show, weakref.ref(out)), partial(_select, self.viewer, weakref.ref(out))],
+                         self)
             if isinstance(old, BackgroundFrames) and old is not frames:
                 old.close()
             me = weakref.ref(self)

@@ -58,8 +58,16 @@ def gallery_limits(layer) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
-PROJECTION = "neighbours (query frame)"
-OVERLAYS = ("neighbours", "neighbour vectors", PROJECTION)  # the layers a click updates
+VECTORS = "neighbour vectors"
+OVERLAYS = ("neighbours", VECTORS)  # the layers a click updates
+ON_OWN_FRAME, ON_QUERY_FRAME = "own frame", "query frame"  # the ``drawn`` feature of a point
+
+
+def label_glyphs(wt: int) -> str:
+    """The characters of the labels of matches at most ``wt`` frames from the query's."""
+    return "".join(sorted(set("".join(offset_labels(range(-wt, wt + 1))))))
+
+
 EARLIER, SAME, LATER = (0.25, 0.6, 1.0), (1.0, 1.0, 1.0), (1.0, 0.45, 0.15)
 
 
@@ -156,6 +164,8 @@ class NeighboursWidget(QWidget):
         self.neighbours = None
         self._cells: list[tuple[QLabel, QLabel, QWidget]] = []
         self._preparing = False
+        self._arrows_due = None  # (data, kwargs) of the arrows of the last click, while they are hidden
+        self._arrows_watched = None  # the arrows layer whose visibility is followed
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.video.currentTextChanged.connect(lambda *_: self.prepare())
         self.prepare()
@@ -164,11 +174,37 @@ class NeighboursWidget(QWidget):
         if self._on_click in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_click)
         self.viewer.layers.events.inserted.disconnect(self._on_inserted)
+        if self._arrows_watched is not None:
+            self._arrows_watched.events.visible.disconnect(self._on_arrows_visible)
+            self._arrows_watched = None
 
     def _on_inserted(self, event) -> None:
-        """A search's distance map was added: its video has results, make the overlays ready."""
+        """A search's distance map was added: its video has results, make the overlays ready;
+        the arrows layer was added: follow its visibility."""
         if RESULTS_KEY in getattr(event.value, "metadata", {}):
             self.prepare()
+        if getattr(event.value, "name", None) == VECTORS:
+            self._watch_arrows()
+
+    def _watch_arrows(self) -> None:
+        layer = self.viewer.layers[VECTORS] if VECTORS in self.viewer.layers else None
+        if layer is self._arrows_watched:
+            return
+        if self._arrows_watched is not None:
+            self._arrows_watched.events.visible.disconnect(self._on_arrows_visible)
+        self._arrows_watched = layer
+        if layer is not None:
+            layer.events.visible.connect(self._on_arrows_visible)
+
+    def _on_arrows_visible(self, event=None) -> None:
+        """The arrows were shown: draw those of the last click (skipped while they were hidden)."""
+        layer = self._arrows_watched
+        if layer is None or not layer.visible or self._arrows_due is None:
+            return
+        data, kwargs = self._arrows_due
+        self._arrows_due = None
+        if layer in self.viewer.layers:
+            set_layer(self.viewer, VECTORS, data, "vectors", **kwargs)
 
     def prepare(self) -> None:
         """Make the overlay layers (empty) and the gallery's cells before the first click, once
@@ -191,31 +227,61 @@ class NeighboursWidget(QWidget):
         if not missing and len(self._cells) >= k:
             return
         self._preparing = True
-        added, selected = [], []  # selected: the layer selected before the first was added
+        added = []
 
         def add(spec):  # hidden: its first draw (shaders compiled) is a turn of its own, show()
             name, data, kind, once, kwargs = spec
             if name not in self.viewer.layers:  # a click may have made it meanwhile
-                if not selected:
-                    selected.append(self.viewer.layers.selection.active)
                 once = {**once, "visible": False}
-                added.append(set_layer(self.viewer, name, data, kind, once=once, **kwargs))
+                added.append(set_layer(self.viewer, name, data, kind, once=once, keep_selection=True,
+                                       **kwargs))
 
         def show(name):
             for out in added:
-                if out.name == name and out in self.viewer.layers:
+                if out.name == name and out in self.viewer.layers and name != VECTORS:
                     out.visible = True
 
         def finish():
             self._preparing = False
-            before = selected[0] if selected else None
-            if self.viewer.layers.selection.active in added and before in self.viewer.layers:
-                self.viewer.layers.selection.active = before  # adding a layer selects it
             if len(self._cells) < k:
                 self._make_cells(k)
 
+        glyphs = label_glyphs(max(int(r.params.wt) for r in res))
+
+        def warm(label):  # the labels' glyphs drawn once (vispy renders each glyph when first seen)
+            points = self.viewer.layers["neighbours"] if "neighbours" in self.viewer.layers else None
+            if points is None:
+                return
+            glyphs_only = list(points.features.get("label", [])) == [glyphs]  # not a click's since
+            if (not len(points.data)) if label is not None else glyphs_only:
+                self._draw_glyphs(layer, view, label)
+
         steps = [partial(add, spec) for spec in missing] + [partial(show, spec[0]) for spec in missing]
+        if "neighbours" in (spec[0] for spec in missing):
+            steps += [partial(warm, glyphs), partial(warm, None)]
         in_turns([*steps, finish], self)
+
+    def _draw_glyphs(self, layer, view, label: str | None) -> None:
+        """Draw ``label`` (as a transparent point's text, at the frame shown) in the empty
+        neighbours layer, or, with None, empty it again.
+
+        vispy renders a glyph into its text atlas the first time the layer's text uses it,
+        ~60 ms for the labels' characters in software OpenGL: done here, ahead, the first
+        click costs what the others do.
+        """
+        _, data, kind, _, kwargs = self._overlays(layer, view)[0]
+        if label is not None:
+            try:
+                pos = np.asarray(layer.world_to_data(self.viewer.dims.point[-layer.ndim:]), np.float64)
+                t = float(view.from_layer(pos[-layer.ndim:])[0, 0])
+            except (ValueError, IndexError):
+                return
+            data = view.to_layer(np.asarray([[round(t), 0.0, 0.0]]))
+            features = {"drawn": [""], "distance": [0.0], "rank": [0], "frame": [round(t)], "offset": [0],
+                        "label": [label], "colour": ["#00000000"]}
+            kwargs = dict(kwargs, features=features,
+                          face_color=[[0.0, 0.0, 0.0, 0.0]], border_width=[0.0], size=[1e-3])
+        set_layer(self.viewer, "neighbours", data, kind, **kwargs)
 
     def _on_click(self, viewer, event):
         try:
@@ -273,8 +339,12 @@ class NeighboursWidget(QWidget):
             sb.setValue(int(v))
             sb.blockSignals(False)
         K = len(nb.dists)
+        self._watch_arrows()
         with self._layer_list_held():
             for name, data, kind, once, kwargs in self._overlays(layer, view, nb):
+                if name == VECTORS and name in self.viewer.layers and not self.viewer.layers[name].visible:
+                    self._arrows_due = (data, kwargs)  # drawn when the layer is shown
+                    continue
                 set_layer(self.viewer, name, data, kind, once=once, **kwargs)
         if self.viewer.layers.selection.active is not layer:
             self.viewer.layers.selection.active = layer
@@ -291,24 +361,31 @@ class NeighboursWidget(QWidget):
         """``(name, data, kind, once, kwargs)`` of :func:`set_layer` for each overlay of
         :data:`OVERLAYS`: the matches ``nb`` (a :class:`~napari_stnls.plugin.model.search.Neighbours`)
         on the video ``layer`` seen as ``view``, or, without ``nb``, empty layers made ahead of
-        the first click."""
+        the first click.
+
+        One Points layer holds the K matches twice: first on their own frames (discs,
+        coloured by distance, sized by rank), then all on the query's frame (rings labelled
+        and coloured by their frame offset, so they are seen without stepping through the
+        frames); the ``drawn`` feature says which. One layer rather than two: each Points
+        layer updated costs a click about 20 ms of napari's work and a draw.
+        """
         ndim = len(view.layer_axes)
         # the overlays sit on the video, whatever its scale and offset, and inside it
         place = dict(transforms_of(layer), inside=True)
-        points_once = dict(border_color="white", border_width=0.1, opacity=0.8)
-        vectors_once = dict(edge_color="orange", edge_width=0.4, vector_style="arrow")
-        projection_once = dict(symbol="ring", size=2.5, border_width=0,
-                               text={"string": "{label}", "size": 10, "color": {"feature": "colour"},
-                                     "anchor": "center", "translation": [0.0] * (ndim - 2) + [-1.5, 1.5]})
+        points_once = dict(border_color="white", opacity=0.8,
+                           text={"string": "{label}", "size": 10, "color": {"feature": "colour"},
+                                 "anchor": "center", "translation": [0.0] * (ndim - 2) + [-1.5, 1.5]})
+        # the arrows are hidden until asked for (the layer list's eye): they repeat what the rings
+        # show and cost a click about 25 ms with software OpenGL (vispy rebuilds their shaders)
+        vectors_once = dict(edge_color="orange", edge_width=0.4, vector_style="arrow", visible=False)
         if nb is None:
-            features = pd.DataFrame({"frame": np.zeros(0, int), "offset": np.zeros(0, int),
-                                     "label": np.zeros(0, object), "rank": np.zeros(0, int),
+            features = pd.DataFrame({"drawn": np.zeros(0, object), "distance": np.zeros(0),
+                                     "rank": np.zeros(0, int), "frame": np.zeros(0, int),
+                                     "offset": np.zeros(0, int), "label": np.zeros(0, object),
                                      "colour": np.zeros(0, object)})
             return [("neighbours", np.zeros((0, ndim)), "points", points_once,
-                     dict(features={"distance": np.zeros(0), "rank": np.zeros(0, int)}, **place)),
-                    ("neighbour vectors", np.zeros((0, 2, ndim)), "vectors", vectors_once, place),
-                    (PROJECTION, np.zeros((0, ndim)), "points", projection_once,
-                     dict(features=features, **place))]
+                     dict(features=features, **place)),
+                    (VECTORS, np.zeros((0, 2, ndim)), "vectors", vectors_once, place)]
         K = len(nb.dists)
         rank = np.arange(K)
         ps = nb.result.params.ps  # best match: a circle as wide as the patch; the K-th a third of it
@@ -316,21 +393,23 @@ class NeighboursWidget(QWidget):
         q = np.asarray(nb.query, np.float32)
         vec = np.stack([view.to_layer(np.broadcast_to(q, nb.positions.shape)),
                         view.to_layer(nb.positions - q, displacement=True)], 1)
-        # all K matches drawn on the query's frame too (rings at their (y, x), labelled and coloured
-        # by their frame offset), so they are seen without stepping through the frames
         offsets = nb.positions[:, 0] - q[0]
         on_query_frame = nb.positions.copy()
         on_query_frame[:, 0] = q[0]
         colours = offset_colours(offsets)
         hexes = ["#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3]) for rgba in colours]
-        return [("neighbours", view.to_layer(nb.positions), "points", points_once,
-                 dict(features={"distance": nb.dists, "rank": rank + 1},
-                      face_color=distance_colours(nb.dists), size=sizes, **place)),
-                ("neighbour vectors", vec, "vectors", vectors_once, place),
-                (PROJECTION, view.to_layer(on_query_frame), "points", projection_once,
-                 dict(features={"frame": nb.positions[:, 0].astype(int), "offset": offsets.astype(int),
-                                "label": offset_labels(offsets), "rank": rank + 1, "colour": hexes},
-                      face_color=colours, **place))]
+        frame = nb.positions[:, 0].astype(int)
+        features = {"drawn": [ON_OWN_FRAME] * K + [ON_QUERY_FRAME] * K,
+                    "distance": np.tile(nb.dists, 2), "rank": np.tile(rank + 1, 2),
+                    "frame": np.tile(frame, 2), "offset": np.tile(offsets.astype(int), 2),
+                    "label": [""] * K + offset_labels(offsets), "colour": ["#ffffff"] * K + hexes}
+        return [("neighbours", view.to_layer(np.concatenate([nb.positions, on_query_frame])), "points",
+                 points_once,
+                 dict(features=features, symbol=["disc"] * K + ["ring"] * K,
+                      size=np.concatenate([sizes, np.full(K, 2.5)]),
+                      border_width=np.repeat(np.asarray([0.1, 0.0]), K),
+                      face_color=np.concatenate([distance_colours(nb.dists), colours]), **place)),
+                (VECTORS, vec, "vectors", vectors_once, place)]
 
     def _layer_list_held(self):
         """While the overlays are updated on a click: napari's layer list does not hear of it.

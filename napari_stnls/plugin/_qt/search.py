@@ -162,15 +162,17 @@ class SearchWidget(QWidget):
             name = f"{layer.name} search"
             added = name not in self.viewer.layers
             out = set_layer(self.viewer, name, dmap, "image", once=dict(visible=not added),
-                            colormap="magma", opacity=0.7, blending="additive",
+                            keep_selection=True, colormap="magma", opacity=0.7, blending="additive",
                             contrast_limits=(lo, hi if hi > lo else lo + 1e-6),
                             metadata={RESULTS_KEY: results, "stnls_video": layer.name},
                             **transforms_of(layer, offset))
-            # a new map is added hidden, the video selected again and the map shown, each in its
-            # own turn of the event loop: adding a layer (its controls and row in the layer list),
-            # changing the selected layer and the first draw of a layer are each ~0.1 s here
-            # (software OpenGL), and together they froze the viewer for up to half a second
-            steps = [partial(_select, self.viewer, layer)]
+            # a new map is added hidden and unselected, then the video selected (unless it is) and
+            # the map shown, each in its own turn of the event loop: adding a layer (its controls
+            # and row in the layer list), changing the selected layer and the first draw of a
+            # layer are each ~0.1 s here (software OpenGL), and together they froze the viewer
+            # for up to half a second
+            selected = self.viewer.layers.selection.active is layer
+            steps = [] if selected else [partial(_select, self.viewer, layer)]
             if added:
                 steps.append(partial(_show, out))
             in_turns(steps, self)

@@ -120,7 +120,7 @@ def run_steps(viewer, widgets: dict, *, region: Region = REGION, pixel=PIXEL, on
     den.clean.setCurrentText("clean")
     den.runner.run_button.click()
     wait_for(den.runner)
-    for name in ("neighbours", "neighbour vectors", "neighbours (query frame)", "noisy search"):
+    for name in ("neighbours", "neighbour vectors", "noisy search"):
         if name in viewer.layers:
             viewer.layers[name].visible = False
     log(f"[session] denoise: {den.status.text()} {den.metrics.text()}")

@@ -27,7 +27,7 @@ from napari_stnls.plugin._qt import denoise as qt_denoise  # noqa: E402
 from napari_stnls.plugin._qt import flow as qt_flow  # noqa: E402
 from napari_stnls.plugin._qt import search as qt_search  # noqa: E402
 from napari_stnls.plugin._qt._common import RESULTS_KEY  # noqa: E402
-from napari_stnls.plugin._qt.neighbours import PROJECTION  # noqa: E402
+from napari_stnls.plugin._qt.neighbours import OVERLAYS  # noqa: E402
 from napari_stnls.plugin._sample import astronaut  # noqa: E402
 from napari_stnls.plugin.model.regions import Region  # noqa: E402
 
@@ -218,8 +218,8 @@ def test_search_click_and_outputs_on_a_scaled_layer(viewer, qtbot, scaled):
         cb(viewer, event)
     assert (nb.t.value(), nb.y.value(), nb.x.value()) == (2, 20, 30), nb.status.text()
     pts = viewer.layers["neighbours"]
-    np.testing.assert_array_equal(pts.data, res.inds[res.query_index(2, 20, 30)])
-    for name in ("neighbours", "neighbour vectors", PROJECTION):
+    np.testing.assert_array_equal(pts.data[:len(pts.data) // 2], res.inds[res.query_index(2, 20, 30)])
+    for name in OVERLAYS:
         layer = viewer.layers[name]
         assert tuple(layer.scale) == SCALE and tuple(layer.translate) == SHIFT, name
     # the query's own patch is drawn where the video's pixel (20, 30) is in the world
@@ -261,27 +261,32 @@ def test_neighbours_layers_and_gallery_are_updated_in_place(viewer, qtbot):
     # the video has results: the overlays (empty, shown) and the gallery's cells are made
     # ahead of the first click, one per turn of the event loop, and the video stays selected
     qtbot.waitUntil(lambda: not w._preparing and len(w._cells) == 4, timeout=20_000)
-    layers = [viewer.layers[n] for n in ("neighbours", "neighbour vectors", PROJECTION)]
-    assert all(len(la.data) == 0 and la.visible for la in layers)
+    layers = [viewer.layers[n] for n in OVERLAYS]
+    assert all(len(la.data) == 0 for la in layers)
+    assert [la.visible for la in layers] == [True, False]  # the arrows only when asked for
     assert viewer.layers.selection.active is viewer.layers["noisy"]
     added, removed = [], []
     viewer.layers.events.inserted.connect(added.append)
     viewer.layers.events.removed.connect(removed.append)
     w.show_at(2, 15, 21)
-    assert [viewer.layers[n] for n in ("neighbours", "neighbour vectors", PROJECTION)] == layers
+    assert [viewer.layers[n] for n in OVERLAYS] == layers
     cells = [c[0] for c in w._cells]
     viewer.layers["neighbours"].visible = False  # the user's choices are kept
     w.show_at(1, 9, 30)
-    assert [viewer.layers[n] for n in ("neighbours", "neighbour vectors", PROJECTION)] == layers
+    assert [viewer.layers[n] for n in OVERLAYS] == layers
     assert not added and not removed and [c[0] for c in w._cells] == cells and not layers[0].visible
     res = viewer.layers["noisy"].metadata[RESULTS_KEY][0]
-    np.testing.assert_array_equal(layers[0].data, res.inds[res.query_index(1, 9, 30)])
-    np.testing.assert_array_equal(layers[0].features["distance"], res.dists[res.query_index(1, 9, 30)])
+    K = len(layers[0].data) // 2  # the matches on their own frames, then on the query's
+    np.testing.assert_array_equal(layers[0].data[:K], res.inds[res.query_index(1, 9, 30)])
+    np.testing.assert_array_equal(layers[0].features["distance"][:K], res.dists[res.query_index(1, 9, 30)])
     # coloured over this query's distances (napari kept the first query's range)
-    d = layers[0].features["distance"].to_numpy()
+    d = layers[0].features["distance"].to_numpy()[:K]
     ends = ensure_colormap("viridis").map(np.array([0.0, 1.0]))
     np.testing.assert_allclose(layers[0].face_color[[d.argmin(), d.argmax()]], ends, atol=1e-6)
-    assert list(layers[2].text.values) == list(layers[2].features["label"])
+    assert list(layers[0].text.values) == list(layers[0].features["label"])
+    assert not layers[1].visible and len(layers[1].data) == 0  # hidden arrows are not drawn...
+    layers[1].visible = True  # ...until shown: then they are the last click's
+    np.testing.assert_allclose(layers[1].data[:, 0, 1:], [[9, 30]] * K)
     assert w.gallery_captions()[0].startswith("#1  d=0")
     viewer.layers.remove(viewer.layers["noisy search"])  # a removal unfreezes (napari collects then)
     assert gc.get_freeze_count() == 0
@@ -405,3 +410,33 @@ def test_gallery_uses_the_layer_contrast_limits(make_napari_viewer):
     assert gallery_limits(u16) == (0, 4095)  # the data's units, as napari shows the layer
     f = v.add_image(np.zeros((2, 8, 8), np.float32), contrast_limits=(-1.0, 3.0))
     assert gallery_limits(f) == (-1.0, 3.0)
+
+
+def test_combo_announces_only_a_change_of_the_chosen_layer(viewer, qtbot):
+    from napari_stnls.plugin._qt._common import video_combo
+
+    combo = video_combo(viewer)
+    combo.setCurrentText("noisy")
+    seen = []
+    combo.currentTextChanged.connect(seen.append)
+    viewer.add_image(np.zeros((T, H, W), np.float32), name="other")  # listed, the choice unchanged
+    assert "other" in [combo.itemText(i) for i in range(combo.count())] and seen == []
+    viewer.layers.remove("noisy")  # the chosen layer goes: announced
+    assert seen == [combo.currentText()] and combo.currentText() != "noisy"
+
+
+def test_a_layer_added_keeping_the_selection(viewer, qtbot):
+    from napari_stnls.plugin._qt._common import set_layer
+
+    video = viewer.layers["noisy"]
+    viewer.layers.selection.active = video
+    changes = []
+    viewer.layers.selection.events.active.connect(changes.append)
+    out = set_layer(viewer, "quiet", np.zeros((T, H, W), np.float32), "image", keep_selection=True)
+    assert out in viewer.layers and viewer.layers.selection.active is video
+    assert set(viewer.layers.selection) == {video} and changes == []
+    out2 = set_layer(viewer, "loud", np.zeros((T, H, W), np.float32), "image")  # napari's way: selected
+    assert viewer.layers.selection.active is out2 and changes
+    viewer.layers.selection.clear()
+    set_layer(viewer, "quiet2", np.zeros((T, H, W), np.float32), "image", keep_selection=True)
+    assert len(viewer.layers.selection) == 0

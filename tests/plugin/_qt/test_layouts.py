@@ -13,7 +13,6 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari_stnls.plugin._qt import DenoiseWidget, NeighboursWidget, SearchWidget  # noqa: E402
-from napari_stnls.plugin._qt.neighbours import PROJECTION  # noqa: E402
 
 H = W = 16
 LAYOUTS = {"YX": (H, W), "TYX": (3, H, W), "TYXC": (3, H, W, 2), "ZYX": (3, H, W), "TZYX": (3, 2, H, W)}
@@ -93,9 +92,9 @@ def test_search_and_click_on_a_16_bit_z_stack(make_napari_viewer, qtbot):
     n.video.setCurrentText("stack")
     n._on_click(v, SimpleNamespace(type="mouse_press", position=(2.0, 11.0, 13.0)))
     assert n.status.kind == "info" and "query (t=2, y=11, x=13)" in n.status.text()
-    pts = v.layers["neighbours"].data
-    assert pts.shape == (4, 3) and tuple(pts[0]) == (2, 11, 13)  # itself first, on the stack's axes
-    assert set(pts[:, 0]) <= {1.0, 2.0, 3.0} and set(v.layers[PROJECTION].data[:, 0]) == {2.0}
+    pts = v.layers["neighbours"].data  # the matches on their own frames, then on the query's
+    assert pts.shape == (8, 3) and tuple(pts[0]) == (2, 11, 13)  # itself first, on the stack's axes
+    assert set(pts[:4, 0]) <= {1.0, 2.0, 3.0} and set(pts[4:, 0]) == {2.0}
     # the gallery shows the patches as napari shows the layer: its contrast limits, not black
     img = n._cells[0][0].pixmap().toImage()
     zoom = n.zoom.value()

@@ -13,7 +13,7 @@ pytest.importorskip("pytestqt")
 
 from napari_stnls.plugin._qt import DenoiseWidget, FlowWidget, NeighboursWidget, RegionsWidget, SearchWidget  # noqa: E402
 from napari_stnls.plugin._qt._common import RESULTS_KEY  # noqa: E402
-from napari_stnls.plugin._qt.neighbours import PROJECTION  # noqa: E402
+from napari_stnls.plugin._qt.neighbours import ON_OWN_FRAME, ON_QUERY_FRAME  # noqa: E402
 from napari_stnls.plugin._sample import FLOWS_KEY, astronaut  # noqa: E402
 from napari_stnls.plugin.model import search as model_search  # noqa: E402
 from napari_stnls.plugin.model.regions import Region  # noqa: E402
@@ -307,31 +307,39 @@ def test_neighbours_click_gallery_and_map(viewer, qtbot):
     it, iy, ix = res.query_index(2, 15, 21)
     assert (w.t.value(), w.y.value(), w.x.value()) == (2, 16, 22)
     pts = viewer.layers["neighbours"]
-    np.testing.assert_array_equal(pts.data, res.inds[it, iy, ix])
-    np.testing.assert_array_equal(pts.features["distance"], res.dists[it, iy, ix])
-    assert list(pts.features["rank"]) == [1, 2, 3, 4, 5, 6]
-    assert np.all(np.diff(pts.size) < 0)  # best match biggest
-    assert not np.allclose(pts.face_color[0], pts.face_color[-1])  # coloured by distance
-    vec = viewer.layers["neighbour vectors"].data
-    np.testing.assert_allclose(vec[:, 0], np.broadcast_to([2, 16, 22], (6, 3)))
-    np.testing.assert_allclose(vec[:, 0] + vec[:, 1], res.inds[it, iy, ix])
+    own = (pts.features["drawn"] == ON_OWN_FRAME).to_numpy()
+    assert own.tolist() == [True] * 6 + [False] * 6  # the matches on their frames, then on the query's
+    np.testing.assert_array_equal(pts.data[own], res.inds[it, iy, ix])
+    np.testing.assert_array_equal(pts.features["distance"][own], res.dists[it, iy, ix])
+    assert list(pts.features["rank"][own]) == [1, 2, 3, 4, 5, 6]
+    assert np.all(np.diff(pts.size[own]) < 0)  # best match biggest
+    assert not np.allclose(pts.face_color[0], pts.face_color[5])  # coloured by distance
+    assert [str(s) for s in pts.symbol] == ["disc"] * 6 + ["ring"] * 6
+    vec = viewer.layers["neighbour vectors"]
+    assert not vec.visible  # the arrows wait until they are shown, then are the last click's
+    vec.visible = True
+    np.testing.assert_allclose(vec.data[:, 0], np.broadcast_to([2, 16, 22], (6, 3)))
+    np.testing.assert_allclose(vec.data[:, 0] + vec.data[:, 1], res.inds[it, iy, ix])
     # all K matches also on the query's frame, labelled and coloured by their frame offset
-    proj = viewer.layers[PROJECTION]
+    ring = ~own
     matches = res.inds[it, iy, ix]
-    np.testing.assert_array_equal(proj.data[:, 0], np.full(6, 2.0))
-    np.testing.assert_array_equal(proj.data[:, 1:], matches[:, 1:])
+    np.testing.assert_array_equal(pts.data[ring, 0], np.full(6, 2.0))
+    np.testing.assert_array_equal(pts.data[ring, 1:], matches[:, 1:])
     offsets = (matches[:, 0] - 2).astype(int)
-    assert list(proj.features["offset"]) == list(offsets) and set(offsets) == {-1, 0, 1}
-    assert list(proj.features["label"]) == ["t" if d == 0 else f"t{d:+d}" for d in offsets]
-    assert list(proj.text.values) == list(proj.features["label"])
-    blue, orange = proj.face_color[offsets < 0], proj.face_color[offsets > 0]
+    assert list(pts.features["offset"][ring]) == list(offsets) and set(offsets) == {-1, 0, 1}
+    assert list(pts.features["label"][ring]) == ["t" if d == 0 else f"t{d:+d}" for d in offsets]
+    assert list(pts.features["label"][own]) == [""] * 6
+    assert list(pts.text.values) == list(pts.features["label"])
+    assert (pts.features["drawn"][ring] == ON_QUERY_FRAME).all()
+    blue, orange = pts.face_color[ring][offsets < 0], pts.face_color[ring][offsets > 0]
     assert (blue[:, 2] > blue[:, 0]).all() and (orange[:, 0] > orange[:, 2]).all()
-    # per frame: on the query's frame all K rings; on another frame none, and there the
-    # neighbours layer shows exactly the matches of that frame
+    # per frame: on the query's frame all K rings (and the discs of that frame); on another
+    # frame no ring, and exactly the matches of that frame
     for t in (1, 2, 3):
         viewer.dims.set_current_step(0, t)
-        assert len(proj._view_data) == (6 if t == 2 else 0)
-        assert len(pts._view_data) == int((matches[:, 0] == t).sum())
+        shown = pts._view_indices
+        assert int(ring[shown].sum()) == (6 if t == 2 else 0)
+        assert int(own[shown].sum()) == int((matches[:, 0] == t).sum())
     # the time slider covers exactly the video's frames, and is named t
     assert tuple(viewer.dims.range[0]) == (0, T - 1, 1) and viewer.dims.axis_labels[0] == "t"
     for layer in viewer.layers:
@@ -343,7 +351,8 @@ def test_neighbours_click_gallery_and_map(viewer, qtbot):
     for cb in viewer.mouse_drag_callbacks:
         cb(viewer, event)
     assert (w.t.value(), w.y.value(), w.x.value()) == (1, 10, 30)
-    np.testing.assert_array_equal(viewer.layers["neighbours"].data, res.inds[res.query_index(1, 9.2, 30.6)])
+    np.testing.assert_array_equal(viewer.layers["neighbours"].data[:6], res.inds[res.query_index(1, 9.2, 30.6)])
+    np.testing.assert_allclose(viewer.layers["neighbour vectors"].data[:, 0, 1:], [[10, 30]] * 6)  # shown: kept up
     # a pixel outside every region: a message, nothing changes
     before = viewer.layers["neighbours"].data.copy()
     w.t.setValue(0)
