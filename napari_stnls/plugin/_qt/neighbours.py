@@ -241,47 +241,62 @@ class NeighboursWidget(QWidget):
                 if out.name == name and out in self.viewer.layers and name != VECTORS:
                     out.visible = True
 
-        def finish():
-            self._preparing = False
+        def cells():
             if len(self._cells) < k:
                 self._make_cells(k)
 
+        def finish():
+            self._preparing = False
+
         glyphs = label_glyphs(max(int(r.params.wt) for r in res))
 
-        def warm(label):  # the labels' glyphs drawn once (vispy renders each glyph when first seen)
+        def warm():  # the labels' glyphs drawn once (vispy renders each glyph when first seen)
             points = self.viewer.layers["neighbours"] if "neighbours" in self.viewer.layers else None
-            if points is None:
-                return
-            glyphs_only = list(points.features.get("label", [])) == [glyphs]  # not a click's since
-            if (not len(points.data)) if label is not None else glyphs_only:
-                self._draw_glyphs(layer, view, label)
+            if points is not None and not len(points.data):
+                self._draw_glyphs(layer, view, glyphs)
+
+        def first():  # unless a click came first: the matches of a pixel of the region, as a click shows them
+            points = self.viewer.layers["neighbours"] if "neighbours" in self.viewer.layers else None
+            if points is not None and list(points.features.get("label", [])) == [glyphs]:
+                self.show_at(*self._first_pixel(layer, view, res))
 
         steps = [partial(add, spec) for spec in missing] + [partial(show, spec[0]) for spec in missing]
         if "neighbours" in (spec[0] for spec in missing):
-            steps += [partial(warm, glyphs), partial(warm, None)]
-        in_turns([*steps, finish], self)
+            steps += [warm, cells, first]
+        in_turns([*steps, cells, finish], self)
 
-    def _draw_glyphs(self, layer, view, label: str | None) -> None:
+    def _first_pixel(self, layer, view, res) -> tuple[int, int, int]:
+        """The pixel shown when a search ends: the centre of the last region searched, on the
+        frame shown if the region holds it (else the region's first frame)."""
+        r = res[-1].region
+        t = r.t0
+        try:
+            pos = np.asarray(layer.world_to_data(self.viewer.dims.point[-layer.ndim:]), np.float64)
+            shown = int(round(float(view.from_layer(pos[-layer.ndim:])[0, 0])))
+            t = shown if r.t0 <= shown < r.t1 else t
+        except (ValueError, IndexError):
+            pass
+        return t, (r.y0 + r.y1 - 1) // 2, (r.x0 + r.x1 - 1) // 2
+
+    def _draw_glyphs(self, layer, view, label: str) -> None:
         """Draw ``label`` (as a transparent point's text, at the frame shown) in the empty
-        neighbours layer, or, with None, empty it again.
+        neighbours layer.
 
         vispy renders a glyph into its text atlas the first time the layer's text uses it,
         ~60 ms for the labels' characters in software OpenGL: done here, ahead, the first
         click costs what the others do.
         """
-        _, data, kind, _, kwargs = self._overlays(layer, view)[0]
-        if label is not None:
-            try:
-                pos = np.asarray(layer.world_to_data(self.viewer.dims.point[-layer.ndim:]), np.float64)
-                t = float(view.from_layer(pos[-layer.ndim:])[0, 0])
-            except (ValueError, IndexError):
-                return
-            data = view.to_layer(np.asarray([[round(t), 0.0, 0.0]]))
-            features = {"drawn": [""], "distance": [0.0], "rank": [0], "frame": [round(t)], "offset": [0],
-                        "label": [label], "colour": ["#00000000"]}
-            kwargs = dict(kwargs, features=features,
-                          face_color=[[0.0, 0.0, 0.0, 0.0]], border_width=[0.0], size=[1e-3])
-        set_layer(self.viewer, "neighbours", data, kind, **kwargs)
+        _, _, kind, _, kwargs = self._overlays(layer, view)[0]
+        try:
+            pos = np.asarray(layer.world_to_data(self.viewer.dims.point[-layer.ndim:]), np.float64)
+            t = round(float(view.from_layer(pos[-layer.ndim:])[0, 0]))
+        except (ValueError, IndexError):
+            return
+        features = {"drawn": [""], "distance": [0.0], "rank": [0], "frame": [t], "offset": [0],
+                    "label": [label], "colour": ["#00000000"]}
+        set_layer(self.viewer, "neighbours", view.to_layer(np.asarray([[t, 0.0, 0.0]])), kind,
+                  **dict(kwargs, features=features, face_color=[[0.0, 0.0, 0.0, 0.0]], border_width=[0.0],
+                         size=[1e-3]))
 
     def _on_click(self, viewer, event):
         try:

@@ -262,8 +262,14 @@ def test_neighbours_layers_and_gallery_are_updated_in_place(viewer, qtbot):
     # ahead of the first click, one per turn of the event loop, and the video stays selected
     qtbot.waitUntil(lambda: not w._preparing and len(w._cells) == 4, timeout=20_000)
     layers = [viewer.layers[n] for n in OVERLAYS]
-    assert all(len(la.data) == 0 for la in layers)
     assert [la.visible for la in layers] == [True, False]  # the arrows only when asked for
+    # and, as a click would, the matches of the region's centre on the frame shown (in the region)
+    res = viewer.layers["noisy"].metadata[RESULTS_KEY][0]
+    shown = int(viewer.dims.current_step[0])
+    assert shown in (1, 2) and w.status.kind == "info"
+    assert (w.t.value(), w.y.value(), w.x.value()) == (shown, 17, 21)
+    np.testing.assert_array_equal(layers[0].data[:4], res.inds[res.query_index(shown, 17, 21)])
+    assert len(layers[1].data) == 0  # hidden arrows are not drawn
     assert viewer.layers.selection.active is viewer.layers["noisy"]
     added, removed = [], []
     viewer.layers.events.inserted.connect(added.append)
