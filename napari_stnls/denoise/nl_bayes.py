@@ -20,6 +20,14 @@ __all__ = ["nl_bayes"]
 # flow, occlusion): see _fast_refs.
 FB_TOL = 1.0
 
+# Side of the window over which _still_refs averages the squared difference of consecutive
+# frames, and the ratio of that average to the pure noise's (2 sigma^2) under which a pixel
+# stands still.
+# (21 and 1.05: about 1 in 8 truly still pixels is taken for moving, by chance; smaller
+# windows or larger ratios took the smooth parts of slowly moving scenes for still.)
+STILL_WIN = 21
+STILL_RATIO = 1.05
+
 
 # Orthonormal opponent colour transform: luminance carries most of the signal, and the
 # noise stays white with the same sigma in every channel.
@@ -180,7 +188,7 @@ def _filter(yn: torch.Tensor, yb: torch.Tensor | None, var: float, thresh: float
 
 
 def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_search, flows, stride0,
-                skip, regions, rows, step, steps, fast=None, ps_fast=None, pt_fast=None):
+                skip, regions, rows, step, steps, fast=None, ps_fast=None, pt_fast=None, still=1.0):
     """One step of video non-local Bayes: group, estimate, aggregate every group patch.
 
     Groups are searched on ``guide`` (its first channel only with ``luma_search``); the
@@ -192,8 +200,10 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
     The references (a grid of spacing ``stride0``) run frame after frame. With ``skip > 0``
     a reference is skipped when the groups of the earlier frames already estimated its pixel
     at least ``skip * ps * ps * pt`` times (``skip`` patches' worth: VNLB's "paste trick"
-    at the scale of frames). Which references run depends only on the earlier frames, never
-    on the bands, so the result is the same for any ``rows``.
+    at the scale of frames). Where the frame stands still (:func:`_still_refs`), ``still``
+    times as many estimates are needed (``inf``: such a reference is never skipped). Which
+    references run depends only on the earlier frames and on ``noisy``, never on the bands,
+    so the result is the same for any ``rows``.
 
     ``fast`` (B, T, H, W) bool, optional, marks the pixels whose references use patches of
     side ``ps_fast`` over ``pt_fast`` frames instead (where the motion is fast or the flow
@@ -216,6 +226,8 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
             if skip > 0:
                 if band.t0 != frame:  # what the groups of the earlier frames estimated in this one
                     frame, done = band.t0, cnt[:, band.t0, 0].clone()
+                    if still != 1:
+                        done[_still_refs(noisy, frame, var)] /= still
                 todo = done[:, band.y0:band.y1:stride0, band.x0:band.x1:stride0] < need  # (B, nH, nW)
                 on_y, on_x = todo.any(2).any(0).nonzero(), todo.any(1).any(0).nonzero()
                 if len(on_y) == 0:
@@ -308,6 +320,24 @@ def _fast_refs(flows, fast_motion: float) -> torch.Tensor | None:
     return (mag > fast_motion) | (flow_consistency(f, b) > FB_TOL)
 
 
+def _still_refs(noisy: torch.Tensor, t: int, var: float) -> torch.Tensor:
+    """Where frame ``t`` of ``noisy`` (B, T, C, H, W) stands still: (B, H, W) bool.
+
+    A pixel stands still where the squared difference between frames ``t`` and ``t - 1``,
+    averaged over the channels and a :data:`STILL_WIN`-pixel square window, is under
+    :data:`STILL_RATIO` times the pure noise's expectation ``2 * var``. Under
+    motion the difference holds the signal's change too, except on flat content. No pixel of
+    the first frame stands still (it has no earlier frame, and nothing is skipped there).
+    """
+    B, _, _, H, W = noisy.shape
+    if t == 0:
+        return torch.zeros(B, H, W, dtype=torch.bool, device=noisy.device)
+    d = (noisy[:, t] - noisy[:, t - 1]).square().mean(1, keepdim=True)  # (B, 1, H, W)
+    m = torch.nn.functional.avg_pool2d(d, STILL_WIN, stride=1, padding=STILL_WIN // 2,
+                                       count_include_pad=False)
+    return m[:, 0] < STILL_RATIO * 2 * var
+
+
 def _bands(r: Region, reach: int, rows: int, shape, stride0: int) -> list[Region]:
     """The one-frame bands of references of one pass over ``r``, in the order they run.
 
@@ -341,6 +371,7 @@ def _nl_bayes(
     should_stop: Callable[[], bool] | None = None,
     skip: float | None = None,
     skip2: float | None = None,
+    still: float | None = None,
     fast_motion: float | None = None,
     ps_fast: int | None = None,
     pt_fast: int | None = None,
@@ -364,6 +395,7 @@ def _nl_bayes(
     ``skip * ps * ps * pt`` times (``skip2 * ps2 * ps2 * pt`` in step 2) is skipped: VNLB's
     "paste trick", decided frame by frame so that the result does not depend on how the
     work is cut into bands (nor on the number of threads). 0 processes every reference.
+    Where the frame stands still, ``still`` times as many estimates are needed.
 
     Parameters
     ----------
@@ -381,6 +413,11 @@ def _nl_bayes(
         its reference to be skipped, in steps 1 and 2 (0: none is). None takes the value
         tuned for ``sigma``. Tiles of a video (``napari_stnls.stream``) equal the whole
         video's result only without skipping.
+    still : float, optional
+        Where the frame stands still (the mean squared difference with the previous noisy
+        frame over a 21-pixel window is under 1.05 times the pure noise's ``2 sigma^2``),
+        ``still`` times as many estimates are needed before a reference is skipped (1: as
+        elsewhere; ``inf``: never skipped). None takes the value tuned for ``sigma``.
     fast_motion, ps_fast, pt_fast : optional
         References at pixels whose forward or backward flow is longer than ``fast_motion``
         pixels a frame, or whose flows disagree (forward-backward error over ``FB_TOL`` = 1
@@ -415,7 +452,8 @@ def _nl_bayes(
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
             p[name] = v
-    numbers = dict(thresh=thresh, thresh2=thresh2, skip=skip, skip2=skip2, fast_motion=fast_motion)
+    numbers = dict(thresh=thresh, thresh2=thresh2, skip=skip, skip2=skip2, still=still,
+                   fast_motion=fast_motion)
     for name, v in numbers.items():
         if v is not None:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -454,7 +492,7 @@ def _nl_bayes(
     (rows1, n1), (rows2, n2) = plan(cfg1, regions1), plan(cfg2, regions)
     steps = Steps(n1 + n2, progress, should_stop)
     kw = dict(pt=pt, ws=ws, wt=wt, flows=flows, stride0=s0, steps=steps, fast=fast, ps_fast=p["ps_fast"],
-              pt_fast=p["pt_fast"])
+              pt_fast=p["pt_fast"], still=p["still"])
     with torch.no_grad():
         # Each region on its own, both steps: its result does not depend on the other
         # regions (where regions overlap, the last one listed gives the value).
@@ -502,6 +540,7 @@ def nl_bayes(
     should_stop: Callable[[], bool] | None = None,
     skip: float | None = None,
     skip2: float | None = None,
+    still: float | None = None,
     fast_motion: float | None = None,
     ps_fast: int | None = None,
     pt_fast: int | None = None,
@@ -529,7 +568,8 @@ def nl_bayes(
     reference whose pixel the groups of the earlier frames already estimated at least
     ``skip * ps * ps * pt`` times (``skip2 * ps2 * ps2 * pt`` in step 2) is skipped: VNLB's
     "paste trick", decided frame by frame so that the result does not depend on how the
-    work is cut into bands (nor on the number of threads).
+    work is cut into bands (nor on the number of threads). Where the frame stands still
+    (compared with the previous one), ``still`` times as many estimates are needed.
 
     Parameters
     ----------
@@ -549,6 +589,13 @@ def nl_bayes(
         its reference to be skipped, in steps 1 and 2 (0: none is). None takes the value
         tuned for the noise (:func:`~napari_stnls.denoise.nl_bayes_params`). Tiles of a
         video (``napari_stnls.stream``) equal the whole video's result only without skipping.
+    still : float, optional
+        Where the frame stands still (the mean squared difference with the previous noisy
+        frame over a 21-pixel window is under 1.05 times the pure noise's ``2 sigma^2``),
+        ``still`` times as many estimates are needed before a reference is skipped (1: as
+        elsewhere; ``inf``: never skipped): still texture has exact copies in the
+        neighbouring frames, whose own groups are better than the earlier frames' ones.
+        None takes the value tuned for the noise.
     fast_motion, ps_fast, pt_fast : optional
         Patches for fast or unreliable motion: references at pixels whose forward or backward
         flow is longer than ``fast_motion`` pixels a frame, or whose flows fail the
@@ -584,5 +631,5 @@ def nl_bayes(
     return run(_nl_bayes, video, sigma, noise=noise, gain=gain, axes=axes, data_range=data_range,
                flows=flows, region=region, progress=progress, should_stop=should_stop, ps=ps, ps2=ps2, pt=pt,
                ws=ws, wt=wt, k=k, k2=k2, stride0=stride0, thresh=thresh, thresh2=thresh2, opponent=opponent,
-               device=device, band_rows=band_rows, skip=skip, skip2=skip2, fast_motion=fast_motion,
-               ps_fast=ps_fast, pt_fast=pt_fast)
+               device=device, band_rows=band_rows, skip=skip, skip2=skip2, still=still,
+               fast_motion=fast_motion, ps_fast=ps_fast, pt_fast=pt_fast)

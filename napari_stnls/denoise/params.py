@@ -31,6 +31,7 @@ NLB_TABLE: dict[str, tuple[float, ...]] = {
     "stride0": (3, 3, 3, 3, 3),
     "skip": (1.0, 1.0, 1.0, 1.0, 1.0),
     "skip2": (1.0, 1.0, 1.0, 1.0, 1.0),
+    "still": (1.0, 1.0, 1.0, 1.0, 1.0),
     # references where the flow is longer than fast_motion pixels a frame or fails the
     # forward-backward check use one-frame patches of side ps_fast (both steps). Off by
     # default: 3 px gained 0.13-0.21 dB on crops of real fast motion and 0.10-0.18 dB on
@@ -98,7 +99,7 @@ def nl_bayes_params(sigma: float, channels: int = 3) -> dict:
     out = {}
     for name, values in NLB_TABLE.items():
         v = float(np.interp(s, NLB_SIGMAS, values))
-        out[name] = v if name.startswith(("thresh", "skip", "fast")) else int(round(v))
+        out[name] = v if name.startswith(("thresh", "skip", "fast", "still")) else int(round(v))
     for name in ("ps", "ps2", "ps_fast", "ws"):  # odd sides
         out[name] += 1 - out[name] % 2
     joint = channels if channels <= COUPLED_CHANNELS else 1  # values per pixel of a filtered patch

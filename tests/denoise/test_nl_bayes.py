@@ -269,3 +269,107 @@ def test_fast_references_keep_the_outside_of_a_region(moving):
 def test_fast_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         nl_bayes(np.zeros((3, 8, 8), np.float32), 0.1, device="cpu", **kwargs)
+
+
+def _still_oracle(noisy, t, var):
+    """Where frame ``t`` stands still, from the definition: the mean squared difference with
+    frame ``t - 1`` over the channels and the window (cut at the borders) under
+    ``STILL_RATIO * 2 * var``."""
+    T, H, W, C = noisy.shape
+    d = ((noisy[t].astype(np.float64) - noisy[t - 1]) ** 2).mean(-1)
+    r = NLB.STILL_WIN // 2
+    out = np.zeros((H, W), bool)
+    for y in range(H):
+        for x in range(W):
+            m = d[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].mean()
+            out[y, x] = m < NLB.STILL_RATIO * 2 * var
+    return out
+
+
+def _texture_video(T, shift, sigma, seed):
+    """(T, 24, 32, 3): a high-contrast random texture moved by a whole ``shift`` (dy, dx) a
+    frame (np.roll: exact), plus white noise of ``sigma``."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 1, (24, 32, 3)).astype(np.float32)
+    clean = np.stack([np.roll(base, (shift[0] * t, shift[1] * t), (0, 1)) for t in range(T)])
+    return clean, (clean + rng.normal(0, sigma, clean.shape)).astype(np.float32)
+
+
+def test_still_pixels_follow_the_definition(sample):
+    var = (20 / 255) ** 2
+    # half the frame moves (the left half of frame 2 is frame 1's, shifted), the rest is noise only
+    v = sample.noisy.copy()
+    v[2, :, :20] = np.roll(v[1, :, :20], 3, axis=1)
+    x = torch.from_numpy(v).permute(0, 3, 1, 2)[None]
+    assert not bool(NLB._still_refs(x, 0, var).any())  # the first frame has no earlier one
+    for t in (1, 2, 3):
+        got = NLB._still_refs(x, t, var)[0].numpy()
+        want = _still_oracle(v, t, var)
+        assert np.array_equal(got, want), (t, (got != want).sum())
+    assert 0.05 < _still_oracle(v, 2, var).mean() < 0.95  # both kinds of pixels are there
+
+
+def _count_groups(monkeypatch):
+    seen = []
+    inner = NLB._group_filter
+
+    def counting(yn, *args):
+        seen.append(yn.shape[0])
+        return inner(yn, *args)
+
+    monkeypatch.setattr(NLB, "_group_filter", counting)
+    return seen
+
+
+def test_still_video_skips_nothing(monkeypatch):
+    # the same noisy frame four times: every pixel stands still, so with still=inf every
+    # reference runs (the groups and the result of no skipping), and with still=1 some are skipped
+    v = np.repeat(_texture_video(1, (0, 0), 20 / 255, seed=1)[1], 4, axis=0)
+    seen = _count_groups(monkeypatch)
+    none = nl_bayes(v, 20 / 255, skip=0, skip2=0, **KW)
+    n_none = sum(seen)
+    seen.clear()
+    kept = nl_bayes(v, 20 / 255, skip=1, skip2=1, still=float("inf"), **KW)
+    assert sum(seen) == n_none
+    np.testing.assert_allclose(kept, none, atol=1e-6)
+    seen.clear()
+    nl_bayes(v, 20 / 255, skip=1, skip2=1, **KW)
+    assert sum(seen) < 0.8 * n_none
+
+
+def test_moving_video_skips_as_without_the_rule(monkeypatch):
+    # a high-contrast texture moving 2 px a frame: no pixel stands still, so the rule changes
+    # nothing (the same groups, the same result)
+    clean, v = _texture_video(4, (1, 2), 20 / 255, seed=2)
+    x = torch.from_numpy(v).permute(0, 3, 1, 2)[None]
+    assert not any(bool(NLB._still_refs(x, t, (20 / 255) ** 2).any()) for t in range(4))
+    seen = _count_groups(monkeypatch)
+    today = nl_bayes(v, 20 / 255, skip=1, skip2=1, still=1.0, **KW)
+    n_today = sum(seen)
+    seen.clear()
+    ruled = nl_bayes(v, 20 / 255, skip=1, skip2=1, still=float("inf"), **KW)
+    assert sum(seen) == n_today
+    assert np.array_equal(ruled, today)
+    seen.clear()
+    nl_bayes(v, 20 / 255, skip=0, skip2=0, **KW)
+    assert n_today < sum(seen)  # skipping does act on this video
+
+
+def test_still_rule_is_independent_of_the_bands_and_keeps_the_outside(sample):
+    v = sample.noisy.copy()
+    v[2:] = v[1]  # frames 2 and 3 stand still where 1 and 2 do
+    kw = dict(KW, skip=1, skip2=1, still=3.0)
+    a = nl_bayes(v, 20 / 255, **kw)
+    np.testing.assert_allclose(nl_bayes(v, 20 / 255, band_rows=3, **kw), a, atol=1e-5)
+    assert not np.allclose(a, nl_bayes(v, 20 / 255, **dict(kw, still=1.0)), atol=1e-4)  # it acts here
+    r = (1, 4, 4, 20, 6, 30)
+    out = nl_bayes(v, 20 / 255, region=r, band_rows=4, **kw)
+    outside = np.ones(v.shape[:3], bool)
+    outside[1:4, 4:20, 6:30] = False
+    assert np.array_equal(out[outside], v[outside])
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(still=-1), "still:"), (dict(still="2"), "still:")])
+def test_still_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nl_bayes(np.zeros((3, 8, 8), np.float32), 0.1, device="cpu", **kwargs)
