@@ -5,7 +5,8 @@ motion (sub-pixel translation, small rotation and zoom, resampled with cubic spl
 napari_stnls.video.synthetic.sample_video does) plus white Gaussian noise with a fixed seed. The flow
 is TV-L1 computed on the noisy frames, as in real use. ``--scenes still`` takes instead two
 scenes of a fixed camera over a still, low-contrast texture (scikit-image's gravel and brick)
-crossed by a moving photograph (what skipping references must spare: see STILL_SCENES). Each configuration is scored by the
+crossed by a moving photograph (STILL_SCENES; made for the skipping's still rule, they do not
+show the loss that bikes shows: docs/benchmarks.md). Each configuration is scored by the
 PSNR of the middle frame (restored in region mode, so a trial costs about one frame),
 averaged over the scenes. Prints one JSON line per trial on stdout.
 

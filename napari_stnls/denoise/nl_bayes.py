@@ -20,11 +20,10 @@ __all__ = ["nl_bayes"]
 # flow, occlusion): see _fast_refs.
 FB_TOL = 1.0
 
-# Side of the window over which _still_refs averages the squared difference of consecutive
-# frames, and the ratio of that average to the pure noise's (2 sigma^2) under which a pixel
-# stands still.
-# (21 and 1.05: about 1 in 8 truly still pixels is taken for moving, by chance; smaller
-# windows or larger ratios took the smooth parts of slowly moving scenes for still.)
+# Side of the window over which _still_refs averages the temporal variance of three frames,
+# and the ratio of that average to the noise's variance under which a pixel stands still
+# (21 and 1.05: about 1 in 16 truly still pixels is taken for moving, by chance; smaller
+# windows or larger ratios took the smooth parts of slowly moving scenes for still).
 STILL_WIN = 21
 STILL_RATIO = 1.05
 
@@ -323,19 +322,21 @@ def _fast_refs(flows, fast_motion: float) -> torch.Tensor | None:
 def _still_refs(noisy: torch.Tensor, t: int, var: float) -> torch.Tensor:
     """Where frame ``t`` of ``noisy`` (B, T, C, H, W) stands still: (B, H, W) bool.
 
-    A pixel stands still where the squared difference between frames ``t`` and ``t - 1``,
-    averaged over the channels and a :data:`STILL_WIN`-pixel square window, is under
-    :data:`STILL_RATIO` times the pure noise's expectation ``2 * var``. Under
-    motion the difference holds the signal's change too, except on flat content. No pixel of
-    the first frame stands still (it has no earlier frame, and nothing is skipped there).
+    A pixel stands still where the sample variance of its values in frames ``t - 1``, ``t``
+    and ``t + 1`` (``t - 1`` and ``t`` in the last frame), averaged over the channels and a
+    :data:`STILL_WIN`-pixel square window (cut at the borders), is under
+    :data:`STILL_RATIO` times the noise's ``var``. Under motion the variance holds the
+    signal's change too (but on flat content). No pixel of the first frame stands still (it
+    has no earlier frame, and nothing is skipped there).
     """
-    B, _, _, H, W = noisy.shape
+    B, T, _, H, W = noisy.shape
     if t == 0:
         return torch.zeros(B, H, W, dtype=torch.bool, device=noisy.device)
-    d = (noisy[:, t] - noisy[:, t - 1]).square().mean(1, keepdim=True)  # (B, 1, H, W)
+    v = noisy[:, t - 1:min(T, t + 2)]
+    d = (v - v.mean(1, keepdim=True)).square().sum(1).mean(1, keepdim=True) / (v.shape[1] - 1)  # (B, 1, H, W)
     m = torch.nn.functional.avg_pool2d(d, STILL_WIN, stride=1, padding=STILL_WIN // 2,
                                        count_include_pad=False)
-    return m[:, 0] < STILL_RATIO * 2 * var
+    return m[:, 0] < STILL_RATIO * var
 
 
 def _bands(r: Region, reach: int, rows: int, shape, stride0: int) -> list[Region]:
@@ -414,8 +415,8 @@ def _nl_bayes(
         tuned for ``sigma``. Tiles of a video (``napari_stnls.stream``) equal the whole
         video's result only without skipping.
     still : float, optional
-        Where the frame stands still (the mean squared difference with the previous noisy
-        frame over a 21-pixel window is under 1.05 times the pure noise's ``2 sigma^2``),
+        Where the frame stands still (the variance of the noisy values over the previous,
+        this and the next frame, averaged over a 21-pixel window, is under 1.05 sigma^2),
         ``still`` times as many estimates are needed before a reference is skipped (1: as
         elsewhere; ``inf``: never skipped). None takes the value tuned for ``sigma``.
     fast_motion, ps_fast, pt_fast : optional
@@ -569,7 +570,8 @@ def nl_bayes(
     ``skip * ps * ps * pt`` times (``skip2 * ps2 * ps2 * pt`` in step 2) is skipped: VNLB's
     "paste trick", decided frame by frame so that the result does not depend on how the
     work is cut into bands (nor on the number of threads). Where the frame stands still
-    (compared with the previous one), ``still`` times as many estimates are needed.
+    (compared with the previous and the next one), ``still`` times as many estimates are
+    needed.
 
     Parameters
     ----------
@@ -590,8 +592,8 @@ def nl_bayes(
         tuned for the noise (:func:`~napari_stnls.denoise.nl_bayes_params`). Tiles of a
         video (``napari_stnls.stream``) equal the whole video's result only without skipping.
     still : float, optional
-        Where the frame stands still (the mean squared difference with the previous noisy
-        frame over a 21-pixel window is under 1.05 times the pure noise's ``2 sigma^2``),
+        Where the frame stands still (the variance of the noisy values over the previous,
+        this and the next frame, averaged over a 21-pixel window, is under 1.05 sigma^2),
         ``still`` times as many estimates are needed before a reference is skipped (1: as
         elsewhere; ``inf``: never skipped): still texture has exact copies in the
         neighbouring frames, whose own groups are better than the earlier frames' ones.
