@@ -10,7 +10,7 @@ import torch
 from .._util import Steps
 from ..ops import Region, gather, scatter, search
 from ..video.flow import flow_consistency
-from ._prep import band_budget, prepare, split_bands
+from ._prep import band_budget, dilate, prepare, split_bands
 from .convert import run
 from .params import COUPLED_CHANNELS, nl_bayes_params
 
@@ -225,8 +225,12 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
             if skip > 0:
                 if band.t0 != frame:  # what the groups of the earlier frames estimated in this one
                     frame, done = band.t0, cnt[:, band.t0, 0].clone()
-                    if still != 1:
-                        done[_still_refs(noisy, frame, var)] /= still
+                    if still != 1:  # on the references' rows and columns (and the window's margin)
+                        q, m = dilate(r, pad + ws, noisy.shape), STILL_WIN // 2
+                        y0, x0 = max(0, q.y0 - m), max(0, q.x0 - m)
+                        part = _still_refs(noisy[..., y0:min(H, q.y1 + m), x0:min(W, q.x1 + m)], frame, var)
+                        sub = done[:, q.y0:q.y1, q.x0:q.x1]
+                        sub[part[:, q.y0 - y0:q.y1 - y0, q.x0 - x0:q.x1 - x0]] /= still
                 todo = done[:, band.y0:band.y1:stride0, band.x0:band.x1:stride0] < need  # (B, nH, nW)
                 on_y, on_x = todo.any(2).any(0).nonzero(), todo.any(1).any(0).nonzero()
                 if len(on_y) == 0:

@@ -96,8 +96,8 @@ def nl_bayes_params(sigma: float, channels: int = 3) -> dict:
     --------
     >>> p = nl_bayes_params(20 / 255)
     >>> sorted(p)  # doctest: +NORMALIZE_WHITESPACE
-    ['fast_motion', 'k', 'k2', 'ps', 'ps2', 'ps_fast', 'pt', 'pt_fast', 'skip', 'skip2', 'stride0', 'thresh',
-     'thresh2', 'ws', 'wt']
+    ['fast_motion', 'k', 'k2', 'ps', 'ps2', 'ps_fast', 'pt', 'pt_fast', 'skip', 'skip2', 'still', 'stride0',
+     'thresh', 'thresh2', 'ws', 'wt']
     """
     s = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
     out = {}
