@@ -311,6 +311,10 @@ def test_still_pixels_follow_the_definition():
         assert np.array_equal(got[clear], (m < level)[clear]), (t, (got[clear] != (m < level)[clear]).sum())
         assert clear.mean() > 0.99
     assert 0.05 < (_still_oracle(v, 2) < level).mean() < 0.95  # both kinds of pixels are there
+    # cut to rows and columns with the window's margin (what a region computes): the same answer
+    m, full = NLB.STILL_WIN // 2, NLB._still_refs(x, 2, var)  # frames of 24 x 32
+    part = NLB._still_refs(x[..., 1:24, 2:31], 2, var)  # rows 1..23 (the bottom border), columns 2..30
+    assert torch.equal(part[:, m:, m:29 - m], full[:, 1 + m:, 2 + m:31 - m])
 
 
 def _count_groups(monkeypatch):
