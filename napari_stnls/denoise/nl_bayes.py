@@ -23,9 +23,15 @@ FB_TOL = 1.0
 # Side of the window over which _still_refs averages the temporal variance of three frames,
 # and the ratio of that average to the noise's variance under which a pixel stands still
 # (21 and 1.05: about 1 in 16 truly still pixels is taken for moving, by chance; smaller
-# windows or larger ratios took the smooth parts of slowly moving scenes for still).
+# windows or larger ratios took the smooth parts of slowly moving scenes for still); and the
+# spatial variance (of the frames' mean, less the noise's share), over the noise's, under
+# which it is flat, where only still and flat pixels are to be spared. inf: off. 0.1 spared
+# carphone's still texture (which loses nothing to skipping; 1.1x the time at sigma 50
+# instead of 1.6x) and gave the generated scenes their gain back, but cost bikes 0.03 dB at
+# sigma 50, out of its table's 0.1 (docs/benchmarks.md).
 STILL_WIN = 21
 STILL_RATIO = 1.05
+STILL_FLAT = float("inf")
 
 
 # Orthonormal opponent colour transform: luminance carries most of the signal, and the
@@ -326,21 +332,32 @@ def _fast_refs(flows, fast_motion: float) -> torch.Tensor | None:
 def _still_refs(noisy: torch.Tensor, t: int, var: float) -> torch.Tensor:
     """Where frame ``t`` of ``noisy`` (B, T, C, H, W) stands still: (B, H, W) bool.
 
-    A pixel stands still where the sample variance of its values in frames ``t - 1``, ``t``
-    and ``t + 1`` (``t - 1`` and ``t`` in the last frame), averaged over the channels and a
-    :data:`STILL_WIN`-pixel square window (cut at the borders), is under
-    :data:`STILL_RATIO` times the noise's ``var``. Under motion the variance holds the
-    signal's change too (but on flat content). No pixel of the first frame stands still (it
-    has no earlier frame, and nothing is skipped there).
+    Over a :data:`STILL_WIN`-pixel square window (cut at the borders), averaged over the
+    channels: the sample variance of the values in frames ``t - 1``, ``t`` and ``t + 1``
+    (``t - 1`` and ``t`` in the last frame) is under :data:`STILL_RATIO` times the noise's
+    ``var`` (under motion it holds the signal's change too, but on flat content), and, unless
+    :data:`STILL_FLAT` is ``inf`` (the default: off), the spatial variance of those frames'
+    mean, less the noise's share ``var / n``, is under ``STILL_FLAT`` times ``var`` (flat:
+    texture well below the noise, as on bikes' pavement).
+    No pixel of the first frame stands still (it has no earlier frame, and nothing is
+    skipped there).
     """
     B, T, _, H, W = noisy.shape
     if t == 0:
         return torch.zeros(B, H, W, dtype=torch.bool, device=noisy.device)
+
+    def box(a):  # the window's mean of (B, C, H, W)
+        return torch.nn.functional.avg_pool2d(a, STILL_WIN, stride=1, padding=STILL_WIN // 2,
+                                              count_include_pad=False)
+
     v = noisy[:, t - 1:min(T, t + 2)]
-    d = (v - v.mean(1, keepdim=True)).square().sum(1).mean(1, keepdim=True) / (v.shape[1] - 1)  # (B, 1, H, W)
-    m = torch.nn.functional.avg_pool2d(d, STILL_WIN, stride=1, padding=STILL_WIN // 2,
-                                       count_include_pad=False)
-    return m[:, 0] < STILL_RATIO * var
+    n = v.shape[1]
+    mu = v.mean(1)  # (B, C, H, W)
+    temporal = box((v - mu[:, None]).square().sum(1).mean(1, keepdim=True) / (n - 1))[:, 0]
+    still = temporal < STILL_RATIO * var
+    if STILL_FLAT < float("inf"):
+        still &= (box(mu * mu) - box(mu).square()).mean(1) - var / n < STILL_FLAT * var
+    return still
 
 
 def _bands(r: Region, reach: int, rows: int, shape, stride0: int) -> list[Region]:

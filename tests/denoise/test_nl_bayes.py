@@ -272,17 +272,23 @@ def test_fast_bad_arguments(kwargs, match):
 
 
 def _still_oracle(noisy, t):
-    """The statistic that tells still pixels of frame ``t``, from the definition: the sample
-    variance over frames ``t - 1 .. t + 1`` (those there are), averaged over the channels and
-    the window (cut at the borders), in float64. Still where under ``STILL_RATIO * var``."""
+    """The two statistics that tell still pixels of frame ``t``, from the definition, in
+    float64: the sample variance over frames ``t - 1 .. t + 1`` (those there are), averaged
+    over the channels and the window (cut at the borders); and the spatial variance over the
+    window of those frames' mean, averaged over the channels, less the noise's share
+    ``var / n`` (added by the caller). Still where the first is under ``STILL_RATIO * var``
+    and the second under ``STILL_FLAT * var``."""
     T, H, W, C = noisy.shape
-    d = noisy[t - 1:t + 2].astype(np.float64).var(0, ddof=1).mean(-1)
+    v = noisy[t - 1:t + 2].astype(np.float64)
+    d, mu = v.var(0, ddof=1).mean(-1), v.mean(0)
     r = NLB.STILL_WIN // 2
-    out = np.zeros((H, W))
+    temporal, spatial = np.zeros((H, W)), np.zeros((H, W))
     for y in range(H):
         for x in range(W):
-            out[y, x] = d[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].mean()
-    return out
+            win = (slice(max(0, y - r), y + r + 1), slice(max(0, x - r), x + r + 1))
+            temporal[y, x] = d[win].mean()
+            spatial[y, x] = mu[win].reshape(-1, C).var(0).mean()
+    return temporal, spatial, len(v)
 
 
 def _texture_video(T, shift, sigma, seed):
@@ -294,27 +300,41 @@ def _texture_video(T, shift, sigma, seed):
     return clean, (clean + rng.normal(0, sigma, clean.shape)).astype(np.float32)
 
 
-def test_still_pixels_follow_the_definition():
+@pytest.mark.parametrize("flat", [float("inf"), 0.1])
+def test_still_pixels_follow_the_definition(flat, monkeypatch):
+    monkeypatch.setattr(NLB, "STILL_FLAT", flat)  # inf: the default, no flatness test
     var = (20 / 255) ** 2
-    # a still texture with its own noise in every frame, but the left half of frame 2, which
-    # is frame 1's shifted 3 px: it moves (and frames 1 and 3 see it, through their next or
-    # previous frame)
-    v = _texture_video(4, (0, 0), 20 / 255, seed=3)[1]
-    v[2, :, :20] = np.roll(v[1, :, :20], 3, axis=1)
+    # 4 frames of 48 x 64, each with its own noise: flat on the right, a still texture on the
+    # left, and in frame 2 the bottom right quarter replaced by the texture (it moves there:
+    # frames 1, 2 and 3 see it, through their next, own or previous frame)
+    rng = np.random.default_rng(3)
+    clean = np.full((4, 48, 64, 3), 0.5, np.float32)
+    clean[:, :, :32] = rng.uniform(0, 1, (48, 32, 3))
+    clean[2, 24:, 32:] = clean[2, 24:, :32]
+    v = (clean + rng.normal(0, 20 / 255, clean.shape)).astype(np.float32)
     x = torch.from_numpy(v).permute(0, 3, 1, 2)[None]
     assert not bool(NLB._still_refs(x, 0, var).any())  # the first frame has no earlier one
-    level = NLB.STILL_RATIO * var
+    lt, ls = NLB.STILL_RATIO * var, NLB.STILL_FLAT * var
     for t in (1, 2, 3):
         got = NLB._still_refs(x, t, var)[0].numpy()
-        m = _still_oracle(v, t)
-        clear = np.abs(m - level) > 1e-5 * level  # float32 rounding decides the others
-        assert np.array_equal(got[clear], (m < level)[clear]), (t, (got[clear] != (m < level)[clear]).sum())
+        temporal, spatial, n = _still_oracle(v, t)
+        spatial -= var / n
+        want = (temporal < lt) & (spatial < ls)
+        # float32 rounding decides the pixels at a threshold
+        clear = np.abs(temporal - lt) > 1e-5 * lt
+        clear &= np.isinf(ls) | (np.abs(spatial - ls) > 1e-5 * ls + 1e-7)
         assert clear.mean() > 0.99
-    assert 0.05 < (_still_oracle(v, 2) < level).mean() < 0.95  # both kinds of pixels are there
+        assert np.array_equal(got[clear], want[clear]), (t, (got[clear] != want[clear]).sum())
+        if t == 2:  # all three kinds of pixels are there
+            assert want[:12, 50:].all()  # still and flat
+            # still and textured: still without the flatness test, not with it
+            assert (temporal[:, :20] < lt).mean() > 0.5 and want[:, :20].any() == (flat == float("inf"))
+            assert not want[36:, 44:].any() and (temporal[36:, 44:] >= lt).all()  # moving
     # cut to rows and columns with the window's margin (what a region computes): the same answer
-    m, full = NLB.STILL_WIN // 2, NLB._still_refs(x, 2, var)  # frames of 24 x 32
-    part = NLB._still_refs(x[..., 1:24, 2:31], 2, var)  # rows 1..23 (the bottom border), columns 2..30
-    assert torch.equal(part[:, m:, m:29 - m], full[:, 1 + m:, 2 + m:31 - m])
+    m, full = NLB.STILL_WIN // 2, NLB._still_refs(x, 2, var)
+    part = NLB._still_refs(x[..., 1:48, 2:61], 2, var)  # rows 1..47 (the bottom border), columns 2..60
+    assert torch.equal(part[:, m:, m:59 - m], full[:, 1 + m:, 2 + m:61 - m])
+    assert bool(full.any()) and not bool(full.all())
 
 
 def _count_groups(monkeypatch):
@@ -329,10 +349,19 @@ def _count_groups(monkeypatch):
     return seen
 
 
+def _flat_video(T, seed):
+    """(T, 24, 32, 3): a flat grey under fixed noise of 10/255 (half the sigma the tests pass):
+    every pixel stands still and is flat for the rule."""
+    rng = np.random.default_rng(seed)
+    return (0.5 + rng.normal(0, 10 / 255, (T, 24, 32, 3))).astype(np.float32)
+
+
 def test_still_video_skips_nothing(monkeypatch):
-    # the same noisy frame four times: every pixel stands still, so with still=inf every
-    # reference runs (the groups and the result of no skipping), and with still=1 some are skipped
-    v = np.repeat(_texture_video(1, (0, 0), 20 / 255, seed=1)[1], 4, axis=0)
+    # every pixel stands still: with the default (still=inf) every reference runs (the groups
+    # and the result of no skipping), and with still=1 (the former rule) some are skipped
+    v = _flat_video(4, seed=1)
+    x = torch.from_numpy(v).permute(0, 3, 1, 2)[None]
+    assert all(bool(NLB._still_refs(x, t, (20 / 255) ** 2).all()) for t in range(1, 4))
     seen = _count_groups(monkeypatch)
     none = nl_bayes(v, 20 / 255, skip=0, skip2=0, **KW)
     n_none = sum(seen)
@@ -367,8 +396,8 @@ def test_moving_video_skips_as_without_the_rule(monkeypatch):
 
 
 def test_still_rule_is_independent_of_the_bands_and_keeps_the_outside(sample):
-    v = sample.noisy.copy()
-    v[2:] = v[1]  # frames 2 and 3 stand still where 1 and 2 do
+    v = _flat_video(4, seed=4)
+    v[:, :, :12] = sample.noisy[:, :24, :12]  # moving content on the left, still and flat on the right
     kw = dict(KW, skip=1, skip2=1, still=3.0)
     a = nl_bayes(v, 20 / 255, **kw)
     np.testing.assert_allclose(nl_bayes(v, 20 / 255, band_rows=3, **kw), a, atol=1e-5)
