@@ -616,7 +616,7 @@ def nl_bayes(
         Where the frame stands still (the variance of the noisy values over the previous,
         this and the next frame, averaged over a 21-pixel window, is under 1.05 sigma^2),
         ``still`` times as many estimates are needed before a reference is skipped (1: as
-        elsewhere; ``inf``: never skipped): still texture has exact copies in the
+        elsewhere; ``inf``: never skipped): still content has exact copies in the
         neighbouring frames, whose own groups are better than the earlier frames' ones.
         None takes the value tuned for the noise.
     fast_motion, ps_fast, pt_fast : optional
