@@ -28,7 +28,7 @@ FB_TOL = 1.0
 # which it is flat, where only still and flat pixels are to be spared. inf: off. 0.1 spared
 # carphone's still texture (which loses nothing to skipping; 1.1x the time at sigma 50
 # instead of 1.6x) and gave the generated scenes their gain back, but cost bikes 0.03 dB at
-# sigma 50, out of its table's 0.1 (docs/benchmarks.md).
+# sigma 50, out of its table's 0.1; 0.25 no better (docs/benchmarks.md).
 STILL_WIN = 21
 STILL_RATIO = 1.05
 STILL_FLAT = float("inf")
