@@ -3,13 +3,17 @@
 Scenes: scikit-image photographs (astronaut, coffee, chelsea, rocket) moved by a known smooth
 motion (sub-pixel translation, small rotation and zoom, resampled with cubic splines, as
 napari_stnls.video.synthetic.sample_video does) plus white Gaussian noise with a fixed seed. The flow
-is TV-L1 computed on the noisy frames, as in real use. Each configuration is scored by the
+is TV-L1 computed on the noisy frames, as in real use. ``--scenes still`` takes instead two
+scenes of a fixed camera over a still, low-contrast texture (scikit-image's gravel and brick)
+crossed by a moving photograph (STILL_SCENES; made for the skipping's still rule, they do not
+show the loss that bikes shows: docs/benchmarks.md). Each configuration is scored by the
 PSNR of the middle frame (restored in region mode, so a trial costs about one frame),
 averaged over the scenes. Prints one JSON line per trial on stdout.
 
     python benchmarks/tune_nlb.py --sigmas 20 --grid '{"thresh": [0.5, 1.0, 2.7]}'
     python benchmarks/tune_nlb.py --sigmas 20,40 --configs '[{}, {"pt": 1}, {"opponent": false}]'
     python benchmarks/tune_nlb.py --sigmas 30 --motion-scale 4 --grid '{"fast_motion": [3, 1e9]}'
+    python benchmarks/tune_nlb.py --sigmas 30 --whole --frames 6 --scenes all --grid '{"still": [1, 3]}'
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ from napari_stnls.video.flow import compute_flows  # noqa: E402
 SCENES = {"astronaut": (0.5, (110, 150)), "coffee": (0.5, (90, 160)), "chelsea": (0.6, (80, 110)),
           "rocket": (0.5, (90, 170))}
 MOTIONS = [(1.3, 0.6, 0.5), (-0.8, 1.1, -0.3), (0.4, -1.7, 0.2), (2.6, -1.2, 0.3)]  # (dx, dy, degrees)
+# still scenes (a fixed camera over a low-contrast texture, like a pavement, with a photograph
+# crossing it): texture: (contrast, tint (RGB), moving photograph, its (dx, dy) a frame)
+STILL_SCENES = {"gravel": (0.25, (0.42, 0.40, 0.37), "chelsea", (1.7, 0.8)),
+                "brick": (0.35, (0.55, 0.45, 0.40), "coffee", (-1.1, 1.4))}
+SCENE_SETS = {"moving": tuple(SCENES), "still": tuple(STILL_SCENES),
+              "all": tuple(SCENES) + tuple(STILL_SCENES)}
 
 
 def make_scene(name: str, T: int, size: tuple[int, int], motion: tuple[float, float, float]) -> np.ndarray:
@@ -58,12 +68,44 @@ def make_scene(name: str, T: int, size: tuple[int, int], motion: tuple[float, fl
     return np.clip(np.stack(frames), 0, 1).astype(np.float32)
 
 
-def dataset(sigma: float, T: int, size, motion_scale: float = 1.0) -> list[tuple]:
-    """(clean, noisy, flows) of every scene, its motion multiplied by ``motion_scale``."""
+def make_still_scene(name: str, T: int, size: tuple[int, int], motion_scale: float = 1.0) -> np.ndarray:
+    """(T, H, W, 3) float32 frames of a still texture (scikit-image's ``name``, at half scale,
+    contrast and tint of :data:`STILL_SCENES`) with a photograph of half the frame's size
+    crossing it (sub-pixel motion, cubic splines, soft edges)."""
+    from skimage import data
+    from skimage.transform import rescale
+
+    contrast, tint, photo, (dx, dy) = STILL_SCENES[name]
+    H, W = size
+    tex = rescale(getattr(data, name)().astype(np.float32) / 255, 0.5, anti_aliasing=True)[:H, :W]
+    bg = np.asarray(tint, np.float32) + contrast * (tex - tex.mean())[..., None]
+    img = rescale(getattr(data, photo)().astype(np.float32) / 255, 0.5, channel_axis=-1, anti_aliasing=True)
+    h, w = H // 2, W // 2
+    yy, xx = np.meshgrid(np.arange(H, dtype=np.float64), np.arange(W, dtype=np.float64), indexing="ij")
+    box = np.pad(np.ones((h, w), np.float32), 1)
+    frames = []
+    for t in range(T):
+        oy, ox = H / 4 + dy * motion_scale * (t - T / 2), W / 4 + dx * motion_scale * (t - T / 2)
+        sy, sx = yy - oy, xx - ox  # sprite coordinates
+        a = ndimage.map_coordinates(box, [sy + 1, sx + 1], order=1, mode="constant")[..., None]
+        fg = np.stack([ndimage.map_coordinates(img[..., c], [sy + img.shape[0] / 3, sx + img.shape[1] / 3],
+                                               order=3, mode="reflect") for c in range(3)], -1)
+        frames.append(a * fg + (1 - a) * bg)
+    return np.clip(np.stack(frames), 0, 1).astype(np.float32)
+
+
+def dataset(sigma: float, T: int, size, motion_scale: float = 1.0, scenes=tuple(SCENES)) -> list[tuple]:
+    """(clean, noisy, flows) of every scene named in ``scenes`` (of :data:`SCENES` and
+    :data:`STILL_SCENES`), its motion multiplied by ``motion_scale``."""
     out = []
-    for j, (name, motion) in enumerate(zip(SCENES, MOTIONS, strict=True)):
-        dx, dy, deg = motion
-        clean = make_scene(name, T, size, (dx * motion_scale, dy * motion_scale, deg * motion_scale))
+    for j, name in enumerate(tuple(SCENES) + tuple(STILL_SCENES)):
+        if name not in scenes:
+            continue
+        if name in STILL_SCENES:
+            clean = make_still_scene(name, T, size, motion_scale)
+        else:
+            dx, dy, deg = MOTIONS[j]
+            clean = make_scene(name, T, size, (dx * motion_scale, dy * motion_scale, deg * motion_scale))
         noise = np.random.default_rng(100 + j).normal(0, sigma / 255, clean.shape)
         noisy = (clean + noise).astype(np.float32)
         out.append((clean, noisy, compute_flows(noisy, "tvl1")))
@@ -99,6 +141,9 @@ def main() -> None:
                         "references changes) instead of the middle frame in region mode")
     p.add_argument("--motion-scale", type=float, default=1.0,
                    help="multiply every scene's motion (4: fast motion, 3-11 px a frame)")
+    p.add_argument("--scenes", default="moving",
+                   help=f"comma-separated scene names or a set: {', '.join(SCENE_SETS)} (moving: the four "
+                        "photographs in motion; still: a fixed camera over texture with a moving photograph)")
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--device", default="cpu",
                    help="where nl_bayes / nl_means run (cuda: the same PSNR as the CPU within 0.01 dB, in "
@@ -112,8 +157,12 @@ def main() -> None:
     else:
         configs = [dict(zip(names, c, strict=True)) for c in itertools.product(*[grid[n] for n in names])]
     t_mid = None if a.whole else a.frames // 2
+    scenes = [n for part in a.scenes.split(",") for n in SCENE_SETS.get(part, (part,))]
+    unknown = [n for n in scenes if n not in SCENES and n not in STILL_SCENES]
+    if unknown:
+        raise SystemExit(f"--scenes: unknown {unknown}; expected names of {SCENE_SETS['all']} or a set")
     for s in (float(v) for v in a.sigmas.split(",")):
-        data = dataset(s, a.frames, tuple(a.size), a.motion_scale)
+        data = dataset(s, a.frames, tuple(a.size), a.motion_scale, scenes)
         noisy_db = score(data, lambda n, f, r: n, t_mid)
         for kw in configs:
             def fn(n, f, r, kw=kw, s=s):
@@ -130,7 +179,8 @@ def main() -> None:
             db = score(data, fn, t_mid)
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            row = {"method": a.method, "sigma": s, **kw, "psnr": round(db, 3), "noisy": round(noisy_db, 3),
+            row = {"method": a.method, "sigma": s, "scenes": a.scenes, **kw, "psnr": round(db, 3),
+                   "noisy": round(noisy_db, 3),
                    "s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
                    "device": a.device}
             print(json.dumps(row), flush=True)

@@ -10,7 +10,7 @@ import torch
 from .._util import Steps
 from ..ops import Region, gather, scatter, search
 from ..video.flow import flow_consistency
-from ._prep import band_budget, prepare, split_bands
+from ._prep import band_budget, dilate, prepare, split_bands
 from .convert import run
 from .params import COUPLED_CHANNELS, nl_bayes_params
 
@@ -19,6 +19,19 @@ __all__ = ["nl_bayes"]
 # Forward-backward flow error (pixels) above which a reference counts as "fast" (unreliable
 # flow, occlusion): see _fast_refs.
 FB_TOL = 1.0
+
+# Side of the window over which _still_refs averages the temporal variance of three frames,
+# and the ratio of that average to the noise's variance under which a pixel stands still
+# (21 and 1.05: about 1 in 16 truly still pixels is taken for moving, by chance; smaller
+# windows or larger ratios took the smooth parts of slowly moving scenes for still); and the
+# spatial variance (of the frames' mean, less the noise's share), over the noise's, under
+# which it is flat, where only still and flat pixels are to be spared. inf: off. 0.1 spared
+# carphone's still texture (which loses nothing to skipping; 1.1x the time at sigma 50
+# instead of 1.6x) and gave the generated scenes their gain back, but cost bikes 0.03 dB at
+# sigma 50, out of its table's 0.1; 0.25 no better (docs/benchmarks.md).
+STILL_WIN = 21
+STILL_RATIO = 1.05
+STILL_FLAT = float("inf")
 
 
 # Orthonormal opponent colour transform: luminance carries most of the signal, and the
@@ -180,7 +193,7 @@ def _filter(yn: torch.Tensor, yb: torch.Tensor | None, var: float, thresh: float
 
 
 def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_search, flows, stride0,
-                skip, regions, rows, step, steps, fast=None, ps_fast=None, pt_fast=None):
+                skip, regions, rows, step, steps, fast=None, ps_fast=None, pt_fast=None, still=1.0):
     """One step of video non-local Bayes: group, estimate, aggregate every group patch.
 
     Groups are searched on ``guide`` (its first channel only with ``luma_search``); the
@@ -192,8 +205,10 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
     The references (a grid of spacing ``stride0``) run frame after frame. With ``skip > 0``
     a reference is skipped when the groups of the earlier frames already estimated its pixel
     at least ``skip * ps * ps * pt`` times (``skip`` patches' worth: VNLB's "paste trick"
-    at the scale of frames). Which references run depends only on the earlier frames, never
-    on the bands, so the result is the same for any ``rows``.
+    at the scale of frames). Where the frame stands still (:func:`_still_refs`), ``still``
+    times as many estimates are needed (``inf``: such a reference is never skipped). Which
+    references run depends only on the earlier frames and on ``noisy``, never on the bands,
+    so the result is the same for any ``rows``.
 
     ``fast`` (B, T, H, W) bool, optional, marks the pixels whose references use patches of
     side ``ps_fast`` over ``pt_fast`` frames instead (where the motion is fast or the flow
@@ -216,6 +231,12 @@ def _bayes_pass(noisy, guide, sigma, *, ps, pt, ws, wt, k, thresh, couple, luma_
             if skip > 0:
                 if band.t0 != frame:  # what the groups of the earlier frames estimated in this one
                     frame, done = band.t0, cnt[:, band.t0, 0].clone()
+                    if still != 1:  # on the references' rows and columns (and the window's margin)
+                        q, m = dilate(r, pad + ws, noisy.shape), STILL_WIN // 2
+                        y0, x0 = max(0, q.y0 - m), max(0, q.x0 - m)
+                        part = _still_refs(noisy[..., y0:min(H, q.y1 + m), x0:min(W, q.x1 + m)], frame, var)
+                        sub = done[:, q.y0:q.y1, q.x0:q.x1]
+                        sub[part[:, q.y0 - y0:q.y1 - y0, q.x0 - x0:q.x1 - x0]] /= still
                 todo = done[:, band.y0:band.y1:stride0, band.x0:band.x1:stride0] < need  # (B, nH, nW)
                 on_y, on_x = todo.any(2).any(0).nonzero(), todo.any(1).any(0).nonzero()
                 if len(on_y) == 0:
@@ -308,6 +329,37 @@ def _fast_refs(flows, fast_motion: float) -> torch.Tensor | None:
     return (mag > fast_motion) | (flow_consistency(f, b) > FB_TOL)
 
 
+def _still_refs(noisy: torch.Tensor, t: int, var: float) -> torch.Tensor:
+    """Where frame ``t`` of ``noisy`` (B, T, C, H, W) stands still: (B, H, W) bool.
+
+    Over a :data:`STILL_WIN`-pixel square window (cut at the borders), averaged over the
+    channels: the sample variance of the values in frames ``t - 1``, ``t`` and ``t + 1``
+    (``t - 1`` and ``t`` in the last frame) is under :data:`STILL_RATIO` times the noise's
+    ``var`` (under motion it holds the signal's change too, but on flat content), and, unless
+    :data:`STILL_FLAT` is ``inf`` (the default: off), the spatial variance of those frames'
+    mean, less the noise's share ``var / n``, is under ``STILL_FLAT`` times ``var`` (flat:
+    texture well below the noise, as on bikes' pavement).
+    No pixel of the first frame stands still (it has no earlier frame, and nothing is
+    skipped there).
+    """
+    B, T, _, H, W = noisy.shape
+    if t == 0:
+        return torch.zeros(B, H, W, dtype=torch.bool, device=noisy.device)
+
+    def box(a):  # the window's mean of (B, C, H, W)
+        return torch.nn.functional.avg_pool2d(a, STILL_WIN, stride=1, padding=STILL_WIN // 2,
+                                              count_include_pad=False)
+
+    v = noisy[:, t - 1:min(T, t + 2)]
+    n = v.shape[1]
+    mu = v.mean(1)  # (B, C, H, W)
+    temporal = box((v - mu[:, None]).square().sum(1).mean(1, keepdim=True) / (n - 1))[:, 0]
+    still = temporal < STILL_RATIO * var
+    if STILL_FLAT < float("inf"):
+        still &= (box(mu * mu) - box(mu).square()).mean(1) - var / n < STILL_FLAT * var
+    return still
+
+
 def _bands(r: Region, reach: int, rows: int, shape, stride0: int) -> list[Region]:
     """The one-frame bands of references of one pass over ``r``, in the order they run.
 
@@ -341,6 +393,7 @@ def _nl_bayes(
     should_stop: Callable[[], bool] | None = None,
     skip: float | None = None,
     skip2: float | None = None,
+    still: float | None = None,
     fast_motion: float | None = None,
     ps_fast: int | None = None,
     pt_fast: int | None = None,
@@ -364,6 +417,7 @@ def _nl_bayes(
     ``skip * ps * ps * pt`` times (``skip2 * ps2 * ps2 * pt`` in step 2) is skipped: VNLB's
     "paste trick", decided frame by frame so that the result does not depend on how the
     work is cut into bands (nor on the number of threads). 0 processes every reference.
+    Where the frame stands still, ``still`` times as many estimates are needed.
 
     Parameters
     ----------
@@ -381,6 +435,11 @@ def _nl_bayes(
         its reference to be skipped, in steps 1 and 2 (0: none is). None takes the value
         tuned for ``sigma``. Tiles of a video (``napari_stnls.stream``) equal the whole
         video's result only without skipping.
+    still : float, optional
+        Where the frame stands still (the variance of the noisy values over the previous,
+        this and the next frame, averaged over a 21-pixel window, is under 1.05 sigma^2),
+        ``still`` times as many estimates are needed before a reference is skipped (1: as
+        elsewhere; ``inf``: never skipped). None takes the value tuned for ``sigma``.
     fast_motion, ps_fast, pt_fast : optional
         References at pixels whose forward or backward flow is longer than ``fast_motion``
         pixels a frame, or whose flows disagree (forward-backward error over ``FB_TOL`` = 1
@@ -415,7 +474,8 @@ def _nl_bayes(
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
             p[name] = v
-    numbers = dict(thresh=thresh, thresh2=thresh2, skip=skip, skip2=skip2, fast_motion=fast_motion)
+    numbers = dict(thresh=thresh, thresh2=thresh2, skip=skip, skip2=skip2, still=still,
+                   fast_motion=fast_motion)
     for name, v in numbers.items():
         if v is not None:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -454,7 +514,7 @@ def _nl_bayes(
     (rows1, n1), (rows2, n2) = plan(cfg1, regions1), plan(cfg2, regions)
     steps = Steps(n1 + n2, progress, should_stop)
     kw = dict(pt=pt, ws=ws, wt=wt, flows=flows, stride0=s0, steps=steps, fast=fast, ps_fast=p["ps_fast"],
-              pt_fast=p["pt_fast"])
+              pt_fast=p["pt_fast"], still=p["still"])
     with torch.no_grad():
         # Each region on its own, both steps: its result does not depend on the other
         # regions (where regions overlap, the last one listed gives the value).
@@ -502,6 +562,7 @@ def nl_bayes(
     should_stop: Callable[[], bool] | None = None,
     skip: float | None = None,
     skip2: float | None = None,
+    still: float | None = None,
     fast_motion: float | None = None,
     ps_fast: int | None = None,
     pt_fast: int | None = None,
@@ -529,7 +590,9 @@ def nl_bayes(
     reference whose pixel the groups of the earlier frames already estimated at least
     ``skip * ps * ps * pt`` times (``skip2 * ps2 * ps2 * pt`` in step 2) is skipped: VNLB's
     "paste trick", decided frame by frame so that the result does not depend on how the
-    work is cut into bands (nor on the number of threads).
+    work is cut into bands (nor on the number of threads). Where the frame stands still
+    (compared with the previous and the next one), ``still`` times as many estimates are
+    needed.
 
     Parameters
     ----------
@@ -549,6 +612,13 @@ def nl_bayes(
         its reference to be skipped, in steps 1 and 2 (0: none is). None takes the value
         tuned for the noise (:func:`~napari_stnls.denoise.nl_bayes_params`). Tiles of a
         video (``napari_stnls.stream``) equal the whole video's result only without skipping.
+    still : float, optional
+        Where the frame stands still (the variance of the noisy values over the previous,
+        this and the next frame, averaged over a 21-pixel window, is under 1.05 sigma^2),
+        ``still`` times as many estimates are needed before a reference is skipped (1: as
+        elsewhere; ``inf``: never skipped): still content has exact copies in the
+        neighbouring frames, whose own groups are better than the earlier frames' ones.
+        None takes the value tuned for the noise.
     fast_motion, ps_fast, pt_fast : optional
         Patches for fast or unreliable motion: references at pixels whose forward or backward
         flow is longer than ``fast_motion`` pixels a frame, or whose flows fail the
@@ -584,5 +654,5 @@ def nl_bayes(
     return run(_nl_bayes, video, sigma, noise=noise, gain=gain, axes=axes, data_range=data_range,
                flows=flows, region=region, progress=progress, should_stop=should_stop, ps=ps, ps2=ps2, pt=pt,
                ws=ws, wt=wt, k=k, k2=k2, stride0=stride0, thresh=thresh, thresh2=thresh2, opponent=opponent,
-               device=device, band_rows=band_rows, skip=skip, skip2=skip2, fast_motion=fast_motion,
-               ps_fast=ps_fast, pt_fast=pt_fast)
+               device=device, band_rows=band_rows, skip=skip, skip2=skip2, still=still,
+               fast_motion=fast_motion, ps_fast=ps_fast, pt_fast=pt_fast)

@@ -31,6 +31,11 @@ NLB_TABLE: dict[str, tuple[float, ...]] = {
     "stride0": (3, 3, 3, 3, 3),
     "skip": (1.0, 1.0, 1.0, 1.0, 1.0),
     "skip2": (1.0, 1.0, 1.0, 1.0, 1.0),
+    # where the frame stands still (its noisy values vary over 3 frames no more than the noise
+    # does), still * skip patches' worth of estimates are needed: inf, such references are
+    # never skipped. Still texture (bikes' pavement) lost 0.1-0.28 dB to the skipping; moving
+    # texture (the generated scenes) keeps its gain (docs/benchmarks.md)
+    "still": (float("inf"),) * 5,
     # references where the flow is longer than fast_motion pixels a frame or fails the
     # forward-backward check use one-frame patches of side ps_fast (both steps). Off by
     # default: 3 px gained 0.13-0.21 dB on crops of real fast motion and 0.10-0.18 dB on
@@ -91,14 +96,14 @@ def nl_bayes_params(sigma: float, channels: int = 3) -> dict:
     --------
     >>> p = nl_bayes_params(20 / 255)
     >>> sorted(p)  # doctest: +NORMALIZE_WHITESPACE
-    ['fast_motion', 'k', 'k2', 'ps', 'ps2', 'ps_fast', 'pt', 'pt_fast', 'skip', 'skip2', 'stride0', 'thresh',
-     'thresh2', 'ws', 'wt']
+    ['fast_motion', 'k', 'k2', 'ps', 'ps2', 'ps_fast', 'pt', 'pt_fast', 'skip', 'skip2', 'still', 'stride0',
+     'thresh', 'thresh2', 'ws', 'wt']
     """
     s = min(max(float(sigma) * 255, NLB_SIGMAS[0]), NLB_SIGMAS[-1])
     out = {}
     for name, values in NLB_TABLE.items():
         v = float(np.interp(s, NLB_SIGMAS, values))
-        out[name] = v if name.startswith(("thresh", "skip", "fast")) else int(round(v))
+        out[name] = v if name.startswith(("thresh", "skip", "fast", "still")) else int(round(v))
     for name in ("ps", "ps2", "ps_fast", "ws"):  # odd sides
         out[name] += 1 - out[name] % 2
     joint = channels if channels <= COUPLED_CHANNELS else 1  # values per pixel of a filtered patch

@@ -269,3 +269,147 @@ def test_fast_references_keep_the_outside_of_a_region(moving):
 def test_fast_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         nl_bayes(np.zeros((3, 8, 8), np.float32), 0.1, device="cpu", **kwargs)
+
+
+def _still_oracle(noisy, t):
+    """The two statistics that tell still pixels of frame ``t``, from the definition, in
+    float64: the sample variance over frames ``t - 1 .. t + 1`` (those there are), averaged
+    over the channels and the window (cut at the borders); and the spatial variance over the
+    window of those frames' mean, averaged over the channels, less the noise's share
+    ``var / n`` (added by the caller). Still where the first is under ``STILL_RATIO * var``
+    and the second under ``STILL_FLAT * var``."""
+    T, H, W, C = noisy.shape
+    v = noisy[t - 1:t + 2].astype(np.float64)
+    d, mu = v.var(0, ddof=1).mean(-1), v.mean(0)
+    r = NLB.STILL_WIN // 2
+    temporal, spatial = np.zeros((H, W)), np.zeros((H, W))
+    for y in range(H):
+        for x in range(W):
+            win = (slice(max(0, y - r), y + r + 1), slice(max(0, x - r), x + r + 1))
+            temporal[y, x] = d[win].mean()
+            spatial[y, x] = mu[win].reshape(-1, C).var(0).mean()
+    return temporal, spatial, len(v)
+
+
+def _texture_video(T, shift, sigma, seed):
+    """(T, 24, 32, 3): a high-contrast random texture moved by a whole ``shift`` (dy, dx) a
+    frame (np.roll: exact), plus white noise of ``sigma``."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 1, (24, 32, 3)).astype(np.float32)
+    clean = np.stack([np.roll(base, (shift[0] * t, shift[1] * t), (0, 1)) for t in range(T)])
+    return clean, (clean + rng.normal(0, sigma, clean.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("flat", [float("inf"), 0.1])
+def test_still_pixels_follow_the_definition(flat, monkeypatch):
+    monkeypatch.setattr(NLB, "STILL_FLAT", flat)  # inf: the default, no flatness test
+    var = (20 / 255) ** 2
+    # 4 frames of 48 x 64, each with its own noise: flat on the right, a still texture on the
+    # left, and in frame 2 the bottom right quarter replaced by the texture (it moves there:
+    # frames 1, 2 and 3 see it, through their next, own or previous frame)
+    rng = np.random.default_rng(3)
+    clean = np.full((4, 48, 64, 3), 0.5, np.float32)
+    clean[:, :, :32] = rng.uniform(0, 1, (48, 32, 3))
+    clean[2, 24:, 32:] = clean[2, 24:, :32]
+    v = (clean + rng.normal(0, 20 / 255, clean.shape)).astype(np.float32)
+    x = torch.from_numpy(v).permute(0, 3, 1, 2)[None]
+    assert not bool(NLB._still_refs(x, 0, var).any())  # the first frame has no earlier one
+    lt, ls = NLB.STILL_RATIO * var, NLB.STILL_FLAT * var
+    for t in (1, 2, 3):
+        got = NLB._still_refs(x, t, var)[0].numpy()
+        temporal, spatial, n = _still_oracle(v, t)
+        spatial -= var / n
+        want = (temporal < lt) & (spatial < ls)
+        # float32 rounding decides the pixels at a threshold
+        clear = np.abs(temporal - lt) > 1e-5 * lt
+        clear &= np.isinf(ls) | (np.abs(spatial - ls) > 1e-5 * ls + 1e-7)
+        assert clear.mean() > 0.99
+        assert np.array_equal(got[clear], want[clear]), (t, (got[clear] != want[clear]).sum())
+        if t == 2:  # all three kinds of pixels are there
+            assert want[:12, 50:].all()  # still and flat
+            # still and textured: still without the flatness test, not with it
+            assert (temporal[:, :20] < lt).mean() > 0.5 and want[:, :20].any() == (flat == float("inf"))
+            assert not want[36:, 44:].any() and (temporal[36:, 44:] >= lt).all()  # moving
+    # cut to rows and columns with the window's margin (what a region computes): the same answer
+    m, full = NLB.STILL_WIN // 2, NLB._still_refs(x, 2, var)
+    part = NLB._still_refs(x[..., 1:48, 2:61], 2, var)  # rows 1..47 (the bottom border), columns 2..60
+    assert torch.equal(part[:, m:, m:59 - m], full[:, 1 + m:, 2 + m:61 - m])
+    assert bool(full.any()) and not bool(full.all())
+
+
+def _count_groups(monkeypatch):
+    seen = []
+    inner = NLB._group_filter
+
+    def counting(yn, *args):
+        seen.append(yn.shape[0])
+        return inner(yn, *args)
+
+    monkeypatch.setattr(NLB, "_group_filter", counting)
+    return seen
+
+
+def _flat_video(T, seed):
+    """(T, 24, 32, 3): a flat grey under fixed noise of 10/255 (half the sigma the tests pass):
+    every pixel stands still and is flat for the rule."""
+    rng = np.random.default_rng(seed)
+    return (0.5 + rng.normal(0, 10 / 255, (T, 24, 32, 3))).astype(np.float32)
+
+
+def test_still_video_skips_nothing(monkeypatch):
+    # every pixel stands still: with the default (still=inf) every reference runs (the groups
+    # and the result of no skipping), and with still=1 (the former rule) some are skipped
+    v = _flat_video(4, seed=1)
+    x = torch.from_numpy(v).permute(0, 3, 1, 2)[None]
+    assert all(bool(NLB._still_refs(x, t, (20 / 255) ** 2).all()) for t in range(1, 4))
+    seen = _count_groups(monkeypatch)
+    none = nl_bayes(v, 20 / 255, skip=0, skip2=0, **KW)
+    n_none = sum(seen)
+    seen.clear()
+    kept = nl_bayes(v, 20 / 255, skip=1, skip2=1, still=float("inf"), **KW)
+    assert sum(seen) == n_none
+    np.testing.assert_allclose(kept, none, atol=1e-6)
+    seen.clear()
+    nl_bayes(v, 20 / 255, skip=1, skip2=1, still=1.0, **KW)  # the former rule
+    assert sum(seen) < 0.8 * n_none
+    seen.clear()
+    nl_bayes(v, 20 / 255, skip=1, skip2=1, **KW)  # the default spares still pixels
+    assert sum(seen) == n_none
+
+
+def test_moving_video_skips_as_without_the_rule(monkeypatch):
+    # a high-contrast texture moving 2 px a frame: no pixel stands still, so the rule changes
+    # nothing (the same groups, the same result)
+    clean, v = _texture_video(4, (1, 2), 20 / 255, seed=2)
+    x = torch.from_numpy(v).permute(0, 3, 1, 2)[None]
+    assert not any(bool(NLB._still_refs(x, t, (20 / 255) ** 2).any()) for t in range(4))
+    seen = _count_groups(monkeypatch)
+    today = nl_bayes(v, 20 / 255, skip=1, skip2=1, still=1.0, **KW)
+    n_today = sum(seen)
+    seen.clear()
+    ruled = nl_bayes(v, 20 / 255, skip=1, skip2=1, still=float("inf"), **KW)
+    assert sum(seen) == n_today
+    assert np.array_equal(ruled, today)
+    seen.clear()
+    nl_bayes(v, 20 / 255, skip=0, skip2=0, **KW)
+    assert n_today < sum(seen)  # skipping does act on this video
+
+
+def test_still_rule_is_independent_of_the_bands_and_keeps_the_outside(sample):
+    v = _flat_video(4, seed=4)
+    v[:, :, :12] = sample.noisy[:, :24, :12]  # moving content on the left, still and flat on the right
+    kw = dict(KW, skip=1, skip2=1, still=3.0)
+    a = nl_bayes(v, 20 / 255, **kw)
+    np.testing.assert_allclose(nl_bayes(v, 20 / 255, band_rows=3, **kw), a, atol=1e-5)
+    assert not np.allclose(a, nl_bayes(v, 20 / 255, **dict(kw, still=1.0)), atol=1e-4)  # it acts here
+    r = (1, 4, 4, 20, 6, 30)
+    out = nl_bayes(v, 20 / 255, region=r, band_rows=4, **kw)
+    outside = np.ones(v.shape[:3], bool)
+    outside[1:4, 4:20, 6:30] = False
+    assert np.array_equal(out[outside], v[outside])
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(still=-1), "still:"), (dict(still="2"), "still:")])
+def test_still_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nl_bayes(np.zeros((3, 8, 8), np.float32), 0.1, device="cpu", **kwargs)
