@@ -351,8 +351,10 @@ def test_neighbours_click_gallery_and_map(viewer, qtbot):
     for cb in viewer.mouse_drag_callbacks:
         cb(viewer, event)
     assert (w.t.value(), w.y.value(), w.x.value()) == (1, 10, 30)
-    np.testing.assert_array_equal(viewer.layers["neighbours"].data[:6], res.inds[res.query_index(1, 9.2, 30.6)])
-    np.testing.assert_allclose(viewer.layers["neighbour vectors"].data[:, 0, 1:], [[10, 30]] * 6)  # shown: kept up
+    picked = res.inds[res.query_index(1, 9.2, 30.6)]
+    np.testing.assert_array_equal(viewer.layers["neighbours"].data[:6], picked)
+    arrows = viewer.layers["neighbour vectors"].data  # shown: kept up with the clicks
+    np.testing.assert_allclose(arrows[:, 0, 1:], [[10, 30]] * 6)
     # a pixel outside every region: a message, nothing changes
     before = viewer.layers["neighbours"].data.copy()
     w.t.setValue(0)
