@@ -118,14 +118,7 @@ KW = dict(device="cpu", data_range=1.0, ws=7, wt=1, ps=3, ps2=3, pt=2, k=20, k2=
 
 
 def test_skipping_processes_fewer_groups_at_little_cost(sample, monkeypatch):
-    seen = []
-    inner = NLB._group_filter
-
-    def counting(yn, *args):
-        seen.append(yn.shape[0])
-        return inner(yn, *args)
-
-    monkeypatch.setattr(NLB, "_group_filter", counting)
+    seen = _count_groups(monkeypatch)
     full = nl_bayes(sample.noisy, 20 / 255, skip=0, skip2=0, **KW)
     n_full = sum(seen)
     seen.clear()
