@@ -759,6 +759,14 @@ def set_layer(viewer, name: str, data, kind: str, once: dict | None = None, insi
     return add_keeping_selection(viewer, add) if keep_selection else add()
 
 
+def select_layer(viewer, layer_ref) -> None:
+    """Make the layer of the weak reference ``layer_ref`` the selected one, if it is still there
+    (a step of :func:`in_turns`)."""
+    layer = layer_ref()
+    if layer is not None and layer in viewer.layers:
+        viewer.layers.selection.active = layer
+
+
 def add_keeping_selection(viewer, add):
     """``add()`` (a call adding one layer, returning it) with the viewer's layer selection as it
     was: napari selects a new layer, which swaps the layer controls shown and repaints them

@@ -64,6 +64,7 @@ from ._common import (
     in_turns,
     is_regions_layer,
     regions_of,
+    select_layer,
     set_layer,
     settle_heap,
     transforms_of,
@@ -144,12 +145,6 @@ def _frame_ready(layer_ref, widget_ref, frames: BackgroundFrames, t: int) -> Non
         widget.status.info(f"{layer.name}: frame {t} ready" + (
             f"; computing frame {sorted(left)[0] if frames.computing is None else frames.computing}"
             f" ({len(left)} queued)" if left else ""))
-
-
-def _select(viewer, layer_ref) -> None:
-    layer = layer_ref()
-    if layer is not None and layer in viewer.layers:
-        viewer.layers.selection.active = layer
 
 
 def _show(layer_ref) -> None:
@@ -644,8 +639,8 @@ class DenoiseWidget(QWidget):
                             keep_selection=True, **self._output_style(layer), metadata=meta,
                             **transforms_of(layer))
             if new:
-                in_turns([partial(_show, weakref.ref(out)), partial(_select, self.viewer, weakref.ref(out))],
-                         self)
+                ref = weakref.ref(out)
+                in_turns([partial(_show, ref), partial(select_layer, self.viewer, ref)], self)
             if isinstance(old, BackgroundFrames) and old is not frames:
                 old.close()
             me = weakref.ref(self)

@@ -261,21 +261,23 @@ class NeighboursWidget(QWidget):
                 self.show_at(*self._first_pixel(layer, view, res))
 
         steps = [partial(add, spec) for spec in missing] + [partial(show, spec[0]) for spec in missing]
-        if "neighbours" in (spec[0] for spec in missing):
-            steps += [warm, cells, first]
-        in_turns([*steps, cells, finish], self)
+        steps += [warm, cells, first] if "neighbours" in (spec[0] for spec in missing) else [cells]
+        in_turns([*steps, finish], self)
+
+    def _frame_shown(self, layer, view) -> int | None:
+        """The video frame the viewer shows of ``layer`` (None where it cannot tell)."""
+        try:
+            pos = np.asarray(layer.world_to_data(self.viewer.dims.point[-layer.ndim:]), np.float64)
+            return int(round(float(view.from_layer(pos[-layer.ndim:])[0, 0])))
+        except (ValueError, IndexError):
+            return None
 
     def _first_pixel(self, layer, view, res) -> tuple[int, int, int]:
         """The pixel shown when a search ends: the centre of the last region searched, on the
         frame shown if the region holds it (else the region's first frame)."""
         r = res[-1].region
-        t = r.t0
-        try:
-            pos = np.asarray(layer.world_to_data(self.viewer.dims.point[-layer.ndim:]), np.float64)
-            shown = int(round(float(view.from_layer(pos[-layer.ndim:])[0, 0])))
-            t = shown if r.t0 <= shown < r.t1 else t
-        except (ValueError, IndexError):
-            pass
+        shown = self._frame_shown(layer, view)
+        t = shown if shown is not None and r.t0 <= shown < r.t1 else r.t0
         return t, (r.y0 + r.y1 - 1) // 2, (r.x0 + r.x1 - 1) // 2
 
     def _draw_glyphs(self, layer, view, label: str) -> None:
@@ -287,10 +289,8 @@ class NeighboursWidget(QWidget):
         click costs what the others do.
         """
         _, _, kind, _, kwargs = self._overlays(layer, view)[0]
-        try:
-            pos = np.asarray(layer.world_to_data(self.viewer.dims.point[-layer.ndim:]), np.float64)
-            t = round(float(view.from_layer(pos[-layer.ndim:])[0, 0]))
-        except (ValueError, IndexError):
+        t = self._frame_shown(layer, view)
+        if t is None:
             return
         features = {"drawn": [""], "distance": [0.0], "rank": [0], "frame": [t], "offset": [0],
                     "label": [label], "colour": ["#00000000"]}

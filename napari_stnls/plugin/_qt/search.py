@@ -6,6 +6,7 @@ values mapped to [0, 1] by the layer's contrast limits, whatever its pixel type.
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 
 import numpy as np
@@ -33,6 +34,7 @@ from ._common import (
     in_turns,
     is_regions_layer,
     regions_of,
+    select_layer,
     set_layer,
     transforms_of,
     video_combo,
@@ -40,11 +42,6 @@ from ._common import (
 )
 
 FLOW_CHOICES = ("none", "computed")
-
-
-def _select(viewer, layer) -> None:
-    if layer in viewer.layers:
-        viewer.layers.selection.active = layer
 
 
 def _show(layer) -> None:
@@ -172,7 +169,7 @@ class SearchWidget(QWidget):
             # layer are each ~0.1 s here (software OpenGL), and together they froze the viewer
             # for up to half a second
             selected = self.viewer.layers.selection.active is layer
-            steps = [] if selected else [partial(_select, self.viewer, layer)]
+            steps = [] if selected else [partial(select_layer, self.viewer, weakref.ref(layer))]
             if added:
                 steps.append(partial(_show, out))
             in_turns(steps, self)
