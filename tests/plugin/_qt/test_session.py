@@ -26,6 +26,7 @@ from napari_stnls.plugin.model.regions import Region  # noqa: E402
 ROOT = Path(__file__).resolve().parents[3]
 
 
+@pytest.mark.slow  # every widget in one viewer, 8 s: each step also has its own test in test_widgets.py
 def test_session_steps_and_screenshot(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer(show=True)
     load_sample(viewer, n_frames=5, size=(40, 48))
