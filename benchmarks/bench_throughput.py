@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--clip-npz", help="the clip from --save-clip-npz (uint8 (T, 540, 960, 3))")
     ap.add_argument("--save-clip-npz", help="decode and resize the clip into this .npz and exit")
+    ap.add_argument("--kw", action="append", default=[], metavar="METHOD=JSON",
+                    help='extra keywords of one method, e.g. nl_means=\'{"itype": "int"}\' (repeatable)')
     ap.add_argument("--out", default="out/throughput.json")
     a = ap.parse_args(argv)
     if a.save_clip_npz:
@@ -85,6 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
     names = [m for m in a.methods.split(",") if m]
     if not names or any(m not in methods for m in names):
         ap.error(f"--methods: expected a comma-separated subset of {', '.join(methods)}, got {a.methods!r}")
+    extra = {m: {} for m in methods}
+    for item in a.kw:
+        m, _, js = item.partition("=")
+        if m not in methods:
+            ap.error(f"--kw: expected METHOD=JSON with METHOD in {', '.join(methods)}, got {item!r}")
+        extra[m].update(json.loads(js))
     device = torch.device(a.device)
     if a.clip_npz:
         with np.load(a.clip_npz) as z:
@@ -103,12 +111,12 @@ def main(argv: list[str] | None = None) -> dict:
     flows = (fflow, bflow)
     print(f"flow ({a.flow}, CPU): {res['flow_s']:.2f} s", flush=True)
     for name in names:
-        def call(f=methods[name]):
-            return f(noisy, sigma, flows=flows, device=device, data_range=1.0)
+        def call(f=methods[name], kw=extra[name]):
+            return f(noisy, sigma, flows=flows, device=device, data_range=1.0, **kw)
 
         times, out = timed(call, device, a.repeats)
         s = statistics.median(times)
-        res["methods"][name] = {"times": times, "seconds": s, "frames_per_s": len(clean) / s,
+        res["methods"][name] = {"keywords": extra[name], "times": times, "seconds": s, "frames_per_s": len(clean) / s,
                                 "psnr": psnr(clean, out)}
         print(f"{name}: {s:.3f} s for {len(clean)} frames = {len(clean) / s:.2f} frames/s, "
               f"PSNR {res['methods'][name]['psnr']:.2f} dB (noisy {res['noisy_psnr']:.2f})", flush=True)
