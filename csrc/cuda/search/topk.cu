@@ -120,6 +120,8 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
     __syncwarp();  // every lane is done with the previous frame's window
     // A lane per column of the window: its two mirrored key columns are found once, then it
     // walks the rows (two mirrored key rows each) and the channels, with no index division.
+    // (Lanes sharing out the window's pixels instead, so that every lane works when L < 32,
+    // were 3-20% slower on an H100 for ws 11 and 21, and 4% faster for ws 7.)
     for (int col = lane; col < L; col += 32) {
       const int64_t k0 = reflect(x0 + col, W) * C + c0, k1 = reflect(x0 + col + 1, W) * C + c0;
       for (int dt = 0; dt < pt; ++dt) {
@@ -247,12 +249,6 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
   }
 }
 
-// Row pitch of the window kernel's shared window on the sliding path. On one load, lane m
-// reads row m / g at column (m % g) * nc (g = ceil(ws / nc) lane groups per row), at the same
-// offset for every lane. The pitch leaves at least nc - 1 columns past each row, so that loads
-// need no clamp, and of the 8 pitches from there it takes the one whose 32 lanes fall into
-// the fewest same-bank groups of a load (the first of the best): a pitch of 32 would put a
-// whole column of rows into one bank.
 // The list capacities of the per-query kernels: dispatch_kmax's, and 256 for larger k (the
 // groups of nl_bayes's second step: k = 160), where each lane keeps its own list.
 constexpr int64_t kMaxK = 256;
@@ -264,6 +260,12 @@ void dispatch_k(int64_t k, F&& f) {
     stnls::dispatch_kmax(k, f);
 }
 
+// Row pitch of the window kernel's shared window on the sliding path. On one load, lane m
+// reads row m / g at column (m % g) * nc (g = ceil(ws / nc) lane groups per row), at the same
+// offset for every lane. The pitch leaves at least nc - 1 columns past each row, so that loads
+// need no clamp, and of the 8 pitches from there it takes the one whose 32 lanes fall into
+// the fewest same-bank groups of a load (the first of the best): a pitch of 32 would put a
+// whole column of rows into one bank.
 int64_t window_pitch(int64_t L, int64_t ws, int nc) {
   const int64_t g = (ws + nc - 1) / nc, items = ws * g;
   int64_t best = 0, best_cost = LLONG_MAX;
@@ -287,6 +289,31 @@ int64_t window_pitch(int64_t L, int64_t ws, int nc) {
       best_cost = cost;
     }
   }
+  return best;
+}
+
+// Warp instructions per (query, frame, patch row and channel) of the sliding path with nc
+// candidates per lane and step: passes over the window's items times each lane's ps + nc - 1
+// loads and ps * nc multiply-adds.
+int64_t window_nc_cost(int64_t ws, int64_t ps, int nc) {
+  const int64_t items = ws * ((ws + nc - 1) / nc);
+  return (items + 31) / 32 * (ps + nc - 1 + ps * nc);
+}
+
+// Candidates per lane and step on the sliding path (float, k <= 32): the one of 4, 6 and 7
+// with the least window_nc_cost (the first of equals). On an H100 (ps 7, 540p, 5 frames, a
+// smooth sub-pixel flow) the cost's choice was the fastest of the three for ws 7, 11 and 21
+// (4, 6 and 7: 13% and 14% faster than the former choices 7 and 4 for ws 7 and 11). The sums'
+// order does not depend on it: the same bits. NAPARI_STNLS_CUDA_WINNC=4|6|7 forces one (read
+// on every call, for timing).
+int window_nc(int64_t ws, int64_t ps) {
+  if (const char* e = std::getenv("NAPARI_STNLS_CUDA_WINNC"); e && *e) {
+    const int v = std::atoi(e);
+    if (v == 4 || v == 6 || v == 7) return v;
+  }
+  int best = kWinCands;
+  for (const int nc : {6, 7})
+    if (window_nc_cost(ws, ps, nc) < window_nc_cost(ws, ps, best)) best = nc;
   return best;
 }
 
@@ -326,13 +353,13 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
                                   "search_topk_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto cen = centres.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    // 7 candidates per lane and step where a window row leaves no more unused slots than with
-    // 4 (ws = 5, 7, 13, 21, 27, ...): more multiply-adds per shared-memory load
-    const bool seven = (ws + 6) / 7 * 7 <= (ws + 3) / 4 * 4 && k <= 32 &&
-                       std::is_same<acc_t, float>::value;
-    const int64_t LP = step == 1 && dilation == 1 && ps <= kSlideMax
-                           ? window_pitch(L, ws, seven ? 7 : kWinCands)
-                           : L;
+    const bool sliding = step == 1 && dilation == 1 && ps <= kSlideMax;
+    // candidates of a window row per lane and step (NC): 4, or 6 or 7 where they take fewer
+    // instructions per query and frame (window_nc; float, k <= 32, the sliding path)
+    const int nc = sliding && k <= 32 && std::is_same<acc_t, float>::value
+                       ? window_nc(int(ws), int(ps))
+                       : kWinCands;
+    const int64_t LP = sliding ? window_pitch(L, ws, nc) : L;
     const int64_t per_warp = (pt * ps * ps + pt * L * LP) * (queries.size(4) / nheads) *
                              static_cast<int64_t>(sizeof(acc_t));
     constexpr int64_t kSmemMax = 200 * 1024;
@@ -344,8 +371,10 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
       auto launch = [&](auto kmax) {
         constexpr int KM = decltype(kmax)::value;
         auto kern = topk_window_kernel<scalar_t, acc_t, KM>;
-        if constexpr (KM <= 32 && std::is_same<acc_t, float>::value)
-          if (seven) kern = topk_window_kernel<scalar_t, acc_t, KM, true, 7>;
+        if constexpr (KM <= 32 && std::is_same<acc_t, float>::value) {
+          if (nc == 6) kern = topk_window_kernel<scalar_t, acc_t, KM, true, 6>;
+          if (nc == 7) kern = topk_window_kernel<scalar_t, acc_t, KM, true, 7>;
+        }
         if (smem > 48 * 1024)
           C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(smem)));
