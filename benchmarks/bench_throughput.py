@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         times, out = timed(call, device, a.repeats)
         s = statistics.median(times)
-        res["methods"][name] = {"keywords": extra[name], "times": times, "seconds": s, "frames_per_s": len(clean) / s,
-                                "psnr": psnr(clean, out)}
+        res["methods"][name] = {"keywords": extra[name], "times": times, "seconds": s,
+                                "frames_per_s": len(clean) / s, "psnr": psnr(clean, out)}
         print(f"{name}: {s:.3f} s for {len(clean)} frames = {len(clean) / s:.2f} frames/s, "
               f"PSNR {res['methods'][name]['psnr']:.2f} dB (noisy {res['noisy_psnr']:.2f})", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

@@ -11,6 +11,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
 from napari_stnls.denoise import nl_bayes
+from napari_stnls.denoise.params import nl_bayes_params
 from napari_stnls.video.synthetic import sample_video
 
 NLB = sys.modules["napari_stnls.denoise.nl_bayes"]  # the module (the package exports the function)
@@ -364,10 +365,24 @@ def test_still_video_skips_nothing(monkeypatch):
     np.testing.assert_allclose(kept, none, atol=1e-6)
     seen.clear()
     nl_bayes(v, 20 / 255, skip=1, skip2=1, still=1.0, **KW)  # the former rule
-    assert sum(seen) < 0.8 * n_none
+    n_one = sum(seen)
+    assert n_one < 0.8 * n_none
     seen.clear()
-    nl_bayes(v, 20 / 255, skip=1, skip2=1, **KW)  # the default spares still pixels
-    assert sum(seen) == n_none
+    nl_bayes(v, 20 / 255, skip=1, skip2=1, still=3.0, **KW)  # 3x the estimates where still
+    assert n_one < sum(seen) < n_none
+    # the defaults: still = 3 up to sigma 30, inf (nothing skipped where still) from 40 on
+    assert nl_bayes_params(20 / 255)["still"] == 3.0
+    assert nl_bayes_params(45 / 255)["still"] == float("inf")
+    seen.clear()
+    nl_bayes(v, 20 / 255, skip=1, skip2=1, **KW)
+    assert n_one < sum(seen) < n_none
+    seen.clear()
+    none50 = nl_bayes(v, 50 / 255, skip=0, skip2=0, **KW)
+    n_none50 = sum(seen)
+    seen.clear()
+    kept50 = nl_bayes(v, 50 / 255, skip=1, skip2=1, **KW)
+    assert sum(seen) == n_none50
+    np.testing.assert_allclose(kept50, none50, atol=1e-6)
 
 
 def test_moving_video_skips_as_without_the_rule(monkeypatch):
