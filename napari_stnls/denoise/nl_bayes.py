@@ -86,6 +86,17 @@ def _eigh(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # _TOP_RANK largest eigenpairs (see _group_filter)
 _TOP_RANK = 32
 _TOP_DEVICES = ("cuda",)  # the CPU's LAPACK is no faster on the subspace (tests add "cpu")
+# The same for groups of 33-64 values (step 1's 50: a median of 9 directions kept, 99% at most
+# 21, on carphone at sigma 20) with this rank; 0: full eigen-decompositions. Off until timed
+# on a GPU against the Jacobi kernel (docs/benchmarks.md).
+_TOP_RANK_SMALL = 0
+
+
+def _top_rank(D: int) -> int:
+    """The subspace rank of :func:`_group_filter` for groups of ``D`` values (0: full)."""
+    if D > 2 * _TOP_RANK:
+        return _TOP_RANK
+    return _TOP_RANK_SMALL if 32 < D and _TOP_RANK_SMALL < D else 0
 
 
 def _group_filter(yn: torch.Tensor, yb: torch.Tensor | None, var: float, thresh: float) -> torch.Tensor:
@@ -123,18 +134,19 @@ def _group_filter(yn: torch.Tensor, yb: torch.Tensor | None, var: float, thresh:
     live = (cov.flatten(1).norm(dim=1) > level).nonzero().squeeze(1)
     if len(live) == 0:
         return out
-    if yn.device.type in _TOP_DEVICES and yn.shape[-1] > 2 * _TOP_RANK:
+    rank = _top_rank(yn.shape[-1]) if yn.device.type in _TOP_DEVICES else 0
+    if rank:
         # The filter keeps only the directions above the threshold: a median of 2 of D = 150
         # in step 2 on carphone at sigma 20 (at most 30 of 768 groups sampled). A GPU solves a
         # batch of 32 x 32 problems and products far faster than one of 150 x 150, so the
-        # _TOP_RANK largest eigenpairs come from subspace iteration (top_eigh). The last Ritz
-        # pairs of a block converge slowest, so a group with more than _TOP_RANK - 8 of them
+        # `rank` largest eigenpairs come from subspace iteration (top_eigh). The last Ritz
+        # pairs of a block converge slowest, so a group with more than rank - 8 of them
         # above the level (it may have more directions to keep than the block holds well) is
         # decomposed in full.
         from ._eigh import top_eigh
 
-        ev, U = top_eigh(cov[live], _TOP_RANK, 4)
-        full = (ev > level).sum(-1) > _TOP_RANK - 8
+        ev, U = top_eigh(cov[live], rank, 4)
+        full = (ev > level).sum(-1) > rank - 8
         if bool(full.any()):
             _apply_gains(out, yc, live[full], *_eigh(cov[live[full]]), shift, var, thresh)
             keep = ~full

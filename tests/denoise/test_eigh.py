@@ -314,3 +314,33 @@ def test_group_filter_on_the_top_eigenpairs_matches_float64(dev, monkeypatch):
     ref = m + ((yn - m) @ u64 * gain[:, None]) @ u64.mT
     err = torch.linalg.matrix_norm(got - ref) / torch.linalg.matrix_norm(yn - m)  # of the group's spread
     assert err.max() < 1e-4, err
+
+
+def test_step1_filter_on_the_top_eigenpairs_matches_float64(dev, monkeypatch):
+    """Step 1's filter (no basic estimate: the noisy covariance less the noise) of D = 50
+    groups through top_eigh of rank 24 (``_TOP_RANK_SMALL``) equals the float64 filter from
+    full eigen-decompositions: groups keeping a few directions, none, and more than the
+    subspace holds well (more than 16: decomposed in full)."""
+    import importlib
+
+    nb = importlib.import_module("napari_stnls.denoise.nl_bayes")
+    monkeypatch.setattr(nb, "_TOP_DEVICES", (dev.type,))
+    monkeypatch.setattr(nb, "_TOP_RANK_SMALL", 24)
+    assert nb._top_rank(50) == 24 and nb._top_rank(150) == nb._TOP_RANK and nb._top_rank(32) == 0
+    gen = torch.Generator().manual_seed(12)
+    var, thresh, D, K = 1e-3, 1.0, 50, 60
+    level = thresh * var + var  # on the noisy covariance
+    kept = [9, 0, 13, 21, 3]
+    spectrum = torch.stack([torch.cat([level * (3 + 20 * torch.rand(r, generator=gen, dtype=torch.float64)),
+                                       level * 0.3 * torch.rand(D - r, generator=gen, dtype=torch.float64)])
+                            for r in kept])
+    yn = _patches_with_spectrum(spectrum, K, gen)
+    got = nb._group_filter(yn.float().to(dev), None, var, thresh).double().cpu()
+    c = yn - yn.mean(1, keepdim=True)
+    l64, u64 = torch.linalg.eigh(c.mT @ c / (K - 1))
+    assert ((l64 > level).sum(-1) == torch.tensor(kept)).all()
+    sig = l64 - var
+    gain = torch.where(sig > thresh * var, sig / (sig + var), torch.zeros_like(sig))
+    ref = yn.mean(1, keepdim=True) + (c @ u64 * gain[:, None]) @ u64.mT
+    err = torch.linalg.matrix_norm(got - ref) / torch.linalg.matrix_norm(c)
+    assert err.max() < 1e-4, err
