@@ -20,7 +20,7 @@ def nl_means(
     sigma: float,
     *,
     ps: int | None = None,
-    ws: int = 11,
+    ws: int = 9,
     wt: int = 2,
     k: int | None = None,
     h: float = 0.5,
@@ -56,6 +56,8 @@ def nl_means(
         tuned for the noise relative to the data's range
         (:data:`~napari_stnls.denoise.params.NLM_TABLE`, keyed by ``sigma / (hi - lo) * 255``:
         ``ps`` 7; ``k`` 16 at 10, 24 at 20-30 and 48 from 40 on, interpolated between).
+        ``ws`` 9 scored better than 11 on generated videos at every noise level (fewer wrong
+        candidates where the flow follows the motion) for 0.67x the candidates.
     h : float
         Filtering strength: a neighbour at normalised distance ``d`` (squared patch
         difference divided by ``ps*ps*C*sigma^2``) gets weight ``exp(-max(d - 2, 0) / h^2)``;
@@ -137,7 +139,7 @@ def _nl_means(
     sigma: float,
     *,
     ps: int | None = None,
-    ws: int = 11,
+    ws: int = 9,
     wt: int = 2,
     k: int | None = None,
     h: float = 0.5,

@@ -65,7 +65,7 @@ SKIMAGE_H: dict[str, tuple[float, ...]] = {
 }
 
 
-def nl_means_params(sigma: float, frames: int, ws: int = 11, wt: int = 2) -> dict:
+def nl_means_params(sigma: float, frames: int, ws: int = 9, wt: int = 2) -> dict:
     """The patch side ``ps`` and neighbour count ``k`` that ``nl_means`` uses for ``sigma``
     relative to the signal's range (``sigma / (hi - lo)``).
 

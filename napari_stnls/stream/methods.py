@@ -75,7 +75,7 @@ class SearchFunction:
 
 
 METHOD_NAMES = {"nlm": "nlm", "nl_means": "nlm", "nlb": "nlb", "nl_bayes": "nlb"}
-NLM_DEFAULTS = dict(ps=None, ws=11, wt=2, k=None, h=0.5)  # ps, k: nl_means_params
+NLM_DEFAULTS = dict(ps=None, ws=9, wt=2, k=None, h=0.5)  # ps, k: nl_means_params
 NLB_KEYS = ("ps", "ps2", "pt", "ws", "wt", "k", "k2", "stride0", "thresh", "thresh2", "opponent",
             "data_range")
 
