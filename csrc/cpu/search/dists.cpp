@@ -55,7 +55,9 @@ at::Tensor search_dists_cpu(const at::Tensor& queries, const at::Tensor& keys,
     const int64_t* cdata = crd.data_ptr<int64_t>();
     acc_t* out = dists.data_ptr<acc_t>();
     const int64_t video = T * H * W * C, psz = pt * ps * ps * Ch;
-    AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_pos", [&] {
+    // positions: int32, int64, float or double (what search and refine pass)
+    stnls::dispatch_pos(pos.scalar_type(), [&](auto pos_tag) {
+      using scalar_t = decltype(pos_tag);
       using pos_t = scalar_t;
       const pos_t* pdata = pos.data_ptr<pos_t>();
       at::parallel_for(0, B * nh * Q, 1, [&](int64_t begin, int64_t end) {
@@ -176,7 +178,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cpu(
     acc_t* gkd = gk.data_ptr<acc_t>();
     const int64_t video = T * H * W * C, psz = pt * ps * ps * Ch;
     auto add = [](acc_t* p, acc_t v) { *p += v; };
-    AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_backward_pos", [&] {
+    // positions: int32, int64, float or double (what search and refine pass)
+    stnls::dispatch_pos(pos.scalar_type(), [&](auto pos_tag) {
+      using scalar_t = decltype(pos_tag);
       using pos_t = scalar_t;
       const pos_t* pdata = pos.data_ptr<pos_t>();
       pos_t* gpd = sub ? gpos.data_ptr<pos_t>() : nullptr;
