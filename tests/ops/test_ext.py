@@ -328,7 +328,13 @@ def test_cpu_avx2_and_baseline_paths_give_the_same_bits(tmp_path):
     if not _library.has_kernel("search", "cpu"):
         pytest.fail(f"the compiled CPU kernels are not built: {_library.LOAD_ERROR}")
     res = {}
+    if os.environ.get("NAPARI_STNLS_CPU_AVX2", "1") != "0":  # this process takes AVX2 where it can
+        scope = {}
+        exec(_ISA_CASES, scope)
+        res["1"] = scope["out"]
     for flag in ("1", "0"):
+        if flag in res:
+            continue
         code = _ISA_CASES + f"torch.save(out, {str(tmp_path / flag)!r})\n"
         env = dict(os.environ, NAPARI_STNLS_CPU_AVX2=flag)
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
