@@ -156,6 +156,25 @@ def nl_bayes_baseline(noisy: np.ndarray, s: float, flows, device: str) -> tuple[
             return z["out"], float(z["s"]), float(z["cpu_s"])
 
 
+def method_keywords(items: list[str], methods, error) -> dict[str, dict]:
+    """``--kw METHOD=JSON`` items (repeatable) as {method: keywords} for every name of
+    ``methods``; ``error(message)`` (argparse's) on an unknown method or JSON that is not an
+    object."""
+    out = {m: {} for m in methods}
+    for item in items:
+        m, _, js = item.partition("=")
+        if m not in out:
+            error(f"--kw: expected METHOD=JSON with METHOD in {', '.join(out)}, got {item!r}")
+        try:
+            kw = json.loads(js)
+        except json.JSONDecodeError as e:
+            kw = e
+        if not isinstance(kw, dict):
+            error(f"--kw: expected a JSON object of keywords after {m}=, got {js!r}")
+        out[m].update(kw)
+    return out
+
+
 def run(clip: str, sigma: float, frames: int, device: str, methods: list[str], flow: str) -> dict:
     clean = load_clip(clip, frames)
     s = sigma / 255
@@ -235,11 +254,7 @@ def main() -> None:
                         'e.g. nl_bayes_flow=\'{"still": 3}\' (repeatable)')
     p.add_argument("--out")
     a = p.parse_args()
-    for item in a.kw:
-        m, _, js = item.partition("=")
-        if m not in EXTRA_KW:
-            p.error(f"--kw: expected METHOD=JSON with METHOD in {', '.join(EXTRA_KW)}, got {item!r}")
-        EXTRA_KW[m].update(json.loads(js))
+    EXTRA_KW.update(method_keywords(a.kw, EXTRA_KW, p.error))
     quick = dict(clips="carphone", sigmas="20", frames=3)
     full = dict(clips="carphone", sigmas="10,20,30,40,50", frames=10)
     for name, v in (quick if a.quick else full).items():

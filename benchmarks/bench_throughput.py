@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench_ops import report_header  # noqa: E402
-from bench_quality import load_clip, psnr  # noqa: E402
+from bench_quality import load_clip, method_keywords, psnr  # noqa: E402
 
 from napari_stnls._util import atomic_path  # noqa: E402
 from napari_stnls.denoise import nl_bayes, nl_means  # noqa: E402
@@ -87,12 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     names = [m for m in a.methods.split(",") if m]
     if not names or any(m not in methods for m in names):
         ap.error(f"--methods: expected a comma-separated subset of {', '.join(methods)}, got {a.methods!r}")
-    extra = {m: {} for m in methods}
-    for item in a.kw:
-        m, _, js = item.partition("=")
-        if m not in methods:
-            ap.error(f"--kw: expected METHOD=JSON with METHOD in {', '.join(methods)}, got {item!r}")
-        extra[m].update(json.loads(js))
+    extra = method_keywords(a.kw, methods, ap.error)
     device = torch.device(a.device)
     if a.clip_npz:
         with np.load(a.clip_npz) as z:
