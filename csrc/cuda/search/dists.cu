@@ -53,9 +53,7 @@ at::Tensor search_dists_cuda(const at::Tensor& queries, const at::Tensor& keys,
                                   "search_dists_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using video_t = scalar_t;
-    // positions: int32, int64, float or double (what search and refine pass)
-    stnls::dispatch_pos(pos.scalar_type(), [&](auto pos_tag) {
-      using scalar_t = decltype(pos_tag);
+    AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_cuda_pos", [&] {
       dists_kernel<video_t, acc_t, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
           queries.data_ptr<video_t>(), keys.data_ptr<video_t>(), crd.data_ptr<int64_t>(),
           pos.data_ptr<scalar_t>(), B, T, H, W, C, nh, Q, K, int(ps), int(pt), int(dilation), l2,
@@ -282,9 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
       const size_t smem = cached ? static_cast<size_t>(need) : 0;
       const char* env = std::getenv("NAPARI_STNLS_CUDA_BWD");
       const bool thread = env && std::string(env) == "thread";
-      // positions: int32, int64, float or double (what search and refine pass)
-      stnls::dispatch_pos(pos.scalar_type(), [&](auto pos_tag) {
-        using scalar_t = decltype(pos_tag);
+      AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_backward_cuda_pos", [&] {
         if (thread) {
           dists_backward_thread_kernel<video_t, acc_t, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
               g.data_ptr<acc_t>(), queries.data_ptr<video_t>(), keys.data_ptr<video_t>(),

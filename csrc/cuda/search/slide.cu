@@ -26,13 +26,6 @@ namespace {
 // splitting the queries into batches changes no bit. The key pixels of a frame are staged in
 // shared memory as in the staged kernel (runs of fewer offsets where flows spread them).
 constexpr int kSlideWarps = 8, kSlideRows = 7;
-// Candidates that pass the k-th distance wait in a per-thread buffer of kPend and go into the
-// lists together, once a lane of the warp has more than kPend - kSlideWarps waiting (a round
-// adds at most kSlideWarps): a lane's insertion otherwise stalls its whole warp on its own, at
-// a different round from the next lane's, and the block at the next barrier. The lists see
-// the same candidates (those over a stale k-th distance are rejected at the flush), and the
-// k best by (distance, id) do not depend on the order of insertion: the same bits.
-constexpr int kPend = 16;
 
 // TY rows of queries: fewer with 3 frames x channels, so that the query and key columns stay
 // in registers (at 128 registers ptxas spills none for one, and a few values for three)
@@ -76,8 +69,8 @@ __global__ void __launch_bounds__(kSlideWarps * 32, 2)
                       const float* __restrict__ centres, const int64_t* __restrict__ frames,
                       int64_t T, int64_t H, int64_t W, int64_t C, int64_t Q, int64_t nt, int ws,
                       int64_t gt0, int64_t gy0, int64_t gx0, int64_t nH, int64_t nW, int64_t nh,
-                      int K, bool l2, bool exclude_self, int kcap, bool batched,
-                      int64_t* __restrict__ out, float* __restrict__ dout) {
+                      int K, bool l2, bool exclude_self, int kcap, int64_t* __restrict__ out,
+                      float* __restrict__ dout) {
   using Tile = SlideTile<PS, PCN>;
   constexpr int TX = Tile::kTX, TY = Tile::kTY, EY = Tile::kEY, N = Tile::kN, r = PS / 2;
   extern __shared__ __align__(16) unsigned char slide_smem[];
@@ -125,13 +118,6 @@ __global__ void __launch_bounds__(kSlideWarps * 32, 2)
   }
 
   TopK<float, int, KM> top;
-  float pend_d[kPend];  // the candidates waiting for the list (batched)
-  int pend_id[kPend];
-  int npend = 0;
-  auto flush = [&] {
-    for (int j = 0; j < npend; ++j) top.insert(pend_d[j], pend_id[j], K, l2);
-    npend = 0;
-  };
   int parity = 0;
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q_first * nt + f];
@@ -228,23 +214,15 @@ __global__ void __launch_bounds__(kSlideWarps * 32, 2)
                               static_cast<unsigned>(jj) > static_cast<unsigned>(span)))
                   continue;
                 if (exclude_self && s == t && o.x == 0 && o.y == 0) continue;
-                if (batched) {
-                  pend_d[npend] = d;
-                  pend_id[npend++] = (fw + ii) * ws + jj;
-                } else {
-                  top.insert(d, (fw + ii) * ws + jj, K, l2);
-                }
+                top.insert(d, (fw + ii) * ws + jj, K, l2);
               }
             }
-            // the warp's lanes flush together (every lane of the warp is here)
-            if (batched && __any_sync(0xffffffffu, npend > kPend - kSlideWarps)) flush();
             parity ^= 1;
           }
         }
       }
     }
   }
-  flush();
   if (active) top.write(dout + (bh * Q + q) * K, out + (bh * Q + q) * K, K, l2);
 }
 
@@ -276,11 +254,6 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& quer
   auto stream = c10::cuda::getCurrentCUDAStream();
   // key pixels of a whole window of offsets and the spread of the border tiles' windows
   constexpr int kcap = 16 * 1024;
-  // NAPARI_STNLS_CUDA_SLIDE_BATCH=1: candidates into the lists in batches (kPend; read on
-  // every call, for timing). Off until timed and tested on a GPU (written 2026-12-07 without
-  // one); the same bits either way by construction.
-  const char* be = std::getenv("NAPARI_STNLS_CUDA_SLIDE_BATCH");
-  const bool batched = be && std::string(be) == "1";
   // a generic lambda: only float, half and bfloat16 kernels are compiled (not float64)
   auto run = [&](auto type_tag) {
     using scalar_t = decltype(type_tag);
@@ -299,8 +272,8 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& quer
       kern<<<blocks, kSlideWarps * 32, smem, stream>>>(
           queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), cen.data_ptr<float>(),
           frm.data_ptr<int64_t>(), T, H, W, C, Q, nt, int(ws), grid[0], grid[1], grid[2],
-          grid[4], grid[5], nheads, int(k), l2, exclude_self, kcap, batched,
-          ids.data_ptr<int64_t>(), dists.data_ptr<float>());
+          grid[4], grid[5], nheads, int(k), l2, exclude_self, kcap, ids.data_ptr<int64_t>(),
+          dists.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     auto with_ps = [&](auto pcn) {
