@@ -186,6 +186,7 @@ def test_flows_are_rescaled_to_the_features():
 
 
 @needs_ext
+@pytest.mark.slow  # 4 s on 2 cores; the ops' own fullgraph compiles run in `make test` (test_ext.py)
 def test_torch_compile_fullgraph_forward_and_backward(compiled):
     backend, device = compiled
     torch._dynamo.reset()
