@@ -36,11 +36,8 @@ SCALE, SHIFT = (1.0, 0.5, 0.5), (0.0, 10.0, 20.0)
 
 
 @pytest.fixture
-def viewer(make_napari_viewer):
-    v = make_napari_viewer()
-    for data, kw, kind in astronaut(n_frames=T, size=(H, W)):
-        getattr(v, f"add_{kind}")(data, **kw)
-    return v
+def viewer(viewer_model):
+    return viewer_model(T, H, W)
 
 
 def rect(t, y0, y1, x0, x1):
@@ -355,7 +352,7 @@ def test_closing_the_viewer_during_a_job_cancels_it(make_napari_viewer, qtbot, m
     runner.run_button.click()
     qtbot.waitUntil(lambda: runner.bar.maximum() == 1000 and runner.bar.value() > 2, timeout=10_000)
     viewer.close()
-    qtbot.waitUntil(lambda: seen and not runner.running, timeout=10_000)
+    qtbot.waitUntil(lambda: bool(seen) and not runner.running, timeout=10_000)
     for _ in range(5):
         qtbot.wait(20)
     assert seen == ["stopped"] and not added  # stopped at its next check; nothing was added

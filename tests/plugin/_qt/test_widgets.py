@@ -1,4 +1,5 @@
-"""The dock widgets driven as a user would, in a real napari viewer under Xvfb (pytest-xvfb)."""
+"""The dock widgets driven as a user would, under Xvfb (pytest-xvfb): on napari's ViewerModel
+(conftest.py), and in a real viewer where the window matters."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ pytest.importorskip("pytestqt")
 from napari_stnls.plugin._qt import DenoiseWidget, FlowWidget, NeighboursWidget, RegionsWidget, SearchWidget  # noqa: E402
 from napari_stnls.plugin._qt._common import RESULTS_KEY  # noqa: E402
 from napari_stnls.plugin._qt.neighbours import ON_OWN_FRAME, ON_QUERY_FRAME  # noqa: E402
-from napari_stnls.plugin._sample import FLOWS_KEY, astronaut  # noqa: E402
+from napari_stnls.plugin._sample import FLOWS_KEY  # noqa: E402
 from napari_stnls.plugin.model import search as model_search  # noqa: E402
 from napari_stnls.plugin.model.regions import Region  # noqa: E402
 from napari_stnls.plugin.model.search import SearchParams, search_regions  # noqa: E402
@@ -24,11 +25,8 @@ REGION = Region(1, 3, 8, 28, 10, 34)
 
 
 @pytest.fixture
-def viewer(make_napari_viewer):
-    v = make_napari_viewer()
-    for data, kw, kind in astronaut(n_frames=T, size=(H, W)):
-        getattr(v, f"add_{kind}")(data, **kw)
-    return v
+def viewer(viewer_model):
+    return viewer_model(T, H, W)
 
 
 def layer_names(viewer):
