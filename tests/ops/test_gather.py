@@ -507,6 +507,35 @@ def test_aggregate_at_the_query_grid_in_low_precision(dtype, device):
                                    rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("channels,nheads", [(1, 1), (3, 1), (5, 1), (8, 2), (6, 2)])
+def test_aggregate_at_the_query_grid_float32_channels_and_heads(channels, nheads, device):
+    """Single precision on frames larger than the patches (the kernels' contiguous and
+    vectorised paths, and mirrored patches at the borders): one or more heads, channel counts
+    that are and are not multiples of 4, whole-pixel and sub-pixel neighbours (a random flow:
+    positions with fractional rows, columns, both or neither), dense and strided grids; close
+    to float64 from the reference."""
+    gen = torch.Generator().manual_seed(channels * 10 + nheads)
+    v = torch.rand(1, 3, channels, 21, 27, generator=gen)
+    fl = torch.randn(1, 3, 2, 21, 27, generator=gen) * 2.3
+    fl[..., :5, :] = fl[..., :5, :].round()  # whole-pixel flow on some rows
+    fl[..., 0, 5:9, :] = fl[..., 0, 5:9, :].round()  # fractional rows only
+    fl[..., 1, 9:13, :] = fl[..., 1, 9:13, :].round()  # fractional columns only
+    for stride0 in (1, 2):
+        for flows, itype in ((None, "int"), ((fl, -fl), "float")):
+            d, i = search(v, v, ps=7, ws=7, wt=1, k=6, stride0=stride0, nheads=nheads, itype=itype,
+                          flows=flows, backend="cpu")
+            w = torch.exp(-d / d.mean())
+            for weights in (None, w):
+                ref = aggregate(v.double(), i, "queries", ps=7, stride0=stride0, backend="reference",
+                                weights=None if weights is None else weights.double())
+                got = aggregate(v.to(device), i.to(device), "queries", ps=7, stride0=stride0,
+                                weights=None if weights is None else weights.to(device))
+                assert got[0].dtype == torch.float32
+                for g, r in zip(got, ref, strict=True):
+                    scale = r.abs().max()
+                    torch.testing.assert_close(g.double().cpu() / scale, r / scale, rtol=0, atol=1e-5)
+
+
 def test_aggregate_at_the_query_grid_gradients_compose_gather_and_scatter():
     """With a gradient needed, at='queries' composes gather and scatter at the grid."""
     gen = torch.Generator().manual_seed(8)
