@@ -263,14 +263,32 @@ def main(argv=None) -> int:
                 raise KeyboardInterrupt
             signal.signal(signal.SIGINT, _interrupt_once)
         if args.command == "demo":
-            return _demo(parser, args, command)
-        return command.run_denoise(args)
+            status = _demo(parser, args, command)
+        else:
+            status = command.run_denoise(args)
     except KeyboardInterrupt:
         print(f"napari-stnls {args.command}: interrupted", file=sys.stderr)
-        return 130
+        status = 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if status == 130:
+        _clear_caught_interrupt()
+    return status
+
+
+def _clear_caught_interrupt() -> None:
+    """CPython marks a KeyboardInterrupt that went through code run by ``eval`` or ``exec`` of a
+    string (numpy and scipy do that while importing, which the work may do lazily) as
+    unhandled, even once caught, and then ends the process by SIGINT instead of with the
+    status ``main`` returns. It was handled here: clear the mark where the interpreter has it
+    (CPython 3.11's ``_Py_UnhandledKeyboardInterrupt``; elsewhere nothing is done)."""
+    try:
+        import ctypes
+
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+    except (ImportError, AttributeError, ValueError, OSError):
+        pass
 
 
 def _demo(parser: argparse.ArgumentParser, args, demo) -> int:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from fractions import Fraction
 
@@ -192,6 +193,33 @@ def test_ctrl_c_during_the_imports_is_one_line_and_130(monkeypatch, capsys, tmp_
     err = capsys.readouterr().err
     assert err.strip() == "napari-stnls denoise: interrupted" and err.count("\n") == 1
     assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+
+
+def test_an_interrupt_caught_after_passing_through_eval_still_exits_130(tmp_path):
+    """A Ctrl-C that lands while the work imports a module lazily (numpy and scipy run code
+    through eval/exec then) is caught like any other: status 130, not death by SIGINT, which
+    is what CPython reports for it, as for ``python -m napari_stnls``, unless told that it
+    was handled."""
+    code = textwrap.dedent("""
+        import sys
+        import napari_stnls.cli
+        from napari_stnls.cli import denoise
+        cli_main = sys.modules["napari_stnls.cli.main"]
+
+        def run(args):
+            try:
+                eval("(_ for _ in ()).throw(KeyboardInterrupt)")  # as if in a lazy import
+            except KeyboardInterrupt:
+                return denoise._interrupted("nothing was written")
+
+        denoise.run_denoise = run
+        sys.exit(cli_main.main(["denoise", "in.npy", "out.npy", "--sigma", "20"]))
+    """)
+    (tmp_path / "driver.py").write_text(code)
+    p = subprocess.run([sys.executable, "-m", "driver"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 130, p.stderr
+    assert "interrupted; nothing was written" in p.stderr
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
