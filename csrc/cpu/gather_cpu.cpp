@@ -342,13 +342,10 @@ std::tuple<at::Tensor, at::Tensor> aggregate_patches_cpu(const at::Tensor& video
   return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
 }
 
-// One neighbour's ps patch pixels of one row, added (weighted) to ps contiguous output pixels:
-// the values of stnls::bilinear (same operations, same order), rounded to the video's dtype,
-// with the bilinear branches taken once for the span. s0 / s1: the first pixel's channel of
-// the head in the neighbour's top / bottom row; o: the first output pixel's.
-// Where the head is all the channels (Ch == C), the ps pixels' channels are one contiguous
-// run of ps * C values in the source rows and the output alike: one flat loop per case, which
-// the compiler vectorises (the same operations per value as below, so the same bits).
+// n contiguous values of one neighbour's patch row (rows s0 / s1, the next column C values
+// on), added (weighted) to o: the values of stnls::bilinear (same operations, same order),
+// rounded to the video's dtype, with the bilinear branches taken once for the run. One flat
+// loop per case, which the compiler vectorises.
 template <typename video_t, typename acc_t, bool WEIGHTED>
 inline void grid_flat_span(const video_t* __restrict__ s0, const video_t* __restrict__ s1,
                            const Pos<acc_t>& p, acc_t w, int64_t n, int64_t C,
@@ -375,39 +372,17 @@ inline void grid_flat_span(const video_t* __restrict__ s0, const video_t* __rest
   }
 }
 
-template <typename video_t, typename acc_t>
+// One neighbour's ps patch pixels of one row, added (weighted) to ps contiguous output pixels.
+// s0 / s1: the first pixel's channel of the head in the neighbour's top / bottom row; o: the
+// first output pixel's. Where the head holds all the channels (Ch == C), the ps pixels'
+// channels are one run of ps * C values in the rows and the output alike; otherwise each
+// pixel's Ch channels are one.
+template <typename video_t, typename acc_t, bool WEIGHTED>
 inline void grid_row_span(const video_t* s0, const video_t* s1, const Pos<acc_t>& p, acc_t w,
-                          bool weighted, int ps, int64_t C, int64_t Ch, acc_t* o) {
-  if (Ch == C) {
-    if (weighted)
-      grid_flat_span<video_t, acc_t, true>(s0, s1, p, w, ps * C, C, o);
-    else
-      grid_flat_span<video_t, acc_t, false>(s0, s1, p, w, ps * C, C, o);
-    return;
-  }
-  auto add = [&](int64_t i, acc_t v) {
-    const acc_t vr = static_cast<acc_t>(static_cast<video_t>(v));
-    o[i] += weighted ? vr * w : vr;
-  };
-  for (int bb = 0; bb < ps; ++bb) {
-    const int64_t i0 = bb * C;
-    if (!p.sx && !p.sy) {
-      for (int64_t c = 0; c < Ch; ++c) add(i0 + c, static_cast<acc_t>(s0[i0 + c]));
-    } else if (!p.sy) {
-      for (int64_t c = 0; c < Ch; ++c)
-        add(i0 + c, p.wx0 * static_cast<acc_t>(s0[i0 + c]) +
-                        p.wx1 * static_cast<acc_t>(s0[i0 + C + c]));
-    } else {
-      for (int64_t c = 0; c < Ch; ++c) {
-        acc_t r0 = static_cast<acc_t>(s0[i0 + c]), r1 = static_cast<acc_t>(s1[i0 + c]);
-        if (p.sx) {
-          r0 = p.wx0 * r0 + p.wx1 * static_cast<acc_t>(s0[i0 + C + c]);
-          r1 = p.wx0 * r1 + p.wx1 * static_cast<acc_t>(s1[i0 + C + c]);
-        }
-        add(i0 + c, p.wy0 * r0 + p.wy1 * r1);
-      }
-    }
-  }
+                          int ps, int64_t C, int64_t Ch, acc_t* o) {
+  if (Ch == C) return grid_flat_span<video_t, acc_t, WEIGHTED>(s0, s1, p, w, ps * C, C, o);
+  for (int bb = 0; bb < ps; ++bb)
+    grid_flat_span<video_t, acc_t, WEIGHTED>(s0 + bb * C, s1 + bb * C, p, w, Ch, C, o + bb * C);
 }
 
 // aggregate at the query grid (aggregate_grid.h), by output rows: parallel over (batch, head,
@@ -477,10 +452,13 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cpu(const at::Tensor& video,
                     if (d.dil == 1 && gx - r >= 0 && gx + r < d.W && p.x0 - r >= 0 &&
                         p.x0 + r + 1 < d.W) {
                       // no column mirrored: the ps pixels read and written are contiguous
-                      grid_row_span<video_t, acc_t>(vb + (ra + p.x0 - r) * d.C + h * d.Ch,
-                                                    vb + (rb + p.x0 - r) * d.C + h * d.Ch, p,
-                                                    w, wts != nullptr, d.ps, d.C, d.Ch,
-                                                    orow + (gx - r - ob.x0) * d.C);
+                      const video_t* s0 = vb + (ra + p.x0 - r) * d.C + h * d.Ch;
+                      const video_t* s1 = vb + (rb + p.x0 - r) * d.C + h * d.Ch;
+                      acc_t* o = orow + (gx - r - ob.x0) * d.C;
+                      if (wts != nullptr)
+                        grid_row_span<video_t, acc_t, true>(s0, s1, p, w, d.ps, d.C, d.Ch, o);
+                      else
+                        grid_row_span<video_t, acc_t, false>(s0, s1, p, w, d.ps, d.C, d.Ch, o);
                       for (int bb = 0; bb < d.ps; ++bb) crow[(gx - r + bb - ob.x0) * d.nh] += w;
                       continue;
                     }
