@@ -17,7 +17,7 @@ from napari_stnls.plugin._sample import FLOWS_KEY, astronaut, bikes, carphone
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_npe2_validate_and_every_command_imports(tmp_path):
+def test_npe2_validate_and_every_command_imports():
     npe2 = pytest.importorskip("npe2")
     pm = npe2.PluginManifest.from_file(ROOT / "napari_stnls" / "plugin" / "napari.yaml")
     assert pm.name == "napari-stnls"
@@ -29,6 +29,12 @@ def test_npe2_validate_and_every_command_imports(tmp_path):
     for c in pm.contributions.commands:
         mod, attr = c.python_name.split(":")
         assert callable(getattr(importlib.import_module(mod), attr)), c.python_name
+
+
+@pytest.mark.slow  # 5 s on 2 cores (npe2's command line in a fresh process); the manifest's
+# validation and every command's import run in make test (the test above)
+def test_npe2_command_line_validates_the_installed_plugin(tmp_path):
+    pytest.importorskip("npe2")
     exe = shutil.which("npe2", path=str(Path(sys.executable).parent)) or shutil.which("npe2")
     assert exe, "the npe2 command is missing"
     # from another folder, so that the installed distribution's entry point is what is found
