@@ -28,6 +28,15 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
       "search_topk_box(Tensor queries, Tensor keys, Tensor coords, Tensor centres, "
       "Tensor frames, Tensor offsets, SymInt[7] grid, int stride0, int ps, int pt, int dilation, "
       "int nheads, int k, bool l2, bool exclude_self) -> (Tensor, Tensor)");
+  // The same top-k for sub-pixel search grids (a flow) with the queries on a dense regular
+  // grid (t0, y0, x0, T_r, nH, nW), integer search-grid spacing 1 and dilation 1, L2,
+  // float32: pairs (B, nheads, T, 4, H + 2 margin, W + 2 margin) are the keys' patch sums of
+  // squared neighbour differences (napari_stnls/ops/_subpixel.py), so each candidate costs a
+  // combination of whole-pixel box sums shared by a tile of queries. CUDA only.
+  m.def(
+      "search_topk_subpix(Tensor queries, Tensor keys, Tensor coords, Tensor centres, "
+      "Tensor frames, Tensor pairs, SymInt[6] grid, int ws, int ps, int pt, int nheads, int k, "
+      "int margin, bool exclude_self) -> (Tensor, Tensor)");
   // The whole-pixel positions (itype="int") of the ids search_topk(_box) returned: ids
   // (B, nheads, Q, k) int64, centres (B, Q, nt, 2) integer-valued floats, frames (Q, nt)
   // int64, the search grid's side ws and (integer) spacing stride1. Returns kpos
@@ -53,5 +62,6 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
 TORCH_LIBRARY_IMPL(napari_stnls, Autograd, m) {
   m.impl("search_topk", torch::CppFunction::makeFallthrough());
   m.impl("search_topk_box", torch::CppFunction::makeFallthrough());
+  m.impl("search_topk_subpix", torch::CppFunction::makeFallthrough());
   m.impl("search_positions_int", torch::CppFunction::makeFallthrough());
 }

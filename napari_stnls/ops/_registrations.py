@@ -58,6 +58,10 @@ def _register_search() -> None:
           exclude_self):
         return topk_fake(queries, coords, nheads, k)
 
+    @torch.library.register_fake("napari_stnls::search_topk_subpix")
+    def _(queries, keys, coords, centres, frames, pairs, grid, ws, ps, pt, nheads, k, margin, exclude_self):
+        return topk_fake(queries, coords, nheads, k)
+
     @torch.library.register_fake("napari_stnls::search_positions_int")
     def _(ids, centres, frames, ws, stride1):
         return ids.new_empty((*ids.shape, 3), dtype=torch.int32)

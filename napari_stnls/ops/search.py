@@ -10,11 +10,12 @@ See docs/api.md for the full definition (window, flow chaining, borders, ties).
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import torch
 
-from . import _determinism, _window
+from . import _determinism, _subpixel, _window
 from . import _validate as V
 from ._library import use_compiled
 from ._reference import search as _reference
@@ -30,6 +31,26 @@ def _unsupported(ps: int, pt: int, k: int, device: torch.device) -> str | None:
         return (f"the compiled search takes ps <= 32 and pt <= 8, and k <= 256 on CUDA "
                 f"(got ps={ps}, pt={pt}, k={k})")
     return None
+
+
+# Whether sub-pixel searches take search_topk_subpix by default, per device type. On the CPU
+# its twin is about as fast as the window path (docs/benchmarks.md) and serves the tests.
+SUBPIX_DEFAULT = {"cpu": False, "cuda": False}
+
+
+def _subpix_kernel(queries: torch.Tensor, flows, P: _window.Params) -> bool:
+    """Whether ``search_topk_subpix`` takes this call: sub-pixel windows (a flow, float
+    positions) of a dense query grid, unit spacing and dilation, L2, k <= 64, ws <= 21;
+    float32 on CUDA, float32 and float64 on the CPU. ``NAPARI_STNLS_SUBPIX`` (read on every
+    call, to time the kernels against each other): ``1`` takes it, ``0`` never; unset, the
+    default of the device (:data:`SUBPIX_DEFAULT`)."""
+    env = os.environ.get("NAPARI_STNLS_SUBPIX", "")
+    if env == "0" or not (env == "1" or SUBPIX_DEFAULT[queries.device.type]):
+        return False
+    dtypes = (torch.float32,) if queries.is_cuda else (torch.float32, torch.float64)
+    return (queries.dtype in dtypes and flows is not None and P.itype == "float" and P.grid is not None
+            and P.stride0 == 1 and float(P.stride1) == 1.0 and P.dilation == 1 and P.dist == "l2"
+            and P.k <= 64 and P.ws <= 21)
 
 
 def _compiled_chunks(P: _window.Params, Q: int,
@@ -78,6 +99,13 @@ def _search_compiled(queries, keys, flows, coords, P: _window.Params, batch_size
     l2 = P.dist == "l2"
     # whole-pixel centres on a regular query grid: tiles of queries share box sums
     box_kernel = P.grid is not None and float(P.stride1).is_integer() and (P.itype == "int" or flows is None)
+    subpix = not box_kernel and _subpix_kernel(queries, flows, P)
+    if subpix:
+        # windows lie inside the frame (centres are clamped): a candidate's corners reach
+        # one row and column past it
+        margin = 1
+        with torch.no_grad():
+            pairs = _subpixel.pair_sums(k_cl, P.ps, P.pt, P.nheads, margin)
     Q = coords.shape[0]
     chunks = _compiled_chunks(P, Q, batch_size)
     dists = inds = None
@@ -91,6 +119,10 @@ def _search_compiled(queries, keys, flows, coords, P: _window.Params, batch_size
             found, ids = torch.ops.napari_stnls.search_topk_box(
                 q_cl, k_cl, crd, centres.detach(), frames, off, [*Pc.grid, int(Pc.stride1)], Pc.stride0,
                 *args)
+        elif subpix:
+            found, ids = torch.ops.napari_stnls.search_topk_subpix(
+                q_cl, k_cl, crd, centres.detach(), frames, pairs, list(Pc.grid), Pc.ws, Pc.ps, Pc.pt,
+                Pc.nheads, Pc.k, margin, Pc.exclude_self)
         else:
             # the offsets go on the CPU: the kernels pick their path from them without a sync
             off = _window.offsets(Pc, acc, torch.device("cpu"))

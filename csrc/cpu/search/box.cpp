@@ -14,29 +14,10 @@
 #include "../../include/dispatch.h"
 #include "../../include/mirror.h"
 #include "../../include/topk.h"
+#include "box.h"
 
 namespace stnls::search_cpu {
 namespace {
-
-// The distance term of n contiguous values (a pixel's channels, in the box path's difference
-// image): sum of squared differences (l2) or of products. Vectorised (a fixed order of
-// partial sums: deterministic); this matters for many-channel features (workload B: 64
-// channels, one pixel per patch).
-template <typename acc_t, typename scalar_t>
-inline acc_t distance_run(const scalar_t* x, const scalar_t* y, int64_t n, bool l2) {
-  acc_t acc = 0;
-  if (l2) {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t c = 0; c < n; ++c) {
-      const acc_t e = static_cast<acc_t>(x[c]) - static_cast<acc_t>(y[c]);
-      acc += e * e;
-    }
-  } else {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t c = 0; c < n; ++c) acc += static_cast<acc_t>(x[c]) * static_cast<acc_t>(y[c]);
-  }
-  return acc;
-}
 
 // Whole-pixel search grids (integer centres and stride1) with the queries on a regular grid:
 // the algorithm of the CUDA kernel (csrc/cuda/search/box.cu, topk_box_kernel). For a tile of
@@ -134,30 +115,8 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cpu(const at::Tensor& queries
             for (int64_t dx = xlo; dx <= xhi; ++dx) {
               for (const int64_t v : vcol) rxk[v] = stnls::reflect(px0 - dilation * r + v + dx, W);
               // 1. the difference image over the tile and its halo
-              for (int64_t dt = 0; dt < pt; ++dt) {
-                const int64_t fq = stnls::reflect(t + dt, T), fk = stnls::reflect(s + dt, T);
-                for (const int64_t u : urow) {
-                  const scalar_t* xr = qv + (fq * H + ryq[u]) * W * C + c0;
-                  const scalar_t* yr = kv + (fk * H + ryk[u]) * W * C + c0;
-                  acc_t* Du = D.data() + u * DW;
-                  if (Ch == 3 && l2) {  // the common case, the same sums as distance_run
-                    for (const int64_t v : vcol) {
-                      const scalar_t* x = xr + rxq[v] * C;
-                      const scalar_t* y = yr + rxk[v] * C;
-                      const acc_t e0 = static_cast<acc_t>(x[0]) - static_cast<acc_t>(y[0]);
-                      const acc_t e1 = static_cast<acc_t>(x[1]) - static_cast<acc_t>(y[1]);
-                      const acc_t e2 = static_cast<acc_t>(x[2]) - static_cast<acc_t>(y[2]);
-                      const acc_t run = ((acc_t(0) + e0 * e0) + e1 * e1) + e2 * e2;
-                      Du[v] = dt == 0 ? acc_t(0) + run : Du[v] + run;
-                    }
-                  } else {
-                    for (const int64_t v : vcol) {
-                      const acc_t run = distance_run<acc_t>(xr + rxq[v] * C, yr + rxk[v] * C, Ch, l2);
-                      Du[v] = dt == 0 ? acc_t(0) + run : Du[v] + run;
-                    }
-                  }
-                }
-              }
+              difference_image(qv, kv, t, s, T, H, W, C, c0, Ch, pt, l2, urow, vcol, ryq.data(),
+                               rxq.data(), ryk.data(), rxk.data(), DW, D.data());
               // 2. sums along rows, 3. along columns, then each query's top-k
               for (const int64_t u : urow)
                 for (int64_t jx = 0; jx < nx; ++jx) {

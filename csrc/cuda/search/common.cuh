@@ -11,6 +11,8 @@
 // - slide.cu: topk_slide_kernel (float accumulation, ps 3/5/7, 1 or 3 frames x channels), the
 //   box sums with the tile's pixels in registers.
 // - pix.cu: topk_pix_kernel, single-pixel patches.
+// - subpix.cu: topk_subpix_kernel, sub-pixel windows of dense query grids through the
+//   whole-pixel box sums of a tile and the keys' pair sums (op search_topk_subpix).
 // - dists.cu: search_dists and search_dists_backward.
 //
 // Patch values are read with the arithmetic of csrc/include/patch_loc.h (mirroring, x-then-y
