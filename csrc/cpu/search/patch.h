@@ -4,10 +4,31 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "../../include/patch_loc.h"
 
 namespace stnls::search_cpu {
+
+// The query loops of topk.cpp and subpix.cpp are also compiled for AVX2 (target attribute)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define STNLS_CPU_AVX2 1
+#endif
+
+// AVX2 where the CPU has it, unless NAPARI_STNLS_CPU_AVX2=0 (read once; for timing)
+inline bool use_avx2() {
+#ifdef STNLS_CPU_AVX2
+  static const bool on = [] {
+    const char* e = std::getenv("NAPARI_STNLS_CPU_AVX2");
+    return __builtin_cpu_supports("avx2") && !(e && std::string(e) == "0");
+  }();
+  return on;
+#else
+  return false;
+#endif
+}
+
 
 // The query patch of head h at integer (t, y, x), in (pt, ps, ps, Ch) order.
 template <typename scalar_t, typename acc_t>

@@ -68,6 +68,162 @@ void box_sums(const acc_t* D, acc_t* R, acc_t* out, int64_t DW, int64_t TX, int6
   }
 }
 
+// The arguments of the tile loop (subpix_tiles)
+template <typename scalar_t>
+struct SubpixArgs {
+  const scalar_t *qdata, *kdata, *centre, *pdata;
+  const int64_t* fdata;
+  int64_t* out;
+  scalar_t* dout;
+  int64_t T, H, W, C, Q, nt, ws, ps, pt, nheads, k, margin, gt0, gy0, gx0, nTr, nH, nW;
+  bool exclude_self;
+};
+
+// Tiles begin .. end of 32 x 32 queries (task = ((bh * nTr + tr) * tiles_y + i) * tiles_x + j).
+// Compiled twice, like the window path (topk.cpp): for the baseline instruction set and AVX2.
+template <typename scalar_t>
+void subpix_tiles(const SubpixArgs<scalar_t>& A, int64_t begin, int64_t end) {
+  using acc_t = scalar_t;
+  constexpr int64_t TY = 32, TX = 32;
+  const int64_t T = A.T, H = A.H, W = A.W, C = A.C, Q = A.Q, nt = A.nt, ws = A.ws, ps = A.ps,
+                pt = A.pt, nheads = A.nheads, k = A.k, margin = A.margin, gt0 = A.gt0,
+                gy0 = A.gy0, gx0 = A.gx0, nTr = A.nTr, nH = A.nH, nW = A.nW;
+  const bool exclude_self = A.exclude_self;
+  const scalar_t *qdata = A.qdata, *kdata = A.kdata;
+  const acc_t *centre = A.centre, *pdata = A.pdata;
+  const int64_t* fdata = A.fdata;
+  int64_t* out = A.out;
+  acc_t* dout = A.dout;
+  const int64_t tiles_y = (nH + TY - 1) / TY, tiles_x = (nW + TX - 1) / TX;
+  const int64_t r = ps / 2, half = ws / 2, Ch = C / nheads, G = ws + 1, G2 = G * G;
+  const int64_t DH = TY + ps - 1, DW = TX + ps - 1;
+  const int64_t HE = H + 2 * margin, WE = W + 2 * margin, plane = HE * WE;
+  const int64_t video = T * H * W * C;
+  const acc_t off0 = static_cast<acc_t>(-half);
+    std::vector<acc_t> D(DH * DW), R(DH * TX), col(TY * TX), M(TY * TX * G2), bd(TY * TX * k);
+    std::vector<int64_t> bi(TY * TX * k), ryq(DH), rxq(DW), ryk(DH), rxk(DW);
+    std::vector<int> cnt(TY * TX);
+    std::vector<int64_t> gy(TY * TX), gx(TY * TX), urow, vcol;
+    std::vector<acc_t> query(pt * ps * ps * Ch), row_d(ws);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t tile_j = task % tiles_x, tile_i = (task / tiles_x) % tiles_y;
+      const int64_t tr = (task / (tiles_x * tiles_y)) % nTr;
+      const int64_t bh = task / (tiles_x * tiles_y * nTr), b = bh / nheads, h = bh % nheads;
+      const int64_t t = gt0 + tr, c0 = h * Ch, q_first = tr * nH * nW;
+      const int64_t py0 = gy0 + tile_i * TY, px0 = gx0 + tile_j * TX;
+      const int64_t ny = std::min(TY, nH - tile_i * TY), nx = std::min(TX, nW - tile_j * TX);
+      urow.resize(ny + ps - 1);
+      vcol.resize(nx + ps - 1);
+      for (size_t u = 0; u < urow.size(); ++u) urow[u] = int64_t(u);
+      for (size_t v = 0; v < vcol.size(); ++v) vcol[v] = int64_t(v);
+      const scalar_t* qv = qdata + b * video;
+      const scalar_t* kv = kdata + b * video;
+      for (int64_t u = 0; u < DH; ++u) ryq[u] = stnls::reflect(py0 - r + u, H);
+      for (int64_t v = 0; v < DW; ++v) rxq[v] = stnls::reflect(px0 - r + v, W);
+      std::fill(cnt.begin(), cnt.end(), 0);
+      for (int64_t f = 0; f < nt; ++f) {
+        const int64_t s = fdata[q_first * nt + f];
+        int64_t ylo = INT64_MAX, yhi = INT64_MIN, xlo = INT64_MAX, xhi = INT64_MIN;
+        for (int64_t ty = 0; ty < ny; ++ty)
+          for (int64_t tx = 0; tx < nx; ++tx) {
+            const int64_t q = (tr * nH + tile_i * TY + ty) * nW + tile_j * TX + tx;
+            const acc_t* c = centre + ((b * Q + q) * nt + f) * 2;
+            const int64_t n = ty * TX + tx;
+            gy[n] = static_cast<int64_t>(std::floor(c[0] + off0)) - (py0 + ty);
+            gx[n] = static_cast<int64_t>(std::floor(c[1] + off0)) - (px0 + tx);
+            ylo = std::min(ylo, gy[n]);
+            yhi = std::max(yhi, gy[n] + ws);
+            xlo = std::min(xlo, gx[n]);
+            xhi = std::max(xhi, gx[n] + ws);
+          }
+        // 1. the whole-pixel distance of every offset some window (and its next row and
+        // column) holds, by box sums over the tile
+        for (int64_t dy = ylo; dy <= yhi; ++dy) {
+          for (const int64_t u : urow) ryk[u] = stnls::reflect(py0 - r + u + dy, H);
+          for (int64_t dx = xlo; dx <= xhi; ++dx) {
+            for (const int64_t v : vcol) rxk[v] = stnls::reflect(px0 - r + v + dx, W);
+            difference_image(qv, kv, t, s, T, H, W, C, c0, Ch, pt, true, urow, vcol,
+                             ryq.data(), rxq.data(), ryk.data(), rxk.data(), DW, D.data());
+            box_sums(D.data(), R.data(), col.data(), DW, TX, ny, nx, ps);
+            for (int64_t ty = 0; ty < ny; ++ty)
+              for (int64_t tx = 0; tx < nx; ++tx) {
+                const int64_t n = ty * TX + tx;
+                const int64_t ii = dy - gy[n], jj = dx - gx[n];
+                if (ii >= 0 && jj >= 0 && ii <= ws && jj <= ws) M[n * G2 + ii * G + jj] = col[n];
+              }
+          }
+        }
+        // 2. each candidate from its corners' distances and the key's pair sums
+        const acc_t* S = pdata + (bh * T + s) * 4 * plane;
+        for (int64_t ty = 0; ty < ny; ++ty)
+          for (int64_t tx = 0; tx < nx; ++tx) {
+            const int64_t n = ty * TX + tx;
+            const int64_t qy = py0 + ty, qx = px0 + tx;
+            const int64_t q = (tr * nH + tile_i * TY + ty) * nW + tile_j * TX + tx;
+            const acc_t* c = centre + ((b * Q + q) * nt + f) * 2;
+            const int64_t y0 = qy + gy[n], x0 = qx + gx[n];
+            const acc_t fy = (c[0] + off0) - static_cast<acc_t>(y0);
+            const acc_t fx = (c[1] + off0) - static_cast<acc_t>(x0);
+            const acc_t w00 = (1 - fy) * (1 - fx), w01 = (1 - fy) * fx;
+            const acc_t w10 = fy * (1 - fx), w11 = fy * fx;
+            bool loaded = false;
+            for (int64_t i = 0; i < ws; ++i) {
+              const acc_t y = c[0] + (off0 + static_cast<acc_t>(i));
+              const int64_t ye = y0 + i + margin, xe = x0 + margin;
+              acc_t* dr = row_d.data();
+              if (ye >= 0 && ye + 1 < HE && xe >= 0 && xe + ws < WE) {
+                // the row's candidates at once (vectorised), then the list
+                const acc_t* m = M.data() + n * G2 + i * G;
+                const acc_t* sh = S + ye * WE + xe;
+                combine_row(m, sh, sh + plane, sh + 2 * plane, sh + 3 * plane, G, WE, ws,
+                            w00, w01, w10, w11, dr);
+              } else {  // past the maps (windows are clamped into the frame: defensive)
+                PatchLoc<acc_t> loc;
+                if (!loaded) {
+                  loc.set(t, acc_t(qy), acc_t(qx), T, H, W, int(ps), int(pt), 1, false);
+                  load_query(qv, loc, C, c0, Ch, int(ps), int(pt), query.data());
+                  loaded = true;
+                }
+                for (int64_t j = 0; j < ws; ++j) {
+                  loc.set(s, y, c[1] + (off0 + static_cast<acc_t>(j)), T, H, W, int(ps), int(pt),
+                          1, false);
+                  dr[j] = patch_distance(kv, loc, query.data(), C, c0, Ch, int(ps), int(pt), true);
+                }
+              }
+              for (int64_t j = 0; j < ws; ++j) {
+                const acc_t x = c[1] + (off0 + static_cast<acc_t>(j));
+                if (exclude_self && s == t && std::fabs(double(y) - double(qy)) < 1e-4 &&
+                    std::fabs(double(x) - double(qx)) < 1e-4)
+                  continue;
+                stnls::topk_insert(bd.data() + n * k, bi.data() + n * k, cnt[n], int(k), dr[j],
+                                   (f * ws + i) * ws + j, true);
+              }
+            }
+          }
+      }
+      for (int64_t ty = 0; ty < ny; ++ty)
+        for (int64_t tx = 0; tx < nx; ++tx) {
+          const int64_t n = ty * TX + tx;
+          const int64_t q = (tr * nH + tile_i * TY + ty) * nW + tile_j * TX + tx;
+          stnls::topk_write(bd.data() + n * k, bi.data() + n * k, cnt[n], int(k), true,
+                            dout + (bh * Q + q) * k, out + (bh * Q + q) * k);
+        }
+    }
+}
+
+template <typename scalar_t>
+void subpix_tiles_base(const SubpixArgs<scalar_t>& A, int64_t begin, int64_t end) {
+  subpix_tiles(A, begin, end);
+}
+
+#ifdef STNLS_CPU_AVX2
+template <typename scalar_t>
+__attribute__((target("avx2"))) void subpix_tiles_avx2(const SubpixArgs<scalar_t>& A,
+                                                       int64_t begin, int64_t end) {
+  subpix_tiles(A, begin, end);
+}
+#endif
+
 std::tuple<at::Tensor, at::Tensor> search_topk_subpix_cpu(
     const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& coords,
     const at::Tensor& centres, const at::Tensor& frames, const at::Tensor& pairs,
@@ -100,135 +256,22 @@ std::tuple<at::Tensor, at::Tensor> search_topk_subpix_cpu(
   auto ids = at::empty({B, nheads, Q, k}, coords.options());
   auto dists = at::empty({B, nheads, Q, k}, queries.options());
   if (ids.numel() == 0) return {dists, ids};
-  constexpr int64_t TY = 32, TX = 32;
-  const int64_t tiles_y = (nH + TY - 1) / TY, tiles_x = (nW + TX - 1) / TX;
-  const int64_t r = ps / 2, half = ws / 2, Ch = C / nheads, G = ws + 1, G2 = G * G;
-  const int64_t DH = TY + ps - 1, DW = TX + ps - 1;
-  const int64_t HE = H + 2 * margin, WE = W + 2 * margin, plane = HE * WE;
+  const int64_t tiles_y = (nH + 31) / 32, tiles_x = (nW + 31) / 32;  // subpix_tiles' tiles
   const auto frm = frames.contiguous();
   const auto cen = centres.contiguous();
   const auto prs = pairs.contiguous();
   AT_DISPATCH_FLOATING_TYPES(queries.scalar_type(), "search_topk_subpix_cpu", [&] {
-    using acc_t = scalar_t;
-    const scalar_t* qdata = queries.data_ptr<scalar_t>();
-    const scalar_t* kdata = keys.data_ptr<scalar_t>();
-    const acc_t* centre = cen.data_ptr<acc_t>();
-    const acc_t* pdata = prs.data_ptr<acc_t>();
-    const int64_t* fdata = frm.data_ptr<int64_t>();
-    int64_t* out = ids.data_ptr<int64_t>();
-    acc_t* dout = dists.data_ptr<acc_t>();
-    const int64_t video = T * H * W * C;
-    const acc_t off0 = static_cast<acc_t>(-half);
+    const SubpixArgs<scalar_t> A{queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(),
+                                 cen.data_ptr<scalar_t>(), prs.data_ptr<scalar_t>(),
+                                 frm.data_ptr<int64_t>(), ids.data_ptr<int64_t>(),
+                                 dists.data_ptr<scalar_t>(), T, H, W, C, Q, nt, ws, ps, pt,
+                                 nheads, k, margin, gt0, gy0, gx0, nTr, nH, nW, exclude_self};
+    const bool avx2 = use_avx2();
     at::parallel_for(0, B * nheads * nTr * tiles_y * tiles_x, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> D(DH * DW), R(DH * TX), col(TY * TX), M(TY * TX * G2), bd(TY * TX * k);
-      std::vector<int64_t> bi(TY * TX * k), ryq(DH), rxq(DW), ryk(DH), rxk(DW);
-      std::vector<int> cnt(TY * TX);
-      std::vector<int64_t> gy(TY * TX), gx(TY * TX), urow, vcol;
-      std::vector<acc_t> query(pt * ps * ps * Ch), row_d(ws);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t tile_j = task % tiles_x, tile_i = (task / tiles_x) % tiles_y;
-        const int64_t tr = (task / (tiles_x * tiles_y)) % nTr;
-        const int64_t bh = task / (tiles_x * tiles_y * nTr), b = bh / nheads, h = bh % nheads;
-        const int64_t t = gt0 + tr, c0 = h * Ch, q_first = tr * nH * nW;
-        const int64_t py0 = gy0 + tile_i * TY, px0 = gx0 + tile_j * TX;
-        const int64_t ny = std::min(TY, nH - tile_i * TY), nx = std::min(TX, nW - tile_j * TX);
-        urow.resize(ny + ps - 1);
-        vcol.resize(nx + ps - 1);
-        for (size_t u = 0; u < urow.size(); ++u) urow[u] = int64_t(u);
-        for (size_t v = 0; v < vcol.size(); ++v) vcol[v] = int64_t(v);
-        const scalar_t* qv = qdata + b * video;
-        const scalar_t* kv = kdata + b * video;
-        for (int64_t u = 0; u < DH; ++u) ryq[u] = stnls::reflect(py0 - r + u, H);
-        for (int64_t v = 0; v < DW; ++v) rxq[v] = stnls::reflect(px0 - r + v, W);
-        std::fill(cnt.begin(), cnt.end(), 0);
-        for (int64_t f = 0; f < nt; ++f) {
-          const int64_t s = fdata[q_first * nt + f];
-          int64_t ylo = INT64_MAX, yhi = INT64_MIN, xlo = INT64_MAX, xhi = INT64_MIN;
-          for (int64_t ty = 0; ty < ny; ++ty)
-            for (int64_t tx = 0; tx < nx; ++tx) {
-              const int64_t q = (tr * nH + tile_i * TY + ty) * nW + tile_j * TX + tx;
-              const acc_t* c = centre + ((b * Q + q) * nt + f) * 2;
-              const int64_t n = ty * TX + tx;
-              gy[n] = static_cast<int64_t>(std::floor(c[0] + off0)) - (py0 + ty);
-              gx[n] = static_cast<int64_t>(std::floor(c[1] + off0)) - (px0 + tx);
-              ylo = std::min(ylo, gy[n]);
-              yhi = std::max(yhi, gy[n] + ws);
-              xlo = std::min(xlo, gx[n]);
-              xhi = std::max(xhi, gx[n] + ws);
-            }
-          // 1. the whole-pixel distance of every offset some window (and its next row and
-          // column) holds, by box sums over the tile
-          for (int64_t dy = ylo; dy <= yhi; ++dy) {
-            for (const int64_t u : urow) ryk[u] = stnls::reflect(py0 - r + u + dy, H);
-            for (int64_t dx = xlo; dx <= xhi; ++dx) {
-              for (const int64_t v : vcol) rxk[v] = stnls::reflect(px0 - r + v + dx, W);
-              difference_image(qv, kv, t, s, T, H, W, C, c0, Ch, pt, true, urow, vcol,
-                               ryq.data(), rxq.data(), ryk.data(), rxk.data(), DW, D.data());
-              box_sums(D.data(), R.data(), col.data(), DW, TX, ny, nx, ps);
-              for (int64_t ty = 0; ty < ny; ++ty)
-                for (int64_t tx = 0; tx < nx; ++tx) {
-                  const int64_t n = ty * TX + tx;
-                  const int64_t ii = dy - gy[n], jj = dx - gx[n];
-                  if (ii >= 0 && jj >= 0 && ii <= ws && jj <= ws) M[n * G2 + ii * G + jj] = col[n];
-                }
-            }
-          }
-          // 2. each candidate from its corners' distances and the key's pair sums
-          const acc_t* S = pdata + (bh * T + s) * 4 * plane;
-          for (int64_t ty = 0; ty < ny; ++ty)
-            for (int64_t tx = 0; tx < nx; ++tx) {
-              const int64_t n = ty * TX + tx;
-              const int64_t qy = py0 + ty, qx = px0 + tx;
-              const int64_t q = (tr * nH + tile_i * TY + ty) * nW + tile_j * TX + tx;
-              const acc_t* c = centre + ((b * Q + q) * nt + f) * 2;
-              const int64_t y0 = qy + gy[n], x0 = qx + gx[n];
-              const acc_t fy = (c[0] + off0) - static_cast<acc_t>(y0);
-              const acc_t fx = (c[1] + off0) - static_cast<acc_t>(x0);
-              const acc_t w00 = (1 - fy) * (1 - fx), w01 = (1 - fy) * fx;
-              const acc_t w10 = fy * (1 - fx), w11 = fy * fx;
-              bool loaded = false;
-              for (int64_t i = 0; i < ws; ++i) {
-                const acc_t y = c[0] + (off0 + static_cast<acc_t>(i));
-                const int64_t ye = y0 + i + margin, xe = x0 + margin;
-                acc_t* dr = row_d.data();
-                if (ye >= 0 && ye + 1 < HE && xe >= 0 && xe + ws < WE) {
-                  // the row's candidates at once (vectorised), then the list
-                  const acc_t* m = M.data() + n * G2 + i * G;
-                  const acc_t* sh = S + ye * WE + xe;
-                  combine_row(m, sh, sh + plane, sh + 2 * plane, sh + 3 * plane, G, WE, ws,
-                              w00, w01, w10, w11, dr);
-                } else {  // past the maps (windows are clamped into the frame: defensive)
-                  PatchLoc<acc_t> loc;
-                  if (!loaded) {
-                    loc.set(t, acc_t(qy), acc_t(qx), T, H, W, int(ps), int(pt), 1, false);
-                    load_query(qv, loc, C, c0, Ch, int(ps), int(pt), query.data());
-                    loaded = true;
-                  }
-                  for (int64_t j = 0; j < ws; ++j) {
-                    loc.set(s, y, c[1] + (off0 + static_cast<acc_t>(j)), T, H, W, int(ps), int(pt),
-                            1, false);
-                    dr[j] = patch_distance(kv, loc, query.data(), C, c0, Ch, int(ps), int(pt), true);
-                  }
-                }
-                for (int64_t j = 0; j < ws; ++j) {
-                  const acc_t x = c[1] + (off0 + static_cast<acc_t>(j));
-                  if (exclude_self && s == t && std::fabs(double(y) - double(qy)) < 1e-4 &&
-                      std::fabs(double(x) - double(qx)) < 1e-4)
-                    continue;
-                  stnls::topk_insert(bd.data() + n * k, bi.data() + n * k, cnt[n], int(k), dr[j],
-                                     (f * ws + i) * ws + j, true);
-                }
-              }
-            }
-        }
-        for (int64_t ty = 0; ty < ny; ++ty)
-          for (int64_t tx = 0; tx < nx; ++tx) {
-            const int64_t n = ty * TX + tx;
-            const int64_t q = (tr * nH + tile_i * TY + ty) * nW + tile_j * TX + tx;
-            stnls::topk_write(bd.data() + n * k, bi.data() + n * k, cnt[n], int(k), true,
-                              dout + (bh * Q + q) * k, out + (bh * Q + q) * k);
-          }
-      }
+#ifdef STNLS_CPU_AVX2
+      if (avx2) return subpix_tiles_avx2(A, begin, end);
+#endif
+      subpix_tiles_base(A, begin, end);
     });
   });
   return {dists, ids};

@@ -246,8 +246,7 @@ void topk_queries_base(const TopkArgs<scalar_t, acc_t>& args, int64_t begin, int
   topk_queries(args, begin, end);
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define STNLS_CPU_AVX2 1
+#ifdef STNLS_CPU_AVX2
 template <typename scalar_t, typename acc_t>
 __attribute__((target("avx2"))) void topk_queries_avx2(const TopkArgs<scalar_t, acc_t>& args,
                                                        int64_t begin, int64_t end) {
@@ -255,18 +254,6 @@ __attribute__((target("avx2"))) void topk_queries_avx2(const TopkArgs<scalar_t, 
 }
 #endif
 
-// AVX2 where the CPU has it, unless NAPARI_STNLS_CPU_AVX2=0 (read once; for timing)
-bool use_avx2() {
-#ifdef STNLS_CPU_AVX2
-  static const bool on = [] {
-    const char* e = std::getenv("NAPARI_STNLS_CPU_AVX2");
-    return __builtin_cpu_supports("avx2") && !(e && std::string(e) == "0");
-  }();
-  return on;
-#else
-  return false;
-#endif
-}
 
 }  // namespace
 
