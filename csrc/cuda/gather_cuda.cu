@@ -156,6 +156,28 @@ __global__ void aggregate_kernel(const video_t* __restrict__ video, const pos_t*
 // (-6% to +8%) for a temporary copy of them, so they are read as they are.
 constexpr int kGridChunk = 4;
 
+// The sums of one output pixel (grid_pixel: channels c0 .. c0 + nc of head h), written at
+// output pixel o, with its weight where write_cnt (the head's first channel group).
+template <typename video_t, typename acc_t, typename Nb>
+__device__ __forceinline__ void grid_pixel_store(const video_t* vb, const Nb& nb, bool weighted,
+                                                 const stnls::GridDims& g, const int64_t* maps,
+                                                 int64_t ty, int64_t tx, int64_t t, int64_t y,
+                                                 int64_t x, int64_t h, int64_t c0, int nc,
+                                                 int64_t o, bool write_cnt, acc_t* out,
+                                                 acc_t* cnt) {
+  const GDims& d = g.d;
+  acc_t acc[kGridChunk];
+#pragma unroll
+  for (int c = 0; c < kGridChunk; ++c) acc[c] = acc_t(0);
+  acc_t w = acc_t(0);
+  stnls::grid_pixel<video_t, acc_t, kGridChunk>(vb, nb, weighted, g, maps, maps + ty, maps + tx, t,
+                                                y, x, h * d.Ch + c0, nc, acc, &w);
+#pragma unroll
+  for (int c = 0; c < kGridChunk; ++c)
+    if (c < nc) out[o * d.C + h * d.Ch + c0 + c] = acc[c];
+  if (write_cnt) cnt[o * d.nh + h] = w;
+}
+
 template <typename video_t, typename acc_t, typename pos_t>
 __global__ void __launch_bounds__(kThreads, 3) aggregate_grid_kernel(
     const video_t* __restrict__ video, const pos_t* __restrict__ pos,
@@ -171,21 +193,13 @@ __global__ void __launch_bounds__(kThreads, 3) aggregate_grid_kernel(
   const int64_t chunk = rest % nchunks, h = (rest / nchunks) % d.nh, b = rest / (nchunks * d.nh);
   const int64_t c0 = chunk * kGridChunk;
   const int nc = static_cast<int>(min(static_cast<int64_t>(kGridChunk), d.Ch - c0));
-  acc_t acc[kGridChunk];
-#pragma unroll
-  for (int c = 0; c < kGridChunk; ++c) acc[c] = acc_t(0);
-  acc_t w = acc_t(0);
   const video_t* vb = video + b * d.video();
   const stnls::NeighboursAoS<acc_t, pos_t> nb{pos, wts, (b * d.nh + h) * d.Q, d.K};
-  stnls::grid_pixel<video_t, acc_t, kGridChunk>(vb, nb, wts != nullptr, g, maps, maps + ty,
-                                                maps + tx, t, y, x, h * d.Ch + c0, nc, acc, &w);
   // the output holds the pixels of box ob
   const int64_t oH = ob.y1 - ob.y0, oW = ob.x1 - ob.x0;
   const int64_t o = ((b * (ob.t1 - ob.t0) + t - ob.t0) * oH + y - ob.y0) * oW + x - ob.x0;
-#pragma unroll
-  for (int c = 0; c < kGridChunk; ++c)
-    if (c < nc) out[o * d.C + h * d.Ch + c0 + c] = acc[c];
-  if (chunk == 0) cnt[o * d.nh + h] = w;
+  grid_pixel_store(vb, nb, wts != nullptr, g, maps, ty, tx, t, y, x, h, c0, nc, o, chunk == 0, out,
+                   cnt);
 }
 
 // The same sums, one thread per run of kRun output pixels of a row (x fastest). Where the
@@ -235,18 +249,9 @@ __global__ void __launch_bounds__(kThreads) aggregate_grid_run_kernel(
       regular = xe[e0 + e] == (ix0 + j + e) * ps + (ps - 1 - e);
   }
   if (!regular) {  // the per-pixel sums of aggregate_grid_kernel
-    for (int j = 0; j < nx; ++j) {
-      acc_t acc[kGridChunk];
-#pragma unroll
-      for (int c = 0; c < kGridChunk; ++c) acc[c] = acc_t(0);
-      acc_t w = acc_t(0);
-      stnls::grid_pixel<video_t, acc_t, kGridChunk>(vb, nb, weighted, g, tmap, ymap, xmap, t, y,
-                                                    xr + j, ch0, nc, acc, &w);
-#pragma unroll
-      for (int c = 0; c < kGridChunk; ++c)
-        if (c < nc) out[(orow + xr + j) * d.C + ch0 + c] = acc[c];
-      if (chunk == 0) cnt[(orow + xr + j) * d.nh + h] = w;
-    }
+    for (int j = 0; j < nx; ++j)
+      grid_pixel_store(vb, nb, weighted, g, maps, ty, tx, t, y, xr + j, h, c0, nc, orow + xr + j,
+                       chunk == 0, out, cnt);
     return;
   }
   acc_t acc[kRun][kGridChunk], wsum[kRun];
