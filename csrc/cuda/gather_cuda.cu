@@ -156,28 +156,6 @@ __global__ void aggregate_kernel(const video_t* __restrict__ video, const pos_t*
 // (-6% to +8%) for a temporary copy of them, so they are read as they are.
 constexpr int kGridChunk = 4;
 
-// The sums of one output pixel (grid_pixel: channels c0 .. c0 + nc of head h), written at
-// output pixel o, with its weight where write_cnt (the head's first channel group).
-template <typename video_t, typename acc_t, typename Nb>
-__device__ __forceinline__ void grid_pixel_store(const video_t* vb, const Nb& nb, bool weighted,
-                                                 const stnls::GridDims& g, const int64_t* maps,
-                                                 int64_t ty, int64_t tx, int64_t t, int64_t y,
-                                                 int64_t x, int64_t h, int64_t c0, int nc,
-                                                 int64_t o, bool write_cnt, acc_t* out,
-                                                 acc_t* cnt) {
-  const GDims& d = g.d;
-  acc_t acc[kGridChunk];
-#pragma unroll
-  for (int c = 0; c < kGridChunk; ++c) acc[c] = acc_t(0);
-  acc_t w = acc_t(0);
-  stnls::grid_pixel<video_t, acc_t, kGridChunk>(vb, nb, weighted, g, maps, maps + ty, maps + tx, t,
-                                                y, x, h * d.Ch + c0, nc, acc, &w);
-#pragma unroll
-  for (int c = 0; c < kGridChunk; ++c)
-    if (c < nc) out[o * d.C + h * d.Ch + c0 + c] = acc[c];
-  if (write_cnt) cnt[o * d.nh + h] = w;
-}
-
 template <typename video_t, typename acc_t, typename pos_t>
 __global__ void __launch_bounds__(kThreads, 3) aggregate_grid_kernel(
     const video_t* __restrict__ video, const pos_t* __restrict__ pos,
@@ -193,116 +171,21 @@ __global__ void __launch_bounds__(kThreads, 3) aggregate_grid_kernel(
   const int64_t chunk = rest % nchunks, h = (rest / nchunks) % d.nh, b = rest / (nchunks * d.nh);
   const int64_t c0 = chunk * kGridChunk;
   const int nc = static_cast<int>(min(static_cast<int64_t>(kGridChunk), d.Ch - c0));
+  acc_t acc[kGridChunk];
+#pragma unroll
+  for (int c = 0; c < kGridChunk; ++c) acc[c] = acc_t(0);
+  acc_t w = acc_t(0);
   const video_t* vb = video + b * d.video();
   const stnls::NeighboursAoS<acc_t, pos_t> nb{pos, wts, (b * d.nh + h) * d.Q, d.K};
+  stnls::grid_pixel<video_t, acc_t, kGridChunk>(vb, nb, wts != nullptr, g, maps, maps + ty,
+                                                maps + tx, t, y, x, h * d.Ch + c0, nc, acc, &w);
   // the output holds the pixels of box ob
   const int64_t oH = ob.y1 - ob.y0, oW = ob.x1 - ob.x0;
   const int64_t o = ((b * (ob.t1 - ob.t0) + t - ob.t0) * oH + y - ob.y0) * oW + x - ob.x0;
-  grid_pixel_store(vb, nb, wts != nullptr, g, maps, ty, tx, t, y, x, h, c0, nc, o, chunk == 0, out,
-                   cnt);
-}
-
-// The same sums, one thread per run of kRun output pixels of a row (x fastest). Where the
-// run's pixels have the x-map entries of a dense grid without mirroring (pixel x + j gets
-// patch columns b = ps-1 .. 0 of grid columns ix0 + j .. ix0 + j + ps - 1: stride 1,
-// dilation 1, away from the borders), a neighbour's position and weight are read once per
-// grid column and y-entry for all the run's pixels it reaches (kRun + ps - 1 reads instead of
-// kRun * ps), and each pixel adds in its own (t entry, y entry, x entry, k) order: the bits of
-// aggregate_grid_kernel. Other runs take that kernel's per-pixel sums.
-constexpr int kRun = 8;
-
-template <typename video_t, typename acc_t, typename pos_t>
-__global__ void __launch_bounds__(kThreads) aggregate_grid_run_kernel(
-    const video_t* __restrict__ video, const pos_t* __restrict__ pos,
-    const acc_t* __restrict__ wts, stnls::GridDims g, const int64_t* __restrict__ maps,
-    int64_t ty, int64_t tx, int64_t nchunks, stnls::Box box, stnls::Box ob,
-    acc_t* __restrict__ out, acc_t* __restrict__ cnt) {
-  const GDims& d = g.d;
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t bw = box.x1 - box.x0, bh = box.y1 - box.y0, nruns = (bw + kRun - 1) / kRun;
-  const int64_t nrow = (box.t1 - box.t0) * bh * nruns;
-  if (n >= d.B * d.nh * nchunks * nrow) return;
-  const int64_t i = n % nrow, rest = n / nrow;
-  const int64_t xr = box.x0 + (i % nruns) * kRun, y = box.y0 + (i / nruns) % bh,
-                t = box.t0 + i / (nruns * bh);
-  const int nx = static_cast<int>(min(static_cast<int64_t>(kRun), box.x1 - xr));
-  const int64_t chunk = rest % nchunks, h = (rest / nchunks) % d.nh, b = rest / (nchunks * d.nh);
-  const int64_t c0 = chunk * kGridChunk, ch0 = h * d.Ch + c0;
-  const int nc = static_cast<int>(min(static_cast<int64_t>(kGridChunk), d.Ch - c0));
-  const video_t* vb = video + b * d.video();
-  const stnls::NeighboursAoS<acc_t, pos_t> nb{pos, wts, (b * d.nh + h) * d.Q, d.K};
-  const bool weighted = wts != nullptr;
-  const int64_t* tmap = maps;
-  const int64_t* ymap = maps + ty;
-  const int64_t* xmap = maps + tx;
-  const int64_t* xe = xmap + d.W + 1;
-  const int ps = d.ps;
-  const int64_t oH = ob.y1 - ob.y0, oW = ob.x1 - ob.x0;
-  const int64_t orow = ((b * (ob.t1 - ob.t0) + t - ob.t0) * oH + y - ob.y0) * oW - ob.x0;
-  // the run is regular when every pixel's x entries are those of consecutive grid columns
-  const int64_t ix0 = xmap[xr + 1] > xmap[xr] ? xe[xmap[xr]] / ps : -1;
-  bool regular = ix0 >= 0;
-  for (int j = 0; j < nx && regular; ++j) {
-    const int64_t e0 = xmap[xr + j];
-    regular = xmap[xr + j + 1] - e0 == ps;
-    for (int e = 0; e < ps && regular; ++e)
-      regular = xe[e0 + e] == (ix0 + j + e) * ps + (ps - 1 - e);
-  }
-  if (!regular) {  // the per-pixel sums of aggregate_grid_kernel
-    for (int j = 0; j < nx; ++j)
-      grid_pixel_store(vb, nb, weighted, g, maps, ty, tx, t, y, xr + j, h, c0, nc, orow + xr + j,
-                       chunk == 0, out, cnt);
-    return;
-  }
-  acc_t acc[kRun][kGridChunk], wsum[kRun];
 #pragma unroll
-  for (int j = 0; j < kRun; ++j) {
-    wsum[j] = acc_t(0);
-#pragma unroll
-    for (int c = 0; c < kGridChunk; ++c) acc[j][c] = acc_t(0);
-  }
-  const int64_t* te = tmap + d.T + 1;
-  const int64_t* ye = ymap + d.H + 1;
-  for (int64_t et = tmap[t]; et < tmap[t + 1]; ++et) {
-    const int64_t it = te[et] / d.pt;
-    const int dt = static_cast<int>(te[et] - it * d.pt);
-    for (int64_t ey = ymap[y]; ey < ymap[y + 1]; ++ey) {
-      const int64_t iy = ye[ey] / ps;
-      const int a = static_cast<int>(ye[ey] - iy * ps);
-      const int64_t row = (it * g.nH + iy) * g.nW + ix0;
-      // grid column ix0 + m reaches pixels j = m - e (x entry e, patch column ps - 1 - e)
-      for (int m = 0; m < nx + ps - 1; ++m)
-        for (int64_t k = 0; k < d.K; ++k) {
-          stnls::Pos<acc_t> p;
-          acc_t w;
-          nb(row + m, k, p, w);
-#pragma unroll
-          for (int j = 0; j < kRun; ++j) {
-            const int e = m - j;
-            if (j < nx && e >= 0 && e < ps) {
-              const stnls::Corners kc =
-                  stnls::corners(p, dt, a, ps - 1 - e, d.T, d.H, d.W, ps, d.dil);
-#pragma unroll
-              for (int c = 0; c < kGridChunk; ++c)
-                if (c < nc) {
-                  const acc_t v = static_cast<acc_t>(
-                      static_cast<video_t>(stnls::bilinear(vb, d.C, ch0 + c, kc, p)));
-                  acc[j][c] += weighted ? v * w : v;
-                }
-              wsum[j] += w;
-            }
-          }
-        }
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < kRun; ++j)
-    if (j < nx) {
-#pragma unroll
-      for (int c = 0; c < kGridChunk; ++c)
-        if (c < nc) out[(orow + xr + j) * d.C + ch0 + c] = acc[j][c];
-      if (chunk == 0) cnt[(orow + xr + j) * d.nh + h] = wsum[j];
-    }
+  for (int c = 0; c < kGridChunk; ++c)
+    if (c < nc) out[o * d.C + h * d.Ch + c0 + c] = acc[c];
+  if (chunk == 0) cnt[o * d.nh + h] = w;
 }
 
 // One thread per patch: gradient of sum(grad * patch) w.r.t. the patch's (y, x).
@@ -654,14 +537,8 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cuda(const at::Tensor& video,
       using video_t = scalar_t;
       stnls::dispatch_pos(a.inds.scalar_type(), [&](auto tag) {
         using pos_t = decltype(tag);
-        // NAPARI_STNLS_CUDA_AGG_RUN=1: runs of kRun pixels a thread (read on every call)
-        const char* run_env = std::getenv("NAPARI_STNLS_CUDA_AGG_RUN");
-        const bool run = run_env && std::string(run_env) == "1";
-        const int64_t bw = box.x1 - box.x0;
-        const int64_t nthreads = run ? total / bw * ((bw + kRun - 1) / kRun) : total;
-        auto kern = run ? aggregate_grid_run_kernel<video_t, acc_t, pos_t>
-                        : aggregate_grid_kernel<video_t, acc_t, pos_t>;
-        kern<<<blocks_for(nthreads, kThreads), kThreads, 0, stream>>>(
+        aggregate_grid_kernel<video_t, acc_t, pos_t>
+            <<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
                 video.data_ptr<video_t>(), a.inds.data_ptr<pos_t>(),
                 a.w.has_value() ? a.w->data_ptr<acc_t>() : nullptr,
                 stnls::GridDims{d, a.maps.g.nH, a.maps.g.nW}, maps.data_ptr<int64_t>(),
