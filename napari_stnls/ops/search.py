@@ -33,8 +33,11 @@ def _unsupported(ps: int, pt: int, k: int, device: torch.device) -> str | None:
     return None
 
 
-# Whether sub-pixel searches take search_topk_subpix by default, per device type. On the CPU
-# its twin is about as fast as the window path (docs/benchmarks.md) and serves the tests.
+# Whether sub-pixel searches take search_topk_subpix by default, per device type: off on both
+# (docs/benchmarks.md). On an H100 its box sums (a block-wide difference image per offset,
+# three barriers each) cost as much as the window kernel's direct sums, 1.2x faster at ws 9
+# and slower at ws 21; on the CPU it is about as fast as the window path inside nl_means.
+# Its identity and pair sums are the base of a faster whole-pixel part (the sliding kernel's).
 SUBPIX_DEFAULT = {"cpu": False, "cuda": False}
 
 

@@ -178,15 +178,16 @@ __global__ void __launch_bounds__(256)
   if (active) top.write(dout + (bh * Q + q) * K, out + (bh * Q + q) * K, K, true);
 }
 
-// The tile (rows uy of 16 columns) and whether it rolls: all (ws+1)^2 distances per query
-// where 16 rows of queries fit them in 110 KiB (two blocks an SM), else two rows of them.
-// NAPARI_STNLS_CUDA_SUBPIX_ROLL=0|1 forces either (read on every call, for timing).
+// The tile (16 x 16 queries) and whether it rolls: two rows of each query's (ws+1)^2
+// distances (the default: measured on an H100, it was faster for ws 9, 11 and 21 than all of
+// them, which take 110 KiB for ws 9 and leave fewer blocks an SM), or all of them with
+// NAPARI_STNLS_CUDA_SUBPIX_ROLL=0 (read on every call, for timing).
 int subpix_tile(int64_t ws, int64_t ps, bool* roll, int64_t* smem) {
   const char* e = std::getenv("NAPARI_STNLS_CUDA_SUBPIX_ROLL");
   const int64_t DH = 16 + ps - 1, DW = kUX + ps - 1, nthr = 16 * kUX;
-  const int64_t fixed = 4 * (DH * DW + DH * kUX), full = 4 * (ws + 1) * (ws + 1) * nthr + fixed;
-  *roll = e && *e ? std::string(e) != "0" : full > 110 * 1024;
-  *smem = *roll ? 4 * 2 * (ws + 1) * nthr + fixed : full;
+  const int64_t fixed = 4 * (DH * DW + DH * kUX);
+  *roll = !(e && std::string(e) == "0");
+  *smem = 4 * (*roll ? 2 : ws + 1) * (ws + 1) * nthr + fixed;
   return 16;
 }
 
