@@ -36,7 +36,8 @@ def _unsupported(ps: int, pt: int, k: int, device: torch.device) -> str | None:
 # Whether sub-pixel searches take search_topk_subpix by default, per device type: off on both
 # (docs/benchmarks.md). On an H100 its box sums (a block-wide difference image per offset,
 # three barriers each) cost as much as the window kernel's direct sums, 1.2x faster at ws 9
-# and slower at ws 21; on the CPU it is about as fast as the window path inside nl_means.
+# and slower at ws 21 on a smooth flow, and twice as slow on real flows, whose spread inside
+# a tile widens the offsets it covers; on the CPU about as fast as the window path.
 # Its identity and pair sums are the base of a faster whole-pixel part (the sliding kernel's).
 SUBPIX_DEFAULT = {"cpu": False, "cuda": False}
 
