@@ -522,7 +522,9 @@ def test_backends_agree_on_a_larger_video(impl_held_to_reference, itype, use_flo
      (5, 3, 1, "l2", torch.float16, 7), (7, 3, 1, "prod", torch.bfloat16, 7),
      # lists of 32 (nl_means's k = 24 at sigma 20): k just past 16, and the largest
      (7, 3, 1, "l2", torch.float32, 24), (5, 1, 1, "l2", torch.float32, 17),
-     (3, 3, 1, "prod", torch.float16, 32)],
+     (3, 3, 1, "prod", torch.float16, 32),
+     # past the sliding kernel's lists: on CUDA a warp per query for this window of 9
+     (7, 3, 1, "l2", torch.float32, 48)],
 )
 def test_single_precision_whole_pixel_search(device, ps, C, pt, dist, dtype, k):
     """float32/float16/bfloat16 videos on whole-pixel grids (on CUDA, 1 or 3 frames x channels

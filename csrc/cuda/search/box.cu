@@ -154,6 +154,16 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cuda(const at::Tensor& querie
   if (const int64_t smin = strided_min(); smin > 0 && stride0 >= smin)
     return search_topk_cuda(queries, keys, coords, centres, frames, offsets, ps, pt, dilation,
                             nheads, k, l2, exclude_self);
+  // Lists longer than the sliding kernel's (k > 32) would leave these grids to
+  // topk_box_kernel (the staged kernel takes k <= 16): for small windows the warp per query
+  // is faster (H100, 5x3x540x960, ps 7: ws 9, k 48 149 against 238 ms; ws 11, k 100 285
+  // against 877 ms; ps 5, ws 9, k 40 124 against 179 ms), for ws 21 slower (k 48: 2016
+  // against 744 ms). NAPARI_STNLS_CUDA_BOXK=N sends every whole-pixel grid with k > N there
+  // instead of that rule (read on every call, for timing).
+  const char* boxk = std::getenv("NAPARI_STNLS_CUDA_BOXK");
+  if (boxk && *boxk ? k > std::atoll(boxk) : k > 32 && ws <= 11)
+    return search_topk_cuda(queries, keys, coords, centres, frames, offsets, ps, pt, dilation,
+                            nheads, k, l2, exclude_self);
   // NAPARI_STNLS_CUDA_SLIDE=0 turns the sliding kernel off (to time it against the staged one)
   static const bool slide_on = [] {
     const char* e = std::getenv("NAPARI_STNLS_CUDA_SLIDE");
