@@ -35,7 +35,12 @@ def reflect_index(start: int, stop: int, n: int, device) -> torch.Tensor:
     return torch.where(m >= n, period - m, m)
 
 
-def pair_sums(keys_cl: torch.Tensor, ps: int, pt: int, nheads: int, margin: int) -> torch.Tensor:
+def _mirror(i: int, n: int) -> int:
+    return int(reflect_index(i, i + 1, n, "cpu"))
+
+
+def pair_sums(keys_cl: torch.Tensor, ps: int, pt: int, nheads: int, margin: int,
+              frames: list[int] | None = None) -> torch.Tensor:
     """Patch sums of squared neighbour differences of the keys.
 
     Parameters
@@ -48,6 +53,9 @@ def pair_sums(keys_cl: torch.Tensor, ps: int, pt: int, nheads: int, margin: int)
         Channel groups, each summed on its own.
     margin : int
         Positions covered outside the frame on each side.
+    frames : list of int, optional
+        The key frames a search reads (its windows' frames); the maps of the others are
+        left 0. Default: every frame.
 
     Returns
     -------
@@ -61,24 +69,30 @@ def pair_sums(keys_cl: torch.Tensor, ps: int, pt: int, nheads: int, margin: int)
     o = margin + r + 1  # pixels of the extension on each side
     dev = keys_cl.device
     acc = torch.float64 if keys_cl.dtype == torch.float64 else torch.float32
+    frames = sorted(set(range(T) if frames is None else frames))
+    # the frames the patches of those frames read (pt of them, mirrored past the end)
+    need = sorted({_mirror(f + dt, T) for f in frames for dt in range(pt)})
     iy = reflect_index(-o, H + o, H, dev)
     ix = reflect_index(-o, W + o, W, dev)
-    ext = keys_cl.to(acc).index_select(2, iy).index_select(3, ix)  # (B, T, He, We, C)
-    He, We = H + 2 * o, W + 2 * o
-    ext = ext.view(B, T, He, We, nheads, C // nheads).permute(0, 4, 1, 5, 2, 3)  # (B, h, T, Ch, He, We)
+    sel = torch.tensor(need, device=dev)
+    ext = keys_cl.index_select(1, sel).to(acc).index_select(2, iy).index_select(3, ix)  # (B, n, He, We, C)
+    He, We, n = H + 2 * o, W + 2 * o, len(need)
+    ext = ext.view(B, n, He, We, nheads, C // nheads).permute(0, 4, 1, 5, 2, 3)  # (B, h, n, Ch, He, We)
     maps = []
     for dy, dx in SHIFTS:
         # d[Y, X] = |E(Y, X) - E(Y + dy, X + dx)|^2 over the rows/columns where both exist,
         # at the index of E(Y, X): columns 1 .. We-2 hold every shift
         a = ext[..., 0:He - 1, 1:We - 1]
         b = ext[..., dy:He - 1 + dy, 1 + dx:We - 1 + dx]
-        d = (a - b).square().sum(3)  # (B, h, T, He-1, We-2): row Y, column X-1
-        # box sums: s[Y', X'] = sum_{a,b < ps} d[Y' + a, X' + b]
-        s = F.avg_pool2d(d.reshape(-1, 1, He - 1, We - 2), ps, stride=1) * (ps * ps)
-        s = s.view(B, nheads, T, He - ps, We - 1 - ps)
+        d = (a - b).square().sum(3).reshape(-1, 1, He - 1, We - 2)  # row Y, column X-1
+        # box sums, separable: s[Y', X'] = sum_{a,b < ps} d[Y' + a, X' + b]
+        s = F.avg_pool2d(F.avg_pool2d(d, (1, ps), stride=1), (ps, 1), stride=1) * (ps * ps)
+        s = s.view(B, nheads, n, He - ps, We - 1 - ps)
         # position y is E's row y + o, its patch starts at row y + o - r = y + margin + 1
         maps.append(s[..., 1:1 + H + 2 * margin, 0:W + 2 * margin])
-    out = torch.stack(maps, 3)  # (B, h, T, 4, H + 2m, W + 2m)
-    if pt > 1:  # patches of pt frames: frames s .. s + pt - 1, mirrored past the end
-        out = sum(out.index_select(2, reflect_index(dt, T + dt, T, dev)) for dt in range(pt))
-    return out.contiguous()
+    per = torch.stack(maps, 3)  # (B, h, n, 4, H + 2m, W + 2m): frames `need`
+    out = per.new_zeros(B, nheads, T, 4, H + 2 * margin, W + 2 * margin)
+    pos = {f: i for i, f in enumerate(need)}
+    for f in frames:  # patches of pt frames: frames f .. f + pt - 1, mirrored past the end
+        out[:, :, f] = sum(per[:, :, pos[_mirror(f + dt, T)]] for dt in range(pt))
+    return out

@@ -108,8 +108,10 @@ def _search_compiled(queries, keys, flows, coords, P: _window.Params, batch_size
         # windows lie inside the frame (centres are clamped): a candidate's corners reach
         # one row and column past it
         margin = 1
+        t0, T_r = P.grid[0], P.grid[3]  # the key frames this search's windows read
+        read = _window.window_frames(torch.arange(t0, t0 + T_r), P).unique().tolist()
         with torch.no_grad():
-            pairs = _subpixel.pair_sums(k_cl, P.ps, P.pt, P.nheads, margin)
+            pairs = _subpixel.pair_sums(k_cl, P.ps, P.pt, P.nheads, margin, read)
     Q = coords.shape[0]
     chunks = _compiled_chunks(P, Q, batch_size)
     dists = inds = None

@@ -52,6 +52,17 @@ def test_pair_sums_match_their_definition(ps, pt, nheads, margin):
                                rtol=1e-12, atol=1e-12)
 
 
+def test_pair_sums_of_some_frames_are_those_of_the_whole_video():
+    """Maps asked for some frames (a search's windows) equal the whole video's there, frames
+    of patches of two frames mirrored past the end included; the others are 0."""
+    gen = torch.Generator().manual_seed(9)
+    v = torch.rand(1, 5, 6, 7, 3, generator=gen, dtype=torch.float64)
+    full = pair_sums(v, 3, 2, 1, 2)
+    some = pair_sums(v, 3, 2, 1, 2, frames=[1, 4])
+    torch.testing.assert_close(some[:, :, [1, 4]], full[:, :, [1, 4]], rtol=0, atol=0)
+    assert not some[:, :, [0, 2, 3]].any()
+
+
 def test_the_expansion_is_the_bilinear_distance():
     """sum_c w_c M_c - sum_{c<c'} w_c w_c' S_cc' equals the L2 distance between a query patch
     and the bilinear key patch of the loop oracle, at random sub-pixel positions inside and
