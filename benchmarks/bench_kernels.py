@@ -1,0 +1,136 @@
+"""The search kernels that switches choose between, timed against each other in one process.
+
+Two comparisons, each on one video of ``--shape`` (float32, ``torch.rand``, seed 0):
+
+* ``subpix``: sub-pixel windows (``bench_ops``' smooth flow) through whole-pixel box sums and
+  the keys' pair sums (``NAPARI_STNLS_SUBPIX=1``) against the window kernel (``=0``); on
+  CUDA also with all of each query's box sums kept (``NAPARI_STNLS_CUDA_SUBPIX_ROLL=0``).
+  Rows: ``ps 7, wt 2`` and the ``(ws, k)`` of ``--subpix-cases``; with the no-flow and
+  ``itype="int"`` times of the same search.
+* ``boxk`` (CUDA): whole-pixel grids with ``k > 32``, ``topk_box_kernel`` against a warp per
+  query (``NAPARI_STNLS_CUDA_BOXK=1000`` and ``=32``), the ``(ps, ws, k)`` of ``--boxk-cases``.
+
+Each variant: one untimed call, then the median of ``--repeats`` (``torch.cuda.synchronize``
+around each on a GPU); the neighbours are compared with the first variant's (``same_rows``:
+the share of queries whose k positions are equal, ``max_abs_d``). JSON on stdout, and
+written atomically to ``--out``.
+
+    python benchmarks/bench_kernels.py --device cuda --out out/kernels.json
+    python benchmarks/bench_kernels.py --device cpu --shape 1,5,3,144,176 --only subpix
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from bench_ops import make_flows, report_header  # noqa: E402
+
+from napari_stnls._util import atomic_path  # noqa: E402
+from napari_stnls.ops import search  # noqa: E402
+
+
+def timed(fn, device: torch.device, repeats: int):
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def compare(variants: dict[str, dict[str, str]], call, device, repeats: int) -> dict:
+    """Times of ``call()`` under each variant's environment, and its agreement with the first."""
+    row, first = {}, None
+    for name, env in variants.items():
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            s, (d, i) = timed(call, device, repeats)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        row[f"{name}_ms"] = 1e3 * s
+        if first is None:
+            first = (d, i)
+        else:
+            # positions (B, nheads, Q, k, 3): the queries whose k positions are all equal
+            row[f"{name}_same_rows"] = float((i == first[1]).all(-1).all(-1).float().mean())
+            row[f"{name}_max_abs_d"] = float((d - first[0]).abs().max())
+        print(json.dumps({name: row[f"{name}_ms"]}), file=sys.stderr, flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--shape", default="1,5,3,540,960", help="B,T,C,H,W")
+    ap.add_argument("--only", default="subpix,boxk", help="subset of subpix,boxk")
+    ap.add_argument("--subpix-cases", default="9:24,11:24,9:48,21:10", help="ws:k,...")
+    ap.add_argument("--boxk-cases", default="7:9:48,5:9:40,7:11:100,7:21:48", help="ps:ws:k,...")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    shape = tuple(int(x) for x in a.shape.split(","))
+    if len(shape) != 5:
+        ap.error(f"--shape: expected B,T,C,H,W, got {a.shape!r}")
+    only = set(a.only.split(","))
+    res = report_header("bench_kernels", device, quick=False)
+    res.update(shape=list(shape), repeats=a.repeats, subpix=[], boxk=[])
+    v = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    flows = make_flows(shape, device)
+    with torch.no_grad():
+        if "subpix" in only:
+            for case in a.subpix_cases.split(","):
+                ws, k = (int(x) for x in case.split(":"))
+                kw = dict(ps=7, ws=ws, wt=2, k=k)
+                row = {"ws": ws, "k": k,
+                       "no_flow_ms": 1e3 * timed(lambda kw=kw: search(v, v, **kw), device, a.repeats)[0],
+                       "int_flow_ms": 1e3 * timed(lambda kw=kw: search(v, v, flows=flows, itype="int", **kw),
+                                                  device, a.repeats)[0]}
+                on = {"NAPARI_STNLS_SUBPIX": "1"}
+                variants = {"window": {"NAPARI_STNLS_SUBPIX": "0"},
+                            "box_sums": {**on, "NAPARI_STNLS_CUDA_SUBPIX_ROLL": "1"}}
+                if device.type == "cuda" and ws <= 11:
+                    variants["box_sums_all"] = {**on, "NAPARI_STNLS_CUDA_SUBPIX_ROLL": "0"}
+                call = lambda kw=kw: search(v, v, flows=flows, **kw)  # noqa: E731
+                row.update(compare(variants, call, device, a.repeats))
+                res["subpix"].append(row)
+        if "boxk" in only and device.type == "cuda":
+            for case in a.boxk_cases.split(","):
+                ps, ws, k = (int(x) for x in case.split(":"))
+                kw = dict(ps=ps, ws=ws, wt=2, k=k)
+                row = {"ps": ps, "ws": ws, "k": k}
+                row.update(compare({"box": {"NAPARI_STNLS_CUDA_BOXK": "1000"},
+                                    "warp": {"NAPARI_STNLS_CUDA_BOXK": "32"}},
+                                   lambda kw=kw: search(v, v, **kw), device, a.repeats))
+                res["boxk"].append(row)
+    print(json.dumps(res, indent=1))
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with atomic_path(a.out) as tmp, open(tmp, "w") as fh:
+            fh.write(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()
