@@ -1,0 +1,33 @@
+"""benchmarks/bench_kernels.py runs on the CPU, writes its JSON, leaves the switches as they
+were, and its two sub-pixel kernels find the same neighbours (a smoke run on a tiny video)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_kernels_smoke_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("NAPARI_STNLS_SUBPIX", raising=False)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        path = ROOT / "benchmarks" / "bench_kernels.py"
+        spec = importlib.util.spec_from_file_location("bench_kernels", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        out = tmp_path / "k.json"
+        res = mod.main(["--device", "cpu", "--shape", "1,3,3,20,24", "--subpix-cases", "5:6",
+                        "--repeats", "1", "--threads", "1", "--out", str(out)])
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    (row,) = res["subpix"]
+    assert row["window_ms"] > 0 and row["box_sums_ms"] > 0
+    assert row["box_sums_same_rows"] > 0.95 and row["box_sums_max_abs_d"] < 1e-4
+    assert res["boxk"] == []  # CUDA only
+    assert "NAPARI_STNLS_SUBPIX" not in os.environ
