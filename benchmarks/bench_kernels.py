@@ -26,29 +26,21 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench_ops import make_flows, report_header  # noqa: E402
+from bench_throughput import timed as _timed  # noqa: E402
 
 from napari_stnls._util import atomic_path  # noqa: E402
 from napari_stnls.ops import search  # noqa: E402
 
 
 def timed(fn, device: torch.device, repeats: int):
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t)
+    """The median of ``repeats`` timed calls after an untimed one, and the last output."""
+    times, out = _timed(fn, device, repeats)
     return statistics.median(times), out
 
 

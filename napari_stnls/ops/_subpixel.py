@@ -20,23 +20,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._reference.taps import reflect
+
 # the four neighbour shifts (dy, dx), in the order of the maps' dimension 2
 SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
 
 def reflect_index(start: int, stop: int, n: int, device) -> torch.Tensor:
-    """Indices ``start .. stop-1`` mirrored into ``0 .. n-1`` without repeating the border
-    (-1 -> 1), as csrc/include/mirror.h."""
-    i = torch.arange(start, stop, device=device)
-    if n == 1:
-        return torch.zeros_like(i)
-    period = 2 * (n - 1)
-    m = torch.remainder(i, period)
-    return torch.where(m >= n, period - m, m)
+    """Indices ``start .. stop-1`` mirrored into ``0 .. n-1`` as every kernel mirrors them."""
+    return reflect(torch.arange(start, stop, device=device), n)
 
 
 def _mirror(i: int, n: int) -> int:
-    return int(reflect_index(i, i + 1, n, "cpu"))
+    return int(reflect(torch.tensor(i), n))
 
 
 def pair_sums(keys_cl: torch.Tensor, ps: int, pt: int, nheads: int, margin: int,
