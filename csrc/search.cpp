@@ -4,6 +4,7 @@
 // search_topk: the k best candidates of every query, their distances and ids (no gradient:
 //              the differentiable distances are search_dists').
 // search_positions_int: the ids' whole-pixel positions (itype="int"), written by one kernel.
+// search_positions: their float positions (itype="float") where no gradient is needed.
 // search_dists: patch distances at given positions (differentiable in Python through
 //               search_dists_backward), or the distances search_topk already computed there.
 #include <torch/library.h>
@@ -44,6 +45,12 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
   m.def(
       "search_positions_int(Tensor ids, Tensor centres, Tensor frames, int ws, int stride1) -> "
       "Tensor");
+  // The same ids' float positions (itype="float"), for calls that need no gradient w.r.t.
+  // the centres: kpos (B, nheads, Q, k, 3) in the centres' dtype, the bits of the PyTorch
+  // glue (napari_stnls/ops/_window.py, positions).
+  m.def(
+      "search_positions(Tensor ids, Tensor centres, Tensor frames, int ws, float stride1) -> "
+      "Tensor");
   // kpos (B, nheads, Q, k, 3) float or integer (t, y, x). Returns dists (B, nheads, Q, k)
   // in float32 (float64 for float64 videos): computed, or a copy of `given` (the distances
   // search_topk returned for these positions, which its kernels summed in their own order).
@@ -64,4 +71,5 @@ TORCH_LIBRARY_IMPL(napari_stnls, Autograd, m) {
   m.impl("search_topk_box", torch::CppFunction::makeFallthrough());
   m.impl("search_topk_subpix", torch::CppFunction::makeFallthrough());
   m.impl("search_positions_int", torch::CppFunction::makeFallthrough());
+  m.impl("search_positions", torch::CppFunction::makeFallthrough());
 }

@@ -63,10 +63,10 @@ inline at::Tensor check_inds(const at::Tensor& inds, int64_t B) {
 
 // search_dists with `given`: a copy of the distances search_topk returned at these positions,
 // after checking that they are the (B, nheads, Q, k) distances of this search.
-// search_positions_int's arguments: ids (B, nheads, Q, k) int64, centres (B, Q, nt, 2) float,
-// frames (Q, nt) int64, all on one device; ws >= 1, stride1 >= 1
+// search_positions(_int)'s arguments: ids (B, nheads, Q, k) int64, centres (B, Q, nt, 2) float,
+// frames (Q, nt) int64, all on one device; ws >= 1, stride1 > 0 (an integer >= 1 for _int)
 inline void check_positions_args(const at::Tensor& ids, const at::Tensor& centres,
-                                 const at::Tensor& frames, int64_t ws, int64_t stride1) {
+                                 const at::Tensor& frames, int64_t ws, double stride1) {
   TORCH_CHECK(ids.dim() == 4 && ids.scalar_type() == at::kLong,
               "ids: expected (B, nheads, Q, k) int64, got ", ids.scalar_type(), " ",
               stnls::shape_str(ids.sizes()));
@@ -80,8 +80,8 @@ inline void check_positions_args(const at::Tensor& ids, const at::Tensor& centre
               stnls::shape_str(centres.sizes()));
   TORCH_CHECK(centres.device() == ids.device() && frames.device() == ids.device(),
               "centres, frames: expected the device of ids, ", ids.device());
-  TORCH_CHECK(ws >= 1 && stride1 >= 1, "ws, stride1: expected positive integers, got ", ws, ", ",
-              stride1);
+  TORCH_CHECK(ws >= 1 && stride1 > 0, "ws, stride1: expected ws >= 1 and stride1 > 0, got ", ws,
+              ", ", stride1);
 }
 
 inline at::Tensor given_dists(const at::Tensor& given, const at::Tensor& queries,

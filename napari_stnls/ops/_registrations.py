@@ -66,6 +66,10 @@ def _register_search() -> None:
     def _(ids, centres, frames, ws, stride1):
         return ids.new_empty((*ids.shape, 3), dtype=torch.int32)
 
+    @torch.library.register_fake("napari_stnls::search_positions")
+    def _(ids, centres, frames, ws, stride1):
+        return ids.new_empty((*ids.shape, 3), dtype=centres.dtype)
+
     @torch.library.register_fake("napari_stnls::refine_topk")
     def _(queries, keys, coords, centres, wr, ps, pt, dilation, k, l2, exclude_self):
         shape = (queries.shape[0], centres.shape[1], coords.shape[0], k)

@@ -70,6 +70,45 @@ def test_opcheck(compiled):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("stride1", [1.0, 0.5, 1.7, 3.0])
+def test_search_positions_match_the_glue(compiled, dtype, stride1):
+    """``search_positions`` (float positions without a gradient) writes the bits of the
+    PyTorch glue it replaces (``_window.positions``): sub-pixel centres of several frames,
+    every id of the window, two batch items and two heads, fractional grid spacings."""
+    backend, device = compiled
+    gen = torch.Generator().manual_seed(int(stride1 * 10))
+    B, nh, Q, K, nt, ws = 2, 2, 37, 6, 3, 5
+    P = _window.Params((B, 4, 2, 20, 30), 3, ws, 1, K, "l2", stride1, 1, 1, nh, False, "float")
+    centres = (torch.rand(B, Q, nt, 2, generator=gen, dtype=torch.float64) * 25 - 2).to(dtype)
+    frames = torch.randint(0, 4, (Q, nt), generator=gen)
+    ids = torch.randint(0, nt * ws * ws, (B, nh, Q, K), generator=gen)
+    ids[0, 0, 0] = torch.tensor([0, ws * ws - 1, nt * ws * ws - 1, 1, ws, 2 * ws * ws])  # window corners
+    args = tuple(a.to(device) for a in (ids, centres, frames)) + (ws, stride1)
+    pos = torch.ops.napari_stnls.search_positions(*args)
+    assert pos.dtype == dtype and pos.shape == (B, nh, Q, K, 3)
+    glue = _window.positions(args[1], args[2], args[0], P)
+    assert torch.equal(pos, glue)
+    torch.library.opcheck(torch.ops.napari_stnls.search_positions.default, args)
+
+
+@needs_ext
+def test_search_without_gradient_gives_the_positions_with_one(compiled):
+    """A search along flows that need no gradient takes ``search_positions``; one whose flows
+    need it takes the differentiable glue: the same positions and distances."""
+    backend, device = compiled
+    gen = torch.Generator().manual_seed(3)
+    video = torch.rand(1, 3, 2, 12, 13, generator=gen).to(device)
+    flows = tuple((1.3 * torch.randn(1, 3, 2, 12, 13, generator=gen)).to(device) for _ in range(2))
+    kw = dict(ps=3, ws=5, wt=1, k=6, backend=backend)
+    with torch.no_grad():
+        d0, i0 = search(video, video, flows=flows, **kw)
+    d1, i1 = search(video, video, flows=tuple(f.clone().requires_grad_() for f in flows), **kw)
+    assert i1.requires_grad and not i0.requires_grad
+    assert torch.equal(i0, i1.detach()) and torch.equal(d0, d1.detach())
+
+
+@needs_ext
 @pytest.mark.parametrize(
     ("ps", "pt", "C", "nheads", "dil", "K", "dist", "itype"),
     [

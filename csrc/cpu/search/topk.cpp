@@ -335,6 +335,35 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cpu(const at::Tensor& queries, co
   return {dists, ids};
 }
 
+// search_positions on the CPU: one pass over the ids (stnls::float_position).
+at::Tensor search_positions_cpu(const at::Tensor& ids, const at::Tensor& centres,
+                                const at::Tensor& frames, int64_t ws, double stride1) {
+  stnls::check_positions_args(ids, centres, frames, ws, stride1);
+  const int64_t B = ids.size(0), nh = ids.size(1), Q = ids.size(2), K = ids.size(3);
+  const int64_t nt = frames.size(1);
+  auto kpos = at::empty({B, nh, Q, K, 3}, centres.options());
+  if (kpos.numel() == 0) return kpos;
+  const auto id = ids.contiguous();
+  const auto frm = frames.contiguous();
+  const auto cen = centres.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(cen.scalar_type(), "search_positions_cpu", [&] {
+    const int64_t* ip = id.data_ptr<int64_t>();
+    const int64_t* fp = frm.data_ptr<int64_t>();
+    const scalar_t* cp = cen.data_ptr<scalar_t>();
+    scalar_t* out = kpos.data_ptr<scalar_t>();
+    const auto s1 = static_cast<scalar_t>(stride1);
+    at::parallel_for(0, B * nh * Q, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t q = n % Q, b = n / (Q * nh);
+        for (int64_t r = 0; r < K; ++r)
+          stnls::float_position(ip[n * K + r], cp + (b * Q + q) * nt * 2, fp + q * nt, ws, s1,
+                                out + (n * K + r) * 3);
+      }
+    });
+  });
+  return kpos;
+}
+
 // search_positions_int on the CPU: one pass over the ids (stnls::int_position).
 at::Tensor search_positions_int_cpu(const at::Tensor& ids, const at::Tensor& centres,
                                     const at::Tensor& frames, int64_t ws, int64_t stride1) {
@@ -368,4 +397,5 @@ at::Tensor search_positions_int_cpu(const at::Tensor& ids, const at::Tensor& cen
 TORCH_LIBRARY_IMPL(napari_stnls, CPU, m) {
   m.impl("search_topk", &stnls::search_cpu::search_topk_cpu);
   m.impl("search_positions_int", &stnls::search_cpu::search_positions_int_cpu);
+  m.impl("search_positions", &stnls::search_cpu::search_positions_cpu);
 }

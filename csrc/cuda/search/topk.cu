@@ -417,7 +417,41 @@ __global__ void positions_int_kernel(const int64_t* __restrict__ ids, const acc_
   stnls::int_position(ids[e], centres + (b * Q + q) * nt * 2, frames + q * nt, ws, s1, out + e * 3);
 }
 
+// The same for float positions (search_positions).
+template <typename acc_t>
+__global__ void positions_kernel(const int64_t* __restrict__ ids, const acc_t* __restrict__ centres,
+                                 const int64_t* __restrict__ frames, int64_t n, int64_t Q,
+                                 int64_t nh, int64_t K, int64_t nt, int64_t ws, acc_t s1,
+                                 acc_t* __restrict__ out) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= n) return;
+  const int64_t q = (e / K) % Q, b = e / (K * Q * nh);
+  stnls::float_position(ids[e], centres + (b * Q + q) * nt * 2, frames + q * nt, ws, s1, out + e * 3);
+}
+
 }  // namespace
+
+at::Tensor search_positions_cuda(const at::Tensor& ids, const at::Tensor& centres,
+                                 const at::Tensor& frames, int64_t ws, double stride1) {
+  stnls::check_positions_args(ids, centres, frames, ws, stride1);
+  TORCH_CHECK(ids.is_cuda(), "ids: expected a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(ids.device());
+  const int64_t B = ids.size(0), nh = ids.size(1), Q = ids.size(2), K = ids.size(3);
+  auto kpos = at::empty({B, nh, Q, K, 3}, centres.options());
+  const int64_t n = ids.numel();
+  if (n == 0) return kpos;
+  const auto id = ids.contiguous();
+  const auto frm = frames.contiguous();
+  const auto cen = centres.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(cen.scalar_type(), "search_positions_cuda", [&] {
+    positions_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        id.data_ptr<int64_t>(), cen.data_ptr<scalar_t>(), frm.data_ptr<int64_t>(), n, Q, nh, K,
+        frames.size(1), ws, static_cast<scalar_t>(stride1), kpos.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return kpos;
+}
 
 at::Tensor search_positions_int_cuda(const at::Tensor& ids, const at::Tensor& centres,
                                      const at::Tensor& frames, int64_t ws, int64_t stride1) {
@@ -446,4 +480,5 @@ at::Tensor search_positions_int_cuda(const at::Tensor& ids, const at::Tensor& ce
 TORCH_LIBRARY_IMPL(napari_stnls, CUDA, m) {
   m.impl("search_topk", &stnls::search_cuda::search_topk_cuda);
   m.impl("search_positions_int", &stnls::search_cuda::search_positions_int_cuda);
+  m.impl("search_positions", &stnls::search_cuda::search_positions_cuda);
 }
