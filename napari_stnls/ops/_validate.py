@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -87,14 +88,17 @@ def inds(x: Any, video_shape, name: str = "inds") -> torch.Tensor:
     # torch.compile): they are skipped while compiling, where bad positions are not caught.
     if x.numel() and not torch.compiler.is_compiling():
         d = x.detach()
-        t, y, xx = d[..., 0], d[..., 1], d[..., 2]
+        # one pass for the extremes of each column (NaN propagates into them, an infinity is
+        # one of them) and one sync; the failing position is looked for only on failure
+        (t0, y0, x0), (t1, y1, x1) = torch.stack(d.reshape(-1, 3).aminmax(dim=0)).tolist()
         if x.is_floating_point():
-            if not bool(torch.isfinite(d).all()):
+            if not all(math.isfinite(v) for v in (t0, y0, x0, t1, y1, x1)):
                 raise ValueError(f"{name}: contains NaN or infinity")
-            if not bool((t == torch.round(t)).all()):
+            if not torch.equal(d[..., 0], torch.round(d[..., 0])):
                 raise ValueError(f"{name}: the t column must hold integer values")
-        bad = (t < 0) | (t > T - 1) | (y < 0) | (y > H - 1) | (xx < 0) | (xx > W - 1)
-        if bool(bad.any()):
+        if t0 < 0 or t1 > T - 1 or y0 < 0 or y1 > H - 1 or x0 < 0 or x1 > W - 1:
+            t, y, xx = d[..., 0], d[..., 1], d[..., 2]
+            bad = (t < 0) | (t > T - 1) | (y < 0) | (y > H - 1) | (xx < 0) | (xx > W - 1)
             where = bad.nonzero()[0].tolist()
             raise ValueError(
                 f"{name}: position {d[tuple(where)].tolist()} at index {where} lies outside the "
