@@ -5,6 +5,7 @@
 //              the differentiable distances are search_dists').
 // search_positions_int: the ids' whole-pixel positions (itype="int"), written by one kernel.
 // search_positions: their float positions (itype="float") where no gradient is needed.
+// search_centres: the window centres chained along the flows, where no gradient is needed.
 // search_dists: patch distances at given positions (differentiable in Python through
 //               search_dists_backward), or the distances search_topk already computed there.
 #include <torch/library.h>
@@ -51,6 +52,14 @@ TORCH_LIBRARY_FRAGMENT(napari_stnls, m) {
   m.def(
       "search_positions(Tensor ids, Tensor centres, Tensor frames, int ws, float stride1) -> "
       "Tensor");
+  // The window centres (B, Q, nt, 2) (y, x) of queries coords (Q, 3) int64 in frames (Q, nt)
+  // int64 (ascending), chained along fflow / bflow (B, T*H*W, 2) (dx, dy), in the flows'
+  // dtype: the bits of the PyTorch glue (napari_stnls/ops/_window.py, centres), for calls
+  // that need no gradient w.r.t. the flows. round: whole-pixel centres; r: the half-width
+  // of the search grid (stride1 * (ws // 2)) kept inside the frame.
+  m.def(
+      "search_centres(Tensor coords, Tensor frames, Tensor fflow, Tensor bflow, int T, int H, "
+      "int W, bool round, float r) -> Tensor");
   // kpos (B, nheads, Q, k, 3) float or integer (t, y, x). Returns dists (B, nheads, Q, k)
   // in float32 (float64 for float64 videos): computed, or a copy of `given` (the distances
   // search_topk returned for these positions, which its kernels summed in their own order).
@@ -72,4 +81,5 @@ TORCH_LIBRARY_IMPL(napari_stnls, Autograd, m) {
   m.impl("search_topk_subpix", torch::CppFunction::makeFallthrough());
   m.impl("search_positions_int", torch::CppFunction::makeFallthrough());
   m.impl("search_positions", torch::CppFunction::makeFallthrough());
+  m.impl("search_centres", torch::CppFunction::makeFallthrough());
 }

@@ -84,6 +84,28 @@ inline void check_positions_args(const at::Tensor& ids, const at::Tensor& centre
               ", ", stride1);
 }
 
+// search_centres' arguments: coords (Q, 3) int64, frames (Q, nt) int64 (ascending, within
+// 0..T-1), fflow and bflow (B, T*H*W, 2) of one floating type, all on one device.
+inline void check_centres_args(const at::Tensor& coords, const at::Tensor& frames,
+                               const at::Tensor& fflow, const at::Tensor& bflow, int64_t T,
+                               int64_t H, int64_t W) {
+  TORCH_CHECK(coords.dim() == 2 && coords.size(1) == 3 && coords.scalar_type() == at::kLong,
+              "coords: expected (Q, 3) int64, got ", coords.scalar_type(), " ",
+              stnls::shape_str(coords.sizes()));
+  TORCH_CHECK(frames.dim() == 2 && frames.scalar_type() == at::kLong && frames.size(0) == coords.size(0),
+              "frames: expected (Q, nt) int64 with Q = ", coords.size(0), ", got ",
+              stnls::shape_str(frames.sizes()));
+  TORCH_CHECK(T >= 1 && H >= 1 && W >= 1, "T, H, W: expected positive sizes");
+  for (const auto* f : {&fflow, &bflow})
+    TORCH_CHECK(f->dim() == 3 && f->size(1) == T * H * W && f->size(2) == 2 && f->is_floating_point() &&
+                    f->scalar_type() == fflow.scalar_type() && f->size(0) == fflow.size(0),
+                "fflow, bflow: expected (B, T*H*W, 2) floats of one type, got ",
+                stnls::shape_str(f->sizes()));
+  TORCH_CHECK(frames.device() == coords.device() && fflow.device() == coords.device() &&
+                  bflow.device() == coords.device(),
+              "frames, fflow, bflow: expected the device of coords, ", coords.device());
+}
+
 inline at::Tensor given_dists(const at::Tensor& given, const at::Tensor& queries,
                               const at::Tensor& kpos) {
   const auto acc = acc_type(queries);

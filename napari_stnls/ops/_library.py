@@ -36,8 +36,8 @@ except (ImportError, OSError) as e:  # missing build, or built against another t
 
 # The operators each public op calls (forward, backward, and the kernels it chooses between).
 OPERATORS = {
-    "search": ("search_topk", "search_topk_box", "search_positions_int", "search_positions", "search_dists",
-               "search_dists_backward"),
+    "search": ("search_topk", "search_topk_box", "search_positions_int", "search_positions",
+               "search_centres", "search_dists", "search_dists_backward"),
     "refine": ("refine_topk", "search_dists", "search_dists_backward"),
     "iunfold": ("iunfold_patches", "ifold_patches"),
     "ifold": ("ifold_patches", "iunfold_patches"),

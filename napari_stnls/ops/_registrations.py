@@ -70,6 +70,10 @@ def _register_search() -> None:
     def _(ids, centres, frames, ws, stride1):
         return ids.new_empty((*ids.shape, 3), dtype=centres.dtype)
 
+    @torch.library.register_fake("napari_stnls::search_centres")
+    def _(coords, frames, fflow, bflow, T, H, W, round, r):
+        return fflow.new_empty((fflow.shape[0], coords.shape[0], frames.shape[1], 2))
+
     @torch.library.register_fake("napari_stnls::refine_topk")
     def _(queries, keys, coords, centres, wr, ps, pt, dilation, k, l2, exclude_self):
         shape = (queries.shape[0], centres.shape[1], coords.shape[0], k)

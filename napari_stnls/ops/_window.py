@@ -120,6 +120,20 @@ def centres_for_grad(coords: torch.Tensor, fflow, bflow, P: Params, dtype: torch
                                              preserve_rng_state=False)
 
 
+def centres_compiled(coords: torch.Tensor, fflow, bflow, P: Params, dtype: torch.dtype):
+    """:func:`centres` through the compiled ``search_centres`` where the flows need no
+    gradient (one kernel, the same bits: the glue's dozens of small ones per chunk took
+    about a tenth of ``nl_means``' GPU time), else :func:`centres_for_grad`."""
+    grad = torch.is_grad_enabled() and fflow is not None and (fflow.requires_grad or bflow.requires_grad)
+    if fflow is None or grad:
+        return centres_for_grad(coords, fflow, bflow, P, dtype)
+    T, H, W = P.thw
+    frames = window_frames(coords[:, 0], P)
+    c = torch.ops.napari_stnls.search_centres(coords, frames, fflow, bflow, T, H, W, P.itype == "int",
+                                              float(P.stride1 * (P.ws // 2)))
+    return c, frames
+
+
 def offsets(P: Params, dtype, device) -> torch.Tensor:
     """The ws offsets of the search grid from its centre, ``stride1`` apart."""
     return P.stride1 * (torch.arange(P.ws, device=device, dtype=dtype) - P.ws // 2)

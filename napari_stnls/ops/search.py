@@ -118,7 +118,7 @@ def _search_compiled(queries, keys, flows, coords, P: _window.Params, batch_size
     for start, stop, Pc in chunks:
         crd = coords[start:stop]
         centres, frames = _determinism.call("search_centres", crd, fflow, bflow, Pc, acc,
-                                            fn=_window.centres_for_grad)
+                                            fn=_window.centres_compiled)
         args = (Pc.ps, Pc.pt, Pc.dilation, Pc.nheads, Pc.k, l2, Pc.exclude_self)
         if box_kernel:
             off = _window.offsets(Pc, acc, coords.device)

@@ -93,6 +93,33 @@ def test_search_positions_match_the_glue(compiled, dtype, stride1):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("T", "wt", "ws", "stride1", "itype"),
+                         [(6, 2, 5, 1.0, "float"), (4, 3, 7, 0.5, "float"), (5, 1, 3, 1.0, "int"),
+                          (3, 0, 5, 1.5, "float"), (7, 2, 9, 2.0, "int")])
+def test_search_centres_match_the_glue(compiled, dtype, T, wt, ws, stride1, itype):
+    """``search_centres`` (the flow chaining without a gradient) writes the bits of the
+    PyTorch glue (``_window.centres``): flows of several pixels that carry positions out of
+    the frame (clamped), queries in the first and last frames (one-sided windows), every
+    pixel of a small video, two batch items, whole-pixel rounding (ties to even)."""
+    backend, device = compiled
+    gen = torch.Generator().manual_seed(T * 100 + ws)
+    B, H, W = 2, 9, 11
+    P = _window.Params((B, T, 2, H, W), 3, ws, wt, 4, "l2", stride1, 1, 1, 1, False, itype)
+    flows = [4 * torch.randn(B, T, 2, H, W, generator=gen, dtype=torch.float64).to(dtype) for _ in range(2)]
+    flows[0][0, 0, :, :2] = 0.5  # exact halves: round's ties
+    tt, yy, xx = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    coords = torch.stack([tt, yy, xx], -1).reshape(-1, 3).to(device)
+    ff, bf = _window.flat_flows([f.to(device) for f in flows], P, dtype)
+    c, fr = _window.centres_compiled(coords, ff, bf, P, dtype)
+    c0, fr0 = _window.centres(coords, ff, bf, P, dtype)
+    assert torch.equal(fr, fr0)
+    assert c.dtype == dtype and torch.equal(c, c0)
+    torch.library.opcheck(torch.ops.napari_stnls.search_centres.default,
+                          (coords, fr, ff, bf, T, H, W, itype == "int", float(stride1 * (ws // 2))))
+
+
+@needs_ext
 def test_search_without_gradient_gives_the_positions_with_one(compiled):
     """A search along flows that need no gradient takes ``search_positions``; one whose flows
     need it takes the differentiable glue: the same positions and distances."""

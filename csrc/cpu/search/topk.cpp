@@ -335,6 +335,35 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cpu(const at::Tensor& queries, co
   return {dists, ids};
 }
 
+// search_centres on the CPU: one task per run of queries (stnls::chain_centres).
+at::Tensor search_centres_cpu(const at::Tensor& coords, const at::Tensor& frames,
+                              const at::Tensor& fflow, const at::Tensor& bflow, int64_t T,
+                              int64_t H, int64_t W, bool round, double r) {
+  stnls::check_centres_args(coords, frames, fflow, bflow, T, H, W);
+  const int64_t B = fflow.size(0), Q = coords.size(0), nt = frames.size(1);
+  auto out = at::empty({B, Q, nt, 2}, fflow.options());
+  if (out.numel() == 0) return out;
+  const auto crd = coords.contiguous(), frm = frames.contiguous();
+  const auto ff = fflow.contiguous(), bf = bflow.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(ff.scalar_type(), "search_centres_cpu", [&] {
+    const int64_t* cp = crd.data_ptr<int64_t>();
+    const int64_t* fp = frm.data_ptr<int64_t>();
+    const scalar_t* fw = ff.data_ptr<scalar_t>();
+    const scalar_t* bw = bf.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const auto rr = static_cast<scalar_t>(r);
+    const int64_t video = T * H * W * 2;
+    at::parallel_for(0, B * Q, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        const int64_t q = e % Q, b = e / Q;
+        stnls::chain_centres(cp + q * 3, fp + q * nt, nt, fw + b * video, bw + b * video, T, H, W,
+                             round, rr, op + e * nt * 2);
+      }
+    });
+  });
+  return out;
+}
+
 // search_positions on the CPU: one pass over the ids (stnls::float_position).
 at::Tensor search_positions_cpu(const at::Tensor& ids, const at::Tensor& centres,
                                 const at::Tensor& frames, int64_t ws, double stride1) {
@@ -398,4 +427,5 @@ TORCH_LIBRARY_IMPL(napari_stnls, CPU, m) {
   m.impl("search_topk", &stnls::search_cpu::search_topk_cpu);
   m.impl("search_positions_int", &stnls::search_cpu::search_positions_int_cpu);
   m.impl("search_positions", &stnls::search_cpu::search_positions_cpu);
+  m.impl("search_centres", &stnls::search_cpu::search_centres_cpu);
 }

@@ -429,7 +429,42 @@ __global__ void positions_kernel(const int64_t* __restrict__ ids, const acc_t* _
   stnls::float_position(ids[e], centres + (b * Q + q) * nt * 2, frames + q * nt, ws, s1, out + e * 3);
 }
 
+// One thread per (batch, query): its window centres along the flows (search_centres).
+template <typename acc_t>
+__global__ void centres_kernel(const int64_t* __restrict__ coords, const int64_t* __restrict__ frames,
+                               const acc_t* __restrict__ fflow, const acc_t* __restrict__ bflow,
+                               int64_t B, int64_t Q, int64_t nt, int64_t T, int64_t H, int64_t W,
+                               bool round, acc_t r, acc_t* __restrict__ out) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= B * Q) return;
+  const int64_t q = e % Q, b = e / Q, video = T * H * W * 2;
+  stnls::chain_centres(coords + q * 3, frames + q * nt, nt, fflow + b * video, bflow + b * video,
+                       T, H, W, round, r, out + e * nt * 2);
+}
+
 }  // namespace
+
+at::Tensor search_centres_cuda(const at::Tensor& coords, const at::Tensor& frames,
+                               const at::Tensor& fflow, const at::Tensor& bflow, int64_t T,
+                               int64_t H, int64_t W, bool round, double r) {
+  stnls::check_centres_args(coords, frames, fflow, bflow, T, H, W);
+  TORCH_CHECK(coords.is_cuda(), "coords: expected a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(coords.device());
+  const int64_t B = fflow.size(0), Q = coords.size(0), nt = frames.size(1);
+  auto out = at::empty({B, Q, nt, 2}, fflow.options());
+  if (out.numel() == 0) return out;
+  const auto crd = coords.contiguous(), frm = frames.contiguous();
+  const auto ff = fflow.contiguous(), bf = bflow.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(ff.scalar_type(), "search_centres_cuda", [&] {
+    centres_kernel<scalar_t><<<blocks_for(B * Q), kThreads, 0, stream>>>(
+        crd.data_ptr<int64_t>(), frm.data_ptr<int64_t>(), ff.data_ptr<scalar_t>(),
+        bf.data_ptr<scalar_t>(), B, Q, nt, T, H, W, round, static_cast<scalar_t>(r),
+        out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
 
 at::Tensor search_positions_cuda(const at::Tensor& ids, const at::Tensor& centres,
                                  const at::Tensor& frames, int64_t ws, double stride1) {
@@ -481,4 +516,5 @@ TORCH_LIBRARY_IMPL(napari_stnls, CUDA, m) {
   m.impl("search_topk", &stnls::search_cuda::search_topk_cuda);
   m.impl("search_positions_int", &stnls::search_cuda::search_positions_int_cuda);
   m.impl("search_positions", &stnls::search_cuda::search_positions_cuda);
+  m.impl("search_centres", &stnls::search_cuda::search_centres_cuda);
 }
