@@ -1,6 +1,6 @@
-"""The search kernels that switches choose between, timed against each other in one process.
+"""The kernels that switches choose between, timed against each other in one process.
 
-Two comparisons, each on one video of ``--shape`` (float32, ``torch.rand``, seed 0):
+Comparisons, each on one video of ``--shape`` (float32, ``torch.rand``, seed 0):
 
 * ``subpix``: sub-pixel windows (``bench_ops``' smooth flow) through whole-pixel box sums and
   the keys' pair sums (``NAPARI_STNLS_SUBPIX=1``) against the window kernel (``=0``); on
@@ -9,11 +9,17 @@ Two comparisons, each on one video of ``--shape`` (float32, ``torch.rand``, seed
   ``itype="int"`` times of the same search.
 * ``boxk`` (CUDA): whole-pixel grids with ``k > 32``, ``topk_box_kernel`` against a warp per
   query (``NAPARI_STNLS_CUDA_BOXK=1000`` and ``=32``), the ``(ps, ws, k)`` of ``--boxk-cases``.
+* ``glue``: ``nl_means``' search (ps 7, ws 9, wt 2, k 24, the smooth flow, no gradient) with
+  its window centres and positions from ``search_centres`` and ``search_positions`` against
+  the PyTorch glue (``NAPARI_STNLS_TORCH_GLUE=1``): the same bits.
+* ``agg4`` (CUDA): ``aggregate`` at the query grid of that search's neighbours, weighted,
+  with ``aggregate_grid_kernel`` (``NAPARI_STNLS_CUDA_AGG4=0``) and ``aggregate_grid4_kernel``
+  reading positions as they are (``=1``) or from packed planes (``=2``, the default).
 
 Each variant: one untimed call, then the median of ``--repeats`` (``torch.cuda.synchronize``
 around each on a GPU); the neighbours are compared with the first variant's (``same_rows``:
-the share of queries whose k positions are equal, ``max_abs_d``). JSON on stdout, and
-written atomically to ``--out``.
+the share of queries whose k positions are equal, ``max_abs_d``; for ``aggregate``:
+``same_bits`` and ``max_abs``). JSON on stdout, and written atomically to ``--out``.
 
     python benchmarks/bench_kernels.py --device cuda --out out/kernels.json
     python benchmarks/bench_kernels.py --device cpu --shape 1,5,3,144,176 --only subpix
@@ -35,7 +41,7 @@ from bench_ops import make_flows, report_header  # noqa: E402
 from bench_throughput import timed as _timed  # noqa: E402
 
 from napari_stnls._util import atomic_path  # noqa: E402
-from napari_stnls.ops import search  # noqa: E402
+from napari_stnls.ops import aggregate, search  # noqa: E402
 
 
 def timed(fn, device: torch.device, repeats: int):
@@ -61,6 +67,10 @@ def compare(variants: dict[str, dict[str, str]], call, device, repeats: int) -> 
         row[f"{name}_ms"] = 1e3 * s
         if first is None:
             first = (d, i)
+        elif i.shape[-1] != 3:  # aggregate's (video, counts)
+            row[f"{name}_same_bits"] = torch.equal(d, first[0]) and torch.equal(i, first[1])
+            diffs = (float((a - b).abs().max()) for a, b in zip((d, i), first, strict=True))
+            row[f"{name}_max_abs"] = max(diffs)
         else:
             # positions (B, nheads, Q, k, 3): the queries whose k positions are all equal
             row[f"{name}_same_rows"] = float((i == first[1]).all(-1).all(-1).float().mean())
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shape", default="1,5,3,540,960", help="B,T,C,H,W")
-    ap.add_argument("--only", default="subpix,boxk", help="subset of subpix,boxk")
+    ap.add_argument("--only", default="subpix,boxk,glue,agg4", help="subset of subpix,boxk,glue,agg4")
     ap.add_argument("--subpix-cases", default="9:24,11:24,9:48,21:10", help="ws:k,...")
     ap.add_argument("--boxk-cases", default="7:9:48,5:9:40,7:11:100,7:21:48", help="ps:ws:k,...")
     ap.add_argument("--repeats", type=int, default=3)
@@ -87,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--shape: expected B,T,C,H,W, got {a.shape!r}")
     only = set(a.only.split(","))
     res = report_header("bench_kernels", device, quick=False)
-    res.update(shape=list(shape), repeats=a.repeats, subpix=[], boxk=[])
+    res.update(shape=list(shape), repeats=a.repeats, subpix=[], boxk=[], glue={}, agg4=[])
     v = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
     flows = make_flows(shape, device)
     with torch.no_grad():
@@ -116,6 +126,20 @@ def main(argv: list[str] | None = None) -> dict:
                                     "warp": {"NAPARI_STNLS_CUDA_BOXK": "32"}},
                                    lambda kw=kw: search(v, v, **kw), device, a.repeats))
                 res["boxk"].append(row)
+        nlm = dict(ps=7, ws=9, wt=2, k=24)
+        if "glue" in only:
+            res["glue"] = compare({"kernels": {"NAPARI_STNLS_TORCH_GLUE": "0"},
+                                   "torch": {"NAPARI_STNLS_TORCH_GLUE": "1"}},
+                                  lambda: search(v, v, flows=flows, **nlm), device, a.repeats)
+        if "agg4" in only and device.type == "cuda":
+            for k in (24, 10):
+                d, i = search(v, v, flows=flows, **{**nlm, "k": k})
+                w = torch.exp(-d / d.mean())
+                row = {"k": k}
+                row.update(compare({f"agg4_{e}": {"NAPARI_STNLS_CUDA_AGG4": e} for e in "012"},
+                                   lambda i=i, w=w: aggregate(v, i, "queries", weights=w, ps=7),
+                                   device, a.repeats))
+                res["agg4"].append(row)
     print(json.dumps(res, indent=1))
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

@@ -5,6 +5,7 @@ ids -> positions. Both paths use these functions, so the flows' gradient is auto
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -120,12 +121,18 @@ def centres_for_grad(coords: torch.Tensor, fflow, bflow, P: Params, dtype: torch
                                              preserve_rng_state=False)
 
 
+def torch_glue() -> bool:
+    """``NAPARI_STNLS_TORCH_GLUE=1`` (read on every call, for timing): the PyTorch glue even
+    where ``search_centres`` and ``search_positions`` could replace it."""
+    return os.environ.get("NAPARI_STNLS_TORCH_GLUE", "") == "1"
+
+
 def centres_compiled(coords: torch.Tensor, fflow, bflow, P: Params, dtype: torch.dtype):
     """:func:`centres` through the compiled ``search_centres`` where the flows need no
     gradient (one kernel, the same bits: the glue's dozens of small ones per chunk took
     about a tenth of ``nl_means``' GPU time), else :func:`centres_for_grad`."""
     grad = torch.is_grad_enabled() and fflow is not None and (fflow.requires_grad or bflow.requires_grad)
-    if fflow is None or grad:
+    if fflow is None or grad or torch_glue():
         return centres_for_grad(coords, fflow, bflow, P, dtype)
     T, H, W = P.thw
     frames = window_frames(coords[:, 0], P)

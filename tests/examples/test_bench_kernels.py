@@ -1,5 +1,6 @@
 """benchmarks/bench_kernels.py runs on the CPU, writes its JSON, leaves the switches as they
-were, and its two sub-pixel kernels find the same neighbours (a smoke run on a tiny video)."""
+were, its two sub-pixel kernels find the same neighbours and the glue kernels give the
+glue's bits (a smoke run on a tiny video)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_bench_kernels_smoke_run(tmp_path, monkeypatch):
     monkeypatch.delenv("NAPARI_STNLS_SUBPIX", raising=False)
+    monkeypatch.delenv("NAPARI_STNLS_TORCH_GLUE", raising=False)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         path = ROOT / "benchmarks" / "bench_kernels.py"
@@ -29,5 +31,7 @@ def test_bench_kernels_smoke_run(tmp_path, monkeypatch):
     (row,) = res["subpix"]
     assert row["window_ms"] > 0 and row["box_sums_ms"] > 0
     assert row["box_sums_same_rows"] > 0.95 and row["box_sums_max_abs_d"] < 1e-4
-    assert res["boxk"] == []  # CUDA only
-    assert "NAPARI_STNLS_SUBPIX" not in os.environ
+    assert res["boxk"] == [] and res["agg4"] == []  # CUDA only
+    # the search kernels that replace the PyTorch glue give its bits
+    assert res["glue"]["torch_same_rows"] == 1.0 and res["glue"]["torch_max_abs_d"] == 0.0
+    assert "NAPARI_STNLS_SUBPIX" not in os.environ and "NAPARI_STNLS_TORCH_GLUE" not in os.environ
