@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -186,6 +188,123 @@ __global__ void __launch_bounds__(kThreads, 3) aggregate_grid_kernel(
   for (int c = 0; c < kGridChunk; ++c)
     if (c < nc) out[o * d.C + h * d.Ch + c0 + c] = acc[c];
   if (chunk == 0) cnt[o * d.nh + h] = w;
+}
+
+// The same sums for float32 videos of at most 4 channels and one head, float32 positions, and
+// sizes whose flat indices fit int32 (aggregate_grid_cuda checks): the video is read from a
+// copy padded to 4 channels, so a bilinear tap is one 16-byte load instead of C loads, all
+// four taps of a neighbour's pixel are loaded at once, and the index arithmetic is 32-bit.
+// The terms and their order are those of grid_pixel, and each interpolation is bilinear's
+// expression, so a pixel's sum is computed as aggregate_grid_kernel computes it. Packed: the
+// positions and weights are read from (B, K, Q) planes of float4 (t, y, x, weight) that the
+// launcher writes, so that a warp, whose threads take consecutive queries, reads whole lines
+// (the (B, Q, K, 3) positions put its 32 loads 12 K bytes apart). NAPARI_STNLS_CUDA_AGG4:
+// see grid4_variant.
+__device__ __forceinline__ int reflect32(int i, int n) {
+  if (i >= 0 && i < n) return i;
+  if (n == 1) return 0;
+  const int period = 2 * (n - 1);
+  int m = i % period;
+  if (m < 0) m += period;
+  return m >= n ? period - m : m;
+}
+
+__device__ __forceinline__ float lerp4(float v00, float v01, float v10, float v11, bool sx, bool sy,
+                                       float wx0, float wx1, float wy0, float wy1) {
+  // bilinear's expression (patch_io.h), on values already loaded
+  float r0 = v00;
+  if (sx) r0 = wx0 * r0 + wx1 * v01;
+  if (!sy) return r0;
+  float r1 = v10;
+  if (sx) r1 = wx0 * r1 + wx1 * v11;
+  return wy0 * r0 + wy1 * r1;
+}
+
+template <bool Packed>
+__global__ void __launch_bounds__(kThreads, 4) aggregate_grid4_kernel(
+    const float4* __restrict__ video, const float* __restrict__ pos, const float* __restrict__ wts,
+    const float4* __restrict__ packed,
+    stnls::GridDims g, const int64_t* __restrict__ maps, int64_t ty, int64_t tx, stnls::Box box,
+    stnls::Box ob, bool weighted, float* __restrict__ out, float* __restrict__ cnt) {
+  const GDims& d = g.d;
+  const int bw = static_cast<int>(box.x1 - box.x0), bh = static_cast<int>(box.y1 - box.y0);
+  const int nbox = static_cast<int>(box.t1 - box.t0) * bh * bw;
+  const int n = static_cast<int>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= static_cast<int>(d.B) * nbox) return;
+  const int i = n % nbox, b = n / nbox;
+  const int x = static_cast<int>(box.x0) + i % bw, y = static_cast<int>(box.y0) + (i / bw) % bh;
+  const int t = static_cast<int>(box.t0) + i / (bw * bh);
+  const int T = static_cast<int>(d.T), H = static_cast<int>(d.H), W = static_cast<int>(d.W);
+  const int ps = d.ps, pt = d.pt, r = ps / 2, dil = d.dil, K = static_cast<int>(d.K);
+  const int nH = static_cast<int>(g.nH), nW = static_cast<int>(g.nW), nc = static_cast<int>(d.C);
+  const float4* vb = video + static_cast<int64_t>(b) * T * H * W;
+  const int Q = static_cast<int>(d.Q), qbase = b * Q;
+  const int64_t* tmap = maps;
+  const int64_t* ymap = maps + ty;
+  const int64_t* xmap = maps + tx;
+  const int64_t* te = tmap + T + 1;
+  const int64_t* ye = ymap + H + 1;
+  const int64_t* xe = xmap + W + 1;
+  float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f, wsum = 0.f;
+  const int et1 = static_cast<int>(tmap[t + 1]), ey1 = static_cast<int>(ymap[y + 1]);
+  const int ex0 = static_cast<int>(xmap[x]), ex1 = static_cast<int>(xmap[x + 1]);
+  for (int et = static_cast<int>(tmap[t]); et < et1; ++et) {
+    const int ct = static_cast<int>(te[et]), it = ct / pt, dt = ct - it * pt;
+    for (int ey = static_cast<int>(ymap[y]); ey < ey1; ++ey) {
+      const int cy = static_cast<int>(ye[ey]), iy = cy / ps, a = cy - iy * ps;
+      const int row = (it * nH + iy) * nW;
+      for (int ex = ex0; ex < ex1; ++ex) {
+        const int cx = static_cast<int>(xe[ex]), ix = cx / ps, bb = cx - ix * ps;
+        const int nq = (qbase + row + ix) * K;
+        for (int k = 0; k < K; ++k) {
+          float tv, yv, xv, w;
+          if constexpr (Packed) {  // (B, K, Q) planes of (t, y, x, weight): a warp reads whole lines
+            const float4 pw = __ldg(packed + (b * K + k) * Q + row + ix);
+            tv = pw.x, yv = pw.y, xv = pw.z, w = pw.w;
+          } else {
+            const float* p = pos + (nq + k) * 3;
+            tv = p[0], yv = p[1], xv = p[2];
+            w = wts == nullptr ? 1.f : wts[nq + k];
+          }
+          const int ft = static_cast<int>(floorf(tv + 0.5f));
+          const float yf = floorf(yv), xf = floorf(xv);
+          const float fy = yv - yf, fx = xv - xf;
+          const int ya = static_cast<int>(yf) + dil * (a - r), xb = static_cast<int>(xf) + dil * (bb - r);
+          const int f = reflect32(ft + dt, T) * H;
+          const int r0 = (f + reflect32(ya, H)) * W, r1 = (f + reflect32(ya + 1, H)) * W;
+          const int c0 = reflect32(xb, W), c1 = reflect32(xb + 1, W);
+          const float4 v00 = __ldg(vb + r0 + c0), v01 = __ldg(vb + r0 + c1);
+          const float4 v10 = __ldg(vb + r1 + c0), v11 = __ldg(vb + r1 + c1);
+          const bool sy = fy != 0.f, sx = fx != 0.f;
+          const float wy0 = 1.f - fy, wx0 = 1.f - fx;
+          const float s0 = lerp4(v00.x, v01.x, v10.x, v11.x, sx, sy, wx0, fx, wy0, fy);
+          const float s1 = lerp4(v00.y, v01.y, v10.y, v11.y, sx, sy, wx0, fx, wy0, fy);
+          const float s2 = lerp4(v00.z, v01.z, v10.z, v11.z, sx, sy, wx0, fx, wy0, fy);
+          const float s3 = lerp4(v00.w, v01.w, v10.w, v11.w, sx, sy, wx0, fx, wy0, fy);
+          if (weighted) {
+            acc0 += s0 * w;
+            acc1 += s1 * w;
+            acc2 += s2 * w;
+            acc3 += s3 * w;
+          } else {
+            acc0 += s0;
+            acc1 += s1;
+            acc2 += s2;
+            acc3 += s3;
+          }
+          wsum += w;
+        }
+      }
+    }
+  }
+  const int oH = static_cast<int>(ob.y1 - ob.y0), oW = static_cast<int>(ob.x1 - ob.x0);
+  const int64_t o = ((static_cast<int64_t>(b) * (ob.t1 - ob.t0) + t - ob.t0) * oH + y - ob.y0) * oW + x - ob.x0;
+  float* op = out + o * nc;
+  op[0] = acc0;
+  if (nc > 1) op[1] = acc1;
+  if (nc > 2) op[2] = acc2;
+  if (nc > 3) op[3] = acc3;
+  cnt[o] = wsum;
 }
 
 // One thread per patch: gradient of sum(grad * patch) w.r.t. the patch's (y, x).
@@ -506,6 +625,22 @@ std::tuple<at::Tensor, at::Tensor> aggregate_patches_cuda(const at::Tensor& vide
   return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
 }
 
+// Whether aggregate_grid4_kernel takes the call (see there): 0 no, 1 reading inds and
+// weights as they are, 2 from (B, K, Q) planes of packed (t, y, x, weight).
+// NAPARI_STNLS_CUDA_AGG4=0|1|2 chooses; the default, kGrid4Default, is 0 until the kernel has
+// run on a GPU (docs/benchmarks.md).
+constexpr int kGrid4Default = 0;
+
+int grid4_variant(const at::Tensor& video, const at::Tensor& inds, const GDims& d) {
+  constexpr int64_t lim = std::numeric_limits<int32_t>::max();
+  if (!(video.scalar_type() == at::kFloat && inds.scalar_type() == at::kFloat && d.nh == 1 &&
+        d.C >= 1 && d.C <= 4 && d.B * d.T * d.H * d.W * 4 < lim && d.B * d.Q * d.K * 4 < lim))
+    return 0;
+  const char* e = std::getenv("NAPARI_STNLS_CUDA_AGG4");
+  if (e != nullptr && e[0] >= '0' && e[0] <= '2') return e[0] - '0';
+  return kGrid4Default;
+}
+
 std::tuple<at::Tensor, at::Tensor> aggregate_grid_cuda(const at::Tensor& video,
                                                        const at::Tensor& inds,
                                                        const std::optional<at::Tensor>& weights,
@@ -531,6 +666,29 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cuda(const at::Tensor& video,
     const int64_t nchunks = (d.Ch + kGridChunk - 1) / kGridChunk;
     const int64_t total = d.B * d.nh * nchunks * nbox;  // the box's pixels; the rest stay 0
     auto stream = c10::cuda::getCurrentCUDAStream();
+    if (const int v4 = grid4_variant(video, a.inds, d); v4 > 0) {
+      // the video padded to 4 channels (B, T, H, W, 4): one 16-byte load a bilinear tap
+      const auto vid4 = at::constant_pad_nd(video, {0, 4 - d.C}).contiguous();
+      const auto* vp = reinterpret_cast<const float4*>(vid4.data_ptr<float>());
+      const float* wp = a.w.has_value() ? a.w->data_ptr<float>() : nullptr;
+      const stnls::GridDims gd{d, a.maps.g.nH, a.maps.g.nW};
+      const unsigned nb = blocks_for(d.B * nbox, kThreads);
+      if (v4 == 2) {
+        // positions and weights as (B, K, Q) planes of float4 (t, y, x, weight)
+        const auto w = a.w.has_value() ? *a.w : at::ones({d.B, 1, d.Q, d.K}, a.inds.options());
+        const auto pk = at::cat({a.inds, w.unsqueeze(-1)}, -1).permute({0, 1, 3, 2, 4}).contiguous();
+        aggregate_grid4_kernel<true><<<nb, kThreads, 0, stream>>>(
+            vp, nullptr, nullptr, reinterpret_cast<const float4*>(pk.data_ptr<float>()), gd,
+            maps.data_ptr<int64_t>(), a.maps.ty, a.maps.tx, box, a.box, a.w.has_value(),
+            a.out.data_ptr<float>(), a.cnt.data_ptr<float>());
+      } else {
+        aggregate_grid4_kernel<false><<<nb, kThreads, 0, stream>>>(
+            vp, a.inds.data_ptr<float>(), wp, nullptr, gd, maps.data_ptr<int64_t>(), a.maps.ty,
+            a.maps.tx, box, a.box, wp != nullptr, a.out.data_ptr<float>(), a.cnt.data_ptr<float>());
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
+    }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, video.scalar_type(),
                                     "aggregate_grid_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
