@@ -68,7 +68,8 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
                                    int64_t B, int64_t T, int64_t H, int64_t W, int64_t C,
                                    int64_t Q, int64_t nt, int ws, int ps, int pt, int dil,
                                    int64_t nh, int K, bool l2, bool exclude_self, int L,
-                                   int LP, int64_t* __restrict__ out, acc_t* __restrict__ dout) {
+                                   int LP, int lc, int64_t* __restrict__ out,
+                                   acc_t* __restrict__ dout) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
@@ -121,13 +122,15 @@ __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __r
     // A lane per column of the window: its two mirrored key columns are found once, then it
     // walks the rows (two mirrored key rows each) and the channels, with no index division.
     // (Lanes sharing out the window's pixels instead, so that every lane works when L < 32,
-    // were 3-20% slower on an H100 for ws 11 and 21, and 4% faster for ws 7.)
-    for (int col = lane; col < L; col += 32) {
+    // were 3-20% slower on an H100 for ws 11 and 21, and 4% faster for ws 7.) Windows of at
+    // most 16 columns (lc = 4) take two lanes a column, each every other row: the same values.
+    const int rows0 = lane >> lc, rstep = 32 >> lc;
+    for (int col = lane & ((1 << lc) - 1); col < L; col += 1 << lc) {
       const int64_t k0 = reflect(x0 + col, W) * C + c0, k1 = reflect(x0 + col + 1, W) * C + c0;
       for (int dt = 0; dt < pt; ++dt) {
         const int64_t fr = reflect(s + dt, T) * H;
         acc_t* wd = win + static_cast<int64_t>(dt) * Ch * L * LP + col;
-        for (int row = 0; row < L; ++row) {
+        for (int row = rows0; row < L; row += rstep) {
           const int64_t r0 = (fr + reflect(y0 + row, H)) * W * C;
           const int64_t r1 = sy ? (fr + reflect(y0 + row + 1, H)) * W * C : r0;
           for (int c = 0; c < Ch; ++c) {
@@ -317,6 +320,18 @@ int window_nc(int64_t ws, int64_t ps) {
   return best;
 }
 
+// log2 of the lanes that interpolate one row of the window: 16 (two lanes a column, every
+// other row each) for windows of at most 16 columns (ws 9 with ps 7: 15) where
+// NAPARI_STNLS_CUDA_WINSPLIT (read on every call, for timing) is 1 or, unset, kWinSplit is
+// true; else 32. kWinSplit stays false until the split has run on a GPU.
+constexpr bool kWinSplit = false;
+
+int window_lanes_log2(int64_t L) {
+  const char* e = std::getenv("NAPARI_STNLS_CUDA_WINSPLIT");
+  const bool split = e && *e ? e[0] == '1' : kWinSplit;
+  return split && L <= 16 ? 4 : 5;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, const at::Tensor& keys,
@@ -368,6 +383,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
       while (warps > 1 && warps * per_warp > 96 * 1024) --warps;
       const int64_t smem = warps * per_warp;
       const unsigned grid = static_cast<unsigned>((n + warps - 1) / warps);
+      const int lc = window_lanes_log2(L);
       auto launch = [&](auto kmax) {
         constexpr int KM = decltype(kmax)::value;
         auto kern = topk_window_kernel<scalar_t, acc_t, KM>;
@@ -382,7 +398,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
             queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), crd.data_ptr<int64_t>(),
             cen.data_ptr<acc_t>(), frm.data_ptr<int64_t>(), static_cast<acc_t>(oh[0]), step, B,
             T, H, W, C, Q, nt, int(ws), int(ps), int(pt), int(dilation), nheads, int(k), l2,
-            exclude_self, int(L), int(LP), ids.data_ptr<int64_t>(), dists.data_ptr<acc_t>());
+            exclude_self, int(L), int(LP), lc, ids.data_ptr<int64_t>(), dists.data_ptr<acc_t>());
       };
       dispatch_k(k, launch);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
