@@ -364,13 +364,14 @@ at::Tensor search_centres_cpu(const at::Tensor& coords, const at::Tensor& frames
   return out;
 }
 
-// search_positions on the CPU: one pass over the ids (stnls::float_position).
-at::Tensor search_positions_cpu(const at::Tensor& ids, const at::Tensor& centres,
-                                const at::Tensor& frames, int64_t ws, double stride1) {
+// search_positions(_int) on the CPU: one pass over the ids (stnls::float_position, or
+// stnls::int_position for whole-pixel int32 positions).
+at::Tensor positions_cpu(const at::Tensor& ids, const at::Tensor& centres, const at::Tensor& frames,
+                         int64_t ws, double stride1, bool whole) {
   stnls::check_positions_args(ids, centres, frames, ws, stride1);
   const int64_t B = ids.size(0), nh = ids.size(1), Q = ids.size(2), K = ids.size(3);
   const int64_t nt = frames.size(1);
-  auto kpos = at::empty({B, nh, Q, K, 3}, centres.options());
+  auto kpos = at::empty({B, nh, Q, K, 3}, whole ? ids.options().dtype(at::kInt) : centres.options());
   if (kpos.numel() == 0) return kpos;
   const auto id = ids.contiguous();
   const auto frm = frames.contiguous();
@@ -379,46 +380,34 @@ at::Tensor search_positions_cpu(const at::Tensor& ids, const at::Tensor& centres
     const int64_t* ip = id.data_ptr<int64_t>();
     const int64_t* fp = frm.data_ptr<int64_t>();
     const scalar_t* cp = cen.data_ptr<scalar_t>();
-    scalar_t* out = kpos.data_ptr<scalar_t>();
-    const auto s1 = static_cast<scalar_t>(stride1);
+    int32_t* oi = whole ? kpos.data_ptr<int32_t>() : nullptr;
+    scalar_t* of = whole ? nullptr : kpos.data_ptr<scalar_t>();
     at::parallel_for(0, B * nh * Q, 256, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const int64_t q = n % Q, b = n / (Q * nh);
-        for (int64_t r = 0; r < K; ++r)
-          stnls::float_position(ip[n * K + r], cp + (b * Q + q) * nt * 2, fp + q * nt, ws, s1,
-                                out + (n * K + r) * 3);
+        const scalar_t* c = cp + (b * Q + q) * nt * 2;
+        for (int64_t r = 0; r < K; ++r) {
+          const int64_t e = n * K + r;
+          if (whole)
+            stnls::int_position(ip[e], c, fp + q * nt, ws, static_cast<int64_t>(stride1), oi + e * 3);
+          else
+            stnls::float_position(ip[e], c, fp + q * nt, ws, static_cast<scalar_t>(stride1),
+                                  of + e * 3);
+        }
       }
     });
   });
   return kpos;
 }
 
-// search_positions_int on the CPU: one pass over the ids (stnls::int_position).
+at::Tensor search_positions_cpu(const at::Tensor& ids, const at::Tensor& centres,
+                                const at::Tensor& frames, int64_t ws, double stride1) {
+  return positions_cpu(ids, centres, frames, ws, stride1, false);
+}
+
 at::Tensor search_positions_int_cpu(const at::Tensor& ids, const at::Tensor& centres,
                                     const at::Tensor& frames, int64_t ws, int64_t stride1) {
-  stnls::check_positions_args(ids, centres, frames, ws, stride1);
-  const int64_t B = ids.size(0), nh = ids.size(1), Q = ids.size(2), K = ids.size(3);
-  const int64_t nt = frames.size(1);
-  auto kpos = at::empty({B, nh, Q, K, 3}, ids.options().dtype(at::kInt));
-  if (kpos.numel() == 0) return kpos;
-  const auto id = ids.contiguous();
-  const auto frm = frames.contiguous();
-  const auto cen = centres.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(cen.scalar_type(), "search_positions_int_cpu", [&] {
-    const int64_t* ip = id.data_ptr<int64_t>();
-    const int64_t* fp = frm.data_ptr<int64_t>();
-    const scalar_t* cp = cen.data_ptr<scalar_t>();
-    int32_t* out = kpos.data_ptr<int32_t>();
-    at::parallel_for(0, B * nh * Q, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        const int64_t q = n % Q, b = n / (Q * nh);
-        for (int64_t r = 0; r < K; ++r)
-          stnls::int_position(ip[n * K + r], cp + (b * Q + q) * nt * 2, fp + q * nt, ws, stride1,
-                              out + (n * K + r) * 3);
-      }
-    });
-  });
-  return kpos;
+  return positions_cpu(ids, centres, frames, ws, static_cast<double>(stride1), true);
 }
 
 }  // namespace stnls::search_cpu

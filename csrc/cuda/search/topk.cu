@@ -2,6 +2,8 @@
 // spacing (with or without flow), topk_kernel for any spacing.
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "../../include/positions.h"
 #include "common.cuh"
 #include "patch.cuh"
@@ -421,28 +423,48 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
 
 namespace {
 
-// One thread per (batch, head, query, neighbour): its id's whole-pixel position.
-template <typename acc_t>
-__global__ void positions_int_kernel(const int64_t* __restrict__ ids, const acc_t* __restrict__ centres,
-                                     const int64_t* __restrict__ frames, int64_t n, int64_t Q,
-                                     int64_t nh, int64_t K, int64_t nt, int64_t ws, int64_t s1,
-                                     int32_t* __restrict__ out) {
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= n) return;
-  const int64_t q = (e / K) % Q, b = e / (K * Q * nh);
-  stnls::int_position(ids[e], centres + (b * Q + q) * nt * 2, frames + q * nt, ws, s1, out + e * 3);
-}
-
-// The same for float positions (search_positions).
-template <typename acc_t>
+// One thread per (batch, head, query, neighbour): its id's position, whole-pixel int32
+// (out_t int32_t, s1 an integer) or float (out_t acc_t).
+template <typename acc_t, typename out_t, typename s1_t>
 __global__ void positions_kernel(const int64_t* __restrict__ ids, const acc_t* __restrict__ centres,
                                  const int64_t* __restrict__ frames, int64_t n, int64_t Q,
-                                 int64_t nh, int64_t K, int64_t nt, int64_t ws, acc_t s1,
-                                 acc_t* __restrict__ out) {
+                                 int64_t nh, int64_t K, int64_t nt, int64_t ws, s1_t s1,
+                                 out_t* __restrict__ out) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (e >= n) return;
   const int64_t q = (e / K) % Q, b = e / (K * Q * nh);
-  stnls::float_position(ids[e], centres + (b * Q + q) * nt * 2, frames + q * nt, ws, s1, out + e * 3);
+  const acc_t* c = centres + (b * Q + q) * nt * 2;
+  if constexpr (std::is_same<out_t, int32_t>::value)
+    stnls::int_position(ids[e], c, frames + q * nt, ws, s1, out + e * 3);
+  else
+    stnls::float_position(ids[e], c, frames + q * nt, ws, s1, out + e * 3);
+}
+
+// search_positions(_int): int32 positions where whole, else in the centres' dtype.
+at::Tensor positions_cuda(const at::Tensor& ids, const at::Tensor& centres, const at::Tensor& frames,
+                          int64_t ws, double stride1, bool whole) {
+  stnls::check_positions_args(ids, centres, frames, ws, stride1);
+  TORCH_CHECK(ids.is_cuda(), "ids: expected a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(ids.device());
+  const int64_t B = ids.size(0), nh = ids.size(1), Q = ids.size(2), K = ids.size(3);
+  auto kpos = at::empty({B, nh, Q, K, 3}, whole ? ids.options().dtype(at::kInt) : centres.options());
+  const int64_t n = ids.numel();
+  if (n == 0) return kpos;
+  const auto id = ids.contiguous();
+  const auto frm = frames.contiguous();
+  const auto cen = centres.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(cen.scalar_type(), "search_positions_cuda", [&] {
+    auto launch = [&](auto s1, auto* out) {
+      positions_kernel<<<blocks_for(n), kThreads, 0, stream>>>(
+          id.data_ptr<int64_t>(), cen.data_ptr<scalar_t>(), frm.data_ptr<int64_t>(), n, Q, nh, K,
+          frames.size(1), ws, s1, out);
+    };
+    if (whole) launch(static_cast<int64_t>(stride1), kpos.data_ptr<int32_t>());
+    else launch(static_cast<scalar_t>(stride1), kpos.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return kpos;
 }
 
 // One thread per (batch, query): its window centres along the flows (search_centres).
@@ -484,46 +506,12 @@ at::Tensor search_centres_cuda(const at::Tensor& coords, const at::Tensor& frame
 
 at::Tensor search_positions_cuda(const at::Tensor& ids, const at::Tensor& centres,
                                  const at::Tensor& frames, int64_t ws, double stride1) {
-  stnls::check_positions_args(ids, centres, frames, ws, stride1);
-  TORCH_CHECK(ids.is_cuda(), "ids: expected a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(ids.device());
-  const int64_t B = ids.size(0), nh = ids.size(1), Q = ids.size(2), K = ids.size(3);
-  auto kpos = at::empty({B, nh, Q, K, 3}, centres.options());
-  const int64_t n = ids.numel();
-  if (n == 0) return kpos;
-  const auto id = ids.contiguous();
-  const auto frm = frames.contiguous();
-  const auto cen = centres.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(cen.scalar_type(), "search_positions_cuda", [&] {
-    positions_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        id.data_ptr<int64_t>(), cen.data_ptr<scalar_t>(), frm.data_ptr<int64_t>(), n, Q, nh, K,
-        frames.size(1), ws, static_cast<scalar_t>(stride1), kpos.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return kpos;
+  return positions_cuda(ids, centres, frames, ws, stride1, false);
 }
 
 at::Tensor search_positions_int_cuda(const at::Tensor& ids, const at::Tensor& centres,
                                      const at::Tensor& frames, int64_t ws, int64_t stride1) {
-  stnls::check_positions_args(ids, centres, frames, ws, stride1);
-  TORCH_CHECK(ids.is_cuda(), "ids: expected a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(ids.device());
-  const int64_t B = ids.size(0), nh = ids.size(1), Q = ids.size(2), K = ids.size(3);
-  auto kpos = at::empty({B, nh, Q, K, 3}, ids.options().dtype(at::kInt));
-  const int64_t n = ids.numel();
-  if (n == 0) return kpos;
-  const auto id = ids.contiguous();
-  const auto frm = frames.contiguous();
-  const auto cen = centres.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(cen.scalar_type(), "search_positions_int_cuda", [&] {
-    positions_int_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        id.data_ptr<int64_t>(), cen.data_ptr<scalar_t>(), frm.data_ptr<int64_t>(), n, Q, nh, K,
-        frames.size(1), ws, stride1, kpos.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return kpos;
+  return positions_cuda(ids, centres, frames, ws, static_cast<double>(stride1), true);
 }
 
 }  // namespace stnls::search_cuda
