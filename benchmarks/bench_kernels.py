@@ -41,8 +41,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bench_ops import make_flows, report_header  # noqa: E402
 from bench_throughput import timed as _timed  # noqa: E402
+from bench_throughput import write_report  # noqa: E402
 
-from napari_stnls._util import atomic_path  # noqa: E402
 from napari_stnls.ops import aggregate, search  # noqa: E402
 
 
@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
                 res["agg4"].append(row)
     print(json.dumps(res, indent=1))
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with atomic_path(a.out) as tmp, open(tmp, "w") as fh:
-            fh.write(json.dumps(res, indent=1))
+        write_report(a.out, res)
     return res
 
 

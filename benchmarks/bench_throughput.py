@@ -115,10 +115,15 @@ def main(argv: list[str] | None = None) -> dict:
                                 "frames_per_s": len(clean) / s, "psnr": psnr(clean, out)}
         print(f"{name}: {s:.3f} s for {len(clean)} frames = {len(clean) / s:.2f} frames/s, "
               f"PSNR {res['methods'][name]['psnr']:.2f} dB (noisy {res['noisy_psnr']:.2f})", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with atomic_path(a.out) as tmp, open(tmp, "w") as fh:
-        fh.write(json.dumps(res, indent=1))
+    write_report(a.out, res)
     return res
+
+
+def write_report(path: str, res: dict) -> None:
+    """``res`` as indented JSON at ``path`` (its folder made), written atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        fh.write(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
