@@ -11,7 +11,7 @@ Comparisons, each on one video of ``--shape`` (float32, ``torch.rand``, seed 0):
   query (``NAPARI_STNLS_CUDA_BOXK=1000`` and ``=32``), the ``(ps, ws, k)`` of ``--boxk-cases``.
 * ``glue``: ``nl_means``' search (ps 7, ws 9, wt 2, k 24, the smooth flow, no gradient) with
   its window centres and positions from ``search_centres`` and ``search_positions`` against
-  the PyTorch glue (``NAPARI_STNLS_TORCH_GLUE=1``): the same bits.
+  the PyTorch glue (``NAPARI_STNLS_TORCH_GLUE=0`` and ``=1``): the same bits.
 * ``winsplit`` (CUDA): that search with the window (15 columns) interpolated by one lane a
   column or two (``NAPARI_STNLS_CUDA_WINSPLIT=0`` and ``=1``).
 * ``agg4`` (CUDA): ``aggregate`` at the query grid of that search's neighbours, weighted,

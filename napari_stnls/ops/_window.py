@@ -121,10 +121,20 @@ def centres_for_grad(coords: torch.Tensor, fflow, bflow, P: Params, dtype: torch
                                              preserve_rng_state=False)
 
 
-def torch_glue() -> bool:
-    """``NAPARI_STNLS_TORCH_GLUE=1`` (read on every call, for timing): the PyTorch glue even
-    where ``search_centres`` and ``search_positions`` could replace it."""
-    return os.environ.get("NAPARI_STNLS_TORCH_GLUE", "") == "1"
+# Whether search_centres and search_positions replace the PyTorch glue by default, per device
+# type: on the CPU yes; on CUDA not until their CUDA kernels have run on a GPU (the same code
+# as the CPU's, tested bit for bit against the glue there).
+GLUE_KERNELS_DEFAULT = {"cpu": True, "cuda": False}
+
+
+def torch_glue(device: torch.device) -> bool:
+    """Whether the search keeps the PyTorch glue on ``device`` even where ``search_centres``
+    and ``search_positions`` could replace it: ``NAPARI_STNLS_TORCH_GLUE`` (read on every call,
+    for timing) ``1`` keeps it, ``0`` takes the kernels; unset, :data:`GLUE_KERNELS_DEFAULT`."""
+    env = os.environ.get("NAPARI_STNLS_TORCH_GLUE", "")
+    if env in ("0", "1"):
+        return env == "1"
+    return not GLUE_KERNELS_DEFAULT.get(device.type, False)
 
 
 def centres_compiled(coords: torch.Tensor, fflow, bflow, P: Params, dtype: torch.dtype):
@@ -132,7 +142,7 @@ def centres_compiled(coords: torch.Tensor, fflow, bflow, P: Params, dtype: torch
     gradient (one kernel, the same bits: the glue's dozens of small ones per chunk took
     about a tenth of ``nl_means``' GPU time), else :func:`centres_for_grad`."""
     grad = torch.is_grad_enabled() and fflow is not None and (fflow.requires_grad or bflow.requires_grad)
-    if fflow is None or grad or torch_glue():
+    if fflow is None or grad or torch_glue(coords.device):
         return centres_for_grad(coords, fflow, bflow, P, dtype)
     T, H, W = P.thw
     frames = window_frames(coords[:, 0], P)

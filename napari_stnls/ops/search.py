@@ -137,7 +137,7 @@ def _search_compiled(queries, keys, flows, coords, P: _window.Params, batch_size
         if P.itype == "int":  # whole pixels, no gradient: one kernel writes the int32 positions
             kpos = torch.ops.napari_stnls.search_positions_int(ids, centres.detach(), frames, Pc.ws,
                                                                int(Pc.stride1))
-        elif not centres.requires_grad and not _window.torch_glue():  # one kernel, the glue's bits
+        elif not centres.requires_grad and not _window.torch_glue(centres.device):  # one kernel, same bits
             kpos = torch.ops.napari_stnls.search_positions(ids, centres, frames, Pc.ws, float(Pc.stride1))
         else:
             kpos = _determinism.call("search_positions", centres, frames, ids, Pc, fn=_window.positions)

@@ -97,12 +97,13 @@ def test_search_positions_match_the_glue(compiled, dtype, stride1):
 @pytest.mark.parametrize(("T", "wt", "ws", "stride1", "itype"),
                          [(6, 2, 5, 1.0, "float"), (4, 3, 7, 0.5, "float"), (5, 1, 3, 1.0, "int"),
                           (3, 0, 5, 1.5, "float"), (7, 2, 9, 2.0, "int")])
-def test_search_centres_match_the_glue(compiled, dtype, T, wt, ws, stride1, itype):
+def test_search_centres_match_the_glue(compiled, dtype, T, wt, ws, stride1, itype, monkeypatch):
     """``search_centres`` (the flow chaining without a gradient) writes the bits of the
     PyTorch glue (``_window.centres``): flows of several pixels that carry positions out of
     the frame (clamped), queries in the first and last frames (one-sided windows), every
     pixel of a small video, two batch items, whole-pixel rounding (ties to even)."""
     backend, device = compiled
+    monkeypatch.setenv("NAPARI_STNLS_TORCH_GLUE", "0")  # the kernel, whatever the device's default
     gen = torch.Generator().manual_seed(T * 100 + ws)
     B, H, W = 2, 9, 11
     P = _window.Params((B, T, 2, H, W), 3, ws, wt, 4, "l2", stride1, 1, 1, 1, False, itype)
@@ -120,10 +121,11 @@ def test_search_centres_match_the_glue(compiled, dtype, T, wt, ws, stride1, ityp
 
 
 @needs_ext
-def test_search_without_gradient_gives_the_positions_with_one(compiled):
+def test_search_without_gradient_gives_the_positions_with_one(compiled, monkeypatch):
     """A search along flows that need no gradient takes ``search_positions``; one whose flows
     need it takes the differentiable glue: the same positions and distances."""
     backend, device = compiled
+    monkeypatch.setenv("NAPARI_STNLS_TORCH_GLUE", "0")  # the kernels, whatever the device's default
     gen = torch.Generator().manual_seed(3)
     video = torch.rand(1, 3, 2, 12, 13, generator=gen).to(device)
     flows = tuple((1.3 * torch.randn(1, 3, 2, 12, 13, generator=gen)).to(device) for _ in range(2))
@@ -719,3 +721,14 @@ def test_torch_compile_search_gather_scatter_fullgraph(compiled):
         results.append((out.detach(), v.grad, f[0].grad))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_glue_kernels_switch(monkeypatch):
+    """The glue kernels are the CPU's default, not yet CUDA's; NAPARI_STNLS_TORCH_GLUE overrides."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("NAPARI_STNLS_TORCH_GLUE", raising=False)
+    assert not _window.torch_glue(cpu) and _window.torch_glue(cuda)
+    monkeypatch.setenv("NAPARI_STNLS_TORCH_GLUE", "1")
+    assert _window.torch_glue(cpu) and _window.torch_glue(cuda)
+    monkeypatch.setenv("NAPARI_STNLS_TORCH_GLUE", "0")
+    assert not _window.torch_glue(cpu) and not _window.torch_glue(cuda)
