@@ -24,6 +24,7 @@ def nl_means(
     wt: int = 2,
     k: int | None = None,
     h: float = 0.5,
+    itype: str = "float",
     axes: str | None = None,
     data_range=None,
     noise: str = "gaussian",
@@ -62,6 +63,13 @@ def nl_means(
         Filtering strength: a neighbour at normalised distance ``d`` (squared patch
         difference divided by ``ps*ps*C*sigma^2``) gets weight ``exp(-max(d - 2, 0) / h^2)``;
         two noisy copies of the same patch have ``d`` close to 2.
+    itype : {"float", "int"}
+        Positions of the neighbours. ``"float"`` follows the flow to sub-pixel positions
+        (bilinear patches); ``"int"`` rounds each window's centre to whole pixels, as
+        ``nl_bayes`` does: about 1.5x faster on the CPU, but the whole-pixel patches are
+        noisier than interpolated ones and cost PSNR (10 frames of bikes, sigma 10-50, TV-L1
+        flow: 1.1-2.5 dB; carphone -0.3 to +0.4 dB; ``docs/benchmarks.md``). Without flows
+        both give the same neighbours.
     axes : str, optional
         The array's layout over the letters ``T Z Y X C`` (``"YX"``, ``"TYX"``, ``"TYXC"``,
         ``"ZYX"``, ``"TZYX"``, ``"CTYX"``, ...; see :mod:`napari_stnls.video.axes`). The searched
@@ -131,7 +139,7 @@ def nl_means(
     """
     return run(_nl_means, video, sigma, noise=noise, gain=gain, axes=axes, data_range=data_range,
                flows=flows, region=region, progress=progress, should_stop=should_stop, ps=ps, ws=ws, wt=wt,
-               k=k, h=h, device=device, band_rows=band_rows)
+               k=k, h=h, itype=itype, device=device, band_rows=band_rows)
 
 
 def _nl_means(
@@ -143,6 +151,7 @@ def _nl_means(
     wt: int = 2,
     k: int | None = None,
     h: float = 0.5,
+    itype: str = "float",
     flows=None,
     region=None,
     device: str | torch.device | None = None,
@@ -158,6 +167,8 @@ def _nl_means(
     k = tuned["k"] if k is None else k
     if not isinstance(h, (int, float)) or not h > 0:
         raise ValueError(f"h: expected a positive number, got {h!r}")
+    if itype not in ("float", "int"):
+        raise ValueError(f"itype: expected 'float' or 'int', got {itype!r}")
     B, T, C, H, W = x.shape
     # per query and neighbour: the distance, the weight and the position the search returns,
     # with its working buffers (the search takes about 23 bytes a neighbour on 540p, issue 25);
@@ -178,7 +189,7 @@ def _nl_means(
             cnt = torch.zeros(B, T, 1, H, W, device=xd.device)
             for band in bands:
                 steps.check()
-                d, i = search(xd, xd, ps=ps, ws=ws, wt=wt, k=k, flows=flows, region=band)
+                d, i = search(xd, xd, ps=ps, ws=ws, wt=wt, k=k, flows=flows, region=band, itype=itype)
                 w = torch.exp(-torch.clamp(d / norm - 2.0, min=0.0) / h**2)
                 # each neighbour patch is written back at its query's position
                 aggregate(xd, i, "queries", region=band, out=(agg, cnt), weights=w, ps=ps)

@@ -48,6 +48,20 @@ def test_region_mode_equals_whole_video_inside_and_keeps_outside(sample):
     assert calls and calls[-1][0] == calls[-1][1]
 
 
+def test_integer_positions(sample):
+    # without flows every window centre is a whole pixel: both position types find the same
+    # neighbours; along the flow, whole-pixel centres give another (still denoised) result
+    a = nl_means(sample.noisy, 20 / 255, device="cpu", ws=7, k=8)
+    b = nl_means(sample.noisy, 20 / 255, device="cpu", ws=7, k=8, itype="int")
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    flows = tuple(torch.from_numpy(f)[None] for f in (sample.fflow, sample.bflow))
+    f = nl_means(sample.noisy, 20 / 255, flows=flows, device="cpu", ws=7, k=8)
+    i = nl_means(sample.noisy, 20 / 255, flows=flows, device="cpu", ws=7, k=8, itype="int")
+    assert not np.allclose(f, i, atol=1e-4)
+    before = psnr(sample.clean, sample.noisy, data_range=1.0)
+    assert psnr(sample.clean, np.clip(i, 0, 1), data_range=1.0) > before + 5.0
+
+
 def test_torch_layout_and_gray_arrays(sample):
     gray = sample.noisy.mean(-1)
     out = nl_means(gray, 20 / 255, device="cpu", ws=7, k=8)
@@ -77,6 +91,7 @@ def test_torch_layout_and_gray_arrays(sample):
         (dict(region=(0, 9, 0, 8, 0, 8)), ValueError, "region: t range"),
         (dict(band_rows=0), ValueError, "band_rows"),
         (dict(ws=9), ValueError, "ws"),
+        (dict(itype="half"), ValueError, "itype: expected 'float' or 'int'"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
