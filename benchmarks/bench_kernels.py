@@ -4,7 +4,9 @@ Comparisons, each on one video of ``--shape`` (float32, ``torch.rand``, seed 0):
 
 * ``subpix``: sub-pixel windows (``bench_ops``' smooth flow) through whole-pixel box sums and
   the keys' pair sums (``NAPARI_STNLS_SUBPIX=1``) against the window kernel (``=0``); on
-  CUDA also with all of each query's box sums kept (``NAPARI_STNLS_CUDA_SUBPIX_ROLL=0``).
+  CUDA the whole-pixel distances of the sliding kernel (``slide``, where it applies) and of
+  the tile's box sums (``NAPARI_STNLS_CUDA_SUBPIX_SLIDE=0``), two rows of them a query or all
+  (``NAPARI_STNLS_CUDA_SUBPIX_ROLL=0``).
   Rows: ``ps 7, wt 2`` and the ``(ws, k)`` of ``--subpix-cases``; with the no-flow and
   ``itype="int"`` times of the same search.
 * ``boxk`` (CUDA): whole-pixel grids with ``k > 32``, ``topk_box_kernel`` against a warp per
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shape", default="1,5,3,540,960", help="B,T,C,H,W")
     ap.add_argument("--only", default="subpix,boxk,glue,winsplit,agg4",
                     help="subset of subpix,boxk,glue,winsplit,agg4")
-    ap.add_argument("--subpix-cases", default="9:24,11:24,9:48,21:10", help="ws:k,...")
+    ap.add_argument("--subpix-cases", default="9:24,7:24,11:24,9:48,21:10", help="ws:k,...")
     ap.add_argument("--boxk-cases", default="7:9:48,5:9:40,7:11:100,7:21:48", help="ps:ws:k,...")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -112,11 +114,14 @@ def main(argv: list[str] | None = None) -> dict:
                        "no_flow_ms": 1e3 * timed(lambda kw=kw: search(v, v, **kw), device, a.repeats)[0],
                        "int_flow_ms": 1e3 * timed(lambda kw=kw: search(v, v, flows=flows, itype="int", **kw),
                                                   device, a.repeats)[0]}
-                on = {"NAPARI_STNLS_SUBPIX": "1"}
+                on = {"NAPARI_STNLS_SUBPIX": "1", "NAPARI_STNLS_CUDA_SUBPIX_SLIDE": "0"}
                 variants = {"window": {"NAPARI_STNLS_SUBPIX": "0"},
                             "box_sums": {**on, "NAPARI_STNLS_CUDA_SUBPIX_ROLL": "1"}}
-                if device.type == "cuda" and ws <= 11:
-                    variants["box_sums_all"] = {**on, "NAPARI_STNLS_CUDA_SUBPIX_ROLL": "0"}
+                if device.type == "cuda":
+                    if k <= 32 and ws <= 9:  # where the sliding variant applies (3 channels)
+                        variants["slide"] = {**on, "NAPARI_STNLS_CUDA_SUBPIX_SLIDE": "1"}
+                    if ws <= 11:
+                        variants["box_sums_all"] = {**on, "NAPARI_STNLS_CUDA_SUBPIX_ROLL": "0"}
                 call = lambda kw=kw: search(v, v, flows=flows, **kw)  # noqa: E731
                 row.update(compare(variants, call, device, a.repeats))
                 res["subpix"].append(row)

@@ -6,11 +6,14 @@
 ``itype`` int and float, without and with a sub-pixel flow, L2 and product distances, one
 and two heads, deterministic mode off and on; then ``search_dists``' backward alone on
 patches of 3, 36 and 784 values a head (one group of lanes per neighbour or several, and the
-patch too large for the shared buffer), float32 and float64. Prints ``ok`` at the end.
+patch too large for the shared buffer), float32 and float64; then sub-pixel windows through
+``search_topk_subpix`` (``NAPARI_STNLS_SUBPIX=1``), its sliding and box-sum variants, one and
+three channels, at frame borders and in a region. Prints ``ok`` at the end.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +53,18 @@ def main() -> None:
             kpos = torch.cat([t, yx], -1).cuda().requires_grad_()
             d = torch.ops.napari_stnls.search_dists(q, q, coords, kpos, ps, 2, 1, True)
             d.sum().backward()
+            torch.cuda.synchronize()
+    os.environ["NAPARI_STNLS_SUBPIX"] = "1"
+    for slide in ("1", "0"):
+        os.environ["NAPARI_STNLS_CUDA_SUBPIX_SLIDE"] = slide
+        cases = ((3, 7, 9, 24, None, False), (1, 5, 7, 10, (1, 3, 2, 19, 3, 27), True),
+                 (3, 3, 9, 32, None, True))
+        for C, ps, ws, k, region, excl in cases:
+            v = torch.rand(1, 4, C, 21, 37, generator=gen).cuda()
+            flows = tuple((2.3 * torch.randn(1, 4, 2, 21, 37, generator=gen)).cuda() for _ in range(2))
+            with torch.no_grad():
+                search(v, v, ps=ps, ws=ws, wt=1, k=k, flows=flows, region=region, exclude_self=excl,
+                       backend="cuda")
             torch.cuda.synchronize()
     print("ok")
 

@@ -150,21 +150,26 @@ def test_subpixel_search_matches_the_oracle(seed, compiled):
         ((2, 3, 3, 40, 45), dict(ps=7, ws=9, wt=1, k=24, region=(0, 3, 0, 40, 0, 45))),
         # a frame hardly taller than the window: windows pressed against its borders
         ((1, 3, 1, 10, 40), dict(ps=3, ws=9, wt=1, k=10, region=(0, 3, 0, 10, 0, 40))),
+        # one channel, ps 5, ws 7, k 16 (the sliding variant's one-channel tile)
+        ((1, 4, 1, 33, 50), dict(ps=5, ws=7, wt=1, k=16, region=(0, 4, 0, 33, 0, 50))),
         # ws 21 (the tile of 2 rows)
         ((1, 3, 3, 24, 40), dict(ps=7, ws=21, wt=1, k=10, region=(0, 3, 0, 24, 0, 40))),
     ],
 )
-def test_float32_subpixel_search_against_the_reference(device, shape, kw):
+def test_float32_subpixel_search_against_the_reference(device, shape, kw, monkeypatch):
     """float32 searches along a smooth sub-pixel flow of the shapes the CUDA kernel
     ``search_topk_subpix`` takes (on the CPU the window path: the same neighbours), against
-    the float64 reference search; query batches change no bit."""
+    the float64 reference search; query batches change no bit. On CUDA both ways to the
+    whole-pixel distances: the sliding kernel's (where it applies) and the tile's box sums."""
     B, T, C, H, W = shape
     gen = torch.Generator().manual_seed(H * W + C)
     v = torch.rand(shape, generator=gen)
     flows = tuple(_smooth_flow(gen, B, T, H, W, 2.7, torch.float32) for _ in range(2))
     fd = tuple(f.to(device) for f in flows)
-    d, i = search(v.to(device), v.to(device), flows=fd, **kw)
-    assert d.shape[-1] == kw["k"] and bool(torch.isfinite(d).all())
-    assert_rows_match_reference(d, i, v, flows, kw, rtol=1e-5, atol=1e-4, min_untied=0.9, pos_atol=1e-4)
-    d2, i2 = search(v.to(device), v.to(device), flows=fd, batch_size=3 * W + 5, **kw)
-    assert torch.equal(d2, d) and torch.equal(i2, i)
+    for slide in ("1", "0") if device.type == "cuda" else ("1",):
+        monkeypatch.setenv("NAPARI_STNLS_CUDA_SUBPIX_SLIDE", slide)
+        d, i = search(v.to(device), v.to(device), flows=fd, **kw)
+        assert d.shape[-1] == kw["k"] and bool(torch.isfinite(d).all())
+        assert_rows_match_reference(d, i, v, flows, kw, rtol=1e-5, atol=1e-4, min_untied=0.9, pos_atol=1e-4)
+        d2, i2 = search(v.to(device), v.to(device), flows=fd, batch_size=3 * W + 5, **kw)
+        assert torch.equal(d2, d) and torch.equal(i2, i)

@@ -12,7 +12,8 @@
 //   box sums with the tile's pixels in registers.
 // - pix.cu: topk_pix_kernel, single-pixel patches.
 // - subpix.cu: topk_subpix_kernel, sub-pixel windows of dense query grids through the
-//   whole-pixel box sums of a tile and the keys' pair sums (op search_topk_subpix).
+//   whole-pixel box sums of a tile and the keys' pair sums (op search_topk_subpix), and
+//   topk_subpix_slide_kernel, the same with the sliding kernel's box sums (slide.cuh).
 // - dists.cu: search_dists and search_dists_backward.
 //
 // Patch values are read with the arithmetic of csrc/include/patch_loc.h (mirroring, x-then-y

@@ -1,5 +1,6 @@
 // The sliding kernel of whole-pixel grids (see common.cuh), chosen by box.cu.
 #include "common.cuh"
+#include "slide.cuh"
 #include "tile.cuh"
 
 namespace stnls::search_cuda {
@@ -25,43 +26,6 @@ namespace {
 // + e(u + 6) for ps = 7 (shorter for 5 and 3), down the columns and then along the rows. So
 // splitting the queries into batches changes no bit. The key pixels of a frame are staged in
 // shared memory as in the staged kernel (runs of fewer offsets where flows spread them).
-constexpr int kSlideWarps = 8, kSlideRows = 7;
-
-// TY rows of queries: fewer with 3 frames x channels, so that the query and key columns stay
-// in registers (at 128 registers ptxas spills none for one, and a few values for three)
-template <int PS, int PCN>
-struct SlideTile {
-  static constexpr int kTY = PCN == 1 ? 8 : 6, kTX = 32 - (PS - 1), kEY = kTY + PS - 1,
-                       kN = kTX * kTY;
-};
-
-// v[i] = the sum of e[i .. i + PS) in the association above, for i < TY
-template <int PS, int TY, int EY>
-__device__ __forceinline__ void slide_box_rows(const float (&e)[EY], float (&v)[TY]) {
-  static_assert(EY == TY + PS - 1, "rows of the difference column");
-  float p[EY - 1];
-#pragma unroll
-  for (int u = 0; u < EY - 1; ++u) p[u] = e[u] + e[u + 1];
-#pragma unroll
-  for (int i = 0; i < TY; ++i) {
-    if constexpr (PS == 3) v[i] = p[i] + e[i + 2];
-    if constexpr (PS == 5) v[i] = (p[i] + p[i + 2]) + e[i + 4];
-    if constexpr (PS == 7) v[i] = ((p[i] + p[i + 2]) + p[i + 4]) + e[i + 6];
-  }
-}
-
-// the same association along the lanes: lane l gets the sum of v over lanes l .. l + PS
-// (meaningful for l < 32 - (PS - 1))
-template <int PS>
-__device__ __forceinline__ float slide_box_lanes(float v) {
-  constexpr unsigned kAll = 0xffffffffu;
-  const float p = v + __shfl_down_sync(kAll, v, 1);
-  if constexpr (PS == 3) return p + __shfl_down_sync(kAll, v, 2);
-  if constexpr (PS == 5) return (p + __shfl_down_sync(kAll, p, 2)) + __shfl_down_sync(kAll, v, 4);
-  return ((p + __shfl_down_sync(kAll, p, 2)) + __shfl_down_sync(kAll, p, 4)) +
-         __shfl_down_sync(kAll, v, 6);
-}
-
 // (two blocks per SM: 128 registers a thread)
 template <typename scalar_t, int KM, int PCN, int PS>
 __global__ void __launch_bounds__(kSlideWarps * 32, 2)
@@ -84,7 +48,6 @@ __global__ void __launch_bounds__(kSlideWarps * 32, 2)
   const int64_t tiles_x = (nW + TX - 1) / TX;
   const int64_t tile_i = blockIdx.x / tiles_x, tile_j = blockIdx.x % tiles_x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int tid = threadIdx.x;
   // the threads that keep the tile's top-k lists: OW lanes of every warp (the lists' work is
   // spread evenly over the warps, which meet at every round's barrier)
   constexpr int OW = (N + kSlideWarps - 1) / kSlideWarps;
@@ -105,17 +68,7 @@ __global__ void __launch_bounds__(kSlideWarps * 32, 2)
 
   // column `lane` of the query tile and its halo, for the whole search
   float Qr[PCN][EY];
-  {
-    const int64_t x = reflect(ox0 + lane, W);
-#pragma unroll
-    for (int pc = 0; pc < PCN; ++pc) {
-      const int dt = pc / Ch, c = pc - dt * Ch;
-      const int64_t fr = reflect(t + dt, T) * H;
-#pragma unroll
-      for (int u = 0; u < EY; ++u)
-        Qr[pc][u] = static_cast<float>(qv[((fr + reflect(oy0 + u, H)) * W + x) * C + c0 + c]);
-    }
-  }
+  slide_queries<scalar_t, PCN, EY>(Qr, qv, t, T, H, W, C, c0, Ch, oy0, ox0, lane);
 
   TopK<float, int, KM> top;
   int parity = 0;
@@ -133,27 +86,15 @@ __global__ void __launch_bounds__(kSlideWarps * 32, 2)
     const int fw = static_cast<int>(f) * ws;
     // runs of cy x cx offsets whose key pixels fit in kcap
     const int ny = yhi - ylo + 1, nx = xhi - xlo + 1;
-    int cy = ny, cx = nx;
-    while (PCN * (EY + cy - 1) * odd_pitch(32 + cx - 1) > kcap) {
-      if (cy > 1)
-        cy = (cy + 1) / 2;
-      else
-        cx = (cx + 1) / 2;
-    }
+    int cy = 0, cx = 0;
+    slide_runs<PCN, EY>(ny, nx, kcap, &cy, &cx);
     for (int ya = ylo; ya <= yhi; ya += cy) {
       const int my = min(cy, yhi - ya + 1);
       for (int xa = xlo; xa <= xhi; xa += cx) {
         const int mx = min(cx, xhi - xa + 1);
         const int KH = EY + my - 1, KW = 32 + mx - 1, KP = odd_pitch(KW), KA = KH * KP;
         // Every warp has passed a round barrier after its last read of Ks.
-        for (int e = tid; e < PCN * KH * KW; e += blockDim.x) {
-          const int pc = e / (KH * KW), pix = e - pc * (KH * KW), u = pix / KW, v = pix - u * KW;
-          const int dt = pc / Ch, c = pc - dt * Ch;
-          const int64_t fr = reflect(s + dt, T);
-          Ks[pc * KA + u * KP + v] = static_cast<float>(
-              kv[((fr * H + reflect(oy0 + ya + u, H)) * W + reflect(ox0 + xa + v, W)) * C + c0 +
-                 c]);
-        }
+        slide_stage<scalar_t, PCN>(Ks, kv, s, T, H, W, C, c0, Ch, oy0, ya, ox0, xa, KH, KW, KP, KA);
         __syncthreads();  // Ks is staged
         // items: one dx and kSlideRows dy each, one per warp per kSlideRows rounds
         const int nitems = mx * ((my + kSlideRows - 1) / kSlideRows);
@@ -163,39 +104,16 @@ __global__ void __launch_bounds__(kSlideWarps * 32, 2)
           const int ix = has ? it % mx : 0, iy0 = has ? (it / mx) * kSlideRows : 0;
           const float* kc = Ks + lane + ix;
           float Kr[PCN][EY];
-#pragma unroll
-          for (int pc = 0; pc < PCN; ++pc)
-#pragma unroll
-            for (int u = 0; u < EY; ++u) Kr[pc][u] = kc[pc * KA + min(iy0 + u, KH - 1) * KP];
+          slide_load<PCN, EY>(Kr, kc, KA, KP, KH, iy0);
 #pragma unroll
           for (int st = 0; st < kSlideRows; ++st) {
-            if (st > 0) {  // slide the key column down one row (renaming once unrolled)
-              const int row = min(iy0 + st + EY - 1, KH - 1);
-#pragma unroll
-              for (int pc = 0; pc < PCN; ++pc) {
-#pragma unroll
-                for (int u = 0; u < EY - 1; ++u) Kr[pc][u] = Kr[pc][u + 1];
-                Kr[pc][EY - 1] = kc[pc * KA + row * KP];
-              }
-            }
+            if (st > 0) slide_down<PCN, EY>(Kr, kc, KA, KP, min(iy0 + st + EY - 1, KH - 1));
             const bool valid = has && iy0 + st < my;
             if (valid) {
-              float e[EY];
-#pragma unroll
-              for (int u = 0; u < EY; ++u) {
-                float acc = 0.f;
-#pragma unroll
-                for (int pc = 0; pc < PCN; ++pc) term<float>(acc, Qr[pc][u], Kr[pc][u], l2);
-                e[u] = acc;
-              }
-              float v[TY];
-              slide_box_rows<PS, TY, EY>(e, v);
               float* Dw = Ds + (parity * kSlideWarps + warp) * N;
-#pragma unroll
-              for (int i = 0; i < TY; ++i) {
-                const float d = slide_box_lanes<PS>(v[i]);
+              slide_dists<PS, PCN, TY, EY>(Qr, Kr, l2, [&](int i, float d) {
                 if (lane < TX) Dw[i * TX + lane] = d;
-              }
+              });
             }
             if (lane == 0)
               offs[parity][warp] = valid ? make_int2(ya + iy0 + st, xa + ix) : make_int2(INT_MIN, 0);

@@ -15,6 +15,7 @@
 
 #include "common.cuh"
 #include "patch.cuh"
+#include "slide.cuh"
 #include "tile.cuh"
 
 namespace stnls::search_cuda {
@@ -178,6 +179,207 @@ __global__ void __launch_bounds__(256)
   if (active) top.write(dout + (bh * Q + q) * K, out + (bh * Q + q) * K, K, true);
 }
 
+// The same search with the whole-pixel distances of the sliding kernel (slide.cu): ps 3, 5 or
+// 7, 1 or 3 frames x channels per head, k <= 32. Its warps sweep every whole-pixel offset the
+// tile's windows (grown by a row and a column) reach, a column of the tile's distances per
+// lane and step as in topk_slide_kernel; each lane writes the distance of each of its queries
+// straight into the query's (ws+1)^2 grid in shared memory (no hand-over, no barrier per
+// step), and once the frame's offsets are done each query's thread combines its candidates
+// with the pair sums (combine_row). Every distance is summed in the sliding kernel's fixed
+// association, so batches change no bit.
+template <int KM, int PCN, int PS>
+__global__ void __launch_bounds__(kSlideWarps * 32, 2)
+    topk_subpix_slide_kernel(const float* __restrict__ qdata, const float* __restrict__ kdata,
+                             const float* __restrict__ centres, const int64_t* __restrict__ frames,
+                             const float* __restrict__ pairs, int64_t T, int64_t H, int64_t W,
+                             int64_t C, int64_t Q, int64_t nt, int ws, int64_t gt0, int64_t gy0,
+                             int64_t gx0, int64_t nH, int64_t nW, int pt, int64_t nh, int margin,
+                             int K, bool exclude_self, int kcap, int64_t* __restrict__ out,
+                             float* __restrict__ dout) {
+  using Tile = SlideTile<PS, PCN>;
+  constexpr int TX = Tile::kTX, TY = Tile::kTY, EY = Tile::kEY, N = Tile::kN, r = PS / 2;
+  extern __shared__ __align__(16) unsigned char subslide_smem[];
+  const int G = ws + 1;
+  float* Ms = reinterpret_cast<float*>(subslide_smem);  // G x G x N: Ms[(ii * G + jj) * N + qi]
+  float* Ks = Ms + G * G * N;                             // PCN x KH x KP key pixels, <= kcap
+  int* Os = reinterpret_cast<int*>(Ks + kcap);            // 2 x N: each query's grid origin
+  __shared__ int gmin[2], gmax[2];
+
+  const int64_t bh = blockIdx.z, b = bh / nh, h = bh % nh;
+  const int64_t tr = blockIdx.y;
+  const int64_t tiles_x = (nW + TX - 1) / TX;
+  const int64_t tile_i = blockIdx.x / tiles_x, tile_j = blockIdx.x % tiles_x;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  // each query's thread (combining and keeping its list): OW lanes of every warp
+  constexpr int OW = (N + kSlideWarps - 1) / kSlideWarps;
+  static_assert(OW <= 32, "owners per warp");
+  const int qi = warp * OW + lane;
+  const bool owner = lane < OW && qi < N;
+  const int64_t gi = tile_i * TY + qi / TX, gj = tile_j * TX + qi % TX;
+  const bool active = owner && gi < nH && gj < nW;
+  const int64_t q = (tr * nH + gi) * nW + gj;
+  const int64_t t = gt0 + tr;
+  const int64_t qy = gy0 + gi, qx = gx0 + gj;
+  const int half = ws / 2;
+  const float off0 = static_cast<float>(-half);
+  const int64_t oy0 = gy0 + tile_i * TY - r, ox0 = gx0 + tile_j * TX - r;
+  const int Ch = static_cast<int>(C / nh);
+  const int64_t c0 = h * Ch, video = T * H * W * C;
+  const float* qv = qdata + b * video;
+  const float* kv = kdata + b * video;
+  const int64_t q_first = tr * nH * nW;
+  const int64_t HE = H + 2 * margin, WE = W + 2 * margin, plane = HE * WE;
+
+  float Qr[PCN][EY];
+  slide_queries<float, PCN, EY>(Qr, qv, t, T, H, W, C, c0, Ch, oy0, ox0, lane);
+
+  TopK<float, int, KM> top;
+  for (int64_t f = 0; f < nt; ++f) {
+    const int64_t s = frames[q_first * nt + f];
+    float cy = 0.f, cx = 0.f, fy = 0.f, fx = 0.f;
+    int64_t y0 = 0, x0 = 0;
+    int oy = 0, ox = 0;
+    if (active) {
+      const float* c = centres + ((b * Q + q) * nt + f) * 2;
+      cy = c[0];
+      cx = c[1];
+      const float by = floor_acc(cy + off0), bx = floor_acc(cx + off0);
+      fy = (cy + off0) - by;
+      fx = (cx + off0) - bx;
+      y0 = static_cast<int64_t>(by);
+      x0 = static_cast<int64_t>(bx);
+      oy = static_cast<int>(y0 - qy);
+      ox = static_cast<int>(x0 - qx);
+    }
+    // (every lane read Os last before the barrier that ended the previous frame's sweep; an
+    // inactive query's origin is far from every offset)
+    if (owner) {
+      Os[qi] = active ? oy : (1 << 28);
+      Os[N + qi] = ox;
+    }
+    int lo[2], hi[2];
+    block_extent(active, oy, ox, gmin, gmax, lo, hi);  // (its barriers publish Os)
+    const int ylo = lo[0], yhi = hi[0] + ws;
+    const int xlo = lo[1], xhi = hi[1] + ws;
+    if (ylo > yhi) continue;  // no active thread in this tile (uniform across the block)
+    int cy_ = 0, cx_ = 0;
+    slide_runs<PCN, EY>(yhi - ylo + 1, xhi - xlo + 1, kcap, &cy_, &cx_);
+    for (int ya = ylo; ya <= yhi; ya += cy_) {
+      const int my = min(cy_, yhi - ya + 1);
+      for (int xa = xlo; xa <= xhi; xa += cx_) {
+        const int mx = min(cx_, xhi - xa + 1);
+        const int KH = EY + my - 1, KW = 32 + mx - 1, KP = odd_pitch(KW), KA = KH * KP;
+        slide_stage<float, PCN>(Ks, kv, s, T, H, W, C, c0, Ch, oy0, ya, ox0, xa, KH, KW, KP, KA);
+        __syncthreads();  // Ks is staged
+        const int nitems = mx * ((my + kSlideRows - 1) / kSlideRows);
+        for (int it = warp; it < nitems; it += kSlideWarps) {  // uniform across the warp
+          const int ix = it % mx, iy0 = (it / mx) * kSlideRows;
+          const float* kc = Ks + lane + ix;
+          float Kr[PCN][EY];
+          slide_load<PCN, EY>(Kr, kc, KA, KP, KH, iy0);
+#pragma unroll
+          for (int st = 0; st < kSlideRows; ++st) {
+            if (st > 0) slide_down<PCN, EY>(Kr, kc, KA, KP, min(iy0 + st + EY - 1, KH - 1));
+            if (iy0 + st < my) {
+              const int dy = ya + iy0 + st, dx = xa + ix;
+              slide_dists<PS, PCN, TY, EY>(Qr, Kr, true, [&](int i, float d) {
+                const int qq = i * TX + lane;
+                if (lane >= TX) return;
+                const int ii = dy - Os[qq], jj = dx - Os[N + qq];
+                if (static_cast<unsigned>(ii) <= static_cast<unsigned>(ws) &&
+                    static_cast<unsigned>(jj) <= static_cast<unsigned>(ws))
+                  Ms[(ii * G + jj) * N + qq] = d;
+              });
+            }
+          }
+        }
+        __syncthreads();  // Ks may be restaged; after the last run, every M is written
+      }
+    }
+    if (active) {
+      const float* S = pairs + (bh * T + s) * 4 * plane;
+      for (int i = 0; i < ws; ++i)
+        combine_row<KM>(top, Ms + i * G * N + qi, Ms + (i + 1) * G * N + qi, N, i, ws, f, s, t,
+                        y0, x0, cy, cx, off0, fy, fx, S, plane, HE, WE, margin, qy, qx, qv, kv,
+                        T, H, W, C, c0, Ch, PS, pt, K, exclude_self);
+    }
+  }
+  if (active) top.write(dout + (bh * Q + q) * K, out + (bh * Q + q) * K, K, true);
+}
+
+// topk_subpix_slide_kernel's tile and key-pixel capacity, and its shared memory in bytes
+constexpr int kSubSlideKcap = 8 * 1024;  // floats of key pixels (a run of offsets)
+template <int PS, int PCN>
+constexpr int64_t subpix_slide_smem(int64_t ws) {
+  using Tile = SlideTile<PS, PCN>;
+  return 4 * ((ws + 1) * (ws + 1) * Tile::kN + kSubSlideKcap + 2 * Tile::kN);
+}
+
+int64_t subpix_slide_smem(int64_t ws, int64_t ps, int64_t PC) {
+  auto by_pcn = [&](auto pcn) -> int64_t {
+    constexpr int PCN = decltype(pcn)::value;
+    return ps == 3 ? subpix_slide_smem<3, PCN>(ws)
+                   : ps == 5 ? subpix_slide_smem<5, PCN>(ws) : subpix_slide_smem<7, PCN>(ws);
+  };
+  return PC == 3 ? by_pcn(std::integral_constant<int, 3>{}) : by_pcn(std::integral_constant<int, 1>{});
+}
+
+// Whether the sliding variant takes a call: ps 3, 5 or 7, 1 or 3 frames x channels per head,
+// k <= 32, each query's (ws+1)^2 grid within shared memory (ws <= 9 at most for three
+// channels); NAPARI_STNLS_CUDA_SUBPIX_SLIDE=0 (read on every call, for timing) never.
+bool subpix_slide(const at::Tensor& queries, int64_t ws, int64_t ps, int64_t pt, int64_t nheads,
+                  int64_t k) {
+  const char* e = std::getenv("NAPARI_STNLS_CUDA_SUBPIX_SLIDE");
+  if (e && std::string(e) == "0") return false;
+  const int64_t PC = pt * (queries.size(4) / nheads);
+  return k <= 32 && (ps == 3 || ps == 5 || ps == 7) && (PC == 1 || PC == 3) &&
+         subpix_slide_smem(ws, ps, PC) <= 112 * 1024;
+}
+
+std::tuple<at::Tensor, at::Tensor> search_topk_subpix_slide_cuda(
+    const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& coords,
+    const at::Tensor& centres, const at::Tensor& frames, const at::Tensor& pairs,
+    at::IntArrayRef grid, int64_t ws, int64_t ps, int64_t pt, int64_t nheads, int64_t k,
+    int64_t margin, bool exclude_self) {
+  const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
+                W = queries.size(3), C = queries.size(4);
+  const int64_t Q = coords.size(0), nt = frames.size(1), PC = pt * (C / nheads);
+  auto ids = at::empty({B, nheads, Q, k}, coords.options());
+  auto dists = at::empty({B, nheads, Q, k}, queries.options());
+  if (ids.numel() == 0) return {dists, ids};
+  const auto frm = frames.contiguous();
+  const auto cen = centres.contiguous();
+  const auto prs = pairs.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto launch = [&](auto pcn, auto psn) {
+    constexpr int PS = decltype(psn)::value, PCN = decltype(pcn)::value;
+    using Tile = SlideTile<PS, PCN>;
+    auto kern = k <= 16 ? topk_subpix_slide_kernel<16, PCN, PS> : topk_subpix_slide_kernel<32, PCN, PS>;
+    const int smem = static_cast<int>(subpix_slide_smem<PS, PCN>(ws));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    const dim3 blocks = tile_blocks(grid, Tile::kTY, Tile::kTX, B * nheads);
+    kern<<<blocks, kSlideWarps * 32, smem, stream>>>(
+        queries.data_ptr<float>(), keys.data_ptr<float>(), cen.data_ptr<float>(),
+        frm.data_ptr<int64_t>(), prs.data_ptr<float>(), T, H, W, C, Q, nt, int(ws), grid[0],
+        grid[1], grid[2], grid[4], grid[5], int(pt), nheads, int(margin), int(k), exclude_self,
+        kSubSlideKcap, ids.data_ptr<int64_t>(), dists.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  auto with_ps = [&](auto pcn) {
+    if (ps == 3)
+      launch(pcn, std::integral_constant<int, 3>{});
+    else if (ps == 5)
+      launch(pcn, std::integral_constant<int, 5>{});
+    else
+      launch(pcn, std::integral_constant<int, 7>{});
+  };
+  if (PC == 3)
+    with_ps(std::integral_constant<int, 3>{});
+  else
+    with_ps(std::integral_constant<int, 1>{});
+  return {dists, ids};
+}
+
 // The tile (16 x 16 queries) and whether it rolls: two rows of each query's (ws+1)^2
 // distances (the default: measured on an H100, it was faster for ws 9, 11 and 21 than all of
 // them, which take 110 KiB for ws 9 and leave fewer blocks an SM), or all of them with
@@ -215,11 +417,14 @@ std::tuple<at::Tensor, at::Tensor> search_topk_subpix_cuda(
   TORCH_CHECK(centres.scalar_type() == at::kFloat && centres.dim() == 4 && centres.size(0) == B &&
                   centres.size(1) == Q && centres.size(2) == nt && centres.size(3) == 2,
               "centres: expected float32 (B, Q, nt, 2)");
+  const c10::cuda::CUDAGuard guard(queries.device());
+  if (subpix_slide(queries, ws, ps, pt, nheads, k))
+    return search_topk_subpix_slide_cuda(queries, keys, coords, centres, frames, pairs, grid, ws,
+                                         ps, pt, nheads, k, margin, exclude_self);
   int64_t smem = 0;
   bool roll = false;
   const int uy = subpix_tile(ws, ps, &roll, &smem);
   TORCH_CHECK(smem <= 200 * 1024, "ws: search_topk_subpix's tile does not fit shared memory for ws = ", ws);
-  const c10::cuda::CUDAGuard guard(queries.device());
   auto ids = at::empty({B, nheads, Q, k}, coords.options());
   auto dists = at::empty({B, nheads, Q, k}, queries.options());
   if (ids.numel() == 0) return {dists, ids};
