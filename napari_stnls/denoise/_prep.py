@@ -10,7 +10,7 @@ import torch
 from .._util import resolve_device
 from ..ops import Region, as_region
 
-__all__ = ["to_video", "dilate", "split_bands", "band_budget", "prepare"]
+__all__ = ["to_video", "dilate", "split_bands", "band_budget", "prepare", "to_host"]
 
 
 def to_video(video, name: str = "video") -> tuple[torch.Tensor, Callable]:
@@ -64,6 +64,33 @@ def split_bands(r: Region, pad: int, rows: int, shape) -> list[Region]:
             for t in range(q.t0, q.t1) for y in range(q.y0, q.y1, rows)]
 
 
+def _to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(device, dtype)``; from the CPU to a GPU through page-locked memory (a pageable
+    copy runs at a fraction of the bus' rate)."""
+    if t.device.type != "cpu" or device.type != "cuda":
+        return t.to(device=device, dtype=dtype)
+    staged = torch.empty(t.shape, dtype=dtype, pin_memory=True)
+    staged.copy_(t)
+    # (the host allocator keeps the staged block until the copy has run)
+    return staged.to(device, non_blocking=True)
+
+
+def to_host(result: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (B, T, C, H, W) result on ``like``'s device, its memory channels-last; from a GPU to
+    the CPU through page-locked memory (26 ms -> a few ms for a 540p clip on an H100).
+
+    The page-locked tensor it may return goes back to PyTorch's host cache once the caller's
+    conversion (``run_gaussian`` always copies into the output) has dropped it."""
+    if result.device == like.device:
+        return result
+    if not (result.is_cuda and like.device.type == "cpu"):
+        return result.to(like.device)
+    cl = result.permute(0, 1, 3, 4, 2)  # contiguous where the result kept xd's memory
+    staged = torch.empty(cl.shape, dtype=cl.dtype, pin_memory=True)
+    staged.copy_(cl)  # synchronous
+    return staged.permute(0, 1, 4, 2, 3)
+
+
 def prepare(video, sigma, device, region, flows, band_rows):
     """Checks and conversions shared by the denoisers.
 
@@ -78,10 +105,9 @@ def prepare(video, sigma, device, region, flows, band_rows):
         raise ValueError(f"band_rows: expected a positive int, got {band_rows!r}")
     regions = region if isinstance(region, list) else [region]
     regions = [as_region(r, x.shape) for r in regions]
-    xd = x.to(device=device, dtype=torch.float32)
     # channels-last in memory, as the compiled kernels read it: converted once here rather
     # than copied by every band's search and aggregate (a no-op for napari layers and numpy)
-    xd = xd.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    xd = _to_device(x.permute(0, 1, 3, 4, 2), device, torch.float32).contiguous().permute(0, 1, 4, 2, 3)
     if flows is not None:
         flows = tuple(f.to(device=device, dtype=torch.float32) for f in flows)
     return x, back, xd, flows, regions

@@ -10,7 +10,7 @@ import torch
 from .._util import Steps
 from ..ops import Region, gather, scatter, search
 from ..video.flow import flow_consistency
-from ._prep import band_budget, dilate, prepare, split_bands
+from ._prep import band_budget, dilate, prepare, split_bands, to_host
 from .convert import run
 from .params import COUPLED_CHANNELS, nl_bayes_params
 
@@ -544,7 +544,7 @@ def _nl_bayes(
             for r in regions:
                 keep[:, r.t0:r.t1, :, r.y0:r.y1, r.x0:r.x1] = False
             final = torch.where(keep, x.to(final), final)
-    return back(final.to(x.device))
+    return back(to_host(final, x))
 
 
 def nl_bayes(

@@ -8,7 +8,7 @@ import torch
 
 from .._util import Steps
 from ..ops import aggregate, search
-from ._prep import band_budget, prepare, split_bands
+from ._prep import band_budget, prepare, split_bands, to_host
 from .convert import run
 from .params import nl_means_params
 
@@ -196,4 +196,4 @@ def _nl_means(
                 steps.advance()
             sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
             out[sl] = agg[sl] / cnt[sl].clamp_min(1e-12)
-    return back(out.to(x.device))
+    return back(to_host(out, x))

@@ -266,3 +266,18 @@ def test_nl_means_defaults_follow_sigma(sample):
         np.testing.assert_array_equal(default, nl_means(small, s / 255, ws=7, wt=1, ps=ps, k=k, device="cpu"))
     # so the two calls above differ in what they check
     assert (NLM_TABLE["ps"][0], NLM_TABLE["k"][0]) != (NLM_TABLE["ps"][4], NLM_TABLE["k"][4])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_transfers_through_page_locked_memory_keep_every_bit(sample):
+    from napari_stnls.denoise._prep import prepare, to_host
+
+    x, _, xd, _, _ = prepare(sample.noisy, 0.1, "cuda", None, None, None)
+    assert xd.is_cuda and torch.equal(xd.cpu(), x.float())
+    res = xd * 3 + 1  # channels-last in memory, as the denoisers' results
+    host = to_host(res, x)
+    assert host.device.type == "cpu" and torch.equal(host, res.cpu())
+    u16 = np.round(sample.noisy * 4000).astype(np.uint16)
+    np.testing.assert_array_equal(nl_means(u16, 80, ws=5, k=4, device="cuda"),
+                                  nl_means(u16, 80, ws=5, k=4, device="cuda", band_rows=5))
