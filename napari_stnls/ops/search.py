@@ -39,7 +39,21 @@ def _unsupported(ps: int, pt: int, k: int, device: torch.device) -> str | None:
 # and slower at ws 21 on a smooth flow, and twice as slow on real flows, whose spread inside
 # a tile widens the offsets it covers; on the CPU about as fast as the window path.
 # Its identity and pair sums are the base of a faster whole-pixel part (the sliding kernel's).
-SUBPIX_DEFAULT = {"cpu": False, "cuda": False}
+# "slide": only the calls whose whole-pixel distances come from the sliding kernel's box sums
+# (topk_subpix_slide_kernel, CUDA: :func:`_subpix_slide`).
+SUBPIX_DEFAULT: dict[str, bool | str] = {"cpu": False, "cuda": False}
+
+
+def _subpix_slide(C: int, P: _window.Params) -> bool:
+    """Whether ``search_topk_subpix`` on CUDA takes its whole-pixel distances from the sliding
+    kernel's box sums (the rule of ``subpix_slide`` in csrc/cuda/search/subpix.cu): ps 3, 5
+    or 7, 1 or 3 frames x channels a head, k <= 32, and each query's (ws+1)^2 grid of a tile
+    of (33 - ps) x (8 or 6) queries within the shared memory of two blocks an SM."""
+    pc = P.pt * (C // P.nheads)
+    if P.k > 32 or P.ps not in (3, 5, 7) or pc not in (1, 3):
+        return False
+    n = (33 - P.ps) * (8 if pc == 1 else 6)
+    return 4 * ((P.ws + 1) ** 2 * n + 8192 + 2 * n) <= 112 * 1024
 
 
 def _subpix_kernel(queries: torch.Tensor, flows, P: _window.Params) -> bool:
@@ -47,14 +61,19 @@ def _subpix_kernel(queries: torch.Tensor, flows, P: _window.Params) -> bool:
     positions) of a dense query grid, unit spacing and dilation, L2, k <= 64, ws <= 21;
     float32 on CUDA, float32 and float64 on the CPU. ``NAPARI_STNLS_SUBPIX`` (read on every
     call, to time the kernels against each other): ``1`` takes it, ``0`` never; unset, the
-    default of the device (:data:`SUBPIX_DEFAULT`)."""
+    default of the device (:data:`SUBPIX_DEFAULT`; ``"slide"``: where :func:`_subpix_slide`
+    holds)."""
     env = os.environ.get("NAPARI_STNLS_SUBPIX", "")
-    if env == "0" or not (env == "1" or SUBPIX_DEFAULT[queries.device.type]):
+    default = SUBPIX_DEFAULT[queries.device.type]
+    if env == "0" or not (env == "1" or default):
         return False
     dtypes = (torch.float32,) if queries.is_cuda else (torch.float32, torch.float64)
-    return (queries.dtype in dtypes and flows is not None and P.itype == "float" and P.grid is not None
-            and P.stride0 == 1 and float(P.stride1) == 1.0 and P.dilation == 1 and P.dist == "l2"
-            and P.k <= 64 and P.ws <= 21)
+    ok = (queries.dtype in dtypes and flows is not None and P.itype == "float" and P.grid is not None
+          and P.stride0 == 1 and float(P.stride1) == 1.0 and P.dilation == 1 and P.dist == "l2"
+          and P.k <= 64 and P.ws <= 21)
+    if ok and env != "1" and default == "slide":
+        return queries.is_cuda and _subpix_slide(queries.shape[2], P)
+    return ok
 
 
 def _compiled_chunks(P: _window.Params, Q: int,

@@ -6,6 +6,7 @@ and the search that uses them against the float64 reference."""
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 import oracle
@@ -173,3 +174,19 @@ def test_float32_subpixel_search_against_the_reference(device, shape, kw, monkey
         assert_rows_match_reference(d, i, v, flows, kw, rtol=1e-5, atol=1e-4, min_untied=0.9, pos_atol=1e-4)
         d2, i2 = search(v.to(device), v.to(device), flows=fd, batch_size=3 * W + 5, **kw)
         assert torch.equal(d2, d) and torch.equal(i2, i)
+
+
+def test_the_sliding_variants_rule():
+    """Which sub-pixel searches the sliding variant takes (search.py's copy of subpix.cu's
+    rule): nl_means' ps 7 / ws 9 / k 24 on three channels, not wider grids, larger k, other
+    channel counts or even patches."""
+    from napari_stnls.ops.search import _subpix_slide
+
+    def rule(C=3, **kw):
+        base = dict(ps=7, ws=9, k=24, pt=1, nheads=1)
+        return _subpix_slide(C, types.SimpleNamespace(**(base | kw)))
+
+    assert rule() and rule(ps=3, k=32) and rule(C=1, ps=5, ws=7) and rule(C=6, nheads=2)
+    assert not rule(ws=11) and not rule(k=33) and not rule(C=2) and not rule(ps=4)
+    assert not rule(C=1, ps=7, ws=9)  # one channel: taller tile, grid past the budget
+    assert not rule(pt=2)  # 6 frames x channels
