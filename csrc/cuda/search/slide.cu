@@ -194,18 +194,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& quer
           dists.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    auto with_ps = [&](auto pcn) {
-      if (ps == 3)
-        launch(pcn, std::integral_constant<int, 3>{});
-      else if (ps == 5)
-        launch(pcn, std::integral_constant<int, 5>{});
-      else
-        launch(pcn, std::integral_constant<int, 7>{});
-    };
-    if (PC == 3)
-      with_ps(std::integral_constant<int, 3>{});
-    else
-      with_ps(std::integral_constant<int, 1>{});
+    dispatch_slide(PC, ps, launch);
   };
   if (queries.scalar_type() == at::kFloat)
     run(float{});

@@ -134,4 +134,22 @@ __device__ __forceinline__ void slide_dists(const float (&Qr)[PCN][EY], const fl
   for (int i = 0; i < TY; ++i) emit(i, slide_box_lanes<PS>(v[i]));
 }
 
+// f(pcn, psn) with the integral constants of 1 or 3 frames x channels (PC) and ps 3, 5 or 7:
+// the sliding kernels' instantiations
+template <typename F>
+void dispatch_slide(int64_t PC, int64_t ps, F&& f) {
+  auto with_ps = [&](auto pcn) {
+    if (ps == 3)
+      f(pcn, std::integral_constant<int, 3>{});
+    else if (ps == 5)
+      f(pcn, std::integral_constant<int, 5>{});
+    else
+      f(pcn, std::integral_constant<int, 7>{});
+  };
+  if (PC == 3)
+    with_ps(std::integral_constant<int, 3>{});
+  else
+    with_ps(std::integral_constant<int, 1>{});
+}
+
 }  // namespace stnls::search_cuda

@@ -23,6 +23,29 @@ namespace {
 
 constexpr int kUX = 16;  // tile columns; rows: the host's choice (16, 8, 4 or 2)
 
+// A query's window in one frame: its centre (cy, cx), the whole-pixel origin (y0, x0) of its
+// candidates (the first one's floor) with its offset (oy, ox) from the query, and the
+// fractional part (fy, fx) every candidate shares
+struct Origin {
+  float cy = 0.f, cx = 0.f, fy = 0.f, fx = 0.f;
+  int64_t y0 = 0, x0 = 0;
+  int oy = 0, ox = 0;
+};
+
+__device__ __forceinline__ Origin origin(const float* c, float off0, int64_t qy, int64_t qx) {
+  Origin o;
+  o.cy = c[0];
+  o.cx = c[1];
+  const float by = floor_acc(o.cy + off0), bx = floor_acc(o.cx + off0);
+  o.fy = (o.cy + off0) - by;
+  o.fx = (o.cx + off0) - bx;
+  o.y0 = static_cast<int64_t>(by);
+  o.x0 = static_cast<int64_t>(bx);
+  o.oy = static_cast<int>(o.y0 - qy);
+  o.ox = static_cast<int>(o.x0 - qx);
+  return o;
+}
+
 // The candidates of window row i of one query and frame: from the whole-pixel distances of
 // rows i (m0) and i + 1 (m1) of the (ws+1)-wide offsets (a value every `stride` floats), the
 // key's pair sums S and the bilinear weights; into the thread's list.
@@ -105,21 +128,10 @@ __global__ void __launch_bounds__(256)
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q_first * nt + f];
     const float* S = pairs + (bh * T + s) * 4 * plane;
-    float cy = 0.f, cx = 0.f, fy = 0.f, fx = 0.f;
-    int64_t y0 = 0, x0 = 0;
-    int oy = 0, ox = 0;
-    if (active) {
-      const float* c = centres + ((b * Q + q) * nt + f) * 2;
-      cy = c[0];
-      cx = c[1];
-      const float by = floor_acc(cy + off0), bx = floor_acc(cx + off0);
-      fy = (cy + off0) - by;
-      fx = (cx + off0) - bx;
-      y0 = static_cast<int64_t>(by);
-      x0 = static_cast<int64_t>(bx);
-      oy = static_cast<int>(y0 - qy);
-      ox = static_cast<int>(x0 - qx);
-    }
+    const Origin o = active ? origin(centres + ((b * Q + q) * nt + f) * 2, off0, qy, qx) : Origin{};
+    const float cy = o.cy, cx = o.cx, fy = o.fy, fx = o.fx;
+    const int64_t y0 = o.y0, x0 = o.x0;
+    const int oy = o.oy, ox = o.ox;
     int lo[2], hi[2];
     block_extent(active, oy, ox, gmin, gmax, lo, hi);
     if (lo[0] > hi[0]) continue;  // no active thread in this tile (uniform across the block)
@@ -236,21 +248,10 @@ __global__ void __launch_bounds__(kSlideWarps * 32, 2)
   TopK<float, int, KM> top;
   for (int64_t f = 0; f < nt; ++f) {
     const int64_t s = frames[q_first * nt + f];
-    float cy = 0.f, cx = 0.f, fy = 0.f, fx = 0.f;
-    int64_t y0 = 0, x0 = 0;
-    int oy = 0, ox = 0;
-    if (active) {
-      const float* c = centres + ((b * Q + q) * nt + f) * 2;
-      cy = c[0];
-      cx = c[1];
-      const float by = floor_acc(cy + off0), bx = floor_acc(cx + off0);
-      fy = (cy + off0) - by;
-      fx = (cx + off0) - bx;
-      y0 = static_cast<int64_t>(by);
-      x0 = static_cast<int64_t>(bx);
-      oy = static_cast<int>(y0 - qy);
-      ox = static_cast<int>(x0 - qx);
-    }
+    const Origin o = active ? origin(centres + ((b * Q + q) * nt + f) * 2, off0, qy, qx) : Origin{};
+    const float cy = o.cy, cx = o.cx, fy = o.fy, fx = o.fx;
+    const int64_t y0 = o.y0, x0 = o.x0;
+    const int oy = o.oy, ox = o.ox;
     // (every lane read Os last before the barrier that ended the previous frame's sweep; an
     // inactive query's origin is far from every offset)
     if (owner) {
@@ -316,12 +317,11 @@ constexpr int64_t subpix_slide_smem(int64_t ws) {
 }
 
 int64_t subpix_slide_smem(int64_t ws, int64_t ps, int64_t PC) {
-  auto by_pcn = [&](auto pcn) -> int64_t {
-    constexpr int PCN = decltype(pcn)::value;
-    return ps == 3 ? subpix_slide_smem<3, PCN>(ws)
-                   : ps == 5 ? subpix_slide_smem<5, PCN>(ws) : subpix_slide_smem<7, PCN>(ws);
-  };
-  return PC == 3 ? by_pcn(std::integral_constant<int, 3>{}) : by_pcn(std::integral_constant<int, 1>{});
+  int64_t smem = 0;
+  dispatch_slide(PC, ps, [&](auto pcn, auto psn) {
+    smem = subpix_slide_smem<decltype(psn)::value, decltype(pcn)::value>(ws);
+  });
+  return smem;
 }
 
 // Whether the sliding variant takes a call: ps 3, 5 or 7, 1 or 3 frames x channels per head,
@@ -365,18 +365,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_subpix_slide_cuda(
         kSubSlideKcap, ids.data_ptr<int64_t>(), dists.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  auto with_ps = [&](auto pcn) {
-    if (ps == 3)
-      launch(pcn, std::integral_constant<int, 3>{});
-    else if (ps == 5)
-      launch(pcn, std::integral_constant<int, 5>{});
-    else
-      launch(pcn, std::integral_constant<int, 7>{});
-  };
-  if (PC == 3)
-    with_ps(std::integral_constant<int, 3>{});
-  else
-    with_ps(std::integral_constant<int, 1>{});
+  dispatch_slide(PC, ps, launch);
   return {dists, ids};
 }
 
