@@ -336,20 +336,15 @@ bool subpix_slide(const at::Tensor& queries, int64_t ws, int64_t ps, int64_t pt,
          subpix_slide_smem(ws, ps, PC) <= 112 * 1024;
 }
 
-std::tuple<at::Tensor, at::Tensor> search_topk_subpix_slide_cuda(
-    const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& coords,
-    const at::Tensor& centres, const at::Tensor& frames, const at::Tensor& pairs,
-    at::IntArrayRef grid, int64_t ws, int64_t ps, int64_t pt, int64_t nheads, int64_t k,
-    int64_t margin, bool exclude_self) {
+// Launches topk_subpix_slide_kernel into ids and dists (contiguous inputs, checked)
+void subpix_slide_launch(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& cen,
+                         const at::Tensor& frm, const at::Tensor& prs, at::Tensor& ids,
+                         at::Tensor& dists, at::IntArrayRef grid, int64_t ws, int64_t ps,
+                         int64_t pt, int64_t nheads, int64_t k, int64_t margin,
+                         bool exclude_self) {
   const int64_t B = queries.size(0), T = queries.size(1), H = queries.size(2),
                 W = queries.size(3), C = queries.size(4);
-  const int64_t Q = coords.size(0), nt = frames.size(1), PC = pt * (C / nheads);
-  auto ids = at::empty({B, nheads, Q, k}, coords.options());
-  auto dists = at::empty({B, nheads, Q, k}, queries.options());
-  if (ids.numel() == 0) return {dists, ids};
-  const auto frm = frames.contiguous();
-  const auto cen = centres.contiguous();
-  const auto prs = pairs.contiguous();
+  const int64_t Q = ids.size(2), nt = frm.size(1), PC = pt * (C / nheads);
   auto stream = c10::cuda::getCurrentCUDAStream();
   auto launch = [&](auto pcn, auto psn) {
     constexpr int PS = decltype(psn)::value, PCN = decltype(pcn)::value;
@@ -366,7 +361,6 @@ std::tuple<at::Tensor, at::Tensor> search_topk_subpix_slide_cuda(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   dispatch_slide(PC, ps, launch);
-  return {dists, ids};
 }
 
 // The tile (16 x 16 queries) and whether it rolls: two rows of each query's (ws+1)^2
@@ -407,19 +401,23 @@ std::tuple<at::Tensor, at::Tensor> search_topk_subpix_cuda(
                   centres.size(1) == Q && centres.size(2) == nt && centres.size(3) == 2,
               "centres: expected float32 (B, Q, nt, 2)");
   const c10::cuda::CUDAGuard guard(queries.device());
-  if (subpix_slide(queries, ws, ps, pt, nheads, k))
-    return search_topk_subpix_slide_cuda(queries, keys, coords, centres, frames, pairs, grid, ws,
-                                         ps, pt, nheads, k, margin, exclude_self);
+  const bool slide = subpix_slide(queries, ws, ps, pt, nheads, k);
   int64_t smem = 0;
   bool roll = false;
   const int uy = subpix_tile(ws, ps, &roll, &smem);
-  TORCH_CHECK(smem <= 200 * 1024, "ws: search_topk_subpix's tile does not fit shared memory for ws = ", ws);
+  TORCH_CHECK(slide || smem <= 200 * 1024,
+              "ws: search_topk_subpix's tile does not fit shared memory for ws = ", ws);
   auto ids = at::empty({B, nheads, Q, k}, coords.options());
   auto dists = at::empty({B, nheads, Q, k}, queries.options());
   if (ids.numel() == 0) return {dists, ids};
   const auto frm = frames.contiguous();
   const auto cen = centres.contiguous();
   const auto prs = pairs.contiguous();
+  if (slide) {
+    subpix_slide_launch(queries, keys, cen, frm, prs, ids, dists, grid, ws, ps, pt, nheads, k,
+                        margin, exclude_self);
+    return {dists, ids};
+  }
   auto stream = c10::cuda::getCurrentCUDAStream();
   const dim3 blocks = tile_blocks(grid, uy, kUX, B * nheads);
   const int DH = int(uy + ps - 1), DW = int(kUX + ps - 1);
