@@ -281,3 +281,12 @@ def test_transfers_through_page_locked_memory_keep_every_bit(sample):
     u16 = np.round(sample.noisy * 4000).astype(np.uint16)
     np.testing.assert_array_equal(nl_means(u16, 80, ws=5, k=4, device="cuda"),
                                   nl_means(u16, 80, ws=5, k=4, device="cuda", band_rows=5))
+
+
+def test_page_locked_buffers_fall_back_where_the_host_cannot_lock():
+    # without a GPU runtime (or past the host's locked-memory limit) no buffer comes back and
+    # the transfers take the pageable copy
+    from napari_stnls.denoise._prep import _pinned
+
+    buf = _pinned((2, 3), torch.float32)
+    assert buf is None if not torch.cuda.is_available() else buf.is_pinned()
