@@ -43,18 +43,12 @@ __global__ void __launch_bounds__(kSlideWarps * 32, 2)
   __shared__ int2 offs[2][kSlideWarps];               // each warp's offset (dy, dx) of a step
   __shared__ int gmin[2], gmax[2];
 
-  const int64_t bh = blockIdx.z, b = bh / nh, h = bh % nh;
-  const int64_t tr = blockIdx.y;
-  const int64_t tiles_x = (nW + TX - 1) / TX;
-  const int64_t tile_i = blockIdx.x / tiles_x, tile_j = blockIdx.x % tiles_x;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  // the threads that keep the tile's top-k lists: OW lanes of every warp (the lists' work is
-  // spread evenly over the warps, which meet at every round's barrier)
-  constexpr int OW = (N + kSlideWarps - 1) / kSlideWarps;
-  static_assert(OW <= 32, "owners per warp");
-  const int qi = warp * OW + lane;  // this thread's query in the tile
-  const int64_t gi = tile_i * TY + qi / TX, gj = tile_j * TX + qi % TX;
-  const bool active = lane < OW && qi < N && gi < nH && gj < nW;
+  // the threads that keep the tile's top-k lists meet at every round's barrier
+  const SlideBlock sb = slide_block<TX, TY>(nH, nW, nh);
+  const int64_t bh = sb.bh, b = sb.b, h = sb.h, tr = sb.tr, tile_i = sb.tile_i,
+                tile_j = sb.tile_j, gi = sb.gi, gj = sb.gj;
+  const int warp = sb.warp, lane = sb.lane, qi = sb.qi;
+  const bool active = sb.active;
   const int64_t q = (tr * nH + gi) * nW + gj;
   const int64_t t = gt0 + tr;
   const int64_t qy = gy0 + gi, qx = gx0 + gj;

@@ -152,4 +152,36 @@ void dispatch_slide(int64_t PC, int64_t ps, F&& f) {
     with_ps(std::integral_constant<int, 1>{});
 }
 
+// Where a thread of a sliding kernel's block stands: the (batch x head, grid frame, tile) of
+// the block, and the query qi of the tile whose list the thread keeps (OW lanes of every warp,
+// so that the lists' work is spread evenly over the warps); `owner` for qi < N, `active` for
+// queries inside the grid (nH x nW).
+struct SlideBlock {
+  int64_t bh, b, h, tr, tile_i, tile_j, gi, gj;
+  int warp, lane, qi;
+  bool owner, active;
+};
+
+template <int TX, int TY>
+__device__ __forceinline__ SlideBlock slide_block(int64_t nH, int64_t nW, int64_t nh) {
+  constexpr int N = TX * TY, OW = (N + kSlideWarps - 1) / kSlideWarps;
+  static_assert(OW <= 32, "owners per warp");
+  SlideBlock k;
+  k.bh = blockIdx.z;
+  k.b = k.bh / nh;
+  k.h = k.bh % nh;
+  k.tr = blockIdx.y;
+  const int64_t tiles_x = (nW + TX - 1) / TX;
+  k.tile_i = blockIdx.x / tiles_x;
+  k.tile_j = blockIdx.x % tiles_x;
+  k.warp = threadIdx.x >> 5;
+  k.lane = threadIdx.x & 31;
+  k.qi = k.warp * OW + k.lane;
+  k.gi = k.tile_i * TY + k.qi / TX;
+  k.gj = k.tile_j * TX + k.qi % TX;
+  k.owner = k.lane < OW && k.qi < N;
+  k.active = k.owner && k.gi < nH && k.gj < nW;
+  return k;
+}
+
 }  // namespace stnls::search_cuda

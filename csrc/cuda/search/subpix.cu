@@ -217,18 +217,12 @@ __global__ void __launch_bounds__(kSlideWarps * 32, 2)
   int* Os = reinterpret_cast<int*>(Ks + kcap);            // 2 x N: each query's grid origin
   __shared__ int gmin[2], gmax[2];
 
-  const int64_t bh = blockIdx.z, b = bh / nh, h = bh % nh;
-  const int64_t tr = blockIdx.y;
-  const int64_t tiles_x = (nW + TX - 1) / TX;
-  const int64_t tile_i = blockIdx.x / tiles_x, tile_j = blockIdx.x % tiles_x;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  // each query's thread (combining and keeping its list): OW lanes of every warp
-  constexpr int OW = (N + kSlideWarps - 1) / kSlideWarps;
-  static_assert(OW <= 32, "owners per warp");
-  const int qi = warp * OW + lane;
-  const bool owner = lane < OW && qi < N;
-  const int64_t gi = tile_i * TY + qi / TX, gj = tile_j * TX + qi % TX;
-  const bool active = owner && gi < nH && gj < nW;
+  // each query's thread combines its candidates and keeps its list
+  const SlideBlock sb = slide_block<TX, TY>(nH, nW, nh);
+  const int64_t bh = sb.bh, b = sb.b, h = sb.h, tr = sb.tr, tile_i = sb.tile_i,
+                tile_j = sb.tile_j, gi = sb.gi, gj = sb.gj;
+  const int warp = sb.warp, lane = sb.lane, qi = sb.qi;
+  const bool owner = sb.owner, active = sb.active;
   const int64_t q = (tr * nH + gi) * nW + gj;
   const int64_t t = gt0 + tr;
   const int64_t qy = gy0 + gi, qx = gx0 + gj;
