@@ -122,9 +122,9 @@ def centres_for_grad(coords: torch.Tensor, fflow, bflow, P: Params, dtype: torch
 
 
 # Whether search_centres and search_positions replace the PyTorch glue by default, per device
-# type: on the CPU yes; on CUDA not until their CUDA kernels have run on a GPU (the same code
-# as the CPU's, tested bit for bit against the glue there).
-GLUE_KERNELS_DEFAULT = {"cpu": True, "cuda": False}
+# type: on both (the same bits as the glue; on an H100 nl_means' 540p search took 121 ms
+# against 146 ms with the glue, docs/benchmarks.md).
+GLUE_KERNELS_DEFAULT = {"cpu": True, "cuda": True}
 
 
 def torch_glue(device: torch.device) -> bool:

@@ -38,9 +38,9 @@ def _unsupported(ps: int, pt: int, k: int, device: torch.device) -> str | None:
 # three barriers each) cost as much as the window kernel's direct sums, 1.2x faster at ws 9
 # and slower at ws 21 on a smooth flow, and twice as slow on real flows, whose spread inside
 # a tile widens the offsets it covers; on the CPU about as fast as the window path.
-# Its identity and pair sums are the base of a faster whole-pixel part (the sliding kernel's).
-# "slide": only the calls whose whole-pixel distances come from the sliding kernel's box sums
-# (topk_subpix_slide_kernel, CUDA: :func:`_subpix_slide`).
+# With the sliding kernel's box sums (topk_subpix_slide_kernel, :func:`_subpix_slide`) it was
+# 122 against 142 ms at ws 9 on a smooth flow (H100), but no faster inside nl_means on real
+# flows. "slide": only the calls that variant takes.
 SUBPIX_DEFAULT: dict[str, bool | str] = {"cpu": False, "cuda": False}
 
 

@@ -724,10 +724,10 @@ def test_torch_compile_search_gather_scatter_fullgraph(compiled):
 
 
 def test_glue_kernels_switch(monkeypatch):
-    """The glue kernels are the CPU's default, not yet CUDA's; NAPARI_STNLS_TORCH_GLUE overrides."""
+    """The glue kernels are the default on the CPU and CUDA; NAPARI_STNLS_TORCH_GLUE overrides."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv("NAPARI_STNLS_TORCH_GLUE", raising=False)
-    assert not _window.torch_glue(cpu) and _window.torch_glue(cuda)
+    assert not _window.torch_glue(cpu) and not _window.torch_glue(cuda)
     monkeypatch.setenv("NAPARI_STNLS_TORCH_GLUE", "1")
     assert _window.torch_glue(cpu) and _window.torch_glue(cuda)
     monkeypatch.setenv("NAPARI_STNLS_TORCH_GLUE", "0")
