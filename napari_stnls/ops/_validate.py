@@ -71,8 +71,9 @@ def heads(C: int, nheads: Any) -> int:
     return nheads
 
 
-def inds(x: Any, video_shape, name: str = "inds") -> torch.Tensor:
-    """An index tensor (B, nheads, Q, K, 3) of (t, y, x) centres inside the video."""
+def inds(x: Any, video_shape, name: str = "inds", values: bool = True) -> torch.Tensor:
+    """An index tensor (B, nheads, Q, K, 3) of (t, y, x) centres inside the video (the values
+    are read only with ``values``)."""
     tensor(x, name)
     B, T, C, H, W = video_shape
     if x.ndim != 5 or x.shape[-1] != 3:
@@ -86,7 +87,7 @@ def inds(x: Any, video_shape, name: str = "inds") -> torch.Tensor:
     heads(C, x.shape[1])
     # The value checks below read the data (a device sync, and a graph break under
     # torch.compile): they are skipped while compiling, where bad positions are not caught.
-    if x.numel() and not torch.compiler.is_compiling():
+    if values and x.numel() and not torch.compiler.is_compiling():
         d = x.detach()
         # one pass for the extremes of each column (NaN propagates into them, an infinity is
         # one of them) and one sync; the failing position is looked for only on failure

@@ -252,6 +252,7 @@ def aggregate(
     region=None,
     stride0: int = 1,
     backend: str | None = None,
+    check_inds: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Add the (weighted) patches of ``video`` at ``inds`` into the patches at ``at``:
     ``scatter(gather(video, inds), at, weights=weights)`` without storing the patches.
@@ -294,6 +295,12 @@ def aggregate(
     backend : {None, "reference", "cpu", "cuda"}
         As for :func:`gather`. The compiled backends run the fused kernel where no gradient
         is needed, and their gather then scatter where one is.
+    check_inds : bool
+        Read ``inds``' values to check that they lie inside the video (one pass over them and,
+        on a GPU, a wait for the work queued before). False skips only that, for positions
+        that come straight from :func:`~napari_stnls.ops.search`, which lie inside by
+        construction (the denoisers pass False: on a GPU their bands then queue one after
+        another with no wait); shapes, types and devices are checked either way.
 
     Returns
     -------
@@ -321,7 +328,9 @@ def aggregate(
     """
     V.video(video, "video")
     ps, pt, dilation = _check_patch_args(ps, pt, dilation)
-    V.inds(inds, video.shape)
+    if not isinstance(check_inds, bool):
+        raise TypeError(f"check_inds: expected True or False, got {check_inds!r}")
+    V.inds(inds, video.shape, values=check_inds)
     B, nh, Q, K, _ = inds.shape
     grid = isinstance(at, str)
     if grid:

@@ -571,3 +571,24 @@ def test_aggregate_at_the_query_grid_bad_input(kwargs, match):
     inds = torch.randint(0, 2, (1, 1, 162, 2, 3))
     with pytest.raises(ValueError, match=match):
         aggregate(v, inds, ps=3, **kwargs)
+
+
+def test_aggregate_check_inds_reads_positions_only_when_asked():
+    """``check_inds=True`` (the default) rejects a position outside the video; False leaves
+    only the value checks out (the same sums for valid positions; shapes still checked)."""
+    gen = torch.Generator().manual_seed(3)
+    v = torch.rand(1, 2, 3, 9, 9, generator=gen)
+    inds = torch.cat([torch.randint(0, 2, (1, 1, 162, 2, 1), generator=gen),
+                      torch.rand(1, 1, 162, 2, 2, generator=gen) * 8], -1)
+    w = torch.rand(1, 1, 162, 2, generator=gen)
+    want = aggregate(v, inds, "queries", weights=w, ps=3)
+    got = aggregate(v, inds, "queries", weights=w, ps=3, check_inds=False)
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    bad = inds.clone()
+    bad[0, 0, 5, 1, 2] = 8.5
+    with pytest.raises(ValueError, match="outside the video"):
+        aggregate(v, bad, "queries", ps=3)
+    with pytest.raises(ValueError, match="inds: expected shape"):
+        aggregate(v, inds[..., :2], "queries", ps=3, check_inds=False)
+    with pytest.raises(TypeError, match="check_inds: expected True or False"):
+        aggregate(v, inds, "queries", ps=3, check_inds=1)
