@@ -16,6 +16,9 @@ Comparisons, each on one video of ``--shape`` (float32, ``torch.rand``, seed 0):
   the PyTorch glue (``NAPARI_STNLS_TORCH_GLUE=0`` and ``=1``): the same bits.
 * ``winsplit`` (CUDA): that search with the window (15 columns) interpolated by one lane a
   column or two (``NAPARI_STNLS_CUDA_WINSPLIT=0`` and ``=1``).
+* ``winnc`` (CUDA): that search with 4 or 3 candidates of a window row a lane
+  (``NAPARI_STNLS_CUDA_WINNC``), each with the patch side passed or as a constant
+  (``NAPARI_STNLS_CUDA_WINPS=0`` and ``=1``): the same bits.
 * ``agg4`` (CUDA): ``aggregate`` at the query grid of that search's neighbours, weighted,
   with ``aggregate_grid_kernel`` (``NAPARI_STNLS_CUDA_AGG4=0``) and ``aggregate_grid4_kernel``
   reading positions as they are (``=1``) or from packed planes (``=2``, the default).
@@ -87,8 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shape", default="1,5,3,540,960", help="B,T,C,H,W")
-    ap.add_argument("--only", default="subpix,boxk,glue,winsplit,agg4",
-                    help="subset of subpix,boxk,glue,winsplit,agg4")
+    ap.add_argument("--only", default="subpix,boxk,glue,winsplit,winnc,agg4",
+                    help="subset of subpix,boxk,glue,winsplit,winnc,agg4")
     ap.add_argument("--subpix-cases", default="9:24,7:24,11:24,9:48,21:10", help="ws:k,...")
     ap.add_argument("--boxk-cases", default="7:9:48,5:9:40,7:11:100,7:21:48", help="ps:ws:k,...")
     ap.add_argument("--repeats", type=int, default=3)
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--shape: expected B,T,C,H,W, got {a.shape!r}")
     only = set(a.only.split(","))
     res = report_header("bench_kernels", device, quick=False)
-    res.update(shape=list(shape), repeats=a.repeats, subpix=[], boxk=[], glue={}, winsplit={}, agg4=[])
+    res.update(shape=list(shape), repeats=a.repeats, subpix=[], boxk=[], glue={}, winsplit={}, winnc={},
+               agg4=[])
     v = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
     flows = make_flows(shape, device)
     with torch.no_grad():
@@ -143,6 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
             res["winsplit"] = compare({"one_lane": {"NAPARI_STNLS_CUDA_WINSPLIT": "0"},
                                        "two_lanes": {"NAPARI_STNLS_CUDA_WINSPLIT": "1"}},
                                       lambda: search(v, v, flows=flows, **nlm), device, a.repeats)
+        if "winnc" in only and device.type == "cuda":
+            res["winnc"] = compare({f"nc{nc}_ps{'7' if c == '1' else 'arg'}": {"NAPARI_STNLS_CUDA_WINNC": nc,
+                                                                            "NAPARI_STNLS_CUDA_WINPS": c}
+                                    for nc in "43" for c in "01"},
+                                   lambda: search(v, v, flows=flows, **nlm), device, a.repeats)
         if "agg4" in only and device.type == "cuda":
             for k in (24, 10):
                 d, i = search(v, v, flows=flows, **{**nlm, "k": k})

@@ -8,7 +8,8 @@ and two heads, deterministic mode off and on; then ``search_dists``' backward al
 patches of 3, 36 and 784 values a head (one group of lanes per neighbour or several, and the
 patch too large for the shared buffer), float32 and float64; then sub-pixel windows through
 ``search_topk_subpix`` (``NAPARI_STNLS_SUBPIX=1``), its sliding and box-sum variants, one and
-three channels, at frame borders and in a region. Prints ``ok`` at the end.
+three channels, at frame borders and in a region; the window kernel with nl_means' patches
+(3 and 4 candidates a lane, the patch side constant or not). Prints ``ok`` at the end.
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ def main() -> None:
             d = torch.ops.napari_stnls.search_dists(q, q, coords, kpos, ps, 2, 1, True)
             d.sum().backward()
             torch.cuda.synchronize()
+    # the window kernel on sub-pixel windows with nl_means' patches: 3 and 4 candidates a lane,
+    # the patch side as a constant and not
+    os.environ["NAPARI_STNLS_SUBPIX"] = "0"
+    for nc, const in (("3", "1"), ("4", "1"), ("3", "0")):
+        os.environ["NAPARI_STNLS_CUDA_WINNC"], os.environ["NAPARI_STNLS_CUDA_WINPS"] = nc, const
+        v = torch.rand(1, 4, 3, 21, 37, generator=gen).cuda()
+        flows = tuple((2.3 * torch.randn(1, 4, 2, 21, 37, generator=gen)).cuda() for _ in range(2))
+        with torch.no_grad():
+            search(v, v, ps=7, ws=9, wt=1, k=24, flows=flows, backend="cuda")
+        torch.cuda.synchronize()
+    for key in ("NAPARI_STNLS_CUDA_WINNC", "NAPARI_STNLS_CUDA_WINPS"):
+        os.environ.pop(key)
     os.environ["NAPARI_STNLS_SUBPIX"] = "1"
     for slide in ("1", "0"):
         os.environ["NAPARI_STNLS_CUDA_SUBPIX_SLIDE"] = slide

@@ -190,3 +190,40 @@ def test_the_sliding_variants_rule():
     assert not rule(ws=11) and not rule(k=33) and not rule(C=2) and not rule(ps=4)
     assert not rule(C=1, ps=7, ws=9)  # one channel: taller tile, grid past the budget
     assert not rule(pt=2)  # 6 frames x channels
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    ("shape", "kw"),
+    [
+        # nl_means' search: ps 7, ws 9, k 24, three channels
+        ((1, 3, 3, 40, 45), dict(ps=7, ws=9, wt=1, k=24, region=(0, 3, 0, 40, 0, 45))),
+        # ps 7, ws 7, k 10, one channel, 2 videos, a frame narrower than the window
+        ((2, 3, 1, 20, 9), dict(ps=7, ws=7, wt=1, k=10, region=(0, 3, 0, 20, 0, 9))),
+    ],
+)
+def test_the_window_kernels_variants_change_no_bit(shape, kw, monkeypatch):
+    """CUDA's window kernel with 3, 4, 6 or 7 candidates a lane (``NAPARI_STNLS_CUDA_WINNC``),
+    the patch side as a constant or not (``NAPARI_STNLS_CUDA_WINPS``): the same bits, along a
+    smooth sub-pixel flow and without one, and the float64 reference's neighbours."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    B, T, C, H, W = shape
+    gen = torch.Generator().manual_seed(H * W + C)
+    v = torch.rand(shape, generator=gen)
+    flows = tuple(_smooth_flow(gen, B, T, H, W, 2.7, torch.float32) for _ in range(2))
+    monkeypatch.setenv("NAPARI_STNLS_SUBPIX", "0")
+    vd = v.cuda()
+    for fl in (flows, None):
+        fd = None if fl is None else tuple(f.cuda() for f in fl)
+        first = None
+        for nc in "3467":
+            for const in "01":
+                monkeypatch.setenv("NAPARI_STNLS_CUDA_WINNC", nc)
+                monkeypatch.setenv("NAPARI_STNLS_CUDA_WINPS", const)
+                d, i = search(vd, vd, flows=fd, backend="cuda", **kw)
+                if first is None:
+                    first = (d, i)
+                    assert_rows_match_reference(d, i, v, fl, kw, rtol=1e-5, atol=1e-4, min_untied=0.9,
+                                                pos_atol=1e-4)
+                assert torch.equal(d, first[0]) and torch.equal(i, first[1]), (nc, const)

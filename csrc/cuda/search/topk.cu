@@ -60,19 +60,22 @@ constexpr int kSlideMax = 7;  // the largest patch of the sliding path
 
 // WL: the warp keeps one list (WarpTopK, k <= 32) instead of one per lane merged at the end;
 // NC: candidates of one window row per lane and step.
+// PSK: the patch side as a constant (0: ps as passed), so that the sliding path's loops over a
+// patch row unroll with no tests.
 template <typename scalar_t, typename acc_t, int KMAX, bool WL = (KMAX <= 32),
-          int NC = kWinCands>
+          int NC = kWinCands, int PSK = 0>
 __global__ void __launch_bounds__(128, 5) topk_window_kernel(const scalar_t* __restrict__ qdata,
                                    const scalar_t* __restrict__ kdata,
                                    const int64_t* __restrict__ coords,
                                    const acc_t* __restrict__ centres,
                                    const int64_t* __restrict__ frames, acc_t off0, int step,
                                    int64_t B, int64_t T, int64_t H, int64_t W, int64_t C,
-                                   int64_t Q, int64_t nt, int ws, int ps, int pt, int dil,
+                                   int64_t Q, int64_t nt, int ws, int ps_arg, int pt, int dil,
                                    int64_t nh, int K, bool l2, bool exclude_self, int L,
                                    int LP, int lc, int64_t* __restrict__ out,
                                    acc_t* __restrict__ dout) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int ps = PSK > 0 ? PSK : ps_arg;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
   if (n >= B * nh * Q) return;  // uniform over the warp: only __syncwarp below
@@ -305,21 +308,35 @@ int64_t window_nc_cost(int64_t ws, int64_t ps, int nc) {
   return (items + 31) / 32 * (ps + nc - 1 + ps * nc);
 }
 
-// Candidates per lane and step on the sliding path (float, k <= 32): the one of 4, 6 and 7
-// with the least window_nc_cost (the first of equals). On an H100 (ps 7, 540p, 5 frames, a
-// smooth sub-pixel flow) the cost's choice was the fastest of the three for ws 7, 11 and 21
-// (4, 6 and 7: 13% and 14% faster than the former choices 7 and 4 for ws 7 and 11). The sums'
-// order does not depend on it: the same bits. NAPARI_STNLS_CUDA_WINNC=4|6|7 forces one (read
-// on every call, for timing).
+// Candidates per lane and step on the sliding path (float, k <= 32): the one of 4, 3, 6 and 7
+// with the least window_nc_cost (4 among equals, then the first). On an H100 (ps 7, 540p, 5
+// frames, a smooth sub-pixel flow) the cost's choice of 4, 6 and 7 was the fastest of those
+// three for ws 7, 11 and 21 (13% and 14% faster than the former choices 7 and 4 for ws 7 and
+// 11); 3, added later, is the cost's choice for ws 9 (27 lanes x 3 candidates, all used,
+// against 27 x 4 with 81 of 108 used): 96.7 against 102.8 ms with ps passed, 86.4 against
+// 91.8 with ps constant; ws 7 takes it too by the cost (not timed). The sums' order does not
+// depend on it: the same bits. NAPARI_STNLS_CUDA_WINNC=3|4|6|7 forces one (read on every
+// call, for timing).
 int window_nc(int64_t ws, int64_t ps) {
   if (const char* e = std::getenv("NAPARI_STNLS_CUDA_WINNC"); e && *e) {
     const int v = std::atoi(e);
-    if (v == 4 || v == 6 || v == 7) return v;
+    if (v == 3 || v == 4 || v == 6 || v == 7) return v;
   }
   int best = kWinCands;
-  for (const int nc : {6, 7})
+  for (const int nc : {3, 6, 7})
     if (window_nc_cost(ws, ps, nc) < window_nc_cost(ws, ps, best)) best = nc;
   return best;
+}
+
+// Whether the window kernel's sliding path takes the patch side as a constant where it is 7
+// (nl_means' patches): NAPARI_STNLS_CUDA_WINPS (read on every call, for timing) 0 or 1, else
+// kWinPsConst. H100, nl_means' search at 540p: 91.8 against 102.8 ms (4 candidates a lane),
+// 86.4 against 96.7 (3), the same bits; spills 44 -> 20 bytes.
+constexpr bool kWinPsConst = true;
+
+bool window_ps_const() {
+  const char* e = std::getenv("NAPARI_STNLS_CUDA_WINPS");
+  return e && *e ? e[0] == '1' : kWinPsConst;
 }
 
 // log2 of the lanes that interpolate one row of the window: 16 (two lanes a column, every
@@ -391,8 +408,15 @@ std::tuple<at::Tensor, at::Tensor> search_topk_cuda(const at::Tensor& queries, c
         constexpr int KM = decltype(kmax)::value;
         auto kern = topk_window_kernel<scalar_t, acc_t, KM>;
         if constexpr (KM <= 32 && std::is_same<acc_t, float>::value) {
+          if (nc == 3) kern = topk_window_kernel<scalar_t, acc_t, KM, true, 3>;
           if (nc == 6) kern = topk_window_kernel<scalar_t, acc_t, KM, true, 6>;
           if (nc == 7) kern = topk_window_kernel<scalar_t, acc_t, KM, true, 7>;
+          if (sliding && ps == 7 && window_ps_const()) {
+            if (nc == 3) kern = topk_window_kernel<scalar_t, acc_t, KM, true, 3, 7>;
+            if (nc == 4) kern = topk_window_kernel<scalar_t, acc_t, KM, true, 4, 7>;
+            if (nc == 6) kern = topk_window_kernel<scalar_t, acc_t, KM, true, 6, 7>;
+            if (nc == 7) kern = topk_window_kernel<scalar_t, acc_t, KM, true, 7, 7>;
+          }
         }
         if (smem > 48 * 1024)
           C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
