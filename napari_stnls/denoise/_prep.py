@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from .._util import resolve_device
 from ..ops import Region, as_region
 
-__all__ = ["to_video", "dilate", "split_bands", "band_budget", "prepare", "to_host"]
+__all__ = ["to_video", "dilate", "split_bands", "band_budget", "prepare", "to_host", "Upload", "Download"]
 
 
 def to_video(video, name: str = "video") -> tuple[torch.Tensor, Callable]:
@@ -93,11 +94,100 @@ def to_host(result: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return staged.permute(0, 1, 4, 2, 3)
 
 
-def prepare(video, sigma, device, region, flows, band_rows):
+def _streams(x: torch.Tensor, device: torch.device) -> bool:
+    """Whether frames of ``x`` go to ``device`` one at a time beside the work (:class:`Upload`):
+    a float32 CPU video going to a GPU."""
+    return device.type == "cuda" and x.device.type == "cpu" and x.dtype == torch.float32
+
+
+class Upload:
+    """The frames of a float32 CPU video and its flows going to the GPU on a stream of their own,
+    as the work asks for them (:meth:`need`), so that the copies overlap the work on the frames
+    already there. The copies read the caller's memory as it is (pageable; staging it in
+    page-locked memory first was slower: 6.6 ms against 4.8 ms for 8 frames of 540p on an
+    H100) and return once the driver holds the data.
+
+    Made by :func:`prepare` with ``lazy=True``; where the data is already on its device (or
+    the work runs on the CPU), :meth:`need` does nothing."""
+
+    def __init__(self, x: torch.Tensor, flows, xd: torch.Tensor, fd):
+        self.x, self.flows, self.xd, self.fd = x, flows, xd, fd
+        self.sent = [False] * x.shape[1]
+        self.stream = torch.cuda.Stream(xd.device) if _streams(x, xd.device) else None
+
+    def need(self, t0: int, t1: int) -> None:
+        """Frames ``t0 .. t1 - 1`` (clipped to the video) on the device before the work that
+        the current stream is given next."""
+        if self.stream is None:
+            return
+        todo = [t for t in range(max(0, t0), min(len(self.sent), t1)) if not self.sent[t]]
+        if not todo:
+            return
+        with torch.cuda.stream(self.stream):
+            for t in todo:
+                self.xd[:, t].copy_(self.x[:, t], non_blocking=True)
+                for d, f in zip(self.fd or (), self.flows or (), strict=True):
+                    d[:, t].copy_(f[:, t], non_blocking=True)
+                self.sent[t] = True
+        torch.cuda.current_stream(self.xd.device).wait_stream(self.stream)
+
+
+class Download:
+    """Finished frames of a (B, T, C, H, W) GPU result copied to pageable CPU memory while the
+    GPU works on later frames: each through a page-locked buffer on a stream of its own (8
+    frames of 540p on an H100: 0.9 ms against 36 ms for one pageable copy), and from there
+    into the result once the next frame is queued, so the host's copy overlaps the GPU too.
+    Falls back to a direct copy where the host cannot lock memory.
+
+    ``frame(src, t)`` after the work that finishes frame ``t`` of ``src``; ``put(t, frame)``
+    for a frame taken from the CPU as it is; ``result()`` once every frame is in."""
+
+    def __init__(self, like: torch.Tensor):
+        B, T, C, H, W = like.shape
+        self.device = like.device
+        self.out = torch.empty(B, T, H, W, C, dtype=like.dtype)  # channels-last, as the work's
+        self.stream = torch.cuda.Stream(like.device)
+        self.pending: deque = deque()
+
+    def frame(self, src: torch.Tensor, t: int) -> None:
+        cl = src[:, t].permute(0, 2, 3, 1)
+        staged = _pinned(cl.shape, cl.dtype)
+        if staged is None:
+            self.out[:, t].copy_(cl)
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            staged.copy_(cl, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        src.record_stream(self.stream)
+        self.pending.append((t, staged, done))
+        self._drain(1)
+
+    def put(self, t: int, frame: torch.Tensor) -> None:
+        """Frame ``t`` (B, C, H, W) from a CPU tensor."""
+        self.out[:, t].copy_(frame.permute(0, 2, 3, 1))
+
+    def _drain(self, keep: int) -> None:
+        while len(self.pending) > keep:
+            t, staged, done = self.pending.popleft()
+            done.synchronize()
+            self.out[:, t].copy_(staged)
+
+    def result(self) -> torch.Tensor:
+        """The (B, T, C, H, W) result on the CPU (memory channels-last)."""
+        self._drain(0)
+        return self.out.permute(0, 1, 4, 2, 3)
+
+
+def prepare(video, sigma, device, region, flows, band_rows, lazy: bool = False):
     """Checks and conversions shared by the denoisers.
 
     Returns the input as a (B, T, C, H, W) tensor, the function converting a result back to
-    the input's type, the float32 copy on ``device``, the flows there, and the regions.
+    the input's type, the float32 copy on ``device``, the flows there, and the regions; with
+    ``lazy``, also an :class:`Upload`: a float32 CPU video going to a GPU is then not copied
+    here, but frame by frame as the work asks for it (the device tensors hold only the frames
+    asked for).
     """
     x, back = to_video(video)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
@@ -109,8 +199,16 @@ def prepare(video, sigma, device, region, flows, band_rows):
     regions = [as_region(r, x.shape) for r in regions]
     # channels-last in memory, as the compiled kernels read it: converted once here rather
     # than copied by every band's search and aggregate (a no-op for napari layers and numpy)
+    if lazy and _streams(x, device) and all(f.device.type == "cpu" and f.dtype == torch.float32
+                                            for f in flows or ()):
+        B, T, C, H, W = x.shape
+        xd = torch.empty(B, T, H, W, C, device=device).permute(0, 1, 4, 2, 3)
+        fd = None if flows is None else tuple(torch.empty(f.shape, device=device) for f in flows)
+        return x, back, xd, fd, regions, Upload(x, flows, xd, fd)
     xd = x.to(device=device, dtype=torch.float32)
     xd = xd.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     if flows is not None:
         flows = tuple(f.to(device=device, dtype=torch.float32) for f in flows)
+    if lazy:
+        return x, back, xd, flows, regions, Upload(xd, flows, xd, flows)
     return x, back, xd, flows, regions

@@ -198,14 +198,17 @@ def _from_float(y: torch.Tensor, lo: float, span: float, like):
             return out.to(like.dtype)
         info = torch.iinfo(like.dtype)
         return out.round().clamp(info.min, info.max).to(like.dtype)
-    out = y.detach().cpu().numpy()
+    y = y.detach().cpu()
+    out = y.numpy()
     dtype = np.dtype(like.dtype)
     if (lo, span) != (0.0, 1.0):
         out = out.astype(np.float64) * span + lo
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return np.clip(np.rint(out), info.min, info.max).astype(dtype)
-    return out.astype(dtype, copy=False)
+    out = out.astype(dtype, copy=False)
+    # a page-locked result (to_host) is copied out, so that the caller never holds locked memory
+    return out.copy() if y.is_pinned() and np.may_share_memory(out, y.numpy()) else out
 
 
 def run(core: Callable, video, sigma, *, noise: str = "gaussian", gain: float | None = None, **kwargs):
@@ -342,5 +345,6 @@ def run_gaussian(core: Callable, video, sigma, *, axes: str | None = None, data_
     if is_tensor:
         res = torch.stack(outs)
         return res.permute(0, 1, 4, 2, 3) if layout is None else layout.from_video(res)
-    res = np.stack(outs)
+    # one video whose result is the core's own buffer (not a view of the input): no copy
+    res = outs[0][None] if N == 1 and not np.may_share_memory(outs[0], video) else np.stack(outs)
     return np.ascontiguousarray(layout.from_video(res))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import groupby
 
 import torch
 
 from .._util import Steps
 from ..ops import aggregate, search
-from ._prep import band_budget, prepare, split_bands, to_host
+from ._prep import Download, band_budget, prepare, split_bands, to_host
 from .convert import run
 from .params import nl_means_params
 
@@ -161,7 +162,7 @@ def _nl_means(
 ):
     """:func:`nl_means` on a float (B, T, C, H, W) tensor (or (T, H, W[, C]) float array)
     whose signal spans about [0, 1], ``sigma`` on that scale; returns the same type."""
-    x, back, xd, flows, regions = prepare(video, sigma, device, region, flows, band_rows)
+    x, back, xd, flows, regions, up = prepare(video, sigma, device, region, flows, band_rows, lazy=True)
     tuned = nl_means_params(sigma, x.shape[1], ws, wt)
     ps = tuned["ps"] if ps is None else ps
     k = tuned["k"] if k is None else k
@@ -182,18 +183,39 @@ def _nl_means(
     plans = [(r, split_bands(r, pad, rows, x.shape)) for r in regions]
     steps = Steps(sum(len(b) for _, b in plans), progress, should_stop)
     norm = ps * ps * C * sigma**2
-    out = xd.clone()
+    # A frame is finished once the last region holding it has divided its sums there. From a
+    # CPU video on a GPU, frames go up as the bands need them (the window's frames, 2 wt either
+    # side) and come back as they are finished, both overlapping the GPU's work (Upload,
+    # Download); frames outside every region are taken from the input on the CPU.
+    last = {t: n for n, (r, _) in enumerate(plans) for t in range(r.t0, r.t1)}
+    down = Download(xd) if up.stream is not None else None
+    out = torch.empty_like(xd) if down is not None else xd.clone()
+    copied = set()
     with torch.no_grad():
-        for r, bands in plans:
+        for n, (r, bands) in enumerate(plans):
             agg = torch.zeros_like(xd)
             cnt = torch.zeros(B, T, 1, H, W, device=xd.device)
-            for band in bands:
-                steps.check()
-                d, i = search(xd, xd, ps=ps, ws=ws, wt=wt, k=k, flows=flows, region=band, itype=itype)
-                w = torch.exp(-torch.clamp(d / norm - 2.0, min=0.0) / h**2)
-                # each neighbour patch is written back at its query's position
-                aggregate(xd, i, "queries", region=band, out=(agg, cnt), weights=w, ps=ps)
-                steps.advance()
-            sl = (slice(None), slice(r.t0, r.t1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
-            out[sl] = agg[sl] / cnt[sl].clamp_min(1e-12)
-    return back(to_host(out, x))
+            for t, frame_bands in groupby(bands, key=lambda b: b.t0):
+                for band in frame_bands:
+                    steps.check()
+                    up.need(t - 2 * wt, t + 2 * wt + 1)
+                    d, i = search(xd, xd, ps=ps, ws=ws, wt=wt, k=k, flows=flows, region=band, itype=itype)
+                    w = torch.exp(-torch.clamp(d / norm - 2.0, min=0.0) / h**2)
+                    # each neighbour patch is written back at its query's position (positions
+                    # from search lie in the video: not read back to be checked, no sync)
+                    aggregate(xd, i, "queries", region=band, out=(agg, cnt), weights=w, ps=ps,
+                              check_inds=False)
+                    steps.advance()
+                if down is not None and t not in copied:  # the frame's pixels outside the regions
+                    out[:, t] = xd[:, t]
+                    copied.add(t)
+                sl = (slice(None), slice(t, t + 1), slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))
+                out[sl] = agg[sl] / cnt[sl].clamp_min(1e-12)
+                if down is not None and last[t] == n:
+                    down.frame(out, t)
+    if down is None:
+        return back(to_host(out, x))
+    for t in range(T):
+        if t not in last:
+            down.put(t, x[:, t])
+    return back(down.result())

@@ -283,6 +283,27 @@ def test_transfers_through_page_locked_memory_keep_every_bit(sample):
                                   nl_means(u16, 80, ws=5, k=4, device="cuda", band_rows=5))
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_frames_streamed_to_and_from_the_gpu_keep_every_bit(sample):
+    """nl_means on a CPU video and a GPU (frames going up as the bands need them and coming
+    back as they are finished, on streams of their own) gives the bits of the same work on a
+    video already on the GPU: the whole video, overlapping regions with frames outside every
+    region, several bands a frame, along flows; the input is never modified and the result
+    holds no page-locked or shared memory."""
+    fl = tuple(torch.from_numpy(f)[None] for f in (sample.fflow, sample.bflow))
+    noisy = sample.noisy.copy()
+    x = torch.from_numpy(noisy).permute(0, 3, 1, 2)[None]
+    for kw in (dict(), dict(region=[(1, 3, 5, 30, 10, 40), (2, 4, 20, 48, 30, 64)], band_rows=7),
+               dict(region=(3, 4, 0, 48, 0, 64), wt=1)):
+        got = nl_means(noisy, 20 / 255, flows=fl, device="cuda", data_range=1.0, **kw)
+        ref = nl_means(x.cuda(), 20 / 255, flows=tuple(f.cuda() for f in fl), device="cuda",
+                       data_range=1.0, **kw)
+        np.testing.assert_array_equal(got, ref[0].permute(0, 2, 3, 1).cpu().numpy())
+        assert np.array_equal(noisy, sample.noisy) and not np.may_share_memory(got, noisy)
+        assert not torch.from_numpy(got).is_pinned()
+
+
 def test_page_locked_buffers_fall_back_where_the_host_cannot_lock():
     # without a GPU runtime (or past the host's locked-memory limit) no buffer comes back and
     # the transfers take the pageable copy
