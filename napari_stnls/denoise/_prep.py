@@ -107,13 +107,12 @@ class Upload:
     page-locked memory first was slower: 6.6 ms against 4.8 ms for 8 frames of 540p on an
     H100) and return once the driver holds the data.
 
-    Made by :func:`prepare` with ``lazy=True``; where the data is already on its device (or
-    the work runs on the CPU), :meth:`need` does nothing."""
+    Made by :func:`prepare` with ``lazy=True``; without a ``stream`` (the data already on its
+    device, or the work on the CPU), :meth:`need` does nothing."""
 
-    def __init__(self, x: torch.Tensor, flows, xd: torch.Tensor, fd):
-        self.x, self.flows, self.xd, self.fd = x, flows, xd, fd
+    def __init__(self, x: torch.Tensor, flows, xd: torch.Tensor, fd, stream: torch.cuda.Stream | None):
+        self.x, self.flows, self.xd, self.fd, self.stream = x, flows, xd, fd, stream
         self.sent = [False] * x.shape[1]
-        self.stream = torch.cuda.Stream(xd.device) if _streams(x, xd.device) else None
 
     def need(self, t0: int, t1: int) -> None:
         """Frames ``t0 .. t1 - 1`` (clipped to the video) on the device before the work that
@@ -204,11 +203,11 @@ def prepare(video, sigma, device, region, flows, band_rows, lazy: bool = False):
         B, T, C, H, W = x.shape
         xd = torch.empty(B, T, H, W, C, device=device).permute(0, 1, 4, 2, 3)
         fd = None if flows is None else tuple(torch.empty(f.shape, device=device) for f in flows)
-        return x, back, xd, fd, regions, Upload(x, flows, xd, fd)
+        return x, back, xd, fd, regions, Upload(x, flows, xd, fd, torch.cuda.Stream(device))
     xd = x.to(device=device, dtype=torch.float32)
     xd = xd.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     if flows is not None:
         flows = tuple(f.to(device=device, dtype=torch.float32) for f in flows)
     if lazy:
-        return x, back, xd, flows, regions, Upload(xd, flows, xd, flows)
+        return x, back, xd, flows, regions, Upload(xd, flows, xd, flows, None)
     return x, back, xd, flows, regions

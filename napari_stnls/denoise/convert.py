@@ -199,7 +199,7 @@ def _from_float(y: torch.Tensor, lo: float, span: float, like):
         info = torch.iinfo(like.dtype)
         return out.round().clamp(info.min, info.max).to(like.dtype)
     y = y.detach().cpu()
-    out = y.numpy()
+    out = arr = y.numpy()
     dtype = np.dtype(like.dtype)
     if (lo, span) != (0.0, 1.0):
         out = out.astype(np.float64) * span + lo
@@ -208,7 +208,7 @@ def _from_float(y: torch.Tensor, lo: float, span: float, like):
         return np.clip(np.rint(out), info.min, info.max).astype(dtype)
     out = out.astype(dtype, copy=False)
     # a page-locked result (to_host) is copied out, so that the caller never holds locked memory
-    return out.copy() if y.is_pinned() and np.may_share_memory(out, y.numpy()) else out
+    return out.copy() if y.is_pinned() and np.may_share_memory(out, arr) else out
 
 
 def run(core: Callable, video, sigma, *, noise: str = "gaussian", gain: float | None = None, **kwargs):
