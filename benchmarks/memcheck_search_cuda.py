@@ -9,7 +9,8 @@ patches of 3, 36 and 784 values a head (one group of lanes per neighbour or seve
 patch too large for the shared buffer), float32 and float64; then sub-pixel windows through
 ``search_topk_subpix`` (``NAPARI_STNLS_SUBPIX=1``), its sliding and box-sum variants, one and
 three channels, at frame borders and in a region; the window kernel with nl_means' patches
-(3 and 4 candidates a lane, the patch side constant or not). Prints ``ok`` at the end.
+(3 and 4 candidates a lane, the patch side constant or not); the sliding kernel of
+whole-pixel grids, its lists kept by the warps or by the block. Prints ``ok`` at the end.
 """
 
 from __future__ import annotations
@@ -79,6 +80,25 @@ def main() -> None:
                 search(v, v, ps=ps, ws=ws, wt=1, k=k, flows=flows, region=region, exclude_self=excl,
                        backend="cuda")
             torch.cuda.synchronize()
+    os.environ.pop("NAPARI_STNLS_SUBPIX")
+    # the sliding kernel of whole-pixel grids, its lists kept by the warps or by the block:
+    # a window wider than the frame, one channel with a region and exclude_self, whole-pixel
+    # flows spreading a tile's windows into runs
+    for warp in ("1", "0"):
+        os.environ["NAPARI_STNLS_CUDA_SLIDE_WARP"] = warp
+        cases = ((3, 7, 21, 10, None, False, 0.0), (1, 5, 9, 32, (1, 3, 2, 19, 3, 27), True, 0.0),
+                 (3, 7, 7, 5, None, True, 20.0))
+        for C, ps, ws, k, region, excl, amp in cases:
+            v = torch.rand(1, 4, C, 21, 37, generator=gen).cuda()
+            flows = None
+            if amp:
+                flows = tuple(torch.round(amp * torch.randn(1, 4, 2, 21, 37, generator=gen)).cuda()
+                              for _ in range(2))
+            with torch.no_grad():
+                search(v, v, ps=ps, ws=ws, wt=1, k=k, flows=flows, region=region, exclude_self=excl,
+                       itype="int", backend="cuda")
+            torch.cuda.synchronize()
+    os.environ.pop("NAPARI_STNLS_CUDA_SLIDE_WARP")
     print("ok")
 
 

@@ -726,3 +726,46 @@ def test_strided_queries_match_oracle(name, compiled):
     assert_knn_match(d, i, rd, ri, min_untied=0.9, **tol)
     d.sum().backward()
     assert vd.grad is not None and bool(torch.isfinite(vd.grad).all()) and bool(vd.grad.abs().sum() > 0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    ("shape", "dtype", "flow_amp", "kw"),
+    [
+        # issue 25's w2/w3 shape of search, scaled down: ps 7, ws 21 (wider than the frame), k 10
+        ((1, 5, 3, 37, 61), torch.float32, 0.0, dict(ps=7, ws=21, wt=2, k=10)),
+        # one channel (8-row tiles), ps 5, exclude_self, a region, k 32 (the largest list)
+        ((1, 3, 1, 50, 45), torch.float32, 0.0,
+         dict(ps=5, ws=9, wt=1, k=32, exclude_self=True, region=(0, 3, 3, 47, 1, 44))),
+        # two videos, two heads, prod, k 1, half precision
+        ((2, 3, 6, 29, 40), torch.float16, 0.0, dict(ps=3, ws=5, wt=1, k=1, nheads=2, dist="prod")),
+        # whole-pixel flows tens of pixels apart within a tile: windows staged in runs
+        ((1, 3, 3, 40, 60), torch.float32, 30.0, dict(ps=7, ws=7, wt=1, k=5, itype="int")),
+        # bfloat16, pt 3 with one channel (3 frames x channels), ps 7, k 17
+        ((1, 4, 1, 33, 35), torch.bfloat16, 2.0, dict(ps=7, pt=3, ws=9, wt=1, k=17, itype="int",
+                                                    exclude_self=True)),
+    ],
+)
+def test_the_sliding_kernels_lists_change_no_bit(shape, dtype, flow_amp, kw, monkeypatch):
+    """CUDA's sliding kernel of whole-pixel grids with the lists kept by the warps that sum the
+    distances (the default) or by the block's threads (``NAPARI_STNLS_CUDA_SLIDE_WARP=0``): the
+    same bits, and the float64 reference's neighbours."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    B, T, C, H, W = shape
+    gen = torch.Generator().manual_seed(H * W + C)
+    v = torch.rand(shape, generator=gen).to(dtype)
+    flows = None
+    if flow_amp:
+        flows = tuple(_whole_pixel((torch.rand(B, T, 2, H, W, generator=gen) * 2 - 1) * flow_amp)
+                      for _ in range(2))
+    kw = dict(kw, region=kw.get("region", (0, T, 0, H, 0, W)))
+    fd = None if flows is None else tuple(f.cuda() for f in flows)
+    got = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("NAPARI_STNLS_CUDA_SLIDE_WARP", mode)
+        got[mode] = search(v.cuda(), v.cuda(), flows=fd, backend="cuda", **kw)
+    (d1, i1), (d0, i0) = got["1"], got["0"]
+    assert torch.equal(i1, i0) and torch.equal(d1, d0)
+    assert_rows_match_reference(d1, i1, v, flows, kw, rtol=1e-5, atol=1e-4,
+                                min_untied=0.9 if kw["k"] < 32 else 0.5)

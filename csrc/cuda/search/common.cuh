@@ -10,6 +10,8 @@
 // - stage.cu: topk_stage_kernel, the box sums with the tile's pixels staged in shared memory.
 // - slide.cu: topk_slide_kernel (float accumulation, ps 3/5/7, 1 or 3 frames x channels), the
 //   box sums with the tile's pixels in registers.
+// - slide_warp.cu: topk_slide_warp_kernel, the same box sums with each warp keeping the
+//   top-k lists of the queries it sums (no block barrier per round of offsets).
 // - pix.cu: topk_pix_kernel, single-pixel patches.
 // - subpix.cu: topk_subpix_kernel, sub-pixel windows of dense query grids through the
 //   whole-pixel box sums of a tile and the keys' pair sums (op search_topk_subpix), and
@@ -89,5 +91,14 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(
     const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& centres,
     const at::Tensor& frames, at::IntArrayRef grid, int64_t ps, int64_t pt, int64_t nheads,
     int64_t k, bool l2, bool exclude_self, int64_t ws);
+// topk_slide_warp_kernel (slide_warp.cu), which search_topk_slide_cuda may choose
+int64_t slide_warp_kcap(int64_t ps, int64_t PC, int64_t ws);
+int64_t slide_warp_smem(int64_t ps, int64_t PC, int64_t k, int64_t kcap, bool total);
+int64_t slide_warp_blocks(at::IntArrayRef grid, int64_t ps, int64_t bh);
+void search_topk_slide_warp_cuda(const at::Tensor& queries, const at::Tensor& keys,
+                                 const at::Tensor& cen, const at::Tensor& frm,
+                                 at::IntArrayRef grid, int64_t ps, int64_t pt, int64_t nheads,
+                                 int64_t k, bool l2, bool exclude_self, int64_t ws, int64_t kcap,
+                                 at::Tensor& ids, at::Tensor& dists);
 
 }  // namespace stnls::search_cuda

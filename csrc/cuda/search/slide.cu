@@ -163,6 +163,28 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& quer
   if (ids.numel() == 0) return {dists, ids};
   const auto frm = frames.contiguous();
   const auto cen = centres.to(at::kFloat).contiguous();
+  // The warps keep their own queries' lists (topk_slide_warp_kernel, slide_warp.cu) where
+  // that was measured faster (H100, ps 7, ws 21, k 10, 3 channels: 52.0 against 55.0 ms on
+  // 5x540x960, 86.5 against 110.6 on 8x540x960): k <= 16, 3 frames x channels, and grids of
+  // at least 8 blocks per SM (on 5x256x256, 550 blocks, a partial last wave made it 4%
+  // slower; with one channel 3% slower, with k = 24 11%). NAPARI_STNLS_CUDA_SLIDE_WARP=1 takes
+  // it wherever its shared memory fits, 0 never (read on every call, for timing).
+  const char* sw = std::getenv("NAPARI_STNLS_CUDA_SLIDE_WARP");
+  const int mode = sw && *sw ? std::atoi(sw) : -1;
+  if (mode != 0) {
+    const int64_t wcap = slide_warp_kcap(ps, PC, ws);
+    int dev = 0, optin = 0, sms = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const bool fits = slide_warp_smem(ps, PC, k, wcap, true) <= optin;
+    const bool rule = k <= 16 && PC == 3 && slide_warp_blocks(grid, ps, B * nheads) >= 8 * sms;
+    if (fits && (mode == 1 || rule)) {
+      search_topk_slide_warp_cuda(queries, keys, cen, frm, grid, ps, pt, nheads, k, l2,
+                                  exclude_self, ws, wcap, ids, dists);
+      return {dists, ids};
+    }
+  }
   auto stream = c10::cuda::getCurrentCUDAStream();
   // key pixels of a whole window of offsets and the spread of the border tiles' windows
   constexpr int kcap = 16 * 1024;
