@@ -212,12 +212,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_slide_cuda(const at::Tensor& quer
     };
     dispatch_slide(PC, ps, launch);
   };
-  if (queries.scalar_type() == at::kFloat)
-    run(float{});
-  else if (queries.scalar_type() == at::kHalf)
-    run(at::Half{});
-  else
-    run(at::BFloat16{});
+  dispatch_slide_type(queries.scalar_type(), run);
   return {dists, ids};
 }
 

@@ -152,6 +152,18 @@ void dispatch_slide(int64_t PC, int64_t ps, F&& f) {
     with_ps(std::integral_constant<int, 1>{});
 }
 
+// f(type tag) for the video types the sliding kernels are compiled for: float, half and
+// bfloat16 (not float64)
+template <typename F>
+void dispatch_slide_type(at::ScalarType st, F&& f) {
+  if (st == at::kFloat)
+    f(float{});
+  else if (st == at::kHalf)
+    f(at::Half{});
+  else
+    f(at::BFloat16{});
+}
+
 // Where a thread of a sliding kernel's block stands: the (batch x head, grid frame, tile) of
 // the block, and the query qi of the tile whose list the thread keeps (OW lanes of every warp,
 // so that the lists' work is spread evenly over the warps); `owner` for qi < N, `active` for

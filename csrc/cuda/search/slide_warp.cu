@@ -276,12 +276,7 @@ void search_topk_slide_warp_cuda(const at::Tensor& queries, const at::Tensor& ke
     };
     dispatch_slide(PC, ps, launch);
   };
-  if (queries.scalar_type() == at::kFloat)
-    run(float{});
-  else if (queries.scalar_type() == at::kHalf)
-    run(at::Half{});
-  else
-    run(at::BFloat16{});
+  dispatch_slide_type(queries.scalar_type(), run);
 }
 
 }  // namespace stnls::search_cuda
