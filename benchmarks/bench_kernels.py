@@ -11,6 +11,10 @@ Comparisons, each on one video of ``--shape`` (float32, ``torch.rand``, seed 0):
   ``itype="int"`` times of the same search.
 * ``boxk`` (CUDA): whole-pixel grids with ``k > 32``, ``topk_box_kernel`` against a warp per
   query (``NAPARI_STNLS_CUDA_BOXK=1000`` and ``=32``), the ``(ps, ws, k)`` of ``--boxk-cases``.
+* ``slidewarp`` (CUDA): whole-pixel search without flow (``itype="int"``, wt 2), the sliding
+  kernel with its lists kept by the block's threads (``NAPARI_STNLS_CUDA_SLIDE_WARP=0``) or
+  by the warps that sum the distances (``=1``), the ``(ps, ws, k)`` of ``--slidewarp-cases``:
+  the same bits.
 * ``glue``: ``nl_means``' search (ps 7, ws 9, wt 2, k 24, the smooth flow, no gradient) with
   its window centres and positions from ``search_centres`` and ``search_positions`` against
   the PyTorch glue (``NAPARI_STNLS_TORCH_GLUE=0`` and ``=1``): the same bits.
@@ -90,10 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shape", default="1,5,3,540,960", help="B,T,C,H,W")
-    ap.add_argument("--only", default="subpix,boxk,glue,winsplit,winnc,agg4",
-                    help="subset of subpix,boxk,glue,winsplit,winnc,agg4")
+    ap.add_argument("--only", default="subpix,boxk,slidewarp,glue,winsplit,winnc,agg4",
+                    help="subset of subpix,boxk,slidewarp,glue,winsplit,winnc,agg4")
     ap.add_argument("--subpix-cases", default="9:24,7:24,11:24,9:48,21:10", help="ws:k,...")
     ap.add_argument("--boxk-cases", default="7:9:48,5:9:40,7:11:100,7:21:48", help="ps:ws:k,...")
+    ap.add_argument("--slidewarp-cases", default="7:21:10,5:9:10,7:21:24", help="ps:ws:k,...")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out")
@@ -105,8 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--shape: expected B,T,C,H,W, got {a.shape!r}")
     only = set(a.only.split(","))
     res = report_header("bench_kernels", device, quick=False)
-    res.update(shape=list(shape), repeats=a.repeats, subpix=[], boxk=[], glue={}, winsplit={}, winnc={},
-               agg4=[])
+    res.update(shape=list(shape), repeats=a.repeats, subpix=[], boxk=[], slidewarp=[], glue={}, winsplit={},
+               winnc={}, agg4=[])
     v = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
     flows = make_flows(shape, device)
     with torch.no_grad():
@@ -138,6 +143,15 @@ def main(argv: list[str] | None = None) -> dict:
                                     "warp": {"NAPARI_STNLS_CUDA_BOXK": "32"}},
                                    lambda kw=kw: search(v, v, **kw), device, a.repeats))
                 res["boxk"].append(row)
+        if "slidewarp" in only and device.type == "cuda":
+            for case in a.slidewarp_cases.split(","):
+                ps, ws, k = (int(x) for x in case.split(":"))
+                kw = dict(ps=ps, ws=ws, wt=2, k=k, itype="int")
+                row = {"ps": ps, "ws": ws, "k": k}
+                row.update(compare({"block": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "0"},
+                                    "warp": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "1"}},
+                                   lambda kw=kw: search(v, v, **kw), device, a.repeats))
+                res["slidewarp"].append(row)
         nlm = dict(ps=7, ws=9, wt=2, k=24)
         if "glue" in only:
             res["glue"] = compare({"kernels": {"NAPARI_STNLS_TORCH_GLUE": "0"},
