@@ -1,0 +1,182 @@
+"""How the arithmetic of a matrix-unit search would change the neighbours (issue 25's
+tensor-core path), measured on the CPU before such a kernel exists.
+
+A matrix-unit search computes the L2 distance of a query patch q and a key patch k as
+``|q|^2 + |k|^2 - 2 q.k``, with ``q.k`` from a matrix product whose inputs are rounded to
+TF32 (10 mantissa bits) or bfloat16 (7) and summed in float32. For every query, each
+arithmetic below ranks the same candidates (ps 7, ws 21, the query's frame and the next and
+previous, so 3 x 441 candidates of 147 values) and keeps its k best; they are compared with
+the k best of the exact distances (float64). Arithmetics:
+
+* ``fp32_direct``: the sum of squared differences in float32 (what the CUDA kernels compute);
+* ``fp32_expand``: the expansion with a float32 product;
+* ``tf32_expand``: the expansion with the inputs of ``q.k`` rounded to TF32;
+* ``tf32x3_expand``: the same with the split product ``qh.kh + qh.kl + ql.kh`` (``x = xh +
+  xl``, both TF32: three matrix products instead of one);
+* ``bf16_expand``: the inputs of ``q.k`` rounded to bfloat16;
+* ``bf16x3_expand``: the split product in bfloat16;
+* ``tf32_expand_rerank``, ``bf16_expand_rerank``: the 2k best by ``tf32_expand`` or
+  ``bf16_expand``, ranked again by ``fp32_direct`` distances (a matrix-unit search whose
+  survivors go through ``search_dists``).
+
+Reported per clip, noise level and arithmetic: ``recall`` (the share of the exact k best
+found), ``tie_recall`` (the share of those found whose exact distance is no larger than the
+k-th exact one: flat regions of clean video hold many candidates at the same distance),
+``excess_255`` (how much larger the exact distances of the k found are than the k best's, per
+neighbour, the video on the 0..255 scale), ``same_lists`` (queries whose k best are the same,
+in the same order), and the error of the distances at the exact neighbours on that scale
+(``err_255_median``, ``err_255_p99``); ``kth_255_median`` is the median k-th exact distance,
+for scale (``2 * 147 * sigma^2`` is the noise's share of a distance). Queries are drawn at random among
+the pixels of the middle frame whose windows and patches stay inside the frame (no
+mirroring), ``--queries`` of them.
+
+    python benchmarks/bench_tc_tolerance.py --out out/tc_tolerance.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_quality import load_clip  # noqa: E402
+from bench_throughput import write_report  # noqa: E402
+
+PS, WS, K = 7, 21, 10
+
+
+def round_mantissa(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """float32 ``x`` rounded to ``bits`` mantissa bits (round to nearest, ties to even), as
+    TF32 (10) and bfloat16 (7) hold it."""
+    if bits == 7:
+        return x.to(torch.bfloat16).to(torch.float32)
+    i = x.contiguous().view(torch.int32)
+    drop = 23 - bits
+    half = 1 << (drop - 1)
+    lsb = (i >> drop) & 1
+    r = ((i + half - 1 + lsb) >> drop) << drop
+    return r.view(torch.float32)
+
+
+def patches(frame: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> torch.Tensor:
+    """The (n, PS * PS * 3) patches of ``frame`` (H, W, 3) whose top-left pixels are (ys, xs)."""
+    off = np.arange(PS)
+    rows = ys[:, None, None] + off[None, :, None]
+    cols = xs[:, None, None] + off[None, None, :]
+    return torch.from_numpy(frame[rows, cols].reshape(len(ys), -1).copy())
+
+
+def distances(q: torch.Tensor, keys: torch.Tensor, how: str) -> torch.Tensor:
+    """(n, m) distances of n queries (n, L) to their m candidates (n, m, L), float32 ``q`` and
+    ``keys``, in arithmetic ``how`` (float64 out)."""
+    if how == "exact":
+        return ((q.double()[:, None] - keys.double()) ** 2).sum(-1)
+    if how == "fp32_direct":
+        return ((q[:, None] - keys) ** 2).sum(-1).double()
+    qq = (q * q).sum(-1, keepdim=True)
+    kk = (keys * keys).sum(-1)
+    if how == "fp32_expand":
+        dot = torch.einsum("nl,nml->nm", q, keys)
+    else:
+        bits = 10 if how.startswith("tf32") else 7
+        qh, kh = round_mantissa(q, bits), round_mantissa(keys, bits)
+        # the products of rounded inputs are exact in float64; summed in float32 as an mma does
+        dot = torch.einsum("nl,nml->nm", qh.double(), kh.double()).float()
+        if how.endswith("x3_expand"):
+            ql, kl = round_mantissa(q - qh, bits), round_mantissa(keys - kh, bits)
+            dot = dot + torch.einsum("nl,nml->nm", qh.double(), kl.double()).float()
+            dot = dot + torch.einsum("nl,nml->nm", ql.double(), kh.double()).float()
+    return (qq + kk - 2 * dot).double()
+
+
+def topk(d: torch.Tensor) -> torch.Tensor:
+    """Indices of the K smallest of each row, ties to the smaller index."""
+    order = torch.argsort(d, dim=-1, stable=True)
+    return order[:, :K]
+
+
+def study(video: np.ndarray, n: int, seed: int, hows: list[str]) -> dict:
+    """``video`` (3, H, W, 3) float32: the rows of the docstring for queries of frame 1."""
+    _, H, W, _ = video.shape
+    r, half = PS // 2, WS // 2
+    rng = np.random.default_rng(seed)
+    cy = rng.integers(half + r, H - half - r, n)
+    cx = rng.integers(half + r, W - half - r, n)
+    dy, dx = np.meshgrid(np.arange(-half, half + 1), np.arange(-half, half + 1), indexing="ij")
+    dy, dx = dy.ravel(), dx.ravel()
+    stats: dict[str, dict[str, list]] = {h: dict(hit=[], tied=[], same=[], err=[], excess=[]) for h in hows}
+    kths = []
+    for c0 in range(0, n, 100):  # 100 queries at a time: their candidates take 78 MB
+        y, x = cy[c0:c0 + 100], cx[c0:c0 + 100]
+        m = len(y)
+        q = patches(video[1], y - r, x - r)
+        ky, kx = (y[:, None] + dy - r).ravel(), (x[:, None] + dx - r).ravel()
+        keys = torch.cat([patches(video[t], ky, kx).view(m, WS * WS, -1) for t in range(3)], 1)
+        exact = distances(q, keys, "exact")
+        best = topk(exact)
+        kth = exact.gather(1, best[:, -1:])
+        kths.append(kth[:, 0])
+        direct = distances(q, keys, "fp32_direct")
+        for how in hows:
+            if how.endswith("_rerank"):
+                # the 2k best by the matrix-unit distances, ranked again by float32 ones
+                coarse = distances(q, keys, how[: -len("_rerank")])
+                cand = torch.argsort(coarse, dim=-1, stable=True)[:, : 2 * K].sort(-1).values
+                d = direct
+                got = cand.gather(1, torch.argsort(direct.gather(1, cand), dim=-1, stable=True))[:, :K]
+            else:
+                d = distances(q, keys, how)
+                got = topk(d)
+            stats[how]["hit"].append((got[:, :, None] == best[:, None, :]).any(-1).float().mean(-1))
+            # as good as an exact neighbour: not past the k-th exact distance (flat regions of
+            # clean video hold many candidates at the same distance)
+            dgot = exact.gather(1, got)
+            stats[how]["tied"].append((dgot <= kth).float().mean(-1))
+            stats[how]["excess"].append((dgot.sum(-1) - exact.gather(1, best).sum(-1)) / K)
+            stats[how]["same"].append((got == best).all(-1).float())
+            stats[how]["err"].append((d.gather(1, best) - exact.gather(1, best)).abs().flatten())
+    s255 = 255.0**2
+    out = {"kth_255_median": float(torch.cat(kths).median()) * s255}
+    for how, st in stats.items():
+        err = torch.cat(st["err"]) * s255
+        out[how] = dict(recall=float(torch.cat(st["hit"]).mean()),
+                        tie_recall=float(torch.cat(st["tied"]).mean()),
+                        excess_255=float(torch.cat(st["excess"]).mean()) * s255,
+                        same_lists=float(torch.cat(st["same"]).mean()),
+                        err_255_median=float(err.median()), err_255_p99=float(torch.quantile(err, 0.99)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", default="carphone,bikes")
+    ap.add_argument("--sigmas", default="0,20", help="noise levels on the 0..255 scale")
+    ap.add_argument("--queries", type=int, default=1500)
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    hows = ["fp32_direct", "fp32_expand", "tf32_expand", "tf32x3_expand", "bf16_expand", "bf16x3_expand",
+            "tf32_expand_rerank", "bf16_expand_rerank"]
+    res: dict = dict(bench="bench_tc_tolerance", ps=PS, ws=WS, k=K, frames=3, queries=a.queries, rows=[])
+    for clip in a.clips.split(","):
+        video = load_clip(clip, 3)
+        for sigma in (float(s) for s in a.sigmas.split(",")):
+            gen = np.random.default_rng(0)
+            noisy = (video + gen.normal(0, sigma / 255, video.shape)).astype(np.float32)
+            row = dict(clip=clip, sigma=sigma, shape=list(video.shape), **study(noisy, a.queries, 1, hows))
+            res["rows"].append(row)
+            brief = {h: round(row[h]["tie_recall"], 4) for h in hows}
+            print(json.dumps({"clip": clip, "sigma": sigma, **brief}), file=sys.stderr, flush=True)
+    print(json.dumps(res, indent=1))
+    if a.out:
+        write_report(a.out, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""benchmarks/bench_tc_tolerance.py: its rounding is TF32's and bfloat16's, and on a small
+random video its exact arithmetics agree with the float64 ranking while one-pass bfloat16
+does not always."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        path = ROOT / "benchmarks" / "bench_tc_tolerance.py"
+        spec = importlib.util.spec_from_file_location("bench_tc_tolerance", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return mod
+
+
+def test_rounding_keeps_the_mantissa_bits_round_to_nearest_even():
+    mod = _module()
+    one = 1.0
+    ulp10 = 2.0**-10
+    x = torch.tensor([one + ulp10 / 2, one + 3 * ulp10 / 2, one + ulp10 / 2 + 2**-20, -(one + ulp10 / 4), 3.0,
+                      2.0**-130])
+    got = mod.round_mantissa(x, 10)
+    # ties go to the even mantissa (1.0 and 1 + 2 ulp), above a tie up, below it down
+    want = torch.tensor([one, one + 2 * ulp10, one + ulp10, -one, 3.0, 2.0**-130])
+    assert torch.equal(got, want)
+    b = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mod.round_mantissa(b, 7), b.to(torch.bfloat16).float())
+    # TF32 keeps 10 bits: the rounded value differs by at most half a unit in the last place
+    t = mod.round_mantissa(b, 10)
+    assert float(((t - b).abs() / b.abs()).max()) <= 2.0**-11
+
+
+def test_study_on_a_random_video():
+    mod = _module()
+    video = np.random.default_rng(0).random((3, 40, 44, 3), dtype=np.float32)
+    hows = ["fp32_direct", "fp32_expand", "tf32x3_expand", "bf16_expand", "tf32_expand_rerank"]
+    res = mod.study(video, 60, 1, hows)
+    for how in ("fp32_direct", "fp32_expand", "tf32x3_expand", "tf32_expand_rerank"):
+        assert res[how]["recall"] == 1.0 and res[how]["excess_255"] == 0.0, how
+    assert res["fp32_direct"]["err_255_p99"] < 1e-6 * res["kth_255_median"]
+    assert res["bf16_expand"]["err_255_median"] > res["fp32_expand"]["err_255_median"]
+    assert res["kth_255_median"] > 0
