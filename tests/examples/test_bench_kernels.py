@@ -4,29 +4,19 @@ glue's bits (a smoke run on a tiny video)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_loader import load_benchmark
 
 
 def test_bench_kernels_smoke_run(tmp_path, monkeypatch):
     monkeypatch.delenv("NAPARI_STNLS_SUBPIX", raising=False)
     monkeypatch.delenv("NAPARI_STNLS_TORCH_GLUE", raising=False)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        path = ROOT / "benchmarks" / "bench_kernels.py"
-        spec = importlib.util.spec_from_file_location("bench_kernels", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        out = tmp_path / "k.json"
-        res = mod.main(["--device", "cpu", "--shape", "1,3,3,20,24", "--subpix-cases", "5:6",
-                        "--repeats", "1", "--threads", "1", "--out", str(out)])
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    mod = load_benchmark("bench_kernels")
+    out = tmp_path / "k.json"
+    res = mod.main(["--device", "cpu", "--shape", "1,3,3,20,24", "--subpix-cases", "5:6",
+                    "--repeats", "1", "--threads", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     (row,) = res["subpix"]
     assert row["window_ms"] > 0 and row["box_sums_ms"] > 0

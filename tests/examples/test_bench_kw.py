@@ -3,26 +3,13 @@ method, and a clear error naming --kw for an unknown method or JSON that is not 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_loader import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def method_keywords():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        path = ROOT / "benchmarks" / "bench_quality.py"
-        spec = importlib.util.spec_from_file_location("bench_quality", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return mod.method_keywords
+    return load_benchmark("bench_quality").method_keywords
 
 
 def _error(message):

@@ -4,26 +4,13 @@ does not always."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_loader import load_benchmark
 
 
 def _module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        path = ROOT / "benchmarks" / "bench_tc_tolerance.py"
-        spec = importlib.util.spec_from_file_location("bench_tc_tolerance", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return mod
+    return load_benchmark("bench_tc_tolerance")
 
 
 def test_rounding_keeps_the_mantissa_bits_round_to_nearest_even():
