@@ -34,6 +34,9 @@ __device__ __forceinline__ bool goes_before(float v, int vi, float e, int ei, bo
   return ei == kEmpty || stnls::better(v, e, l2) || (v == e && vi < ei);
 }
 
+// (two blocks per SM: shared memory allows no more, the lists and staged keys taking about 80
+// KB a block at k 10, and ptxas then keeps every value in registers, 210 for ps 7 and three
+// channels; at 3 blocks it spills a few bytes, at 4 a few hundred)
 template <typename scalar_t, int PCN, int PS>
 __global__ void __launch_bounds__(kWarpTiles * 32, 2)
     topk_slide_warp_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
