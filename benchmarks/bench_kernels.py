@@ -90,6 +90,19 @@ def compare(variants: dict[str, dict[str, str]], call, device, repeats: int) -> 
     return row
 
 
+def parse_cases(ap: argparse.ArgumentParser, option: str, text: str, fields: str) -> list[tuple[int, ...]]:
+    """``text``, comma-separated cases of colon-separated positive integers named by ``fields``
+    (e.g. "ps:ws:k"); a clear argparse error naming ``option`` otherwise."""
+    n = len(fields.split(":"))
+    try:
+        cases = [tuple(int(x) for x in case.split(":")) for case in text.split(",")]
+    except ValueError:
+        cases = []
+    if not cases or any(len(c) != n or min(c) < 1 for c in cases):
+        ap.error(f"{option}: expected comma-separated {fields} of positive integers, got {text!r}")
+    return cases
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -109,6 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
     if len(shape) != 5:
         ap.error(f"--shape: expected B,T,C,H,W, got {a.shape!r}")
     only = set(a.only.split(","))
+    subpix_cases = parse_cases(ap, "--subpix-cases", a.subpix_cases, "ws:k")
+    boxk_cases = parse_cases(ap, "--boxk-cases", a.boxk_cases, "ps:ws:k")
+    slidewarp_cases = parse_cases(ap, "--slidewarp-cases", a.slidewarp_cases, "ps:ws:k")
     res = report_header("bench_kernels", device, quick=False)
     res.update(shape=list(shape), repeats=a.repeats, subpix=[], boxk=[], slidewarp=[], glue={}, winsplit={},
                winnc={}, agg4=[])
@@ -116,8 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     flows = make_flows(shape, device)
     with torch.no_grad():
         if "subpix" in only:
-            for case in a.subpix_cases.split(","):
-                ws, k = (int(x) for x in case.split(":"))
+            for ws, k in subpix_cases:
                 kw = dict(ps=7, ws=ws, wt=2, k=k)
                 row = {"ws": ws, "k": k,
                        "no_flow_ms": 1e3 * timed(lambda kw=kw: search(v, v, **kw), device, a.repeats)[0],
@@ -135,8 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
                 row.update(compare(variants, call, device, a.repeats))
                 res["subpix"].append(row)
         if "boxk" in only and device.type == "cuda":
-            for case in a.boxk_cases.split(","):
-                ps, ws, k = (int(x) for x in case.split(":"))
+            for ps, ws, k in boxk_cases:
                 kw = dict(ps=ps, ws=ws, wt=2, k=k)
                 row = {"ps": ps, "ws": ws, "k": k}
                 row.update(compare({"box": {"NAPARI_STNLS_CUDA_BOXK": "1000"},
@@ -144,8 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    lambda kw=kw: search(v, v, **kw), device, a.repeats))
                 res["boxk"].append(row)
         if "slidewarp" in only and device.type == "cuda":
-            for case in a.slidewarp_cases.split(","):
-                ps, ws, k = (int(x) for x in case.split(":"))
+            for ps, ws, k in slidewarp_cases:
                 kw = dict(ps=ps, ws=ws, wt=2, k=k, itype="int")
                 row = {"ps": ps, "ws": ws, "k": k}
                 row.update(compare({"block": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "0"},

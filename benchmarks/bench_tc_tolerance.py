@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_quality import load_clip  # noqa: E402
+from bench_quality import CLIPS, load_clip  # noqa: E402
 from bench_throughput import write_report  # noqa: E402
 
 PS, WS, K = 7, 21, 10
@@ -131,7 +131,7 @@ def study(video: np.ndarray, n: int, seed: int, hows: list[str]) -> dict:
                 d = direct
                 got = cand.gather(1, torch.argsort(direct.gather(1, cand), dim=-1, stable=True))[:, :K]
             else:
-                d = distances(q, keys, how)
+                d = direct if how == "fp32_direct" else distances(q, keys, how)
                 got = topk(d)
             stats[how]["hit"].append((got[:, :, None] == best[:, None, :]).any(-1).float().mean(-1))
             # as good as an exact neighbour: not past the k-th exact distance (flat regions of
@@ -160,12 +160,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--queries", type=int, default=1500)
     ap.add_argument("--out")
     a = ap.parse_args(argv)
+    clips = a.clips.split(",")
+    if unknown := [c for c in clips if c not in CLIPS]:
+        ap.error(f"--clips: unknown clip(s) {unknown}; expected some of {sorted(CLIPS)}")
+    try:
+        sigmas = [float(s) for s in a.sigmas.split(",")]
+    except ValueError:
+        ap.error(f"--sigmas: expected comma-separated numbers, got {a.sigmas!r}")
+    if any(not 0 <= s <= 255 for s in sigmas):
+        ap.error(f"--sigmas: expected noise levels in [0, 255], got {a.sigmas!r}")
+    if a.queries < 1:
+        ap.error(f"--queries: expected at least 1, got {a.queries}")
     hows = ["fp32_direct", "fp32_expand", "tf32_expand", "tf32x3_expand", "bf16_expand", "bf16x3_expand",
             "tf32_expand_rerank", "bf16_expand_rerank"]
     res: dict = dict(bench="bench_tc_tolerance", ps=PS, ws=WS, k=K, frames=3, queries=a.queries, rows=[])
-    for clip in a.clips.split(","):
+    for clip in clips:
         video = load_clip(clip, 3)
-        for sigma in (float(s) for s in a.sigmas.split(",")):
+        for sigma in sigmas:
             gen = np.random.default_rng(0)
             noisy = (video + gen.normal(0, sigma / 255, video.shape)).astype(np.float32)
             row = dict(clip=clip, sigma=sigma, shape=list(video.shape), **study(noisy, a.queries, 1, hows))

@@ -25,3 +25,16 @@ def test_bench_kernels_smoke_run(tmp_path, monkeypatch):
     # the search kernels that replace the PyTorch glue give its bits
     assert res["glue"]["torch_same_rows"] == 1.0 and res["glue"]["torch_max_abs_d"] == 0.0
     assert "NAPARI_STNLS_SUBPIX" not in os.environ and "NAPARI_STNLS_TORCH_GLUE" not in os.environ
+
+
+def test_bench_kernels_names_a_bad_case_list(capsys):
+    mod = load_benchmark("bench_kernels")
+    bad = (("--slidewarp-cases", "7:21"), ("--boxk-cases", "7:x:10"), ("--subpix-cases", "9:0"))
+    for option, value in bad:
+        try:
+            mod.main(["--device", "cpu", option, value])
+        except SystemExit:
+            pass
+        else:
+            raise AssertionError(f"{option} {value!r} was accepted")
+        assert option in capsys.readouterr().err

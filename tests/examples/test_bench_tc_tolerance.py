@@ -5,6 +5,7 @@ does not always."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from bench_loader import load_benchmark
 
@@ -40,3 +41,15 @@ def test_study_on_a_random_video():
     assert res["fp32_direct"]["err_255_p99"] < 1e-6 * res["kth_255_median"]
     assert res["bf16_expand"]["err_255_median"] > res["fp32_expand"]["err_255_median"]
     assert res["kth_255_median"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [(["--clips", "carphone,nope"], "--clips"), (["--sigmas", "0,x"], "--sigmas"),
+     (["--sigmas", "-3"], "--sigmas"), (["--queries", "0"], "--queries")],
+)
+def test_bad_arguments_are_named_before_any_work(args, match, capsys, tmp_path):
+    out = tmp_path / "r.json"
+    with pytest.raises(SystemExit):
+        _module().main([*args, "--out", str(out)])
+    assert match in capsys.readouterr().err and not out.exists()
