@@ -13,8 +13,9 @@ Comparisons, each on one video of ``--shape`` (float32, ``torch.rand``, seed 0):
   query (``NAPARI_STNLS_CUDA_BOXK=1000`` and ``=32``), the ``(ps, ws, k)`` of ``--boxk-cases``.
 * ``slidewarp`` (CUDA): whole-pixel search without flow (``itype="int"``, wt 2), the sliding
   kernel with its lists kept by the block's threads (``NAPARI_STNLS_CUDA_SLIDE_WARP=0``) or
-  by the warps that sum the distances (``=1``), the ``(ps, ws, k)`` of ``--slidewarp-cases``:
-  the same bits.
+  by the warps that sum the distances (``=1``), the latter visiting the offsets in plain order
+  (``NAPARI_STNLS_CUDA_SLIDE_ORDER=0``) or centre-first (the default), the ``(ps, ws, k)`` of
+  ``--slidewarp-cases``: the same bits.
 * ``glue``: ``nl_means``' search (ps 7, ws 9, wt 2, k 24, the smooth flow, no gradient) with
   its window centres and positions from ``search_centres`` and ``search_positions`` against
   the PyTorch glue (``NAPARI_STNLS_TORCH_GLUE=0`` and ``=1``): the same bits.
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
                 kw = dict(ps=ps, ws=ws, wt=2, k=k, itype="int")
                 row = {"ps": ps, "ws": ws, "k": k}
                 row.update(compare({"block": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "0"},
+                                    "warp_plain": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "1",
+                                                   "NAPARI_STNLS_CUDA_SLIDE_ORDER": "0"},
                                     "warp": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "1"}},
                                    lambda kw=kw: search(v, v, **kw), device, a.repeats))
                 res["slidewarp"].append(row)

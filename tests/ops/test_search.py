@@ -744,28 +744,37 @@ def test_strided_queries_match_oracle(name, compiled):
         # bfloat16, pt 3 with one channel (3 frames x channels), ps 7, k 17
         ((1, 4, 1, 33, 35), torch.bfloat16, 2.0, dict(ps=7, pt=3, ws=9, wt=1, k=17, itype="int",
                                                     exclude_self=True)),
+        # four grey levels: many equal distances, so the lists' (distance, id) order decides
+        ((1, 5, 3, 30, 70), torch.float32, -4.0, dict(ps=5, ws=11, wt=2, k=12)),
     ],
 )
 def test_the_sliding_kernels_lists_change_no_bit(shape, dtype, flow_amp, kw, monkeypatch):
     """CUDA's sliding kernel of whole-pixel grids with the lists kept by the warps that sum the
-    distances (the default) or by the block's threads (``NAPARI_STNLS_CUDA_SLIDE_WARP=0``): the
-    same bits, and the float64 reference's neighbours."""
+    distances (the default) or by the block's threads (``NAPARI_STNLS_CUDA_SLIDE_WARP=0``), and
+    the warps' kernel visiting the offsets centre-first (the default) or in plain order
+    (``NAPARI_STNLS_CUDA_SLIDE_ORDER=0``): the same bits, and the float64 reference's
+    neighbours. A negative ``flow_amp`` quantises the video to that many levels instead."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     B, T, C, H, W = shape
     gen = torch.Generator().manual_seed(H * W + C)
     v = torch.rand(shape, generator=gen).to(dtype)
+    quantised = flow_amp < 0
+    if quantised:
+        v = (v * -flow_amp).floor() / -flow_amp
+        flow_amp = 0.0
     flows = None
     if flow_amp:
         flows = tuple(_whole_pixel((torch.rand(B, T, 2, H, W, generator=gen) * 2 - 1) * flow_amp)
                       for _ in range(2))
     kw = dict(kw, region=kw.get("region", (0, T, 0, H, 0, W)))
     fd = None if flows is None else tuple(f.cuda() for f in flows)
-    got = {}
-    for mode in ("1", "0"):
-        monkeypatch.setenv("NAPARI_STNLS_CUDA_SLIDE_WARP", mode)
-        got[mode] = search(v.cuda(), v.cuda(), flows=fd, backend="cuda", **kw)
-    (d1, i1), (d0, i0) = got["1"], got["0"]
-    assert torch.equal(i1, i0) and torch.equal(d1, d0)
+    monkeypatch.setenv("NAPARI_STNLS_CUDA_SLIDE_WARP", "0")
+    d0, i0 = search(v.cuda(), v.cuda(), flows=fd, backend="cuda", **kw)
+    monkeypatch.setenv("NAPARI_STNLS_CUDA_SLIDE_WARP", "1")
+    for order in ("0", "1"):
+        monkeypatch.setenv("NAPARI_STNLS_CUDA_SLIDE_ORDER", order)
+        d1, i1 = search(v.cuda(), v.cuda(), flows=fd, backend="cuda", **kw)
+        assert torch.equal(i1, i0) and torch.equal(d1, d0), order
     assert_rows_match_reference(d1, i1, v, flows, kw, rtol=1e-5, atol=1e-4,
-                                min_untied=0.9 if kw["k"] < 32 else 0.5)
+                                min_untied=0.0 if quantised else 0.9 if kw["k"] < 32 else 0.5)

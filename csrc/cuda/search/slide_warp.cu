@@ -23,11 +23,23 @@ namespace {
 //    stays outside the unrolled steps, so that the loop fits the instruction cache;
 //  * the key pixels of a frame are staged once for the block (runs of fewer offsets where
 //    flows spread the windows wider than the staging buffer), one block barrier per run.
+//  * the offsets are visited centre-first (the query's own frame, then, in each run, the
+//    middle column and the middle chunk of rows outwards): on real videos the bars tighten
+//    sooner and fewer distances are inserted (H100, 5x540x960 bikes, clean: 75.3 -> 57.1 ms).
 // The lists order by (distance, id) as TopK does, so the result does not depend on the
 // order of the offsets (where no distance is NaN).
 constexpr int kWarpTiles = 4;            // warps per block, stacked down the tile
 constexpr int kWarpTY = 6;               // query rows of a warp (one or three channels)
 constexpr int kEmpty = INT_MAX;          // the id of an empty list entry
+
+// The n-th of the offsets lo .. hi in centre-first order: c (in lo .. hi), then c + 1, c - 1,
+// c + 2, ... alternately while both sides last, then the rest of the longer side
+__device__ __forceinline__ int centre_out(int n, int lo, int hi, int c) {
+  const int L = c - lo, R = hi - c, m = min(L, R);
+  if (n <= 2 * m) return (n & 1) ? c + (n + 1) / 2 : c - n / 2;
+  const int extra = n - 2 * m;
+  return R > L ? c + m + extra : c - m - extra;
+}
 
 // v goes before the list entry (e, ei): TopK's rule, an empty entry after everything
 __device__ __forceinline__ bool goes_before(float v, int vi, float e, int ei, bool l2) {
@@ -44,7 +56,8 @@ __global__ void __launch_bounds__(kWarpTiles * 32, 2)
                            int64_t T, int64_t H, int64_t W, int64_t C, int64_t Q, int64_t nt,
                            int ws, int64_t gt0, int64_t gy0, int64_t gx0, int64_t nH, int64_t nW,
                            int64_t nh, int K, bool l2, bool exclude_self, int kcap,
-                           int64_t* __restrict__ out, float* __restrict__ dout) {
+                           bool centre_first, int64_t* __restrict__ out,
+                           float* __restrict__ dout) {
   constexpr int TX = 32 - (PS - 1), TY = kWarpTY, EY = TY + PS - 1, r = PS / 2;
   constexpr int BY = kWarpTiles * TY, EYB = BY + PS - 1;  // the block's query rows, with halo
   constexpr unsigned kAll = 0xffffffffu;
@@ -91,7 +104,19 @@ __global__ void __launch_bounds__(kWarpTiles * 32, 2)
   for (int i = 0; i < TY; ++i) bar[i] = (act >> i) & 1u ? NAN : none;
   __syncwarp();
 
-  for (int64_t f = 0; f < nt; ++f) {
+  // centre_first: visit the offsets the query's own frame first and, in each run of staged
+  // keys, the middle column and the middle chunk of rows first, then outwards: the best
+  // candidates of real videos tend to lie there, so the bars tighten early and fewer
+  // distances enter the lists. The lists' (distance, id) order makes it change no bit.
+  int64_t fstar = 0;
+  if (centre_first)
+    for (int64_t f = 0; f < nt; ++f)
+      if (frames[q_first * nt + f] == t) {
+        fstar = f;
+        break;
+      }
+  for (int64_t fi = 0; fi < nt; ++fi) {
+    const int64_t f = fi == 0 ? fstar : (fi <= fstar ? fi - 1 : fi);
     const int64_t s = frames[q_first * nt + f];
     // every query's window start; the union of the warp's windows and of the block's
     int ylo = INT_MAX, xlo = INT_MAX, yhi = INT_MIN, xhi = INT_MIN;
@@ -139,9 +164,15 @@ __global__ void __launch_bounds__(kWarpTiles * 32, 2)
         // this warp's offsets in the run
         const int dy0 = max(ya, ylo), dy1 = min(ya + my - 1, yhi + span);
         const int dx0 = max(xa, xlo), dx1 = min(xa + mx - 1, xhi + span);
-        for (int dx = dx0; dx <= dx1; ++dx) {
+        const int ncy = dy1 >= dy0 ? (dy1 - dy0) / kSlideRows + 1 : 0;
+        const int cxm = min(max((xlo + xhi + span) >> 1, dx0), dx1);
+        const int cym = (min(max((ylo + yhi + span) >> 1, dy0), dy1) - dy0) / kSlideRows;
+        for (int nx_ = 0; nx_ <= dx1 - dx0; ++nx_) {
+          const int dx = centre_first ? centre_out(nx_, dx0, dx1, cxm) : dx0 + nx_;
           const float* kc = Ks + lane + (dx - xa);
-          for (int dyc = dy0; dyc <= dy1; dyc += kSlideRows) {
+          for (int ny_ = 0; ny_ < ncy; ++ny_) {
+            const int dyc =
+                dy0 + kSlideRows * (centre_first ? centre_out(ny_, 0, ncy - 1, cym) : ny_);
             const int iy0 = warp * TY + (dyc - ya);
             float Kr[PCN][EY];
             slide_load<PCN, EY>(Kr, kc, KA, KP, KH, iy0);
@@ -262,6 +293,10 @@ void search_topk_slide_warp_cuda(const at::Tensor& queries, const at::Tensor& ke
   const int64_t PC = pt * (C / nheads);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int smem = static_cast<int>(slide_warp_smem(ps, PC, k, kcap, false));
+  // NAPARI_STNLS_CUDA_SLIDE_ORDER=0 visits the offsets in plain order instead of
+  // centre-first (read on every call, for timing; no bit changes)
+  const char* order = std::getenv("NAPARI_STNLS_CUDA_SLIDE_ORDER");
+  const bool centre_first = !(order && *order && std::atoi(order) == 0);
   auto run = [&](auto type_tag) {
     using scalar_t = decltype(type_tag);
     auto launch = [&](auto pcn, auto psn) {
@@ -273,7 +308,7 @@ void search_topk_slide_warp_cuda(const at::Tensor& queries, const at::Tensor& ke
       kern<<<blocks, kWarpTiles * 32, smem, stream>>>(
           queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), cen.data_ptr<float>(),
           frm.data_ptr<int64_t>(), T, H, W, C, Q, nt, int(ws), grid[0], grid[1], grid[2],
-          grid[4], grid[5], nheads, int(k), l2, exclude_self, int(kcap),
+          grid[4], grid[5], nheads, int(k), l2, exclude_self, int(kcap), centre_first,
           ids.data_ptr<int64_t>(), dists.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
