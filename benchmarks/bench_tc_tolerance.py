@@ -30,6 +30,15 @@ for scale (``2 * 147 * sigma^2`` is the noise's share of a distance). Queries ar
 the pixels of the middle frame whose windows and patches stay inside the frame (no
 mirroring), ``--queries`` of them.
 
+``certified`` asks whether a matrix-unit search could return the float32 lists *exactly*,
+with no tolerance, by checking its own answer: keep the M best by the matrix-unit distances,
+rank them again by ``fp32_direct``, and accept where a worst-case bound on the matrix-unit
+error proves that no candidate left out could beat the k-th kept one (see ``error_bound``);
+elsewhere a kernel would search that query again in float32. Reported, for TF32, bfloat16
+and the split TF32 product, with the values as they are and centred (0.5 subtracted: L2
+distances do not change, the bound shrinks with the norms), M = 2k and 4k: the share of
+queries so proven (where the proof fails, the lists may still be right).
+
     python benchmarks/bench_tc_tolerance.py --out out/tc_tolerance.json
 """
 
@@ -95,6 +104,44 @@ def distances(q: torch.Tensor, keys: torch.Tensor, how: str) -> torch.Tensor:
     return (qq + kk - 2 * dot).double()
 
 
+def error_bound(q: torch.Tensor, keys: torch.Tensor, how: str) -> torch.Tensor:
+    """(n,) worst-case bound, for each query, on ``|distances(q, keys, how) - exact|`` over all
+    its candidates (``how`` one of ``tf32_expand``, ``bf16_expand``, ``tf32x3_expand``), from
+    the norms alone, as a kernel could compute it: the product's inputs rounded to nearest
+    (relative error u each; the split product misses ``ql.kl`` and rounds its low parts:
+    3.1 u^2), products exact in float32 (TF32 x TF32 and bf16 x bf16 fit 24 bits), sums of L
+    terms in float32 (gamma_L = L 2^-24 / (1 - L 2^-24) of the sum of magnitudes),
+    ``sum |q_i k_i| <= |q| |k|``, and the two float32 additions of ``|q|^2 + |k|^2 - 2 q.k``."""
+    L = q.shape[-1]
+    u = 2.0 ** -(11 if how.startswith("tf32") else 8)
+    split = how.startswith("tf32x3")
+    n_sum = 3 * L if split else L
+    gamma = lambda m: m * 2.0**-24 / (1 - m * 2.0**-24)  # noqa: E731
+    eps_dot = (3.1 * u * u if split else 2 * u + u * u) + 1.1 * gamma(n_sum) * (1 + u) ** 2
+    qn = q.double().norm(dim=-1)
+    kmax = keys.double().norm(dim=-1).amax(-1)
+    S, sq = qn * kmax, qn**2 + kmax**2
+    return 2 * eps_dot * S + gamma(L) * sq + 2.0**-23 * (sq + 2 * S)
+
+
+def certified_share(
+    q: torch.Tensor, keys: torch.Tensor, direct: torch.Tensor, how: str, M: int
+) -> torch.Tensor:
+    """(n,) 1 where keeping the M best by ``how`` and ranking them by ``direct`` (float32) is
+    proven to give the float32 k best: every candidate left out has a matrix-unit distance of
+    at least the M-th one, c_M, hence an exact distance of at least c_M - bound, hence a
+    float32 one of at least (c_M - bound)(1 - gamma_(L+1)), which must exceed the k-th kept."""
+    coarse = distances(q, keys, how)
+    order = torch.argsort(coarse, dim=-1, stable=True)
+    if M >= coarse.shape[-1]:
+        return torch.ones(len(q))
+    c_M = coarse.gather(1, order[:, M - 1:M])[:, 0]
+    d_k = direct.gather(1, order[:, :M]).sort(-1).values[:, K - 1]
+    L = q.shape[-1]
+    floor = (c_M - error_bound(q, keys, how)) * (1 - (L + 1) * 2.0**-24 / (1 - (L + 1) * 2.0**-24))
+    return (floor > d_k).float()
+
+
 def topk(d: torch.Tensor) -> torch.Tensor:
     """Indices of the K smallest of each row, ties to the smaller index."""
     order = torch.argsort(d, dim=-1, stable=True)
@@ -112,6 +159,8 @@ def study(video: np.ndarray, n: int, seed: int, hows: list[str]) -> dict:
     dy, dx = dy.ravel(), dx.ravel()
     stats: dict[str, dict[str, list]] = {h: dict(hit=[], tied=[], same=[], err=[], excess=[]) for h in hows}
     kths = []
+    cert = {f"{h}_{c}_M{m}k": [] for h in ("tf32_expand", "bf16_expand", "tf32x3_expand")
+            for c in ("raw", "centred") for m in (2, 4)}
     for c0 in range(0, n, 100):  # 100 queries at a time: their candidates take 78 MB
         y, x = cy[c0:c0 + 100], cx[c0:c0 + 100]
         m = len(y)
@@ -123,6 +172,10 @@ def study(video: np.ndarray, n: int, seed: int, hows: list[str]) -> dict:
         kth = exact.gather(1, best[:, -1:])
         kths.append(kth[:, 0])
         direct = distances(q, keys, "fp32_direct")
+        for name, acc in cert.items():
+            h, c, m = name.rsplit("_", 2)
+            shift = 0.5 if c == "centred" else 0.0
+            acc.append(certified_share(q - shift, keys - shift, direct, h, int(m[1:-1]) * K))
         for how in hows:
             if how.endswith("_rerank"):
                 # the 2k best by the matrix-unit distances, ranked again by float32 ones
@@ -142,7 +195,8 @@ def study(video: np.ndarray, n: int, seed: int, hows: list[str]) -> dict:
             stats[how]["same"].append((got == best).all(-1).float())
             stats[how]["err"].append((d.gather(1, best) - exact.gather(1, best)).abs().flatten())
     s255 = 255.0**2
-    out = {"kth_255_median": float(torch.cat(kths).median()) * s255}
+    out = {"kth_255_median": float(torch.cat(kths).median()) * s255,
+           "certified": {name: float(torch.cat(acc).mean()) for name, acc in cert.items()}}
     for how, st in stats.items():
         err = torch.cat(st["err"]) * s255
         out[how] = dict(recall=float(torch.cat(st["hit"]).mean()),
@@ -182,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
             row = dict(clip=clip, sigma=sigma, shape=list(video.shape), **study(noisy, a.queries, 1, hows))
             res["rows"].append(row)
             brief = {h: round(row[h]["tie_recall"], 4) for h in hows}
+            brief["certified"] = {n: round(v, 3) for n, v in row["certified"].items()}
             print(json.dumps({"clip": clip, "sigma": sigma, **brief}), file=sys.stderr, flush=True)
     print(json.dumps(res, indent=1))
     if a.out:

@@ -53,3 +53,39 @@ def test_bad_arguments_are_named_before_any_work(args, match, capsys, tmp_path):
     with pytest.raises(SystemExit):
         _module().main([*args, "--out", str(out)])
     assert match in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("how", ["tf32_expand", "bf16_expand", "tf32x3_expand"])
+def test_the_error_bound_holds_for_every_candidate(how):
+    """error_bound is a bound: on random patches of several scales and offsets, every
+    candidate's matrix-unit distance is within it of the float64 one."""
+    mod = _module()
+    gen = torch.Generator().manual_seed(3)
+    for scale, offset in ((1.0, 0.0), (1.0, -0.5), (300.0, 20.0), (1e-3, 0.0)):
+        q = (torch.rand(40, 147, generator=gen) + offset) * scale
+        keys = (torch.rand(40, 90, 147, generator=gen) + offset) * scale
+        # near-duplicates too, where the expansion cancels most
+        keys[:, :10] = q[:, None] + 1e-3 * scale * torch.randn(40, 10, 147, generator=gen)
+        err = (mod.distances(q, keys, how) - mod.distances(q, keys, "exact")).abs()
+        bound = mod.error_bound(q, keys, how)
+        assert bool((err <= bound[:, None]).all()), (scale, offset, float((err / bound[:, None]).max()))
+        # and not vacuous: within a few hundred times the largest error seen
+        assert float(bound.max()) < 1e3 * float(err.max()) + 1e-30
+
+
+def test_a_certified_query_gets_the_float32_lists():
+    """Where certified_share proves a query, its M best by the matrix-unit distances ranked
+    again in float32 are the float32 k best; random patches prove most queries at 4k."""
+    mod = _module()
+    gen = torch.Generator().manual_seed(4)
+    q = torch.rand(200, 147, generator=gen) - 0.5
+    keys = torch.rand(200, 300, 147, generator=gen) - 0.5
+    direct = mod.distances(q, keys, "fp32_direct")
+    for how in ("tf32_expand", "tf32x3_expand"):
+        ok = mod.certified_share(q, keys, direct, how, 4 * mod.K).bool()
+        assert float(ok.float().mean()) > 0.5, how
+        coarse = mod.distances(q, keys, how)
+        kept = torch.argsort(coarse, dim=-1, stable=True)[:, : 4 * mod.K]
+        got = kept.gather(1, torch.argsort(direct.gather(1, kept), dim=-1, stable=True))[:, : mod.K]
+        want = mod.topk(direct)
+        assert bool((got == want).all(-1)[ok].all()), how
