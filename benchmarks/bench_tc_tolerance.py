@@ -39,6 +39,13 @@ and the split TF32 product, with the values as they are and centred (0.5 subtrac
 distances do not change, the bound shrinks with the norms), M = 2k and 4k: the share of
 queries so proven (where the proof fails, the lists may still be right).
 
+``prod`` rows (``--prod``): the same proof for dot products (``dist="prod"``, larger is
+better; no centring, which would change them) of single-pixel patches with 64 channels, as
+issue 25's ``w4`` and ``b`` search (ws 9 over 5 frames: 405 candidates, k 10), on features
+``rand`` (uniform in [0, 1), what those workloads time), ``randn`` (Gaussian, zero mean,
+like a network's queries and keys) and ``conv`` (the bikes clip through a fixed random 3x3
+convolution to 64 channels and a ReLU: correlated, with near-duplicates).
+
     python benchmarks/bench_tc_tolerance.py --out out/tc_tolerance.json
 """
 
@@ -142,6 +149,86 @@ def certified_share(
     return (floor > d_k).float()
 
 
+def dot(q: torch.Tensor, keys: torch.Tensor, how: str) -> torch.Tensor:
+    """(n, m) dot products of n queries (n, L) with their m candidates (n, m, L) in arithmetic
+    ``how``: ``exact`` (float64), ``fp32`` (two float32 partial sums over even and odd
+    channels, as the single-pixel kernel adds them), ``tf32``/``tf32x3`` (the matrix unit's
+    rounded inputs, products summed in float32), float64 out."""
+    if how == "exact":
+        return torch.einsum("nl,nml->nm", q.double(), keys.double())
+    if how == "fp32":
+        prods = q[:, None] * keys
+        return (prods[..., 0::2].sum(-1) + prods[..., 1::2].sum(-1)).double()
+    qh, kh = round_mantissa(q, 10), round_mantissa(keys, 10)
+    out = torch.einsum("nl,nml->nm", qh.double(), kh.double()).float()
+    if how == "tf32x3":
+        ql, kl = round_mantissa(q - qh, 10), round_mantissa(keys - kh, 10)
+        out = out + torch.einsum("nl,nml->nm", qh.double(), kl.double()).float()
+        out = out + torch.einsum("nl,nml->nm", ql.double(), kh.double()).float()
+    return out.double()
+
+
+def prod_certified(
+    q: torch.Tensor, keys: torch.Tensor, how: str, M: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For dot products (larger is better): (n,) 1 where keeping the M best by ``how`` and
+    ranking them by the float32 ones is proven to give the float32 k best (a candidate left
+    out has a matrix-unit product of at most the M-th one, c_M, hence a float32 one of at most
+    c_M + bound + gamma_L |q| |k|, which must be below the k-th kept), and (n,) 1 where that
+    list is the float32 one in fact."""
+    L = q.shape[-1]
+    u = 2.0**-11
+    split = how == "tf32x3"
+    gamma = lambda m: m * 2.0**-24 / (1 - m * 2.0**-24)  # noqa: E731
+    eps_dot = (3.1 * u * u if split else 2 * u + u * u) + 1.1 * gamma(3 * L if split else L) * (1 + u) ** 2
+    S = q.double().norm(dim=-1) * keys.double().norm(dim=-1).amax(-1)
+    direct, coarse = dot(q, keys, "fp32"), dot(q, keys, how)
+    order = torch.argsort(-coarse, dim=-1, stable=True)
+    kept = order[:, :M]
+    c_M = coarse.gather(1, order[:, M - 1:M])[:, 0]
+    rerank = kept.gather(1, torch.argsort(-direct.gather(1, kept), dim=-1, stable=True))[:, :K]
+    d_k = direct.gather(1, rerank[:, K - 1:K])[:, 0]
+    proven = (c_M + eps_dot * S + 1.1 * gamma(L) * S < d_k).float()
+    want = torch.argsort(-direct, dim=-1, stable=True)[:, :K]
+    return proven, (rerank == want).all(-1).float()
+
+
+def prod_features(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 64) queries and (n, 405, 64) candidates: ``rand``/``randn`` drawn independently;
+    ``conv`` the 9 x 9 window of 5 frames around random pixels of the middle frame of the
+    bikes clip's features (a fixed random 3x3 convolution to 64 channels, then a ReLU)."""
+    gen = torch.Generator().manual_seed(seed)
+    if kind in ("rand", "randn"):
+        draw = torch.rand if kind == "rand" else torch.randn
+        return draw(n, 64, generator=gen), draw(n, 405, 64, generator=gen)
+    video = torch.from_numpy(load_clip("bikes", 5)).permute(0, 3, 1, 2)  # (5, 3, H, W)
+    w = torch.randn(64, 3, 3, 3, generator=gen) / 3
+    feats = torch.relu(torch.nn.functional.conv2d(video, w, padding=1)).permute(0, 2, 3, 1)
+    T, H, W, _ = feats.shape
+    cy = torch.randint(4, H - 4, (n,), generator=gen)
+    cx = torch.randint(4, W - 4, (n,), generator=gen)
+    off = torch.arange(-4, 5)
+    ys = (cy[:, None, None] + off[None, :, None]).expand(n, 9, 9).reshape(n, 1, 81)
+    xs = (cx[:, None, None] + off[None, None, :]).expand(n, 9, 9).reshape(n, 1, 81)
+    ts = torch.arange(T)[None, :, None]
+    keys = feats[ts, ys, xs].reshape(n, T * 81, 64)
+    return feats[T // 2, cy, cx].contiguous(), keys.contiguous()
+
+
+def prod_study(n: int) -> list[dict]:
+    """The ``prod`` rows of the docstring, ``n`` queries each."""
+    rows = []
+    for kind in ("rand", "randn", "conv"):
+        q, keys = prod_features(kind, n, 5)
+        row: dict = {"features": kind}
+        for how in ("tf32", "tf32x3"):
+            for m in (2, 4):
+                proven, same = prod_certified(q, keys, how, m * K)
+                row[f"{how}_M{m}k"] = dict(proven=float(proven.mean()), same_lists=float(same.mean()))
+        rows.append(row)
+    return rows
+
+
 def topk(d: torch.Tensor) -> torch.Tensor:
     """Indices of the K smallest of each row, ties to the smaller index."""
     order = torch.argsort(d, dim=-1, stable=True)
@@ -212,6 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clips", default="carphone,bikes")
     ap.add_argument("--sigmas", default="0,20", help="noise levels on the 0..255 scale")
     ap.add_argument("--queries", type=int, default=1500)
+    ap.add_argument("--prod", action="store_true", help="also the dot-product rows (64 channels)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     clips = a.clips.split(",")
@@ -238,6 +326,10 @@ def main(argv: list[str] | None = None) -> dict:
             brief = {h: round(row[h]["tie_recall"], 4) for h in hows}
             brief["certified"] = {n: round(v, 3) for n, v in row["certified"].items()}
             print(json.dumps({"clip": clip, "sigma": sigma, **brief}), file=sys.stderr, flush=True)
+    if a.prod:
+        res["prod_rows"] = prod_study(a.queries)
+        for row in res["prod_rows"]:
+            print(json.dumps(row), file=sys.stderr, flush=True)
     print(json.dumps(res, indent=1))
     if a.out:
         write_report(a.out, res)

@@ -89,3 +89,22 @@ def test_a_certified_query_gets_the_float32_lists():
         got = kept.gather(1, torch.argsort(direct.gather(1, kept), dim=-1, stable=True))[:, : mod.K]
         want = mod.topk(direct)
         assert bool((got == want).all(-1)[ok].all()), how
+
+
+def test_dot_products_proven_exact_get_the_float32_lists():
+    """prod_certified: every proven query's re-ranked list is the float32 one, on Gaussian
+    features and on features built to have near-duplicates (where proofs fail, not lists)."""
+    mod = _module()
+    gen = torch.Generator().manual_seed(6)
+    q, keys = mod.prod_features("randn", 150, 6)
+    base = torch.randn(150, 4, 64, generator=gen)
+    pick = torch.randint(0, 4, (405,), generator=gen)
+    dup = base[:, pick] + 1e-4 * torch.randn(150, 405, 64, generator=gen)
+    for feats in ((q, keys), (base[:, 0], dup)):
+        for how in ("tf32", "tf32x3"):
+            proven, same = mod.prod_certified(*feats, how, 2 * mod.K)
+            assert bool((same[proven.bool()] == 1).all()), how
+    proven, _ = mod.prod_certified(q, keys, "tf32", 2 * mod.K)
+    assert float(proven.mean()) > 0.9
+    proven, _ = mod.prod_certified(base[:, 0], dup, "tf32", 2 * mod.K)
+    assert float(proven.mean()) < 0.5  # near-duplicates: the bound cannot separate them
