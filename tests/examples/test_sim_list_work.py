@@ -74,3 +74,13 @@ def test_a_small_run(tmp_path):
                           "--out", str(tmp_path / "r.json")])
     (row,) = res["rows"]
     assert row["plain"]["inserted"] >= res["k"] and 0 < row["passes_ratio"]
+
+
+def test_rounds_by_rank_never_exceed_the_busiest_lanes_passes():
+    """Inserting by rank takes no more rounds than the busiest lane's passes, and at least
+    the most any query waits in a chunk."""
+    mod = _module()
+    gen = torch.Generator().manual_seed(2)
+    D = torch.rand(3, 9, 9, mod.TY, mod.TX, generator=gen).double()
+    r = mod.play(D, 5, mod.orders(9, 3, True))
+    assert 0 < r["rounds"] <= r["passes"]
