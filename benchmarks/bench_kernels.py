@@ -55,8 +55,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench_ops import make_flows, report_header  # noqa: E402
+from bench_throughput import emit_report  # noqa: E402
 from bench_throughput import timed as _timed  # noqa: E402
-from bench_throughput import write_report  # noqa: E402
 
 from napari_stnls.ops import aggregate, search  # noqa: E402
 
@@ -223,10 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    lambda i=i, w=w: aggregate(v, i, "queries", weights=w, ps=7),
                                    device, a.repeats))
                 res["agg4"].append(row)
-    print(json.dumps(res, indent=1))
-    if a.out:
-        write_report(a.out, res)
-    return res
+    return emit_report(res, a.out)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_quality import CLIPS, load_clip  # noqa: E402
-from bench_throughput import write_report  # noqa: E402
+from bench_throughput import emit_report  # noqa: E402
 
 PS, WS, K = 7, 21, 10
 
@@ -330,10 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
         res["prod_rows"] = prod_study(a.queries)
         for row in res["prod_rows"]:
             print(json.dumps(row), file=sys.stderr, flush=True)
-    print(json.dumps(res, indent=1))
-    if a.out:
-        write_report(a.out, res)
-    return res
+    return emit_report(res, a.out)
 
 
 if __name__ == "__main__":

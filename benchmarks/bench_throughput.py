@@ -126,5 +126,14 @@ def write_report(path: str, res: dict) -> None:
         fh.write(json.dumps(res, indent=1))
 
 
+def emit_report(res: dict, out: str | None) -> dict:
+    """A benchmark's ending: ``res`` as indented JSON on stdout and, where ``out`` is given,
+    written there (``write_report``); returns ``res``."""
+    print(json.dumps(res, indent=1))
+    if out:
+        write_report(out, res)
+    return res
+
+
 if __name__ == "__main__":
     main()

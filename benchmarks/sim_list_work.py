@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_throughput import write_report  # noqa: E402
+from bench_throughput import emit_report  # noqa: E402
 
 PS, TY, TX, CHUNK = 7, 6, 26, 7
 
@@ -208,10 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
             row = dict(video=name, sigma=sigma, **study(video, a.tiles, a.k, a.ws, nt, 2))
             res["rows"].append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    print(json.dumps(res, indent=1))
-    if a.out:
-        write_report(a.out, res)
-    return res
+    return emit_report(res, a.out)
 
 
 if __name__ == "__main__":
