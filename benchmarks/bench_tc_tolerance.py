@@ -111,6 +111,17 @@ def distances(q: torch.Tensor, keys: torch.Tensor, how: str) -> torch.Tensor:
     return (qq + kk - 2 * dot).double()
 
 
+def gamma(m: int) -> float:
+    """The relative error bound of m float32 roundings, m 2^-24 / (1 - m 2^-24)."""
+    return m * 2.0**-24 / (1 - m * 2.0**-24)
+
+
+def product_error(L: int, u: float, split: bool) -> float:
+    """Bound on |matrix-unit q.k - q.k| / sum |q_i k_i| for L-long inputs rounded with relative
+    error u (one product, or the split product's three), summed in float32."""
+    return (3.1 * u * u if split else 2 * u + u * u) + 1.1 * gamma(3 * L if split else L) * (1 + u) ** 2
+
+
 def error_bound(q: torch.Tensor, keys: torch.Tensor, how: str) -> torch.Tensor:
     """(n,) worst-case bound, for each query, on ``|distances(q, keys, how) - exact|`` over all
     its candidates (``how`` one of ``tf32_expand``, ``bf16_expand``, ``tf32x3_expand``), from
@@ -121,10 +132,7 @@ def error_bound(q: torch.Tensor, keys: torch.Tensor, how: str) -> torch.Tensor:
     ``sum |q_i k_i| <= |q| |k|``, and the two float32 additions of ``|q|^2 + |k|^2 - 2 q.k``."""
     L = q.shape[-1]
     u = 2.0 ** -(11 if how.startswith("tf32") else 8)
-    split = how.startswith("tf32x3")
-    n_sum = 3 * L if split else L
-    gamma = lambda m: m * 2.0**-24 / (1 - m * 2.0**-24)  # noqa: E731
-    eps_dot = (3.1 * u * u if split else 2 * u + u * u) + 1.1 * gamma(n_sum) * (1 + u) ** 2
+    eps_dot = product_error(L, u, how.startswith("tf32x3"))
     qn = q.double().norm(dim=-1)
     kmax = keys.double().norm(dim=-1).amax(-1)
     S, sq = qn * kmax, qn**2 + kmax**2
@@ -132,20 +140,23 @@ def error_bound(q: torch.Tensor, keys: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def certified_share(
-    q: torch.Tensor, keys: torch.Tensor, direct: torch.Tensor, how: str, M: int
+    q: torch.Tensor, keys: torch.Tensor, direct: torch.Tensor, how: str, M: int,
+    coarse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(n,) 1 where keeping the M best by ``how`` and ranking them by ``direct`` (float32) is
     proven to give the float32 k best: every candidate left out has a matrix-unit distance of
     at least the M-th one, c_M, hence an exact distance of at least c_M - bound, hence a
-    float32 one of at least (c_M - bound)(1 - gamma_(L+1)), which must exceed the k-th kept."""
-    coarse = distances(q, keys, how)
+    float32 one of at least (c_M - bound)(1 - gamma_(L+1)), which must exceed the k-th kept.
+    ``coarse``: ``distances(q, keys, how)`` where already computed."""
+    if coarse is None:
+        coarse = distances(q, keys, how)
     order = torch.argsort(coarse, dim=-1, stable=True)
     if M >= coarse.shape[-1]:
         return torch.ones(len(q))
     c_M = coarse.gather(1, order[:, M - 1:M])[:, 0]
     d_k = direct.gather(1, order[:, :M]).sort(-1).values[:, K - 1]
     L = q.shape[-1]
-    floor = (c_M - error_bound(q, keys, how)) * (1 - (L + 1) * 2.0**-24 / (1 - (L + 1) * 2.0**-24))
+    floor = (c_M - error_bound(q, keys, how)) * (1 - gamma(L + 1))
     return (floor > d_k).float()
 
 
@@ -177,10 +188,7 @@ def prod_certified(
     c_M + bound + gamma_L |q| |k|, which must be below the k-th kept), and (n,) 1 where that
     list is the float32 one in fact."""
     L = q.shape[-1]
-    u = 2.0**-11
-    split = how == "tf32x3"
-    gamma = lambda m: m * 2.0**-24 / (1 - m * 2.0**-24)  # noqa: E731
-    eps_dot = (3.1 * u * u if split else 2 * u + u * u) + 1.1 * gamma(3 * L if split else L) * (1 + u) ** 2
+    eps_dot = product_error(L, 2.0**-11, how == "tf32x3")
     S = q.double().norm(dim=-1) * keys.double().norm(dim=-1).amax(-1)
     direct, coarse = dot(q, keys, "fp32"), dot(q, keys, how)
     order = torch.argsort(-coarse, dim=-1, stable=True)
@@ -259,10 +267,14 @@ def study(video: np.ndarray, n: int, seed: int, hows: list[str]) -> dict:
         kth = exact.gather(1, best[:, -1:])
         kths.append(kth[:, 0])
         direct = distances(q, keys, "fp32_direct")
+        coarse = {}  # the matrix-unit distances, once for both M
         for name, acc in cert.items():
             h, c, m = name.rsplit("_", 2)
             shift = 0.5 if c == "centred" else 0.0
-            acc.append(certified_share(q - shift, keys - shift, direct, h, int(m[1:-1]) * K))
+            qs, ks = q - shift, keys - shift
+            if (h, c) not in coarse:
+                coarse[h, c] = distances(qs, ks, h)
+            acc.append(certified_share(qs, ks, direct, h, int(m[1:-1]) * K, coarse[h, c]))
         for how in hows:
             if how.endswith("_rerank"):
                 # the 2k best by the matrix-unit distances, ranked again by float32 ones

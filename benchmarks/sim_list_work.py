@@ -134,19 +134,14 @@ def play(D: torch.Tensor, k: int, chunks: list[list[tuple[int, int, int]]]) -> d
                 rounds=rounds, lists=(best_d, best_i))
 
 
-def load_video(name: str, sigma: float, T: int, size: tuple[int, int]) -> torch.Tensor:
-    """(T, 3, H, W) float32: ``rand`` or a clip resized to ``size``, with noise ``sigma``."""
-    if name == "rand":
-        v = torch.rand((T, 3, *size), generator=torch.Generator().manual_seed(0))
-    else:
-        from bench_quality import load_clip
+def load_video(
+    ap: argparse.ArgumentParser, name: str, sigma: float, T: int, size: tuple[int, int]
+) -> torch.Tensor:
+    """(T, 3, H, W) float32: ``rand`` or a clip resized to ``size``, with noise ``sigma``
+    (bench_kernels' ``--video``)."""
+    from bench_kernels import make_video
 
-        frames = torch.from_numpy(load_clip(name, T)).permute(0, 3, 1, 2)
-        v = torch.nn.functional.interpolate(frames, size=size, mode="bicubic", align_corners=False)
-        v = (v.clamp(0, 1) * 255).round() / 255  # an 8-bit video of that size
-    if sigma:
-        v = v + sigma / 255 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
-    return v
+    return make_video(ap, name if name == "rand" else f"{name}:{sigma}", (1, T, 3, *size))[0]
 
 
 def study(video: torch.Tensor, tiles: int, k: int, ws: int, nt: int, seed: int) -> dict:
@@ -204,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
                      rows=[])
     for name in videos:
         for sigma in [0.0] if name == "rand" else sigmas:
-            video = load_video(name, sigma, nt, size)
+            video = load_video(ap, name, sigma, nt, size)
             row = dict(video=name, sigma=sigma, **study(video, a.tiles, a.k, a.ws, nt, 2))
             res["rows"].append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
