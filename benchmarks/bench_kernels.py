@@ -20,6 +20,11 @@ height and width and rounded to 8 bits, with Gaussian noise of SIGMA on the 0..2
   by the warps that sum the distances (``=1``), the latter visiting the offsets in plain order
   (``NAPARI_STNLS_CUDA_SLIDE_ORDER=0``) or centre-first (the default), the ``(ps, ws, k)`` of
   ``--slidewarp-cases``: the same bits.
+* ``pixtc`` (CUDA): single-pixel search (ps 1, ws 9, wt 2, k 10, products; workloads ``w4``
+  and ``b``) on ``torch.rand`` features of each of ``--pixtc-shapes`` (seed 0): the float32
+  kernel (``NAPARI_STNLS_CUDA_PIX_TC=0``) against the matrix units (``=1``: the same bits),
+  and the matrix units' pass alone (``=2``; its ``same_rows`` is the share of queries it
+  proves, the rest being left out).
 * ``glue``: ``nl_means``' search (ps 7, ws 9, wt 2, k 24, the smooth flow, no gradient) with
   its window centres and positions from ``search_centres`` and ``search_positions`` against
   the PyTorch glue (``NAPARI_STNLS_TORCH_GLUE=0`` and ``=1``): the same bits.
@@ -140,8 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shape", default="1,5,3,540,960", help="B,T,C,H,W")
     ap.add_argument("--video", default="rand", help="rand, or CLIP[:SIGMA] (see the docstring)")
-    ap.add_argument("--only", default="subpix,boxk,slidewarp,glue,winsplit,winnc,agg4",
-                    help="subset of subpix,boxk,slidewarp,glue,winsplit,winnc,agg4")
+    ap.add_argument("--only", default="subpix,boxk,slidewarp,pixtc,glue,winsplit,winnc,agg4",
+                    help="subset of subpix,boxk,slidewarp,pixtc,glue,winsplit,winnc,agg4")
+    ap.add_argument("--pixtc-shapes", default="1,5,64,256,256;1,8,64,540,960",
+                    help="B,T,C,H,W;... (pixtc's feature videos)")
     ap.add_argument("--subpix-cases", default="9:24,7:24,11:24,9:48,21:10", help="ws:k,...")
     ap.add_argument("--boxk-cases", default="7:9:48,5:9:40,7:11:100,7:21:48", help="ps:ws:k,...")
     ap.add_argument("--slidewarp-cases", default="7:21:10,5:9:10,7:21:24", help="ps:ws:k,...")
@@ -158,10 +165,16 @@ def main(argv: list[str] | None = None) -> dict:
     subpix_cases = parse_cases(ap, "--subpix-cases", a.subpix_cases, "ws:k")
     boxk_cases = parse_cases(ap, "--boxk-cases", a.boxk_cases, "ps:ws:k")
     slidewarp_cases = parse_cases(ap, "--slidewarp-cases", a.slidewarp_cases, "ps:ws:k")
+    try:
+        pixtc_shapes = [tuple(int(x) for x in sh.split(",")) for sh in a.pixtc_shapes.split(";")]
+    except ValueError:
+        pixtc_shapes = []
+    if not pixtc_shapes or any(len(sh) != 5 or min(sh) < 1 for sh in pixtc_shapes):
+        ap.error(f"--pixtc-shapes: expected B,T,C,H,W;... of positive integers, got {a.pixtc_shapes!r}")
     v = make_video(ap, a.video, shape).to(device)
     res = report_header("bench_kernels", device, quick=False)
-    res.update(shape=list(shape), video=a.video, repeats=a.repeats, subpix=[], boxk=[], slidewarp=[], glue={},
-               winsplit={}, winnc={}, agg4=[])
+    res.update(shape=list(shape), video=a.video, repeats=a.repeats, subpix=[], boxk=[], slidewarp=[],
+               pixtc=[], glue={}, winsplit={}, winnc={}, agg4=[])
     flows = make_flows(shape, device)
     with torch.no_grad():
         if "subpix" in only:
@@ -200,6 +213,15 @@ def main(argv: list[str] | None = None) -> dict:
                                     "warp": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "1"}},
                                    lambda kw=kw: search(v, v, **kw), device, a.repeats))
                 res["slidewarp"].append(row)
+        if "pixtc" in only and device.type == "cuda":
+            for sh in pixtc_shapes:
+                f = torch.rand(sh, generator=torch.Generator().manual_seed(0)).to(device)
+                row = {"shape": list(sh)}
+                row.update(compare({f"pix_tc{e}": {"NAPARI_STNLS_CUDA_PIX_TC": e} for e in "012"},
+                                   lambda f=f: search(f, f, ps=1, ws=9, wt=2, k=10, dist="prod", itype="int"),
+                                   device, a.repeats))
+                res["pixtc"].append(row)
+                del f
         nlm = dict(ps=7, ws=9, wt=2, k=24)
         if "glue" in only:
             res["glue"] = compare({"kernels": {"NAPARI_STNLS_TORCH_GLUE": "0"},

@@ -10,7 +10,8 @@ patch too large for the shared buffer), float32 and float64; then sub-pixel wind
 ``search_topk_subpix`` (``NAPARI_STNLS_SUBPIX=1``), its sliding and box-sum variants, one and
 three channels, at frame borders and in a region; the window kernel with nl_means' patches
 (3 and 4 candidates a lane, the patch side constant or not); the sliding kernel of
-whole-pixel grids, its lists kept by the warps or by the block. Prints ``ok`` at the end.
+whole-pixel grids, its lists kept by the warps or by the block; the single-pixel search on
+the matrix units (``NAPARI_STNLS_CUDA_PIX_TC=1``). Prints ``ok`` at the end.
 """
 
 from __future__ import annotations
@@ -99,6 +100,24 @@ def main() -> None:
                        itype="int", backend="cuda")
             torch.cuda.synchronize()
     os.environ.pop("NAPARI_STNLS_CUDA_SLIDE_WARP")
+    # the single-pixel search on the matrix units: 64 and 5 channels, a region, whole-pixel
+    # flows that spread a tile's windows past the staging buffer, near-duplicate features
+    # that leave queries to the float32 search
+    os.environ["NAPARI_STNLS_CUDA_PIX_TC"] = "1"
+    cases = ((64, "prod", 10, None, 0.0, False), (5, "l2", 16, (1, 3, 2, 19, 3, 27), 0.0, False),
+             (16, "l2", 7, None, 12.0, False), (8, "l2", 10, None, 0.0, True))
+    for C, dist, k, region, amp, near in cases:
+        v = torch.rand(1, 4, C, 21, 37, generator=gen)
+        v = (0.5 + v * 2.0**-16 if near else v).cuda()
+        flows = None
+        if amp:
+            flows = tuple(torch.round(amp * torch.randn(1, 4, 2, 21, 37, generator=gen)).cuda()
+                          for _ in range(2))
+        with torch.no_grad():
+            search(v, v, ps=1, ws=9, wt=2, k=k, dist=dist, flows=flows, region=region,
+                   exclude_self=True, itype="int", backend="cuda")
+        torch.cuda.synchronize()
+    os.environ.pop("NAPARI_STNLS_CUDA_PIX_TC")
     print("ok")
 
 

@@ -631,6 +631,65 @@ def test_single_pixel_patches_on_larger_videos(impl_held_to_reference, C, nheads
     assert_rows_match_reference(d, i, v, flows, kw, rtol=1e-5, atol=1e-5, min_untied=0.9)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "shape,nheads,dist,k,flow_amp,feature",
+    [
+        ((1, 5, 64, 37, 52), 1, "prod", 10, 0.0, "rand"),  # workload B's search, border tiles
+        ((1, 4, 70, 29, 45), 2, "l2", 16, 0.0, "randn"),  # 35 channels a head, k 16
+        ((2, 3, 5, 26, 41), 1, "prod", 7, 2.5, "rand"),  # flows within the staging margin
+        ((1, 3, 64, 30, 40), 1, "l2", 10, -12.0, "rand"),  # rough flows: blocks searched again
+        ((1, 3, 8, 24, 40), 1, "l2", 10, 0.0, "near"),  # near-duplicates: unproven queries
+    ],
+)
+def test_single_pixel_matrix_units_give_the_float32_bits(shape, nheads, dist, k, flow_amp, feature,
+                                                          monkeypatch):
+    """CUDA's single-pixel search on the matrix units (``NAPARI_STNLS_CUDA_PIX_TC=1``: TF32
+    scores, the 2k best re-ranked in float32, a bound proving that nothing left out could
+    reach the k best, the rest searched again) returns the float32 kernel's bits, and the
+    float64 reference's neighbours. ``NAPARI_STNLS_CUDA_PIX_TC=2`` leaves the queries it would
+    search again out (NaN distances): every other row already holds the float32 bits, and
+    on near-duplicate features some rows are left out, so both paths are exercised. A negative
+    ``flow_amp`` draws whole-pixel flows independently at every pixel: windows of one tile
+    spread past the staging buffer."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    B, T, C, H, W = shape
+    gen = torch.Generator().manual_seed(C * H + W)
+    if feature == "near":  # values within 2^-16 of each other: TF32 cannot rank them
+        v = 0.5 + torch.rand(shape, generator=gen) * 2.0**-16
+    else:
+        v = torch.rand(shape, generator=gen) if feature == "rand" else torch.randn(shape, generator=gen)
+    flows = None
+    if flow_amp > 0:
+        flows = tuple(_whole_pixel(_smooth_flow(gen, B, T, H, W, flow_amp, torch.float32))
+                      for _ in range(2))
+    elif flow_amp < 0:
+        flows = tuple(torch.round((torch.rand(B, T, 2, H, W, generator=gen) * 2 - 1) * flow_amp)
+                      for _ in range(2))
+    kw = dict(ps=1, ws=9, wt=2, k=k, dist=dist, nheads=nheads, exclude_self=True,
+              region=(0, T, 0, H, 0, W))
+    vd = v.cuda()
+    fd = None if flows is None else tuple(f.cuda() for f in flows)
+    monkeypatch.setenv("NAPARI_STNLS_CUDA_PIX_TC", "0")
+    d0, i0 = search(vd, vd, flows=fd, backend="cuda", **kw)
+    monkeypatch.setenv("NAPARI_STNLS_CUDA_PIX_TC", "2")
+    d2, i2 = search(vd, vd, flows=fd, backend="cuda", **kw)
+    left = torch.isnan(d2).any(-1)
+    assert torch.isnan(d2[left]).all()
+    kept = ~left
+    assert torch.equal(d2[kept], d0[kept]) and torch.equal(i2[kept], i0[kept])
+    if feature == "near" or flow_amp < 0:
+        assert bool(left.any()), "expected queries the matrix units leave to the float32 search"
+    else:  # the bound holds for most queries of random features (a share, not bits)
+        assert float(left.float().mean()) < 0.25
+    monkeypatch.setenv("NAPARI_STNLS_CUDA_PIX_TC", "1")
+    d1, i1 = search(vd, vd, flows=fd, backend="cuda", **kw)
+    assert torch.equal(d1, d0) and torch.equal(i1, i0)
+    assert_rows_match_reference(d1, i1, v, flows, kw, rtol=1e-5, atol=1e-5,
+                                min_untied=0.0 if feature == "near" else 0.9)
+
+
 @pytest.mark.parametrize(
     "dtype,ps,pt,stride0,dilation,k,flow_amp",
     [

@@ -137,9 +137,13 @@ std::tuple<at::Tensor, at::Tensor> search_topk_box_cuda(const at::Tensor& querie
     const char* e = std::getenv("NAPARI_STNLS_CUDA_PIX");
     return !(e && std::string(e) == "0");
   }();
-  if (pix_on && ps == 1 && pt == 1 && k <= 16 && s1 >= 1 && queries.size(4) / nheads <= 64)
+  if (pix_on && ps == 1 && pt == 1 && k <= 16 && s1 >= 1 && queries.size(4) / nheads <= 64) {
+    if (const int mode = pix_tc_mode(queries, stride0, s1, nheads, k, nt, ws))
+      return search_topk_pix_tc_cuda(queries, keys, centres, frames, grid, nheads, k, l2,
+                                     exclude_self, ws, mode);
     return search_topk_pix_cuda(queries, keys, centres, frames, grid, stride0, nheads, k, l2,
                                 exclude_self, ws);
+  }
   if (nt * ws * ws >= INT_MAX || s1 < 1)  // ids past int, or a sub-pixel grid
     return search_topk_cuda(queries, keys, coords, centres, frames, offsets, ps, pt, dilation,
                             nheads, k, l2, exclude_self);

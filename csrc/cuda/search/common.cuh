@@ -13,6 +13,8 @@
 // - slide_warp.cu: topk_slide_warp_kernel, the same box sums with each warp keeping the
 //   top-k lists of the queries it sums (no block barrier per round of offsets).
 // - pix.cu: topk_pix_kernel, single-pixel patches.
+// - pix_tc.cu: topk_pix_tc_kernel, the same on the matrix units (TF32) with float32
+//   re-ranking, proven to give topk_pix_kernel's bits (opt-in, NAPARI_STNLS_CUDA_PIX_TC=1).
 // - subpix.cu: topk_subpix_kernel, sub-pixel windows of dense query grids through the
 //   whole-pixel box sums of a tile and the keys' pair sums (op search_topk_subpix), and
 //   topk_subpix_slide_kernel, the same with the sliding kernel's box sums (slide.cuh).
@@ -82,6 +84,14 @@ std::tuple<at::Tensor, at::Tensor> search_topk_pix_cuda(
     const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& centres,
     const at::Tensor& frames, at::IntArrayRef grid, int64_t stride0, int64_t nheads, int64_t k,
     bool l2, bool exclude_self, int64_t ws);
+// the matrix-unit single-pixel kernel (pix_tc.cu): NAPARI_STNLS_CUDA_PIX_TC=1 (or 2, for the
+// tests: the queries it would search again left out) where the search fits it, else 0
+int pix_tc_mode(const at::Tensor& queries, int64_t stride0, int64_t s1, int64_t nheads,
+                int64_t k, int64_t nt, int64_t ws);
+std::tuple<at::Tensor, at::Tensor> search_topk_pix_tc_cuda(
+    const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& centres,
+    const at::Tensor& frames, at::IntArrayRef grid, int64_t nheads, int64_t k, bool l2,
+    bool exclude_self, int64_t ws, int mode);
 std::tuple<at::Tensor, at::Tensor> search_topk_stage_cuda(
     const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& centres,
     const at::Tensor& frames, at::IntArrayRef grid, int64_t stride0, int64_t ps, int64_t pt,
