@@ -36,6 +36,11 @@ height and width and rounded to 8 bits, with Gaussian noise of SIGMA on the 0..2
 * ``agg4`` (CUDA): ``aggregate`` at the query grid of that search's neighbours, weighted,
   with ``aggregate_grid_kernel`` (``NAPARI_STNLS_CUDA_AGG4=0``) and ``aggregate_grid4_kernel``
   reading positions as they are (``=1``) or from packed planes (``=2``, the default).
+* ``aggrows`` (CUDA): ``aggregate`` at the query grid, weighted, after the search of workload
+  ``a`` (ps 7, ws 21, wt 2, k 10, no flow: whole-pixel positions) and after ``nl_means``'
+  search (the smooth flow, k 24: sub-pixel), with ``aggregate_grid4_kernel`` alone
+  (``NAPARI_STNLS_CUDA_AGG_ROWS=0``) and with the pixels no mirrored patch pixel reaches
+  sent to ``aggregate_grid_rows_kernel`` (``=1``): the same bits.
 
 Each variant: one untimed call, then the median of ``--repeats`` (``torch.cuda.synchronize``
 around each on a GPU); the neighbours are compared with the first variant's (``same_rows``:
@@ -145,8 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shape", default="1,5,3,540,960", help="B,T,C,H,W")
     ap.add_argument("--video", default="rand", help="rand, or CLIP[:SIGMA] (see the docstring)")
-    ap.add_argument("--only", default="subpix,boxk,slidewarp,pixtc,glue,winsplit,winnc,agg4",
-                    help="subset of subpix,boxk,slidewarp,pixtc,glue,winsplit,winnc,agg4")
+    ap.add_argument("--only", default="subpix,boxk,slidewarp,pixtc,glue,winsplit,winnc,agg4,aggrows",
+                    help="subset of subpix,boxk,slidewarp,pixtc,glue,winsplit,winnc,agg4,aggrows")
     ap.add_argument("--pixtc-shapes", default="1,5,64,256,256;1,8,64,540,960",
                     help="B,T,C,H,W;... (pixtc's feature videos)")
     ap.add_argument("--subpix-cases", default="9:24,7:24,11:24,9:48,21:10", help="ws:k,...")
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     v = make_video(ap, a.video, shape).to(device)
     res = report_header("bench_kernels", device, quick=False)
     res.update(shape=list(shape), video=a.video, repeats=a.repeats, subpix=[], boxk=[], slidewarp=[],
-               pixtc=[], glue={}, winsplit={}, winnc={}, agg4=[])
+               pixtc=[], glue={}, winsplit={}, winnc={}, agg4=[], aggrows=[])
     flows = make_flows(shape, device)
     with torch.no_grad():
         if "subpix" in only:
@@ -245,6 +250,16 @@ def main(argv: list[str] | None = None) -> dict:
                                    lambda i=i, w=w: aggregate(v, i, "queries", weights=w, ps=7),
                                    device, a.repeats))
                 res["agg4"].append(row)
+        if "aggrows" in only and device.type == "cuda":
+            for name, kw, fl in (("a", dict(ps=7, ws=21, wt=2, k=10), None), ("nl_means", nlm, flows)):
+                d, i = search(v, v, flows=fl, **kw)
+                w = torch.exp(-d / d.mean())
+                row = {"search": name}
+                row.update(compare({f"rows{e}": {"NAPARI_STNLS_CUDA_AGG_ROWS": e} for e in "01"},
+                                   lambda i=i, w=w: aggregate(v, i, "queries", weights=w, ps=7),
+                                   device, a.repeats))
+                res["aggrows"].append(row)
+                del d, i, w
     return emit_report(res, a.out)
 
 

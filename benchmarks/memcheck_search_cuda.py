@@ -11,7 +11,8 @@ patch too large for the shared buffer), float32 and float64; then sub-pixel wind
 three channels, at frame borders and in a region; the window kernel with nl_means' patches
 (3 and 4 candidates a lane, the patch side constant or not); the sliding kernel of
 whole-pixel grids, its lists kept by the warps or by the block; the single-pixel search on
-the matrix units (``NAPARI_STNLS_CUDA_PIX_TC=1``). Prints ``ok`` at the end.
+the matrix units (``NAPARI_STNLS_CUDA_PIX_TC=1``); ``aggregate`` at the query grid through
+the row-walking kernel (``NAPARI_STNLS_CUDA_AGG_ROWS=1``). Prints ``ok`` at the end.
 """
 
 from __future__ import annotations
@@ -118,6 +119,21 @@ def main() -> None:
                    exclude_self=True, itype="int", backend="cuda")
         torch.cuda.synchronize()
     os.environ.pop("NAPARI_STNLS_CUDA_PIX_TC")
+    # aggregate at the query grid through the row-walking kernel and the border strips:
+    # whole-pixel and sub-pixel positions, ps 3 and 7, a region along two borders
+    from napari_stnls.ops import aggregate
+
+    os.environ["NAPARI_STNLS_CUDA_AGG_ROWS"] = "1"
+    for ps, amp, region in ((7, 0.0, None), (7, 2.3, None), (3, 2.3, (0, 3, 0, 15, 11, 37))):
+        v = torch.rand(2, 4, 3, 21, 37, generator=gen).cuda()
+        flows = None
+        if amp:
+            flows = tuple((amp * torch.randn(2, 4, 2, 21, 37, generator=gen)).cuda() for _ in range(2))
+        with torch.no_grad():
+            d, i = search(v, v, ps=ps, ws=9, wt=1, k=6, flows=flows, region=region, backend="cuda")
+            aggregate(v, i, "queries", weights=torch.exp(-d), ps=ps, region=region)
+        torch.cuda.synchronize()
+    os.environ.pop("NAPARI_STNLS_CUDA_AGG_ROWS")
     print("ok")
 
 

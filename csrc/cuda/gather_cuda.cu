@@ -307,6 +307,124 @@ __global__ void __launch_bounds__(kThreads, 4) aggregate_grid4_kernel(
   cnt[o] = wsum;
 }
 
+// The same sums, for the pixels no mirrored patch pixel reaches, with each neighbour's
+// position work shared by the PS pixels of its patch column: one thread per output column x of
+// a band of rows, walking the grid's query rows down. For query row iy it takes the queries
+// ix = x - r .. x + r whose patches cover column x, last to first (b = PS - 1 .. 0: ix
+// ascending), and for each neighbour k reads the packed (t, y, x, weight) once, sets up the
+// bilinear read once, and adds its patch column's PS values into the PS rows that query row
+// covers, each row's running sum in registers (PS rows, rolled: slot (iy + a) % PS), each tap
+// row loaded once for the two interpolations that use it. A pixel row is written when the last
+// query row that reaches it is done. The terms of a pixel, their expressions and their order
+// (query rows, then columns, ascending, then k) are aggregate_grid4_kernel's, whose map lists
+// them in that order wherever nothing is mirrored: the same bits. For pt = 1, stride 1,
+// dilation 1; aggregate_grid_cuda sends the border strips (mirrored entries) to
+// aggregate_grid4_kernel.
+constexpr int kRowsThreads = 64;  // output columns a block
+constexpr int kRowsBand = 32;     // output rows a block
+
+template <int PS>
+__global__ void __launch_bounds__(kRowsThreads) aggregate_grid_rows_kernel(
+    const float4* __restrict__ video, const float4* __restrict__ packed, stnls::GridDims g,
+    int64_t gt0, int64_t gy0, int64_t gx0, stnls::Box inner, stnls::Box ob, bool weighted,
+    float* __restrict__ out, float* __restrict__ cnt) {
+  constexpr int r = PS / 2;
+  const GDims& d = g.d;
+  const int T = static_cast<int>(d.T), H = static_cast<int>(d.H), W = static_cast<int>(d.W);
+  const int K = static_cast<int>(d.K), nc = static_cast<int>(d.C);
+  const int nH = static_cast<int>(g.nH), nW = static_cast<int>(g.nW), Q = static_cast<int>(d.Q);
+  const int nt = static_cast<int>(inner.t1 - inner.t0);
+  const int b = static_cast<int>(blockIdx.z) / nt;
+  const int t = static_cast<int>(inner.t0) + static_cast<int>(blockIdx.z) % nt;
+  const int x = static_cast<int>(inner.x0) + static_cast<int>(blockIdx.x) * kRowsThreads + threadIdx.x;
+  if (x >= inner.x1) return;
+  const int Y0 = static_cast<int>(inner.y0) + static_cast<int>(blockIdx.y) * kRowsBand;
+  const int Y1 = min(Y0 + kRowsBand, static_cast<int>(inner.y1));
+  const int it = t - static_cast<int>(gt0), qy0 = static_cast<int>(gy0), qx0 = static_cast<int>(gx0);
+  const float4* vb = video + static_cast<int64_t>(b) * T * H * W;
+  const float4* pb = packed + static_cast<int64_t>(b) * K * Q;
+  const int oH = static_cast<int>(ob.y1 - ob.y0), oW = static_cast<int>(ob.x1 - ob.x0);
+  const int64_t obase = (static_cast<int64_t>(b) * (ob.t1 - ob.t0) + t - ob.t0) * oH;
+  // query row iy reaches pixel rows qy0 + iy - r .. qy0 + iy + r
+  const int iy_start = Y0 - qy0 - r, nrows = Y1 - Y0 + 2 * r;
+  float acc[PS][5];
+#pragma unroll
+  for (int u = 0; u < PS; ++u)
+#pragma unroll
+    for (int c = 0; c < 5; ++c) acc[u][c] = 0.f;
+  for (int jb = 0; jb < nrows; jb += PS) {
+#pragma unroll
+    for (int u = 0; u < PS; ++u) {
+      const int j = jb + u;
+      if (j >= nrows) break;
+      const int iy = iy_start + j;
+      if (iy >= 0 && iy < nH) {
+        const int row = (it * nH + iy) * nW;
+        for (int bb = PS - 1; bb >= 0; --bb) {
+          const int ix = x - qx0 - (bb - r);
+          if (ix < 0 || ix >= nW) continue;
+          for (int k = 0; k < K; ++k) {
+            const float4 pw = __ldg(pb + k * Q + row + ix);
+            const float w = pw.w;
+            const int ft = static_cast<int>(floorf(pw.x + 0.5f));
+            const float yf = floorf(pw.y), xf = floorf(pw.z);
+            const float fy = pw.y - yf, fx = pw.z - xf;
+            const int xb = static_cast<int>(xf) + (bb - r);
+            const int f = reflect32(ft, T) * H;
+            const int c0 = reflect32(xb, W), c1 = reflect32(xb + 1, W);
+            const bool sy = fy != 0.f, sx = fx != 0.f;
+            const float wy0 = 1.f - fy, wx0 = 1.f - fx;
+            const int ya = static_cast<int>(yf) - r;  // the tap row of a = 0
+            int rb = (f + reflect32(ya, H)) * W;
+            float4 p0 = __ldg(vb + rb + c0), p1 = sx ? __ldg(vb + rb + c1) : p0;
+#pragma unroll
+            for (int a = 0; a < PS; ++a) {
+              float4 q0 = p0, q1 = p1;  // row ya + a + 1: this a's second tap row, the next a's first
+              if (sy || a + 1 < PS) {
+                rb = (f + reflect32(ya + a + 1, H)) * W;
+                q0 = __ldg(vb + rb + c0);
+                q1 = sx ? __ldg(vb + rb + c1) : q0;
+              }
+              const float s0 = lerp4(p0.x, p1.x, q0.x, q1.x, sx, sy, wx0, fx, wy0, fy);
+              const float s1 = lerp4(p0.y, p1.y, q0.y, q1.y, sx, sy, wx0, fx, wy0, fy);
+              const float s2 = lerp4(p0.z, p1.z, q0.z, q1.z, sx, sy, wx0, fx, wy0, fy);
+              const float s3 = lerp4(p0.w, p1.w, q0.w, q1.w, sx, sy, wx0, fx, wy0, fy);
+              float* ac = acc[(u + a) % PS];
+              if (weighted) {
+                ac[0] += s0 * w;
+                ac[1] += s1 * w;
+                ac[2] += s2 * w;
+                ac[3] += s3 * w;
+              } else {
+                ac[0] += s0;
+                ac[1] += s1;
+                ac[2] += s2;
+                ac[3] += s3;
+              }
+              ac[4] += w;
+              p0 = q0;
+              p1 = q1;
+            }
+          }
+        }
+      }
+      // pixel row qy0 + iy - r (slot u) is complete: no later query row reaches it
+      const int y = qy0 + iy - r;
+      if (y >= Y0 && y < Y1) {
+        const int64_t o = (obase + y - ob.y0) * oW + x - ob.x0;
+        float* op = out + o * nc;
+        op[0] = acc[u][0];
+        if (nc > 1) op[1] = acc[u][1];
+        if (nc > 2) op[2] = acc[u][2];
+        if (nc > 3) op[3] = acc[u][3];
+        cnt[o] = acc[u][4];
+      }
+#pragma unroll
+      for (int c = 0; c < 5; ++c) acc[u][c] = 0.f;
+    }
+  }
+}
+
 // One thread per patch: gradient of sum(grad * patch) w.r.t. the patch's (y, x).
 template <typename scalar_t, typename acc_t, typename pos_t>
 __global__ void gather_pos_grad_kernel(const scalar_t* __restrict__ video,
@@ -642,6 +760,38 @@ int grid4_variant(const at::Tensor& video, const at::Tensor& inds, const GDims& 
   return kGrid4Default;
 }
 
+// NAPARI_STNLS_CUDA_AGG_ROWS (read on every call): 1 sends the pixels no mirrored patch pixel
+// reaches to aggregate_grid_rows_kernel where the call fits it; 2, for the tests, does that and
+// leaves the border strips out (zeros), to show which pixels the kernel wrote; 0 or unset
+// (the default until the kernel has run on a GPU) never.
+int grid_rows_mode() {
+  const char* e = std::getenv("NAPARI_STNLS_CUDA_AGG_ROWS");
+  return e != nullptr && (e[0] == '1' || e[0] == '2') ? e[0] - '0' : 0;
+}
+
+// The pixels of box that aggregate_grid_rows_kernel takes: where the call fits it (pt 1,
+// stride 1, dilation 1, ps 3, 5 or 7) and grid_rows_mode() is on, the rows and columns
+// r + 1 .. n - 2 - r that no mirrored patch pixel reaches; else none (an empty box).
+stnls::Box grid_rows_inner(const GDims& d, const stnls::Grid& g, const stnls::Box& box) {
+  if (grid_rows_mode() == 0 || d.pt != 1 || g.stride != 1 || d.dil != 1 || !(d.ps == 3 || d.ps == 5 || d.ps == 7) ||
+      d.B * (box.t1 - box.t0) > 65535)
+    return {box.t0, box.t1, 0, 0, 0, 0};
+  const int64_t r = d.ps / 2;
+  return {box.t0, box.t1, std::max(box.y0, r + 1), std::min(box.y1, d.H - 1 - r),
+          std::max(box.x0, r + 1), std::min(box.x1, d.W - 1 - r)};
+}
+
+template <typename F>
+void dispatch_rows_ps(int ps, F&& f) {
+  if (ps == 3) {
+    f(std::integral_constant<int, 3>{});
+  } else if (ps == 5) {
+    f(std::integral_constant<int, 5>{});
+  } else {
+    f(std::integral_constant<int, 7>{});
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> aggregate_grid_cuda(const at::Tensor& video,
                                                        const at::Tensor& inds,
                                                        const std::optional<at::Tensor>& weights,
@@ -678,10 +828,36 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cuda(const at::Tensor& video,
         // positions and weights as (B, K, Q) planes of float4 (t, y, x, weight)
         const auto w = a.w.has_value() ? *a.w : at::ones({d.B, 1, d.Q, d.K}, a.inds.options());
         const auto pk = at::cat({a.inds, w.unsqueeze(-1)}, -1).permute({0, 1, 3, 2, 4}).contiguous();
-        aggregate_grid4_kernel<true><<<nb, kThreads, 0, stream>>>(
-            vp, nullptr, nullptr, reinterpret_cast<const float4*>(pk.data_ptr<float>()), gd,
-            maps.data_ptr<int64_t>(), a.maps.ty, a.maps.tx, box, a.box, a.w.has_value(),
-            a.out.data_ptr<float>(), a.cnt.data_ptr<float>());
+        const auto* pkp = reinterpret_cast<const float4*>(pk.data_ptr<float>());
+        auto grid4 = [&](const stnls::Box& part) {
+          const int64_t n = (part.t1 - part.t0) * (part.y1 - part.y0) * (part.x1 - part.x0);
+          if (part.y1 <= part.y0 || part.x1 <= part.x0 || n == 0) return;
+          aggregate_grid4_kernel<true><<<blocks_for(d.B * n, kThreads), kThreads, 0, stream>>>(
+              vp, nullptr, nullptr, pkp, gd, maps.data_ptr<int64_t>(), a.maps.ty, a.maps.tx, part,
+              a.box, a.w.has_value(), a.out.data_ptr<float>(), a.cnt.data_ptr<float>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        };
+        const stnls::Box in = grid_rows_inner(d, a.maps.g, box);
+        if (in.y1 > in.y0 && in.x1 > in.x0) {
+          // the pixels no mirrored patch pixel reaches, then the border strips around them
+          const dim3 rb(static_cast<unsigned>((in.x1 - in.x0 + kRowsThreads - 1) / kRowsThreads),
+                        static_cast<unsigned>((in.y1 - in.y0 + kRowsBand - 1) / kRowsBand),
+                        static_cast<unsigned>(d.B * (in.t1 - in.t0)));
+          dispatch_rows_ps(d.ps, [&](auto psv) {
+            aggregate_grid_rows_kernel<decltype(psv)::value><<<rb, kRowsThreads, 0, stream>>>(
+                vp, pkp, gd, a.maps.g.t0, a.maps.g.y0, a.maps.g.x0, in, a.box, a.w.has_value(),
+                a.out.data_ptr<float>(), a.cnt.data_ptr<float>());
+          });
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          if (grid_rows_mode() == 2) return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
+          grid4({box.t0, box.t1, box.y0, in.y0, box.x0, box.x1});
+          grid4({box.t0, box.t1, in.y1, box.y1, box.x0, box.x1});
+          grid4({box.t0, box.t1, in.y0, in.y1, box.x0, in.x0});
+          grid4({box.t0, box.t1, in.y0, in.y1, in.x1, box.x1});
+        } else {
+          grid4(box);
+        }
+        return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
       } else {
         aggregate_grid4_kernel<false><<<nb, kThreads, 0, stream>>>(
             vp, a.inds.data_ptr<float>(), wp, nullptr, gd, maps.data_ptr<int64_t>(), a.maps.ty,

@@ -23,7 +23,7 @@ def test_bench_kernels_smoke_run(tmp_path, monkeypatch):
     (row,) = res["subpix"]
     assert row["window_ms"] > 0 and row["box_sums_ms"] > 0
     assert row["box_sums_same_rows"] > 0.95 and row["box_sums_max_abs_d"] < 1e-4
-    assert res["boxk"] == res["slidewarp"] == res["pixtc"] == res["agg4"] == []  # CUDA only
+    assert res["boxk"] == res["slidewarp"] == res["pixtc"] == res["agg4"] == res["aggrows"] == []  # CUDA
     # the search kernels that replace the PyTorch glue give its bits
     assert res["glue"]["torch_same_rows"] == 1.0 and res["glue"]["torch_max_abs_d"] == 0.0
     assert "NAPARI_STNLS_SUBPIX" not in os.environ and "NAPARI_STNLS_TORCH_GLUE" not in os.environ

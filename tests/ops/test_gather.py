@@ -536,6 +536,60 @@ def test_aggregate_at_the_query_grid_float32_channels_and_heads(channels, nheads
                     torch.testing.assert_close(g.double().cpu() / scale, r / scale, rtol=0, atol=1e-5)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "ps,C,K,region,flow,weighted",
+    [
+        (7, 3, 10, None, False, True),  # workload A's aggregate: whole-pixel neighbours
+        (7, 3, 6, None, True, True),  # sub-pixel neighbours (fractional rows, columns, both)
+        (5, 1, 4, (1, 3, 9, 30, 2, 41), True, False),  # a region off the borders, unweighted
+        (3, 4, 3, (0, 2, 0, 37, 11, 45), False, True),  # a region along two borders, 4 channels
+        (7, 2, 17, (0, 3, 0, 12, 0, 9), True, True),  # a region smaller than the border strips
+    ],
+)
+def test_aggregate_rows_kernel_gives_the_grid4_bits(ps, C, K, region, flow, weighted, monkeypatch):
+    """CUDA's aggregate at the query grid with the pixels no mirrored patch pixel reaches sent
+    to the row-walking kernel (``NAPARI_STNLS_CUDA_AGG_ROWS=1``) gives the bits of the
+    per-pixel kernel alone (``=0``), and the float64 reference's sums. ``=2`` leaves the
+    border strips out: the pixels it writes are the per-pixel kernel's bits, so the row
+    kernel wrote them, and the rest are zero."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    gen = torch.Generator().manual_seed(ps * 100 + C * 10 + K)
+    B, T, H, W = 2, 3, 37, 45
+    v = torch.rand(B, T, C, H, W, generator=gen)
+    flows = None
+    if flow:
+        fl = torch.randn(B, T, 2, H, W, generator=gen) * 2.3
+        fl[..., :9, :] = fl[..., :9, :].round()  # whole-pixel rows
+        fl[..., 0, 9:17, :] = fl[..., 0, 9:17, :].round()  # fractional rows only
+        fl[..., 1, 17:25, :] = fl[..., 1, 17:25, :].round()  # fractional columns only
+        flows = (fl, -fl)
+    kw = dict(ps=ps, region=region)
+    d, i = search(v, v, ws=9, wt=1, k=K, flows=flows, backend="cpu", **kw)  # float positions
+    w = torch.exp(-d / d.mean()) if weighted else None
+    vd, idv, wd = v.cuda(), i.cuda(), None if w is None else w.cuda()
+    got = {}
+    for mode in "012":
+        monkeypatch.setenv("NAPARI_STNLS_CUDA_AGG_ROWS", mode)
+        got[mode] = aggregate(vd, idv, "queries", weights=wd, **kw)
+    for g1, g0 in zip(got["1"], got["0"], strict=True):
+        assert torch.equal(g1, g0)
+    r = ps // 2
+    inner = torch.zeros(H, W, dtype=torch.bool)
+    inner[r + 1:H - 1 - r, r + 1:W - 1 - r] = True
+    for g2, g0 in zip(got["2"], got["0"], strict=True):
+        g2, g0 = g2.cpu(), g0.cpu()
+        assert torch.equal(g2[..., inner], g0[..., inner])
+        assert not bool(g2[..., ~inner].any())
+        assert bool(g0[..., ~inner].any()) and bool(g0[..., inner].any())
+    ref = aggregate(v.double(), i, "queries", weights=None if w is None else w.double(), backend="reference",
+                    **kw)
+    for g, rf in zip(got["1"], ref, strict=True):
+        scale = rf.abs().max()
+        torch.testing.assert_close(g.double().cpu() / scale, rf / scale, rtol=0, atol=1e-5)
+
+
 def test_aggregate_at_the_query_grid_gradients_compose_gather_and_scatter():
     """With a gradient needed, at='queries' composes gather and scatter at the grid."""
     gen = torch.Generator().manual_seed(8)
