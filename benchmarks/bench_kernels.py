@@ -18,7 +18,9 @@ height and width and rounded to 8 bits, with Gaussian noise of SIGMA on the 0..2
 * ``slidewarp`` (CUDA): whole-pixel search without flow (``itype="int"``, wt 2), the sliding
   kernel with its lists kept by the block's threads (``NAPARI_STNLS_CUDA_SLIDE_WARP=0``) or
   by the warps that sum the distances (``=1``), the latter visiting the offsets in plain order
-  (``NAPARI_STNLS_CUDA_SLIDE_ORDER=0``) or centre-first (the default), the ``(ps, ws, k)`` of
+  (``NAPARI_STNLS_CUDA_SLIDE_ORDER=0``) or centre-first (the default), the latter also with
+  the waiting distances inserted in rounds by rank shared by the warp's lanes
+  (``warp_bal``, ``NAPARI_STNLS_CUDA_SLIDE_BAL=1``), the ``(ps, ws, k)`` of
   ``--slidewarp-cases``: the same bits.
 * ``pixtc`` (CUDA): single-pixel search (ps 1, ws 9, wt 2, k 10, products; workloads ``w4``
   and ``b``) on ``torch.rand`` features of each of ``--pixtc-shapes`` (seed 0): the float32
@@ -215,7 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
                 row.update(compare({"block": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "0"},
                                     "warp_plain": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "1",
                                                    "NAPARI_STNLS_CUDA_SLIDE_ORDER": "0"},
-                                    "warp": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "1"}},
+                                    "warp": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "1"},
+                                    "warp_bal": {"NAPARI_STNLS_CUDA_SLIDE_WARP": "1",
+                                                 "NAPARI_STNLS_CUDA_SLIDE_BAL": "1"}},
                                    lambda kw=kw: search(v, v, **kw), device, a.repeats))
                 res["slidewarp"].append(row)
         if "pixtc" in only and device.type == "cuda":

@@ -10,7 +10,8 @@ patch too large for the shared buffer), float32 and float64; then sub-pixel wind
 ``search_topk_subpix`` (``NAPARI_STNLS_SUBPIX=1``), its sliding and box-sum variants, one and
 three channels, at frame borders and in a region; the window kernel with nl_means' patches
 (3 and 4 candidates a lane, the patch side constant or not); the sliding kernel of
-whole-pixel grids, its lists kept by the warps or by the block; the single-pixel search on
+whole-pixel grids, its lists kept by the warps (each lane inserting its own distances, or
+the lanes sharing them: ``NAPARI_STNLS_CUDA_SLIDE_BAL=1``) or by the block; the single-pixel search on
 the matrix units (``NAPARI_STNLS_CUDA_PIX_TC=1``); ``aggregate`` at the query grid through
 the row-walking kernel (``NAPARI_STNLS_CUDA_AGG_ROWS=1``). Prints ``ok`` at the end.
 """
@@ -86,8 +87,8 @@ def main() -> None:
     # the sliding kernel of whole-pixel grids, its lists kept by the warps or by the block:
     # a window wider than the frame, one channel with a region and exclude_self, whole-pixel
     # flows spreading a tile's windows into runs
-    for warp in ("1", "0"):
-        os.environ["NAPARI_STNLS_CUDA_SLIDE_WARP"] = warp
+    for warp, bal in (("1", "0"), ("1", "1"), ("0", "0")):
+        os.environ["NAPARI_STNLS_CUDA_SLIDE_WARP"], os.environ["NAPARI_STNLS_CUDA_SLIDE_BAL"] = warp, bal
         cases = ((3, 7, 21, 10, None, False, 0.0), (1, 5, 9, 32, (1, 3, 2, 19, 3, 27), True, 0.0),
                  (3, 7, 7, 5, None, True, 20.0))
         for C, ps, ws, k, region, excl, amp in cases:
@@ -101,6 +102,7 @@ def main() -> None:
                        itype="int", backend="cuda")
             torch.cuda.synchronize()
     os.environ.pop("NAPARI_STNLS_CUDA_SLIDE_WARP")
+    os.environ.pop("NAPARI_STNLS_CUDA_SLIDE_BAL")
     # the single-pixel search on the matrix units: 64 and 5 channels, a region, whole-pixel
     # flows that spread a tile's windows past the staging buffer, near-duplicate features
     # that leave queries to the float32 search

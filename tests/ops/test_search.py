@@ -811,7 +811,9 @@ def test_the_sliding_kernels_lists_change_no_bit(shape, dtype, flow_amp, kw, mon
     """CUDA's sliding kernel of whole-pixel grids with the lists kept by the warps that sum the
     distances (the default) or by the block's threads (``NAPARI_STNLS_CUDA_SLIDE_WARP=0``), and
     the warps' kernel visiting the offsets centre-first (the default) or in plain order
-    (``NAPARI_STNLS_CUDA_SLIDE_ORDER=0``): the same bits, and the float64 reference's
+    (``NAPARI_STNLS_CUDA_SLIDE_ORDER=0``), each lane inserting its own distances (the default)
+    or the warp's lanes sharing them in rounds by rank (``NAPARI_STNLS_CUDA_SLIDE_BAL=1``):
+    the same bits, and the float64 reference's
     neighbours. A negative ``flow_amp`` quantises the video to that many levels instead."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
@@ -832,8 +834,10 @@ def test_the_sliding_kernels_lists_change_no_bit(shape, dtype, flow_amp, kw, mon
     d0, i0 = search(v.cuda(), v.cuda(), flows=fd, backend="cuda", **kw)
     monkeypatch.setenv("NAPARI_STNLS_CUDA_SLIDE_WARP", "1")
     for order in ("0", "1"):
-        monkeypatch.setenv("NAPARI_STNLS_CUDA_SLIDE_ORDER", order)
-        d1, i1 = search(v.cuda(), v.cuda(), flows=fd, backend="cuda", **kw)
-        assert torch.equal(i1, i0) and torch.equal(d1, d0), order
+        for bal in ("0", "1"):
+            monkeypatch.setenv("NAPARI_STNLS_CUDA_SLIDE_ORDER", order)
+            monkeypatch.setenv("NAPARI_STNLS_CUDA_SLIDE_BAL", bal)
+            d1, i1 = search(v.cuda(), v.cuda(), flows=fd, backend="cuda", **kw)
+            assert torch.equal(i1, i0) and torch.equal(d1, d0), (order, bal)
     assert_rows_match_reference(d1, i1, v, flows, kw, rtol=1e-5, atol=1e-4,
                                 min_untied=0.0 if quantised else 0.9 if kw["k"] < 32 else 0.5)

@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kWarpTiles * 32, 2)
                            int64_t T, int64_t H, int64_t W, int64_t C, int64_t Q, int64_t nt,
                            int ws, int64_t gt0, int64_t gy0, int64_t gx0, int64_t nH, int64_t nW,
                            int64_t nh, int K, bool l2, bool exclude_self, int kcap,
-                           bool centre_first, int64_t* __restrict__ out,
+                           bool centre_first, bool balanced, int64_t* __restrict__ out,
                            float* __restrict__ dout) {
   constexpr int TX = 32 - (PS - 1), TY = kWarpTY, EY = TY + PS - 1, r = PS / 2;
   constexpr int BY = kWarpTiles * TY, EYB = BY + PS - 1;  // the block's query rows, with halo
@@ -67,6 +67,7 @@ __global__ void __launch_bounds__(kWarpTiles * 32, 2)
   float* Ks = reinterpret_cast<float*>(Li + kWarpTiles * TY * TX * K);  // <= kcap key pixels
   __shared__ float buf[kWarpTiles][kSlideRows * TY * 32];  // distances that passed their bar
   __shared__ int2 wst[kWarpTiles][TY][32];   // each query's window start (dy, dx) this frame
+  __shared__ uint16_t wslot[kWarpTiles][TY * 32];  // balanced: a round's (step, row, column)
   __shared__ int gmin[2], gmax[2];
 
   const int64_t bh = blockIdx.z, b = bh / nh, h = bh % nh, tr = blockIdx.y;
@@ -193,28 +194,26 @@ __global__ void __launch_bounds__(kWarpTiles * 32, 2)
                 }
               }
             }
-            // each lane inserts its own candidates into its own lists (one copy of this
-            // code, outside the unrolled steps)
+            // the waiting distances go into their lists (one copy of this code, outside the
+            // unrolled steps)
             if (__any_sync(kAll, bits != 0)) {
               const uint64_t had = bits;
-#pragma unroll 1
-              while (bits) {
-                const int bit = __ffsll(static_cast<long long>(bits)) - 1;
-                bits &= bits - 1;
-                const int st = bit / TY, i = bit - st * TY, dy = dyc + st;
-                const int2 g = wst[warp][i][lane];
+              // the distance of row i, step st, column col into the list of query (i, col):
+              // TopK's insertion, from the end, while the value goes before the entry
+              auto insert = [&](int st, int i, int col) {
+                const int dy = dyc + st;
+                const int2 g = wst[warp][i][col];
                 const int ii = dy - g.x, jj = dx - g.y;
                 if (static_cast<unsigned>(ii) > static_cast<unsigned>(span) ||
                     static_cast<unsigned>(jj) > static_cast<unsigned>(span) ||
                     (exclude_self && s == t && dy == 0 && dx == 0))
-                  continue;  // not a candidate of that query
-                const float vd = wbuf[bit * 32 + lane];
+                  return;  // not a candidate of that query
+                const float vd = wbuf[(st * TY + i) * 32 + col];
                 const int vid = (fw + ii) * ws + jj;
-                float* ld = wLd + (i * TX + lane) * K;
-                int* li = wLi + (i * TX + lane) * K;
-                // TopK's insertion: from the end, while the value goes before the entry
+                float* ld = wLd + (i * TX + col) * K;
+                int* li = wLi + (i * TX + col) * K;
                 int pos = K - 1;
-                if (!goes_before(vd, vid, ld[pos], li[pos], l2)) continue;
+                if (!goes_before(vd, vid, ld[pos], li[pos], l2)) return;
                 while (pos > 0 && goes_before(vd, vid, ld[pos - 1], li[pos - 1], l2)) {
                   ld[pos] = ld[pos - 1];
                   li[pos] = li[pos - 1];
@@ -222,6 +221,60 @@ __global__ void __launch_bounds__(kWarpTiles * 32, 2)
                 }
                 ld[pos] = vd;
                 li[pos] = vid;
+              };
+              if (!balanced) {
+                // each lane inserts its own: as many passes as the busiest lane has distances
+#pragma unroll 1
+                while (bits) {
+                  const int bit = __ffsll(static_cast<long long>(bits)) - 1;
+                  bits &= bits - 1;
+                  const int st = bit / TY;
+                  insert(st, bit - st * TY, lane);
+                }
+              } else {
+                // rounds by rank: round n inserts the n-th waiting distance of every query,
+                // the warp's lanes sharing them (a query's list is touched once a round), as
+                // many passes a round as the round has distances over 32
+                unsigned rm[TY];  // the steps at which row i's distance waits
+#pragma unroll
+                for (int i = 0; i < TY; ++i) {
+                  rm[i] = 0;
+#pragma unroll
+                  for (int st = 0; st < kSlideRows; ++st)
+                    rm[i] |= unsigned((bits >> (st * TY + i)) & 1u) << st;
+                }
+                bits = 0;
+                uint16_t* slots = wslot[warp];
+#pragma unroll 1
+                while (true) {
+                  int n = 0;
+#pragma unroll
+                  for (int i = 0; i < TY; ++i) n += rm[i] != 0;
+                  if (!__any_sync(kAll, n != 0)) break;
+                  int incl = n;  // inclusive prefix sum of n over the lanes
+#pragma unroll
+                  for (int o = 1; o < 32; o <<= 1) {
+                    const int v = __shfl_up_sync(kAll, incl, o);
+                    if (lane >= o) incl += v;
+                  }
+                  const int total = __shfl_sync(kAll, incl, 31);
+                  int at = incl - n;
+#pragma unroll
+                  for (int i = 0; i < TY; ++i) {
+                    if (rm[i]) {
+                      const int st = __ffs(rm[i]) - 1;
+                      rm[i] &= rm[i] - 1;
+                      slots[at++] = static_cast<uint16_t>(st << 8 | i << 5 | lane);
+                    }
+                  }
+                  __syncwarp();
+#pragma unroll 1
+                  for (int e = lane; e < total; e += 32) {
+                    const int code = slots[e];
+                    insert(code >> 8, (code >> 5) & 7, code & 31);
+                  }
+                  __syncwarp();  // the lists and slots are done with for this round
+                }
               }
               // the new bars
               if (had) {
@@ -267,11 +320,11 @@ int64_t slide_warp_kcap(int64_t ps, int64_t PC, int64_t ws) {
 }
 
 // Its shared memory for k and a key budget of kcap floats: the dynamic part (lists and keys)
-// and in all (with the queues and window starts)
+// and in all (with the queues, window starts and the balanced insertion's slots)
 int64_t slide_warp_smem(int64_t ps, int64_t PC, int64_t k, int64_t kcap, bool total) {
   const int64_t TX = 32 - (ps - 1), rows = int64_t(kWarpTiles) * kWarpTY;
   const int64_t dyn = rows * TX * k * 8 + kcap * 4;
-  return total ? dyn + rows * 32 * (4 * kSlideRows + 8) + 16 : dyn;
+  return total ? dyn + rows * 32 * (4 * kSlideRows + 8 + 2) + 16 : dyn;
 }
 
 // Its launch grid's blocks
@@ -297,6 +350,10 @@ void search_topk_slide_warp_cuda(const at::Tensor& queries, const at::Tensor& ke
   // centre-first (read on every call, for timing; no bit changes)
   const char* order = std::getenv("NAPARI_STNLS_CUDA_SLIDE_ORDER");
   const bool centre_first = !(order && *order && std::atoi(order) == 0);
+  // NAPARI_STNLS_CUDA_SLIDE_BAL=1 inserts the waiting distances in rounds by rank shared by
+  // the warp's lanes (read on every call; no bit changes; off until measured on a GPU)
+  const char* bal = std::getenv("NAPARI_STNLS_CUDA_SLIDE_BAL");
+  const bool balanced = bal && *bal && std::atoi(bal) == 1;
   auto run = [&](auto type_tag) {
     using scalar_t = decltype(type_tag);
     auto launch = [&](auto pcn, auto psn) {
@@ -308,7 +365,7 @@ void search_topk_slide_warp_cuda(const at::Tensor& queries, const at::Tensor& ke
       kern<<<blocks, kWarpTiles * 32, smem, stream>>>(
           queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), cen.data_ptr<float>(),
           frm.data_ptr<int64_t>(), T, H, W, C, Q, nt, int(ws), grid[0], grid[1], grid[2],
-          grid[4], grid[5], nheads, int(k), l2, exclude_self, int(kcap), centre_first,
+          grid[4], grid[5], nheads, int(k), l2, exclude_self, int(kcap), centre_first, balanced,
           ids.data_ptr<int64_t>(), dists.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
