@@ -372,20 +372,35 @@ void dispatch_cp(int64_t ch, F&& f) {
 
 }  // namespace
 
+// The staging capacity (pixels) of topk_pix_tc_kernel for Ch channels a head and windows of
+// ws: the tile's windows with a margin for flows that vary within it, shrunk until two blocks
+// fit an SM, at least the windows of a tile with one flow; 0 where even that leaves no room
+// for one block.
+int64_t pix_tc_capacity(int64_t Ch, int64_t ws) {
+  const int64_t cp = Ch <= 8 ? 8 : Ch <= 16 ? 16 : Ch <= 32 ? 32 : 64;  // dispatch_cp
+  const int64_t per_pixel = (cp + 4 + 1) * 4;  // kTcPitch values and a norm
+  constexpr int64_t kStatic = (kTcWarps * 16 * kTcSP + 4) * 4;
+  constexpr int64_t kTwoBlocks = 227 * 1024 / 2 - 1024 - kStatic;
+  constexpr int64_t kOneBlock = 227 * 1024 - 1024 - kStatic;
+  auto cap = [&](int64_t mg) { return (kTcY - 1 + ws + mg) * (kTcX - 1 + ws + mg); };
+  int64_t margin = 8;
+  while (margin > 0 && cap(margin) * per_pixel > kTwoBlocks) margin /= 2;
+  return cap(margin) * per_pixel <= kOneBlock ? cap(margin) : 0;
+}
+
 int pix_tc_mode(const at::Tensor& queries, int64_t stride0, int64_t s1, int64_t nheads,
                 int64_t k, int64_t nt, int64_t ws) {
   const char* e = std::getenv("NAPARI_STNLS_CUDA_PIX_TC");  // read on every call, for timing
   const int mode = !e ? 0 : std::string(e) == "1" ? 1 : std::string(e) == "2" ? 2 : 0;
+  const int64_t Ch = queries.size(4) / nheads;
   const bool fits = queries.scalar_type() == at::kFloat && stride0 == 1 && s1 == 1 && k >= 1 &&
-                    k <= 16 && queries.size(4) / nheads <= 64 && nt * ws * ws < INT_MAX;
+                    k <= 16 && Ch <= 64 && nt * ws * ws < INT_MAX && pix_tc_capacity(Ch, ws) > 0;
   return fits ? mode : 0;
 }
 
 // Host side of topk_pix_tc_kernel and topk_pix_redo_kernel (the latter launched over every
 // query, each thread returning at once where its query is proven; mode 2, for the tests,
-// leaves the flagged queries out instead, as NaN distances and ids 0, to show which were). The staging capacity
-// covers the tile's windows with a margin for flows that vary within it, shrunk until two
-// blocks fit an SM.
+// leaves the flagged queries out instead, as NaN distances and ids 0, to show which were).
 std::tuple<at::Tensor, at::Tensor> search_topk_pix_tc_cuda(
     const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& centres,
     const at::Tensor& frames, at::IntArrayRef grid, int64_t nheads, int64_t k, bool l2,
@@ -400,14 +415,9 @@ std::tuple<at::Tensor, at::Tensor> search_topk_pix_tc_cuda(
   auto redo = at::zeros({B * nheads * Q}, queries.options().dtype(at::kByte));
   const int64_t Ch = C / nheads;
   const int64_t cp = Ch <= 8 ? 8 : Ch <= 16 ? 16 : Ch <= 32 ? 32 : 64;  // dispatch_cp
-  const int64_t per_pixel = (cp + 4 + 1) * 4;  // kTcPitch values and a norm
-  constexpr int64_t kStatic = (kTcWarps * 16 * kTcSP + 4) * 4;
-  constexpr int64_t kTwoBlocks = 227 * 1024 / 2 - 1024 - kStatic;
-  int64_t margin = 8;
-  auto cap = [&](int64_t mg) { return (kTcY - 1 + ws + mg) * (kTcX - 1 + ws + mg); };
-  while (margin > 0 && cap(margin) * per_pixel > kTwoBlocks) margin /= 2;
-  const int64_t capacity = cap(margin);
-  const size_t smem = size_t(capacity * per_pixel);
+  const int64_t capacity = pix_tc_capacity(Ch, ws);
+  TORCH_CHECK(capacity > 0, "search_topk_pix_tc_cuda: windows too large to stage");
+  const size_t smem = size_t(capacity * (cp + 4 + 1) * 4);  // kTcPitch values and a norm
   const auto frm = frames.contiguous();
   const auto cen = centres.to(at::kFloat).contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
