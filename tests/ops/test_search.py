@@ -667,8 +667,8 @@ def test_single_pixel_matrix_units_give_the_float32_bits(shape, nheads, dist, k,
     elif flow_amp < 0:
         flows = tuple(torch.round((torch.rand(B, T, 2, H, W, generator=gen) * 2 - 1) * flow_amp)
                       for _ in range(2))
-    kw = dict(ps=1, ws=9, wt=2, k=k, dist=dist, nheads=nheads, exclude_self=True,
-              region=(0, T, 0, H, 0, W))
+    kw = dict(ps=1, ws=9, wt=2, k=k, dist=dist, nheads=nheads, exclude_self=True, itype="int",
+              region=(0, T, 0, H, 0, W))  # (integer positions: whole-pixel kernels with flows too)
     vd = v.cuda()
     fd = None if flows is None else tuple(f.cuda() for f in flows)
     monkeypatch.setenv("NAPARI_STNLS_CUDA_PIX_TC", "0")
