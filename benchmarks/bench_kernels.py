@@ -245,25 +245,25 @@ def main(argv: list[str] | None = None) -> dict:
                                                                             "NAPARI_STNLS_CUDA_WINPS": c}
                                     for nc in "43" for c in "01"},
                                    lambda: search(v, v, flows=flows, **nlm), device, a.repeats)
+        def aggregate_row(row: dict, kw: dict, fl, prefix: str, switch: str, values: str) -> dict:
+            """``row`` with the times of aggregate (weighted, at the queries) after the search
+            ``kw`` along ``fl``, under each value of the environment variable ``switch``
+            (variants named ``prefix`` + the value)."""
+            d, i = search(v, v, flows=fl, **kw)
+            w = torch.exp(-d / d.mean())
+            row.update(compare({f"{prefix}{e}": {switch: e} for e in values},
+                               lambda: aggregate(v, i, "queries", weights=w, ps=kw["ps"]),
+                               device, a.repeats))
+            return row
+
         if "agg4" in only and device.type == "cuda":
             for k in (24, 10):
-                d, i = search(v, v, flows=flows, **{**nlm, "k": k})
-                w = torch.exp(-d / d.mean())
-                row = {"k": k}
-                row.update(compare({f"agg4_{e}": {"NAPARI_STNLS_CUDA_AGG4": e} for e in "012"},
-                                   lambda i=i, w=w: aggregate(v, i, "queries", weights=w, ps=7),
-                                   device, a.repeats))
-                res["agg4"].append(row)
+                res["agg4"].append(aggregate_row({"k": k}, {**nlm, "k": k}, flows, "agg4_",
+                                                 "NAPARI_STNLS_CUDA_AGG4", "012"))
         if "aggrows" in only and device.type == "cuda":
             for name, kw, fl in (("a", dict(ps=7, ws=21, wt=2, k=10), None), ("nl_means", nlm, flows)):
-                d, i = search(v, v, flows=fl, **kw)
-                w = torch.exp(-d / d.mean())
-                row = {"search": name}
-                row.update(compare({f"rows{e}": {"NAPARI_STNLS_CUDA_AGG_ROWS": e} for e in "01"},
-                                   lambda i=i, w=w: aggregate(v, i, "queries", weights=w, ps=7),
-                                   device, a.repeats))
-                res["aggrows"].append(row)
-                del d, i, w
+                res["aggrows"].append(aggregate_row({"search": name}, kw, fl, "rows",
+                                                    "NAPARI_STNLS_CUDA_AGG_ROWS", "01"))
     return emit_report(res, a.out)
 
 

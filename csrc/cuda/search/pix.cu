@@ -204,21 +204,6 @@ __global__ void __launch_bounds__(kPY* kPX, 1)
   if (active) top.write(dout + (bh * Q + q) * K, out + (bh * Q + q) * K, K, l2);
 }
 
-template <typename F>
-void dispatch_cmax(int64_t ch, F&& f) {
-  if (ch <= 4) {
-    f(std::integral_constant<int, 4>{});
-  } else if (ch <= 8) {
-    f(std::integral_constant<int, 8>{});
-  } else if (ch <= 16) {
-    f(std::integral_constant<int, 16>{});
-  } else if (ch <= 32) {
-    f(std::integral_constant<int, 32>{});
-  } else {
-    f(std::integral_constant<int, 64>{});
-  }
-}
-
 }  // namespace
 
 // Host side of topk_pix_kernel. The staging capacity covers the windows of a tile when the
@@ -239,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_pix_cuda(const at::Tensor& querie
   const int64_t Ch = C / nheads;
   const bool dbl = queries.scalar_type() == at::kDouble;
   const int64_t acc_bytes = dbl ? 8 : 4;
-  const int64_t cmax = Ch <= 4 ? 4 : Ch <= 8 ? 8 : Ch <= 16 ? 16 : Ch <= 32 ? 32 : 64;  // dispatch_cmax
+  const int64_t cmax = channel_capacity(Ch, 4);  // dispatch_channels<4>'s
   const int64_t pitch = cmax + (dbl ? 1 : 4);  // kPixPitch
   const int64_t span = (ws - 1) * s1 + 1;
   int64_t margin = 8;
@@ -263,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_pix_cuda(const at::Tensor& querie
                                   "search_topk_pix_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto cen = centres.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    dispatch_cmax(Ch, [&](auto cmax) {
+    dispatch_channels<4>(Ch, [&](auto cmax) {
       constexpr int CM = decltype(cmax)::value;
       auto kern = topk_pix_kernel<scalar_t, acc_t, 16, CM>;
       TORCH_CHECK((kPixPitch<acc_t, CM>) == pitch, "search_topk_pix_cuda: pitch mismatch");

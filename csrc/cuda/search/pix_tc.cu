@@ -357,19 +357,6 @@ __global__ void topk_pix_redo_kernel(const float* __restrict__ qdata, const floa
   top.write(dout + row * K, out + row * K, K, l2);
 }
 
-template <typename F>
-void dispatch_cp(int64_t ch, F&& f) {
-  if (ch <= 8) {
-    f(std::integral_constant<int, 8>{});
-  } else if (ch <= 16) {
-    f(std::integral_constant<int, 16>{});
-  } else if (ch <= 32) {
-    f(std::integral_constant<int, 32>{});
-  } else {
-    f(std::integral_constant<int, 64>{});
-  }
-}
-
 }  // namespace
 
 // The staging capacity (pixels) of topk_pix_tc_kernel for Ch channels a head and windows of
@@ -377,7 +364,7 @@ void dispatch_cp(int64_t ch, F&& f) {
 // fit an SM, at least the windows of a tile with one flow; 0 where even that leaves no room
 // for one block.
 int64_t pix_tc_capacity(int64_t Ch, int64_t ws) {
-  const int64_t cp = Ch <= 8 ? 8 : Ch <= 16 ? 16 : Ch <= 32 ? 32 : 64;  // dispatch_cp
+  const int64_t cp = channel_capacity(Ch, 8);  // dispatch_channels<8>'s
   const int64_t per_pixel = (cp + 4 + 1) * 4;  // kTcPitch values and a norm
   constexpr int64_t kStatic = (kTcWarps * 16 * kTcSP + 4) * 4;
   constexpr int64_t kTwoBlocks = 227 * 1024 / 2 - 1024 - kStatic;
@@ -414,7 +401,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_pix_tc_cuda(
   if (ids.numel() == 0) return {dists, ids};
   auto redo = at::zeros({B * nheads * Q}, queries.options().dtype(at::kByte));
   const int64_t Ch = C / nheads;
-  const int64_t cp = Ch <= 8 ? 8 : Ch <= 16 ? 16 : Ch <= 32 ? 32 : 64;  // dispatch_cp
+  const int64_t cp = channel_capacity(Ch, 8);  // dispatch_channels<8>'s
   const int64_t capacity = pix_tc_capacity(Ch, ws);
   TORCH_CHECK(capacity > 0, "search_topk_pix_tc_cuda: windows too large to stage");
   const size_t smem = size_t(capacity * (cp + 4 + 1) * 4);  // kTcPitch values and a norm
@@ -424,7 +411,7 @@ std::tuple<at::Tensor, at::Tensor> search_topk_pix_tc_cuda(
   const dim3 blocks = tile_blocks(grid, kTcY, kTcX, B * nheads);
   const float* qd = queries.data_ptr<float>();
   const float* kd = keys.data_ptr<float>();
-  dispatch_cp(Ch, [&](auto cpv) {
+  dispatch_channels<8>(Ch, [&](auto cpv) {
     constexpr int CP = decltype(cpv)::value;
     auto kern = topk_pix_tc_kernel<CP>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -49,6 +49,23 @@ inline dim3 tile_blocks(at::IntArrayRef grid, int64_t ty, int64_t tx, int64_t bh
               static_cast<unsigned>(bh));
 }
 
+// The smallest power of two in lo .. 64 that holds ch channels (the single-pixel kernels'
+// channel capacities; ch <= 64), and a call of f(std::integral_constant<int, it>{})
+inline int64_t channel_capacity(int64_t ch, int64_t lo) {
+  int64_t n = lo;
+  while (n < ch && n < 64) n *= 2;
+  return n;
+}
+
+template <int LO, typename F>
+void dispatch_channels(int64_t ch, F&& f) {
+  if (LO >= ch || LO == 64) {
+    f(std::integral_constant<int, LO>{});
+  } else if constexpr (LO < 64) {
+    dispatch_channels<LO * 2>(ch, f);
+  }
+}
+
 // The staged kernel's tile (stage.cu)
 constexpr int kSY = 16, kSX = 16, kSW = 8;  // tile of kSY x kSX queries, kSW warps
 constexpr int kRP = 18;  // pitch of the row sums: the two half-warps of step 3 on other banks
