@@ -125,29 +125,10 @@ __global__ void __launch_bounds__(kPY* kPX, 1)
     if (ylo == INT_MAX) continue;  // no active thread in this tile (uniform across the block)
     const bool staged = static_cast<int64_t>(RH) * RW <= capacity;
     if (staged) {
-      // a warp per staged row, lanes over (pixel, channel): coalesced reads, conflict-free
-      // stores, kPixBatch loads in flight before their stores
-      constexpr int CP = kPixPitch<acc_t, CMAX>;
-      const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_el = RW * CMAX;
-      for (int u = warp; u < RH; u += kPY * kPX / 32) {
-        const int64_t yrow = (s * H + reflect(py0 + ylo + u, H)) * W;
-        acc_t* srow = S + u * RW * CP;
-        for (int e0 = lane; e0 < n_el; e0 += 32 * kPixBatch) {
-          acc_t buf[kPixBatch];
-#pragma unroll
-          for (int j = 0; j < kPixBatch; ++j) {
-            const int e = e0 + 32 * j, v = e / CMAX, c = e % CMAX;
-            buf[j] = acc_t(0);
-            if (e < n_el && c < Ch)
-              buf[j] = static_cast<acc_t>(kv[(yrow + reflect(px0 + xlo + v, W)) * C + c0 + c]);
-          }
-#pragma unroll
-          for (int j = 0; j < kPixBatch; ++j) {
-            const int e = e0 + 32 * j;
-            if (e < n_el) srow[(e / CMAX) * CP + e % CMAX] = buf[j];
-          }
-        }
-      }
+      // a warp per staged row (stage_pixels)
+      stage_pixels<CMAX, kPixBatch>(S, kv, s, H, W, C, c0, Ch, py0 + ylo, px0 + xlo, RH, RW,
+                                    kPixPitch<acc_t, CMAX>, threadIdx.x >> 5, kPY * kPX / 32,
+                                    threadIdx.x & 31);
       __syncthreads();
     }
     if (active && staged) {

@@ -187,28 +187,8 @@ __global__ void __launch_bounds__(kTcThreads, 2)
       break;
     }
     const int64_t s = frames[q_first * nt + f];
-    // stage: a warp per row, lanes over (pixel, channel), kTcBatch loads in flight
-    {
-      const int n_el = RW * CP;
-      for (int u = warp; u < RH; u += kTcWarps) {
-        const int64_t yrow = (s * H + reflect(py0 + ylo + u, H)) * W;
-        float* srow = S + u * RW * P;
-        for (int e0 = lane; e0 < n_el; e0 += 32 * kTcBatch) {
-          float buf[kTcBatch];
-#pragma unroll
-          for (int j = 0; j < kTcBatch; ++j) {
-            const int e = e0 + 32 * j, v = e / CP, c = e % CP;
-            buf[j] = 0.f;
-            if (e < n_el && c < Ch) buf[j] = kv[(yrow + reflect(px0 + xlo + v, W)) * C + c0 + c];
-          }
-#pragma unroll
-          for (int j = 0; j < kTcBatch; ++j) {
-            const int e = e0 + 32 * j;
-            if (e < n_el) srow[(e / CP) * P + e % CP] = buf[j];
-          }
-        }
-      }
-    }
+    stage_pixels<CP, kTcBatch>(S, kv, s, H, W, C, c0, Ch, py0 + ylo, px0 + xlo, RH, RW, P, warp,
+                               kTcWarps, lane);
     __syncthreads();
     for (int p = threadIdx.x; p < RH * RW; p += kTcThreads) {
       float n2 = 0.f;

@@ -49,6 +49,38 @@ inline dim3 tile_blocks(at::IntArrayRef grid, int64_t ty, int64_t tx, int64_t bh
               static_cast<unsigned>(bh));
 }
 
+// Stages RH x RW pixels of frame s of the channels-last video kv (B item's), from pixel
+// (y0, x0) on (mirrored), into S for the single-pixel kernels: pixel-major, `pitch` values
+// apart, channels c0 .. c0 + Ch - 1 of C, then zeros up to CMAX. Warp `warp` of nw takes rows
+// warp, warp + nw, ...; its lanes go over (pixel, channel): coalesced reads, conflict-free
+// stores, BATCH loads in flight before their stores.
+template <int CMAX, int BATCH, typename acc_t, typename scalar_t>
+__device__ __forceinline__ void stage_pixels(acc_t* S, const scalar_t* __restrict__ kv, int64_t s,
+                                             int64_t H, int64_t W, int64_t C, int64_t c0, int Ch,
+                                             int64_t y0, int64_t x0, int RH, int RW, int pitch,
+                                             int warp, int nw, int lane) {
+  const int n_el = RW * CMAX;
+  for (int u = warp; u < RH; u += nw) {
+    const int64_t yrow = (s * H + reflect(y0 + u, H)) * W;
+    acc_t* srow = S + u * RW * pitch;
+    for (int e0 = lane; e0 < n_el; e0 += 32 * BATCH) {
+      acc_t buf[BATCH];
+#pragma unroll
+      for (int j = 0; j < BATCH; ++j) {
+        const int e = e0 + 32 * j, v = e / CMAX, c = e % CMAX;
+        buf[j] = acc_t(0);
+        if (e < n_el && c < Ch)
+          buf[j] = static_cast<acc_t>(kv[(yrow + reflect(x0 + v, W)) * C + c0 + c]);
+      }
+#pragma unroll
+      for (int j = 0; j < BATCH; ++j) {
+        const int e = e0 + 32 * j;
+        if (e < n_el) srow[(e / CMAX) * pitch + e % CMAX] = buf[j];
+      }
+    }
+  }
+}
+
 // The smallest power of two in lo .. 64 that holds ch channels (the single-pixel kernels'
 // channel capacities; ch <= 64), and a call of f(std::integral_constant<int, it>{})
 inline int64_t channel_capacity(int64_t ch, int64_t lo) {
