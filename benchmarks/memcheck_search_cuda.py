@@ -4,7 +4,8 @@
     compute-sanitizer --tool memcheck --error-exitcode 3 python benchmarks/memcheck_search_cuda.py
 
 ``itype`` int and float, without and with a sub-pixel flow, L2 and product distances, one
-and two heads, deterministic mode off and on; then ``search_dists``' backward alone on
+and two heads, deterministic mode off and on, and the backward with 16-byte atomics
+(``NAPARI_STNLS_CUDA_BWD=v4``); then ``search_dists``' backward alone on
 patches of 3, 36 and 784 values a head (one group of lanes per neighbour or several, and the
 patch too large for the shared buffer), float32 and float64; then sub-pixel windows through
 ``search_topk_subpix`` (``NAPARI_STNLS_SUBPIX=1``), its sliding and box-sum variants, one and
@@ -49,7 +50,20 @@ def main() -> None:
                     (d * torch.rand(d.shape, generator=gen).cuda()).sum().backward()
                     torch.cuda.synchronize()
     torch.use_deterministic_algorithms(False)
-    for dtype in (torch.float32, torch.float64):
+    # the backward with 16-byte atomics: 3 channels padded to 4, heads of 4, sub-pixel taps
+    os.environ["NAPARI_STNLS_CUDA_BWD"] = "v4"
+    for C, nheads, flow in ((3, 1, False), (3, 1, True), (8, 2, True)):
+        v = torch.rand(B, T, C, H, W, generator=gen).cuda().requires_grad_()
+        flows = None
+        if flow:
+            flows = tuple((1.7 * torch.randn(B, T, 2, H, W, generator=gen)).cuda().requires_grad_()
+                          for _ in range(2))
+        d, i = search(v, v, ps=5, ws=7, wt=1, k=6, flows=flows, nheads=nheads, backend="cuda")
+        d.sum().backward()
+        torch.cuda.synchronize()
+    os.environ.pop("NAPARI_STNLS_CUDA_BWD")
+    for bwd, dtype in (("", torch.float32), ("", torch.float64), ("v4", torch.float32)):
+        os.environ["NAPARI_STNLS_CUDA_BWD"] = bwd  # v4: 784 values a head, past the shared buffer
         for ps, C, nh in ((1, 3, 1), (3, 4, 2), (7, 16, 1)):
             q = torch.rand(2, 3, 9, 11, C, generator=gen, dtype=dtype).cuda().requires_grad_()
             coords = torch.stack([torch.randint(0, n, (13,), generator=gen) for n in (3, 9, 11)], -1).cuda()
@@ -59,6 +73,7 @@ def main() -> None:
             d = torch.ops.napari_stnls.search_dists(q, q, coords, kpos, ps, 2, 1, True)
             d.sum().backward()
             torch.cuda.synchronize()
+    os.environ.pop("NAPARI_STNLS_CUDA_BWD")
     # the window kernel on sub-pixel windows with nl_means' patches: 3 and 4 candidates a lane,
     # the patch side as a constant and not
     os.environ["NAPARI_STNLS_SUBPIX"] = "0"

@@ -91,7 +91,8 @@ def run_case(shape, itype: str, flow: str | None, repeats: int, top: int) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--modes", default="warp", help="backward kernels: warp (the default), thread")
+    ap.add_argument("--modes", default="warp",
+                    help="backward kernels: warp (the default), thread, v4 (16-byte atomics)")
     ap.add_argument("--shape", default="1,5,3,540,960")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--top", type=int, default=8)

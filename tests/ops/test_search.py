@@ -633,6 +633,49 @@ def test_single_pixel_patches_on_larger_videos(impl_held_to_reference, C, nheads
 
 @pytest.mark.cuda
 @pytest.mark.parametrize(
+    "shape,kw,flow",
+    [
+        ((1, 3, 3, 23, 31), dict(ps=7, ws=7, wt=1, k=6, itype="int"), False),  # w3's patches
+        ((2, 3, 3, 21, 26), dict(ps=5, ws=5, wt=1, k=5), True),  # sub-pixel: taps and positions
+        ((1, 3, 8, 19, 24), dict(ps=3, ws=5, wt=1, k=4, nheads=2, dist="prod"), False),  # 4 a head
+        ((1, 3, 64, 17, 20), dict(ps=1, ws=5, wt=1, k=10, dist="prod"), False),  # w4's features
+        ((1, 4, 1, 22, 25), dict(ps=3, ws=7, wt=1, k=7, stride0=2, region=(1, 4, 2, 20, 1, 24)), True),
+    ],
+)
+def test_the_vector_atomic_backward_gives_the_same_gradients(shape, kw, flow, monkeypatch):
+    """CUDA's search backward with 16-byte atomic adds (``NAPARI_STNLS_CUDA_BWD=v4``, which
+    the profiler shows running) gives the default backward's gradients to the queries, the
+    keys and the flows, up to the order of the atomic additions."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    B, T, C, H, W = shape
+    gen = torch.Generator().manual_seed(C * H + W)
+    v = torch.rand(shape, generator=gen)
+    u = torch.rand(shape, generator=gen)
+    flows = None
+    if flow:
+        flows = tuple(_smooth_flow(gen, B, T, H, W, 1.7, torch.float32) for _ in range(2))
+    wgt = torch.rand(B, kw.get("nheads", 1), 1, 1, generator=gen)
+    grads = {}
+    for mode in ("", "v4"):
+        monkeypatch.setenv("NAPARI_STNLS_CUDA_BWD", mode)
+        q, k = v.cuda().requires_grad_(), u.cuda().requires_grad_()
+        fl = None if flows is None else tuple(f.cuda().requires_grad_() for f in flows)
+        d, _ = search(q, k, flows=fl, backend="cuda", **kw)
+        loss = (d * wgt.cuda()).sum()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            loss.backward()
+            torch.cuda.synchronize()
+        names = " ".join(e.key for e in prof.key_averages())
+        assert ("dists_backward_v4_kernel" in names) == (mode == "v4"), names
+        grads[mode] = [q.grad, k.grad] + ([] if fl is None else [f.grad for f in fl])
+    for a, b in zip(grads[""], grads["v4"], strict=True):
+        scale = float(a.abs().max())
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
     "shape,nheads,dist,k,flow_amp,feature",
     [
         ((1, 5, 64, 37, 52), 1, "prod", 10, 0.0, "rand"),  # workload B's search, border tiles

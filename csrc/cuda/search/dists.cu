@@ -242,6 +242,160 @@ __global__ void __launch_bounds__(kThreads) dists_backward_kernel(
     }
 }
 
+// The same backward with 16-byte atomics (float32, sm_90's red.global.add.v4.f32): a lane's
+// element is a patch pixel's group of 4 channels of the head, (dt, a, bb, v) in that order,
+// and each of its query and key gradient adds is one vector add into buffers of C4 channels a
+// pixel (4 where the head's channels were padded to 4, else C) whose head starts at channel
+// cb (a multiple of 4): a third of the atomics for 3 channels, a quarter for multiples of 4.
+// The values added are dists_backward_kernel's, channel for channel.
+__device__ __forceinline__ void red_add4(float* p, float a, float b, float c, float d) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(a), "f"(b), "f"(c),
+               "f"(d)
+               : "memory");
+}
+
+template <typename pos_t>
+__global__ void __launch_bounds__(kThreads) dists_backward_v4_kernel(
+    const float* __restrict__ grad, const float* __restrict__ qdata,
+    const float* __restrict__ kdata, const int64_t* __restrict__ coords,
+    const pos_t* __restrict__ kpos, int64_t B, int64_t T, int64_t H, int64_t W, int64_t C,
+    int64_t nh, int64_t Q, int64_t K, int ps, int pt, int dil, bool l2, bool need_q, bool need_k,
+    bool need_pos, int G, int J, bool cached, int C4, float* __restrict__ gq,
+    float* __restrict__ gk, pos_t* __restrict__ gpos) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
+  if (n >= B * nh * Q) return;  // uniform over the warp
+  // (cached) per warp: J * 32 query vectors, then J * 32 query-gradient sums
+  float4* qval = reinterpret_cast<float4*>(smem_raw) + static_cast<int64_t>(warp) * J * 64;
+  float4* qacc = qval + J * 32;
+  const int64_t q = n % Q, h = (n / Q) % nh, b = n / (Q * nh);
+  const int Ch = static_cast<int>(C / nh), NV = (Ch + 3) / 4, n_el = pt * ps * ps * NV;
+  const int64_t video = T * H * W * C, c0 = h * Ch, gvideo = T * H * W * C4;
+  const int64_t cb = C4 == C ? c0 : 0;
+  const int gl = lane & (G - 1), group = lane / G, NG = 32 / G;
+  const Pos<float> qp =
+      make_pos<float>(coords[q * 3], float(coords[q * 3 + 1]), float(coords[q * 3 + 2]), false);
+  const float* qv = qdata + b * video;
+  const float* kv = kdata + b * video;
+  float* gqb = gq + b * gvideo;
+  float* gkb = gk + b * gvideo;
+  // element e: patch pixel (dt, a, bb) and channels 4 vi .. 4 vi + 3 of the head
+  auto unpack = [&](int e, int& dt, int& a, int& bb, int& vi) {
+    vi = e % NV;
+    bb = (e / NV) % ps;
+    a = (e / NV / ps) % ps;
+    dt = e / NV / ps / ps;
+  };
+  auto load4 = [&](const float* v, const Pos<float>& p, const Px& o, int vi) {
+    float x[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) x[u] = 4 * vi + u < Ch ? value(v, C, p, o, c0 + 4 * vi + u) : 0.f;
+    return make_float4(x[0], x[1], x[2], x[3]);
+  };
+  if (cached)
+    for (int j = 0; j < J; ++j) {
+      const int e = gl + j * G;
+      if (e < n_el) {
+        int dt, a, bb, vi;
+        unpack(e, dt, a, bb, vi);
+        qval[j * 32 + lane] = load4(qv, qp, locate(qp, dt, a, bb, T, H, W, ps, dil), vi);
+        qacc[j * 32 + lane] = make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    }
+  for (int64_t r0 = 0; r0 < K; r0 += NG) {
+    const int64_t r = r0 + group;
+    const bool live = r < K;
+    const int64_t nk = n * K + (live ? r : 0);
+    const float g = live ? grad[nk] : 0.f;
+    const Pos<float> kp = load_pos<float>(kpos + nk * 3, need_pos);
+    const float wy0 = kp.sy ? 1.f - kp.fy : 1.f, wx0 = kp.sx ? 1.f - kp.fx : 1.f;
+    float gy = 0, gx = 0;
+    if (live)
+      for (int j = 0; j < J; ++j) {
+        const int e = gl + j * G;
+        if (e >= n_el) break;
+        int dt, a, bb, vi;
+        unpack(e, dt, a, bb, vi);
+        const Px ko = locate(kp, dt, a, bb, T, H, W, ps, dil);
+        const float4 q4 = cached ? qval[j * 32 + lane]
+                                 : load4(qv, qp, locate(qp, dt, a, bb, T, H, W, ps, dil), vi);
+        const float4 k4 = load4(kv, kp, ko, vi);
+        const float qa[4] = {q4.x, q4.y, q4.z, q4.w}, ka[4] = {k4.x, k4.y, k4.z, k4.w};
+        float dq[4], dk[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          dq[u] = l2 ? 2.f * (qa[u] - ka[u]) : ka[u];
+          dk[u] = l2 ? -dq[u] : qa[u];
+        }
+        if (need_q) {
+          if (cached) {
+            float4& acc = qacc[j * 32 + lane];
+            acc.x += g * dq[0];
+            acc.y += g * dq[1];
+            acc.z += g * dq[2];
+            acc.w += g * dq[3];
+          } else {
+            const Px qo = locate(qp, dt, a, bb, T, H, W, ps, dil);
+            red_add4(gqb + (qo.r0 + qo.c0) * C4 + cb + 4 * vi, g * dq[0], g * dq[1], g * dq[2],
+                     g * dq[3]);
+          }
+        }
+        if (need_k) {
+          const float gv[4] = {g * dk[0], g * dk[1], g * dk[2], g * dk[3]};
+          auto tap = [&](int64_t pix, float wy, float wx) {
+            const float w = wy * wx;
+            red_add4(gkb + pix * C4 + cb + 4 * vi, gv[0] * w, gv[1] * w, gv[2] * w, gv[3] * w);
+          };
+          tap(ko.r0 + ko.c0, wy0, wx0);
+          if (kp.sx) tap(ko.r0 + ko.c1, wy0, kp.fx);
+          if (kp.sy) {
+            tap(ko.r1 + ko.c0, kp.fy, wx0);
+            if (kp.sx) tap(ko.r1 + ko.c1, kp.fy, kp.fx);
+          }
+        }
+        if (need_pos) {
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int64_t ch = c0 + 4 * vi + u;
+            if (4 * vi + u >= Ch) break;
+            const float v00 = kv[(ko.r0 + ko.c0) * C + ch], v01 = kv[(ko.r0 + ko.c1) * C + ch];
+            const float v10 = kv[(ko.r1 + ko.c0) * C + ch], v11 = kv[(ko.r1 + ko.c1) * C + ch];
+            gy += g * dk[u] * ((1.f - kp.fx) * (v10 - v00) + kp.fx * (v11 - v01));
+            gx += g * dk[u] * ((1.f - kp.fy) * (v01 - v00) + kp.fy * (v11 - v10));
+          }
+        }
+      }
+    if (need_pos) {  // need_pos is uniform over the warp: every lane shuffles
+      for (int o = G / 2; o > 0; o >>= 1) {
+        gy += __shfl_xor_sync(0xffffffffu, gy, o);
+        gx += __shfl_xor_sync(0xffffffffu, gx, o);
+      }
+      if (live && gl == 0) {
+        gpos[nk * 3 + 1] = static_cast<pos_t>(gy);
+        gpos[nk * 3 + 2] = static_cast<pos_t>(gx);
+      }
+    }
+  }
+  if (need_q && cached)
+    for (int j = 0; j < J; ++j) {
+      const int e = gl + j * G;
+      float4 v = e < n_el ? qacc[j * 32 + lane] : make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int o = G; o < 32; o <<= 1) {
+        v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
+        v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
+        v.z += __shfl_xor_sync(0xffffffffu, v.z, o);
+        v.w += __shfl_xor_sync(0xffffffffu, v.w, o);
+      }
+      if (group == 0 && e < n_el) {
+        int dt, a, bb, vi;
+        unpack(e, dt, a, bb, vi);
+        const Px qo = locate(qp, dt, a, bb, T, H, W, ps, dil);
+        red_add4(gqb + (qo.r0 + qo.c0) * C4 + cb + 4 * vi, v.x, v.y, v.z, v.w);
+      }
+    }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
     const at::Tensor& grad, const at::Tensor& queries, const at::Tensor& keys,
     const at::Tensor& coords, const at::Tensor& kpos, int64_t ps, int64_t pt, int64_t dilation,
@@ -280,6 +434,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
       const size_t smem = cached ? static_cast<size_t>(need) : 0;
       const char* env = std::getenv("NAPARI_STNLS_CUDA_BWD");
       const bool thread = env && std::string(env) == "thread";
+      // NAPARI_STNLS_CUDA_BWD=v4: 16-byte atomics (see dists_backward_v4_kernel), for float32
+      // with one head of at most 4 channels (buffers padded to 4) or heads of a multiple of 4
+      const int64_t Ch = C / nh;
+      const bool v4 = env && std::string(env) == "v4" && std::is_same<scalar_t, float>::value &&
+                      ((nh == 1 && Ch <= 4) || Ch % 4 == 0);
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        if (v4) {
+          const int64_t C4 = Ch % 4 == 0 ? C : 4;
+          const int nv_el = static_cast<int>(pt * ps * ps * ((Ch + 3) / 4));
+          int G4 = 1;
+          while (G4 < nv_el && G4 < 32) G4 *= 2;
+          const int J4 = (nv_el + G4 - 1) / G4;
+          const int64_t need4 = per_block * J4 * 64 * 16;
+          const bool cached4 = need4 <= 48 * 1024;
+          // (gq and gk themselves where no channel is padded)
+          auto pad = [&](const at::Tensor& buf) {
+            return C4 == C ? buf : at::zeros({B, T, H, W, C4}, buf.options());
+          };
+          auto gq4 = pad(gq), gk4 = pad(gk);
+          AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_backward_v4_pos", [&] {
+            dists_backward_v4_kernel<scalar_t><<<blocks, kThreads, cached4 ? need4 : 0, stream>>>(
+                g.data_ptr<float>(), queries.data_ptr<float>(), keys.data_ptr<float>(),
+                crd.data_ptr<int64_t>(), pos.data_ptr<scalar_t>(), B, T, H, W, C, nh, Q, K,
+                int(ps), int(pt), int(dilation), l2, needs[0], needs[1], needs[2] && sub, G4, J4,
+                cached4, int(C4), gq4.data_ptr<float>(), gk4.data_ptr<float>(),
+                sub ? gpos.data_ptr<scalar_t>() : nullptr);
+          });
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          gq = C4 == C ? gq4 : gq4.narrow(4, 0, C).contiguous();
+          gk = C4 == C ? gk4 : gk4.narrow(4, 0, C).contiguous();
+          return;
+        }
+      }
       AT_DISPATCH_ALL_TYPES(pos.scalar_type(), "search_dists_backward_cuda_pos", [&] {
         if (thread) {
           dists_backward_thread_kernel<video_t, acc_t, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
