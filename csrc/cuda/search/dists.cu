@@ -343,9 +343,9 @@ __global__ void __launch_bounds__(kThreads) dists_backward_v4_kernel(
         }
         if (need_k) {
           const float gv[4] = {g * dk[0], g * dk[1], g * dk[2], g * dk[3]};
-          auto tap = [&](int64_t pix, float wy, float wx) {
-            const float w = wy * wx;
-            red_add4(gkb + pix * C4 + cb + 4 * vi, gv[0] * w, gv[1] * w, gv[2] * w, gv[3] * w);
+          auto tap = [&](int64_t pix, float wy, float wx) {  // (gv wy) wx, as the scalar adds
+            red_add4(gkb + pix * C4 + cb + 4 * vi, gv[0] * wy * wx, gv[1] * wy * wx,
+                     gv[2] * wy * wx, gv[3] * wy * wx);
           };
           tap(ko.r0 + ko.c0, wy0, wx0);
           if (kp.sx) tap(ko.r0 + ko.c1, wy0, kp.fx);
