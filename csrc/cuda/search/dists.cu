@@ -14,6 +14,35 @@ __device__ __forceinline__ Pos<acc_t> load_pos(const pos_t* p, bool need_both) {
   return make_pos<acc_t>(t, static_cast<acc_t>(p[1]), static_cast<acc_t>(p[2]), need_both);
 }
 
+// Adds, to (gy, gx), channel ch's term of the gradient of gdk * (key value at kp) with respect
+// to the key position's (y, x): the bilinear read's derivatives at the taps of ko.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void add_pos_grad(const scalar_t* kv, int64_t C, int64_t ch,
+                                             const Px& ko, const Pos<acc_t>& kp, acc_t gdk,
+                                             acc_t& gy, acc_t& gx) {
+  const acc_t v00 = static_cast<acc_t>(kv[(ko.r0 + ko.c0) * C + ch]);
+  const acc_t v01 = static_cast<acc_t>(kv[(ko.r0 + ko.c1) * C + ch]);
+  const acc_t v10 = static_cast<acc_t>(kv[(ko.r1 + ko.c0) * C + ch]);
+  const acc_t v11 = static_cast<acc_t>(kv[(ko.r1 + ko.c1) * C + ch]);
+  gy += gdk * ((acc_t(1) - kp.fx) * (v10 - v00) + kp.fx * (v11 - v01));
+  gx += gdk * ((acc_t(1) - kp.fy) * (v01 - v00) + kp.fy * (v11 - v10));
+}
+
+// The position gradient (gy, gx) of neighbour nk, summed over its group's G lanes (every
+// lane of the warp calls it) and written by the group's first lane where the neighbour is live
+template <typename acc_t, typename pos_t>
+__device__ __forceinline__ void write_pos_grad(acc_t gy, acc_t gx, int G, bool live, int gl,
+                                               int64_t nk, pos_t* gpos) {
+  for (int o = G / 2; o > 0; o >>= 1) {
+    gy += __shfl_xor_sync(0xffffffffu, gy, o);
+    gx += __shfl_xor_sync(0xffffffffu, gx, o);
+  }
+  if (live && gl == 0) {
+    gpos[nk * 3 + 1] = static_cast<pos_t>(gy);
+    gpos[nk * 3 + 2] = static_cast<pos_t>(gx);
+  }
+}
+
 template <typename scalar_t, typename acc_t, typename pos_t>
 __global__ void dists_kernel(const scalar_t* __restrict__ qdata, const scalar_t* __restrict__ kdata,
                              const int64_t* __restrict__ coords, const pos_t* __restrict__ kpos,
@@ -110,14 +139,7 @@ __global__ void dists_backward_thread_kernel(const acc_t* __restrict__ grad, con
               if (kp.sx) gpuAtomicAdd(&gkb[(ko.r1 + ko.c1) * C + c], gv * kp.fy * kp.fx);
             }
           }
-          if (need_pos) {
-            const acc_t v00 = static_cast<acc_t>(kv[(ko.r0 + ko.c0) * C + c]);
-            const acc_t v01 = static_cast<acc_t>(kv[(ko.r0 + ko.c1) * C + c]);
-            const acc_t v10 = static_cast<acc_t>(kv[(ko.r1 + ko.c0) * C + c]);
-            const acc_t v11 = static_cast<acc_t>(kv[(ko.r1 + ko.c1) * C + c]);
-            gy += g * dk * ((acc_t(1) - kp.fx) * (v10 - v00) + kp.fx * (v11 - v01));
-            gx += g * dk * ((acc_t(1) - kp.fy) * (v01 - v00) + kp.fy * (v11 - v10));
-          }
+          if (need_pos) add_pos_grad(kv, C, c, ko, kp, g * dk, gy, gx);
         }
       }
   if (need_pos) {
@@ -209,25 +231,9 @@ __global__ void __launch_bounds__(kThreads) dists_backward_kernel(
             if (kp.sx) gpuAtomicAdd(&gkb[(ko.r1 + ko.c1) * C + ch], gv * kp.fy * kp.fx);
           }
         }
-        if (need_pos) {
-          const acc_t v00 = static_cast<acc_t>(kv[(ko.r0 + ko.c0) * C + ch]);
-          const acc_t v01 = static_cast<acc_t>(kv[(ko.r0 + ko.c1) * C + ch]);
-          const acc_t v10 = static_cast<acc_t>(kv[(ko.r1 + ko.c0) * C + ch]);
-          const acc_t v11 = static_cast<acc_t>(kv[(ko.r1 + ko.c1) * C + ch]);
-          gy += g * dk * ((acc_t(1) - kp.fx) * (v10 - v00) + kp.fx * (v11 - v01));
-          gx += g * dk * ((acc_t(1) - kp.fy) * (v01 - v00) + kp.fy * (v11 - v10));
-        }
+        if (need_pos) add_pos_grad(kv, C, ch, ko, kp, g * dk, gy, gx);
       }
-    if (need_pos) {  // need_pos is uniform over the warp: every lane shuffles
-      for (int o = G / 2; o > 0; o >>= 1) {
-        gy += __shfl_xor_sync(0xffffffffu, gy, o);
-        gx += __shfl_xor_sync(0xffffffffu, gx, o);
-      }
-      if (live && gl == 0) {
-        gpos[nk * 3 + 1] = static_cast<pos_t>(gy);
-        gpos[nk * 3 + 2] = static_cast<pos_t>(gx);
-      }
-    }
+    if (need_pos) write_pos_grad(gy, gx, G, live, gl, nk, gpos);  // (uniform over the warp)
   }
   if (need_q && cached)
     for (int j = 0; j < J; ++j) {
@@ -359,23 +365,11 @@ __global__ void __launch_bounds__(kThreads) dists_backward_v4_kernel(
           for (int u = 0; u < 4; ++u) {
             const int64_t ch = c0 + 4 * vi + u;
             if (4 * vi + u >= Ch) break;
-            const float v00 = kv[(ko.r0 + ko.c0) * C + ch], v01 = kv[(ko.r0 + ko.c1) * C + ch];
-            const float v10 = kv[(ko.r1 + ko.c0) * C + ch], v11 = kv[(ko.r1 + ko.c1) * C + ch];
-            gy += g * dk[u] * ((1.f - kp.fx) * (v10 - v00) + kp.fx * (v11 - v01));
-            gx += g * dk[u] * ((1.f - kp.fy) * (v01 - v00) + kp.fy * (v11 - v10));
+            add_pos_grad(kv, C, ch, ko, kp, g * dk[u], gy, gx);
           }
         }
       }
-    if (need_pos) {  // need_pos is uniform over the warp: every lane shuffles
-      for (int o = G / 2; o > 0; o >>= 1) {
-        gy += __shfl_xor_sync(0xffffffffu, gy, o);
-        gx += __shfl_xor_sync(0xffffffffu, gx, o);
-      }
-      if (live && gl == 0) {
-        gpos[nk * 3 + 1] = static_cast<pos_t>(gy);
-        gpos[nk * 3 + 2] = static_cast<pos_t>(gx);
-      }
-    }
+    if (need_pos) write_pos_grad(gy, gx, G, live, gl, nk, gpos);  // (uniform over the warp)
   }
   if (need_q && cached)
     for (int j = 0; j < J; ++j) {
