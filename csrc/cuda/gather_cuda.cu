@@ -220,6 +220,30 @@ __device__ __forceinline__ float lerp4(float v00, float v01, float v10, float v1
   return wy0 * r0 + wy1 * r1;
 }
 
+// One (pixel, neighbour) term of the grid sums: acc[0..3] += the bilinear read of the taps
+// (v00, v01; v10, v11), times w where weighted, and acc[4] += w. aggregate_grid4_kernel and
+// aggregate_grid_rows_kernel both add through it, so that their sums are the same bits.
+__device__ __forceinline__ void add_term4(float* acc, float4 v00, float4 v01, float4 v10,
+                                          float4 v11, bool sx, bool sy, float wx0, float fx,
+                                          float wy0, float fy, float w, bool weighted) {
+  const float s0 = lerp4(v00.x, v01.x, v10.x, v11.x, sx, sy, wx0, fx, wy0, fy);
+  const float s1 = lerp4(v00.y, v01.y, v10.y, v11.y, sx, sy, wx0, fx, wy0, fy);
+  const float s2 = lerp4(v00.z, v01.z, v10.z, v11.z, sx, sy, wx0, fx, wy0, fy);
+  const float s3 = lerp4(v00.w, v01.w, v10.w, v11.w, sx, sy, wx0, fx, wy0, fy);
+  if (weighted) {
+    acc[0] += s0 * w;
+    acc[1] += s1 * w;
+    acc[2] += s2 * w;
+    acc[3] += s3 * w;
+  } else {
+    acc[0] += s0;
+    acc[1] += s1;
+    acc[2] += s2;
+    acc[3] += s3;
+  }
+  acc[4] += w;
+}
+
 template <bool Packed>
 __global__ void __launch_bounds__(kThreads, 4) aggregate_grid4_kernel(
     const float4* __restrict__ video, const float* __restrict__ pos, const float* __restrict__ wts,
@@ -245,7 +269,7 @@ __global__ void __launch_bounds__(kThreads, 4) aggregate_grid4_kernel(
   const int64_t* te = tmap + T + 1;
   const int64_t* ye = ymap + H + 1;
   const int64_t* xe = xmap + W + 1;
-  float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f, wsum = 0.f;
+  float acc[5] = {0.f, 0.f, 0.f, 0.f, 0.f};  // 4 channels, then the weights
   const int et1 = static_cast<int>(tmap[t + 1]), ey1 = static_cast<int>(ymap[y + 1]);
   const int ex0 = static_cast<int>(xmap[x]), ex1 = static_cast<int>(xmap[x + 1]);
   for (int et = static_cast<int>(tmap[t]); et < et1; ++et) {
@@ -276,23 +300,7 @@ __global__ void __launch_bounds__(kThreads, 4) aggregate_grid4_kernel(
           const float4 v00 = __ldg(vb + r0 + c0), v01 = __ldg(vb + r0 + c1);
           const float4 v10 = __ldg(vb + r1 + c0), v11 = __ldg(vb + r1 + c1);
           const bool sy = fy != 0.f, sx = fx != 0.f;
-          const float wy0 = 1.f - fy, wx0 = 1.f - fx;
-          const float s0 = lerp4(v00.x, v01.x, v10.x, v11.x, sx, sy, wx0, fx, wy0, fy);
-          const float s1 = lerp4(v00.y, v01.y, v10.y, v11.y, sx, sy, wx0, fx, wy0, fy);
-          const float s2 = lerp4(v00.z, v01.z, v10.z, v11.z, sx, sy, wx0, fx, wy0, fy);
-          const float s3 = lerp4(v00.w, v01.w, v10.w, v11.w, sx, sy, wx0, fx, wy0, fy);
-          if (weighted) {
-            acc0 += s0 * w;
-            acc1 += s1 * w;
-            acc2 += s2 * w;
-            acc3 += s3 * w;
-          } else {
-            acc0 += s0;
-            acc1 += s1;
-            acc2 += s2;
-            acc3 += s3;
-          }
-          wsum += w;
+          add_term4(acc, v00, v01, v10, v11, sx, sy, 1.f - fx, fx, 1.f - fy, fy, w, weighted);
         }
       }
     }
@@ -300,11 +308,11 @@ __global__ void __launch_bounds__(kThreads, 4) aggregate_grid4_kernel(
   const int oH = static_cast<int>(ob.y1 - ob.y0), oW = static_cast<int>(ob.x1 - ob.x0);
   const int64_t o = ((static_cast<int64_t>(b) * (ob.t1 - ob.t0) + t - ob.t0) * oH + y - ob.y0) * oW + x - ob.x0;
   float* op = out + o * nc;
-  op[0] = acc0;
-  if (nc > 1) op[1] = acc1;
-  if (nc > 2) op[2] = acc2;
-  if (nc > 3) op[3] = acc3;
-  cnt[o] = wsum;
+  op[0] = acc[0];
+  if (nc > 1) op[1] = acc[1];
+  if (nc > 2) op[2] = acc[2];
+  if (nc > 3) op[3] = acc[3];
+  cnt[o] = acc[4];
 }
 
 // The same sums, for the pixels no mirrored patch pixel reaches, with each neighbour's
@@ -385,23 +393,7 @@ __global__ void __launch_bounds__(kRowsThreads) aggregate_grid_rows_kernel(
                 q0 = __ldg(vb + rb + c0);
                 q1 = sx ? __ldg(vb + rb + c1) : q0;
               }
-              const float s0 = lerp4(p0.x, p1.x, q0.x, q1.x, sx, sy, wx0, fx, wy0, fy);
-              const float s1 = lerp4(p0.y, p1.y, q0.y, q1.y, sx, sy, wx0, fx, wy0, fy);
-              const float s2 = lerp4(p0.z, p1.z, q0.z, q1.z, sx, sy, wx0, fx, wy0, fy);
-              const float s3 = lerp4(p0.w, p1.w, q0.w, q1.w, sx, sy, wx0, fx, wy0, fy);
-              float* ac = acc[(u + a) % PS];
-              if (weighted) {
-                ac[0] += s0 * w;
-                ac[1] += s1 * w;
-                ac[2] += s2 * w;
-                ac[3] += s3 * w;
-              } else {
-                ac[0] += s0;
-                ac[1] += s1;
-                ac[2] += s2;
-                ac[3] += s3;
-              }
-              ac[4] += w;
+              add_term4(acc[(u + a) % PS], p0, p1, q0, q1, sx, sy, wx0, fx, wy0, fy, w, weighted);
               p0 = q0;
               p1 = q1;
             }
@@ -770,11 +762,12 @@ int grid_rows_mode() {
 }
 
 // The pixels of box that aggregate_grid_rows_kernel takes: where the call fits it (pt 1,
-// stride 1, dilation 1, ps 3, 5 or 7) and grid_rows_mode() is on, the rows and columns
+// stride 1, dilation 1, ps 3, 5 or 7) and `mode` (grid_rows_mode) is on, the rows and columns
 // r + 1 .. n - 2 - r that no mirrored patch pixel reaches; else none (an empty box).
-stnls::Box grid_rows_inner(const GDims& d, const stnls::Grid& g, const stnls::Box& box) {
-  if (grid_rows_mode() == 0 || d.pt != 1 || g.stride != 1 || d.dil != 1 || !(d.ps == 3 || d.ps == 5 || d.ps == 7) ||
-      d.B * (box.t1 - box.t0) > 65535)
+stnls::Box grid_rows_inner(const GDims& d, const stnls::Grid& g, const stnls::Box& box, int mode) {
+  const bool fits = d.pt == 1 && g.stride == 1 && d.dil == 1 &&
+                    (d.ps == 3 || d.ps == 5 || d.ps == 7) && d.B * (box.t1 - box.t0) <= 65535;
+  if (mode == 0 || !fits)
     return {box.t0, box.t1, 0, 0, 0, 0};
   const int64_t r = d.ps / 2;
   return {box.t0, box.t1, std::max(box.y0, r + 1), std::min(box.y1, d.H - 1 - r),
@@ -837,7 +830,8 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cuda(const at::Tensor& video,
               a.box, a.w.has_value(), a.out.data_ptr<float>(), a.cnt.data_ptr<float>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         };
-        const stnls::Box in = grid_rows_inner(d, a.maps.g, box);
+        const int rows_mode = grid_rows_mode();
+        const stnls::Box in = grid_rows_inner(d, a.maps.g, box, rows_mode);
         if (in.y1 > in.y0 && in.x1 > in.x0) {
           // the pixels no mirrored patch pixel reaches, then the border strips around them
           const dim3 rb(static_cast<unsigned>((in.x1 - in.x0 + kRowsThreads - 1) / kRowsThreads),
@@ -849,7 +843,7 @@ std::tuple<at::Tensor, at::Tensor> aggregate_grid_cuda(const at::Tensor& video,
                 a.out.data_ptr<float>(), a.cnt.data_ptr<float>());
           });
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          if (grid_rows_mode() == 2) return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
+          if (rows_mode == 2) return {a.out.to(video.scalar_type()), a.cnt.to(video.scalar_type())};
           grid4({box.t0, box.t1, box.y0, in.y0, box.x0, box.x1});
           grid4({box.t0, box.t1, in.y1, box.y1, box.x0, box.x1});
           grid4({box.t0, box.t1, in.y0, in.y1, box.x0, in.x0});

@@ -390,6 +390,14 @@ __global__ void __launch_bounds__(kThreads) dists_backward_v4_kernel(
     }
 }
 
+// The backward kernels' lanes for a patch of n_el elements: groups of G lanes (the power of
+// two >= n_el, at most 32) and J elements a lane
+std::pair<int, int> lane_groups(int64_t n_el) {
+  int G = 1;
+  while (G < n_el && G < 32) G *= 2;
+  return {G, static_cast<int>((n_el + G - 1) / G)};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
     const at::Tensor& grad, const at::Tensor& queries, const at::Tensor& keys,
     const at::Tensor& coords, const at::Tensor& kpos, int64_t ps, int64_t pt, int64_t dilation,
@@ -412,10 +420,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
     const auto g = grad.to(acc_type).contiguous();
     auto stream = c10::cuda::getCurrentCUDAStream();
     // lanes per group (a power of two >= the patch's elements, at most 32) and slots a lane
-    const int n_el = static_cast<int>(pt * ps * ps * (C / nh));
-    int G = 1;
-    while (G < n_el && G < 32) G *= 2;
-    const int J = (n_el + G - 1) / G;
+    int G = 0, J = 0;  // (no structured bindings: the lambdas below capture them, C++17)
+    std::tie(G, J) = lane_groups(pt * ps * ps * (C / nh));
     const int64_t warps = B * nh * Q, per_block = kThreads / 32;
     const unsigned blocks = static_cast<unsigned>((warps + per_block - 1) / per_block);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
@@ -436,10 +442,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_dists_backward_cuda(
       if constexpr (std::is_same<scalar_t, float>::value) {
         if (v4) {
           const int64_t C4 = Ch % 4 == 0 ? C : 4;
-          const int nv_el = static_cast<int>(pt * ps * ps * ((Ch + 3) / 4));
-          int G4 = 1;
-          while (G4 < nv_el && G4 < 32) G4 *= 2;
-          const int J4 = (nv_el + G4 - 1) / G4;
+          int G4 = 0, J4 = 0;
+          std::tie(G4, J4) = lane_groups(pt * ps * ps * ((Ch + 3) / 4));
           const int64_t need4 = per_block * J4 * 64 * 16;
           const bool cached4 = need4 <= 48 * 1024;
           // (gq and gk themselves where no channel is padded)
